@@ -1,0 +1,52 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "SigProp",
+    products: [
+        .library(name: "SigProp", targets: ["SigProp"]),
+        .executable(name: "train", targets: ["train"]),
+        .executable(name: "doctor", targets: ["doctor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries: the OpenCL ICD loader and OpenBLAS (CBLAS interface).
+        .systemLibrary(
+            name: "COpenCL",
+            providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers"])]
+        ),
+        .systemLibrary(
+            name: "CBLAS",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+
+        // Kernels/*.cl -> Swift string constants, so binaries need no resource files.
+        .executableTarget(name: "EmbedKernelsTool"),
+        .plugin(
+            name: "EmbedKernels",
+            capability: .buildTool(),
+            dependencies: ["EmbedKernelsTool"]
+        ),
+
+        .target(
+            name: "SigProp",
+            dependencies: ["COpenCL", "CBLAS"],
+            plugins: ["EmbedKernels"]
+        ),
+        .executableTarget(
+            name: "train",
+            dependencies: ["SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "doctor",
+            dependencies: ["SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(
+            name: "SigPropTests",
+            dependencies: ["SigProp"],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

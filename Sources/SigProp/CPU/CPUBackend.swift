@@ -1,0 +1,168 @@
+import CBLAS
+import Dispatch
+import Foundation
+
+/// Host memory behind a CPU tensor.
+final class CPUBuffer: TensorStorage, @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        pointer = .allocate(capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { pointer.deallocate() }
+}
+
+/// A serial worker: operations run in order, off the caller's thread, as on an OpenCL queue.
+final class CPUQueue: BackendQueue, @unchecked Sendable {
+    let dispatch: DispatchQueue
+
+    init(label: String) { dispatch = DispatchQueue(label: label) }
+
+    func enqueue(_ work: @escaping @Sendable () -> Void) { dispatch.async(execute: work) }
+
+    func record() throws -> BackendEvent {
+        let event = CPUEvent()
+        dispatch.async { event.group.leave() }
+        return event
+    }
+
+    func wait(for event: BackendEvent) throws {
+        guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU stream cannot wait for an event of another backend") }
+        dispatch.async { event.group.wait() }
+    }
+
+    func synchronize() throws { dispatch.sync {} }
+}
+
+final class CPUEvent: BackendEvent, @unchecked Sendable {
+    let group = DispatchGroup()
+    init() { group.enter() }
+    func wait() throws { group.wait() }
+}
+
+/// The CPU fallback: OpenBLAS for matrix products, plain Swift loops for the rest.
+final class CPUBackend: Backend, @unchecked Sendable {
+    let kind = BackendKind.cpu
+    let deviceDescription: String
+    let capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false)
+    private let queueCount = Atomic()
+
+    init() {
+        deviceDescription = "CPU (OpenBLAS, \(ProcessInfo.processInfo.activeProcessorCount) cores)"
+    }
+
+    /// Nothing to compile: the CPU operations are Swift and OpenBLAS.
+    func buildAllPrograms() throws -> [ProgramBuildReport] { [] }
+
+    func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count) }
+
+    func makeQueue() throws -> BackendQueue { CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())") }
+
+    private func run(_ queue: BackendQueue, _ work: @escaping @Sendable () -> Void) {
+        (queue as! CPUQueue).enqueue(work)
+    }
+
+    private func buf(_ storage: TensorStorage) -> CPUBuffer { storage as! CPUBuffer }
+
+    func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws {
+        let destination = buf(storage)
+        run(queue) { values.withUnsafeBufferPointer { destination.pointer.update(from: $0.baseAddress!, count: values.count) } }
+    }
+
+    func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float] {
+        let source = buf(storage)
+        return (queue as! CPUQueue).dispatch.sync { Array(UnsafeBufferPointer(start: source.pointer, count: count)) }
+    }
+
+    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        let (s, d) = (buf(source), buf(destination))
+        run(queue) { d.pointer.update(from: s.pointer, count: count) }
+    }
+
+    func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws {
+        let d = buf(storage)
+        run(queue) { d.pointer.update(repeating: value, count: count) }
+    }
+
+    func gemm(_ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
+        let (a, b, c, bias) = (buf(a), buf(b), buf(c), bias.map(buf))
+        run(queue) {
+            CPUKernels.gemm(shape, a: a.pointer, b: b.pointer, c: c.pointer)
+            CPUKernels.biasActivation(c.pointer, rows: shape.m, columns: shape.n, bias: bias?.pointer, activation: shape.activation)
+        }
+    }
+
+    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        let (x, y) = (buf(input), buf(output))
+        run(queue) {
+            for i in 0..<count { y.pointer[i] = CPUKernels.activate(x.pointer[i], activation) }
+        }
+    }
+
+    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        let (a, g, r) = (buf(output), buf(gradient), buf(result))
+        run(queue) {
+            for i in 0..<count { r.pointer[i] = g.pointer[i] * CPUKernels.derivative(fromOutput: a.pointer[i], activation) }
+        }
+    }
+
+    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        let (x, y) = (buf(x), buf(y))
+        run(queue) {
+            for i in 0..<count { y.pointer[i] = alpha * x.pointer[i] + (beta == 0 ? 0 : beta * y.pointer[i]) }
+        }
+    }
+
+    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
+        let (x, out) = (buf(x), buf(into))
+        run(queue) { CPUKernels.columnSums(x.pointer, rows: rows, columns: columns, into: out.pointer, alpha: alpha, beta: beta) }
+    }
+
+    func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
+        let (x, w, b, y) = (buf(input), buf(weight), bias.map(buf), buf(output))
+        run(queue) { CPUKernels.conv2d(shape, input: x.pointer, weight: w.pointer, bias: b?.pointer, output: y.pointer, activation: activation) }
+    }
+
+    func conv2dWeightGradient(_ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
+        let (x, dz, dw, db) = (buf(input), buf(outputGradient), buf(weightGradient), biasGradient.map(buf))
+        run(queue) {
+            CPUKernels.conv2dWeightGradient(shape, input: x.pointer, outputGradient: dz.pointer, weightGradient: dw.pointer,
+                                            biasGradient: db?.pointer, beta: beta)
+        }
+    }
+
+    func pool2d(_ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
+        let (x, y) = (buf(input), buf(output))
+        run(queue) { CPUKernels.pool2d(kind, shape, input: x.pointer, output: y.pointer) }
+    }
+
+    func localLossRows(_ loss: LocalLossKind, batch: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
+        let (y, yy, mask, dY, rowLosses) = (buf(y), buf(yy), buf(mask), buf(dY), buf(rowLosses))
+        run(queue) {
+            CPUKernels.localLossRows(loss, batch: batch, y: y.pointer, yy: yy.pointer, mask: mask.pointer, dY: dY.pointer, rowLosses: rowLosses.pointer)
+        }
+    }
+
+    func adamStep(_ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+        let (p, g, m, v, vMax) = (buf(parameter), buf(gradient), buf(m), buf(v), vMax.map(buf))
+        run(queue) {
+            CPUKernels.adamStep(settings, parameter: p.pointer, gradient: g.pointer, m: m.pointer, v: v.pointer, vMax: vMax?.pointer, count: count)
+        }
+    }
+
+    func sgdStep(_ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+        let (p, g, buffer) = (buf(parameter), buf(gradient), momentum.map(buf))
+        run(queue) { CPUKernels.sgdStep(settings, parameter: p.pointer, gradient: g.pointer, momentum: buffer?.pointer, count: count) }
+    }
+}
+
+/// A counter shared by threads (queue labels).
+final class Atomic: @unchecked Sendable {
+    private var value = 0
+    private let lock = NSLock()
+    func next() -> Int { lock.withLock { value += 1; return value } }
+}

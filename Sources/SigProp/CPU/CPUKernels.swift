@@ -1,0 +1,206 @@
+import CBLAS
+import Foundation
+
+/// The CPU twins of the OpenCL kernels, on raw pointers. Matrix products go to OpenBLAS.
+enum CPUKernels {
+    static func activate(_ x: Float, _ activation: Activation) -> Float {
+        switch activation {
+        case .identity: x
+        case .relu: x > 0 ? x : 0
+        case .leakyRelu: x > 0 ? x : Activation.leakySlope * x
+        case .tanh: Foundation.tanh(x)
+        }
+    }
+
+    /// act'(z) from a = act(z). ReLU's derivative at 0 is 0, LeakyReLU's is the slope (PyTorch).
+    static func derivative(fromOutput a: Float, _ activation: Activation) -> Float {
+        switch activation {
+        case .identity: 1
+        case .relu: a > 0 ? 1 : 0
+        case .leakyRelu: a > 0 ? 1 : Activation.leakySlope
+        case .tanh: 1 - a * a
+        }
+    }
+
+    static func gemm(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+        guard s.m > 0, s.n > 0 else { return }
+        if s.k == 0 {
+            // BLAS leaves C untouched when K = 0 only if beta = 1; state the result directly.
+            for i in 0..<(s.m * s.n) { c[i] = s.beta == 0 ? 0 : s.beta * c[i] }
+            return
+        }
+        cblas_sgemm(
+            CblasRowMajor,
+            s.transposeA ? CblasTrans : CblasNoTrans,
+            s.transposeB ? CblasTrans : CblasNoTrans,
+            blasint(s.m), blasint(s.n), blasint(s.k),
+            s.alpha, a, blasint(s.transposeA ? s.m : s.k),
+            b, blasint(s.transposeB ? s.k : s.n),
+            s.beta, c, blasint(s.n))
+    }
+
+    static func biasActivation(_ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?, activation: Activation) {
+        guard bias != nil || activation != .identity else { return }
+        for r in 0..<rows {
+            let row = c + r * columns
+            for j in 0..<columns {
+                row[j] = activate(row[j] + (bias?[j] ?? 0), activation)
+            }
+        }
+    }
+
+    static func columnSums(_ x: UnsafePointer<Float>, rows: Int, columns: Int, into out: UnsafeMutablePointer<Float>, alpha: Float, beta: Float) {
+        for j in 0..<columns {
+            var sum: Float = 0
+            for r in 0..<rows { sum += x[r * columns + j] }
+            out[j] = alpha * sum + (beta == 0 ? 0 : beta * out[j])
+        }
+    }
+
+    /// im2col of one image: `columns[(c*kh + ky)*kw + kx, oy*Wo + ox]`, zero outside the image.
+    static func im2col(_ s: ConvShape, image: UnsafePointer<Float>, columns: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (s.outHeight, s.outWidth)
+        var row = 0
+        for c in 0..<s.inChannels {
+            let plane = image + c * s.height * s.width
+            for ky in 0..<s.kernelHeight {
+                for kx in 0..<s.kernelWidth {
+                    let out = columns + row * ho * wo
+                    for oy in 0..<ho {
+                        let y = oy * s.stride + ky - s.padding
+                        for ox in 0..<wo {
+                            let x = ox * s.stride + kx - s.padding
+                            out[oy * wo + ox] = (y >= 0 && y < s.height && x >= 0 && x < s.width) ? plane[y * s.width + x] : 0
+                        }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                       output: UnsafeMutablePointer<Float>, activation: Activation) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
+        defer { columns.deallocate() }
+        for n in 0..<s.batch {
+            im2col(s, image: input + n * s.inChannels * s.height * s.width, columns: columns)
+            let out = output + n * s.outChannels * positions
+            gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0, activation: .identity),
+                 a: weight, b: columns, c: out)
+            for o in 0..<s.outChannels {
+                let b = bias?[o] ?? 0
+                for p in 0..<positions { out[o * positions + p] = activate(out[o * positions + p] + b, activation) }
+            }
+        }
+    }
+
+    static func conv2dWeightGradient(_ s: ConvShape, input: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
+                                     weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, beta: Float) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
+        defer { columns.deallocate() }
+        for n in 0..<s.batch {
+            im2col(s, image: input + n * s.inChannels * s.height * s.width, columns: columns)
+            gemm(GemmShape(m: s.outChannels, n: patch, k: positions, transposeA: false, transposeB: true, alpha: 1,
+                           beta: n == 0 ? beta : 1, activation: .identity),
+                 a: outputGradient + n * s.outChannels * positions, b: columns, c: weightGradient)
+        }
+        if s.batch == 0 { for i in 0..<(s.outChannels * patch) { weightGradient[i] = beta == 0 ? 0 : beta * weightGradient[i] } }
+        if let biasGradient {
+            for o in 0..<s.outChannels {
+                var sum: Float = 0
+                for n in 0..<s.batch {
+                    let plane = outputGradient + (n * s.outChannels + o) * positions
+                    for p in 0..<positions { sum += plane[p] }
+                }
+                biasGradient[o] = sum + (beta == 0 ? 0 : beta * biasGradient[o])
+            }
+        }
+    }
+
+    static func pool2d(_ kind: PoolKind, _ s: PoolShape, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (s.outHeight, s.outWidth)
+        for plane in 0..<s.planes {
+            let x = input + plane * s.height * s.width
+            for oy in 0..<ho {
+                for ox in 0..<wo {
+                    var acc: Float = kind == .max ? -.infinity : 0
+                    for dy in 0..<s.size {
+                        for dx in 0..<s.size {
+                            let v = x[(oy * s.size + dy) * s.width + ox * s.size + dx]
+                            // NaN propagates through max, as in PyTorch.
+                            acc = kind == .max ? ((v > acc || v.isNaN) ? v : acc) : acc + v
+                        }
+                    }
+                    output[(plane * ho + oy) * wo + ox] = kind == .max ? acc : acc / Float(s.size * s.size)
+                }
+            }
+        }
+    }
+
+    static func localLossRows(_ loss: LocalLossKind, batch b: Int, y: UnsafePointer<Float>, yy: UnsafePointer<Float>,
+                              mask: UnsafeMutablePointer<Float>, dY: UnsafeMutablePointer<Float>, rowLosses: UnsafeMutablePointer<Float>) {
+        let invB = 1 / Float(b)
+        for i in 0..<b {
+            let yRow = y + i * b, yyRow = yy + i * b, mRow = mask + i * b, dRow = dY + i * b
+            var yyMax = -Float.infinity
+            var first = 0
+            for j in 0..<b where yyRow[j] > yyMax { yyMax = yyRow[j]; first = j }
+            var m: Float = 0
+            for j in 0..<b {
+                let selected: Bool
+                switch loss {
+                case .maxAll: selected = yyRow[j] == yyMax
+                case .maxRandom: selected = j == first
+                case .topK(let k):
+                    var greater = 0
+                    for l in 0..<b where yyRow[l] > yyRow[j] { greater += 1 }
+                    selected = greater < k
+                }
+                mRow[j] = selected ? 1 : 0
+                m += mRow[j]
+            }
+            var yMax = -Float.infinity
+            for j in 0..<b { yMax = max(yMax, yRow[j]) }
+            var sum: Float = 0
+            for j in 0..<b { sum += expf(yRow[j] - yMax) }
+            let logSum = logf(sum)
+            var rowLoss: Float = 0
+            for j in 0..<b {
+                let logSoftmax = yRow[j] - yMax - logSum
+                rowLoss -= mRow[j] * logSoftmax
+                dRow[j] = (m * expf(logSoftmax) - mRow[j]) * invB
+            }
+            rowLosses[i] = rowLoss * invB
+        }
+    }
+
+    static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                         m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
+        let (stepSize, bc2Sqrt) = (s.stepSize, s.biasCorrection2Sqrt)
+        for i in 0..<count {
+            let grad = g[i] + s.weightDecay * p[i]
+            m[i] = s.beta1 * m[i] + (1 - s.beta1) * grad
+            v[i] = s.beta2 * v[i] + (1 - s.beta2) * grad * grad
+            var second = v[i]
+            if let vMax { vMax[i] = max(vMax[i], v[i]); second = vMax[i] }
+            p[i] -= stepSize * m[i] / (second.squareRoot() / bc2Sqrt + s.epsilon)
+        }
+    }
+
+    static func sgdStep(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                        momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
+        for i in 0..<count {
+            var grad = g[i] + s.weightDecay * p[i]
+            if s.momentum != 0, let buffer {
+                buffer[i] = s.firstStep ? grad : s.momentum * buffer[i] + (1 - s.dampening) * grad
+                grad = s.nesterov ? grad + s.momentum * buffer[i] : buffer[i]
+            }
+            p[i] -= s.learningRate * grad
+        }
+    }
+}

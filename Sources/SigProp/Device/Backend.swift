@@ -1,0 +1,47 @@
+/// What a backend implements: an allocator, queues with events, and the operations, on raw
+/// storage with shapes already checked by `Device`. The OpenCL and CPU backends are the two
+/// implementations; nothing outside them asks which one it runs on.
+protocol Backend: AnyObject, Sendable {
+    var kind: BackendKind { get }
+    var deviceDescription: String { get }
+    var capabilities: DeviceCapabilities { get }
+
+    /// Compiles every kernel program now rather than on first use; reports build times.
+    func buildAllPrograms() throws -> [ProgramBuildReport]
+
+    func allocate(count: Int) throws -> TensorStorage
+    func makeQueue() throws -> BackendQueue
+
+    /// Host -> device; returns when `values` may be reused.
+    func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws
+    /// Device -> host; waits for the queue's earlier work.
+    func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float]
+    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws
+
+    func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws
+    func gemm(_ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws
+    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws
+    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws
+    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws
+    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws
+    func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws
+    func conv2dWeightGradient(_ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws
+    func pool2d(_ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws
+    func localLossRows(_ loss: LocalLossKind, batch: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws
+    func adamStep(_ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws
+    func sgdStep(_ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws
+}
+
+/// Backend-owned memory behind a `Tensor`.
+protocol TensorStorage: AnyObject, Sendable {}
+
+/// An ordered stream of work on a device.
+protocol BackendQueue: AnyObject, Sendable {
+    func record() throws -> BackendEvent
+    func wait(for event: BackendEvent) throws
+    func synchronize() throws
+}
+
+protocol BackendEvent: AnyObject, Sendable {
+    func wait() throws
+}

@@ -1,0 +1,336 @@
+/// Which implementation runs the operations.
+public enum BackendKind: String, Sendable, CaseIterable {
+    case opencl, cpu
+}
+
+/// What a device can do, as data: the scheduler reads these instead of guessing.
+public struct DeviceCapabilities: Sendable, Equatable {
+    /// Operations return before they finish; ordering across streams needs events.
+    public var asynchronous: Bool
+    /// Several streams may run work at the same time.
+    public var concurrentStreams: Bool
+    /// Enqueued work carries device timestamps (OpenCL profiling events).
+    public var profiling: Bool
+}
+
+/// A tensor: a shape and float32 storage on one device. Row-major, outermost dimension first.
+public final class Tensor: @unchecked Sendable, CustomStringConvertible {
+    public let shape: [Int]
+    public let device: Device
+    let storage: TensorStorage
+
+    init(shape: [Int], device: Device, storage: TensorStorage) {
+        self.shape = shape
+        self.device = device
+        self.storage = storage
+    }
+
+    public var count: Int { shape.reduce(1, *) }
+    /// Rows when viewed as a matrix: the first dimension (1 for a scalar).
+    public var rows: Int { shape.first ?? 1 }
+    /// Columns when viewed as a matrix: every dimension after the first, flattened.
+    public var columns: Int { shape.isEmpty ? 1 : shape.dropFirst().reduce(1, *) }
+
+    public var description: String { "Tensor\(shape) on \(device.name)" }
+}
+
+/// An ordered stream of work (an OpenCL in-order queue; a serial worker on the CPU).
+public final class Stream: @unchecked Sendable {
+    public let device: Device
+    let queue: BackendQueue
+
+    init(device: Device, queue: BackendQueue) {
+        self.device = device
+        self.queue = queue
+    }
+
+    /// An event that completes when everything enqueued on this stream so far has completed.
+    public func record() throws -> Event { Event(try queue.record()) }
+
+    /// Work enqueued on this stream after this call starts only once `event` completed.
+    /// The host does not block.
+    public func wait(for event: Event) throws { try queue.wait(for: event.backendEvent) }
+
+    /// Blocks the host until everything enqueued on this stream has completed.
+    public func synchronize() throws { try queue.synchronize() }
+}
+
+/// A point in a stream's work.
+public final class Event: @unchecked Sendable {
+    let backendEvent: BackendEvent
+    init(_ event: BackendEvent) { backendEvent = event }
+
+    /// Blocks the host until the event completes.
+    public func wait() throws { try backendEvent.wait() }
+}
+
+/// A compute device: allocates tensors and runs operations on streams. Layer code is written
+/// against this class only; it checks shapes and devices, then hands the work to its backend.
+public final class Device: @unchecked Sendable, CustomStringConvertible {
+    let backend: Backend
+    /// The stream used when an operation is given none.
+    public private(set) var defaultStream: Stream!
+
+    init(backend: Backend) throws {
+        self.backend = backend
+        self.defaultStream = Stream(device: self, queue: try backend.makeQueue())
+    }
+
+    /// The CPU fallback (OpenBLAS for products, Swift for the rest).
+    public static func cpu() throws -> Device { try Device(backend: CPUBackend()) }
+
+    /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`.
+    public static func opencl(_ entry: OpenCLDeviceEntry) throws -> Device {
+        try Device(backend: OpenCLBackend(entry: entry))
+    }
+
+    public var kind: BackendKind { backend.kind }
+    public var name: String { backend.deviceDescription }
+    public var capabilities: DeviceCapabilities { backend.capabilities }
+    public var description: String { "\(kind.rawValue): \(name)" }
+
+    /// Compiles every kernel program for this device now (OpenCL) and reports build times.
+    public func buildAllPrograms() throws -> [ProgramBuildReport] { try backend.buildAllPrograms() }
+
+    public func makeStream() throws -> Stream { Stream(device: self, queue: try backend.makeQueue()) }
+
+    // MARK: Memory
+
+    /// A new tensor, zero-filled.
+    public func zeros(_ shape: [Int], on stream: Stream? = nil) throws -> Tensor {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw SigPropError.shapeMismatch(operation: "zeros", detail: "negative dimension in \(shape)")
+        }
+        let tensor = Tensor(shape: shape, device: self, storage: try backend.allocate(count: shape.reduce(1, *)))
+        try backend.fill(tensor.storage, count: tensor.count, value: 0, on: try queue(stream, "zeros"))
+        return tensor
+    }
+
+    /// A new tensor holding `values` (row-major).
+    public func tensor(_ values: [Float], shape: [Int], on stream: Stream? = nil) throws -> Tensor {
+        guard values.count == shape.reduce(1, *), shape.allSatisfy({ $0 >= 0 }) else {
+            throw SigPropError.shapeMismatch(operation: "tensor", detail: "\(values.count) values for shape \(shape)")
+        }
+        let tensor = Tensor(shape: shape, device: self, storage: try backend.allocate(count: values.count))
+        try backend.write(values, to: tensor.storage, on: try queue(stream, "tensor"))
+        return tensor
+    }
+
+    /// Overwrites `tensor` with `values`.
+    public func write(_ values: [Float], to tensor: Tensor, on stream: Stream? = nil) throws {
+        try check("write", tensor)
+        guard values.count == tensor.count else {
+            throw SigPropError.shapeMismatch(operation: "write", detail: "\(values.count) values for \(tensor.shape)")
+        }
+        try backend.write(values, to: tensor.storage, on: try queue(stream, "write"))
+    }
+
+    /// The tensor's values, after the stream's earlier work.
+    public func read(_ tensor: Tensor, on stream: Stream? = nil) throws -> [Float] {
+        try check("read", tensor)
+        return try backend.read(tensor.storage, count: tensor.count, on: try queue(stream, "read"))
+    }
+
+    /// Copies `source` into `destination` (same element count) on the device.
+    public func copy(_ source: Tensor, to destination: Tensor, on stream: Stream? = nil) throws {
+        try check("copy", source, destination)
+        try requireCount("copy", destination, source.count)
+        try backend.copy(source.storage, to: destination.storage, count: source.count, on: try queue(stream, "copy"))
+    }
+
+    public func fill(_ tensor: Tensor, with value: Float, on stream: Stream? = nil) throws {
+        try check("fill", tensor)
+        try backend.fill(tensor.storage, count: tensor.count, value: value, on: try queue(stream, "fill"))
+    }
+
+    // MARK: Operations
+
+    /// `c = act(alpha * op(a) op(b) + beta * c + bias)`, each tensor viewed as a matrix
+    /// (`rows` x `columns`); `op` transposes when asked; `bias` (length N) is added to every row.
+    public func gemm(
+        _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false, into c: Tensor,
+        alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .identity,
+        on stream: Stream? = nil
+    ) throws {
+        try check("gemm", a, b, c)
+        if let bias { try check("gemm", bias) }
+        let (m, k) = transposeA ? (a.columns, a.rows) : (a.rows, a.columns)
+        let (kb, n) = transposeB ? (b.columns, b.rows) : (b.rows, b.columns)
+        guard k == kb, c.rows == m, c.columns == n else {
+            throw SigPropError.shapeMismatch(
+                operation: "gemm",
+                detail: "op(a) is \(m)x\(k) (a \(a.shape)\(transposeA ? "ᵀ" : "")), op(b) is \(kb)x\(n) (b \(b.shape)\(transposeB ? "ᵀ" : "")), c is \(c.shape)")
+        }
+        if let bias { try requireCount("gemm bias", bias, n) }
+        let shape = GemmShape(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB, alpha: alpha, beta: beta, activation: activation)
+        try backend.gemm(shape, a: a.storage, b: b.storage, c: c.storage, bias: bias?.storage, on: try queue(stream, "gemm"))
+    }
+
+    /// `output = act(input)` element-wise (`output` may be `input`).
+    public func activate(_ activation: Activation, _ input: Tensor, into output: Tensor, on stream: Stream? = nil) throws {
+        try check("activate", input, output)
+        try requireCount("activate", output, input.count)
+        try backend.activate(activation, input: input.storage, output: output.storage, count: input.count, on: try queue(stream, "activate"))
+    }
+
+    /// `result = gradient * act'(z)` where `output = act(z)`: the derivative is read off the
+    /// activation's output (exact for ReLU, LeakyReLU and tanh). `result` may alias `gradient`.
+    public func activationGradient(
+        _ activation: Activation, output: Tensor, gradient: Tensor, into result: Tensor, on stream: Stream? = nil
+    ) throws {
+        try check("activationGradient", output, gradient, result)
+        try requireCount("activationGradient", gradient, output.count)
+        try requireCount("activationGradient", result, output.count)
+        try backend.activationGradient(activation, output: output.storage, gradient: gradient.storage, result: result.storage,
+                                       count: output.count, on: try queue(stream, "activationGradient"))
+    }
+
+    /// `y = alpha * x + beta * y` element-wise.
+    public func axpby(alpha: Float, _ x: Tensor, beta: Float, _ y: Tensor, on stream: Stream? = nil) throws {
+        try check("axpby", x, y)
+        try requireCount("axpby", y, x.count)
+        try backend.axpby(alpha: alpha, x: x.storage, beta: beta, y: y.storage, count: x.count, on: try queue(stream, "axpby"))
+    }
+
+    /// `into = alpha * (sum over rows of x) + beta * into`; `x` viewed as a matrix.
+    public func columnSums(_ x: Tensor, into result: Tensor, alpha: Float = 1, beta: Float = 0, on stream: Stream? = nil) throws {
+        try check("columnSums", x, result)
+        try requireCount("columnSums", result, x.columns)
+        try backend.columnSums(x.storage, rows: x.rows, columns: x.columns, into: result.storage, alpha: alpha, beta: beta,
+                               on: try queue(stream, "columnSums"))
+    }
+
+    /// 2-D convolution over NCHW `input` with `weight` `[O, C, kh, kw]`, optional bias `[O]`,
+    /// then `activation`, into `output` `[B, O, Ho, Wo]`.
+    public func conv2d(
+        _ input: Tensor, weight: Tensor, bias: Tensor? = nil, into output: Tensor,
+        stride: Int = 1, padding: Int = 0, activation: Activation = .identity, on stream: Stream? = nil
+    ) throws {
+        let shape = try convShape("conv2d", input: input, weight: weight, output: output, stride: stride, padding: padding)
+        if let bias { try check("conv2d", bias); try requireCount("conv2d bias", bias, shape.outChannels) }
+        try backend.conv2d(shape, input: input.storage, weight: weight.storage, bias: bias?.storage, output: output.storage,
+                           activation: activation, on: try queue(stream, "conv2d"))
+    }
+
+    /// `weightGradient = sum over batch and positions of outputGradient ⊗ input patches
+    /// (+ beta * weightGradient)`; `biasGradient` likewise gets the sums of `outputGradient`.
+    public func conv2dWeightGradient(
+        _ input: Tensor, outputGradient: Tensor, into weightGradient: Tensor, biasGradient: Tensor? = nil,
+        beta: Float = 0, stride: Int = 1, padding: Int = 0, on stream: Stream? = nil
+    ) throws {
+        let shape = try convShape("conv2dWeightGradient", input: input, weight: weightGradient, output: outputGradient,
+                                  stride: stride, padding: padding)
+        if let biasGradient {
+            try check("conv2dWeightGradient", biasGradient)
+            try requireCount("conv2dWeightGradient bias", biasGradient, shape.outChannels)
+        }
+        try backend.conv2dWeightGradient(shape, input: input.storage, outputGradient: outputGradient.storage,
+                                         weightGradient: weightGradient.storage, biasGradient: biasGradient?.storage,
+                                         beta: beta, on: try queue(stream, "conv2dWeightGradient"))
+    }
+
+    /// Max or average pooling over non-overlapping `size` x `size` windows of NCHW `input`.
+    public func pool2d(_ kind: PoolKind, _ input: Tensor, size: Int = 2, into output: Tensor, on stream: Stream? = nil) throws {
+        try check("pool2d", input, output)
+        guard input.shape.count == 4, size >= 1, input.shape[2] >= size, input.shape[3] >= size else {
+            throw SigPropError.shapeMismatch(operation: "pool2d", detail: "input \(input.shape) must be NCHW and at least \(size)x\(size)")
+        }
+        let shape = PoolShape(planes: input.shape[0] * input.shape[1], height: input.shape[2], width: input.shape[3], size: size)
+        let expected = [input.shape[0], input.shape[1], shape.outHeight, shape.outWidth]
+        guard output.shape == expected else {
+            throw SigPropError.shapeMismatch(operation: "pool2d", detail: "output is \(output.shape), expected \(expected)")
+        }
+        try backend.pool2d(kind, shape: shape, input: input.storage, output: output.storage, on: try queue(stream, "pool2d"))
+    }
+
+    /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x B) builds the
+    /// target `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss
+    /// `-sum_j M_ij log_softmax(Y_i)_j / B` (their sum is the block's loss).
+    public func localLossRows(
+        _ loss: LocalLossKind = .maxAll, y: Tensor, yy: Tensor, mask: Tensor, dY: Tensor, rowLosses: Tensor,
+        on stream: Stream? = nil
+    ) throws {
+        try check("localLossRows", y, yy, mask, dY, rowLosses)
+        let batch = y.rows
+        for tensor in [y, yy, mask, dY] where tensor.shape != [batch, batch] {
+            throw SigPropError.shapeMismatch(operation: "localLossRows", detail: "expected [\(batch), \(batch)], got \(tensor.shape)")
+        }
+        try requireCount("localLossRows rowLosses", rowLosses, batch)
+        if case .topK(let k) = loss, k < 1 {
+            throw SigPropError.configuration("top-k loss needs k >= 1, got \(k)")
+        }
+        try backend.localLossRows(loss, batch: batch, y: y.storage, yy: yy.storage, mask: mask.storage, dY: dY.storage,
+                                  rowLosses: rowLosses.storage, on: try queue(stream, "localLossRows"))
+    }
+
+    /// One Adam step on `parameter` from `gradient`; `m`, `v` (and `vMax` for AMSGrad) are the
+    /// optimizer state, updated in place.
+    public func adamStep(
+        _ settings: AdamStep, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, vMax: Tensor? = nil,
+        on stream: Stream? = nil
+    ) throws {
+        try check("adamStep", parameter, gradient, m, v)
+        for tensor in [gradient, m, v] + (vMax.map { [$0] } ?? []) {
+            try check("adamStep", tensor)
+            try requireCount("adamStep", tensor, parameter.count)
+        }
+        guard settings.step >= 1 else { throw SigPropError.configuration("adamStep: step must start at 1, got \(settings.step)") }
+        try backend.adamStep(settings, parameter: parameter.storage, gradient: gradient.storage, m: m.storage, v: v.storage,
+                             vMax: vMax?.storage, count: parameter.count, on: try queue(stream, "adamStep"))
+    }
+
+    /// One SGD step (momentum buffer `momentum` is needed when `settings.momentum != 0`).
+    public func sgdStep(_ settings: SGDStep, parameter: Tensor, gradient: Tensor, momentum: Tensor? = nil, on stream: Stream? = nil) throws {
+        try check("sgdStep", parameter, gradient)
+        try requireCount("sgdStep", gradient, parameter.count)
+        if let momentum { try check("sgdStep", momentum); try requireCount("sgdStep", momentum, parameter.count) }
+        if settings.momentum != 0 && momentum == nil {
+            throw SigPropError.configuration("sgdStep: momentum \(settings.momentum) needs a momentum buffer")
+        }
+        try backend.sgdStep(settings, parameter: parameter.storage, gradient: gradient.storage, momentum: momentum?.storage,
+                            count: parameter.count, on: try queue(stream, "sgdStep"))
+    }
+
+    // MARK: Checks
+
+    private func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {
+        guard let stream else { return defaultStream.queue }
+        guard stream.device === self else {
+            throw SigPropError.deviceMismatch(operation: operation, tensorDevice: "a stream of \(stream.device.description)", device: description)
+        }
+        return stream.queue
+    }
+
+    private func check(_ operation: String, _ tensors: Tensor...) throws {
+        for tensor in tensors where tensor.device !== self {
+            throw SigPropError.deviceMismatch(operation: operation, tensorDevice: tensor.device.description, device: description)
+        }
+    }
+
+    private func requireCount(_ operation: String, _ tensor: Tensor, _ count: Int) throws {
+        guard tensor.count == count else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "tensor \(tensor.shape) must hold \(count) values")
+        }
+    }
+
+    private func convShape(_ operation: String, input: Tensor, weight: Tensor, output: Tensor, stride: Int, padding: Int) throws -> ConvShape {
+        try check(operation, input, weight, output)
+        guard input.shape.count == 4, weight.shape.count == 4, input.shape[1] == weight.shape[1] else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "input \(input.shape) must be [B, C, H, W] and weight \(weight.shape) [O, C, kh, kw] with the same C")
+        }
+        guard stride >= 1, padding >= 0 else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "stride \(stride) must be >= 1 and padding \(padding) >= 0")
+        }
+        let shape = ConvShape(batch: input.shape[0], inChannels: input.shape[1], height: input.shape[2], width: input.shape[3],
+                              outChannels: weight.shape[0], kernelHeight: weight.shape[2], kernelWidth: weight.shape[3],
+                              stride: stride, padding: padding)
+        guard input.shape[2] + 2 * padding >= shape.kernelHeight, input.shape[3] + 2 * padding >= shape.kernelWidth else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "input \(input.shape) with padding \(padding) is smaller than the kernel \(weight.shape)")
+        }
+        let expected = [shape.batch, shape.outChannels, shape.outHeight, shape.outWidth]
+        guard output.shape == expected else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "output is \(output.shape), expected \(expected)")
+        }
+        return shape
+    }
+}

@@ -1,0 +1,39 @@
+import Foundation
+
+/// Errors of the package's own checks. Each message names the thing at fault and the fix.
+public enum SigPropError: Error, Equatable, CustomStringConvertible {
+    /// A bad environment variable, flag or setting.
+    case configuration(String)
+    /// Operands whose shapes do not fit the operation.
+    case shapeMismatch(operation: String, detail: String)
+    /// A tensor used with a device it does not live on.
+    case deviceMismatch(operation: String, tensorDevice: String, device: String)
+    /// A reference-vector (golden) file that cannot be used.
+    case badGoldenFile(path: String, reason: String)
+    /// An allocation larger than the device allows or has free.
+    case outOfMemory(device: String, requestedBytes: Int, limitBytes: UInt64, detail: String)
+
+    public var description: String {
+        switch self {
+        case .configuration(let message):
+            return message
+        case .shapeMismatch(let operation, let detail):
+            return "\(operation): shapes do not fit: \(detail)"
+        case .deviceMismatch(let operation, let tensorDevice, let device):
+            return "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with Device.copy(_:) or create it on \(device)"
+        case .badGoldenFile(let path, let reason):
+            return "golden file \(path): \(reason)"
+        case .outOfMemory(let device, let requested, let limit, let detail):
+            return "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
+        }
+    }
+}
+
+/// "1.5 GiB", "64.0 KiB", "12 B".
+public func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}

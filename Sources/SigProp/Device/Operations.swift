@@ -1,0 +1,114 @@
+import Foundation
+
+/// Element-wise nonlinearity applied after a block's linear part (and norm).
+public enum Activation: String, CaseIterable, Sendable {
+    case identity, relu, leakyRelu = "leaky-relu", tanh
+
+    /// Code passed to kernels; matches the ACT_* constants in Kernels/*.cl.
+    var code: Int32 {
+        switch self {
+        case .identity: 0
+        case .relu: 1
+        case .leakyRelu: 2
+        case .tanh: 3
+        }
+    }
+
+    /// LeakyReLU's negative slope, as in PyTorch's default and the reference.
+    static let leakySlope: Float = 0.01
+}
+
+/// `C[M,N] = act(alpha * op(A) op(B) + beta * C + bias)`, row-major, `op(A)` M x K, `op(B)` K x N.
+struct GemmShape: Sendable, Equatable {
+    var m: Int, n: Int, k: Int
+    var transposeA: Bool, transposeB: Bool
+    var alpha: Float, beta: Float
+    var activation: Activation
+}
+
+/// NCHW convolution (cross-correlation, as PyTorch), square stride and zero padding.
+public struct ConvShape: Sendable, Equatable {
+    public var batch: Int, inChannels: Int, height: Int, width: Int
+    public var outChannels: Int, kernelHeight: Int, kernelWidth: Int
+    public var stride: Int, padding: Int
+
+    public var outHeight: Int { (height + 2 * padding - kernelHeight) / stride + 1 }
+    public var outWidth: Int { (width + 2 * padding - kernelWidth) / stride + 1 }
+}
+
+public enum PoolKind: String, Sendable, CaseIterable { case max, average }
+
+/// Non-overlapping pooling windows of `size` x `size` over NCHW input; a partial window at
+/// the edge is dropped (PyTorch's floor mode).
+struct PoolShape: Sendable, Equatable {
+    var planes: Int, height: Int, width: Int, size: Int
+    var outHeight: Int { height / size }
+    var outWidth: Int { width / size }
+}
+
+/// Which target mask the local loss builds from `YY = T0 T0ᵀ` (see SIGPROP.md).
+public enum LocalLossKind: Sendable, Equatable {
+    /// `M_ij = 1` at every maximum of row i (ties all count). The reference's default.
+    case maxAll
+    /// One 1 per row, at the first maximum (cross entropy against argmax).
+    case maxRandom
+    /// `M_ij = 1` for the k largest entries of row i (entries tied with the k-th count too).
+    case topK(Int)
+
+    var code: Int32 {
+        switch self {
+        case .maxAll: 0
+        case .maxRandom: 1
+        case .topK: 2
+        }
+    }
+
+    var k: Int32 {
+        if case .topK(let k) = self { return Int32(k) }
+        return 0
+    }
+}
+
+/// One Adam (or AMSGrad) step as PyTorch computes it, at step `t` (1-based).
+public struct AdamStep: Sendable, Equatable {
+    public var learningRate: Float
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var epsilon: Float = 1e-8
+    public var weightDecay: Float = 0
+    public var step: Int
+
+    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, step: Int) {
+        self.learningRate = learningRate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        self.step = step
+    }
+
+    // Bias corrections in double, as PyTorch forms them from Python floats.
+    var stepSize: Float { Float(Double(learningRate) / (1 - pow(Double(beta1), Double(step)))) }
+    var biasCorrection2Sqrt: Float { Float((1 - pow(Double(beta2), Double(step))).squareRoot()) }
+}
+
+/// One SGD step as PyTorch computes it (momentum buffer starts as the first gradient).
+public struct SGDStep: Sendable, Equatable {
+    public var learningRate: Float
+    public var momentum: Float = 0
+    public var dampening: Float = 0
+    public var weightDecay: Float = 0
+    public var nesterov = false
+    /// True on the first step, when the momentum buffer is initialised to the gradient.
+    public var firstStep: Bool
+
+    public init(learningRate: Float, momentum: Float = 0, dampening: Float = 0, weightDecay: Float = 0, nesterov: Bool = false, firstStep: Bool) {
+        self.learningRate = learningRate
+        self.momentum = momentum
+        self.dampening = dampening
+        self.weightDecay = weightDecay
+        self.nesterov = nesterov
+        self.firstStep = firstStep
+    }
+}
+

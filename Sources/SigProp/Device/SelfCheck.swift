@@ -1,0 +1,174 @@
+/// One operation run on a device and on the CPU fallback with the same inputs.
+public struct SelfCheckResult: Sendable {
+    public let operation: String
+    public let shape: String
+    /// Normalised mean squared error of every output against the CPU fallback's.
+    public let error: Double
+    public let tolerance: Double
+    public var passed: Bool { error <= tolerance }
+}
+
+/// The operation table shared by `doctor` and the tests: every operation on awkward shapes
+/// (1, 7, 129, non-multiples of tile sizes), compared with the CPU fallback by normalised
+/// mean squared error (ggml's test-backend-ops criterion).
+public enum SelfCheck {
+    /// ggml's default for float32 operations.
+    public static let tolerance = 1e-7
+
+    /// One case: given a device, runs the operation and returns its outputs (host arrays).
+    struct Case {
+        let operation: String
+        let shape: String
+        let run: (Device) throws -> [[Float]]
+    }
+
+    /// Runs every case on `device` and on `reference`.
+    public static func run(on device: Device, reference: Device) throws -> [SelfCheckResult] {
+        try cases().map { check in
+            let got = try check.run(device)
+            let want = try check.run(reference)
+            let error = zip(got, want).map { normalisedSquaredError($0, $1) }.max() ?? 0
+            return SelfCheckResult(operation: check.operation, shape: check.shape, error: error, tolerance: tolerance)
+        }
+    }
+
+    /// `sum (a - b)^2 / sum b^2` (plain squared error where b is all zeros); infinite on a
+    /// length mismatch or a NaN.
+    public static func normalisedSquaredError(_ a: [Float], _ b: [Float]) -> Double {
+        guard a.count == b.count else { return .infinity }
+        var difference = 0.0, norm = 0.0
+        for (x, y) in zip(a, b) {
+            if x.isNaN != y.isNaN { return .infinity }
+            if x.isNaN { continue }
+            difference += Double(x - y) * Double(x - y)
+            norm += Double(y) * Double(y)
+        }
+        return norm > 0 ? difference / norm : difference
+    }
+
+    static func cases() -> [Case] {
+        var cases: [Case] = []
+        func input(_ device: Device, _ shape: [Int], seed: UInt64) throws -> Tensor {
+            var generator = SeededGenerator(seed: seed)
+            return try device.tensor(generator.uniform(shape.reduce(1, *)), shape: shape)
+        }
+
+        // gemm: every transpose, odd shapes, alpha/beta, bias and each activation.
+        let gemmShapes = [(1, 1, 1), (7, 129, 13), (129, 7, 33), (33, 65, 1000), (128, 10, 129)]
+        for (index, (m, n, k)) in gemmShapes.enumerated() {
+            for (ta, tb) in [(false, false), (false, true), (true, false)] {
+                let activation = Activation.allCases[index % Activation.allCases.count]
+                cases.append(Case(operation: "gemm", shape: "\(m)x\(n)x\(k)_\(ta ? "T" : "N")\(tb ? "T" : "N") \(activation.rawValue)") { device in
+                    let a = try input(device, ta ? [k, m] : [m, k], seed: 1)
+                    let b = try input(device, tb ? [n, k] : [k, n], seed: 2)
+                    let c = try input(device, [m, n], seed: 3)
+                    let bias = try input(device, [n], seed: 4)
+                    try device.gemm(a, transposeA: ta, b, transposeB: tb, into: c, alpha: 0.5, beta: 0.25, bias: bias, activation: activation)
+                    return [try device.read(c)]
+                })
+            }
+        }
+
+        for activation in Activation.allCases {
+            cases.append(Case(operation: "activation", shape: "1000 \(activation.rawValue)") { device in
+                let x = try input(device, [1000], seed: 5)
+                let g = try input(device, [1000], seed: 6)
+                let y = try device.zeros([1000])
+                try device.activate(activation, x, into: y)
+                try device.activationGradient(activation, output: y, gradient: g, into: g)
+                return [try device.read(y), try device.read(g)]
+            })
+        }
+
+        cases.append(Case(operation: "axpby", shape: "129") { device in
+            let x = try input(device, [129], seed: 7)
+            let y = try input(device, [129], seed: 8)
+            try device.axpby(alpha: 2, x, beta: -0.5, y)
+            return [try device.read(y)]
+        })
+
+        for (rows, columns) in [(1, 1), (7, 129), (256, 33)] {
+            cases.append(Case(operation: "columnSums", shape: "\(rows)x\(columns)") { device in
+                let x = try input(device, [rows, columns], seed: 9)
+                let out = try input(device, [columns], seed: 10)
+                try device.columnSums(x, into: out, alpha: 0.5, beta: 1)
+                return [try device.read(out)]
+            })
+        }
+
+        // conv: the 3x3/pad 1 training shape, a strided 5x5, and 1x1.
+        let convs = [
+            ConvShape(batch: 2, inChannels: 3, height: 7, width: 9, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(batch: 1, inChannels: 2, height: 13, width: 11, outChannels: 7, kernelHeight: 5, kernelWidth: 5, stride: 2, padding: 2),
+            ConvShape(batch: 3, inChannels: 4, height: 1, width: 1, outChannels: 1, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
+        ]
+        for s in convs {
+            let label = "b\(s.batch)_c\(s.inChannels)to\(s.outChannels)_\(s.height)x\(s.width)_k\(s.kernelHeight)_s\(s.stride)_p\(s.padding)"
+            cases.append(Case(operation: "conv2d", shape: label) { device in
+                let x = try input(device, [s.batch, s.inChannels, s.height, s.width], seed: 11)
+                let w = try input(device, [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth], seed: 12)
+                let b = try input(device, [s.outChannels], seed: 13)
+                let y = try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth])
+                try device.conv2d(x, weight: w, bias: b, into: y, stride: s.stride, padding: s.padding, activation: .leakyRelu)
+                return [try device.read(y)]
+            })
+            cases.append(Case(operation: "conv2dWeightGradient", shape: label) { device in
+                let x = try input(device, [s.batch, s.inChannels, s.height, s.width], seed: 14)
+                let dz = try input(device, [s.batch, s.outChannels, s.outHeight, s.outWidth], seed: 15)
+                let dw = try input(device, [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth], seed: 16)
+                let db = try input(device, [s.outChannels], seed: 17)
+                try device.conv2dWeightGradient(x, outputGradient: dz, into: dw, biasGradient: db, beta: 0.5, stride: s.stride, padding: s.padding)
+                return [try device.read(dw), try device.read(db)]
+            })
+        }
+
+        for kind in PoolKind.allCases {
+            cases.append(Case(operation: "pool2d", shape: "2x3x7x9 \(kind.rawValue)") { device in
+                let x = try input(device, [2, 3, 7, 9], seed: 18)
+                let y = try device.zeros([2, 3, 3, 4])
+                try device.pool2d(kind, x, into: y)
+                return [try device.read(y)]
+            })
+        }
+
+        for (batch, loss) in [(1, LocalLossKind.maxAll), (7, .maxAll), (129, .maxAll), (33, .maxRandom), (33, .topK(3))] {
+            cases.append(Case(operation: "localLossRows", shape: "B\(batch) \(loss)") { device in
+                let y = try input(device, [batch, batch], seed: 19)
+                // Few distinct values in YY, so rows have ties as with one-hot targets.
+                var generator = SeededGenerator(seed: 20)
+                let yyValues = (0..<(batch * batch)).map { _ in Float(Int.random(in: 0...3, using: &generator)) }
+                let yy = try device.tensor(yyValues, shape: [batch, batch])
+                let mask = try device.zeros([batch, batch])
+                let dY = try device.zeros([batch, batch])
+                let rows = try device.zeros([batch])
+                try device.localLossRows(loss, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rows)
+                return [try device.read(mask), try device.read(dY), try device.read(rows)]
+            })
+        }
+
+        for amsgrad in [false, true] {
+            cases.append(Case(operation: "adamStep", shape: "1000 \(amsgrad ? "amsgrad" : "adam") x3") { device in
+                let p = try input(device, [1000], seed: 21)
+                let m = try device.zeros([1000]), v = try device.zeros([1000]), vMax = try device.zeros([1000])
+                for step in 1...3 {
+                    let g = try input(device, [1000], seed: 22 + UInt64(step))
+                    try device.adamStep(AdamStep(learningRate: 1e-3, weightDecay: 0.01, step: step), parameter: p, gradient: g,
+                                        m: m, v: v, vMax: amsgrad ? vMax : nil)
+                }
+                return [try device.read(p), try device.read(m), try device.read(v)]
+            })
+        }
+
+        cases.append(Case(operation: "sgdStep", shape: "129 momentum nesterov x3") { device in
+            let p = try input(device, [129], seed: 26)
+            let buffer = try device.zeros([129])
+            for step in 1...3 {
+                let g = try input(device, [129], seed: 27 + UInt64(step))
+                try device.sgdStep(SGDStep(learningRate: 0.1, momentum: 0.9, weightDecay: 1e-4, nesterov: true, firstStep: step == 1),
+                                   parameter: p, gradient: g, momentum: buffer)
+            }
+            return [try device.read(p), try device.read(buffer)]
+        })
+        return cases
+    }
+}

@@ -1,0 +1,61 @@
+/// Everything one evaluation of a block's local loss produces (all on the block's device).
+public struct LocalLossOutput {
+    /// `Y = flat(H) flat(T)ᵀ / P` and `YY = flat(T0) flat(T0)ᵀ / P0`, B x B.
+    public let y: Tensor
+    public let yy: Tensor
+    /// The target mask M from YY, B x B, entries 0 or 1.
+    public let mask: Tensor
+    /// d loss / d Y, B x B.
+    public let dY: Tensor
+    /// Row i's share of the loss; the loss is their sum.
+    public let rowLosses: Tensor
+    /// d loss / d H and d loss / d T, shaped like H and T.
+    public let dH: Tensor
+    public let dT: Tensor
+}
+
+/// The local loss of SIGPROP.md ("input-target, max-all" by default): compares the block's
+/// outputs on the input stream H with its outputs on the target stream T, with targets from
+/// the previous target stream T0. 4-D activations `[B, C, H, W]` are flattened to
+/// `[B, C*H*W]` and the products divided by P = H*W: the mean over positions of the
+/// per-position products, as the reference forms it.
+public struct LocalLoss: Sendable {
+    public var kind: LocalLossKind
+
+    public init(kind: LocalLossKind = .maxAll) { self.kind = kind }
+
+    /// Positions per channel: H*W for 4-D activations, else 1.
+    static func positions(_ tensor: Tensor) -> Int {
+        tensor.shape.count == 4 ? tensor.shape[2] * tensor.shape[3] : 1
+    }
+
+    public func evaluate(h: Tensor, t: Tensor, t0: Tensor, on stream: Stream? = nil) throws -> LocalLossOutput {
+        let device = h.device
+        guard h.shape == t.shape else {
+            throw SigPropError.shapeMismatch(operation: "LocalLoss", detail: "H \(h.shape) and T \(t.shape) must have the same shape (one target row per sample)")
+        }
+        guard t0.rows == h.rows else {
+            throw SigPropError.shapeMismatch(operation: "LocalLoss", detail: "T0 \(t0.shape) must have \(h.rows) rows like H \(h.shape)")
+        }
+        let batch = h.rows
+        let scale = 1 / Float(Self.positions(h))
+        let y = try device.zeros([batch, batch], on: stream)
+        let yy = try device.zeros([batch, batch], on: stream)
+        let mask = try device.zeros([batch, batch], on: stream)
+        let dY = try device.zeros([batch, batch], on: stream)
+        let rowLosses = try device.zeros([batch], on: stream)
+        let dH = try device.zeros(h.shape, on: stream)
+        let dT = try device.zeros(t.shape, on: stream)
+        try device.gemm(h, t, transposeB: true, into: y, alpha: scale, on: stream)
+        try device.gemm(t0, t0, transposeB: true, into: yy, alpha: 1 / Float(Self.positions(t0)), on: stream)
+        try device.localLossRows(kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
+        try device.gemm(dY, t, into: dH, alpha: scale, on: stream)
+        try device.gemm(dY, transposeA: true, h, into: dT, alpha: scale, on: stream)
+        return LocalLossOutput(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
+    }
+
+    /// The loss value: the sum of the row shares (read back to the host).
+    public static func value(of output: LocalLossOutput, on stream: Stream? = nil) throws -> Float {
+        try output.rowLosses.device.read(output.rowLosses, on: stream).reduce(0, +)
+    }
+}

@@ -1,0 +1,234 @@
+import COpenCL
+import Foundation
+
+extension CLBuffer: TensorStorage {}
+
+/// An in-order OpenCL queue behind a `Stream`.
+final class OpenCLQueue: BackendQueue, @unchecked Sendable {
+    let queue: CLQueue
+    init(_ queue: CLQueue) { self.queue = queue }
+
+    func record() throws -> BackendEvent { OpenCLEvent(try queue.marker()) }
+
+    func wait(for event: BackendEvent) throws {
+        guard let event = event as? OpenCLEvent else {
+            throw SigPropError.configuration("an OpenCL stream cannot wait for an event of another backend")
+        }
+        try queue.barrier(waitingFor: [event.event])
+    }
+
+    func synchronize() throws { try queue.finish() }
+}
+
+final class OpenCLEvent: BackendEvent, @unchecked Sendable {
+    let event: CLEvent
+    init(_ event: CLEvent) { self.event = event }
+    func wait() throws { try event.wait() }
+}
+
+/// How long one program took to build for a device.
+public struct ProgramBuildReport: Sendable {
+    public let program: String
+    public let options: String
+    public let seconds: Double
+}
+
+/// The OpenCL backend: one context on one device, programs built once and reused.
+final class OpenCLBackend: Backend, @unchecked Sendable {
+    let kind = BackendKind.opencl
+    let info: OpenCLDeviceInfo
+    let parameters: KernelParameters
+    let context: CLContext
+    var deviceDescription: String { info.description }
+    let capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true)
+
+    /// Guards the program/kernel caches and the set-arguments-then-enqueue pair: a kernel
+    /// object's arguments are shared state, so two threads must not interleave there.
+    private let lock = NSLock()
+    private var programs: [String: CLProgram] = [:]
+    private var kernels: [String: CLKernel] = [:]
+
+    init(entry: OpenCLDeviceEntry) throws {
+        info = entry.info
+        parameters = KernelParameters.forDevice(entry.info)
+        context = try CLContext(device: entry.id)
+    }
+
+    func makeQueue() throws -> BackendQueue { OpenCLQueue(try CLQueue(context: context)) }
+
+    // MARK: Programs
+
+    /// Builds every program now (instead of on first use) and reports the build times.
+    func buildAllPrograms() throws -> [ProgramBuildReport] {
+        try KernelRegistry.programNames.map { name in
+            let start = DispatchTime.now().uptimeNanoseconds
+            _ = try lock.withLock { try program(name) }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            return ProgramBuildReport(program: name, options: KernelRegistry.options(for: name, parameters: parameters), seconds: seconds)
+        }
+    }
+
+    /// Compiles arbitrary source for this device (tests use it to see a failing build's log).
+    func compile(name: String, source: String, options: String) throws -> CLProgram {
+        try CLProgram(context: context, name: name, source: source, options: options, deviceName: info.name)
+    }
+
+    /// Caller holds `lock`.
+    private func program(_ name: String) throws -> CLProgram {
+        if let program = programs[name] { return program }
+        guard let source = KernelRegistry.source(of: name) else {
+            throw SigPropError.configuration("no kernel program '\(name)' is embedded; add Kernels/\(name).cl")
+        }
+        let program = try compile(name: name, source: source, options: KernelRegistry.options(for: name, parameters: parameters))
+        programs[name] = program
+        return program
+    }
+
+    /// Sets the arguments of `program`'s `kernel` and enqueues it: atomically with respect to
+    /// other threads using the same kernel object.
+    @discardableResult
+    private func launch(_ program: String, _ kernel: String, _ arguments: [CLKernel.Argument],
+                        global: [Int], local: [Int]? = nil, on queue: BackendQueue) throws -> CLEvent? {
+        guard global.allSatisfy({ $0 > 0 }) else { return nil }
+        let clQueue = (queue as! OpenCLQueue).queue
+        return try lock.withLock {
+            let key = program + "." + kernel
+            let object: CLKernel
+            if let cached = kernels[key] {
+                object = cached
+            } else {
+                object = try CLKernel(program: try self.program(program), name: kernel)
+                kernels[key] = object
+            }
+            try object.setArguments(arguments)
+            return try clQueue.launch(object, global: global, local: local)
+        }
+    }
+
+    // MARK: Memory
+
+    func allocate(count: Int) throws -> TensorStorage {
+        let bytes = count * MemoryLayout<Float>.size
+        if UInt64(bytes) > info.maxAllocationBytes {
+            throw SigPropError.outOfMemory(device: info.name, requestedBytes: bytes, limitBytes: info.maxAllocationBytes,
+                                           detail: "largest single buffer (CL_DEVICE_MAX_MEM_ALLOC_SIZE); global memory \(formatBytes(info.globalMemoryBytes))")
+        }
+        do {
+            return try CLBuffer(context: context, bytes: bytes)
+        } catch let error as OpenCLError where [CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_RESOURCES, CL_OUT_OF_HOST_MEMORY, CL_INVALID_BUFFER_SIZE].contains(error.code) {
+            throw SigPropError.outOfMemory(device: info.name, requestedBytes: bytes, limitBytes: info.globalMemoryBytes,
+                                           detail: "global memory; the driver answered \(error.name)")
+        }
+    }
+
+    private func mem(_ storage: TensorStorage) -> CLBuffer { storage as! CLBuffer }
+    private func clQueue(_ queue: BackendQueue) -> CLQueue { (queue as! OpenCLQueue).queue }
+
+    func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws {
+        guard !values.isEmpty else { return }
+        try values.withUnsafeBytes { try clQueue(queue).write(mem(storage), from: $0.baseAddress!, bytes: $0.count) }
+    }
+
+    func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float] {
+        var values = [Float](repeating: 0, count: count)
+        guard count > 0 else { return values }
+        try values.withUnsafeMutableBytes { try clQueue(queue).read(mem(storage), into: $0.baseAddress!, bytes: $0.count) }
+        return values
+    }
+
+    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        guard count > 0 else { return }
+        try clQueue(queue).copy(mem(source), to: mem(destination), bytes: count * 4)
+    }
+
+    // MARK: Operations
+
+    func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws {
+        try launch("elementwise", "fill", [.buffer(mem(storage)), .int(Int32(count)), .float(value)], global: [count], on: queue)
+    }
+
+    func gemm(_ s: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
+        let tile = parameters.gemmTile
+        let roundUp = { (x: Int) in (x + tile - 1) / tile * tile }
+        try launch("gemm", "gemm", [
+            .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
+            .float(s.alpha), .float(s.beta), .buffer(mem(a)), .buffer(mem(b)), .buffer(mem(c)),
+            // Without a bias the kernel never reads the argument; C stands in for it.
+            .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : 1), .int(s.activation.code),
+        ], global: [roundUp(s.n), roundUp(s.m)], local: [tile, tile], on: queue)
+    }
+
+    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        try launch("elementwise", "activation_forward",
+                   [.buffer(mem(input)), .buffer(mem(output)), .int(Int32(count)), .int(activation.code)], global: [count], on: queue)
+    }
+
+    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        try launch("elementwise", "activation_backward",
+                   [.buffer(mem(output)), .buffer(mem(gradient)), .buffer(mem(result)), .int(Int32(count)), .int(activation.code)],
+                   global: [count], on: queue)
+    }
+
+    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        try launch("elementwise", "axpby", [.float(alpha), .buffer(mem(x)), .float(beta), .buffer(mem(y)), .int(Int32(count))],
+                   global: [count], on: queue)
+    }
+
+    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
+        try launch("reduce", "column_sums", [.buffer(mem(x)), .int(Int32(rows)), .int(Int32(columns)), .buffer(mem(into)),
+                                             .float(alpha), .float(beta)], global: [columns], on: queue)
+    }
+
+    private func convArguments(_ s: ConvShape) -> [CLKernel.Argument] {
+        [s.batch, s.inChannels, s.height, s.width, s.outChannels, s.kernelHeight, s.kernelWidth, s.stride, s.padding,
+         s.outHeight, s.outWidth].map { .int(Int32($0)) }
+    }
+
+    func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
+        try launch("conv", "conv2d_forward",
+                   [.buffer(mem(input)), .buffer(mem(weight)), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1), .buffer(mem(output))]
+                   + convArguments(s) + [.int(activation.code)],
+                   global: [s.batch * s.outChannels * s.outHeight * s.outWidth], on: queue)
+    }
+
+    func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
+        try launch("conv", "conv2d_weight_grad",
+                   [.buffer(mem(input)), .buffer(mem(outputGradient)), .buffer(mem(weightGradient))] + convArguments(s) + [.float(beta)],
+                   global: [s.outChannels * s.inChannels * s.kernelHeight * s.kernelWidth], on: queue)
+        if let biasGradient {
+            try launch("conv", "conv2d_bias_grad",
+                       [.buffer(mem(outputGradient)), .buffer(mem(biasGradient)), .int(Int32(s.batch)), .int(Int32(s.outChannels)),
+                        .int(Int32(s.outHeight * s.outWidth)), .float(beta)],
+                       global: [s.outChannels], on: queue)
+        }
+    }
+
+    func pool2d(_ kind: PoolKind, shape s: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
+        try launch("pool", "pool2d", [.buffer(mem(input)), .buffer(mem(output)), .int(Int32(s.planes)), .int(Int32(s.height)),
+                                      .int(Int32(s.width)), .int(Int32(s.size)), .int(kind == .max ? 0 : 1)],
+                   global: [s.planes * s.outHeight * s.outWidth], on: queue)
+    }
+
+    func localLossRows(_ loss: LocalLossKind, batch: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
+        try launch("local_loss", "local_loss_rows",
+                   [.buffer(mem(y)), .buffer(mem(yy)), .buffer(mem(mask)), .buffer(mem(dY)), .buffer(mem(rowLosses)),
+                    .int(Int32(batch)), .int(loss.code), .int(loss.k)],
+                   global: [batch], on: queue)
+    }
+
+    func adamStep(_ s: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+        try launch("optimizer", "adam_step",
+                   [.buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(m)), .buffer(mem(v)), .buffer(mem(vMax ?? v)),
+                    .int(vMax == nil ? 0 : 1), .int(Int32(count)), .float(s.stepSize), .float(s.beta1), .float(s.beta2),
+                    .float(s.epsilon), .float(s.weightDecay), .float(s.biasCorrection2Sqrt)],
+                   global: [count], on: queue)
+    }
+
+    func sgdStep(_ s: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+        try launch("optimizer", "sgd_step",
+                   [.buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(momentum ?? gradient)),
+                    .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)), .float(s.learningRate), .float(s.momentum),
+                    .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0), .int(s.firstStep ? 1 : 0)],
+                   global: [count], on: queue)
+    }
+}
