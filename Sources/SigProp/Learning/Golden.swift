@@ -14,6 +14,13 @@ public struct GoldenCase: Sendable {
     public let inputs: [String: GoldenTensor]
     public let outputs: [String: GoldenTensor]
 
+    public init(name: String, kind: String, inputs: [String: GoldenTensor], outputs: [String: GoldenTensor]) {
+        self.name = name
+        self.kind = kind
+        self.inputs = inputs
+        self.outputs = outputs
+    }
+
     public init(contentsOf url: URL) throws {
         let path = url.path
         let data: Data

@@ -1,0 +1,46 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// The local loss against vectors computed by the authors' PyTorch library (Fixtures/ holds
+/// copies of shared/golden files).
+@Suite struct GoldenTests {
+    static let lossCases = [
+        "loss2d_onehot_B8_D16", "loss2d_hidden_B32_D64", "loss2d_distinct_B16_D24",
+        "loss4d_t0onehot_B6_C5_H4_W3", "loss4d_t0conv_B6_C5_H4_W4",
+    ]
+
+    @Test(arguments: TestBackend.available, lossCases)
+    func localLossMatchesTheReference(_ backend: TestBackend, _ name: String) throws {
+        let golden = try GoldenCase(contentsOf: try fixture(name))
+        let report = try GoldenCheck.run(golden, on: try backend.device())
+        #expect(report.comparisons.map(\.output) == ["loss", "y", "yy", "mask", "dloss_dh1", "dloss_dt1"])
+        for comparison in report.comparisons {
+            #expect(comparison.passed, "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)")
+        }
+    }
+
+    @Test func aWrongReferenceFails() throws {
+        var golden = try GoldenCase(contentsOf: try fixture("loss2d_onehot_B8_D16"))
+        let y = try golden.output("y")
+        var outputs = golden.outputs
+        outputs["y"] = GoldenTensor(shape: y.shape, values: y.values.map { $0 + 1e-3 })
+        golden = GoldenCase(name: golden.name, kind: golden.kind, inputs: golden.inputs, outputs: outputs)
+        let report = try GoldenCheck.run(golden, on: try TestBackend.cpu.device())
+        #expect(!report.passed)
+        #expect(report.comparisons.first { $0.output == "y" }?.passed == false)
+    }
+
+    @Test func unusableFilesAreNamed() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-golden-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let notJSON = directory.appendingPathComponent("bad.json")
+        try Data("not json".utf8).write(to: notJSON)
+        #expect(throws: SigPropError.badGoldenFile(path: notJSON.path, reason: "is not a JSON object")) {
+            _ = try GoldenCase(contentsOf: notJSON)
+        }
+        let missing = directory.appendingPathComponent("missing.json")
+        #expect { _ = try GoldenCase(contentsOf: missing) } throws: { "\($0)".contains("missing.json") && "\($0)".contains("cannot be read") }
+    }
+}

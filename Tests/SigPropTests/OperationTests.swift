@@ -1,0 +1,274 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// Every operation, on every backend, against references that do not use the CPU fallback:
+/// plain loops in double, finite differences, and (OpenCLvs CPU) the shared self-check table.
+@Suite struct OperationTests {
+    static let gemmShapes: [(Int, Int, Int)] = [(1, 1, 1), (7, 7, 7), (129, 7, 13), (1, 129, 1000), (33, 17, 129)]
+
+    @Test(arguments: TestBackend.available)
+    func gemmMatchesPlainLoopsInEveryTranspose(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (m, n, k) in Self.gemmShapes {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = random(m * k, seed: 1), b = random(k * n, seed: 2), c0 = random(m * n, seed: 3), bias = random(n, seed: 4)
+                let c = try device.tensor(c0, shape: [m, n])
+                try device.gemm(try device.tensor(a, shape: ta ? [k, m] : [m, k]), transposeA: ta,
+                                try device.tensor(b, shape: tb ? [n, k] : [k, n]), transposeB: tb,
+                                into: c, alpha: 0.5, beta: -2, bias: try device.tensor(bias, shape: [n]), activation: .leakyRelu)
+                let product = naiveProduct(a, b, m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                let expected = (0..<(m * n)).map { i -> Float in
+                    let v = 0.5 * product[i] - 2 * c0[i] + bias[i % n]
+                    return v > 0 ? v : 0.01 * v
+                }
+                expectClose(try device.read(c), expected, absolute: 1e-4, "gemm \(m)x\(n)x\(k) \(ta ? "T" : "N")\(tb ? "T" : "N")")
+            }
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func gemmWithZeroBetaIgnoresNaNInTheOutput(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let c = try device.tensor([Float](repeating: .nan, count: 4), shape: [2, 2])
+        try device.gemm(try device.tensor([1, 0, 0, 1], shape: [2, 2]), try device.tensor([1, 2, 3, 4], shape: [2, 2]), into: c)
+        #expect(try device.read(c) == [1, 2, 3, 4])
+    }
+
+    @Test(arguments: TestBackend.available)
+    func convolutionMatchesDirectLoops(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let shapes = [
+            ConvShape(batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 1, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
+            ConvShape(batch: 2, inChannels: 3, height: 7, width: 5, outChannels: 4, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(batch: 1, inChannels: 2, height: 9, width: 8, outChannels: 3, kernelHeight: 3, kernelWidth: 2, stride: 2, padding: 0),
+        ]
+        for s in shapes {
+            let x = random(s.batch * s.inChannels * s.height * s.width, seed: 5)
+            let w = random(s.outChannels * s.inChannels * s.kernelHeight * s.kernelWidth, seed: 6)
+            let b = random(s.outChannels, seed: 7)
+            let y = try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth])
+            try device.conv2d(try device.tensor(x, shape: [s.batch, s.inChannels, s.height, s.width]),
+                              weight: try device.tensor(w, shape: [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth]),
+                              bias: try device.tensor(b, shape: [s.outChannels]), into: y, stride: s.stride, padding: s.padding)
+            var expected: [Float] = []
+            for n in 0..<s.batch {
+                for o in 0..<s.outChannels {
+                    for oy in 0..<s.outHeight {
+                        for ox in 0..<s.outWidth {
+                            var sum = Double(b[o])
+                            for c in 0..<s.inChannels {
+                                for ky in 0..<s.kernelHeight {
+                                    for kx in 0..<s.kernelWidth {
+                                        let iy = oy * s.stride + ky - s.padding, ix = ox * s.stride + kx - s.padding
+                                        guard iy >= 0, iy < s.height, ix >= 0, ix < s.width else { continue }
+                                        sum += Double(w[((o * s.inChannels + c) * s.kernelHeight + ky) * s.kernelWidth + kx])
+                                            * Double(x[((n * s.inChannels + c) * s.height + iy) * s.width + ix])
+                                    }
+                                }
+                            }
+                            expected.append(Float(sum))
+                        }
+                    }
+                }
+            }
+            expectClose(try device.read(y), expected, "conv2d \(s)")
+        }
+    }
+
+    /// The weight and bias gradients are the derivatives of L = sum(G ⊙ conv(x; W, b)).
+    @Test(arguments: TestBackend.available)
+    func convolutionGradientsMatchFiniteDifferences(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let s = ConvShape(batch: 2, inChannels: 3, height: 7, width: 6, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
+        let xShape = [s.batch, s.inChannels, s.height, s.width], wShape = [s.outChannels, s.inChannels, 3, 3]
+        let yShape = [s.batch, s.outChannels, s.outHeight, s.outWidth]
+        let x = try device.tensor(random(xShape.reduce(1, *), seed: 8), shape: xShape)
+        let g = random(yShape.reduce(1, *), seed: 9)
+        let w0 = random(wShape.reduce(1, *), seed: 10), b0 = random(s.outChannels, seed: 11)
+        func loss(_ w: [Float], _ b: [Float]) throws -> Double {
+            let y = try device.zeros(yShape)
+            try device.conv2d(x, weight: try device.tensor(w, shape: wShape), bias: try device.tensor(b, shape: [s.outChannels]), into: y, padding: 1)
+            return zip(try device.read(y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+        }
+        let dw = try device.zeros(wShape), db = try device.zeros([s.outChannels])
+        try device.conv2dWeightGradient(x, outputGradient: try device.tensor(g, shape: yShape), into: dw, biasGradient: db, padding: 1)
+        let (analyticW, analyticB) = (try device.read(dw), try device.read(db))
+        let step: Float = 0.01
+        for index in [0, 13, 77, wShape.reduce(1, *) - 1] {
+            var plus = w0, minus = w0
+            plus[index] += step
+            minus[index] -= step
+            let numeric = (try loss(plus, b0) - loss(minus, b0)) / Double(2 * step)
+            #expect(abs(numeric - Double(analyticW[index])) <= 2e-2 + 1e-2 * abs(numeric), "dW[\(index)]: \(analyticW[index]) vs \(numeric)")
+        }
+        for index in 0..<s.outChannels {
+            var plus = b0, minus = b0
+            plus[index] += step
+            minus[index] -= step
+            let numeric = (try loss(w0, plus) - loss(w0, minus)) / Double(2 * step)
+            #expect(abs(numeric - Double(analyticB[index])) <= 2e-2 + 1e-2 * abs(numeric), "db[\(index)]: \(analyticB[index]) vs \(numeric)")
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func activationGradientMatchesFiniteDifferences(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        // Points away from the kinks at 0, where the one-sided derivatives differ.
+        let z = random(64, seed: 12).map { $0 >= 0 ? $0 + 0.1 : $0 - 0.1 }
+        for activation in Activation.allCases {
+            let zt = try device.tensor(z, shape: [64])
+            let a = try device.zeros([64]), g = try device.tensor([Float](repeating: 1, count: 64), shape: [64])
+            try device.activate(activation, zt, into: a)
+            try device.activationGradient(activation, output: a, gradient: g, into: g)
+            let analytic = try device.read(g)
+            let numeric = z.map { v -> Float in
+                let h: Float = 1e-3
+                return (CPUKernels.activate(v + h, activation) - CPUKernels.activate(v - h, activation)) / (2 * h)
+            }
+            expectClose(analytic, numeric, absolute: 1e-3, relative: 1e-3, "\(activation) derivative")
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func poolingMatchesPlainLoops(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let x = random(2 * 7 * 5, seed: 13)
+        for kind in PoolKind.allCases {
+            let y = try device.zeros([1, 2, 3, 2])
+            try device.pool2d(kind, try device.tensor(x, shape: [1, 2, 7, 5]), into: y)
+            var expected: [Float] = []
+            for plane in 0..<2 {
+                for oy in 0..<3 {
+                    for ox in 0..<2 {
+                        let window = [(0, 0), (0, 1), (1, 0), (1, 1)].map { x[plane * 35 + (oy * 2 + $0.0) * 5 + ox * 2 + $0.1] }
+                        expected.append(kind == .max ? window.max()! : window.reduce(0, +) / 4)
+                    }
+                }
+            }
+            expectClose(try device.read(y), expected, "pool \(kind)")
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func columnSumsAndAxpby(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let x = random(7 * 129, seed: 14)
+        let out = try device.tensor([Float](repeating: 1, count: 129), shape: [129])
+        try device.columnSums(try device.tensor(x, shape: [7, 129]), into: out, alpha: 2, beta: 3)
+        let expected = (0..<129).map { j in 2 * (0..<7).reduce(Float(0)) { $0 + x[$1 * 129 + j] } + 3 }
+        expectClose(try device.read(out), expected, "columnSums")
+        let y = try device.tensor(x, shape: [7, 129])
+        try device.axpby(alpha: -1, y, beta: 2, y)
+        expectClose(try device.read(y), x, "axpby")
+    }
+
+    /// PyTorch's Adam and AMSGrad and SGD (momentum, Nesterov, weight decay), in double.
+    @Test(arguments: TestBackend.available)
+    func optimizerStepsMatchPyTorchFormulas(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let count = 129
+        let p0 = random(count, seed: 15)
+        let grads = (1...3).map { random(count, seed: 16 + UInt64($0)) }
+        for amsgrad in [false, true] {
+            let p = try device.tensor(p0, shape: [count])
+            let m = try device.zeros([count]), v = try device.zeros([count]), vMax = try device.zeros([count])
+            var (rp, rm, rv, rMax) = (p0.map(Double.init), [Double](repeating: 0, count: count), [Double](repeating: 0, count: count), [Double](repeating: 0, count: count))
+            for (t, grad) in grads.enumerated() {
+                let settings = AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: t + 1)
+                try device.adamStep(settings, parameter: p, gradient: try device.tensor(grad, shape: [count]), m: m, v: v, vMax: amsgrad ? vMax : nil)
+                for i in 0..<count {
+                    let g = Double(grad[i]) + 0.1 * rp[i]
+                    rm[i] = 0.9 * rm[i] + 0.1 * g
+                    rv[i] = 0.999 * rv[i] + 0.001 * g * g
+                    rMax[i] = max(rMax[i], rv[i])
+                    let bc1 = 1 - pow(0.9, Double(t + 1)), bc2 = 1 - pow(0.999, Double(t + 1))
+                    rp[i] -= 1e-2 / bc1 * rm[i] / ((amsgrad ? rMax[i] : rv[i]).squareRoot() / bc2.squareRoot() + 1e-8)
+                }
+            }
+            expectClose(try device.read(p), rp.map(Float.init), absolute: 1e-5, relative: 1e-4, amsgrad ? "amsgrad" : "adam")
+        }
+        let p = try device.tensor(p0, shape: [count]), buffer = try device.zeros([count])
+        var (rp, rb) = (p0.map(Double.init), [Double](repeating: 0, count: count))
+        for (t, grad) in grads.enumerated() {
+            try device.sgdStep(SGDStep(learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01, nesterov: true, firstStep: t == 0),
+                               parameter: p, gradient: try device.tensor(grad, shape: [count]), momentum: buffer)
+            for i in 0..<count {
+                let g = Double(grad[i]) + 0.01 * rp[i]
+                rb[i] = t == 0 ? g : 0.9 * rb[i] + 0.9 * g
+                rp[i] -= 0.1 * (g + 0.9 * rb[i])
+            }
+        }
+        expectClose(try device.read(p), rp.map(Float.init), "sgd")
+    }
+
+    @Test(arguments: TestBackend.available)
+    func localLossGradientsMatchFiniteDifferences(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (batch, width) in [(1, 3), (7, 5), (12, 9)] {
+            let h0 = random(batch * width, seed: 20), t0v = random(batch * width, seed: 21)
+            let labels = (0..<batch).map { $0 % 3 }
+            let targets = labels.flatMap { label in (0..<4).map { Float($0 == label ? 1 : 0) } }
+            let t0 = try device.tensor(targets, shape: [batch, 4])
+            func loss(_ h: [Float], _ t: [Float]) throws -> Double {
+                let output = try LocalLoss().evaluate(h: try device.tensor(h, shape: [batch, width]), t: try device.tensor(t, shape: [batch, width]), t0: t0)
+                return Double(try LocalLoss.value(of: output))
+            }
+            let output = try LocalLoss().evaluate(h: try device.tensor(h0, shape: [batch, width]), t: try device.tensor(t0v, shape: [batch, width]), t0: t0)
+            let (dH, dT) = (try device.read(output.dH), try device.read(output.dT))
+            let step: Float = 1e-2
+            for index in Set([0, batch * width / 2, batch * width - 1]) {
+                var plus = h0, minus = h0
+                plus[index] += step
+                minus[index] -= step
+                let numericH = (try loss(plus, t0v) - loss(minus, t0v)) / Double(2 * step)
+                #expect(abs(numericH - Double(dH[index])) <= 1e-3 + 2e-2 * abs(numericH), "B\(batch) dH[\(index)] \(dH[index]) vs \(numericH)")
+                plus = t0v
+                minus = t0v
+                plus[index] += step
+                minus[index] -= step
+                let numericT = (try loss(h0, plus) - loss(h0, minus)) / Double(2 * step)
+                #expect(abs(numericT - Double(dT[index])) <= 1e-3 + 2e-2 * abs(numericT), "B\(batch) dT[\(index)] \(dT[index]) vs \(numericT)")
+            }
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func localLossKindsBuildTheirMasks(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let yy: [Float] = [2, 2, 1, 0,
+                           0, 1, 3, 3,
+                           5, 4, 4, 1,
+                           1, 1, 1, 1]
+        let expected: [(LocalLossKind, [Float])] = [
+            (.maxAll, [1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1]),
+            (.maxRandom, [1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0]),
+            (.topK(2), [1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1]),
+        ]
+        for (kind, mask) in expected {
+            let out = try device.zeros([4, 4]), dY = try device.zeros([4, 4]), rows = try device.zeros([4])
+            try device.localLossRows(kind, y: try device.tensor(random(16, seed: 22), shape: [4, 4]), yy: try device.tensor(yy, shape: [4, 4]),
+                                     mask: out, dY: dY, rowLosses: rows)
+            #expect(try device.read(out) == mask, "\(kind)")
+            // Each row of dY sums to zero: m_i * sum softmax - sum M = 0.
+            let d = try device.read(dY)
+            for row in 0..<4 { #expect(abs(d[row * 4..<(row + 1) * 4].reduce(0, +)) < 1e-6) }
+        }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func selfCheckTableMatchesTheCPUFallback(_ backend: TestBackend) throws {
+        let results = try SelfCheck.run(on: try backend.device(), reference: try TestBackend.cpu.device())
+        #expect(results.count > 30)
+        for result in results {
+            #expect(result.passed, "\(result.operation) \(result.shape): NMSE \(result.error)")
+        }
+    }
+
+    @Test func normalisedErrorDetectsDifferences() {
+        #expect(SelfCheck.normalisedSquaredError([1, 2], [1, 2]) == 0)
+        #expect(SelfCheck.normalisedSquaredError([1, 2], [1, 2, 3]) == .infinity)
+        #expect(SelfCheck.normalisedSquaredError([.nan], [1]) == .infinity)
+        #expect(SelfCheck.normalisedSquaredError([1.1], [1]) > 1e-3)
+    }
+}
