@@ -21,6 +21,10 @@ let package = Package(
             name: "CBLAS",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
 
         // Kernels/*.cl -> Swift string constants, so binaries need no resource files.
         .executableTarget(name: "EmbedKernelsTool"),
@@ -32,7 +36,7 @@ let package = Package(
 
         .target(
             name: "SigProp",
-            dependencies: ["COpenCL", "CBLAS"],
+            dependencies: ["COpenCL", "CBLAS", "CZlib"],
             plugins: ["EmbedKernels"]
         ),
         .executableTarget(

@@ -10,6 +10,8 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
     case deviceMismatch(operation: String, tensorDevice: String, device: String)
     /// A reference-vector (golden) file that cannot be used.
     case badGoldenFile(path: String, reason: String)
+    /// A data set file or folder that is missing or malformed.
+    case dataset(path: String, problem: String, fix: String)
     /// An allocation larger than the device allows or has free.
     case outOfMemory(device: String, requestedBytes: Int, limitBytes: UInt64, detail: String)
 
@@ -23,6 +25,8 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
             return "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with Device.copy(_:) or create it on \(device)"
         case .badGoldenFile(let path, let reason):
             return "golden file \(path): \(reason)"
+        case .dataset(let path, let problem, let fix):
+            return "data set \(path): \(problem). \(fix)"
         case .outOfMemory(let device, let requested, let limit, let detail):
             return "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
         }
