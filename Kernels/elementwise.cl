@@ -22,3 +22,9 @@ __kernel void axpby(const float alpha, __global const float* x, const float beta
     const int i = get_global_id(0);
     if (i < n) y[i] = alpha * x[i] + (beta != 0.0f ? beta * y[i] : 0.0f);
 }
+
+// out = a * b element-wise; out may alias a or b.
+__kernel void multiply(__global const float* a, __global const float* b, __global float* out, const int n) {
+    const int i = get_global_id(0);
+    if (i < n) out[i] = a[i] * b[i];
+}

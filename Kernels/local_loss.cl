@@ -1,25 +1,26 @@
 // The row-wise part of Signal Propagation's local loss (see shared SIGPROP.md):
-// from Y and YY (B x B) build the target mask M, dY = (m_i softmax(Y)_ij - M_ij) / B and
-// each row's share of the loss, -sum_j M_ij log_softmax(Y_i)_j / B. One work-item per row.
+// from Y and YY (B x N; N = B for a block, N = K classes for the output layer's cross entropy
+// against one-hot YY) build the target mask M, dY = (m_i softmax(Y)_ij - M_ij) / B and each
+// row's share of the loss, -sum_j M_ij log_softmax(Y_i)_j / B. One work-item per row.
 #define LOSS_MAX_ALL 0
 #define LOSS_MAX_RANDOM 1
 #define LOSS_TOP_K 2
 
 __kernel void local_loss_rows(__global const float* Y, __global const float* YY, __global float* mask,
-                              __global float* dY, __global float* row_loss, const int B, const int kind, const int top_k) {
+                              __global float* dY, __global float* row_loss, const int B, const int N, const int kind, const int top_k) {
     const int i = get_global_id(0);
     if (i >= B) return;
-    __global const float* y = Y + (size_t)i * B;
-    __global const float* yy = YY + (size_t)i * B;
-    __global float* mrow = mask + (size_t)i * B;
-    __global float* drow = dY + (size_t)i * B;
+    __global const float* y = Y + (size_t)i * N;
+    __global const float* yy = YY + (size_t)i * N;
+    __global float* mrow = mask + (size_t)i * N;
+    __global float* drow = dY + (size_t)i * N;
 
     float yy_max = -INFINITY;
     int first = 0;
-    for (int j = 0; j < B; ++j) if (yy[j] > yy_max) { yy_max = yy[j]; first = j; }
+    for (int j = 0; j < N; ++j) if (yy[j] > yy_max) { yy_max = yy[j]; first = j; }
 
     float m = 0.0f;
-    for (int j = 0; j < B; ++j) {
+    for (int j = 0; j < N; ++j) {
         int selected;
         if (kind == LOSS_MAX_ALL) {
             selected = yy[j] == yy_max;
@@ -27,7 +28,7 @@ __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
             selected = j == first;
         } else {
             int greater = 0;
-            for (int l = 0; l < B; ++l) greater += yy[l] > yy[j];
+            for (int l = 0; l < N; ++l) greater += yy[l] > yy[j];
             selected = greater < top_k;
         }
         mrow[j] = selected ? 1.0f : 0.0f;
@@ -35,13 +36,13 @@ __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
     }
 
     float y_max = -INFINITY;
-    for (int j = 0; j < B; ++j) y_max = fmax(y_max, y[j]);
+    for (int j = 0; j < N; ++j) y_max = fmax(y_max, y[j]);
     float sum = 0.0f;
-    for (int j = 0; j < B; ++j) sum += exp(y[j] - y_max);
+    for (int j = 0; j < N; ++j) sum += exp(y[j] - y_max);
     const float log_sum = log(sum);
     const float inv_b = 1.0f / (float)B;
     float loss = 0.0f;
-    for (int j = 0; j < B; ++j) {
+    for (int j = 0; j < N; ++j) {
         const float log_softmax = y[j] - y_max - log_sum;
         loss -= mrow[j] * log_softmax;
         drow[j] = (m * exp(log_softmax) - mrow[j]) * inv_b;

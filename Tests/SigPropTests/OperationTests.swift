@@ -130,6 +130,36 @@ import Testing
         }
     }
 
+    /// The gradient through row normalisation and a column affine is the derivative of
+    /// L = sum(G ⊙ (normalize(x) * scale + shift)).
+    @Test(arguments: TestBackend.available)
+    func rowNormalisationGradientMatchesFiniteDifferences(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (rows, columns) in [(1, 7), (3, 129)] {
+            let x0 = random(rows * columns, seed: 40, in: -2...2), g = random(rows * columns, seed: 41), scale = random(columns, seed: 42)
+            let scaleTensor = try device.tensor(scale, shape: [columns])
+            func loss(_ x: [Float]) throws -> Double {
+                let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows]), y = try device.zeros([rows, columns])
+                try device.normalizeRows(try device.tensor(x, shape: [rows, columns]), rows: rows, into: xhat, rstd: rstd)
+                try device.scaleShiftColumns(xhat, scale: scaleTensor, into: y)
+                return zip(try device.read(y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+            }
+            let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows])
+            try device.normalizeRows(try device.tensor(x0, shape: [rows, columns]), rows: rows, into: xhat, rstd: rstd)
+            let dxhat = try device.zeros([rows, columns])
+            try device.scaleShiftColumns(try device.tensor(g, shape: [rows, columns]), scale: scaleTensor, into: dxhat)
+            try device.normalizeRowsGradient(dxhat, xhat: xhat, rstd: rstd, into: dxhat)
+            let analytic = try device.read(dxhat)
+            for index in Set([0, columns / 2, rows * columns - 1]) {
+                var plus = x0, minus = x0
+                plus[index] += 1e-2
+                minus[index] -= 1e-2
+                let numeric = (try loss(plus) - loss(minus)) / 2e-2
+                #expect(abs(numeric - Double(analytic[index])) <= 2e-3 + 2e-2 * abs(numeric), "\(rows)x\(columns) dx[\(index)]: \(analytic[index]) vs \(numeric)")
+            }
+        }
+    }
+
     @Test(arguments: TestBackend.available)
     func poolingMatchesPlainLoops(_ backend: TestBackend) throws {
         let device = try backend.device()

@@ -140,10 +140,36 @@ final class CPUBackend: Backend, @unchecked Sendable {
         run(queue) { CPUKernels.pool2d(kind, shape, input: x.pointer, output: y.pointer) }
     }
 
-    func localLossRows(_ loss: LocalLossKind, batch: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
+    func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        let (a, b, out) = (buf(a), buf(b), buf(into))
+        run(queue) { for i in 0..<count { out.pointer[i] = a.pointer[i] * b.pointer[i] } }
+    }
+
+    func normalizeRows(_ x: TensorStorage, rows: Int, columns: Int, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
+        let (x, xhat, rstd) = (buf(x), buf(xhat), buf(rstd))
+        run(queue) { CPUKernels.normalizeRows(x.pointer, rows: rows, columns: columns, xhat: xhat.pointer, rstd: rstd.pointer, epsilon: epsilon) }
+    }
+
+    func normalizeRowsGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+        let (g, xhat, rstd, dx) = (buf(dxhat), buf(xhat), buf(rstd), buf(into))
+        run(queue) { CPUKernels.normalizeRowsGradient(g.pointer, xhat: xhat.pointer, rstd: rstd.pointer, into: dx.pointer, rows: rows, columns: columns) }
+    }
+
+    func scaleShiftColumns(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+        let (x, scale, shift, out) = (buf(x), buf(scale), shift.map(buf), buf(into))
+        run(queue) {
+            for r in 0..<rows {
+                for j in 0..<columns {
+                    out.pointer[r * columns + j] = x.pointer[r * columns + j] * scale.pointer[j] + (shift?.pointer[j] ?? 0)
+                }
+            }
+        }
+    }
+
+    func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
         let (y, yy, mask, dY, rowLosses) = (buf(y), buf(yy), buf(mask), buf(dY), buf(rowLosses))
         run(queue) {
-            CPUKernels.localLossRows(loss, batch: batch, y: y.pointer, yy: yy.pointer, mask: mask.pointer, dY: dY.pointer, rowLosses: rowLosses.pointer)
+            CPUKernels.localLossRows(loss, batch: batch, columns: columns, y: y.pointer, yy: yy.pointer, mask: mask.pointer, dY: dY.pointer, rowLosses: rowLosses.pointer)
         }
     }
 

@@ -142,40 +142,68 @@ enum CPUKernels {
         }
     }
 
-    static func localLossRows(_ loss: LocalLossKind, batch b: Int, y: UnsafePointer<Float>, yy: UnsafePointer<Float>,
+    static func localLossRows(_ loss: LocalLossKind, batch b: Int, columns n: Int, y: UnsafePointer<Float>, yy: UnsafePointer<Float>,
                               mask: UnsafeMutablePointer<Float>, dY: UnsafeMutablePointer<Float>, rowLosses: UnsafeMutablePointer<Float>) {
         let invB = 1 / Float(b)
         for i in 0..<b {
-            let yRow = y + i * b, yyRow = yy + i * b, mRow = mask + i * b, dRow = dY + i * b
+            let yRow = y + i * n, yyRow = yy + i * n, mRow = mask + i * n, dRow = dY + i * n
             var yyMax = -Float.infinity
             var first = 0
-            for j in 0..<b where yyRow[j] > yyMax { yyMax = yyRow[j]; first = j }
+            for j in 0..<n where yyRow[j] > yyMax { yyMax = yyRow[j]; first = j }
             var m: Float = 0
-            for j in 0..<b {
+            for j in 0..<n {
                 let selected: Bool
                 switch loss {
                 case .maxAll: selected = yyRow[j] == yyMax
                 case .maxRandom: selected = j == first
                 case .topK(let k):
                     var greater = 0
-                    for l in 0..<b where yyRow[l] > yyRow[j] { greater += 1 }
+                    for l in 0..<n where yyRow[l] > yyRow[j] { greater += 1 }
                     selected = greater < k
                 }
                 mRow[j] = selected ? 1 : 0
                 m += mRow[j]
             }
             var yMax = -Float.infinity
-            for j in 0..<b { yMax = max(yMax, yRow[j]) }
+            for j in 0..<n { yMax = max(yMax, yRow[j]) }
             var sum: Float = 0
-            for j in 0..<b { sum += expf(yRow[j] - yMax) }
+            for j in 0..<n { sum += expf(yRow[j] - yMax) }
             let logSum = logf(sum)
             var rowLoss: Float = 0
-            for j in 0..<b {
+            for j in 0..<n {
                 let logSoftmax = yRow[j] - yMax - logSum
                 rowLoss -= mRow[j] * logSoftmax
                 dRow[j] = (m * expf(logSoftmax) - mRow[j]) * invB
             }
             rowLosses[i] = rowLoss * invB
+        }
+    }
+
+    static func normalizeRows(_ x: UnsafePointer<Float>, rows: Int, columns d: Int, xhat: UnsafeMutablePointer<Float>,
+                              rstd: UnsafeMutablePointer<Float>, epsilon: Float) {
+        for r in 0..<rows {
+            let row = x + r * d, out = xhat + r * d
+            var mean: Float = 0
+            for j in 0..<d { mean += row[j] }
+            mean /= Float(d)
+            var variance: Float = 0
+            for j in 0..<d { variance += (row[j] - mean) * (row[j] - mean) }
+            let s = 1 / (variance / Float(d) + epsilon).squareRoot()
+            for j in 0..<d { out[j] = (row[j] - mean) * s }
+            rstd[r] = s
+        }
+    }
+
+    static func normalizeRowsGradient(_ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+                                      into dx: UnsafeMutablePointer<Float>, rows: Int, columns d: Int) {
+        for r in 0..<rows {
+            let g = dxhat + r * d, xh = xhat + r * d, out = dx + r * d
+            var meanG: Float = 0, meanGX: Float = 0
+            for j in 0..<d { meanG += g[j]; meanGX += g[j] * xh[j] }
+            meanG /= Float(d)
+            meanGX /= Float(d)
+            let s = rstd[r]
+            for j in 0..<d { out[j] = s * (g[j] - meanG - xh[j] * meanGX) }
         }
     }
 

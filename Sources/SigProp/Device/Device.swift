@@ -243,23 +243,71 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         try backend.pool2d(kind, shape: shape, input: input.storage, output: output.storage, on: try queue(stream, "pool2d"))
     }
 
-    /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x B) builds the
-    /// target `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss
-    /// `-sum_j M_ij log_softmax(Y_i)_j / B` (their sum is the block's loss).
+    /// `out = a * b` element-wise (`out` may alias either).
+    public func multiply(_ a: Tensor, _ b: Tensor, into out: Tensor, on stream: Stream? = nil) throws {
+        try check("multiply", a, b, out)
+        try requireCount("multiply", b, a.count)
+        try requireCount("multiply", out, a.count)
+        try backend.multiply(a.storage, b.storage, into: out.storage, count: a.count, on: try queue(stream, "multiply"))
+    }
+
+    /// Normalises each of `rows` rows of `x` (viewed as rows x count/rows) to zero mean and unit
+    /// biased variance: `xhat = (x - mean) / sqrt(var + epsilon)`; `rstd` (one per row) keeps
+    /// `1 / sqrt(var + epsilon)` for the gradient. Layer norm over features, instance norm over
+    /// positions.
+    public func normalizeRows(_ x: Tensor, rows: Int, into xhat: Tensor, rstd: Tensor, epsilon: Float = 1e-5, on stream: Stream? = nil) throws {
+        try check("normalizeRows", x, xhat, rstd)
+        guard rows > 0, x.count % rows == 0 else {
+            throw SigPropError.shapeMismatch(operation: "normalizeRows", detail: "\(x.shape) does not split into \(rows) rows")
+        }
+        try requireCount("normalizeRows", xhat, x.count)
+        try requireCount("normalizeRows rstd", rstd, rows)
+        try backend.normalizeRows(x.storage, rows: rows, columns: x.count / rows, xhat: xhat.storage, rstd: rstd.storage, epsilon: epsilon,
+                                  on: try queue(stream, "normalizeRows"))
+    }
+
+    /// The gradient through `normalizeRows`: `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`
+    /// per row. `dx` may alias `dxhat`.
+    public func normalizeRowsGradient(_ dxhat: Tensor, xhat: Tensor, rstd: Tensor, into dx: Tensor, on stream: Stream? = nil) throws {
+        try check("normalizeRowsGradient", dxhat, xhat, rstd, dx)
+        let rows = rstd.count
+        guard rows > 0, xhat.count % rows == 0 else {
+            throw SigPropError.shapeMismatch(operation: "normalizeRowsGradient", detail: "\(xhat.shape) does not split into \(rows) rows")
+        }
+        try requireCount("normalizeRowsGradient", dxhat, xhat.count)
+        try requireCount("normalizeRowsGradient", dx, xhat.count)
+        try backend.normalizeRowsGradient(dxhat.storage, xhat: xhat.storage, rstd: rstd.storage, into: dx.storage, rows: rows,
+                                          columns: xhat.count / rows, on: try queue(stream, "normalizeRowsGradient"))
+    }
+
+    /// `out[r, j] = x[r, j] * scale[j] + shift[j]` (x viewed as a matrix): a norm's affine part.
+    public func scaleShiftColumns(_ x: Tensor, scale: Tensor, shift: Tensor? = nil, into out: Tensor, on stream: Stream? = nil) throws {
+        try check("scaleShiftColumns", x, scale, out)
+        try requireCount("scaleShiftColumns scale", scale, x.columns)
+        if let shift { try check("scaleShiftColumns", shift); try requireCount("scaleShiftColumns shift", shift, x.columns) }
+        try requireCount("scaleShiftColumns", out, x.count)
+        try backend.scaleShiftColumns(x.storage, scale: scale.storage, shift: shift?.storage, into: out.storage, rows: x.rows,
+                                      columns: x.columns, on: try queue(stream, "scaleShiftColumns"))
+    }
+
+    /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x N: N = B for a
+    /// block; N = K with one-hot `yy` gives the output layer's cross entropy) builds the target
+    /// `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss
+    /// `-sum_j M_ij log_softmax(Y_i)_j / B` (their sum is the loss).
     public func localLossRows(
         _ loss: LocalLossKind = .maxAll, y: Tensor, yy: Tensor, mask: Tensor, dY: Tensor, rowLosses: Tensor,
         on stream: Stream? = nil
     ) throws {
         try check("localLossRows", y, yy, mask, dY, rowLosses)
-        let batch = y.rows
-        for tensor in [y, yy, mask, dY] where tensor.shape != [batch, batch] {
-            throw SigPropError.shapeMismatch(operation: "localLossRows", detail: "expected [\(batch), \(batch)], got \(tensor.shape)")
+        let batch = y.rows, columns = y.columns
+        for tensor in [y, yy, mask, dY] where tensor.rows != batch || tensor.columns != columns {
+            throw SigPropError.shapeMismatch(operation: "localLossRows", detail: "expected [\(batch), \(columns)], got \(tensor.shape)")
         }
         try requireCount("localLossRows rowLosses", rowLosses, batch)
         if case .topK(let k) = loss, k < 1 {
             throw SigPropError.configuration("top-k loss needs k >= 1, got \(k)")
         }
-        try backend.localLossRows(loss, batch: batch, y: y.storage, yy: yy.storage, mask: mask.storage, dY: dY.storage,
+        try backend.localLossRows(loss, batch: batch, columns: columns, y: y.storage, yy: yy.storage, mask: mask.storage, dY: dY.storage,
                                   rowLosses: rowLosses.storage, on: try queue(stream, "localLossRows"))
     }
 

@@ -146,6 +146,29 @@ public enum SelfCheck {
             })
         }
 
+        // Rectangular: the output layer's cross entropy against one-hot targets.
+        cases.append(Case(operation: "localLossRows", shape: "B7xK10 cross-entropy") { device in
+            let y = try input(device, [7, 10], seed: 30)
+            let yy = try device.tensor((0..<70).map { Float($0 % 10 == ($0 / 10) % 10 ? 1 : 0) }, shape: [7, 10])
+            let mask = try device.zeros([7, 10]), dY = try device.zeros([7, 10]), rows = try device.zeros([7])
+            try device.localLossRows(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rows)
+            return [try device.read(mask), try device.read(dY), try device.read(rows)]
+        })
+
+        for (rows, columns) in [(1, 1), (7, 129), (256, 1000)] {
+            cases.append(Case(operation: "normalizeRows", shape: "\(rows)x\(columns)") { device in
+                let x = try input(device, [rows, columns], seed: 31)
+                let g = try input(device, [rows, columns], seed: 32)
+                let scale = try input(device, [columns], seed: 33), shift = try input(device, [columns], seed: 34)
+                let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows]), y = try device.zeros([rows, columns])
+                try device.normalizeRows(x, rows: rows, into: xhat, rstd: rstd)
+                try device.scaleShiftColumns(xhat, scale: scale, shift: shift, into: y)
+                try device.multiply(g, xhat, into: g)
+                try device.normalizeRowsGradient(g, xhat: xhat, rstd: rstd, into: g)
+                return [try device.read(xhat), try device.read(rstd), try device.read(y), try device.read(g)]
+            })
+        }
+
         for amsgrad in [false, true] {
             cases.append(Case(operation: "adamStep", shape: "1000 \(amsgrad ? "amsgrad" : "adam") x3") { device in
                 let p = try input(device, [1000], seed: 21)

@@ -209,10 +209,29 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                    global: [s.planes * s.outHeight * s.outWidth], on: queue)
     }
 
-    func localLossRows(_ loss: LocalLossKind, batch: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
+    func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws {
+        try launch("elementwise", "multiply", [.buffer(mem(a)), .buffer(mem(b)), .buffer(mem(into)), .int(Int32(count))], global: [count], on: queue)
+    }
+
+    func normalizeRows(_ x: TensorStorage, rows: Int, columns: Int, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
+        try launch("norm", "normalize_rows", [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd)), .int(Int32(rows)), .int(Int32(columns)),
+                                              .float(epsilon)], global: [rows], on: queue)
+    }
+
+    func normalizeRowsGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+        try launch("norm", "normalize_rows_backward", [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into)),
+                                                       .int(Int32(rows)), .int(Int32(columns))], global: [rows], on: queue)
+    }
+
+    func scaleShiftColumns(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+        try launch("norm", "scale_shift_columns", [.buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)), .int(shift == nil ? 0 : 1),
+                                                   .buffer(mem(into)), .int(Int32(rows)), .int(Int32(columns))], global: [rows * columns], on: queue)
+    }
+
+    func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
         try launch("local_loss", "local_loss_rows",
                    [.buffer(mem(y)), .buffer(mem(yy)), .buffer(mem(mask)), .buffer(mem(dY)), .buffer(mem(rowLosses)),
-                    .int(Int32(batch)), .int(loss.code), .int(loss.k)],
+                    .int(Int32(batch)), .int(Int32(columns)), .int(loss.code), .int(loss.k)],
                    global: [batch], on: queue)
     }
 
