@@ -32,6 +32,14 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public var columns: Int { shape.isEmpty ? 1 : shape.dropFirst().reduce(1, *) }
 
     public var description: String { "Tensor\(shape) on \(device.name)" }
+
+    /// The same storage seen with another shape of the same element count (flatten, unflatten).
+    public func reshaped(_ newShape: [Int]) throws -> Tensor {
+        guard newShape.reduce(1, *) == count, newShape.allSatisfy({ $0 >= 0 }) else {
+            throw SigPropError.shapeMismatch(operation: "reshaped", detail: "\(shape) cannot be seen as \(newShape)")
+        }
+        return Tensor(shape: newShape, device: device, storage: storage)
+    }
 }
 
 /// An ordered stream of work (an OpenCL in-order queue; a serial worker on the CPU).

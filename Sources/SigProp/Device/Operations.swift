@@ -1,7 +1,7 @@
 import Foundation
 
 /// Element-wise nonlinearity applied after a block's linear part (and norm).
-public enum Activation: String, CaseIterable, Sendable {
+public enum Activation: String, CaseIterable, Sendable, Codable {
     case identity, relu, leakyRelu = "leaky-relu", tanh
 
     /// Code passed to kernels; matches the ACT_* constants in Kernels/*.cl.
@@ -36,7 +36,7 @@ public struct ConvShape: Sendable, Equatable {
     public var outWidth: Int { (width + 2 * padding - kernelWidth) / stride + 1 }
 }
 
-public enum PoolKind: String, Sendable, CaseIterable { case max, average }
+public enum PoolKind: String, Sendable, Codable, CaseIterable { case max, average }
 
 /// Non-overlapping pooling windows of `size` x `size` over NCHW input; a partial window at
 /// the edge is dropped (PyTorch's floor mode).

@@ -1,0 +1,147 @@
+/// One block's work on a batch: its outputs on both streams (computed with the weights before
+/// its update) and its loss, one share per row (read back later, so the host need not wait).
+public struct BlockStep {
+    public let h: Tensor
+    public let t: Tensor
+    public let rowLosses: Tensor
+}
+
+/// A fixed, non-learning step between blocks.
+public enum FixedStep: Sendable, Equatable, Codable {
+    case pool(PoolKind)
+    case flatten
+
+    func apply(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+        switch self {
+        case .flatten:
+            return try x.reshaped([x.rows, x.columns])
+        case .pool(let kind):
+            guard x.shape.count == 4 else {
+                throw SigPropError.shapeMismatch(operation: "pool", detail: "pooling needs NCHW activations, got \(x.shape)")
+            }
+            let out = try x.device.zeros([x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
+            try x.device.pool2d(kind, x, into: out, on: stream)
+            return out
+        }
+    }
+
+    func outputShape(for input: [Int]) throws -> [Int] {
+        switch self {
+        case .flatten:
+            return [input.first ?? 1, input.dropFirst().reduce(1, *)]
+        case .pool:
+            guard input.count == 4, input[2] >= 2, input[3] >= 2 else {
+                throw SigPropError.shapeMismatch(operation: "pool", detail: "2x2 pooling needs NCHW activations of at least 2x2, got \(input)")
+            }
+            return [input[0], input[1], input[2] / 2, input[3] / 2]
+        }
+    }
+}
+
+/// The signal block: an input part `g` on x and a context part `p` (dense K -> g's output
+/// shape, layer norm, ReLU, no bias) on onehot(c); one loss with T0 = onehot(c), one optimizer
+/// over both parts.
+public final class SignalBlock {
+    public let input: FeatureLayer
+    public let context: DenseLayer
+    public let after: [FixedStep]
+    public let optimizer: Optimizer
+    let outputShape: [Int]
+
+    init(input: FeatureLayer, context: DenseLayer, after: [FixedStep], outputShape: [Int], optimizer: OptimizerSettings) throws {
+        self.input = input
+        self.context = context
+        self.after = after
+        self.outputShape = outputShape
+        self.optimizer = try Optimizer(settings: optimizer, parameters: input.parameters + context.parameters)
+    }
+
+    /// t1 = p(onehot), shaped like g's output.
+    func target(_ onehot: Tensor, on stream: Stream?) throws -> (LayerPass, Tensor) {
+        let pass = try context.forward(onehot, on: stream)
+        return (pass, try pass.output.reshaped([onehot.rows] + outputShape.dropFirst()))
+    }
+
+    public func train(x: Tensor, onehot: Tensor, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+        let hPass = try input.forward(x, on: stream)
+        let (tPass, t) = try target(onehot, on: stream)
+        let out = try loss.evaluate(h: hPass.output, t: t, t0: onehot, on: stream)
+        try input.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
+        try optimizer.step(learningRate: learningRate, on: stream)
+        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(t, on: stream), rowLosses: out.rowLosses)
+    }
+
+    public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+        try applyAfter(try input.forward(x, on: stream).output, on: stream)
+    }
+
+    public func inferTarget(_ onehot: Tensor, on stream: Stream?) throws -> Tensor {
+        try applyAfter(try target(onehot, on: stream).1, on: stream)
+    }
+
+    func applyAfter(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+        try after.reduce(x) { try $1.apply($0, on: stream) }
+    }
+}
+
+/// A hidden block: the same f, with the same weights, on both streams; loss with T0 = the
+/// previous block's target stream; its own optimizer. Fixed steps (pooling, flatten) follow.
+public final class HiddenBlock {
+    public let layer: FeatureLayer
+    public let after: [FixedStep]
+    public let optimizer: Optimizer
+
+    init(layer: FeatureLayer, after: [FixedStep], optimizer: OptimizerSettings) throws {
+        self.layer = layer
+        self.after = after
+        self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
+    }
+
+    public func train(h: Tensor, t: Tensor, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+        let hPass = try layer.forward(h, on: stream)
+        let tPass = try layer.forward(t, on: stream)
+        let out = try loss.evaluate(h: hPass.output, t: tPass.output, t0: t, on: stream)
+        try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
+        try optimizer.step(learningRate: learningRate, on: stream)
+        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(tPass.output, on: stream), rowLosses: out.rowLosses)
+    }
+
+    public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+        try applyAfter(try layer.forward(x, on: stream).output, on: stream)
+    }
+
+    func applyAfter(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+        try after.reduce(x) { try $1.apply($0, on: stream) }
+    }
+}
+
+/// The K-way classifier on the last block's (flattened) output, trained with ordinary cross
+/// entropy; its input is a constant.
+public final class OutputLayer {
+    public let layer: DenseLayer
+    public let optimizer: Optimizer
+
+    init(layer: DenseLayer, optimizer: OptimizerSettings) throws {
+        self.layer = layer
+        self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
+    }
+
+    public func logits(_ h: Tensor, on stream: Stream?) throws -> Tensor {
+        try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream).output
+    }
+
+    /// One cross-entropy step; returns the per-row losses and the logits (before the step).
+    public func train(h: Tensor, onehot: Tensor, learningRate: Float, on stream: Stream?) throws -> (rowLosses: Tensor, logits: Tensor) {
+        let device = h.device
+        let pass = try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
+        let shape = pass.output.shape
+        let mask = try device.zeros(shape, on: stream), dY = try device.zeros(shape, on: stream), rows = try device.zeros([h.rows], on: stream)
+        // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
+        try device.localLossRows(.maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
+        try layer.accumulateGradients(pass, outputGradient: dY, accumulate: false, on: stream)
+        try optimizer.step(learningRate: learningRate, on: stream)
+        return (rows, pass.output)
+    }
+}

@@ -1,0 +1,85 @@
+/// A trainable tensor with its gradient and its optimizer state, all on one device.
+public final class Parameter: @unchecked Sendable {
+    public let name: String
+    public let value: Tensor
+    public let gradient: Tensor
+    /// Optimizer state (Adam: m, v and for AMSGrad v_max; SGD: the momentum buffer).
+    public internal(set) var state: [String: Tensor] = [:]
+
+    public init(name: String, value: Tensor) throws {
+        self.name = name
+        self.value = value
+        self.gradient = try value.device.zeros(value.shape)
+    }
+}
+
+/// Which update rule a block's optimizer applies.
+public enum OptimizerKind: String, Sendable, Codable, CaseIterable {
+    case adam, amsgrad, sgd
+}
+
+/// The optimizer settings of every block (each block gets its own optimizer with these).
+/// Defaults are the reference's: Adam, lr 5e-4, betas 0.9/0.999, eps 1e-8, no weight decay.
+public struct OptimizerSettings: Sendable, Codable, Equatable {
+    public var kind: OptimizerKind = .adam
+    public var learningRate: Float = 5e-4
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var epsilon: Float = 1e-8
+    public var weightDecay: Float = 0
+    public var momentum: Float = 0.9
+    public var nesterov = false
+    /// Multi-step decay: the rate is multiplied by `gamma` at each of these epochs (0-based).
+    public var milestones: [Int] = []
+    public var gamma: Float = 0.1
+
+    public init() {}
+
+    /// The learning rate in force during `epoch` (0-based).
+    public func learningRate(epoch: Int) -> Float {
+        milestones.filter { epoch >= $0 }.reduce(learningRate) { rate, _ in rate * gamma }
+    }
+}
+
+/// One block's optimizer: steps every parameter of the block, state on the device.
+public final class Optimizer: @unchecked Sendable {
+    public let settings: OptimizerSettings
+    public let parameters: [Parameter]
+    /// Steps taken so far (Adam's t is `steps` after the increment).
+    public internal(set) var steps = 0
+
+    public init(settings: OptimizerSettings, parameters: [Parameter]) throws {
+        self.settings = settings
+        self.parameters = parameters
+        for parameter in parameters {
+            let device = parameter.value.device, shape = parameter.value.shape
+            switch settings.kind {
+            case .adam:
+                parameter.state = ["m": try device.zeros(shape), "v": try device.zeros(shape)]
+            case .amsgrad:
+                parameter.state = ["m": try device.zeros(shape), "v": try device.zeros(shape), "v_max": try device.zeros(shape)]
+            case .sgd:
+                parameter.state = settings.momentum == 0 ? [:] : ["momentum": try device.zeros(shape)]
+            }
+        }
+    }
+
+    /// Applies one update from the parameters' current gradients at `learningRate`.
+    public func step(learningRate: Float, on stream: Stream? = nil) throws {
+        steps += 1
+        for parameter in parameters {
+            let device = parameter.value.device
+            switch settings.kind {
+            case .adam, .amsgrad:
+                let step = AdamStep(learningRate: learningRate, beta1: settings.beta1, beta2: settings.beta2, epsilon: settings.epsilon,
+                                    weightDecay: settings.weightDecay, step: steps)
+                try device.adamStep(step, parameter: parameter.value, gradient: parameter.gradient, m: parameter.state["m"]!,
+                                    v: parameter.state["v"]!, vMax: parameter.state["v_max"], on: stream)
+            case .sgd:
+                let step = SGDStep(learningRate: learningRate, momentum: settings.momentum, weightDecay: settings.weightDecay,
+                                   nesterov: settings.nesterov, firstStep: steps == 1)
+                try device.sgdStep(step, parameter: parameter.value, gradient: parameter.gradient, momentum: parameter.state["momentum"], on: stream)
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+
+/// How a trained network predicts a class.
+public enum Readout: String, Sendable, Codable, CaseIterable {
+    /// The trained output layer's argmax.
+    case output
+    /// The class whose target activations t_l(k) are most similar (dot product) to h_l, at the
+    /// last block.
+    case similarity
+}
+
+/// Everything about a run that is not the model itself.
+public struct TrainingOptions: Sendable, Codable, Equatable {
+    public var epochs = 5
+    public var batchSize = 128
+    public var seed: UInt64 = 1
+    public var loss: LossChoice = .maxAll
+    public var optimizer = OptimizerSettings()
+    public var readout: Readout = .output
+    public var augmentation = AugmentationChoice()
+
+    public init() {}
+}
+
+/// The local loss by name, for flags and checkpoints.
+public enum LossChoice: Sendable, Codable, Equatable {
+    case maxAll, maxRandom, topK(Int)
+
+    public var kind: LocalLossKind {
+        switch self {
+        case .maxAll: .maxAll
+        case .maxRandom: .maxRandom
+        case .topK(let k): .topK(k)
+        }
+    }
+
+    /// `max-all`, `max-rand`, `top-k:K` (e.g. `top-k:3`).
+    public init(parsing text: String) throws {
+        switch text.lowercased() {
+        case "max-all": self = .maxAll
+        case "max-rand": self = .maxRandom
+        case let other where other.hasPrefix("top-k"):
+            let k = Int(other.dropFirst("top-k".count).drop { $0 == ":" || $0 == "=" }) ?? 0
+            guard k >= 1 else { throw SigPropError.configuration("--loss \(text): top-k needs k >= 1, written top-k:K (e.g. top-k:3)") }
+            self = .topK(k)
+        default:
+            throw SigPropError.configuration("--loss \(text) is not a loss. Valid values: max-all (default), max-rand, top-k:K")
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .maxAll: "max-all"
+        case .maxRandom: "max-rand"
+        case .topK(let k): "top-k:\(k)"
+        }
+    }
+}
+
+/// Training-set augmentation settings (Codable mirror of `Augmentation`).
+public struct AugmentationChoice: Sendable, Codable, Equatable {
+    public var cropPadding = 0
+    public var horizontalFlip = false
+    public init() {}
+    var augmentation: Augmentation { Augmentation(randomCropPadding: cropPadding, horizontalFlip: horizontalFlip) }
+}
+
+/// One epoch's figures, as written to the metrics file.
+public struct EpochMetrics: Sendable, Codable {
+    public var epoch: Int
+    public var blockLosses: [Double]
+    public var outputLoss: Double
+    public var trainAccuracy: Double
+    public var testAccuracy: Double
+    public var readoutAccuracies: [String: Double]
+    public var seconds: Double
+    public var samplesPerSecond: Double
+    public var backend: String
+
+    enum CodingKeys: String, CodingKey {
+        case epoch, blockLosses = "block_losses", outputLoss = "output_loss", trainAccuracy = "train_accuracy",
+             testAccuracy = "test_accuracy", readoutAccuracies = "readout_accuracies", seconds,
+             samplesPerSecond = "samples_per_second", backend
+    }
+}
+
+/// Progress inside an epoch, for a progress line.
+public struct BatchProgress: Sendable {
+    public let epoch: Int
+    public let batch: Int
+    public let batches: Int
+    public let samplesPerSecond: Double
+    public let blockLosses: [Double]
+    public let secondsLeft: Double
+}
+
+/// Runs epochs over a data set with the sequential (one block after another) schedule.
+public final class Trainer {
+    public let network: Network
+    public let options: TrainingOptions
+    public let train: Dataset
+    public let test: Dataset
+    let order: BatchOrder
+
+    public init(network: Network, options: TrainingOptions, train: Dataset, test: Dataset) throws {
+        guard options.batchSize >= 1, options.batchSize <= train.count else {
+            throw SigPropError.configuration("--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)")
+        }
+        guard train.featureCount == network.config.inputShape.reduce(1, *), train.classes <= network.config.classes else {
+            throw SigPropError.configuration("the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) classes) does not fit the model's input \(network.config.inputShape) with \(network.config.classes) classes")
+        }
+        self.network = network
+        self.options = options
+        self.train = train
+        self.test = test
+        self.order = try BatchOrder(count: train.count, batchSize: options.batchSize, seed: options.seed)
+    }
+
+    public var batchesPerEpoch: Int { order.batchesPerEpoch }
+
+    /// Trains epoch `epoch` (0-based) and evaluates on the test set.
+    public func runEpoch(_ epoch: Int, progress: (BatchProgress) -> Void = { _ in }) throws -> EpochMetrics {
+        let device = network.device
+        let loss = LocalLoss(kind: options.loss.kind)
+        let learningRate = options.optimizer.learningRate(epoch: epoch)
+        let batches = order.batches(epoch: epoch)
+        var generator = SeededGenerator(seed: options.seed &+ 0x5EED &* UInt64(epoch + 1))
+        var lossSums = [Double](repeating: 0, count: network.blockCount + 1)
+        var correct = 0, seen = 0
+        let start = Date()
+        var lastReport = Date.distantPast
+        for (index, indices) in batches.enumerated() {
+            var (images, labels) = train.batch(indices)
+            if options.augmentation.augmentation.isEnabled {
+                try options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
+                                                        using: &generator)
+            }
+            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate)
+            let losses = try result.rowLosses.map { try device.read($0).reduce(0) { $0 + Double($1) } }
+            for (block, value) in losses.enumerated() {
+                guard value.isFinite else {
+                    throw SigPropError.configuration("training stopped: the loss of \(block < network.blockCount ? "block \(block)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(index + 1). Lower --lr or check the data.")
+                }
+                lossSums[block] += value
+            }
+            correct += zip(Self.argmax(try device.read(result.logits), columns: network.config.classes), labels).filter { $0 == Int($1) }.count
+            seen += labels.count
+            if Date().timeIntervalSince(lastReport) > 0.25 || index == batches.count - 1 {
+                lastReport = Date()
+                let elapsed = Date().timeIntervalSince(start)
+                progress(BatchProgress(epoch: epoch, batch: index + 1, batches: batches.count, samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
+                                       blockLosses: lossSums.map { $0 / Double(index + 1) },
+                                       secondsLeft: elapsed / Double(index + 1) * Double(batches.count - index - 1)))
+            }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        let accuracies = try evaluate(test)
+        let means = lossSums.map { $0 / Double(max(batches.count, 1)) }
+        return EpochMetrics(epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
+                            trainAccuracy: Double(correct) / Double(max(seen, 1)),
+                            testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
+                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9), backend: network.device.description)
+    }
+
+    /// Accuracy of every readout on `dataset`: "output", "similarity" (last block) and
+    /// "similarity@l" for each block l.
+    public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
+        let device = network.device
+        let classes = network.config.classes
+        let targets = try network.classTargets()
+        var correct = [String: Int]()
+        for start in stride(from: 0, to: dataset.count, by: batchSize) {
+            let indices = Array(start..<min(start + batchSize, dataset.count))
+            let (images, labels) = dataset.batch(indices)
+            let features = try network.features(images: images, count: indices.count)
+            let logits = try network.output.logits(features.last!, on: nil)
+            var predictions = ["output": Self.argmax(try device.read(logits), columns: classes)]
+            for (block, (h, t)) in zip(features, targets).enumerated() {
+                let scores = try device.zeros([indices.count, classes])
+                try device.gemm(try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]), transposeB: true, into: scores)
+                predictions["similarity@\(block)"] = Self.argmax(try device.read(scores), columns: classes)
+            }
+            predictions["similarity"] = predictions["similarity@\(features.count - 1)"]
+            for (name, predicted) in predictions {
+                correct[name, default: 0] += zip(predicted, labels).filter { $0 == Int($1) }.count
+            }
+        }
+        return correct.mapValues { Double($0) / Double(max(dataset.count, 1)) }
+    }
+
+    static func argmax(_ values: [Float], columns: Int) -> [Int] {
+        stride(from: 0, to: values.count, by: columns).map { start in
+            var best = start
+            for i in start..<(start + columns) where values[i] > values[best] { best = i }
+            return best - start
+        }
+    }
+}
