@@ -20,6 +20,24 @@ import Testing
         }
     }
 
+    static let blockCases = [
+        "linear_B8_Din16_Dout12", "linear_B32_Din784_Dout64", "linear_layernorm_B16_Din24_Dout32", "linear_adam3_B8_Din16_Dout12",
+        "conv_B4_Cin3_Cout8_H8_W8", "conv_B8_Cin4_Cout6_H6_W5", "signal_B16_Din20_Dout12_K5",
+    ]
+
+    /// A whole block step (forward of both streams, loss, gradients, one Adam and one SGD step;
+    /// three Adam steps in the adam3 case) through the same layer code `train` uses.
+    @Test(arguments: TestBackend.available, blockCases)
+    func blockStepMatchesTheReference(_ backend: TestBackend, _ name: String) throws {
+        let golden = try GoldenCase(contentsOf: try fixture(name))
+        let report = try GoldenCheck.run(golden, on: try backend.device())
+        // Every reference output is compared (none left out by accident).
+        #expect(Set(report.comparisons.map(\.output)) == Set(golden.outputs.keys))
+        for comparison in report.comparisons {
+            #expect(comparison.passed, "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)")
+        }
+    }
+
     @Test func aWrongReferenceFails() throws {
         var golden = try GoldenCase(contentsOf: try fixture("loss2d_onehot_B8_D16"))
         let y = try golden.output("y")

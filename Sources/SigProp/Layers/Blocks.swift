@@ -3,7 +3,9 @@
 public struct BlockStep {
     public let h: Tensor
     public let t: Tensor
-    public let rowLosses: Tensor
+    /// Y, YY, the mask, the gradients and the row losses of this step's local loss.
+    public let loss: LocalLossOutput
+    public var rowLosses: Tensor { loss.rowLosses }
 }
 
 /// A fixed, non-learning step between blocks.
@@ -69,7 +71,7 @@ public final class SignalBlock {
         try input.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(t, on: stream), rowLosses: out.rowLosses)
+        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(t, on: stream), loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
@@ -105,7 +107,7 @@ public final class HiddenBlock {
         try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(tPass.output, on: stream), rowLosses: out.rowLosses)
+        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(tPass.output, on: stream), loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
