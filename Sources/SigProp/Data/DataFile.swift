@@ -1,0 +1,115 @@
+import CZlib
+import Foundation
+
+/// Reads a data set file whole. Gzip files are recognised by their magic bytes (1f 8b), not by
+/// the name, so a `.gz` that was already unpacked, or an unpacked file that kept its `.gz`
+/// name, both load.
+enum DataFile {
+    static func read(_ url: URL) throws -> [UInt8] {
+        let path = url.path
+        let bytes: [UInt8]
+        do {
+            bytes = [UInt8](try Data(contentsOf: url))
+        } catch {
+            throw SigPropError.dataset(
+                path: path, problem: "cannot be read (\(error.localizedDescription))",
+                fix: "check that the file exists and that you may read it")
+        }
+        return Gzip.isGzip(bytes) ? try Gzip.decompress(bytes, path: path) : bytes
+    }
+}
+
+/// Whole-buffer gzip decompression through zlib (Foundation on Linux has none).
+enum Gzip {
+    static func isGzip(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
+    }
+
+    /// Inflates every gzip member of `input` in turn (`cat a.gz b.gz` is a valid gzip file and
+    /// gzip(1) unpacks it to both parts). Trailing zero bytes after the last member are
+    /// ignored, as gzip(1) does; anything else there is reported as corrupt.
+    static func decompress(_ input: [UInt8], path: String) throws -> [UInt8] {
+        let fix = "download the file again (a partial download or a full disk leaves it damaged); `gzip -t \(path)` checks it"
+        func corrupt(_ message: String) -> SigPropError {
+            .dataset(path: path, problem: "gzip data is corrupt (zlib: \(message))", fix: fix)
+        }
+        let truncated = corrupt("unexpected end of input: the file ends inside the compressed stream, so it is truncated")
+        guard !input.isEmpty else { throw truncated }
+
+        var stream = z_stream()
+        // 15 + 32: the largest window, and let zlib recognise the gzip (or zlib) header itself.
+        var status = inflateInit2_(&stream, 15 + 32, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        guard status == Z_OK else { throw corrupt(zlibMessage(stream, status)) }
+        defer { inflateEnd(&stream) }
+
+        var output = [UInt8](repeating: 0, count: initialCapacity(input))
+        var produced = 0
+        try input.withUnsafeBufferPointer { source in
+            guard let base = source.baseAddress else { throw truncated }
+            var consumed = 0
+            while true {
+                if produced == output.count {
+                    output.append(contentsOf: repeatElement(0, count: output.count))
+                }
+                // avail_in and avail_out are 32-bit: feed larger buffers in pieces.
+                let offered = min(source.count - consumed, Int(UInt32.max))
+                stream.next_in = UnsafeMutablePointer(mutating: base + consumed)
+                stream.avail_in = UInt32(offered)
+                status = output.withUnsafeMutableBufferPointer { target in
+                    let room = min(target.count - produced, Int(UInt32.max))
+                    stream.next_out = target.baseAddress.map { $0 + produced }
+                    stream.avail_out = UInt32(room)
+                    let result = inflate(&stream, Z_NO_FLUSH)
+                    produced += room - Int(stream.avail_out)
+                    return result
+                }
+                consumed += offered - Int(stream.avail_in)
+
+                switch status {
+                case Z_OK:
+                    continue
+                case Z_BUF_ERROR:
+                    // No progress. The output had room (it grows before each call), so the
+                    // input ran out before the stream ended.
+                    if consumed == source.count { throw truncated }
+                case Z_STREAM_END:
+                    let rest = source[consumed...]
+                    if rest.isEmpty || rest.allSatisfy({ $0 == 0 }) { return }
+                    guard rest.count >= 2, rest[consumed] == 0x1f, rest[consumed + 1] == 0x8b else {
+                        throw corrupt("\(rest.count) bytes after the end of the gzip stream are not another gzip member")
+                    }
+                    status = inflateReset(&stream)
+                    guard status == Z_OK else { throw corrupt(zlibMessage(stream, status)) }
+                default:
+                    throw corrupt(zlibMessage(stream, status))
+                }
+            }
+        }
+        output.removeSubrange(produced...)
+        return output
+    }
+
+    /// The gzip trailer's last four bytes hold the (last member's) size mod 2^32; use it as a
+    /// first guess, capped by deflate's best ratio (about 1032:1) so a damaged trailer cannot
+    /// ask for an absurd allocation.
+    private static func initialCapacity(_ input: [UInt8]) -> Int {
+        let minimum = 1 << 16
+        guard input.count >= 18 else { return minimum }
+        let n = input.count
+        let size = Int(input[n - 4]) | Int(input[n - 3]) << 8 | Int(input[n - 2]) << 16 | Int(input[n - 1]) << 24
+        let (bound, overflow) = n.multipliedReportingOverflow(by: 1032)
+        return max(minimum, overflow ? size : min(size, bound))
+    }
+
+    private static func zlibMessage(_ stream: z_stream, _ status: Int32) -> String {
+        if let message = stream.msg { return String(cString: message) }
+        switch status {
+        case Z_DATA_ERROR: return "invalid compressed data"
+        case Z_MEM_ERROR: return "out of memory"
+        case Z_NEED_DICT: return "a preset dictionary is needed"
+        case Z_STREAM_ERROR: return "inconsistent stream state"
+        case Z_VERSION_ERROR: return "incompatible zlib version"
+        default: return "status \(status)"
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+
+/// Per-channel standardisation, x ↦ (x − mean) / std, on pixels already scaled to 0...1.
+/// Codable so a checkpoint can carry the values it was trained with.
+public struct Normalization: Sendable, Codable, Equatable {
+    public var mean: [Float]
+    public var std: [Float]
+
+    public init(mean: [Float], std: [Float]) {
+        self.mean = mean
+        self.std = std
+    }
+
+    // The values torchvision examples and the SigProp paper's code use.
+    public static let fashionMNIST = Normalization(mean: [0.2860], std: [0.3530])
+    public static let mnist = Normalization(mean: [0.1307], std: [0.3081])
+    public static let cifar10 = Normalization(mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616])
+
+    /// The known values when the set is recognisable — a folder name containing "fashion"
+    /// (Fashion-MNIST) or "mnist" (MNIST), or the CIFAR-10 format — else computed from
+    /// `dataset`, which should be the training split (statistics from the test split would
+    /// leak it into training).
+    public static func standard(for directory: URL, dataset: Dataset) -> Normalization {
+        let name = directory.standardizedFileURL.lastPathComponent.lowercased()
+        if dataset.format == .cifar10, dataset.channels == 3 { return .cifar10 }
+        if dataset.channels == 1 {
+            if name.contains("fashion") { return .fashionMNIST }
+            // KMNIST, EMNIST and QMNIST have other statistics than MNIST.
+            let variants = ["kmnist", "emnist", "qmnist"]
+            if name.contains("mnist"), !variants.contains(where: name.contains) { return .mnist }
+        }
+        return compute(from: dataset)
+    }
+
+    /// Mean and population standard deviation of each channel over every pixel of every image,
+    /// accumulated in Double. A constant channel gets std 1 so `apply` never divides by 0.
+    public static func compute(from dataset: Dataset) -> Normalization {
+        let channels = dataset.channels
+        let plane = dataset.height * dataset.width
+        let count = dataset.count
+        guard count > 0 else { return Normalization(mean: Array(repeating: 0, count: channels), std: Array(repeating: 1, count: channels)) }
+        var sums = [Double](repeating: 0, count: channels)
+        var squares = [Double](repeating: 0, count: channels)
+        dataset.images.withUnsafeBufferPointer { pixels in
+            // Two passes (mean, then squared deviations) rather than sum of squares, which
+            // cancels badly when the deviation is small next to the mean.
+            for image in 0..<count {
+                for c in 0..<channels {
+                    let start = (image * channels + c) * plane
+                    var sum: Float = 0  // one plane is at most a few thousand values: Float is exact enough
+                    for i in start..<(start + plane) { sum += pixels[i] }
+                    sums[c] += Double(sum)
+                }
+            }
+            let n = Double(count * plane)
+            let means = sums.map { Float($0 / n) }
+            for image in 0..<count {
+                for c in 0..<channels {
+                    let start = (image * channels + c) * plane
+                    let m = means[c]
+                    var sum: Float = 0
+                    for i in start..<(start + plane) { let d = pixels[i] - m; sum += d * d }
+                    squares[c] += Double(sum)
+                }
+            }
+        }
+        let n = Double(count * plane)
+        let mean = sums.map { Float($0 / n) }
+        let std = squares.map { variance -> Float in
+            let s = Float((variance / n).squareRoot())
+            return s > 0 ? s : 1
+        }
+        return Normalization(mean: mean, std: std)
+    }
+
+    /// `dataset` with every pixel standardised. One mean/std pair applies to all channels;
+    /// otherwise there must be one per channel (a checkpoint's values used on another set
+    /// fail here rather than train on garbage).
+    public func apply(to dataset: Dataset) throws -> Dataset {
+        let channels = dataset.channels
+        guard mean.count == std.count, mean.count == channels || mean.count == 1 else {
+            throw SigPropError.shapeMismatch(
+                operation: "Normalization.apply",
+                detail: "\(mean.count) means and \(std.count) standard deviations for images of \(channels) channels")
+        }
+        if let bad = std.first(where: { !($0 > 0) || !$0.isFinite }) {
+            throw SigPropError.configuration("Normalization.apply: standard deviation \(bad) is not a positive number")
+        }
+        let plane = dataset.height * dataset.width
+        let count = dataset.count
+        let means = mean.count == 1 ? Array(repeating: mean[0], count: channels) : mean
+        let scales = (mean.count == 1 ? Array(repeating: std[0], count: channels) : std).map { 1 / $0 }
+        var images = dataset.images
+        images.withUnsafeMutableBufferPointer { pixels in
+            for image in 0..<count {
+                for c in 0..<channels {
+                    let start = (image * channels + c) * plane
+                    let m = means[c], s = scales[c]
+                    for i in start..<(start + plane) { pixels[i] = (pixels[i] - m) * s }
+                }
+            }
+        }
+        return Dataset(unchecked: images, labels: dataset.labels, like: dataset)
+    }
+}
