@@ -106,7 +106,7 @@ struct Train: ParsableCommand {
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let (device, warnings) = try selection.makeDevice()
         warnings.forEach { printError("warning: \($0)") }
-        print("backend: \(device.description)")
+        emit("backend: \(device.description)")
 
         var options = TrainingOptions()
         options.epochs = epochs
@@ -136,7 +136,7 @@ struct Train: ParsableCommand {
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)
         if let limit { trainSet = trainSet.prefix(limit) }
-        print(String(format: "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
+        emit(String(format: "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
                      dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height, trainSet.width, trainSet.classes,
                      Date().timeIntervalSince(loadStart)))
 
@@ -148,7 +148,7 @@ struct Train: ParsableCommand {
         config.width = width
         let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: seed)
         let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet)
-        print("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(lr)")
+        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(lr)")
 
         let terminal = isatty(STDOUT_FILENO) != 0
         for epoch in 0..<epochs {
@@ -162,17 +162,17 @@ struct Train: ParsableCommand {
                     fflush(nil)  // all streams: stdout is not concurrency-safe to name in Swift 6
                 } else if Date().timeIntervalSince(lastPlainReport) > 10 {
                     lastPlainReport = Date()
-                    print(line)
+                    emit(line)
                 }
             }
             if terminal { print("\r\u{1B}[K", terminator: "") }
-            print(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
+            emit(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
                          result.epoch, epochs, result.seconds, result.samplesPerSecond,
                          result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), result.outputLoss,
                          100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
             let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue && $0.key != "similarity" }
                 .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
-            print("  other readouts: " + others.joined(separator: ", "))
+            emit("  other readouts: " + others.joined(separator: ", "))
             if let path = metrics { try appendMetrics(result, to: path) }
         }
     }
@@ -192,6 +192,12 @@ struct Train: ParsableCommand {
         try handle.seekToEnd()
         try handle.write(contentsOf: line)
     }
+}
+
+/// Prints a line and flushes, so progress shows at once when stdout is a pipe or a file.
+func emit(_ line: String) {
+    print(line)
+    fflush(nil)
 }
 
 func printError(_ message: String) {

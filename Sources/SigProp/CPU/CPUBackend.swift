@@ -7,10 +7,10 @@ final class CPUBuffer: TensorStorage, @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
     let count: Int
 
+    /// Uninitialised: `Device` fills every new tensor on its stream.
     init(count: Int) {
         self.count = count
         pointer = .allocate(capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
     deinit { pointer.deallocate() }

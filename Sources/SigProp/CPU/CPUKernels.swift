@@ -1,4 +1,5 @@
 import CBLAS
+import Dispatch
 import Foundation
 
 /// The CPU twins of the OpenCL kernels, on raw pointers. Matrix products go to OpenBLAS.
@@ -50,10 +51,27 @@ enum CPUKernels {
     }
 
     static func columnSums(_ x: UnsafePointer<Float>, rows: Int, columns: Int, into out: UnsafeMutablePointer<Float>, alpha: Float, beta: Float) {
-        for j in 0..<columns {
-            var sum: Float = 0
-            for r in 0..<rows { sum += x[r * columns + j] }
-            out[j] = alpha * sum + (beta == 0 ? 0 : beta * out[j])
+        // Row by row, so the inner loop runs over contiguous memory and vectorises.
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: max(columns, 1))
+        defer { sums.deallocate() }
+        sums.initialize(repeating: 0, count: columns)
+        for r in 0..<rows {
+            let row = x + r * columns
+            for j in 0..<columns { sums[j] += row[j] }
+        }
+        for j in 0..<columns { out[j] = alpha * sums[j] + (beta == 0 ? 0 : beta * out[j]) }
+    }
+
+    /// Runs `body` over `0..<count` in chunks on every core: for element-wise work on large
+    /// tensors (optimizer steps), where one core leaves the other idle.
+    static func parallelChunks(_ count: Int, minimumChunk: Int = 1 << 15, _ body: @escaping (Range<Int>) -> Void) {
+        let chunks = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / minimumChunk))
+        guard chunks > 1 else { return body(0..<count) }
+        let size = (count + chunks - 1) / chunks
+        // The chunks touch disjoint ranges of the caller's buffers.
+        let work = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+            work.value((chunk * size)..<min(count, (chunk + 1) * size))
         }
     }
 
@@ -210,25 +228,31 @@ enum CPUKernels {
     static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
                          m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
         let (stepSize, bc2Sqrt) = (s.stepSize, s.biasCorrection2Sqrt)
-        for i in 0..<count {
+        parallelChunks(count) { range in for i in range {
             let grad = g[i] + s.weightDecay * p[i]
             m[i] = s.beta1 * m[i] + (1 - s.beta1) * grad
             v[i] = s.beta2 * v[i] + (1 - s.beta2) * grad * grad
             var second = v[i]
             if let vMax { vMax[i] = max(vMax[i], v[i]); second = vMax[i] }
             p[i] -= stepSize * m[i] / (second.squareRoot() / bc2Sqrt + s.epsilon)
-        }
+        } }
     }
 
     static func sgdStep(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
                         momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
-        for i in 0..<count {
+        parallelChunks(count) { range in for i in range {
             var grad = g[i] + s.weightDecay * p[i]
             if s.momentum != 0, let buffer {
                 buffer[i] = s.firstStep ? grad : s.momentum * buffer[i] + (1 - s.dampening) * grad
                 grad = s.nesterov ? grad + s.momentum * buffer[i] : buffer[i]
             }
             p[i] -= s.learningRate * grad
-        }
+        } }
     }
+}
+
+/// A value handed to concurrent code whose safety the caller guarantees (disjoint ranges).
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
