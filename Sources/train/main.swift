@@ -12,47 +12,56 @@ struct Train: ParsableCommand {
             the first OpenCL GPU, else the CPU fallback) and SIGPROP_DEVICE=<index or name> (see `swift run doctor`).
             """)
 
-    @Option(help: "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense 1024).")
-    var model: String = "mlp"
+    // Options that define the run: taken from the checkpoint with --resume, where giving a
+    // different value is an error. Their defaults are in `TrainingOptions` and `ModelConfig`.
+    @Option(help: "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense 1024). Default mlp.")
+    var model: String?
 
-    @Option(help: "Epochs to train.")
+    @Option(help: "mlp: learning blocks (the signal block counts as the first). Default 3.")
+    var hiddenLayers: Int?
+
+    @Option(help: "mlp: features per dense block. Default 1024.")
+    var width: Int?
+
+    @Option(help: "Samples per batch. Default 128.")
+    var batchSize: Int?
+
+    @Option(help: "Learning rate of every block's optimizer. Default 5e-4.")
+    var lr: Float?
+
+    @Option(help: "Optimizer of every block: adam, amsgrad or sgd. Default adam.")
+    var optimizer: String?
+
+    @Option(help: "SGD momentum (with --optimizer sgd). Default 0.9.")
+    var momentum: Float?
+
+    @Option(help: "Weight decay of every optimizer. Default 0.")
+    var weightDecay: Float?
+
+    @Option(help: "Multiply the learning rate by --lr-gamma after these epochs (comma-separated: 3,4 decays after epochs 3 and 4). Default none.")
+    var lrMilestones: String?
+
+    @Option(help: "Learning-rate decay factor at each milestone. Default 0.1.")
+    var lrGamma: Float?
+
+    @Option(help: "Local loss: max-all (the reference's), max-rand, or top-k:K. Default max-all.")
+    var loss: String?
+
+    @Option(help: "Random seed: weights, data order and augmentation. Default 1.")
+    var seed: UInt64?
+
+    @Option(help: "Training augmentation: random crop with this zero padding (0 = off). Default 0.")
+    var cropPadding: Int?
+
+    @Flag(help: "Training augmentation: random horizontal flips.")
+    var flip = false
+
+    // Options free to change between runs.
+    @Option(help: "Epochs to train in total (a resumed run continues up to this count).")
     var epochs: Int = 5
 
-    @Option(help: "Samples per batch.")
-    var batchSize: Int = 128
-
-    @Option(help: "Learning rate of every block's optimizer.")
-    var lr: Float = 5e-4
-
-    @Option(help: "Optimizer of every block: adam, amsgrad or sgd.")
-    var optimizer: String = "adam"
-
-    @Option(help: "SGD momentum (with --optimizer sgd).")
-    var momentum: Float = 0.9
-
-    @Option(help: "Weight decay of every optimizer.")
-    var weightDecay: Float = 0
-
-    @Option(help: "Multiply the learning rate by --lr-gamma at these epochs (comma-separated, 1-based: 3,4 decays after epochs 3 and 4).")
-    var lrMilestones: String = ""
-
-    @Option(help: "Learning-rate decay factor at each milestone.")
-    var lrGamma: Float = 0.1
-
-    @Option(help: "Local loss: max-all (the reference's), max-rand, or top-k:K.")
-    var loss: String = "max-all"
-
-    @Option(help: "Prediction: output (the trained output layer) or similarity (nearest class target at the last block).")
-    var readout: String = "output"
-
-    @Option(help: "mlp: learning blocks (the signal block counts as the first).")
-    var hiddenLayers: Int = 3
-
-    @Option(help: "mlp: features per dense block.")
-    var width: Int = 1024
-
-    @Option(help: "Random seed: weights, data order and augmentation.")
-    var seed: UInt64 = 1
+    @Option(help: "Prediction: \(Readout.allCases.map(\.rawValue).joined(separator: ", ")). output = the trained output layer; similarity = nearest class target at the last block.")
+    var readout: String = Readout.output.rawValue
 
     @Option(help: "Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files.")
     var dataDir: String = Dataset.defaultDirectory
@@ -60,31 +69,34 @@ struct Train: ParsableCommand {
     @Option(help: "Use only the first N training samples (quick runs).")
     var limit: Int?
 
-    @Option(help: "Training augmentation: random crop with this zero padding (0 = off).")
-    var cropPadding: Int = 0
-
-    @Flag(help: "Training augmentation: random horizontal flips.")
-    var flip = false
-
     @Option(help: "Append one JSON line of metrics per epoch to this file.")
     var metrics: String?
 
+    @Option(help: "Write <folder>/last.safetensors (weights, optimizer state, progress) after every epoch.")
+    var checkpointDir: String = "checkpoints"
+
+    @Option(help: "Continue from this checkpoint: the model and training options come from it.")
+    var resume: String?
+
     mutating func validate() throws {
         guard epochs >= 1 else { throw ValidationError("--epochs must be at least 1, got \(epochs)") }
-        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
-        guard lr.isFinite, lr > 0 else { throw ValidationError("--lr must be a positive number, got \(lr)") }
-        guard weightDecay.isFinite, weightDecay >= 0 else { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
-        guard ModelConfig.Kind(rawValue: model) != nil else {
+        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        if let lr, !(lr.isFinite && lr > 0) { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
+        if let momentum, !(momentum.isFinite && momentum >= 0) { throw ValidationError("--momentum must be >= 0, got \(momentum)") }
+        if let model, ModelConfig.Kind(rawValue: model) == nil {
             throw ValidationError("--model \(model) is not a model. Valid values: \(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard OptimizerKind(rawValue: optimizer) != nil else {
+        if let optimizer, OptimizerKind(rawValue: optimizer) == nil {
             throw ValidationError("--optimizer \(optimizer) is not an optimizer. Valid values: \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard Readout(rawValue: readout) != nil else {
             throw ValidationError("--readout \(readout) is not a readout. Valid values: \(Readout.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1, got \(limit)") }
-        guard cropPadding >= 0 else { throw ValidationError("--crop-padding must be >= 0, got \(cropPadding)") }
+        if let cropPadding, cropPadding < 0 { throw ValidationError("--crop-padding must be >= 0, got \(cropPadding)") }
+        if let hiddenLayers, hiddenLayers < 1 { throw ValidationError("--hidden-layers must be at least 1, got \(hiddenLayers)") }
+        if let width, width < 1 { throw ValidationError("--width must be at least 1, got \(width)") }
     }
 
     func run() throws {
@@ -102,31 +114,57 @@ struct Train: ParsableCommand {
         }
     }
 
-    func train() throws {
-        let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
-        let (device, warnings) = try selection.makeDevice()
-        warnings.forEach { printError("warning: \($0)") }
-        emit("backend: \(device.description)")
-
-        var options = TrainingOptions()
+    /// The options as flags give them, on top of `base` (defaults, or a checkpoint's values).
+    /// With a checkpoint, a flag that changes a value is an error.
+    func resolve(base: (ModelConfig, TrainingOptions), fromCheckpoint: Bool) throws -> (ModelConfig, TrainingOptions) {
+        var (config, options) = base
+        var conflicts: [String] = []
+        func apply<T: Equatable>(_ flag: String, _ given: T?, _ value: inout T, shown: (T) -> String = { "\($0)" }) {
+            guard let given else { return }
+            if fromCheckpoint && given != value { conflicts.append("\(flag) \(shown(given)) (checkpoint: \(shown(value)))") }
+            value = given
+        }
+        apply("--model", model.flatMap(ModelConfig.Kind.init(rawValue:)), &config.kind, shown: \.rawValue)
+        apply("--hidden-layers", hiddenLayers, &config.hiddenLayers)
+        apply("--width", width, &config.width)
+        apply("--batch-size", batchSize, &options.batchSize)
+        apply("--lr", lr, &options.optimizer.learningRate)
+        apply("--optimizer", optimizer.flatMap(OptimizerKind.init(rawValue:)), &options.optimizer.kind, shown: \.rawValue)
+        apply("--momentum", momentum, &options.optimizer.momentum)
+        apply("--weight-decay", weightDecay, &options.optimizer.weightDecay)
+        apply("--lr-gamma", lrGamma, &options.optimizer.gamma)
+        apply("--lr-milestones", try lrMilestones.map(parseMilestones), &options.optimizer.milestones)
+        apply("--loss", try loss.map(LossChoice.init(parsing:)), &options.loss, shown: \.name)
+        apply("--seed", seed, &options.seed)
+        apply("--crop-padding", cropPadding, &options.augmentation.cropPadding)
+        apply("--flip", flip ? true : nil, &options.augmentation.horizontalFlip)
+        if !conflicts.isEmpty {
+            throw SigPropError.configuration("--resume: these flags differ from the checkpoint, which fixes them: \(conflicts.joined(separator: "; ")). Drop them to continue the run as it was, or start a new run without --resume.")
+        }
         options.epochs = epochs
-        options.batchSize = batchSize
-        options.seed = seed
-        options.loss = try LossChoice(parsing: loss)
         options.readout = Readout(rawValue: readout)!
-        options.optimizer.kind = OptimizerKind(rawValue: optimizer)!
-        options.optimizer.learningRate = lr
-        options.optimizer.momentum = momentum
-        options.optimizer.weightDecay = weightDecay
-        options.optimizer.gamma = lrGamma
-        options.optimizer.milestones = try lrMilestones.split(separator: ",").map { text in
-            guard let epoch = Int(text.trimmingCharacters(in: .whitespaces)), epoch >= 1 else {
-                throw SigPropError.configuration("--lr-milestones \(lrMilestones): each milestone must be an epoch number >= 1")
+        return (config, options)
+    }
+
+    func parseMilestones(_ text: String) throws -> [Int] {
+        try text.split(separator: ",").map { item in
+            guard let epoch = Int(item.trimmingCharacters(in: .whitespaces)), epoch >= 1 else {
+                throw SigPropError.configuration("--lr-milestones \(text): each milestone must be an epoch number >= 1")
             }
             return epoch
         }
-        options.augmentation.cropPadding = cropPadding
-        options.augmentation.horizontalFlip = flip
+    }
+
+    func train() throws {
+        let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
+        let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
+        var (config, options) = try resolve(
+            base: checkpoint.map { (try $0.model, try $0.options) } ?? (ModelConfig(), TrainingOptions()),
+            fromCheckpoint: checkpoint != nil)
+        let epochsDone = try checkpoint?.epochs ?? 0
+        if epochsDone >= options.epochs {
+            throw SigPropError.configuration("--resume: the checkpoint has already trained \(epochsDone) epochs; pass --epochs N with N > \(epochsDone) to train more")
+        }
 
         let directory = URL(fileURLWithPath: dataDir)
         let loadStart = Date()
@@ -136,26 +174,33 @@ struct Train: ParsableCommand {
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)
         if let limit { trainSet = trainSet.prefix(limit) }
+        if checkpoint == nil {
+            config.inputShape = [trainSet.channels, trainSet.height, trainSet.width]
+            config.classes = trainSet.classes
+        }
+
+        let (device, warnings) = try selection.makeDevice()
+        warnings.forEach { printError("warning: \($0)") }
+        emit("backend: \(device.description)")
         emit(String(format: "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
-                     dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height, trainSet.width, trainSet.classes,
-                     Date().timeIntervalSince(loadStart)))
+                    dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height, trainSet.width, trainSet.classes,
+                    Date().timeIntervalSince(loadStart)))
 
-        var config = ModelConfig()
-        config.kind = ModelConfig.Kind(rawValue: model)!
-        config.inputShape = [trainSet.channels, trainSet.height, trainSet.width]
-        config.classes = trainSet.classes
-        config.hiddenLayers = hiddenLayers
-        config.width = width
-        let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: seed)
+        let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: options.seed)
+        if let checkpoint {
+            try checkpoint.restore(into: network)
+            emit("resumed: \(resume!) after epoch \(epochsDone)")
+        }
         let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet)
-        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(lr)")
+        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)")
 
+        let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0
-        for epoch in 0..<epochs {
+        for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()
             let result = try trainer.runEpoch(epoch) { progress in
                 let line = String(format: "epoch %d/%d  batch %d/%d  %.0f samples/s  losses %@  ETA %.0f s",
-                                  progress.epoch + 1, epochs, progress.batch, progress.batches, progress.samplesPerSecond,
+                                  progress.epoch + 1, options.epochs, progress.batch, progress.batches, progress.samplesPerSecond,
                                   progress.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), progress.secondsLeft)
                 if terminal {
                     print("\r\u{1B}[K" + line, terminator: "")
@@ -167,14 +212,16 @@ struct Train: ParsableCommand {
             }
             if terminal { print("\r\u{1B}[K", terminator: "") }
             emit(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
-                         result.epoch, epochs, result.seconds, result.samplesPerSecond,
-                         result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), result.outputLoss,
-                         100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
-            let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue && $0.key != "similarity" }
+                        result.epoch, options.epochs, result.seconds, result.samplesPerSecond,
+                        result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), result.outputLoss,
+                        100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+            let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
                 .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
             emit("  other readouts: " + others.joined(separator: ", "))
             if let path = metrics { try appendMetrics(result, to: path) }
+            try Checkpoint(network: network, options: options, epochs: epoch + 1).write(to: checkpointURL)
         }
+        emit("checkpoint: \(checkpointURL.path)")
     }
 
     func appendMetrics(_ metrics: EpochMetrics, to path: String) throws {

@@ -1,0 +1,209 @@
+import Foundation
+
+/// A training checkpoint in the safetensors format (loadable by Python's `safetensors`):
+/// every parameter, every optimizer state tensor (`<parameter>.<state>`, e.g.
+/// `block0.weight.m`), and in the metadata the epochs done, each optimizer's step count, the
+/// model config and the training options (as JSON strings).
+public struct Checkpoint {
+    public var tensors: [String: GoldenTensor]
+    public var metadata: [String: String]
+
+    public static let formatName = "sigprop-checkpoint-1"
+
+    public init(tensors: [String: GoldenTensor], metadata: [String: String]) {
+        self.tensors = tensors
+        self.metadata = metadata
+    }
+
+    // MARK: Network <-> checkpoint
+
+    /// Everything needed to continue training `network` after `epochs` completed epochs.
+    public init(network: Network, options: TrainingOptions, epochs: Int) throws {
+        let device = network.device
+        var tensors: [String: GoldenTensor] = [:]
+        for parameter in network.parameters {
+            tensors[parameter.name] = GoldenTensor(shape: parameter.value.shape, values: try device.read(parameter.value))
+            for (state, tensor) in parameter.state {
+                tensors["\(parameter.name).\(state)"] = GoldenTensor(shape: tensor.shape, values: try device.read(tensor))
+            }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        self.tensors = tensors
+        self.metadata = [
+            "format": Self.formatName,
+            "epochs": String(epochs),
+            "optimizer_steps": network.optimizers.map { String($0.steps) }.joined(separator: ","),
+            "model": String(decoding: try encoder.encode(network.config), as: UTF8.self),
+            "options": String(decoding: try encoder.encode(options), as: UTF8.self),
+        ]
+    }
+
+    public var epochs: Int {
+        get throws {
+            guard let text = metadata["epochs"], let value = Int(text), value >= 0 else { throw Self.invalid("metadata 'epochs' is missing or not a number") }
+            return value
+        }
+    }
+
+    public var model: ModelConfig {
+        get throws { try decode(ModelConfig.self, "model") }
+    }
+
+    public var options: TrainingOptions {
+        get throws { try decode(TrainingOptions.self, "options") }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ key: String) throws -> T {
+        guard let text = metadata[key], let value = try? JSONDecoder().decode(type, from: Data(text.utf8)) else {
+            throw Self.invalid("metadata '\(key)' is missing or not valid JSON for this version of SigProp")
+        }
+        return value
+    }
+
+    /// Loads weights, optimizer state and step counts into `network` (built from `model`).
+    public func restore(into network: Network) throws {
+        let device = network.device
+        for parameter in network.parameters {
+            try load(parameter.name, into: parameter.value, device: device)
+            for (state, tensor) in parameter.state {
+                try load("\(parameter.name).\(state)", into: tensor, device: device)
+            }
+        }
+        let steps = (metadata["optimizer_steps"] ?? "").split(separator: ",").compactMap { Int($0) }
+        guard steps.count == network.optimizers.count else {
+            throw Self.invalid("metadata 'optimizer_steps' has \(steps.count) entries, the model has \(network.optimizers.count) optimizers")
+        }
+        for (optimizer, count) in zip(network.optimizers, steps) { optimizer.steps = count }
+    }
+
+    private func load(_ name: String, into tensor: Tensor, device: Device) throws {
+        guard let stored = tensors[name] else {
+            throw SigPropError.configuration("checkpoint has no tensor '\(name)': it was written for another model or optimizer; resume with the same --model and --optimizer, or start afresh")
+        }
+        guard stored.shape == tensor.shape else {
+            throw SigPropError.configuration("checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed needs \(tensor.shape)")
+        }
+        try device.write(stored.values, to: tensor)
+    }
+
+    static func invalid(_ reason: String) -> SigPropError {
+        SigPropError.configuration("not a usable SigProp checkpoint: \(reason)")
+    }
+
+    // MARK: safetensors
+
+    /// The file's bytes: u64 little-endian header length, the JSON header (padded with spaces
+    /// to 8 bytes), then each tensor's float32 little-endian data in header order.
+    public func serialized() throws -> Data {
+        var header: [String: Any] = ["__metadata__": metadata]
+        var offset = 0
+        let names = tensors.keys.sorted()
+        for name in names {
+            let tensor = tensors[name]!
+            let bytes = tensor.values.count * 4
+            header[name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + bytes]]
+            offset += bytes
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }
+        var data = Data(capacity: 8 + json.count + offset)
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { data.append(contentsOf: $0) }
+        data.append(json)
+        for name in names {
+            tensors[name]!.values.withUnsafeBytes { data.append(contentsOf: $0) }  // x86 and ARM are little-endian
+        }
+        return data
+    }
+
+    /// Parses safetensors bytes; anything truncated, foreign or inconsistent is an error
+    /// naming what is wrong.
+    public init(safetensors data: Data, path: String) throws {
+        func bad(_ reason: String) -> SigPropError {
+            SigPropError.configuration("checkpoint \(path) is not a valid safetensors file: \(reason). Use a last.safetensors written by train, or start afresh without --resume")
+        }
+        guard data.count >= 8 else { throw bad("it is \(data.count) bytes, shorter than the 8-byte header length") }
+        let headerLength = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard headerLength <= UInt64(data.count - 8) else {
+            throw bad("the header claims \(headerLength) bytes but the file has \(data.count - 8) after the length (truncated?)")
+        }
+        let headerEnd = 8 + Int(headerLength)
+        guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<headerEnd)) as? [String: Any] else {
+            throw bad("the header is not a JSON object")
+        }
+        let payload = data.subdata(in: headerEnd..<data.count)
+        var tensors: [String: GoldenTensor] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in header {
+            if name == "__metadata__" {
+                guard let values = value as? [String: String] else { throw bad("__metadata__ is not a string map") }
+                metadata = values
+                continue
+            }
+            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String, let shape = entry["shape"] as? [Int],
+                  let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw bad("tensor '\(name)' lacks dtype, shape or data_offsets")
+            }
+            guard dtype == "F32" else { throw bad("tensor '\(name)' is \(dtype); SigProp stores F32") }
+            let (begin, end) = (offsets[0], offsets[1])
+            let (count, overflow) = shape.reduce((1, false)) { acc, d in
+                let (p, o) = acc.0.multipliedReportingOverflow(by: d)
+                return (p, acc.1 || o || d < 0)
+            }
+            guard !overflow, begin >= 0, begin <= end, end <= payload.count, end - begin == count * 4 else {
+                throw bad("tensor '\(name)' of shape \(shape) has data offsets \(offsets) outside the \(payload.count) data bytes or of the wrong size (truncated?)")
+            }
+            let values = payload.subdata(in: begin..<end).withUnsafeBytes { raw in
+                (0..<count).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
+            }
+            tensors[name] = GoldenTensor(shape: shape, values: values)
+        }
+        guard metadata["format"] == Self.formatName else {
+            throw bad("its metadata does not say format \(Self.formatName) (written by another program?)")
+        }
+        self.init(tensors: tensors, metadata: metadata)
+    }
+
+    public init(contentsOf url: URL) throws {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw SigPropError.configuration("cannot read checkpoint \(url.path): \(error.localizedDescription). Check the path given to --resume")
+        }
+        try self.init(safetensors: data, path: url.path)
+    }
+
+    /// Writes atomically: a temporary file in the same folder, fsync, rename over `url`, fsync
+    /// of the folder. A crash at any moment leaves either the old file or the new one.
+    public func write(to url: URL) throws {
+        let data = try serialized()
+        let directory = url.deletingLastPathComponent()
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw SigPropError.configuration("cannot create the checkpoint folder \(directory.path): \(error.localizedDescription). Pass a writable --checkpoint-dir")
+        }
+        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard descriptor >= 0 else {
+            throw SigPropError.configuration("cannot write \(temporary.path): \(String(cString: strerror(errno))). Pass a writable --checkpoint-dir")
+        }
+        var failure: String?
+        data.withUnsafeBytes { raw in
+            var written = 0
+            while written < raw.count {
+                let n = Foundation.write(descriptor, raw.baseAddress! + written, raw.count - written)
+                if n < 0 { if errno == EINTR { continue }; failure = String(cString: strerror(errno)); return }
+                written += n
+            }
+        }
+        if failure == nil, fsync(descriptor) != 0 { failure = String(cString: strerror(errno)) }
+        close(descriptor)
+        if failure == nil, rename(temporary.path, url.path) != 0 { failure = String(cString: strerror(errno)) }
+        if let failure {
+            unlink(temporary.path)
+            throw SigPropError.configuration("writing checkpoint \(url.path) failed: \(failure) (the previous checkpoint is untouched)")
+        }
+        let folder = open(directory.path, O_RDONLY)
+        if folder >= 0 { fsync(folder); close(folder) }
+    }
+}
