@@ -87,7 +87,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// Sets the arguments of `program`'s `kernel` and enqueues it: atomically with respect to
     /// other threads using the same kernel object.
     @discardableResult
-    private func launch(_ program: String, _ kernel: String, _ arguments: [CLKernel.Argument],
+    func launch(_ program: String, _ kernel: String, _ arguments: [CLKernel.Argument],
                         global: [Int], local: [Int]? = nil, on queue: BackendQueue) throws -> CLEvent? {
         guard global.allSatisfy({ $0 > 0 }) else { return nil }
         let clQueue = (queue as! OpenCLQueue).queue
@@ -121,7 +121,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
     }
 
-    private func mem(_ storage: TensorStorage) -> CLBuffer { storage as! CLBuffer }
+    func mem(_ storage: TensorStorage) -> CLBuffer { storage as! CLBuffer }
     private func clQueue(_ queue: BackendQueue) -> CLQueue { (queue as! OpenCLQueue).queue }
 
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws {
@@ -145,17 +145,6 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws {
         try launch("elementwise", "fill", [.buffer(mem(storage)), .int(Int32(count)), .float(value)], global: [count], on: queue)
-    }
-
-    func gemm(_ s: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
-        let tile = parameters.gemmTile
-        let roundUp = { (x: Int) in (x + tile - 1) / tile * tile }
-        try launch("gemm", "gemm", [
-            .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
-            .float(s.alpha), .float(s.beta), .buffer(mem(a)), .buffer(mem(b)), .buffer(mem(c)),
-            // Without a bias the kernel never reads the argument; C stands in for it.
-            .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : 1), .int(s.activation.code),
-        ], global: [roundUp(s.n), roundUp(s.m)], local: [tile, tile], on: queue)
     }
 
     func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
