@@ -60,8 +60,11 @@ struct Train: ParsableCommand {
     @Option(help: "Epochs to train in total (a resumed run continues up to this count).")
     var epochs: Int = 5
 
-    @Option(help: "Prediction: \(Readout.allCases.map(\.rawValue).joined(separator: ", ")). output = the trained output layer; similarity = nearest class target at the last block.")
-    var readout: String = Readout.output.rawValue
+    @Option(help: "Prediction: adaptive (default: similarity at the block that does best on 2000 training samples), similarity (nearest class target at --readout-block), or output (the trained output layer).")
+    var readout: String = Readout.adaptive.rawValue
+
+    @Option(help: "The block the similarity readout uses (1 = the signal block).")
+    var readoutBlock: Int = 1
 
     @Option(help: "Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files.")
     var dataDir: String = Dataset.defaultDirectory
@@ -143,6 +146,7 @@ struct Train: ParsableCommand {
         }
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
+        options.readoutBlock = readoutBlock
         return (config, options)
     }
 
@@ -217,7 +221,7 @@ struct Train: ParsableCommand {
                         100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
             let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
                 .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
-            emit("  other readouts: " + others.joined(separator: ", "))
+            emit("  other readouts: " + others.joined(separator: ", ") + "; adaptive uses block \(result.adaptiveBlock)")
             if let path = metrics { try appendMetrics(result, to: path) }
             try Checkpoint(network: network, options: options, epochs: epoch + 1).write(to: checkpointURL)
         }

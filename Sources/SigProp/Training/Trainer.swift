@@ -1,12 +1,15 @@
 import Foundation
 
-/// How a trained network predicts a class.
+/// How a trained network predicts a class (the paper's three readouts).
 public enum Readout: String, Sendable, Codable, CaseIterable {
     /// The trained output layer's argmax.
     case output
-    /// The class whose target activations t_l(k) are most similar (dot product) to h_l, at the
-    /// last block.
+    /// The class whose target activations t_l(k) are most similar (dot product) to h_l, at
+    /// the block `TrainingOptions.readoutBlock`.
     case similarity
+    /// Similarity at the block that classifies a fixed subset of the training set best,
+    /// chosen again after every epoch (no test data is used to choose).
+    case adaptive
 }
 
 /// Everything about a run that is not the model itself.
@@ -16,7 +19,11 @@ public struct TrainingOptions: Sendable, Codable, Equatable {
     public var seed: UInt64 = 1
     public var loss: LossChoice = .maxAll
     public var optimizer = OptimizerSettings()
-    public var readout: Readout = .output
+    public var readout: Readout = .adaptive
+    /// The block (1 = the signal block) the `similarity` readout uses.
+    public var readoutBlock = 1
+    /// Training samples the `adaptive` readout scores each block on.
+    public var adaptiveSamples = 2000
     public var augmentation = AugmentationChoice()
 
     public init() {}
@@ -73,13 +80,15 @@ public struct EpochMetrics: Sendable, Codable {
     public var trainAccuracy: Double
     public var testAccuracy: Double
     public var readoutAccuracies: [String: Double]
+    /// The block the adaptive readout chose this epoch (1 = the signal block).
+    public var adaptiveBlock: Int
     public var seconds: Double
     public var samplesPerSecond: Double
     public var backend: String
 
     enum CodingKeys: String, CodingKey {
         case epoch, blockLosses = "block_losses", outputLoss = "output_loss", trainAccuracy = "train_accuracy",
-             testAccuracy = "test_accuracy", readoutAccuracies = "readout_accuracies", seconds,
+             testAccuracy = "test_accuracy", readoutAccuracies = "readout_accuracies", adaptiveBlock = "adaptive_block", seconds,
              samplesPerSecond = "samples_per_second", backend
     }
 }
@@ -113,6 +122,9 @@ public final class Trainer {
         self.options = options
         self.train = train
         self.test = test
+        guard (1...network.blockCount).contains(options.readoutBlock) else {
+            throw SigPropError.configuration("--readout-block \(options.readoutBlock) is not a block: the model has blocks 1...\(network.blockCount)")
+        }
         self.order = try BatchOrder(count: train.count, batchSize: options.batchSize, seed: options.seed)
     }
 
@@ -154,17 +166,30 @@ public final class Trainer {
             }
         }
         let seconds = Date().timeIntervalSince(start)
-        let accuracies = try evaluate(test)
+        let adaptiveBlock = try chooseAdaptiveBlock()
+        let accuracies = try evaluate(test, adaptiveBlock: adaptiveBlock)
         let means = lossSums.map { $0 / Double(max(batches.count, 1)) }
         return EpochMetrics(epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
                             trainAccuracy: Double(correct) / Double(max(seen, 1)),
                             testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
+                            adaptiveBlock: adaptiveBlock,
                             seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9), backend: network.device.description)
     }
 
-    /// Accuracy of every readout on `dataset`: "output", "similarity" (last block) and
-    /// "similarity@l" for each block l.
-    public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
+    /// The block (1-based) whose similarity readout is best on the first `adaptiveSamples`
+    /// training samples (the earliest block on ties).
+    public func chooseAdaptiveBlock() throws -> Int {
+        let subset = train.prefix(options.adaptiveSamples)
+        let accuracies = try evaluate(subset, adaptiveBlock: 1)
+        return (1...network.blockCount).max { a, b in
+            let (x, y) = (accuracies["similarity@\(a)"] ?? 0, accuracies["similarity@\(b)"] ?? 0)
+            return x < y || (x == y && a > b)
+        } ?? 1
+    }
+
+    /// Accuracy of every readout on `dataset`: "output", "similarity@l" for each block l (1-based),
+    /// "similarity" (at `options.readoutBlock`) and "adaptive" (at `adaptiveBlock`).
+    public func evaluate(_ dataset: Dataset, adaptiveBlock: Int, batchSize: Int = 500) throws -> [String: Double] {
         let device = network.device
         let classes = network.config.classes
         let targets = try network.classTargets()
@@ -178,9 +203,10 @@ public final class Trainer {
             for (block, (h, t)) in zip(features, targets).enumerated() {
                 let scores = try device.zeros([indices.count, classes])
                 try device.gemm(try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]), transposeB: true, into: scores)
-                predictions["similarity@\(block)"] = Self.argmax(try device.read(scores), columns: classes)
+                predictions["similarity@\(block + 1)"] = Self.argmax(try device.read(scores), columns: classes)
             }
-            predictions["similarity"] = predictions["similarity@\(features.count - 1)"]
+            predictions["similarity"] = predictions["similarity@\(options.readoutBlock)"]
+            predictions["adaptive"] = predictions["similarity@\(adaptiveBlock)"]
             for (name, predicted) in predictions {
                 correct[name, default: 0] += zip(predicted, labels).filter { $0 == Int($1) }.count
             }
