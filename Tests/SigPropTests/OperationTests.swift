@@ -130,32 +130,42 @@ import Testing
         }
     }
 
-    /// The gradient through row normalisation and a column affine is the derivative of
-    /// L = sum(G ⊙ (normalize(x) * scale + shift)).
+    /// The gradient through normalisation and a per-channel affine is the derivative of
+    /// L = sum(G ⊙ (normalize(x) * scale)), for layer, instance and batch layouts.
     @Test(arguments: TestBackend.available)
-    func rowNormalisationGradientMatchesFiniteDifferences(_ backend: TestBackend) throws {
+    func normalisationGradientMatchesFiniteDifferences(_ backend: TestBackend) throws {
         let device = try backend.device()
-        for (rows, columns) in [(1, 7), (3, 129)] {
-            let x0 = random(rows * columns, seed: 40, in: -2...2), g = random(rows * columns, seed: 41), scale = random(columns, seed: 42)
-            let scaleTensor = try device.tensor(scale, shape: [columns])
-            func loss(_ x: [Float]) throws -> Double {
-                let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows]), y = try device.zeros([rows, columns])
-                try device.normalizeRows(try device.tensor(x, shape: [rows, columns]), rows: rows, into: xhat, rstd: rstd)
-                try device.scaleShiftColumns(xhat, scale: scaleTensor, into: y)
-                return zip(try device.read(y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+        let cases: [(String, [Int], GroupLayout)] = [
+            ("layer", [1, 7], GroupLayout(outer: 1, groups: 1, inner: 7)),
+            ("layer", [3, 129], GroupLayout(outer: 1, groups: 3, inner: 129)),
+            ("instance", [2, 3, 3, 3], GroupLayout(outer: 1, groups: 6, inner: 9)),
+            ("batch", [4, 3, 2, 2], GroupLayout(outer: 4, groups: 3, inner: 4)),
+            ("batch", [7, 5], GroupLayout(outer: 7, groups: 5, inner: 1)),
+        ]
+        for (label, shape, layout) in cases {
+            let count = shape.reduce(1, *), channels = shape[1], inner = shape.count == 4 ? shape[2] * shape[3] : 1
+            let x0 = random(count, seed: 40, in: -2...2), g = random(count, seed: 41), scale = random(channels, seed: 42)
+            let scaleTensor = try device.tensor(scale, shape: [channels])
+            func forward(_ x: [Float]) throws -> (xhat: Tensor, rstd: Tensor, y: Tensor) {
+                let xhat = try device.zeros(shape), rstd = try device.zeros([layout.groups]), y = try device.zeros(shape)
+                try device.normalize(try device.tensor(x, shape: shape), layout: layout, into: xhat, rstd: rstd)
+                try device.scaleShiftChannels(xhat, scale: scaleTensor, inner: inner, into: y)
+                return (xhat, rstd, y)
             }
-            let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows])
-            try device.normalizeRows(try device.tensor(x0, shape: [rows, columns]), rows: rows, into: xhat, rstd: rstd)
-            let dxhat = try device.zeros([rows, columns])
-            try device.scaleShiftColumns(try device.tensor(g, shape: [rows, columns]), scale: scaleTensor, into: dxhat)
-            try device.normalizeRowsGradient(dxhat, xhat: xhat, rstd: rstd, into: dxhat)
+            func loss(_ x: [Float]) throws -> Double {
+                zip(try device.read(try forward(x).y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+            }
+            let (xhat, rstd, _) = try forward(x0)
+            let dxhat = try device.zeros(shape)
+            try device.scaleShiftChannels(try device.tensor(g, shape: shape), scale: scaleTensor, inner: inner, into: dxhat)
+            try device.normalizeGradient(dxhat, xhat: xhat, rstd: rstd, layout: layout, into: dxhat)
             let analytic = try device.read(dxhat)
-            for index in Set([0, columns / 2, rows * columns - 1]) {
+            for index in Set([0, count / 2, count - 1]) {
                 var plus = x0, minus = x0
                 plus[index] += 1e-2
                 minus[index] -= 1e-2
                 let numeric = (try loss(plus) - loss(minus)) / 2e-2
-                #expect(abs(numeric - Double(analytic[index])) <= 2e-3 + 2e-2 * abs(numeric), "\(rows)x\(columns) dx[\(index)]: \(analytic[index]) vs \(numeric)")
+                #expect(abs(numeric - Double(analytic[index])) <= 2e-3 + 2e-2 * abs(numeric), "\(label) \(shape) dx[\(index)]: \(analytic[index]) vs \(numeric)")
             }
         }
     }
@@ -181,13 +191,18 @@ import Testing
     }
 
     @Test(arguments: TestBackend.available)
-    func columnSumsAndAxpby(_ backend: TestBackend) throws {
+    func channelSumsAndAxpby(_ backend: TestBackend) throws {
         let device = try backend.device()
         let x = random(7 * 129, seed: 14)
         let out = try device.tensor([Float](repeating: 1, count: 129), shape: [129])
-        try device.columnSums(try device.tensor(x, shape: [7, 129]), into: out, alpha: 2, beta: 3)
+        try device.channelSums(try device.tensor(x, shape: [7, 129]), channels: 129, into: out, alpha: 2, beta: 3)
         let expected = (0..<129).map { j in 2 * (0..<7).reduce(Float(0)) { $0 + x[$1 * 129 + j] } + 3 }
-        expectClose(try device.read(out), expected, "columnSums")
+        expectClose(try device.read(out), expected, "column sums")
+        // NCHW [3, 7, 41]: per-channel sums over batch and positions.
+        let perChannel = try device.zeros([7])
+        try device.channelSums(try device.tensor(Array(x.prefix(861)), shape: [3, 7, 41]), channels: 7, inner: 41, into: perChannel)
+        let expectedChannels = (0..<7).map { c in (0..<3).reduce(Float(0)) { sum, n in sum + x[(n * 7 + c) * 41..<(n * 7 + c + 1) * 41].reduce(0, +) } }
+        expectClose(try device.read(perChannel), expectedChannels, absolute: 1e-4, "channel sums")
         let y = try device.tensor(x, shape: [7, 129])
         try device.axpby(alpha: -1, y, beta: 2, y)
         expectClose(try device.read(y), x, "axpby")

@@ -117,9 +117,9 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
-    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
+    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
         let (x, out) = (buf(x), buf(into))
-        run(queue) { CPUKernels.columnSums(x.pointer, rows: rows, columns: columns, into: out.pointer, alpha: alpha, beta: beta) }
+        run(queue) { CPUKernels.channelSums(x.pointer, outer: outer, channels: channels, inner: inner, into: out.pointer, alpha: alpha, beta: beta) }
     }
 
     func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
@@ -145,23 +145,22 @@ final class CPUBackend: Backend, @unchecked Sendable {
         run(queue) { for i in 0..<count { out.pointer[i] = a.pointer[i] * b.pointer[i] } }
     }
 
-    func normalizeRows(_ x: TensorStorage, rows: Int, columns: Int, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
+    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
         let (x, xhat, rstd) = (buf(x), buf(xhat), buf(rstd))
-        run(queue) { CPUKernels.normalizeRows(x.pointer, rows: rows, columns: columns, xhat: xhat.pointer, rstd: rstd.pointer, epsilon: epsilon) }
+        run(queue) { CPUKernels.normalize(x.pointer, layout: layout, xhat: xhat.pointer, rstd: rstd.pointer, epsilon: epsilon) }
     }
 
-    func normalizeRowsGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws {
         let (g, xhat, rstd, dx) = (buf(dxhat), buf(xhat), buf(rstd), buf(into))
-        run(queue) { CPUKernels.normalizeRowsGradient(g.pointer, xhat: xhat.pointer, rstd: rstd.pointer, into: dx.pointer, rows: rows, columns: columns) }
+        run(queue) { CPUKernels.normalizeGradient(g.pointer, xhat: xhat.pointer, rstd: rstd.pointer, into: dx.pointer, layout: layout) }
     }
 
-    func scaleShiftColumns(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
+    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
         let (x, scale, shift, out) = (buf(x), buf(scale), shift.map(buf), buf(into))
         run(queue) {
-            for r in 0..<rows {
-                for j in 0..<columns {
-                    out.pointer[r * columns + j] = x.pointer[r * columns + j] * scale.pointer[j] + (shift?.pointer[j] ?? 0)
-                }
+            for index in 0..<count {
+                let c = (index / inner) % channels
+                out.pointer[index] = x.pointer[index] * scale.pointer[c] + (shift?.pointer[c] ?? 0)
             }
         }
     }

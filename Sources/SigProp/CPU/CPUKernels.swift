@@ -50,16 +50,25 @@ enum CPUKernels {
         }
     }
 
-    static func columnSums(_ x: UnsafePointer<Float>, rows: Int, columns: Int, into out: UnsafeMutablePointer<Float>, alpha: Float, beta: Float) {
-        // Row by row, so the inner loop runs over contiguous memory and vectorises.
-        let sums = UnsafeMutablePointer<Float>.allocate(capacity: max(columns, 1))
+    static func channelSums(_ x: UnsafePointer<Float>, outer: Int, channels: Int, inner: Int, into out: UnsafeMutablePointer<Float>,
+                            alpha: Float, beta: Float) {
+        // Outer row by row, so the inner loops run over contiguous memory and vectorise.
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: max(channels, 1))
         defer { sums.deallocate() }
-        sums.initialize(repeating: 0, count: columns)
-        for r in 0..<rows {
-            let row = x + r * columns
-            for j in 0..<columns { sums[j] += row[j] }
+        sums.initialize(repeating: 0, count: channels)
+        for o in 0..<outer {
+            let row = x + o * channels * inner
+            if inner == 1 {
+                for c in 0..<channels { sums[c] += row[c] }
+            } else {
+                for c in 0..<channels {
+                    var sum: Float = 0
+                    for i in 0..<inner { sum += row[c * inner + i] }
+                    sums[c] += sum
+                }
+            }
         }
-        for j in 0..<columns { out[j] = alpha * sums[j] + (beta == 0 ? 0 : beta * out[j]) }
+        for c in 0..<channels { out[c] = alpha * sums[c] + (beta == 0 ? 0 : beta * out[c]) }
     }
 
     /// Runs `body` over `0..<count` in chunks on every core: for element-wise work on large
@@ -197,31 +206,41 @@ enum CPUKernels {
         }
     }
 
-    static func normalizeRows(_ x: UnsafePointer<Float>, rows: Int, columns d: Int, xhat: UnsafeMutablePointer<Float>,
-                              rstd: UnsafeMutablePointer<Float>, epsilon: Float) {
-        for r in 0..<rows {
-            let row = x + r * d, out = xhat + r * d
+    /// Calls `body(o, start)` for each of a group's `outer` runs of `inner` contiguous elements.
+    @inline(__always)
+    static func forEachRun(_ layout: GroupLayout, group g: Int, _ body: (Int) -> Void) {
+        for o in 0..<layout.outer { body((o * layout.groups + g) * layout.inner) }
+    }
+
+    static func normalize(_ x: UnsafePointer<Float>, layout: GroupLayout, xhat: UnsafeMutablePointer<Float>,
+                          rstd: UnsafeMutablePointer<Float>, epsilon: Float) {
+        let n = Float(layout.outer * layout.inner), inner = layout.inner
+        for g in 0..<layout.groups {
             var mean: Float = 0
-            for j in 0..<d { mean += row[j] }
-            mean /= Float(d)
+            forEachRun(layout, group: g) { start in for i in 0..<inner { mean += x[start + i] } }
+            mean /= n
             var variance: Float = 0
-            for j in 0..<d { variance += (row[j] - mean) * (row[j] - mean) }
-            let s = 1 / (variance / Float(d) + epsilon).squareRoot()
-            for j in 0..<d { out[j] = (row[j] - mean) * s }
-            rstd[r] = s
+            forEachRun(layout, group: g) { start in for i in 0..<inner { variance += (x[start + i] - mean) * (x[start + i] - mean) } }
+            let s = 1 / (variance / n + epsilon).squareRoot()
+            forEachRun(layout, group: g) { start in for i in 0..<inner { xhat[start + i] = (x[start + i] - mean) * s } }
+            rstd[g] = s
         }
     }
 
-    static func normalizeRowsGradient(_ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
-                                      into dx: UnsafeMutablePointer<Float>, rows: Int, columns d: Int) {
-        for r in 0..<rows {
-            let g = dxhat + r * d, xh = xhat + r * d, out = dx + r * d
+    static func normalizeGradient(_ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+                                  into dx: UnsafeMutablePointer<Float>, layout: GroupLayout) {
+        let n = Float(layout.outer * layout.inner), inner = layout.inner
+        for g in 0..<layout.groups {
             var meanG: Float = 0, meanGX: Float = 0
-            for j in 0..<d { meanG += g[j]; meanGX += g[j] * xh[j] }
-            meanG /= Float(d)
-            meanGX /= Float(d)
-            let s = rstd[r]
-            for j in 0..<d { out[j] = s * (g[j] - meanG - xh[j] * meanGX) }
+            forEachRun(layout, group: g) { start in
+                for i in 0..<inner { meanG += dxhat[start + i]; meanGX += dxhat[start + i] * xhat[start + i] }
+            }
+            meanG /= n
+            meanGX /= n
+            let s = rstd[g]
+            forEachRun(layout, group: g) { start in
+                for i in 0..<inner { dx[start + i] = s * (dxhat[start + i] - meanG - xhat[start + i] * meanGX) }
+            }
         }
     }
 

@@ -23,14 +23,14 @@ protocol Backend: AnyObject, Sendable {
     func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws
     func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws
     func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws
+    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws
     func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws
     func conv2dWeightGradient(_ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws
     func pool2d(_ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws
     func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func normalizeRows(_ x: TensorStorage, rows: Int, columns: Int, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws
-    func normalizeRowsGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws
-    func scaleShiftColumns(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws
+    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws
+    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws
+    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws
     func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws
     func adamStep(_ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws
     func sgdStep(_ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws

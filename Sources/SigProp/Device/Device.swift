@@ -200,12 +200,18 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         try backend.axpby(alpha: alpha, x: x.storage, beta: beta, y: y.storage, count: x.count, on: try queue(stream, "axpby"))
     }
 
-    /// `into = alpha * (sum over rows of x) + beta * into`; `x` viewed as a matrix.
-    public func columnSums(_ x: Tensor, into result: Tensor, alpha: Float = 1, beta: Float = 0, on stream: Stream? = nil) throws {
-        try check("columnSums", x, result)
-        try requireCount("columnSums", result, x.columns)
-        try backend.columnSums(x.storage, rows: x.rows, columns: x.columns, into: result.storage, alpha: alpha, beta: beta,
-                               on: try queue(stream, "columnSums"))
+    /// `into[c] = alpha * (sum of x over every element of channel c) + beta * into[c]`, with `x`
+    /// viewed as [outer, channels, inner]: column sums of a matrix (`inner` 1, the default) or
+    /// per-channel sums of NCHW activations (`inner` H*W).
+    public func channelSums(_ x: Tensor, channels: Int, inner: Int = 1, into result: Tensor, alpha: Float = 1, beta: Float = 0,
+                            on stream: Stream? = nil) throws {
+        try check("channelSums", x, result)
+        guard channels > 0, inner > 0, x.count % (channels * inner) == 0 else {
+            throw SigPropError.shapeMismatch(operation: "channelSums", detail: "\(x.shape) is not [outer, \(channels), \(inner)]")
+        }
+        try requireCount("channelSums", result, channels)
+        try backend.channelSums(x.storage, outer: x.count / (channels * inner), channels: channels, inner: inner, into: result.storage,
+                                alpha: alpha, beta: beta, on: try queue(stream, "channelSums"))
     }
 
     /// 2-D convolution over NCHW `input` with `weight` `[O, C, kh, kw]`, optional bias `[O]`,
@@ -259,43 +265,42 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         try backend.multiply(a.storage, b.storage, into: out.storage, count: a.count, on: try queue(stream, "multiply"))
     }
 
-    /// Normalises each of `rows` rows of `x` (viewed as rows x count/rows) to zero mean and unit
-    /// biased variance: `xhat = (x - mean) / sqrt(var + epsilon)`; `rstd` (one per row) keeps
-    /// `1 / sqrt(var + epsilon)` for the gradient. Layer norm over features, instance norm over
-    /// positions.
-    public func normalizeRows(_ x: Tensor, rows: Int, into xhat: Tensor, rstd: Tensor, epsilon: Float = 1e-5, on stream: Stream? = nil) throws {
-        try check("normalizeRows", x, xhat, rstd)
-        guard rows > 0, x.count % rows == 0 else {
-            throw SigPropError.shapeMismatch(operation: "normalizeRows", detail: "\(x.shape) does not split into \(rows) rows")
-        }
-        try requireCount("normalizeRows", xhat, x.count)
-        try requireCount("normalizeRows rstd", rstd, rows)
-        try backend.normalizeRows(x.storage, rows: rows, columns: x.count / rows, xhat: xhat.storage, rstd: rstd.storage, epsilon: epsilon,
-                                  on: try queue(stream, "normalizeRows"))
+    /// Normalises each group of `x` (viewed as `layout`) to zero mean and unit biased variance:
+    /// `xhat = (x - mean) / sqrt(var + epsilon)`; `rstd` (one per group) keeps
+    /// `1 / sqrt(var + epsilon)` for the gradient. Layer, instance and batch norm differ only
+    /// in the layout (see `GroupLayout`).
+    public func normalize(_ x: Tensor, layout: GroupLayout, into xhat: Tensor, rstd: Tensor, epsilon: Float = 1e-5, on stream: Stream? = nil) throws {
+        try check("normalize", x, xhat, rstd)
+        try requireLayout("normalize", layout, x)
+        try requireCount("normalize", xhat, x.count)
+        try requireCount("normalize rstd", rstd, layout.groups)
+        try backend.normalize(x.storage, layout: layout, xhat: xhat.storage, rstd: rstd.storage, epsilon: epsilon, on: try queue(stream, "normalize"))
     }
 
-    /// The gradient through `normalizeRows`: `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`
-    /// per row. `dx` may alias `dxhat`.
-    public func normalizeRowsGradient(_ dxhat: Tensor, xhat: Tensor, rstd: Tensor, into dx: Tensor, on stream: Stream? = nil) throws {
-        try check("normalizeRowsGradient", dxhat, xhat, rstd, dx)
-        let rows = rstd.count
-        guard rows > 0, xhat.count % rows == 0 else {
-            throw SigPropError.shapeMismatch(operation: "normalizeRowsGradient", detail: "\(xhat.shape) does not split into \(rows) rows")
-        }
-        try requireCount("normalizeRowsGradient", dxhat, xhat.count)
-        try requireCount("normalizeRowsGradient", dx, xhat.count)
-        try backend.normalizeRowsGradient(dxhat.storage, xhat: xhat.storage, rstd: rstd.storage, into: dx.storage, rows: rows,
-                                          columns: xhat.count / rows, on: try queue(stream, "normalizeRowsGradient"))
+    /// The gradient through `normalize`: `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`
+    /// over each group. `dx` may alias `dxhat`.
+    public func normalizeGradient(_ dxhat: Tensor, xhat: Tensor, rstd: Tensor, layout: GroupLayout, into dx: Tensor, on stream: Stream? = nil) throws {
+        try check("normalizeGradient", dxhat, xhat, rstd, dx)
+        try requireLayout("normalizeGradient", layout, xhat)
+        try requireCount("normalizeGradient", dxhat, xhat.count)
+        try requireCount("normalizeGradient", dx, xhat.count)
+        try requireCount("normalizeGradient rstd", rstd, layout.groups)
+        try backend.normalizeGradient(dxhat.storage, xhat: xhat.storage, rstd: rstd.storage, into: dx.storage, layout: layout,
+                                      on: try queue(stream, "normalizeGradient"))
     }
 
-    /// `out[r, j] = x[r, j] * scale[j] + shift[j]` (x viewed as a matrix): a norm's affine part.
-    public func scaleShiftColumns(_ x: Tensor, scale: Tensor, shift: Tensor? = nil, into out: Tensor, on stream: Stream? = nil) throws {
-        try check("scaleShiftColumns", x, scale, out)
-        try requireCount("scaleShiftColumns scale", scale, x.columns)
-        if let shift { try check("scaleShiftColumns", shift); try requireCount("scaleShiftColumns shift", shift, x.columns) }
-        try requireCount("scaleShiftColumns", out, x.count)
-        try backend.scaleShiftColumns(x.storage, scale: scale.storage, shift: shift?.storage, into: out.storage, rows: x.rows,
-                                      columns: x.columns, on: try queue(stream, "scaleShiftColumns"))
+    /// `out = x * scale[c] + shift[c]` with c the channel of each element, `x` viewed as
+    /// [outer, channels, inner]: a norm's affine part (per feature of [B, D]: `inner` 1).
+    public func scaleShiftChannels(_ x: Tensor, scale: Tensor, shift: Tensor? = nil, inner: Int = 1, into out: Tensor, on stream: Stream? = nil) throws {
+        try check("scaleShiftChannels", x, scale, out)
+        let channels = scale.count
+        guard channels > 0, inner > 0, x.count % (channels * inner) == 0 else {
+            throw SigPropError.shapeMismatch(operation: "scaleShiftChannels", detail: "\(x.shape) is not [outer, \(channels), \(inner)]")
+        }
+        if let shift { try check("scaleShiftChannels", shift); try requireCount("scaleShiftChannels shift", shift, channels) }
+        try requireCount("scaleShiftChannels", out, x.count)
+        try backend.scaleShiftChannels(x.storage, scale: scale.storage, shift: shift?.storage, into: out.storage, count: x.count,
+                                       channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
     }
 
     /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x N: N = B for a
@@ -360,6 +365,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     private func check(_ operation: String, _ tensors: Tensor...) throws {
         for tensor in tensors where tensor.device !== self {
             throw SigPropError.deviceMismatch(operation: operation, tensorDevice: tensor.device.description, device: description)
+        }
+    }
+
+    private func requireLayout(_ operation: String, _ layout: GroupLayout, _ tensor: Tensor) throws {
+        guard layout.outer > 0, layout.groups > 0, layout.inner > 0, layout.count == tensor.count else {
+            throw SigPropError.shapeMismatch(operation: operation, detail: "\(tensor.shape) is not [outer \(layout.outer), groups \(layout.groups), inner \(layout.inner)]")
         }
     }
 

@@ -46,6 +46,19 @@ struct PoolShape: Sendable, Equatable {
     var outWidth: Int { width / size }
 }
 
+/// A tensor viewed as [outer, groups, inner] for normalisation: group g holds the elements
+/// (o, g, i) for every o and i. Layer norm of [B, D] is (1, B, D); instance norm of
+/// [B, C, H, W] is (1, B*C, H*W); batch norm is (B, C, H*W), or (B, D, 1) for dense.
+public struct GroupLayout: Sendable, Equatable {
+    public var outer: Int, groups: Int, inner: Int
+    public init(outer: Int, groups: Int, inner: Int) {
+        self.outer = outer
+        self.groups = groups
+        self.inner = inner
+    }
+    public var count: Int { outer * groups * inner }
+}
+
 /// Which target mask the local loss builds from `YY = T0 T0ᵀ` (see SIGPROP.md).
 public enum LocalLossKind: Sendable, Equatable {
     /// `M_ij = 1` at every maximum of row i (ties all count). The reference's default.

@@ -87,11 +87,11 @@ public enum SelfCheck {
             return [try device.read(y)]
         })
 
-        for (rows, columns) in [(1, 1), (7, 129), (256, 33)] {
-            cases.append(Case(operation: "columnSums", shape: "\(rows)x\(columns)") { device in
-                let x = try input(device, [rows, columns], seed: 9)
-                let out = try input(device, [columns], seed: 10)
-                try device.columnSums(x, into: out, alpha: 0.5, beta: 1)
+        for (outer, channels, inner) in [(1, 1, 1), (7, 129, 1), (256, 33, 1), (3, 5, 49)] {
+            cases.append(Case(operation: "channelSums", shape: "\(outer)x\(channels)x\(inner)") { device in
+                let x = try input(device, [outer, channels, inner], seed: 9)
+                let out = try input(device, [channels], seed: 10)
+                try device.channelSums(x, channels: channels, inner: inner, into: out, alpha: 0.5, beta: 1)
                 return [try device.read(out)]
             })
         }
@@ -155,16 +155,25 @@ public enum SelfCheck {
             return [try device.read(mask), try device.read(dY), try device.read(rows)]
         })
 
-        for (rows, columns) in [(1, 1), (7, 129), (256, 1000)] {
-            cases.append(Case(operation: "normalizeRows", shape: "\(rows)x\(columns)") { device in
-                let x = try input(device, [rows, columns], seed: 31)
-                let g = try input(device, [rows, columns], seed: 32)
-                let scale = try input(device, [columns], seed: 33), shift = try input(device, [columns], seed: 34)
-                let xhat = try device.zeros([rows, columns]), rstd = try device.zeros([rows]), y = try device.zeros([rows, columns])
-                try device.normalizeRows(x, rows: rows, into: xhat, rstd: rstd)
-                try device.scaleShiftColumns(xhat, scale: scale, shift: shift, into: y)
+        // Layer norm [B, D], instance norm [B, C, P], batch norm [B, C, P] and dense batch norm.
+        let layouts = [("layer 1x1", [1, 1], GroupLayout(outer: 1, groups: 1, inner: 1)),
+                       ("layer 7x129", [7, 129], GroupLayout(outer: 1, groups: 7, inner: 129)),
+                       ("layer 256x1000", [256, 1000], GroupLayout(outer: 1, groups: 256, inner: 1000)),
+                       ("instance 3x5x7x7", [3, 5, 7, 7], GroupLayout(outer: 1, groups: 15, inner: 49)),
+                       ("batch 3x5x7x7", [3, 5, 7, 7], GroupLayout(outer: 3, groups: 5, inner: 49)),
+                       ("batch 129x7", [129, 7], GroupLayout(outer: 129, groups: 7, inner: 1))]
+        for (label, shape, layout) in layouts {
+            cases.append(Case(operation: "normalize", shape: label) { device in
+                let count = shape.reduce(1, *), channels = shape[1], inner = shape.count == 4 ? shape[2] * shape[3] : 1
+                let x = try input(device, shape, seed: 31)
+                let g = try input(device, shape, seed: 32)
+                let scale = try input(device, [channels], seed: 33), shift = try input(device, [channels], seed: 34)
+                let xhat = try device.zeros(shape), rstd = try device.zeros([layout.groups]), y = try device.zeros(shape)
+                try device.normalize(x, layout: layout, into: xhat, rstd: rstd)
+                try device.scaleShiftChannels(xhat, scale: scale, shift: shift, inner: inner, into: y)
                 try device.multiply(g, xhat, into: g)
-                try device.normalizeRowsGradient(g, xhat: xhat, rstd: rstd, into: g)
+                try device.normalizeGradient(g, xhat: xhat, rstd: rstd, layout: layout, into: g)
+                precondition(count == layout.count)
                 return [try device.read(xhat), try device.read(rstd), try device.read(y), try device.read(g)]
             })
         }

@@ -1,10 +1,63 @@
-/// The normalisation inside a block: `f(z) = act(norm(op(z)))`.
+/// The normalisation inside a block: `f(z) = act(norm(op(z)))`. Each has a learned scale
+/// and shift per feature (dense) or channel (conv), as PyTorch's affine norms.
 public enum NormKind: String, Sendable, Codable, CaseIterable {
     case none
-    /// Over each sample's features, with a learned scale and shift (PyTorch LayerNorm).
+    /// Over each sample's features (PyTorch LayerNorm); dense blocks.
     case layer
-    /// Over each channel's positions of each sample, no affine (PyTorch InstanceNorm2d default).
+    /// Over each channel's positions of each sample (InstanceNorm2d, affine); conv blocks.
     case instance
+    /// Over the batch (and positions) for each feature or channel, without running statistics
+    /// (BatchNorm with track_running_stats=False). Statistics are taken per stream.
+    case batch
+
+    /// Whether each sample is normalised on its own (so the K-row shortcut is exact).
+    public var isPerSample: Bool { self != .batch }
+}
+
+/// A norm with its affine part, inside a dense or conv layer.
+final class AffineNorm {
+    let kind: NormKind
+    let gamma: Parameter, beta: Parameter
+
+    init(kind: NormKind, channels: Int, name: String, device: Device) throws {
+        self.kind = kind
+        gamma = try Parameter(name: "\(name).norm.weight", value: device.tensor([Float](repeating: 1, count: channels), shape: [channels]))
+        beta = try Parameter(name: "\(name).norm.bias", value: device.zeros([channels]))
+    }
+
+    /// Positions per channel: H*W for NCHW activations, 1 for [B, D].
+    static func inner(_ shape: [Int]) -> Int { shape.count == 4 ? shape[2] * shape[3] : 1 }
+
+    func layout(_ shape: [Int]) -> GroupLayout {
+        let batch = shape[0], channels = shape[1], inner = Self.inner(shape)
+        switch kind {
+        case .layer: return GroupLayout(outer: 1, groups: batch, inner: channels * inner)
+        case .instance: return GroupLayout(outer: 1, groups: batch * channels, inner: inner)
+        case .batch, .none: return GroupLayout(outer: batch, groups: channels, inner: inner)
+        }
+    }
+
+    /// Normalises `z` and writes `gamma * xhat + beta` over it; returns xhat and rstd.
+    func forward(_ z: Tensor, on stream: Stream?) throws -> (xhat: Tensor, rstd: Tensor) {
+        let device = z.device, layout = layout(z.shape)
+        let xhat = try device.zeros(z.shape, on: stream), rstd = try device.zeros([layout.groups], on: stream)
+        try device.normalize(z, layout: layout, into: xhat, rstd: rstd, on: stream)
+        try device.scaleShiftChannels(xhat, scale: gamma.value, shift: beta.value, inner: Self.inner(z.shape), into: z, on: stream)
+        return (xhat, rstd)
+    }
+
+    /// Turns `gradient` (d loss / d norm output) into d loss / d norm input in place, and adds
+    /// the scale and shift gradients.
+    func backward(_ gradient: Tensor, xhat: Tensor, rstd: Tensor, accumulate: Bool, on stream: Stream?) throws {
+        let device = gradient.device, inner = Self.inner(gradient.shape), channels = gamma.value.count
+        let beta0: Float = accumulate ? 1 : 0
+        let product = try device.zeros(gradient.shape, on: stream)
+        try device.multiply(gradient, xhat, into: product, on: stream)
+        try device.channelSums(product, channels: channels, inner: inner, into: gamma.gradient, beta: beta0, on: stream)
+        try device.channelSums(gradient, channels: channels, inner: inner, into: beta.gradient, beta: beta0, on: stream)
+        try device.scaleShiftChannels(gradient, scale: gamma.value, inner: inner, into: gradient, on: stream)
+        try device.normalizeGradient(gradient, xhat: xhat, rstd: rstd, layout: layout(gradient.shape), into: gradient, on: stream)
+    }
 }
 
 /// What a layer's forward pass keeps for its gradient: the input and the intermediate values.
@@ -39,29 +92,24 @@ func defaultInit(_ count: Int, fanIn: Int, using generator: inout SeededGenerato
 /// A dense layer: `act(norm(x Wᵀ + b))`, x flattened to [B, in].
 public final class DenseLayer: FeatureLayer {
     public let inputs: Int, outputs: Int
-    public let norm: NormKind
     public let activation: Activation
     let weight: Parameter
     let bias: Parameter?
-    let gamma: Parameter?, beta: Parameter?
-    public var parameters: [Parameter] { [weight] + [bias, gamma, beta].compactMap { $0 } }
+    let norm: AffineNorm?
+    public var normKind: NormKind { norm?.kind ?? .none }
+    public var parameters: [Parameter] { [weight] + [bias, norm?.gamma, norm?.beta].compactMap { $0 } }
 
     public init(device: Device, name: String, inputs: Int, outputs: Int, bias: Bool = true, norm: NormKind = .none,
                 activation: Activation, generator: inout SeededGenerator) throws {
-        guard norm != .instance else { throw SigPropError.configuration("\(name): instance norm needs a convolution's spatial positions; use layer norm for dense blocks") }
+        guard norm != .instance else {
+            throw SigPropError.configuration("\(name): instance norm needs a convolution's positions; dense blocks take layer or batch norm")
+        }
         self.inputs = inputs
         self.outputs = outputs
-        self.norm = norm
         self.activation = activation
         weight = try Parameter(name: "\(name).weight", value: device.tensor(defaultInit(outputs * inputs, fanIn: inputs, using: &generator), shape: [outputs, inputs]))
         self.bias = bias ? try Parameter(name: "\(name).bias", value: device.tensor(defaultInit(outputs, fanIn: inputs, using: &generator), shape: [outputs])) : nil
-        if norm == .layer {
-            gamma = try Parameter(name: "\(name).norm.weight", value: device.tensor([Float](repeating: 1, count: outputs), shape: [outputs]))
-            beta = try Parameter(name: "\(name).norm.bias", value: device.zeros([outputs]))
-        } else {
-            gamma = nil
-            beta = nil
-        }
+        self.norm = norm == .none ? nil : try AffineNorm(kind: norm, channels: outputs, name: name, device: device)
     }
 
     public func outputShape(for input: [Int]) throws -> [Int] {
@@ -74,17 +122,14 @@ public final class DenseLayer: FeatureLayer {
 
     public func forward(_ input: Tensor, on stream: Stream?) throws -> LayerPass {
         let device = input.device
-        let shape = try outputShape(for: input.shape)
-        let z = try device.zeros(shape, on: stream)
-        guard let gamma, let beta else {
+        let z = try device.zeros(try outputShape(for: input.shape), on: stream)
+        guard let norm else {
+            // No norm: bias and activation run in the product's epilogue, one launch.
             try device.gemm(input, weight.value, transposeB: true, into: z, bias: bias?.value, activation: activation, on: stream)
             return LayerPass(input: input, output: z, normalized: nil, rstd: nil)
         }
         try device.gemm(input, weight.value, transposeB: true, into: z, bias: bias?.value, on: stream)
-        let xhat = try device.zeros(shape, on: stream), rstd = try device.zeros([shape[0]], on: stream)
-        try device.normalizeRows(z, rows: shape[0], into: xhat, rstd: rstd, on: stream)
-        // z is no longer needed: the output is written over it.
-        try device.scaleShiftColumns(xhat, scale: gamma.value, shift: beta.value, into: z, on: stream)
+        let (xhat, rstd) = try norm.forward(z, on: stream)
         try device.activate(activation, z, into: z, on: stream)
         return LayerPass(input: input, output: z, normalized: xhat, rstd: rstd)
     }
@@ -94,42 +139,38 @@ public final class DenseLayer: FeatureLayer {
         let beta0: Float = accumulate ? 1 : 0
         let dz = try device.zeros(pass.output.shape, on: stream)
         try device.activationGradient(activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
-        if let gamma, let beta, let xhat = pass.normalized, let rstd = pass.rstd {
-            let product = try device.zeros(dz.shape, on: stream)
-            try device.multiply(dz, xhat, into: product, on: stream)
-            try device.columnSums(product, into: gamma.gradient, beta: beta0, on: stream)
-            try device.columnSums(dz, into: beta.gradient, beta: beta0, on: stream)
-            try device.scaleShiftColumns(dz, scale: gamma.value, into: dz, on: stream)
-            try device.normalizeRowsGradient(dz, xhat: xhat, rstd: rstd, into: dz, on: stream)
+        if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
+            try norm.backward(dz, xhat: xhat, rstd: rstd, accumulate: accumulate, on: stream)
         }
         try device.gemm(dz, transposeA: true, pass.input, into: weight.gradient, beta: beta0, on: stream)
-        if let bias { try device.columnSums(dz, into: bias.gradient, beta: beta0, on: stream) }
+        if let bias { try device.channelSums(dz, channels: outputs, into: bias.gradient, beta: beta0, on: stream) }
     }
 }
 
 /// A 2-D convolution layer: `act(norm(conv(x; W, b)))` over NCHW input.
 public final class ConvLayer: FeatureLayer {
     public let inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int, padding: Int
-    public let norm: NormKind
     public let activation: Activation
     let weight: Parameter
     let bias: Parameter?
-    public var parameters: [Parameter] { [weight] + [bias].compactMap { $0 } }
+    let norm: AffineNorm?
+    public var normKind: NormKind { norm?.kind ?? .none }
+    public var parameters: [Parameter] { [weight] + [bias, norm?.gamma, norm?.beta].compactMap { $0 } }
 
     public init(device: Device, name: String, inChannels: Int, outChannels: Int, kernelSize: Int = 3, stride: Int = 1, padding: Int = 1,
                 bias: Bool = true, norm: NormKind = .instance, activation: Activation, generator: inout SeededGenerator) throws {
-        guard norm != .layer else { throw SigPropError.configuration("\(name): use instance norm (or none) in convolution blocks") }
+        guard norm != .layer else { throw SigPropError.configuration("\(name): convolution blocks take instance or batch norm (or none), not layer norm") }
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernelSize = kernelSize
         self.stride = stride
         self.padding = padding
-        self.norm = norm
         self.activation = activation
         let fanIn = inChannels * kernelSize * kernelSize
         weight = try Parameter(name: "\(name).weight", value: device.tensor(
             defaultInit(outChannels * fanIn, fanIn: fanIn, using: &generator), shape: [outChannels, inChannels, kernelSize, kernelSize]))
         self.bias = bias ? try Parameter(name: "\(name).bias", value: device.tensor(defaultInit(outChannels, fanIn: fanIn, using: &generator), shape: [outChannels])) : nil
+        self.norm = norm == .none ? nil : try AffineNorm(kind: norm, channels: outChannels, name: name, device: device)
     }
 
     public func outputShape(for input: [Int]) throws -> [Int] {
@@ -147,15 +188,13 @@ public final class ConvLayer: FeatureLayer {
         let device = input.device
         let shape = try outputShape(for: input.shape)
         let z = try device.zeros(shape, on: stream)
-        guard norm == .instance else {
+        guard let norm else {
             try device.conv2d(input, weight: weight.value, bias: bias?.value, into: z, stride: stride, padding: padding, activation: activation, on: stream)
             return LayerPass(input: input, output: z, normalized: nil, rstd: nil)
         }
         try device.conv2d(input, weight: weight.value, bias: bias?.value, into: z, stride: stride, padding: padding, on: stream)
-        let planes = shape[0] * shape[1]
-        let xhat = try device.zeros(shape, on: stream), rstd = try device.zeros([planes], on: stream)
-        try device.normalizeRows(z, rows: planes, into: xhat, rstd: rstd, on: stream)
-        try device.activate(activation, xhat, into: z, on: stream)
+        let (xhat, rstd) = try norm.forward(z, on: stream)
+        try device.activate(activation, z, into: z, on: stream)
         return LayerPass(input: input, output: z, normalized: xhat, rstd: rstd)
     }
 
@@ -163,8 +202,8 @@ public final class ConvLayer: FeatureLayer {
         let device = pass.output.device
         let dz = try device.zeros(pass.output.shape, on: stream)
         try device.activationGradient(activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
-        if let xhat = pass.normalized, let rstd = pass.rstd {
-            try device.normalizeRowsGradient(dz, xhat: xhat, rstd: rstd, into: dz, on: stream)
+        if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
+            try norm.backward(dz, xhat: xhat, rstd: rstd, accumulate: accumulate, on: stream)
         }
         try device.conv2dWeightGradient(pass.input, outputGradient: dz, into: weight.gradient, biasGradient: bias?.gradient,
                                         beta: accumulate ? 1 : 0, stride: stride, padding: padding, on: stream)

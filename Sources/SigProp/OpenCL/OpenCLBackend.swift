@@ -163,9 +163,9 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                    global: [count], on: queue)
     }
 
-    func columnSums(_ x: TensorStorage, rows: Int, columns: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
-        try launch("reduce", "column_sums", [.buffer(mem(x)), .int(Int32(rows)), .int(Int32(columns)), .buffer(mem(into)),
-                                             .float(alpha), .float(beta)], global: [columns], on: queue)
+    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
+        try launch("reduce", "channel_sums", [.buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)), .buffer(mem(into)),
+                                              .float(alpha), .float(beta)], global: [channels], on: queue)
     }
 
     private func convArguments(_ s: ConvShape) -> [CLKernel.Argument] {
@@ -202,19 +202,24 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         try launch("elementwise", "multiply", [.buffer(mem(a)), .buffer(mem(b)), .buffer(mem(into)), .int(Int32(count))], global: [count], on: queue)
     }
 
-    func normalizeRows(_ x: TensorStorage, rows: Int, columns: Int, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
-        try launch("norm", "normalize_rows", [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd)), .int(Int32(rows)), .int(Int32(columns)),
-                                              .float(epsilon)], global: [rows], on: queue)
+    private func layoutArguments(_ layout: GroupLayout) -> [CLKernel.Argument] {
+        [.int(Int32(layout.outer)), .int(Int32(layout.groups)), .int(Int32(layout.inner))]
     }
 
-    func normalizeRowsGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
-        try launch("norm", "normalize_rows_backward", [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into)),
-                                                       .int(Int32(rows)), .int(Int32(columns))], global: [rows], on: queue)
+    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
+        try launch("norm", "normalize_groups", [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd))] + layoutArguments(layout) + [.float(epsilon)],
+                   global: [layout.groups], on: queue)
     }
 
-    func scaleShiftColumns(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, rows: Int, columns: Int, on queue: BackendQueue) throws {
-        try launch("norm", "scale_shift_columns", [.buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)), .int(shift == nil ? 0 : 1),
-                                                   .buffer(mem(into)), .int(Int32(rows)), .int(Int32(columns))], global: [rows * columns], on: queue)
+    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws {
+        try launch("norm", "normalize_groups_backward", [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into))]
+                   + layoutArguments(layout), global: [layout.groups], on: queue)
+    }
+
+    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
+        try launch("norm", "scale_shift_channels", [.buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)), .int(shift == nil ? 0 : 1),
+                                                    .buffer(mem(into)), .int(Int32(count)), .int(Int32(channels)), .int(Int32(inner))],
+                   global: [count], on: queue)
     }
 
     func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
