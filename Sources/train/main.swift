@@ -23,6 +23,15 @@ struct Train: ParsableCommand {
     @Option(help: "mlp: features per dense block. Default 1024.")
     var width: Int?
 
+    @Option(help: "Norm in dense blocks: layer, batch or none. Default layer.")
+    var denseNorm: String?
+
+    @Option(help: "Norm in conv blocks: instance, batch or none. Default instance.")
+    var convNorm: String?
+
+    @Flag(inversion: .prefixedNo, help: "Run the target stream on one row per class (exact with per-sample norms; always off with batch norm).")
+    var kRowShortcut: Bool?
+
     @Option(help: "Samples per batch. Default 128.")
     var batchSize: Int?
 
@@ -130,6 +139,9 @@ struct Train: ParsableCommand {
         apply("--model", model.flatMap(ModelConfig.Kind.init(rawValue:)), &config.kind, shown: \.rawValue)
         apply("--hidden-layers", hiddenLayers, &config.hiddenLayers)
         apply("--width", width, &config.width)
+        apply("--dense-norm", try denseNorm.map { try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none]) }, &config.denseNorm, shown: \.rawValue)
+        apply("--conv-norm", try convNorm.map { try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none]) }, &config.convNorm, shown: \.rawValue)
+        apply("--[no-]k-row-shortcut", kRowShortcut, &options.kRowShortcut)
         apply("--batch-size", batchSize, &options.batchSize)
         apply("--lr", lr, &options.optimizer.learningRate)
         apply("--optimizer", optimizer.flatMap(OptimizerKind.init(rawValue:)), &options.optimizer.kind, shown: \.rawValue)
@@ -148,6 +160,13 @@ struct Train: ParsableCommand {
         options.readout = Readout(rawValue: readout)!
         options.readoutBlock = readoutBlock
         return (config, options)
+    }
+
+    func parseNorm(_ text: String, flag: String, allowed: [NormKind]) throws -> NormKind {
+        guard let norm = NormKind(rawValue: text), allowed.contains(norm) else {
+            throw SigPropError.configuration("\(flag) \(text) is not allowed. Valid values: \(allowed.map(\.rawValue).joined(separator: ", "))")
+        }
+        return norm
     }
 
     func parseMilestones(_ text: String) throws -> [Int] {

@@ -62,3 +62,57 @@ import Testing
         #expect { _ = try GoldenCase(contentsOf: missing) } throws: { "\($0)".contains("missing.json") && "\($0)".contains("cannot be read") }
     }
 }
+
+/// Whole-network training behaviour that the reference defines.
+@Suite struct NetworkTests {
+    static func smallNetwork(_ device: Device, kind: ModelConfig.Kind, norm: NormKind? = nil) throws -> Network {
+        var config = ModelConfig()
+        config.kind = kind
+        config.inputShape = kind == .mlp ? [1, 6, 6] : [1, 8, 8]
+        config.classes = 4
+        config.hiddenLayers = 3
+        config.width = 16
+        if let norm { config.denseNorm = norm; config.convNorm = norm }
+        // SGD: the update is linear in the gradient, so rounding differences stay rounding-sized
+        // (Adam's first steps are ±lr wherever a gradient entry is a cancellation residue).
+        var optimizer = OptimizerSettings()
+        optimizer.kind = .sgd
+        optimizer.momentum = 0.9
+        return try Network(config: config, device: device, optimizer: optimizer, seed: 7)
+    }
+
+    static func weights(_ network: Network) throws -> [Float] {
+        try network.parameters.flatMap { try network.device.read($0.value) }
+    }
+
+    /// SIGPROP.md: with per-sample norms the target stream may run on K rows; the results are
+    /// those of the B-row computation up to float rounding.
+    @Test(arguments: TestBackend.available, [ModelConfig.Kind.mlp, .cnn])
+    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: ModelConfig.Kind) throws {
+        let device = try backend.device()
+        let batch = 12
+        let images = random(batch * (kind == .mlp ? 36 : 64), seed: 50)
+        let labels: [Int32] = (0..<batch).map { Int32($0 % 3) }  // class 3 absent on purpose
+        var results: [[Float]] = []
+        var losses: [[Float]] = []
+        for shortcut in [false, true] {
+            let network = try Self.smallNetwork(device, kind: kind)
+            var stepLosses: [Float] = []
+            for _ in 0..<3 {
+                let result = try network.trainBatch(images: images, labels: labels, loss: LocalLoss(), learningRate: 0.01, kRowShortcut: shortcut)
+                stepLosses += try result.rowLosses.map { try device.read($0).reduce(0, +) }
+            }
+            results.append(try Self.weights(network))
+            losses.append(stepLosses)
+        }
+        expectClose(losses[1], losses[0], absolute: 1e-4, relative: 1e-4, "\(kind) losses")
+        expectClose(results[1], results[0], absolute: 1e-5, relative: 1e-3, "\(kind) weights after 3 steps")
+        #expect(results[0] != (try Self.weights(Self.smallNetwork(device, kind: kind))), "training changed nothing")
+    }
+
+    @Test func batchNormTurnsTheShortcutOff() throws {
+        let device = try TestBackend.cpu.device()
+        #expect(try Self.smallNetwork(device, kind: .mlp, norm: .batch).kRowShortcutIsExact == false)
+        #expect(try Self.smallNetwork(device, kind: .mlp).kRowShortcutIsExact)
+    }
+}

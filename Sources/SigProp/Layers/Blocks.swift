@@ -64,10 +64,12 @@ public final class SignalBlock {
         return (pass, try pass.output.reshaped([onehot.rows] + outputShape.dropFirst()))
     }
 
-    public func train(x: Tensor, onehot: Tensor, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+    /// `context` is onehot(c) (B rows), or with the K-row shortcut the K x K identity, with
+    /// `labels` = onehot(c) to expand it.
+    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
         let hPass = try input.forward(x, on: stream)
         let (tPass, t) = try target(onehot, on: stream)
-        let out = try loss.evaluate(h: hPass.output, t: t, t0: onehot, on: stream)
+        let out = try loss.evaluate(h: hPass.output, t: t, t0: onehot, labels: labels, on: stream)
         try input.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
@@ -100,10 +102,11 @@ public final class HiddenBlock {
         self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
     }
 
-    public func train(h: Tensor, t: Tensor, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+    /// With `labels` (onehot(c)), `t` holds one row per class (the K-row shortcut).
+    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
         let hPass = try layer.forward(h, on: stream)
         let tPass = try layer.forward(t, on: stream)
-        let out = try loss.evaluate(h: hPass.output, t: tPass.output, t0: t, on: stream)
+        let out = try loss.evaluate(h: hPass.output, t: tPass.output, t0: t, labels: labels, on: stream)
         try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)

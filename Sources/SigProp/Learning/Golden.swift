@@ -238,7 +238,7 @@ public enum GoldenCheck {
             let parameters = block.optimizer.parameters
             try load(parameters, names: names, prefix: "init.", from: golden, on: device)
             let step = try block.train(x: try device.tensor(x.values, shape: x.shape),
-                                       onehot: try device.tensor(onehotValues, shape: [labels.values.count, classes]),
+                                       context: try device.tensor(onehotValues, shape: [labels.values.count, classes]),
                                        loss: LocalLoss(), learningRate: settings.learningRate, on: nil)
             if optimizerName == "adam" {
                 comparisons += try forwardComparisons(step, golden, on: device)

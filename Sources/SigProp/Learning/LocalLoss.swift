@@ -9,7 +9,7 @@ public struct LocalLossOutput {
     public let dY: Tensor
     /// Row i's share of the loss; the loss is their sum.
     public let rowLosses: Tensor
-    /// d loss / d H and d loss / d T, shaped like H and T.
+    /// d loss / d H and d loss / d T, shaped like H and T (T's K rows with the K-row shortcut).
     public let dH: Tensor
     public let dT: Tensor
 }
@@ -29,7 +29,12 @@ public struct LocalLoss: Sendable {
         tensor.shape.count == 4 ? tensor.shape[2] * tensor.shape[3] : 1
     }
 
-    public func evaluate(h: Tensor, t: Tensor, t0: Tensor, on stream: Stream? = nil) throws -> LocalLossOutput {
+    /// With `labels` (the batch's one-hot rows, B x K), `t` and `t0` hold one row per class
+    /// (the K-row shortcut of SIGPROP.md): `Y = (H T_Kᵀ) onehotᵀ`, `YY = onehot (T0_K T0_Kᵀ)
+    /// onehotᵀ`, and `dT` comes back per class, `dT_K = (dY onehot)ᵀ H`. Rows of one label
+    /// then have bit-identical YY entries, so the max-all ties are exact.
+    public func evaluate(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, on stream: Stream? = nil) throws -> LocalLossOutput {
+        if let labels { return try evaluateByClass(h: h, t: t, t0: t0, labels: labels, on: stream) }
         let device = h.device
         guard h.shape == t.shape else {
             throw SigPropError.shapeMismatch(operation: "LocalLoss", detail: "H \(h.shape) and T \(t.shape) must have the same shape (one target row per sample)")
@@ -51,6 +56,37 @@ public struct LocalLoss: Sendable {
         try device.localLossRows(kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
         try device.gemm(dY, t, into: dH, alpha: scale, on: stream)
         try device.gemm(dY, transposeA: true, h, into: dT, alpha: scale, on: stream)
+        return LocalLossOutput(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
+    }
+
+    func evaluateByClass(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor, on stream: Stream?) throws -> LocalLossOutput {
+        let device = h.device
+        let batch = h.rows, classes = labels.columns
+        guard labels.rows == batch, t.rows == classes, t0.rows == classes, Array(h.shape.dropFirst()) == Array(t.shape.dropFirst()) else {
+            throw SigPropError.shapeMismatch(operation: "LocalLoss (K-row shortcut)",
+                                             detail: "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 \(t0.shape): T and T0 need one row per class")
+        }
+        let scale = 1 / Float(Self.positions(h))
+        let yByClass = try device.zeros([batch, classes], on: stream)
+        let y = try device.zeros([batch, batch], on: stream)
+        try device.gemm(h, t, transposeB: true, into: yByClass, alpha: scale, on: stream)
+        try device.gemm(yByClass, labels, transposeB: true, into: y, on: stream)
+        let yyByClass = try device.zeros([classes, classes], on: stream)
+        let yyRows = try device.zeros([batch, classes], on: stream)
+        let yy = try device.zeros([batch, batch], on: stream)
+        try device.gemm(t0, t0, transposeB: true, into: yyByClass, alpha: 1 / Float(Self.positions(t0)), on: stream)
+        try device.gemm(labels, yyByClass, into: yyRows, on: stream)
+        try device.gemm(yyRows, labels, transposeB: true, into: yy, on: stream)
+        let mask = try device.zeros([batch, batch], on: stream)
+        let dY = try device.zeros([batch, batch], on: stream)
+        let rowLosses = try device.zeros([batch], on: stream)
+        try device.localLossRows(kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
+        let dYByClass = try device.zeros([batch, classes], on: stream)
+        try device.gemm(dY, labels, into: dYByClass, on: stream)
+        let dH = try device.zeros(h.shape, on: stream)
+        let dT = try device.zeros(t.shape, on: stream)
+        try device.gemm(dYByClass, t, into: dH, alpha: scale, on: stream)
+        try device.gemm(dYByClass, transposeA: true, h, into: dT, alpha: scale, on: stream)
         return LocalLossOutput(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
     }
 

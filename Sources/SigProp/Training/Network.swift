@@ -11,6 +11,9 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     /// `mlp`: features per dense block.
     public var width = 1024
     public var activation: Activation = .leakyRelu
+    /// Norm of the dense blocks (layer or batch or none) and of the conv blocks (instance or batch or none).
+    public var denseNorm: NormKind = .layer
+    public var convNorm: NormKind = .instance
 
     public init() {}
 }
@@ -45,14 +48,14 @@ public final class Network {
                 throw SigPropError.configuration("mlp needs --hidden-layers >= 1 and --width >= 1 (got \(config.hiddenLayers), \(config.width))")
             }
             let features = config.inputShape.reduce(1, *)
-            let first = try DenseLayer(device: device, name: "block0", inputs: features, outputs: config.width, norm: .layer,
+            let first = try DenseLayer(device: device, name: "block0", inputs: features, outputs: config.width, norm: config.denseNorm,
                                        activation: act, generator: &generator)
             let context = try DenseLayer(device: device, name: "block0.context", inputs: classes, outputs: config.width, bias: false,
                                          norm: .layer, activation: .relu, generator: &generator)
             signal = try SignalBlock(input: first, context: context, after: [], outputShape: [1, config.width], optimizer: optimizer)
             hidden = try (1..<config.hiddenLayers).map { index in
                 try HiddenBlock(layer: DenseLayer(device: device, name: "block\(index)", inputs: config.width, outputs: config.width,
-                                                  norm: .layer, activation: act, generator: &generator),
+                                                  norm: config.denseNorm, activation: act, generator: &generator),
                                 after: [], optimizer: optimizer)
             }
             shape = [1, config.width]
@@ -60,7 +63,7 @@ public final class Network {
         case .cnn:
             // conv 32, conv 64, pool, conv 128, pool, dense 1024: a small VGG-like net.
             let channels = config.inputShape[0]
-            let first = try ConvLayer(device: device, name: "block0", inChannels: channels, outChannels: 32, norm: .instance,
+            let first = try ConvLayer(device: device, name: "block0", inChannels: channels, outChannels: 32, norm: config.convNorm,
                                       activation: act, generator: &generator)
             let firstShape = try first.outputShape(for: shape)
             let context = try DenseLayer(device: device, name: "block0.context", inputs: classes, outputs: firstShape.dropFirst().reduce(1, *),
@@ -69,13 +72,13 @@ public final class Network {
             shape = firstShape
             var blocks: [HiddenBlock] = []
             for (index, (out, pool)) in [(64, true), (128, true)].enumerated() {
-                let layer = try ConvLayer(device: device, name: "block\(index + 1)", inChannels: shape[1], outChannels: out, norm: .instance,
+                let layer = try ConvLayer(device: device, name: "block\(index + 1)", inChannels: shape[1], outChannels: out, norm: config.convNorm,
                                           activation: act, generator: &generator)
                 let after: [FixedStep] = pool ? [.pool(.max)] : []
                 shape = try after.reduce(try layer.outputShape(for: shape)) { try $1.outputShape(for: $0) }
                 blocks.append(try HiddenBlock(layer: layer, after: after, optimizer: optimizer))
             }
-            let dense = try DenseLayer(device: device, name: "block3", inputs: shape.dropFirst().reduce(1, *), outputs: 1024, norm: .layer,
+            let dense = try DenseLayer(device: device, name: "block3", inputs: shape.dropFirst().reduce(1, *), outputs: 1024, norm: config.denseNorm,
                                        activation: act, generator: &generator)
             blocks[blocks.count - 1] = try HiddenBlock(layer: blocks[blocks.count - 1].layer, after: blocks[blocks.count - 1].after + [.flatten],
                                                        optimizer: optimizer)
@@ -110,15 +113,24 @@ public final class Network {
         public let logits: Tensor
     }
 
+    /// Whether every norm is per sample, so the target stream can run on K rows (SIGPROP.md's
+    /// K-row shortcut) with results identical up to rounding.
+    public var kRowShortcutIsExact: Bool { config.denseNorm.isPerSample && config.convNorm.isPerSample }
+
     /// Trains on one batch, one block after another (the reference's order): each block's
-    /// outputs use its weights before its update.
-    public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, on stream: Stream? = nil) throws -> BatchResult {
+    /// outputs use its weights before its update. With `kRowShortcut` (ignored where it is
+    /// not exact) the target stream carries one row per class instead of one per sample.
+    public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, kRowShortcut: Bool = true,
+                           on stream: Stream? = nil) throws -> BatchResult {
         let x = try device.tensor(images, shape: [labels.count] + config.inputShape, on: stream)
         let onehot = try self.onehot(labels, on: stream)
-        var step = try signal.train(x: x, onehot: onehot, loss: loss, learningRate: learningRate, on: stream)
+        let byClass = kRowShortcut && kRowShortcutIsExact
+        let context = byClass ? try self.onehot((0..<config.classes).map(Int32.init), on: stream) : onehot
+        let expand = byClass ? onehot : nil
+        var step = try signal.train(x: x, context: context, labels: expand, loss: loss, learningRate: learningRate, on: stream)
         var losses = [step.rowLosses]
         for block in hidden {
-            step = try block.train(h: step.h, t: step.t, loss: loss, learningRate: learningRate, on: stream)
+            step = try block.train(h: step.h, t: step.t, labels: expand, loss: loss, learningRate: learningRate, on: stream)
             losses.append(step.rowLosses)
         }
         let out = try output.train(h: step.h, onehot: onehot, learningRate: learningRate, on: stream)

@@ -25,6 +25,8 @@ public struct TrainingOptions: Sendable, Codable, Equatable {
     /// Training samples the `adaptive` readout scores each block on.
     public var adaptiveSamples = 2000
     public var augmentation = AugmentationChoice()
+    /// Run the target stream on one row per class where that is exact (per-sample norms).
+    public var kRowShortcut = true
 
     public init() {}
 }
@@ -147,7 +149,8 @@ public final class Trainer {
                 try options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
                                                         using: &generator)
             }
-            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate)
+            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
+                                                kRowShortcut: options.kRowShortcut)
             let losses = try result.rowLosses.map { try device.read($0).reduce(0) { $0 + Double($1) } }
             for (block, value) in losses.enumerated() {
                 guard value.isFinite else {
