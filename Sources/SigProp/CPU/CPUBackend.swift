@@ -98,16 +98,12 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
         let (x, y) = (buf(input), buf(output))
-        run(queue) {
-            for i in 0..<count { y.pointer[i] = CPUKernels.activate(x.pointer[i], activation) }
-        }
+        run(queue) { CPUKernels.activate(x.pointer, into: y.pointer, count: count, activation) }
     }
 
     func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws {
         let (a, g, r) = (buf(output), buf(gradient), buf(result))
-        run(queue) {
-            for i in 0..<count { r.pointer[i] = g.pointer[i] * CPUKernels.derivative(fromOutput: a.pointer[i], activation) }
-        }
+        run(queue) { CPUKernels.activationGradient(a.pointer, gradient: g.pointer, into: r.pointer, count: count, activation) }
     }
 
     func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws {
@@ -158,10 +154,8 @@ final class CPUBackend: Backend, @unchecked Sendable {
     func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
         let (x, scale, shift, out) = (buf(x), buf(scale), shift.map(buf), buf(into))
         run(queue) {
-            for index in 0..<count {
-                let c = (index / inner) % channels
-                out.pointer[index] = x.pointer[index] * scale.pointer[c] + (shift?.pointer[c] ?? 0)
-            }
+            CPUKernels.scaleShiftChannels(x.pointer, scale: scale.pointer, shift: shift?.pointer, into: out.pointer, count: count,
+                                          channels: channels, inner: inner)
         }
     }
 

@@ -23,6 +23,47 @@ enum CPUKernels {
         }
     }
 
+    /// Element-wise loops run on every core for large tensors; the switch is hoisted out of
+    /// the loop so each case vectorises.
+    static func activate(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int, _ activation: Activation) {
+        let slope = Activation.leakySlope
+        parallelChunks(count) { range in
+            switch activation {
+            case .identity: if x != UnsafePointer(y) { for i in range { y[i] = x[i] } }
+            case .relu: for i in range { y[i] = max(x[i], 0) }
+            case .leakyRelu: for i in range { y[i] = x[i] > 0 ? x[i] : slope * x[i] }
+            case .tanh: for i in range { y[i] = Foundation.tanh(x[i]) }
+            }
+        }
+    }
+
+    static func activationGradient(_ a: UnsafePointer<Float>, gradient g: UnsafePointer<Float>, into r: UnsafeMutablePointer<Float>,
+                                   count: Int, _ activation: Activation) {
+        let slope = Activation.leakySlope
+        parallelChunks(count) { range in
+            switch activation {
+            case .identity: for i in range { r[i] = g[i] }
+            case .relu: for i in range { r[i] = a[i] > 0 ? g[i] : 0 }
+            case .leakyRelu: for i in range { r[i] = a[i] > 0 ? g[i] : slope * g[i] }
+            case .tanh: for i in range { r[i] = g[i] * (1 - a[i] * a[i]) }
+            }
+        }
+    }
+
+    static func scaleShiftChannels(_ x: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
+                                   into out: UnsafeMutablePointer<Float>, count: Int, channels: Int, inner: Int) {
+        let rows = count / (channels * inner)
+        parallelChunks(rows, minimumChunk: max(1, (1 << 15) / (channels * inner))) { range in
+            for o in range {
+                for c in 0..<channels {
+                    let base = (o * channels + c) * inner
+                    let (s, b) = (scale[c], shift?[c] ?? 0)
+                    for i in 0..<inner { out[base + i] = x[base + i] * s + b }
+                }
+            }
+        }
+    }
+
     static func gemm(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
         guard s.m > 0, s.n > 0 else { return }
         if s.k == 0 {
@@ -93,12 +134,24 @@ enum CPUKernels {
             for ky in 0..<s.kernelHeight {
                 for kx in 0..<s.kernelWidth {
                     let out = columns + row * ho * wo
+                    // Output columns whose input column is inside the image: ox in lo..<hi.
+                    let lo = min(wo, max(0, (s.padding - kx + s.stride - 1) / s.stride))
+                    let hi = max(lo, min(wo, (s.width + s.padding - kx + s.stride - 1) / s.stride))
                     for oy in 0..<ho {
                         let y = oy * s.stride + ky - s.padding
-                        for ox in 0..<wo {
-                            let x = ox * s.stride + kx - s.padding
-                            out[oy * wo + ox] = (y >= 0 && y < s.height && x >= 0 && x < s.width) ? plane[y * s.width + x] : 0
+                        let line = out + oy * wo
+                        guard y >= 0 && y < s.height else {
+                            line.update(repeating: 0, count: wo)
+                            continue
                         }
+                        let source = plane + y * s.width + kx - s.padding
+                        for ox in 0..<lo { line[ox] = 0 }
+                        if s.stride == 1 {
+                            (line + lo).update(from: source + lo, count: hi - lo)
+                        } else {
+                            for ox in lo..<hi { line[ox] = source[ox * s.stride] }
+                        }
+                        for ox in hi..<wo { line[ox] = 0 }
                     }
                     row += 1
                 }
@@ -151,6 +204,28 @@ enum CPUKernels {
 
     static func pool2d(_ kind: PoolKind, _ s: PoolShape, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
         let (ho, wo) = (s.outHeight, s.outWidth)
+        if s.size == 2 {
+            // The training nets' 2x2 windows: two rows at a time, no inner window loops.
+            parallelChunks(s.planes, minimumChunk: max(1, (1 << 14) / max(ho * wo, 1))) { planes in
+                for plane in planes {
+                    let x = input + plane * s.height * s.width, y = output + plane * ho * wo
+                    for oy in 0..<ho {
+                        let top = x + 2 * oy * s.width, bottom = top + s.width, out = y + oy * wo
+                        for ox in 0..<wo {
+                            let (a, b, c, d) = (top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1])
+                            if kind == .max {
+                                // NaN propagates through max, as in PyTorch.
+                                let m = Swift.max(Swift.max(a, b), Swift.max(c, d))
+                                out[ox] = (a.isNaN || b.isNaN || c.isNaN || d.isNaN) ? .nan : m
+                            } else {
+                                out[ox] = (a + b + c + d) * 0.25
+                            }
+                        }
+                    }
+                }
+            }
+            return
+        }
         for plane in 0..<s.planes {
             let x = input + plane * s.height * s.width
             for oy in 0..<ho {
@@ -215,7 +290,7 @@ enum CPUKernels {
     static func normalize(_ x: UnsafePointer<Float>, layout: GroupLayout, xhat: UnsafeMutablePointer<Float>,
                           rstd: UnsafeMutablePointer<Float>, epsilon: Float) {
         let n = Float(layout.outer * layout.inner), inner = layout.inner
-        for g in 0..<layout.groups {
+        parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
             var mean: Float = 0
             forEachRun(layout, group: g) { start in for i in 0..<inner { mean += x[start + i] } }
             mean /= n
@@ -224,13 +299,13 @@ enum CPUKernels {
             let s = 1 / (variance / n + epsilon).squareRoot()
             forEachRun(layout, group: g) { start in for i in 0..<inner { xhat[start + i] = (x[start + i] - mean) * s } }
             rstd[g] = s
-        }
+        } }
     }
 
     static func normalizeGradient(_ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
                                   into dx: UnsafeMutablePointer<Float>, layout: GroupLayout) {
         let n = Float(layout.outer * layout.inner), inner = layout.inner
-        for g in 0..<layout.groups {
+        parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
             var meanG: Float = 0, meanGX: Float = 0
             forEachRun(layout, group: g) { start in
                 for i in 0..<inner { meanG += dxhat[start + i]; meanGX += dxhat[start + i] * xhat[start + i] }
@@ -241,7 +316,7 @@ enum CPUKernels {
             forEachRun(layout, group: g) { start in
                 for i in 0..<inner { dx[start + i] = s * (dxhat[start + i] - meanG - xhat[start + i] * meanGX) }
             }
-        }
+        } }
     }
 
     static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
