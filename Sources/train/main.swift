@@ -29,6 +29,12 @@ struct Train: ParsableCommand {
     @Option(help: "Norm in conv blocks: instance, batch or none. Default instance.")
     var convNorm: String?
 
+    @Option(help: "Dropout probability between learning blocks (0 = off). Default 0.")
+    var dropout: Float?
+
+    @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
+    var fixedContext = false
+
     @Flag(inversion: .prefixedNo, help: "Run the target stream on one row per class (exact with per-sample norms; always off with batch norm).")
     var kRowShortcut: Bool?
 
@@ -109,6 +115,7 @@ struct Train: ParsableCommand {
         if let cropPadding, cropPadding < 0 { throw ValidationError("--crop-padding must be >= 0, got \(cropPadding)") }
         if let hiddenLayers, hiddenLayers < 1 { throw ValidationError("--hidden-layers must be at least 1, got \(hiddenLayers)") }
         if let width, width < 1 { throw ValidationError("--width must be at least 1, got \(width)") }
+        if let dropout, !(dropout >= 0 && dropout < 1) { throw ValidationError("--dropout must be in 0..<1, got \(dropout)") }
     }
 
     func run() throws {
@@ -142,6 +149,8 @@ struct Train: ParsableCommand {
         apply("--dense-norm", try denseNorm.map { try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none]) }, &config.denseNorm, shown: \.rawValue)
         apply("--conv-norm", try convNorm.map { try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none]) }, &config.convNorm, shown: \.rawValue)
         apply("--[no-]k-row-shortcut", kRowShortcut, &options.kRowShortcut)
+        apply("--dropout", dropout, &config.dropout)
+        apply("--fixed-context", fixedContext ? true : nil, &config.fixedContext)
         apply("--batch-size", batchSize, &options.batchSize)
         apply("--lr", lr, &options.optimizer.learningRate)
         apply("--optimizer", optimizer.flatMap(OptimizerKind.init(rawValue:)), &options.optimizer.kind, shown: \.rawValue)

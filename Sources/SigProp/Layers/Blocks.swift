@@ -8,13 +8,35 @@ public struct BlockStep {
     public var rowLosses: Tensor { loss.rowLosses }
 }
 
-/// A fixed, non-learning step between blocks.
+/// Random dropout masks for one batch, drawn on the host from the run's seeded generator (so
+/// a resumed run draws the same masks).
+public final class DropoutMasks {
+    var generator: SeededGenerator
+    public init(generator: SeededGenerator) { self.generator = generator }
+
+    /// Entries 0 with probability `p`, else 1 / (1 - p) (inverted dropout, as PyTorch).
+    func mask(_ shape: [Int], p: Float, device: Device, on stream: Stream?) throws -> Tensor {
+        let keep = 1 / (1 - p)
+        let values = (0..<shape.reduce(1, *)).map { _ in Float.random(in: 0..<1, using: &generator) < p ? 0 : keep }
+        return try device.tensor(values, shape: shape, on: stream)
+    }
+}
+
+/// A fixed, non-learning step between blocks (after the block's loss: no gradient crosses it).
 public enum FixedStep: Sendable, Equatable, Codable {
     case pool(PoolKind)
     case flatten
+    /// Zeroes each entry with this probability during training (each stream its own mask);
+    /// identity at inference.
+    case dropout(Float)
 
-    func apply(_ x: Tensor, on stream: Stream?) throws -> Tensor {
+    func apply(_ x: Tensor, dropout masks: DropoutMasks?, on stream: Stream?) throws -> Tensor {
         switch self {
+        case .dropout(let p):
+            guard let masks, p > 0 else { return x }
+            let out = try x.device.zeros(x.shape, on: stream)
+            try x.device.multiply(x, try masks.mask(x.shape, p: p, device: x.device, on: stream), into: out, on: stream)
+            return out
         case .flatten:
             return try x.reshaped([x.rows, x.columns])
         case .pool(let kind):
@@ -29,6 +51,8 @@ public enum FixedStep: Sendable, Equatable, Codable {
 
     func outputShape(for input: [Int]) throws -> [Int] {
         switch self {
+        case .dropout:
+            return input
         case .flatten:
             return [input.first ?? 1, input.dropFirst().reduce(1, *)]
         case .pool:
@@ -50,13 +74,19 @@ public final class SignalBlock {
     public let optimizer: Optimizer
     let outputShape: [Int]
 
-    init(input: FeatureLayer, context: DenseLayer, after: [FixedStep], outputShape: [Int], optimizer: OptimizerSettings) throws {
+    /// A `fixedContext` keeps the context projection at its random initial values (the
+    /// non-learned projection option); only the input part learns.
+    init(input: FeatureLayer, context: DenseLayer, after: [FixedStep], outputShape: [Int], optimizer: OptimizerSettings,
+         fixedContext: Bool = false) throws {
         self.input = input
         self.context = context
         self.after = after
         self.outputShape = outputShape
-        self.optimizer = try Optimizer(settings: optimizer, parameters: input.parameters + context.parameters)
+        self.fixedContext = fixedContext
+        self.optimizer = try Optimizer(settings: optimizer, parameters: input.parameters + (fixedContext ? [] : context.parameters))
     }
+
+    public let fixedContext: Bool
 
     /// t1 = p(onehot), shaped like g's output.
     func target(_ onehot: Tensor, on stream: Stream?) throws -> (LayerPass, Tensor) {
@@ -66,26 +96,29 @@ public final class SignalBlock {
 
     /// `context` is onehot(c) (B rows), or with the K-row shortcut the K x K identity, with
     /// `labels` = onehot(c) to expand it.
-    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
+                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
         let hPass = try input.forward(x, on: stream)
         let (tPass, t) = try target(onehot, on: stream)
         let out = try loss.evaluate(h: hPass.output, t: t, t0: onehot, labels: labels, on: stream)
         try input.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
-        try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
+        if !fixedContext {
+            try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
+        }
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(t, on: stream), loss: out)
+        return BlockStep(h: try applyAfter(hPass.output, dropout: dropout, on: stream), t: try applyAfter(t, dropout: dropout, on: stream), loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try input.forward(x, on: stream).output, on: stream)
+        try applyAfter(try input.forward(x, on: stream).output, dropout: nil, on: stream)
     }
 
     public func inferTarget(_ onehot: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try target(onehot, on: stream).1, on: stream)
+        try applyAfter(try target(onehot, on: stream).1, dropout: nil, on: stream)
     }
 
-    func applyAfter(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try after.reduce(x) { try $1.apply($0, on: stream) }
+    func applyAfter(_ x: Tensor, dropout: DropoutMasks?, on stream: Stream?) throws -> Tensor {
+        try after.reduce(x) { try $1.apply($0, dropout: dropout, on: stream) }
     }
 }
 
@@ -103,22 +136,24 @@ public final class HiddenBlock {
     }
 
     /// With `labels` (onehot(c)), `t` holds one row per class (the K-row shortcut).
-    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> BlockStep {
+    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
+                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
         let hPass = try layer.forward(h, on: stream)
         let tPass = try layer.forward(t, on: stream)
         let out = try loss.evaluate(h: hPass.output, t: tPass.output, t0: t, labels: labels, on: stream)
         try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, on: stream), t: try applyAfter(tPass.output, on: stream), loss: out)
+        return BlockStep(h: try applyAfter(hPass.output, dropout: dropout, on: stream), t: try applyAfter(tPass.output, dropout: dropout, on: stream),
+                         loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try layer.forward(x, on: stream).output, on: stream)
+        try applyAfter(try layer.forward(x, on: stream).output, dropout: nil, on: stream)
     }
 
-    func applyAfter(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try after.reduce(x) { try $1.apply($0, on: stream) }
+    func applyAfter(_ x: Tensor, dropout: DropoutMasks?, on stream: Stream?) throws -> Tensor {
+        try after.reduce(x) { try $1.apply($0, dropout: dropout, on: stream) }
     }
 }
 

@@ -14,6 +14,10 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     /// Norm of the dense blocks (layer or batch or none) and of the conv blocks (instance or batch or none).
     public var denseNorm: NormKind = .layer
     public var convNorm: NormKind = .instance
+    /// Dropout probability after every learning block but the last (0 = off).
+    public var dropout: Float = 0
+    /// Keep the signal's context projection fixed at its random init.
+    public var fixedContext = false
 
     public init() {}
 }
@@ -35,6 +39,8 @@ public final class Network {
             throw SigPropError.configuration("the input shape must be [channels, height, width], got \(config.inputShape)")
         }
         guard config.classes >= 2 else { throw SigPropError.configuration("a classifier needs at least 2 classes, got \(config.classes)") }
+        guard config.dropout >= 0, config.dropout < 1 else { throw SigPropError.configuration("--dropout must be in 0..<1, got \(config.dropout)") }
+        func dropout(last: Bool) -> [FixedStep] { config.dropout > 0 && !last ? [.dropout(config.dropout)] : [] }
         self.config = config
         self.device = device
         var generator = SeededGenerator(seed: seed)
@@ -52,11 +58,12 @@ public final class Network {
                                        activation: act, generator: &generator)
             let context = try DenseLayer(device: device, name: "block0.context", inputs: classes, outputs: config.width, bias: false,
                                          norm: .layer, activation: .relu, generator: &generator)
-            signal = try SignalBlock(input: first, context: context, after: [], outputShape: [1, config.width], optimizer: optimizer)
+            signal = try SignalBlock(input: first, context: context, after: dropout(last: config.hiddenLayers == 1), outputShape: [1, config.width],
+                                     optimizer: optimizer, fixedContext: config.fixedContext)
             hidden = try (1..<config.hiddenLayers).map { index in
                 try HiddenBlock(layer: DenseLayer(device: device, name: "block\(index)", inputs: config.width, outputs: config.width,
                                                   norm: config.denseNorm, activation: act, generator: &generator),
-                                after: [], optimizer: optimizer)
+                                after: dropout(last: index == config.hiddenLayers - 1), optimizer: optimizer)
             }
             shape = [1, config.width]
 
@@ -68,13 +75,14 @@ public final class Network {
             let firstShape = try first.outputShape(for: shape)
             let context = try DenseLayer(device: device, name: "block0.context", inputs: classes, outputs: firstShape.dropFirst().reduce(1, *),
                                          bias: false, norm: .layer, activation: .relu, generator: &generator)
-            signal = try SignalBlock(input: first, context: context, after: [], outputShape: firstShape, optimizer: optimizer)
+            signal = try SignalBlock(input: first, context: context, after: dropout(last: false), outputShape: firstShape, optimizer: optimizer,
+                                     fixedContext: config.fixedContext)
             shape = firstShape
             var blocks: [HiddenBlock] = []
             for (index, (out, pool)) in [(64, true), (128, true)].enumerated() {
                 let layer = try ConvLayer(device: device, name: "block\(index + 1)", inChannels: shape[1], outChannels: out, norm: config.convNorm,
                                           activation: act, generator: &generator)
-                let after: [FixedStep] = pool ? [.pool(.max)] : []
+                let after: [FixedStep] = (pool ? [.pool(.max)] : []) + dropout(last: false)
                 shape = try after.reduce(try layer.outputShape(for: shape)) { try $1.outputShape(for: $0) }
                 blocks.append(try HiddenBlock(layer: layer, after: after, optimizer: optimizer))
             }
@@ -115,22 +123,23 @@ public final class Network {
 
     /// Whether every norm is per sample, so the target stream can run on K rows (SIGPROP.md's
     /// K-row shortcut) with results identical up to rounding.
-    public var kRowShortcutIsExact: Bool { config.denseNorm.isPerSample && config.convNorm.isPerSample }
+    /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
+    public var kRowShortcutIsExact: Bool { config.denseNorm.isPerSample && config.convNorm.isPerSample && config.dropout == 0 }
 
     /// Trains on one batch, one block after another (the reference's order): each block's
     /// outputs use its weights before its update. With `kRowShortcut` (ignored where it is
     /// not exact) the target stream carries one row per class instead of one per sample.
     public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, kRowShortcut: Bool = true,
-                           on stream: Stream? = nil) throws -> BatchResult {
+                           dropout: DropoutMasks? = nil, on stream: Stream? = nil) throws -> BatchResult {
         let x = try device.tensor(images, shape: [labels.count] + config.inputShape, on: stream)
         let onehot = try self.onehot(labels, on: stream)
         let byClass = kRowShortcut && kRowShortcutIsExact
         let context = byClass ? try self.onehot((0..<config.classes).map(Int32.init), on: stream) : onehot
         let expand = byClass ? onehot : nil
-        var step = try signal.train(x: x, context: context, labels: expand, loss: loss, learningRate: learningRate, on: stream)
+        var step = try signal.train(x: x, context: context, labels: expand, loss: loss, learningRate: learningRate, dropout: dropout, on: stream)
         var losses = [step.rowLosses]
         for block in hidden {
-            step = try block.train(h: step.h, t: step.t, labels: expand, loss: loss, learningRate: learningRate, on: stream)
+            step = try block.train(h: step.h, t: step.t, labels: expand, loss: loss, learningRate: learningRate, dropout: dropout, on: stream)
             losses.append(step.rowLosses)
         }
         let out = try output.train(h: step.h, onehot: onehot, learningRate: learningRate, on: stream)

@@ -139,6 +139,7 @@ public final class Trainer {
         let learningRate = options.optimizer.learningRate(epoch: epoch)
         let batches = order.batches(epoch: epoch)
         var generator = SeededGenerator(seed: options.seed &+ 0x5EED &* UInt64(epoch + 1))
+        let dropout = network.config.dropout > 0 ? DropoutMasks(generator: SeededGenerator(seed: options.seed &+ 0xD209 &* UInt64(epoch + 1))) : nil
         var lossSums = [Double](repeating: 0, count: network.blockCount + 1)
         var correct = 0, seen = 0
         let start = Date()
@@ -150,7 +151,7 @@ public final class Trainer {
                                                         using: &generator)
             }
             let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
-                                                kRowShortcut: options.kRowShortcut)
+                                                kRowShortcut: options.kRowShortcut, dropout: dropout)
             let losses = try result.rowLosses.map { try device.read($0).reduce(0) { $0 + Double($1) } }
             for (block, value) in losses.enumerated() {
                 guard value.isFinite else {
@@ -169,6 +170,10 @@ public final class Trainer {
             }
         }
         let seconds = Date().timeIntervalSince(start)
+        // The checkpoint written after this epoch must not hold NaN or Inf weights.
+        for parameter in network.parameters where try device.read(parameter.value).contains(where: { !$0.isFinite }) {
+            throw SigPropError.configuration("training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr.")
+        }
         let adaptiveBlock = try chooseAdaptiveBlock()
         let accuracies = try evaluate(test, adaptiveBlock: adaptiveBlock)
         let means = lossSums.map { $0 / Double(max(batches.count, 1)) }
