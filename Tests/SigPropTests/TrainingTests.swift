@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// Training end to end on small synthetic data, and checkpoints.
+@Suite struct TrainingTests {
+    /// Four classes of 6x6 images, each a class-specific pattern (the same in every set) plus
+    /// noise drawn from `seed`.
+    static func syntheticData(count: Int, seed: UInt64) throws -> Dataset {
+        var patternGenerator = SeededGenerator(seed: 0)
+        let patterns = (0..<4).map { _ in patternGenerator.uniform(36, in: -1...1) }
+        var generator = SeededGenerator(seed: seed)
+        var images: [Float] = [], labels: [Int32] = []
+        for index in 0..<count {
+            let label = index % 4
+            images += patterns[label].map { $0 + Float.random(in: -0.5...0.5, using: &generator) }
+            labels.append(Int32(label))
+        }
+        return try Dataset(images: images, labels: labels, channels: 1, height: 6, width: 6, classes: 4)
+    }
+
+    static func network(_ device: Device, width: Int = 16, seed: UInt64 = 3) throws -> Network {
+        var config = ModelConfig()
+        config.inputShape = [1, 6, 6]
+        config.classes = 4
+        config.width = width
+        return try Network(config: config, device: device, optimizer: OptimizerSettings(), seed: seed)
+    }
+
+    static func state(_ network: Network) throws -> [Float] {
+        try network.parameters.flatMap { parameter in
+            try [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
+        }.flatMap { try network.device.read($0) }
+    }
+
+    @Test(arguments: TestBackend.available)
+    func trainingLearnsEveryReadout(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.optimizer.learningRate = 2e-3
+        options.adaptiveSamples = 128
+        let trainer = try Trainer(network: try Self.network(device), options: options,
+                                  train: try Self.syntheticData(count: 512, seed: 1), test: try Self.syntheticData(count: 128, seed: 2))
+        var metrics: EpochMetrics?
+        for epoch in 0..<3 { metrics = try trainer.runEpoch(epoch) }
+        let last = try #require(metrics)
+        #expect(last.testAccuracy > 0.9, "adaptive readout accuracy \(last.testAccuracy)")
+        #expect(last.readoutAccuracies["output"]! > 0.5, "output layer accuracy \(last.readoutAccuracies)")
+        #expect(last.blockLosses.count == 3 && last.blockLosses.allSatisfy(\.isFinite))
+        #expect((1...3).contains(last.adaptiveBlock))
+    }
+
+    /// A checkpoint restores weights, optimizer moments and step counts exactly: training on
+    /// from it gives bit-identical weights to training on without it.
+    @Test(arguments: TestBackend.available)
+    func checkpointResumesExactly(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let data = try Self.syntheticData(count: 64, seed: 4)
+        let batches = [Array(0..<16), Array(16..<32), Array(32..<48)]
+        func step(_ network: Network, _ indices: [Int]) throws {
+            let (images, labels) = data.batch(indices)
+            _ = try network.trainBatch(images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-3)
+        }
+        let original = try Self.network(device)
+        try step(original, batches[0])
+        try step(original, batches[1])
+        let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1).serialized()
+        let loaded = try Checkpoint(safetensors: bytes, path: "memory")
+        #expect(try loaded.epochs == 1)
+        #expect(try loaded.model == original.config)
+
+        let resumed = try Self.network(device, seed: 99)  // other initial weights, all overwritten
+        try loaded.restore(into: resumed)
+        #expect(try Self.state(resumed) == Self.state(original))
+        #expect(resumed.optimizers.map(\.steps) == original.optimizers.map(\.steps))
+        try step(original, batches[2])
+        try step(resumed, batches[2])
+        #expect(try Self.state(resumed) == Self.state(original))
+    }
+
+    @Test func badCheckpointsAreRefusedWithTheReason() throws {
+        let device = try TestBackend.cpu.device()
+        let network = try Self.network(device)
+        let bytes = try Checkpoint(network: network, options: TrainingOptions(), epochs: 1).serialized()
+        #expect { _ = try Checkpoint(safetensors: bytes.prefix(bytes.count - 10), path: "cut.safetensors") } throws: {
+            "\($0)".contains("cut.safetensors") && "\($0)".contains("truncated")
+        }
+        #expect { _ = try Checkpoint(safetensors: Data([1, 2, 3]), path: "tiny") } throws: { "\($0)".contains("shorter than the 8-byte header") }
+        // A valid safetensors file from another program.
+        var foreign = Checkpoint(tensors: ["w": GoldenTensor(shape: [2], values: [1, 2])], metadata: [:])
+        foreign.metadata["format"] = "pt"
+        #expect { _ = try Checkpoint(safetensors: try foreign.serialized(), path: "model.safetensors") } throws: {
+            "\($0)".contains("another program")
+        }
+        // A checkpoint of another width.
+        let wider = try Checkpoint(network: try Self.network(device, width: 24), options: TrainingOptions(), epochs: 1)
+        #expect { try wider.restore(into: network) } throws: { error in
+            "\(error)".contains("block0.weight") && "\(error)".contains("[24, 36]") && "\(error)".contains("[16, 36]")
+        }
+    }
+
+    @Test func checkpointWritesReplaceAtomically() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-ckpt-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let url = directory.appendingPathComponent("last.safetensors")
+        let network = try Self.network(try TestBackend.cpu.device())
+        for epochs in 1...2 {
+            try Checkpoint(network: network, options: TrainingOptions(), epochs: epochs).write(to: url)
+            #expect(try Checkpoint(contentsOf: url).epochs == epochs)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["last.safetensors"])
+    }
+}
