@@ -167,7 +167,8 @@ public struct Checkpoint {
     public init(contentsOf url: URL) throws {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw SigPropError.configuration("cannot read checkpoint \(url.path): \(error.localizedDescription). Check the path given to --resume")
+            let reason = FileManager.default.fileExists(atPath: url.path) ? "it cannot be read (check its permissions)" : "no such file"
+            throw SigPropError.configuration("cannot read checkpoint \(url.path): \(reason). Check the path given to --resume (train writes <checkpoint-dir>/last.safetensors)")
         }
         try self.init(safetensors: data, path: url.path)
     }
