@@ -98,7 +98,7 @@ public struct Dataset: Sendable {
 
 extension Dataset {
     /// The fix every "not found" error ends with.
-    static let installFix = "Install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or the CIFAR-10 binary files"
+    static let installFix = "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or the CIFAR-10 binary files"
 
     /// Reads one split from `directory`, recognising the format by the files present:
     /// MNIST-format IDX (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,

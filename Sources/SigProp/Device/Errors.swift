@@ -26,7 +26,7 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
         case .badGoldenFile(let path, let reason):
             return "golden file \(path): \(reason)"
         case .dataset(let path, let problem, let fix):
-            return "data set \(path): \(problem). \(fix)"
+            return "data set \(path): \(problem). \(fix.prefix(1).uppercased() + fix.dropFirst())"
         case .outOfMemory(let device, let requested, let limit, let detail):
             return "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
         }
