@@ -107,7 +107,7 @@ private struct TinyIDX {
 
     @Test func corruptOrTruncatedGzipIsReported() throws {
         let packed = try gzip((0..<50_000).map { UInt8(truncatingIfNeeded: $0 * $0) })
-        let fix = "download the file again"
+        let fix = "Download the file again"
 
         var damaged = packed
         for i in 20..<60 { damaged[i] ^= 0x5a }
