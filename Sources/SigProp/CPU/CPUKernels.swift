@@ -321,15 +321,28 @@ enum CPUKernels {
 
     static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
                          m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
-        let (stepSize, bc2Sqrt) = (s.stepSize, s.biasCorrection2Sqrt)
-        parallelChunks(count) { range in for i in range {
-            let grad = g[i] + s.weightDecay * p[i]
-            m[i] = s.beta1 * m[i] + (1 - s.beta1) * grad
-            v[i] = s.beta2 * v[i] + (1 - s.beta2) * grad * grad
-            var second = v[i]
-            if let vMax { vMax[i] = max(vMax[i], v[i]); second = vMax[i] }
-            p[i] -= stepSize * m[i] / (second.squareRoot() / bc2Sqrt + s.epsilon)
-        } }
+        // Constants in locals and one loop per variant, so the loops vectorise: this step
+        // streams every parameter and is memory-bound.
+        let (stepSize, bc2Sqrt, eps, decay) = (s.stepSize, s.biasCorrection2Sqrt, s.epsilon, s.weightDecay)
+        let (b1, b2, c1, c2) = (s.beta1, s.beta2, 1 - s.beta1, 1 - s.beta2)
+        parallelChunks(count) { range in
+            if let vMax {
+                for i in range {
+                    let grad = g[i] + decay * p[i]
+                    let mi = b1 * m[i] + c1 * grad, vi = b2 * v[i] + c2 * grad * grad
+                    let second = max(vMax[i], vi)
+                    m[i] = mi; v[i] = vi; vMax[i] = second
+                    p[i] -= stepSize * mi / (second.squareRoot() / bc2Sqrt + eps)
+                }
+            } else {
+                for i in range {
+                    let grad = g[i] + decay * p[i]
+                    let mi = b1 * m[i] + c1 * grad, vi = b2 * v[i] + c2 * grad * grad
+                    m[i] = mi; v[i] = vi
+                    p[i] -= stepSize * mi / (vi.squareRoot() / bc2Sqrt + eps)
+                }
+            }
+        }
     }
 
     static func sgdStep(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
