@@ -1,63 +1,5 @@
-// Direct 2-D convolution, NCHW, cross-correlation as PyTorch, zero padding, any kernel size.
-
-// out[n,o,oy,ox] = act(bias[o] + sum_{c,ky,kx} w[o,c,ky,kx] * x[n,c,oy*s+ky-p,ox*s+kx-p])
-// One work-item per output element.
-__kernel void conv2d_forward(__global const float* x, __global const float* w, __global const float* bias,
-                             const int has_bias, __global float* out,
-                             const int B, const int C, const int H, const int W,
-                             const int O, const int KH, const int KW, const int stride, const int pad,
-                             const int HO, const int WO, const int act) {
-    const int index = get_global_id(0);
-    if (index >= B * O * HO * WO) return;
-    const int ox = index % WO;
-    const int oy = (index / WO) % HO;
-    const int o = (index / (WO * HO)) % O;
-    const int n = index / (WO * HO * O);
-    float acc = has_bias ? bias[o] : 0.0f;
-    for (int c = 0; c < C; ++c) {
-        __global const float* plane = x + ((size_t)n * C + c) * H * W;
-        __global const float* kernel_ = w + ((size_t)o * C + c) * KH * KW;
-        for (int ky = 0; ky < KH; ++ky) {
-            const int y = oy * stride + ky - pad;
-            if (y < 0 || y >= H) continue;
-            for (int kx = 0; kx < KW; ++kx) {
-                const int xx = ox * stride + kx - pad;
-                if (xx < 0 || xx >= W) continue;
-                acc = fma(kernel_[ky * KW + kx], plane[y * W + xx], acc);
-            }
-        }
-    }
-    out[index] = activate(acc, act);
-}
-
-// dw[o,c,ky,kx] = sum_{n,oy,ox} dz[n,o,oy,ox] * x[n,c,oy*s+ky-p,ox*s+kx-p] + beta * dw.
-// One work-item per weight element.
-__kernel void conv2d_weight_grad(__global const float* x, __global const float* dz, __global float* dw,
-                                 const int B, const int C, const int H, const int W,
-                                 const int O, const int KH, const int KW, const int stride, const int pad,
-                                 const int HO, const int WO, const float beta) {
-    const int index = get_global_id(0);
-    if (index >= O * C * KH * KW) return;
-    const int kx = index % KW;
-    const int ky = (index / KW) % KH;
-    const int c = (index / (KW * KH)) % C;
-    const int o = index / (KW * KH * C);
-    float acc = 0.0f;
-    for (int n = 0; n < B; ++n) {
-        __global const float* plane = x + ((size_t)n * C + c) * H * W;
-        __global const float* grad = dz + ((size_t)n * O + o) * HO * WO;
-        for (int oy = 0; oy < HO; ++oy) {
-            const int y = oy * stride + ky - pad;
-            if (y < 0 || y >= H) continue;
-            for (int ox = 0; ox < WO; ++ox) {
-                const int xx = ox * stride + kx - pad;
-                if (xx < 0 || xx >= W) continue;
-                acc = fma(grad[oy * WO + ox], plane[y * W + xx], acc);
-            }
-        }
-    }
-    dw[index] = acc + (beta != 0.0f ? beta * dw[index] : 0.0f);
-}
+// 2-D convolution pieces, NCHW, cross-correlation as PyTorch, zero padding, any kernel size:
+// im2col + gemm (the product runs in gemm.cl), scatter/gather between NCHW and channel-major.
 
 // db[o] = sum_{n,p} dz[n,o,p] + beta * db[o]. One work-item per output channel.
 __kernel void conv2d_bias_grad(__global const float* dz, __global float* db,
@@ -70,4 +12,40 @@ __kernel void conv2d_bias_grad(__global const float* dz, __global float* db,
         for (int p = 0; p < P; ++p) acc += grad[p];
     }
     db[o] = acc + (beta != 0.0f ? beta * db[o] : 0.0f);
+}
+
+// im2col for images n0 .. n0+count-1: cols[(c*KH + ky)*KW + kx, (n - n0)*P + p] with p = oy*WO + ox
+// (zero outside the image). With it a convolution is one matrix product per chunk of images.
+__kernel void im2col(__global const float* x, __global float* cols, const int n0, const int count,
+                     const int C, const int H, const int W, const int KH, const int KW, const int stride, const int pad,
+                     const int HO, const int WO) {
+    const int P = HO * WO;
+    const int columns = count * P;
+    const int index = get_global_id(0);
+    if (index >= C * KH * KW * columns) return;
+    const int column = index % columns;
+    const int row = index / columns;
+    const int kx = row % KW, ky = (row / KW) % KH, c = row / (KW * KH);
+    const int n = n0 + column / P, p = column % P;
+    const int y = (p / WO) * stride + ky - pad, xx = (p % WO) * stride + kx - pad;
+    cols[index] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[(((size_t)n * C + c) * H + y) * W + xx] : 0.0f;
+}
+
+// out[n0 + n, o, p] = act(product[o, n*P + p] + bias[o]): a chunk's product back to NCHW.
+__kernel void channel_major_to_nchw(__global const float* product, __global const float* bias, const int has_bias,
+                                    __global float* out, const int n0, const int count, const int O, const int P, const int act) {
+    const int index = get_global_id(0);
+    if (index >= count * O * P) return;
+    const int p = index % P, o = (index / P) % O, n = index / (P * O);
+    const float v = product[(size_t)o * count * P + (size_t)n * P + p] + (has_bias ? bias[o] : 0.0f);
+    out[(((size_t)(n0 + n)) * O + o) * P + p] = activate(v, act);
+}
+
+// gathered[o, n*P + p] = dz[n0 + n, o, p]: a chunk of NCHW gradients as an O x (count*P) matrix.
+__kernel void nchw_to_channel_major(__global const float* dz, __global float* gathered, const int n0, const int count,
+                                    const int O, const int P) {
+    const int index = get_global_id(0);
+    if (index >= count * O * P) return;
+    const int p = index % P, o = (index / P) % O, n = index / (P * O);
+    gathered[(size_t)o * count * P + (size_t)n * P + p] = dz[(((size_t)(n0 + n)) * O + o) * P + p];
 }

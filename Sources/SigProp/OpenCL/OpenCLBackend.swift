@@ -168,28 +168,65 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                                               .float(alpha), .float(beta)], global: [channels], on: queue)
     }
 
-    private func convArguments(_ s: ConvShape) -> [CLKernel.Argument] {
-        [s.batch, s.inChannels, s.height, s.width, s.outChannels, s.kernelHeight, s.kernelWidth, s.stride, s.padding,
-         s.outHeight, s.outWidth].map { .int(Int32($0)) }
+    /// Images per im2col chunk: the patch matrix of a chunk stays within `scratchBytes`.
+    func convChunk(_ s: ConvShape) -> Int {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let perImage = max(1, (patch + s.outChannels) * positions * 4)
+        let budget = Int(min(UInt64(64 << 20), info.maxAllocationBytes / 2))
+        return max(1, min(s.batch, budget / perImage))
     }
 
+    /// Convolution as im2col + one matrix product per chunk of images (the product is the fast
+    /// gemm kernel, so conv speed follows gemm speed), then a scatter back to NCHW with bias
+    /// and activation.
     func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
-        try launch("conv", "conv2d_forward",
-                   [.buffer(mem(input)), .buffer(mem(weight)), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1), .buffer(mem(output))]
-                   + convArguments(s) + [.int(activation.code)],
-                   global: [s.batch * s.outChannels * s.outHeight * s.outWidth], on: queue)
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let chunk = convChunk(s)
+        let columns = try CLBuffer(context: context, bytes: patch * chunk * positions * 4)
+        let product = try CLBuffer(context: context, bytes: s.outChannels * chunk * positions * 4)
+        for n0 in stride(from: 0, to: s.batch, by: chunk) {
+            let count = min(chunk, s.batch - n0)
+            try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
+                       global: [patch * count * positions], on: queue)
+            try gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
+                               activation: .identity), a: weight, b: columns, c: product, bias: nil, on: queue)
+            try launch("conv", "channel_major_to_nchw",
+                       [.buffer(product), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1), .buffer(mem(output)), .int(Int32(n0)),
+                        .int(Int32(count)), .int(Int32(s.outChannels)), .int(Int32(positions)), .int(activation.code)],
+                       global: [count * s.outChannels * positions], on: queue)
+        }
     }
 
+    /// dW = sum over chunks of dZ (as O x count*P) times the chunk's patch matrix transposed.
     func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
-        try launch("conv", "conv2d_weight_grad",
-                   [.buffer(mem(input)), .buffer(mem(outputGradient)), .buffer(mem(weightGradient))] + convArguments(s) + [.float(beta)],
-                   global: [s.outChannels * s.inChannels * s.kernelHeight * s.kernelWidth], on: queue)
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let chunk = convChunk(s)
+        let columns = try CLBuffer(context: context, bytes: patch * chunk * positions * 4)
+        let gathered = try CLBuffer(context: context, bytes: s.outChannels * chunk * positions * 4)
+        if s.batch == 0 {
+            try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
+        }
+        for n0 in stride(from: 0, to: s.batch, by: chunk) {
+            let count = min(chunk, s.batch - n0)
+            try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
+                       global: [patch * count * positions], on: queue)
+            try launch("conv", "nchw_to_channel_major",
+                       [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
+                        .int(Int32(positions))], global: [count * s.outChannels * positions], on: queue)
+            try gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
+                               beta: n0 == 0 ? beta : 1, activation: .identity),
+                     a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
+        }
         if let biasGradient {
             try launch("conv", "conv2d_bias_grad",
                        [.buffer(mem(outputGradient)), .buffer(mem(biasGradient)), .int(Int32(s.batch)), .int(Int32(s.outChannels)),
-                        .int(Int32(s.outHeight * s.outWidth)), .float(beta)],
+                        .int(Int32(positions)), .float(beta)],
                        global: [s.outChannels], on: queue)
         }
+    }
+
+    private func im2colArguments(_ s: ConvShape) -> [CLKernel.Argument] {
+        [s.inChannels, s.height, s.width, s.kernelHeight, s.kernelWidth, s.stride, s.padding, s.outHeight, s.outWidth].map { .int(Int32($0)) }
     }
 
     func pool2d(_ kind: PoolKind, shape s: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
