@@ -1,48 +1,342 @@
-// C[M,N] = act(alpha * op(A) op(B) + beta * C + bias), row-major, any M, N, K.
+// C[M,N] = act(alpha * op(A) op(B) + beta * C + bias), row-major, any M, N, K (K = 0 too).
 // op(A) is M x K: A stored M x K, or K x M when trans_a. op(B) is K x N: B stored K x N, or
 // N x K when trans_b. beta == 0 never reads C (so NaN in C does not leak into the result).
+// No padding is asked of the caller: every load is in bounds.
+//
+// Four kernels, one argument list; the host picks by device kind and shape:
+//   gemm_outer  register-blocked outer products, no local memory (CPU devices): NN, TN, TT
+//   gemm_dot    register-blocked dot products along K, no local memory (CPU devices): NT
+//   gemm_tiled  local-memory tiles with a register block per work-item (GPUs): any transpose
+//   gemm_direct one element per work-item: small or thin products, any transpose
+// On PoCL local memory is ordinary memory and barriers split a kernel into loops over
+// work-items, so the CPU kernels keep their tile in vector registers instead. Measured on
+// PoCL 3.1, 2 Zen 5 cores whose FMA peak is ~230 GFLOP/s (512-bit FMAs run at half rate):
+// gemm_outer ~205-215 GFLOP/s, gemm_dot ~170-190, the old 16 x 16 local tile ~1.
 
-#ifndef TILE
-#define TILE 16 // work-group is TILE x TILE work-items; each computes one element of C
+// ---- Tunables (the host prepends -D values from its per-device table) ----
+#ifndef VW
+#define VW 8 // gemm_outer: vector width (2, 4, 8 or 16)
+#endif
+#ifndef OUTER_M
+#define OUTER_M 6 // gemm_outer: rows of the product per work-item
+#endif
+#ifndef OUTER_V
+#define OUTER_V 2 // gemm_outer: vectors of VW columns per work-item
+#endif
+#ifndef DOT_VW
+#define DOT_VW 8 // gemm_dot: vector width along K (2, 4, 8 or 16)
+#endif
+#ifndef DOT_M
+#define DOT_M 4 // gemm_dot: rows of C per work-item
+#endif
+#ifndef DOT_N
+#define DOT_N 4 // gemm_dot: columns of C per work-item
+#endif
+#ifndef TILE_M
+#define TILE_M 64 // gemm_tiled: rows of C per work-group
+#endif
+#ifndef TILE_N
+#define TILE_N 64 // gemm_tiled: columns of C per work-group
+#endif
+#ifndef TILE_K
+#define TILE_K 16 // gemm_tiled: depth of one pair of local tiles
+#endif
+#ifndef WPT_M
+#define WPT_M 4 // gemm_tiled: rows of C per work-item
+#endif
+#ifndef WPT_N
+#define WPT_N 4 // gemm_tiled: columns of C per work-item
 #endif
 
-inline float load_a(__global const float* A, const int M, const int K, const int trans_a, const int row, const int k) {
-    if (row >= M || k >= K) return 0.0f;
-    return trans_a ? A[(size_t)k * M + row] : A[(size_t)row * K + k];
+// ---- Derived ----
+#define OUTER_N (OUTER_V * VW)      // gemm_outer: columns per work-item
+#define GROUP_M (TILE_M / WPT_M)    // gemm_tiled: work-group size in dimension 1
+#define GROUP_N (TILE_N / WPT_N)    // gemm_tiled: work-group size in dimension 0
+#define GROUP_SIZE (GROUP_M * GROUP_N)
+
+#define GEMM_CAT_(a, b) a##b
+#define GEMM_CAT(a, b) GEMM_CAT_(a, b)
+#define floatV GEMM_CAT(float, VW)
+#define vloadV GEMM_CAT(vload, VW)
+#define floatD GEMM_CAT(float, DOT_VW)
+#define vloadD GEMM_CAT(vload, DOT_VW)
+
+// The fused epilogue for one element of C.
+inline void gemm_store(__global float* C, const size_t index, const float acc, const float alpha, const float beta,
+                       __global const float* bias, const int has_bias, const int bias_index, const int act) {
+    float v = alpha * acc;
+    if (beta != 0.0f) v += beta * C[index];
+    if (has_bias) v += bias[bias_index];
+    C[index] = activate(v, act);
 }
 
-inline float load_b(__global const float* B, const int K, const int N, const int trans_b, const int k, const int col) {
-    if (k >= K || col >= N) return 0.0f;
-    return trans_b ? B[(size_t)col * K + k] : B[(size_t)k * N + col];
+// The epilogue for VW consecutive elements of a row of C; same results as gemm_store.
+inline void gemm_store_v(__global float* C, const size_t index, const floatV acc, const float alpha, const float beta,
+                         __global const float* bias, const int has_bias, const int bias_index, const int act) {
+    floatV v = alpha * acc;
+    if (beta != 0.0f) v += beta * vloadV(0, C + index);
+    if (has_bias) v += vloadV(0, bias + bias_index);
+    switch (act) {
+    case ACT_RELU: v = select((floatV)(0.0f), v, v > (floatV)(0.0f)); break;
+    case ACT_LEAKY_RELU: v = select(LEAKY_SLOPE * v, v, v > (floatV)(0.0f)); break;
+    case ACT_TANH: v = tanh(v); break;
+    default: break;
+    }
+    GEMM_CAT(vstore, VW)(v, 0, C + index);
 }
 
-__kernel __attribute__((reqd_work_group_size(TILE, TILE, 1)))
-void gemm(const int M, const int N, const int K, const int trans_a, const int trans_b,
-          const float alpha, const float beta,
-          __global const float* A, __global const float* B, __global float* C,
-          __global const float* bias, const int has_bias, const int act)
-{
-    const int lc = get_local_id(0); // column within the tile (fastest: coalesced C and B rows)
-    const int lr = get_local_id(1);
-    const int col = get_group_id(0) * TILE + lc;
-    const int row = get_group_id(1) * TILE + lr;
+// ---- gemm_outer ----
+// Computes the P x Q product X Y with X(p, k) = trans_x ? X[k * P + p] : X[p * K + k] and
+// Y(k, q) = Y[k * Q + q] (contiguous in q, so one vector load feeds OUTER_M FMAs). NN and TN
+// are C = X Y directly; TT is Cᵀ = B A, stored transposed (trans_c). A tile that overhangs
+// the product is shifted back inside it (to start at P - OUTER_M, or a vector at Q - VW) and
+// stores only the elements no other tile owns, so edges need neither padding nor guards in
+// the K loop. Requires P >= OUTER_M and Q >= VW; the host sends thinner products to
+// gemm_direct.
+inline void outer_tile(const int P, const int Q, const int K, const int trans_x, const int trans_c,
+                       const float alpha, const float beta,
+                       __global const float* X, __global const float* Y, __global float* C,
+                       __global const float* bias, const int has_bias, const int act) {
+    // Dimension 0 runs down the rows: consecutive work-items share one panel of Y (in cache).
+    const int p0 = get_global_id(0) * OUTER_M;
+    const int q0 = get_global_id(1) * OUTER_N;
+    if (q0 >= Q || p0 >= P) return;
+    const int ps = min(p0, P - OUTER_M); // first row computed
+    int qs[OUTER_V];                     // first column of each vector computed
+    #pragma unroll
+    for (int v = 0; v < OUTER_V; ++v) qs[v] = min(q0 + v * VW, Q - VW);
 
-    __local float a_tile[TILE][TILE + 1]; // +1 avoids bank conflicts on the transposed read
-    __local float b_tile[TILE][TILE + 1];
+    floatV acc[OUTER_M][OUTER_V];
+    #pragma unroll
+    for (int i = 0; i < OUTER_M; ++i)
+        #pragma unroll
+        for (int v = 0; v < OUTER_V; ++v) acc[i][v] = (floatV)(0.0f);
 
-    float acc = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += TILE) {
-        a_tile[lr][lc] = load_a(A, M, K, trans_a, get_group_id(1) * TILE + lr, k0 + lc);
-        b_tile[lr][lc] = load_b(B, K, N, trans_b, k0 + lr, col);
+    __global const float* x = trans_x ? X + ps : X + (size_t)ps * K;
+    const size_t x_row = trans_x ? 1 : K;  // from one row of X(p, k) to the next
+    const size_t x_step = trans_x ? P : 1; // from one k to the next
+    __global const float* y = Y;
+    for (int k = 0; k < K; ++k) {
+        floatV yv[OUTER_V];
+        #pragma unroll
+        for (int v = 0; v < OUTER_V; ++v) yv[v] = vloadV(0, y + qs[v]);
+        #pragma unroll
+        for (int i = 0; i < OUTER_M; ++i) {
+            const floatV xv = (floatV)(x[i * x_row]);
+            #pragma unroll
+            for (int v = 0; v < OUTER_V; ++v) acc[i][v] = fma(xv, yv[v], acc[i][v]);
+        }
+        x += x_step;
+        y += Q;
+    }
+
+    if (!trans_c && ps == p0 && qs[OUTER_V - 1] == q0 + (OUTER_V - 1) * VW) { // the whole tile is its own
+        #pragma unroll
+        for (int i = 0; i < OUTER_M; ++i)
+            #pragma unroll
+            for (int v = 0; v < OUTER_V; ++v)
+                gemm_store_v(C, (size_t)(p0 + i) * Q + qs[v], acc[i][v], alpha, beta, bias, has_bias, qs[v], act);
+        return;
+    }
+    #pragma unroll
+    for (int i = 0; i < OUTER_M; ++i) {
+        const int p = ps + i;
+        #pragma unroll
+        for (int v = 0; v < OUTER_V; ++v) {
+            float lanes[VW];
+            GEMM_CAT(vstore, VW)(acc[i][v], 0, lanes);
+            #pragma unroll
+            for (int l = 0; l < VW; ++l) {
+                const int q = qs[v] + l;
+                // Rows before p0 and lanes before q0 + v * VW belong to another tile or vector.
+                if (p >= p0 && q >= q0 + v * VW) {
+                    const size_t index = trans_c ? (size_t)q * P + p : (size_t)p * Q + q;
+                    gemm_store(C, index, lanes[l], alpha, beta, bias, has_bias, trans_c ? p : q, act);
+                }
+            }
+        }
+    }
+}
+
+__kernel void gemm_outer(const int M, const int N, const int K, const int trans_a, const int trans_b,
+                         const float alpha, const float beta,
+                         __global const float* A, __global const float* B, __global float* C,
+                         __global const float* bias, const int has_bias, const int act) {
+    // The flags pick strides and the store's layout; the K loop itself never tests them.
+    if (trans_b) outer_tile(N, M, K, 0, 1, alpha, beta, B, A, C, bias, has_bias, act); // TT only
+    else if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, C, bias, has_bias, act);
+    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, C, bias, has_bias, act);
+}
+
+// ---- gemm_dot ----
+// NT: C = A Bᵀ with A (M x K) and B (N x K) both contiguous in K, so each work-item keeps
+// DOT_M x DOT_N vector partial sums along K and reduces them once at the end. Rows of A and
+// B past the edge are clamped to the last one (computed, never stored).
+inline float hsum(const floatD v) {
+#if DOT_VW == 16
+    const float8 h8 = v.lo + v.hi;
+    const float4 h4 = h8.lo + h8.hi;
+#elif DOT_VW == 8
+    const float4 h4 = v.lo + v.hi;
+#elif DOT_VW == 4
+    const float4 h4 = v;
+#endif
+#if DOT_VW == 2
+    return v.x + v.y;
+#else
+    const float2 h2 = h4.lo + h4.hi;
+    return h2.x + h2.y;
+#endif
+}
+
+__kernel void gemm_dot(const int M, const int N, const int K, const int trans_a, const int trans_b,
+                       const float alpha, const float beta,
+                       __global const float* A, __global const float* B, __global float* C,
+                       __global const float* bias, const int has_bias, const int act) {
+    // Dimension 0 runs down the rows: consecutive work-items share their rows of B (in cache).
+    const int r0 = get_global_id(0) * DOT_M;
+    const int c0 = get_global_id(1) * DOT_N;
+    if (c0 >= N || r0 >= M) return;
+
+    __global const float* a[DOT_M];
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i) a[i] = A + (size_t)min(r0 + i, M - 1) * K;
+    __global const float* b[DOT_N];
+    #pragma unroll
+    for (int j = 0; j < DOT_N; ++j) b[j] = B + (size_t)min(c0 + j, N - 1) * K;
+
+    floatD acc[DOT_M][DOT_N];
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j) acc[i][j] = (floatD)(0.0f);
+
+    int k = 0;
+    for (; k + DOT_VW <= K; k += DOT_VW) {
+        floatD av[DOT_M], bv[DOT_N];
+        #pragma unroll
+        for (int i = 0; i < DOT_M; ++i) av[i] = vloadD(0, a[i] + k);
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j) bv[j] = vloadD(0, b[j] + k);
+        #pragma unroll
+        for (int i = 0; i < DOT_M; ++i)
+            #pragma unroll
+            for (int j = 0; j < DOT_N; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+    }
+    float sum[DOT_M][DOT_N];
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j) sum[i][j] = hsum(acc[i][j]);
+    for (; k < K; ++k)
+        #pragma unroll
+        for (int i = 0; i < DOT_M; ++i)
+            #pragma unroll
+            for (int j = 0; j < DOT_N; ++j) sum[i][j] = fma(a[i][k], b[j][k], sum[i][j]);
+
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j)
+            if (r0 + i < M && c0 + j < N)
+                gemm_store(C, (size_t)(r0 + i) * N + c0 + j, sum[i][j], alpha, beta, bias, has_bias, c0 + j, act);
+}
+
+// ---- gemm_direct ----
+// One element per work-item (dimension 0 runs along N), no local memory, no padding: for
+// products too small or too thin for a tile, where launch cost and edge waste dominate.
+// Operands are walked by stride, so the K loop has no branch on the transposes.
+__kernel void gemm_direct(const int M, const int N, const int K, const int trans_a, const int trans_b,
+                          const float alpha, const float beta,
+                          __global const float* A, __global const float* B, __global float* C,
+                          __global const float* bias, const int has_bias, const int act) {
+    const int col = get_global_id(0);
+    const int row = get_global_id(1);
+    if (row >= M || col >= N) return;
+    __global const float* x = trans_a ? A + row : A + (size_t)row * K;
+    __global const float* y = trans_b ? B + (size_t)col * K : B + col;
+    const size_t x_step = trans_a ? M : 1;
+    const size_t y_step = trans_b ? 1 : N;
+    // Four partial sums: one chain of dependent FMAs would wait out each one's latency.
+    float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+    int k = 0;
+    for (; k + 4 <= K; k += 4) {
+        acc0 = fma(x[0], y[0], acc0);
+        acc1 = fma(x[x_step], y[y_step], acc1);
+        acc2 = fma(x[2 * x_step], y[2 * y_step], acc2);
+        acc3 = fma(x[3 * x_step], y[3 * y_step], acc3);
+        x += 4 * x_step;
+        y += 4 * y_step;
+    }
+    for (; k < K; ++k) {
+        acc0 = fma(*x, *y, acc0);
+        x += x_step;
+        y += y_step;
+    }
+    gemm_store(C, (size_t)row * N + col, (acc0 + acc1) + (acc2 + acc3), alpha, beta, bias, has_bias, col, act);
+}
+
+// ---- gemm_tiled ----
+// GPUs: a work-group of GROUP_N x GROUP_M work-items computes a TILE_M x TILE_N block of C,
+// each work-item WPT_M x WPT_N elements strided by the group size (conflict-free local reads).
+// op(A) and op(B) pass through local memory TILE_K deep, loaded with the transpose folded in
+// and consecutive work-items on consecutive global addresses; out-of-range elements load as 0.
+__kernel __attribute__((reqd_work_group_size(GROUP_N, GROUP_M, 1)))
+void gemm_tiled(const int M, const int N, const int K, const int trans_a, const int trans_b,
+                const float alpha, const float beta,
+                __global const float* A, __global const float* B, __global float* C,
+                __global const float* bias, const int has_bias, const int act) {
+    const int ln = get_local_id(0);
+    const int lm = get_local_id(1);
+    const int lid = lm * GROUP_N + ln;
+    const int m0 = get_group_id(1) * TILE_M;
+    const int n0 = get_group_id(0) * TILE_N;
+
+    __local float a_tile[TILE_K][TILE_M + 1]; // [k][m]; +1 spreads the column-wise stores over banks
+    __local float b_tile[TILE_K][TILE_N + 1]; // [k][n]
+
+    float acc[WPT_M][WPT_N];
+    #pragma unroll
+    for (int i = 0; i < WPT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < WPT_N; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += TILE_K) {
+        for (int e = lid; e < TILE_K * TILE_M; e += GROUP_SIZE) {
+            // Consecutive e walk the stored matrix's contiguous dimension.
+            const int m = trans_a ? e % TILE_M : e / TILE_K;
+            const int k = trans_a ? e / TILE_M : e % TILE_K;
+            const int gm = m0 + m, gk = k0 + k;
+            a_tile[k][m] = (gm < M && gk < K) ? (trans_a ? A[(size_t)gk * M + gm] : A[(size_t)gm * K + gk]) : 0.0f;
+        }
+        for (int e = lid; e < TILE_K * TILE_N; e += GROUP_SIZE) {
+            const int n = trans_b ? e / TILE_K : e % TILE_N;
+            const int k = trans_b ? e % TILE_K : e / TILE_N;
+            const int gn = n0 + n, gk = k0 + k;
+            b_tile[k][n] = (gn < N && gk < K) ? (trans_b ? B[(size_t)gn * K + gk] : B[(size_t)gk * N + gn]) : 0.0f;
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int k = 0; k < TILE; ++k) acc = fma(a_tile[lr][k], b_tile[k][lc], acc);
+        for (int k = 0; k < TILE_K; ++k) {
+            float bk[WPT_N];
+            #pragma unroll
+            for (int j = 0; j < WPT_N; ++j) bk[j] = b_tile[k][ln + j * GROUP_N];
+            #pragma unroll
+            for (int i = 0; i < WPT_M; ++i) {
+                const float ak = a_tile[k][lm + i * GROUP_M];
+                #pragma unroll
+                for (int j = 0; j < WPT_N; ++j) acc[i][j] = fma(ak, bk[j], acc[i][j]);
+            }
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 
-    if (row < M && col < N) {
-        float v = alpha * acc;
-        if (beta != 0.0f) v += beta * C[(size_t)row * N + col];
-        if (has_bias) v += bias[col];
-        C[(size_t)row * N + col] = activate(v, act);
+    #pragma unroll
+    for (int i = 0; i < WPT_M; ++i) {
+        const int row = m0 + lm + i * GROUP_M;
+        #pragma unroll
+        for (int j = 0; j < WPT_N; ++j) {
+            const int col = n0 + ln + j * GROUP_N;
+            if (row < M && col < N) gemm_store(C, (size_t)row * N + col, acc[i][j], alpha, beta, bias, has_bias, col, act);
+        }
     }
 }

@@ -1,30 +1,114 @@
 /// Compile-time constants for the kernels, chosen per device (CLBlast-style): each `.cl` file
 /// compiles on its own with its defaults; the host prepends `-D` values that fit the device.
 struct KernelParameters: Equatable, Sendable {
-    /// Side of the square gemm work-group tile (`TILE` in gemm.cl).
-    var gemmTile: Int
+    /// Which gemm kernels a device runs for products too large for `gemm_direct`.
+    enum GemmKernels: String, Sendable {
+        /// `gemm_outer` (NN, TN, TT) and `gemm_dot` (NT): vector registers, no local memory.
+        /// For CPU drivers (PoCL), where local memory is ordinary memory and barriers split a
+        /// kernel into loops over work-items.
+        case registerBlocked
+        /// `gemm_tiled`: local-memory tiles shared by a work-group. For GPUs.
+        case localTiled
+    }
 
-    /// The table: device kind, then the device's limits. Every device resolves to a value.
+    var gemmKernels: GemmKernels
+    /// Side of the square `gemm_tiled` work-group (`TILE_M / WPT_M` = `TILE_N / WPT_N`).
+    var gemmTile: Int
+    /// `gemm_tiled`: elements of C per work-item in each direction (`WPT_M`, `WPT_N`).
+    var gemmWorkPerItem: Int
+    /// `gemm_tiled`: depth of the local tiles (`TILE_K`).
+    var gemmTileDepth: Int
+    /// `gemm_outer`: float vector width along N (`VW`: 2, 4, 8 or 16).
+    var gemmVectorWidth: Int
+    /// `gemm_outer`: rows (`OUTER_M`) and vectors of columns (`OUTER_V`) per work-item.
+    var gemmOuterRows: Int
+    var gemmOuterVectors: Int
+    /// `gemm_dot`: float vector width along K (`DOT_VW`: 2, 4, 8 or 16), rows (`DOT_M`) and
+    /// columns (`DOT_N`) of C per work-item.
+    var gemmDotVectorWidth: Int
+    var gemmDotRows: Int
+    var gemmDotColumns: Int
+    /// Products of fewer multiply-adds (M * N * K) than this go to `gemm_direct`: launch
+    /// cost and edge waste outweigh the tiles there (CLBlast's direct/indirect switch).
+    var gemmDirectBelow: Int
+
+    /// `gemm_tiled`'s local memory: two tiles, each row padded by one float.
+    var gemmTiledLocalBytes: Int { gemmTileDepth * (2 * gemmTile * gemmWorkPerItem + 2) * 4 }
+
+    /// What every device starts from: the portable local-memory kernel in small groups.
+    static let portable = KernelParameters(
+        gemmKernels: .localTiled, gemmTile: 8, gemmWorkPerItem: 2, gemmTileDepth: 8,
+        gemmVectorWidth: 4, gemmOuterRows: 4, gemmOuterVectors: 2,
+        gemmDotVectorWidth: 4, gemmDotRows: 2, gemmDotColumns: 2,
+        gemmDirectBelow: 32 * 32 * 32)
+
+    /// The table: device kind, then what the device's name says about its vector units, then
+    /// the device's limits. Every device resolves to a value.
     static func forDevice(_ info: OpenCLDeviceInfo) -> KernelParameters {
-        let preferred: Int
+        var p = portable
         switch info.kind {
-        case .gpu: preferred = 16
-        // CPU drivers (PoCL) gain little from local-memory tiles; smaller groups suit them.
-        case .cpu: preferred = 8
-        case .accelerator, .other: preferred = 8
+        case .gpu:
+            // 64 x 64 outputs per group of 16 x 16, 4 x 4 per work-item, 16 deep: 8.3 KB local.
+            p.gemmTile = 16
+            p.gemmWorkPerItem = 4
+            p.gemmTileDepth = 16
+            p.gemmDirectBelow = 64 * 64 * 64
+        case .cpu:
+            p.gemmKernels = .registerBlocked
+            // gemm_dot reduces its partial sums once per element; 8 lanes keep that cheap.
+            p.gemmDotVectorWidth = 8
+            if wide(info) {
+                // AVX-512: 8 rows x 2 float16 = 16 of the 32 vector registers accumulate;
+                // 4 x 4 dot products use 16 float8 registers and 8 for loads.
+                (p.gemmVectorWidth, p.gemmOuterRows, p.gemmOuterVectors) = (16, 8, 2)
+                (p.gemmDotRows, p.gemmDotColumns) = (4, 4)
+            } else {
+                // AVX2 (16 vector registers): the classic 6 x 16 block, 3 x 3 dot products.
+                (p.gemmVectorWidth, p.gemmOuterRows, p.gemmOuterVectors) = (8, 6, 2)
+                (p.gemmDotRows, p.gemmDotColumns) = (3, 3)
+            }
+        case .accelerator, .other:
+            break
         }
-        var tile = preferred
-        // The work-group (tile x tile) and the two local tiles must fit the device.
-        while tile > 1 && (tile * tile > info.maxWorkGroupSize || UInt64(2 * tile * (tile + 1) * 4) > info.localMemoryBytes) {
-            tile /= 2
+        // `gemm_tiled` is built on every device (one program), so its work-group and local
+        // tiles must fit even where it never runs: shrink the group to the work-group limit,
+        // then the depth down to 8, the work per item, the depth, the group.
+        while p.gemmTile > 1 && p.gemmTile * p.gemmTile > info.maxWorkGroupSize { p.gemmTile /= 2 }
+        let local = Int(clamping: info.localMemoryBytes)
+        while p.gemmTiledLocalBytes > local {
+            if p.gemmTileDepth > 8 {
+                p.gemmTileDepth /= 2
+            } else if p.gemmWorkPerItem > 1 {
+                p.gemmWorkPerItem /= 2
+            } else if p.gemmTileDepth > 1 {
+                p.gemmTileDepth /= 2
+            } else if p.gemmTile > 1 {
+                p.gemmTile /= 2
+            } else {
+                break
+            }
         }
-        return KernelParameters(gemmTile: tile)
+        return p
+    }
+
+    /// Whether a CPU device has 512-bit vectors. PoCL names its devices after the LLVM CPU
+    /// ("pthread-skylake-avx512-...", "cpu-znver4-..."); other drivers get the AVX2 shape.
+    private static func wide(_ info: OpenCLDeviceInfo) -> Bool {
+        let name = info.name.lowercased()
+        return ["avx512", "znver4", "znver5", "skx", "cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake",
+                "sapphirerapids", "emeraldrapids", "graniterapids"].contains { name.contains($0) }
     }
 
     /// `-D` definitions for one program.
     func defines(for program: String) -> [String: Int] {
         switch program {
-        case "gemm": ["TILE": gemmTile]
+        case "gemm":
+            [
+                "VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors,
+                "DOT_VW": gemmDotVectorWidth, "DOT_M": gemmDotRows, "DOT_N": gemmDotColumns,
+                "TILE_M": gemmTile * gemmWorkPerItem, "TILE_N": gemmTile * gemmWorkPerItem, "TILE_K": gemmTileDepth,
+                "WPT_M": gemmWorkPerItem, "WPT_N": gemmWorkPerItem,
+            ]
         default: [:]
         }
     }

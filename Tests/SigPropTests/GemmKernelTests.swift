@@ -1,0 +1,184 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// The gemm kernels of gemm.cl on awkward shapes (around the tile sizes, batch 1, K = 1,
+/// thin products), every transpose, with alpha, beta, bias and activation, against plain
+/// loops. The OpenCL device runs twice: with its own parameters (on PoCL: the register-blocked
+/// kernels) and posing as a GPU (the local-memory kernel), so every kernel is checked here.
+@Suite struct GemmKernelTests {
+    enum Target: String, CaseIterable, Sendable, CustomTestStringConvertible {
+        case cpu, opencl, openclAsGPU
+        var testDescription: String { rawValue }
+
+        static var available: [Target] { TestBackend.available.contains(.opencl) ? allCases : [.cpu] }
+
+        private static let posingAsGPU: Device? = TestBackend.openCLEntries.first.flatMap { entry in
+            try? Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        }
+
+        func device() throws -> Device {
+            switch self {
+            case .cpu: try TestBackend.cpu.device()
+            case .opencl: try TestBackend.opencl.device()
+            case .openclAsGPU: try #require(Self.posingAsGPU, "could not open the OpenCL device posing as a GPU")
+            }
+        }
+    }
+
+    /// Around gemm_outer's 8 x 32 (AVX-512) and 6 x 16 (AVX2) tiles, gemm_dot's 4 x 4 and
+    /// 3 x 3, gemm_tiled's 64 x 64; batch 1; K = 1; N below one vector; and the direct switch.
+    static let shapes: [(m: Int, n: Int, k: Int)] = [
+        (1, 1, 1), (1, 1000, 7), (1, 33, 1000), (2, 3, 4),
+        (7, 15, 129), (8, 16, 300), (8, 32, 129), (9, 33, 129), (6, 16, 300), (5, 17, 500),
+        (31, 31, 31), (32, 32, 32), (33, 33, 33), (63, 65, 64), (65, 63, 17),
+        (1000, 40, 1), (40, 1000, 1), (129, 10, 1024), (100, 7, 100), (7, 100, 100),
+        (129, 1000, 33), (1000, 129, 9), (130, 64, 127),
+    ]
+    static let transposes = [(false, false), (false, true), (true, false), (true, true)]
+    static let activations: [Activation] = [.identity, .relu, .leakyRelu, .tanh]
+
+    @Test(arguments: Target.available)
+    func everyKernelMatchesPlainLoops(_ target: Target) throws {
+        let device = try target.device()
+        for (index, (m, n, k)) in Self.shapes.enumerated() {
+            for (ta, tb) in Self.transposes {
+                let activation = Self.activations[index % Self.activations.count]
+                let (alpha, beta): (Float, Float) = index % 3 == 0 ? (1, 0) : (0.5, -2)
+                let withBias = index % 5 != 4
+                try check(device, m: m, n: n, k: k, ta: ta, tb: tb, alpha: alpha, beta: beta, bias: withBias, activation: activation)
+            }
+        }
+    }
+
+    /// beta == 0 must not read C: NaN there stays out of the result, in every kernel.
+    @Test(arguments: Target.available)
+    func zeroBetaNeverReadsTheOutput(_ target: Target) throws {
+        let device = try target.device()
+        for (m, n, k) in [(3, 5, 7), (9, 33, 129), (129, 100, 64), (100, 129, 64)] {
+            for (ta, tb) in Self.transposes {
+                let a = random(m * k, seed: 11), b = random(k * n, seed: 12)
+                let c = try device.tensor([Float](repeating: .nan, count: m * n), shape: [m, n])
+                try device.gemm(try device.tensor(a, shape: ta ? [k, m] : [m, k]), transposeA: ta,
+                                try device.tensor(b, shape: tb ? [n, k] : [k, n]), transposeB: tb, into: c)
+                let expected = naiveProduct(a, b, m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                expectClose(try device.read(c), expected, absolute: 1e-4, "\(target) gemm \(Self.describe(m, n, k, ta, tb)) over NaN with beta 0")
+            }
+        }
+    }
+
+    /// The shape table reaches every kernel on each kind of device (else the tests above
+    /// would pass without running one).
+    @Test func shapesReachEveryKernel() {
+        for kind in [OpenCLDeviceInfo.Kind.cpu, .gpu] {
+            for name in ["pthread-skylake-avx512-AMD EPYC", "pthread-haswell-Intel Xeon"] {
+                let parameters = KernelParameters.forDevice(Self.info(kind: kind, name: name))
+                let used = Set(Self.shapes.flatMap { s in
+                    Self.transposes.map { GemmPlan(GemmShape(m: s.m, n: s.n, k: s.k, transposeA: $0.0, transposeB: $0.1,
+                                                             alpha: 1, beta: 0, activation: .identity), parameters).kernel }
+                })
+                let expected: Set<String> = kind == .gpu ? ["gemm_tiled", "gemm_direct"] : ["gemm_outer", "gemm_dot", "gemm_direct"]
+                #expect(used == expected, "\(kind) \(name)")
+            }
+        }
+    }
+
+    /// Every row of the table fits its device and compiles (on the OpenCL device at hand).
+    @Test func parameterTableFitsAndCompiles() throws {
+        let devices = [
+            Self.info(kind: .gpu, name: "NVIDIA H100"), Self.info(kind: .gpu, name: "tiny", localBytes: 1024, groupSize: 64),
+            Self.info(kind: .gpu, name: "small", localBytes: 4096, groupSize: 128),
+            Self.info(kind: .cpu, name: "pthread-skylake-avx512-AMD EPYC"), Self.info(kind: .cpu, name: "pthread-haswell-Intel Xeon"),
+            Self.info(kind: .other, name: "dsp", localBytes: 2048, groupSize: 16), Self.info(kind: .accelerator, name: "fpga", groupSize: 1),
+        ]
+        let backend = TestBackend.openCLEntries.first.flatMap { try? OpenCLBackend(entry: $0) }
+        let source = try #require(KernelRegistry.source(of: "gemm"))
+        for info in devices {
+            let p = KernelParameters.forDevice(info)
+            #expect(p.gemmTile >= 1 && p.gemmTile * p.gemmTile <= info.maxWorkGroupSize, "\(info.name): group \(p.gemmTile)²")
+            #expect(p.gemmTiledLocalBytes <= Int(info.localMemoryBytes), "\(info.name): \(p.gemmTiledLocalBytes) bytes of local memory")
+            #expect([2, 4, 8, 16].contains(p.gemmVectorWidth), "\(info.name): vector width \(p.gemmVectorWidth)")
+            if let backend {
+                _ = try backend.compile(name: "gemm", source: source, options: KernelRegistry.options(for: "gemm", parameters: p))
+            }
+        }
+    }
+
+    /// Opt-in throughput printout (SIGPROP_GEMM_BENCH=1), no assertions: speed is the
+    /// Benchmarks suite's business. GFLOP/s from the best of 5 batches of 10 runs, after 2 warm-ups.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["SIGPROP_GEMM_BENCH"] != nil && !TestBackend.openCLEntries.isEmpty))
+    func printThroughput() throws {
+        let device = try TestBackend.opencl.device()
+        let cases: [(Int, Int, Int, Bool, Bool)] = [
+            (1024, 1024, 1024, false, false), (1024, 1024, 1024, false, true), (1024, 1024, 1024, true, false),
+            (128, 1024, 784, false, false), (128, 1024, 784, false, true), (128, 1024, 784, true, false),
+            (128, 1024, 1024, false, false), (128, 1024, 1024, false, true), (128, 1024, 1024, true, false),
+            (1024, 784, 128, true, false), (1024, 1024, 128, true, false), (784, 1024, 128, true, false),
+            (128, 10, 1024, false, false), (128, 10, 1024, false, true), (128, 1024, 10, true, false), (1, 1, 1, false, false),
+        ]
+        for (m, n, k, ta, tb) in cases {
+            let a = try device.tensor(random(m * k, seed: 1), shape: ta ? [k, m] : [m, k])
+            let b = try device.tensor(random(k * n, seed: 2), shape: tb ? [n, k] : [k, n])
+            let c = try device.zeros([m, n])
+            let bias = try device.tensor(random(n, seed: 3), shape: [n])
+            let run = { try device.gemm(a, transposeA: ta, b, transposeB: tb, into: c, bias: bias, activation: .relu) }
+            for _ in 0..<2 { try run() }
+            try device.defaultStream.synchronize()
+            var seconds = Double.infinity // the best of 5 batches: the host may be shared
+            for _ in 0..<5 {
+                let start = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<10 { try run() }
+                try device.defaultStream.synchronize()
+                seconds = min(seconds, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / 10)
+            }
+            let kernel = GemmPlan(GemmShape(m: m, n: n, k: k, transposeA: ta, transposeB: tb, alpha: 1, beta: 0, activation: .relu),
+                                  (device.backend as! OpenCLBackend).parameters).kernel
+            print(String(format: "gemm %@ %@: %8.1f GFLOP/s %9.3f ms", Self.describe(m, n, k, ta, tb), kernel,
+                         2 * Double(m * n * k) / seconds / 1e9, seconds * 1e3))
+        }
+    }
+
+    // MARK: Helpers
+
+    private func check(_ device: Device, m: Int, n: Int, k: Int, ta: Bool, tb: Bool, alpha: Float, beta: Float, bias withBias: Bool,
+                       activation: Activation, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let a = random(m * k, seed: UInt64(m * 31 + k)), b = random(k * n, seed: UInt64(n * 17 + k))
+        let c0 = random(m * n, seed: 3), bias = random(n, seed: 4)
+        let c = try device.tensor(c0, shape: [m, n])
+        try device.gemm(try device.tensor(a, shape: ta ? [k, m] : [m, k]), transposeA: ta,
+                        try device.tensor(b, shape: tb ? [n, k] : [k, n]), transposeB: tb, into: c, alpha: alpha, beta: beta,
+                        bias: withBias ? try device.tensor(bias, shape: [n]) : nil, activation: activation)
+        let product = naiveProduct(a, b, m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+        let expected = (0..<(m * n)).map { i -> Float in
+            let v = alpha * product[i] + beta * c0[i] + (withBias ? bias[i % n] : 0)
+            switch activation {
+            case .identity: return v
+            case .relu: return max(v, 0)
+            case .leakyRelu: return v > 0 ? v : 0.01 * v
+            case .tanh: return Foundation.tanh(v)
+            }
+        }
+        let what = "\(device.kind) gemm \(Self.describe(m, n, k, ta, tb)) alpha \(alpha) beta \(beta)\(withBias ? " bias" : "") \(activation)"
+        expectClose(try device.read(c), expected, absolute: 2e-4, relative: 1e-4, what, sourceLocation: sourceLocation)
+    }
+
+    static func describe(_ m: Int, _ n: Int, _ k: Int, _ ta: Bool, _ tb: Bool) -> String {
+        "\(m)x\(n)x\(k) \(ta ? "T" : "N")\(tb ? "T" : "N")"
+    }
+
+    static func info(kind: OpenCLDeviceInfo.Kind, name: String, localBytes: UInt64 = 64 << 10, groupSize: Int = 1024) -> OpenCLDeviceInfo {
+        OpenCLDeviceInfo(platformIndex: 0, deviceIndex: 0, platformName: "p", name: name, vendor: "v", version: "OpenCL 1.2", driverVersion: "1",
+                         kind: kind, computeUnits: 1, globalMemoryBytes: 1 << 30, localMemoryBytes: localBytes, maxAllocationBytes: 1 << 28,
+                         maxWorkGroupSize: groupSize, extensions: [])
+    }
+}
+
+extension OpenCLDeviceInfo {
+    /// The same device, reported as another kind (so the parameter table picks other kernels).
+    func posing(as kind: Kind) -> OpenCLDeviceInfo {
+        OpenCLDeviceInfo(platformIndex: platformIndex, deviceIndex: deviceIndex, platformName: platformName, name: name, vendor: vendor,
+                         version: version, driverVersion: driverVersion, kind: kind, computeUnits: computeUnits,
+                         globalMemoryBytes: globalMemoryBytes, localMemoryBytes: localMemoryBytes, maxAllocationBytes: maxAllocationBytes,
+                         maxWorkGroupSize: maxWorkGroupSize, extensions: extensions)
+    }
+}
