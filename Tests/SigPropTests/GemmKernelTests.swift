@@ -104,40 +104,6 @@ import Testing
         }
     }
 
-    /// Opt-in throughput printout (SIGPROP_GEMM_BENCH=1), no assertions: speed is the
-    /// Benchmarks suite's business. GFLOP/s from the best of 5 batches of 10 runs, after 2 warm-ups.
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["SIGPROP_GEMM_BENCH"] != nil && !TestBackend.openCLEntries.isEmpty))
-    func printThroughput() throws {
-        let device = try TestBackend.opencl.device()
-        let cases: [(Int, Int, Int, Bool, Bool)] = [
-            (1024, 1024, 1024, false, false), (1024, 1024, 1024, false, true), (1024, 1024, 1024, true, false),
-            (128, 1024, 784, false, false), (128, 1024, 784, false, true), (128, 1024, 784, true, false),
-            (128, 1024, 1024, false, false), (128, 1024, 1024, false, true), (128, 1024, 1024, true, false),
-            (1024, 784, 128, true, false), (1024, 1024, 128, true, false), (784, 1024, 128, true, false),
-            (128, 10, 1024, false, false), (128, 10, 1024, false, true), (128, 1024, 10, true, false), (1, 1, 1, false, false),
-        ]
-        for (m, n, k, ta, tb) in cases {
-            let a = try device.tensor(random(m * k, seed: 1), shape: ta ? [k, m] : [m, k])
-            let b = try device.tensor(random(k * n, seed: 2), shape: tb ? [n, k] : [k, n])
-            let c = try device.zeros([m, n])
-            let bias = try device.tensor(random(n, seed: 3), shape: [n])
-            let run = { try device.gemm(a, transposeA: ta, b, transposeB: tb, into: c, bias: bias, activation: .relu) }
-            for _ in 0..<2 { try run() }
-            try device.defaultStream.synchronize()
-            var seconds = Double.infinity // the best of 5 batches: the host may be shared
-            for _ in 0..<5 {
-                let start = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<10 { try run() }
-                try device.defaultStream.synchronize()
-                seconds = min(seconds, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / 10)
-            }
-            let kernel = GemmPlan(GemmShape(m: m, n: n, k: k, transposeA: ta, transposeB: tb, alpha: 1, beta: 0, activation: .relu),
-                                  (device.backend as! OpenCLBackend).parameters).kernel
-            print(String(format: "gemm %@ %@: %8.1f GFLOP/s %9.3f ms", Self.describe(m, n, k, ta, tb), kernel,
-                         2 * Double(m * n * k) / seconds / 1e9, seconds * 1e3))
-        }
-    }
-
     // MARK: Helpers
 
     private func check(_ device: Device, m: Int, n: Int, k: Int, ta: Bool, tb: Bool, alpha: Float, beta: Float, bias withBias: Bool,
