@@ -125,15 +125,16 @@ enum CPUKernels {
         }
     }
 
-    /// im2col of one image: `columns[(c*kh + ky)*kw + kx, oy*Wo + ox]`, zero outside the image.
-    static func im2col(_ s: ConvShape, image: UnsafePointer<Float>, columns: UnsafeMutablePointer<Float>) {
+    /// im2col of one image into `columns` with row stride `stride` (so several images can sit
+    /// side by side): `columns[(c*kh + ky)*kw + kx, oy*Wo + ox]`, zero outside the image.
+    static func im2col(_ s: ConvShape, image: UnsafePointer<Float>, columns: UnsafeMutablePointer<Float>, rowStride: Int) {
         let (ho, wo) = (s.outHeight, s.outWidth)
         var row = 0
         for c in 0..<s.inChannels {
             let plane = image + c * s.height * s.width
             for ky in 0..<s.kernelHeight {
                 for kx in 0..<s.kernelWidth {
-                    let out = columns + row * ho * wo
+                    let out = columns + row * rowStride
                     // Output columns whose input column is inside the image: ox in lo..<hi.
                     let lo = min(wo, max(0, (s.padding - kx + s.stride - 1) / s.stride))
                     let hi = max(lo, min(wo, (s.width + s.padding - kx + s.stride - 1) / s.stride))
@@ -159,20 +160,45 @@ enum CPUKernels {
         }
     }
 
+    /// Images per chunk: a chunk's patch matrix and product stay within 32 MiB, so one large
+    /// product per chunk replaces many small per-image ones.
+    static func convChunk(_ s: ConvShape) -> Int {
+        let perImage = max(1, (s.inChannels * s.kernelHeight * s.kernelWidth + s.outChannels) * s.outHeight * s.outWidth * 4)
+        return max(1, min(s.batch, (32 << 20) / perImage))
+    }
+
+    /// The patch matrix of images n0..<n0+count: [patch, count * P], image-major columns.
+    static func chunkColumns(_ s: ConvShape, input: UnsafePointer<Float>, n0: Int, count: Int, into columns: UnsafeMutablePointer<Float>) {
+        let positions = s.outHeight * s.outWidth, imageSize = s.inChannels * s.height * s.width
+        parallelChunks(count, minimumChunk: 1) { images in
+            for n in images {
+                im2col(s, image: input + (n0 + n) * imageSize, columns: columns + n * positions, rowStride: count * positions)
+            }
+        }
+    }
+
     static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                        output: UnsafeMutablePointer<Float>, activation: Activation) {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth
         let positions = s.outHeight * s.outWidth
-        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
-        defer { columns.deallocate() }
-        for n in 0..<s.batch {
-            im2col(s, image: input + n * s.inChannels * s.height * s.width, columns: columns)
-            let out = output + n * s.outChannels * positions
-            gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0, activation: .identity),
-                 a: weight, b: columns, c: out)
-            for o in 0..<s.outChannels {
-                let b = bias?[o] ?? 0
-                for p in 0..<positions { out[o * positions + p] = activate(out[o * positions + p] + b, activation) }
+        let chunk = convChunk(s)
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * chunk * positions, 1))
+        let product = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
+        defer { columns.deallocate(); product.deallocate() }
+        for n0 in stride(from: 0, to: s.batch, by: chunk) {
+            let count = min(chunk, s.batch - n0)
+            chunkColumns(s, input: input, n0: n0, count: count, into: columns)
+            gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
+                           activation: .identity), a: weight, b: columns, c: product)
+            // Back to NCHW with bias and activation.
+            for n in 0..<count {
+                for o in 0..<s.outChannels {
+                    let from = product + o * count * positions + n * positions
+                    let to = output + ((n0 + n) * s.outChannels + o) * positions
+                    let b = bias?[o] ?? 0
+                    for p in 0..<positions { to[p] = from[p] + b }
+                    if activation != .identity { activate(to, into: to, count: positions, activation) }
+                }
             }
         }
     }
@@ -181,24 +207,26 @@ enum CPUKernels {
                                      weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, beta: Float) {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth
         let positions = s.outHeight * s.outWidth
-        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
-        defer { columns.deallocate() }
-        for n in 0..<s.batch {
-            im2col(s, image: input + n * s.inChannels * s.height * s.width, columns: columns)
-            gemm(GemmShape(m: s.outChannels, n: patch, k: positions, transposeA: false, transposeB: true, alpha: 1,
-                           beta: n == 0 ? beta : 1, activation: .identity),
-                 a: outputGradient + n * s.outChannels * positions, b: columns, c: weightGradient)
+        let chunk = convChunk(s)
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * chunk * positions, 1))
+        let gathered = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
+        defer { columns.deallocate(); gathered.deallocate() }
+        for n0 in stride(from: 0, to: s.batch, by: chunk) {
+            let count = min(chunk, s.batch - n0)
+            chunkColumns(s, input: input, n0: n0, count: count, into: columns)
+            for n in 0..<count {
+                for o in 0..<s.outChannels {
+                    (gathered + o * count * positions + n * positions)
+                        .update(from: outputGradient + ((n0 + n) * s.outChannels + o) * positions, count: positions)
+                }
+            }
+            gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
+                           beta: n0 == 0 ? beta : 1, activation: .identity),
+                 a: gathered, b: columns, c: weightGradient)
         }
         if s.batch == 0 { for i in 0..<(s.outChannels * patch) { weightGradient[i] = beta == 0 ? 0 : beta * weightGradient[i] } }
         if let biasGradient {
-            for o in 0..<s.outChannels {
-                var sum: Float = 0
-                for n in 0..<s.batch {
-                    let plane = outputGradient + (n * s.outChannels + o) * positions
-                    for p in 0..<positions { sum += plane[p] }
-                }
-                biasGradient[o] = sum + (beta == 0 ? 0 : beta * biasGradient[o])
-            }
+            channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient, alpha: 1, beta: beta)
         }
     }
 
