@@ -177,17 +177,26 @@ enum CPUKernels {
         }
     }
 
-    static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                       output: UnsafeMutablePointer<Float>, activation: Activation) {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
-        let positions = s.outHeight * s.outWidth
+    /// Calls `body(n0, count, columns, scratch)` for each chunk of images, with the chunk's patch
+    /// matrix in `columns` ([patch, count * P]) and room for an O x (count * P) matrix in `scratch`.
+    static func forEachImageChunk(_ s: ConvShape, input: UnsafePointer<Float>,
+                                  _ body: (Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
         let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * chunk * positions, 1))
-        let product = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
-        defer { columns.deallocate(); product.deallocate() }
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
+        defer { columns.deallocate(); scratch.deallocate() }
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             chunkColumns(s, input: input, n0: n0, count: count, into: columns)
+            body(n0, count, columns, scratch)
+        }
+    }
+
+    static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                       output: UnsafeMutablePointer<Float>, activation: Activation) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        forEachImageChunk(s, input: input) { n0, count, columns, product in
             gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
                            activation: .identity), a: weight, b: columns, c: product)
             // Back to NCHW with bias and activation.
@@ -205,15 +214,8 @@ enum CPUKernels {
 
     static func conv2dWeightGradient(_ s: ConvShape, input: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
                                      weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, beta: Float) {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
-        let positions = s.outHeight * s.outWidth
-        let chunk = convChunk(s)
-        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * chunk * positions, 1))
-        let gathered = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
-        defer { columns.deallocate(); gathered.deallocate() }
-        for n0 in stride(from: 0, to: s.batch, by: chunk) {
-            let count = min(chunk, s.batch - n0)
-            chunkColumns(s, input: input, n0: n0, count: count, into: columns)
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        forEachImageChunk(s, input: input) { n0, count, columns, gathered in
             for n in 0..<count {
                 for o in 0..<s.outChannels {
                     (gathered + o * count * positions + n * positions)

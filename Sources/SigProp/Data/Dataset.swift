@@ -49,13 +49,7 @@ public struct Dataset: Sendable {
             throw SigPropError.shapeMismatch(
                 operation: "Dataset", detail: "label \(labels[bad]) of item \(bad) is outside 0..<\(classes)")
         }
-        self.images = images
-        self.labels = labels
-        self.channels = channels
-        self.height = height
-        self.width = width
-        self.classes = classes
-        self.format = format
+        self.init(unchecked: images, labels: labels, channels: channels, height: height, width: width, classes: classes, format: format)
     }
 
     /// The images and labels of `indices`, in that order: `indices.count × featureCount` floats.
