@@ -63,6 +63,22 @@ import Testing
         }
     }
 
+    /// A device and its tensors and streams are freed when the last reference goes (an
+    /// OpenCL context per leaked device would add up in a long-running process).
+    @Test(arguments: TestBackend.available)
+    func devicesAreReleased(_ backend: TestBackend) throws {
+        weak var released: Device?
+        try {
+            let device = backend == .cpu ? try Device.cpu() : try Device.opencl(TestBackend.openCLEntries[0])
+            let stream = try device.makeStream()
+            let tensor = try device.zeros([4], on: stream)
+            try device.fill(tensor, with: 1, on: device.defaultStream)
+            try stream.synchronize()
+            released = device
+        }()
+        #expect(released == nil)
+    }
+
     @Test func capabilitiesAreData() throws {
         for backend in TestBackend.available {
             let capabilities = try backend.device().capabilities

@@ -76,13 +76,17 @@ public final class Event: @unchecked Sendable {
 /// against this class only; it checks shapes and devices, then hands the work to its backend.
 public final class Device: @unchecked Sendable, CustomStringConvertible {
     let backend: Backend
-    /// The stream used when an operation is given none.
-    public private(set) var defaultStream: Stream!
+    /// The queue behind `defaultStream`. Held as a queue, not a `Stream`, because a stream
+    /// holds its device: a stored stream would keep every device alive forever.
+    let defaultQueue: BackendQueue
 
     init(backend: Backend) throws {
         self.backend = backend
-        self.defaultStream = Stream(device: self, queue: try backend.makeQueue())
+        self.defaultQueue = try backend.makeQueue()
     }
+
+    /// The stream used when an operation is given none.
+    public var defaultStream: Stream { Stream(device: self, queue: defaultQueue) }
 
     /// The CPU fallback (OpenBLAS for products, Swift for the rest).
     public static func cpu() throws -> Device { try Device(backend: CPUBackend()) }
@@ -355,7 +359,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     // MARK: Checks
 
     private func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {
-        guard let stream else { return defaultStream.queue }
+        guard let stream else { return defaultQueue }
         guard stream.device === self else {
             throw SigPropError.deviceMismatch(operation: operation, tensorDevice: "a stream of \(stream.device.description)", device: description)
         }
