@@ -53,6 +53,8 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     init() {
         deviceDescription = "CPU (OpenBLAS, \(ProcessInfo.processInfo.activeProcessorCount) cores)"
+        // Products are split over the cores by CPUKernels.gemm; see there.
+        openblas_set_num_threads(1)
     }
 
     /// Nothing to compile: the CPU operations are Swift and OpenBLAS.

@@ -71,14 +71,37 @@ enum CPUKernels {
             for i in 0..<(s.m * s.n) { c[i] = s.beta == 0 ? 0 : s.beta * c[i] }
             return
         }
+        // Large products are split over the cores here, each part a single-threaded OpenBLAS
+        // call (OpenBLAS runs with one thread, see CPUBackend.init): its own worker threads
+        // spin after every call and starve the element-wise loops that follow.
+        let parts = min(ProcessInfo.processInfo.activeProcessorCount, max(1, s.m * s.n * s.k / (1 << 20)))
+        let splitRows = s.m >= s.n
+        let extent = splitRows ? s.m : s.n
+        guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
+        let size = (extent + parts - 1) / parts
+        let pointers = UncheckedSendable((a, b, c))
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let range = (part * size)..<min(extent, (part + 1) * size)
+            guard !range.isEmpty else { return }
+            let (a, b, c) = pointers.value
+            sgemmPart(s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m, columns: splitRows ? 0..<s.n : range)
+        }
+    }
+
+    /// The block `rows` x `columns` of C, by one BLAS call on offset pointers.
+    static func sgemmPart(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                          rows: Range<Int>, columns: Range<Int>) {
+        // op(A) rows i: A[i, :] (lda K) or, transposed, A[:, i] (lda M); likewise op(B) columns j.
+        let aStart = s.transposeA ? a + rows.lowerBound : a + rows.lowerBound * s.k
+        let bStart = s.transposeB ? b + columns.lowerBound * s.k : b + columns.lowerBound
         cblas_sgemm(
             CblasRowMajor,
             s.transposeA ? CblasTrans : CblasNoTrans,
             s.transposeB ? CblasTrans : CblasNoTrans,
-            blasint(s.m), blasint(s.n), blasint(s.k),
-            s.alpha, a, blasint(s.transposeA ? s.m : s.k),
-            b, blasint(s.transposeB ? s.k : s.n),
-            s.beta, c, blasint(s.n))
+            blasint(rows.count), blasint(columns.count), blasint(s.k),
+            s.alpha, aStart, blasint(s.transposeA ? s.m : s.k),
+            bStart, blasint(s.transposeB ? s.k : s.n),
+            s.beta, c + rows.lowerBound * s.n + columns.lowerBound, blasint(s.n))
     }
 
     static func biasActivation(_ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?, activation: Activation) {
