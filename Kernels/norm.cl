@@ -48,12 +48,25 @@ __kernel void normalize_groups_backward(__global const float* dxhat, __global co
         }
 }
 
-// y = x * scale[c] + (has_shift ? shift[c] : 0) with c = (index / inner) % channels: a norm's
-// affine part, per feature of [B, D] (channels D, inner 1) or per channel of [B, C, P].
+// y = x * scale[c] + (has_shift ? shift[c] : 0) over x viewed as [outer, channels, inner]: a
+// norm's affine part, per feature of [B, D] (channels D, inner 1) or per channel of
+// [B, C, P]. Work-item (i, row) of [inner, outer * channels] with c = row % channels, or, when
+// inner is 1, (c, o) of [channels, outer]: the first dimension always runs over contiguous
+// memory and no division happens per element (integer division does not vectorise on CPU
+// drivers).
 __kernel void scale_shift_channels(__global const float* x, __global const float* scale, __global const float* shift,
-                                   const int has_shift, __global float* y, const int n, const int channels, const int inner) {
-    const int index = get_global_id(0);
-    if (index >= n) return;
-    const int c = (index / inner) % channels;
+                                   const int has_shift, __global float* y, const int outer, const int channels, const int inner) {
+    const int first = get_global_id(0), second = get_global_id(1);
+    int c;
+    size_t index;
+    if (inner == 1) {
+        if (first >= channels || second >= outer) return;
+        c = first;
+        index = (size_t)second * channels + first;
+    } else {
+        if (first >= inner || second >= outer * channels) return;
+        c = second % channels;
+        index = (size_t)second * inner + first;
+    }
     y[index] = x[index] * scale[c] + (has_shift ? shift[c] : 0.0f);
 }

@@ -8,6 +8,21 @@ final class OpenCLQueue: BackendQueue, @unchecked Sendable {
     let queue: CLQueue
     init(_ queue: CLQueue) { self.queue = queue }
 
+    /// Scratch buffers of this queue (im2col matrices), kept between calls: work on one
+    /// in-order queue never overlaps, so reuse is safe here, and a 64 MiB allocation per
+    /// convolution is not paid again. Other queues have their own.
+    private var scratch: [Int: CLBuffer] = [:]
+    private let scratchLock = NSLock()
+
+    func scratch(_ slot: Int, bytes: Int, context: CLContext) throws -> CLBuffer {
+        try scratchLock.withLock {
+            if let buffer = scratch[slot], buffer.bytes >= bytes { return buffer }
+            let buffer = try CLBuffer(context: context, bytes: bytes)
+            scratch[slot] = buffer
+            return buffer
+        }
+    }
+
     func record() throws -> BackendEvent { OpenCLEvent(try queue.marker()) }
 
     func wait(for event: BackendEvent) throws {
@@ -182,18 +197,19 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
-        let columns = try CLBuffer(context: context, bytes: patch * chunk * positions * 4)
-        let product = try CLBuffer(context: context, bytes: s.outChannels * chunk * positions * 4)
+        let clQueue = queue as! OpenCLQueue
+        let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
+        let product = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [patch * count * positions], on: queue)
+                       global: [s.outWidth, s.outHeight, count * s.inChannels], on: queue)
             try gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
                                activation: .identity), a: weight, b: columns, c: product, bias: nil, on: queue)
             try launch("conv", "channel_major_to_nchw",
                        [.buffer(product), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1), .buffer(mem(output)), .int(Int32(n0)),
                         .int(Int32(count)), .int(Int32(s.outChannels)), .int(Int32(positions)), .int(activation.code)],
-                       global: [count * s.outChannels * positions], on: queue)
+                       global: [positions, s.outChannels, count], on: queue)
         }
     }
 
@@ -201,18 +217,19 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
-        let columns = try CLBuffer(context: context, bytes: patch * chunk * positions * 4)
-        let gathered = try CLBuffer(context: context, bytes: s.outChannels * chunk * positions * 4)
+        let clQueue = queue as! OpenCLQueue
+        let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
+        let gathered = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
         if s.batch == 0 {
             try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
         }
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [patch * count * positions], on: queue)
+                       global: [s.outWidth, s.outHeight, count * s.inChannels], on: queue)
             try launch("conv", "nchw_to_channel_major",
                        [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
-                        .int(Int32(positions))], global: [count * s.outChannels * positions], on: queue)
+                        .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
             try gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
                                beta: n0 == 0 ? beta : 1, activation: .identity),
                      a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
@@ -254,9 +271,10 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
+        let outer = count / (channels * inner)
         try launch("norm", "scale_shift_channels", [.buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)), .int(shift == nil ? 0 : 1),
-                                                    .buffer(mem(into)), .int(Int32(count)), .int(Int32(channels)), .int(Int32(inner))],
-                   global: [count], on: queue)
+                                                    .buffer(mem(into)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner))],
+                   global: inner == 1 ? [channels, outer] : [inner, outer * channels], on: queue)
     }
 
     func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
