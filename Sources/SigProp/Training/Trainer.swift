@@ -147,7 +147,7 @@ public final class Trainer {
         for (index, indices) in batches.enumerated() {
             var (images, labels) = train.batch(indices)
             if options.augmentation.augmentation.isEnabled {
-                try options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
+                options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
                                                         using: &generator)
             }
             let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
