@@ -149,24 +149,19 @@ public final class Network {
     /// The input stream through every block (the target stream is not used at inference).
     public func features(images: [Float], count: Int, on stream: Stream? = nil) throws -> [Tensor] {
         let x = try device.tensor(images, shape: [count] + config.inputShape, on: stream)
-        var h = try signal.infer(x, on: stream)
-        var outputs = [h]
-        for block in hidden {
-            h = try block.infer(h, on: stream)
-            outputs.append(h)
-        }
-        return outputs
+        return try throughHiddenBlocks(try signal.infer(x, on: stream), on: stream)
     }
 
     /// Each class's target activations at every block: the context of onehot(k) through the blocks.
     public func classTargets(on stream: Stream? = nil) throws -> [Tensor] {
         let onehot = try self.onehot((0..<config.classes).map(Int32.init), on: stream)
-        var t = try signal.inferTarget(onehot, on: stream)
-        var targets = [t]
-        for block in hidden {
-            t = try block.infer(t, on: stream)
-            targets.append(t)
-        }
-        return targets
+        return try throughHiddenBlocks(try signal.inferTarget(onehot, on: stream), on: stream)
+    }
+
+    /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
+    func throughHiddenBlocks(_ first: Tensor, on stream: Stream?) throws -> [Tensor] {
+        var outputs = [first]
+        for block in hidden { outputs.append(try block.infer(outputs[outputs.count - 1], on: stream)) }
+        return outputs
     }
 }
