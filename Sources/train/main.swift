@@ -35,7 +35,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
     var fixedContext = false
 
-    @Flag(inversion: .prefixedNo, help: "Run the target stream on one row per class (exact with per-sample norms; always off with batch norm).")
+    @Flag(inversion: .prefixedNo, help: "Run the target stream on one row per class where that is exact (per-sample norms, no dropout); off otherwise.")
     var kRowShortcut: Bool?
 
     @Option(help: "Samples per batch. Default 128.")
