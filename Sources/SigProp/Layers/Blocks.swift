@@ -64,6 +64,13 @@ public enum FixedStep: Sendable, Equatable, Codable {
     }
 }
 
+extension Array where Element == FixedStep {
+    /// The steps in order (a block's `after`), dropout only where masks are given (training).
+    func apply(to x: Tensor, dropout: DropoutMasks?, on stream: Stream?) throws -> Tensor {
+        try reduce(x) { try $1.apply($0, dropout: dropout, on: stream) }
+    }
+}
+
 /// The signal block: an input part `g` on x and a context part `p` (dense K -> g's output
 /// shape, layer norm, ReLU, no bias) on onehot(c); one loss with T0 = onehot(c), one optimizer
 /// over both parts.
@@ -106,19 +113,15 @@ public final class SignalBlock {
             try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
         }
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, dropout: dropout, on: stream), t: try applyAfter(t, dropout: dropout, on: stream), loss: out)
+        return BlockStep(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: t, dropout: dropout, on: stream), loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try input.forward(x, on: stream).output, dropout: nil, on: stream)
+        try after.apply(to: try input.forward(x, on: stream).output, dropout: nil, on: stream)
     }
 
     public func inferTarget(_ onehot: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try target(onehot, on: stream).1, dropout: nil, on: stream)
-    }
-
-    func applyAfter(_ x: Tensor, dropout: DropoutMasks?, on stream: Stream?) throws -> Tensor {
-        try after.reduce(x) { try $1.apply($0, dropout: dropout, on: stream) }
+        try after.apply(to: try target(onehot, on: stream).1, dropout: nil, on: stream)
     }
 }
 
@@ -144,16 +147,12 @@ public final class HiddenBlock {
         try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
         try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try applyAfter(hPass.output, dropout: dropout, on: stream), t: try applyAfter(tPass.output, dropout: dropout, on: stream),
+        return BlockStep(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
                          loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
-        try applyAfter(try layer.forward(x, on: stream).output, dropout: nil, on: stream)
-    }
-
-    func applyAfter(_ x: Tensor, dropout: DropoutMasks?, on stream: Stream?) throws -> Tensor {
-        try after.reduce(x) { try $1.apply($0, dropout: dropout, on: stream) }
+        try after.apply(to: try layer.forward(x, on: stream).output, dropout: nil, on: stream)
     }
 }
 
