@@ -221,16 +221,19 @@ struct Train: ParsableCommand {
         let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: options.seed)
         if let checkpoint {
             try checkpoint.restore(into: network)
-            emit("resumed: \(resume!) after epoch \(epochsDone)")
+            let batches = try checkpoint.batchesDone
+            emit("resumed: \(resume!) after epoch \(epochsDone)" + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
         }
         let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet)
         emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)")
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0
+        let interrupt = InterruptFlag.installForSIGINT()
+        var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()
-            let result = try trainer.runEpoch(epoch) { progress in
+            let outcome = try trainer.runEpoch(epoch, startBatch: startBatch, shouldStop: { interrupt.isSet }) { progress in
                 let line = String(format: "epoch %d/%d  batch %d/%d  %.0f samples/s  losses %@  ETA %.0f s",
                                   progress.epoch + 1, options.epochs, progress.batch, progress.batches, progress.samplesPerSecond,
                                   progress.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), progress.secondsLeft)
@@ -242,18 +245,30 @@ struct Train: ParsableCommand {
                     emit(line)
                 }
             }
+            startBatch = 0
             if terminal { print("\r\u{1B}[K", terminator: "") }
-            emit(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
-                        result.epoch, options.epochs, result.seconds, result.samplesPerSecond,
-                        result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), result.outputLoss,
-                        100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
-            let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
-                .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
-            emit("  other readouts: " + others.joined(separator: ", ") + "; adaptive uses block \(result.adaptiveBlock)")
+            guard case .completed(let result) = outcome else {
+                if case .interrupted(let batchesDone) = outcome {
+                    try Checkpoint(network: network, options: options, epochs: epoch, batchesDone: batchesDone).write(to: checkpointURL)
+                    emit("interrupted after batch \(batchesDone) of epoch \(epoch + 1); checkpoint: \(checkpointURL.path). Continue with --resume \(checkpointURL.path)")
+                }
+                throw ExitCode(130)
+            }
+            report(result, options: options)
             if let path = metrics { try appendMetrics(result, to: path) }
             try Checkpoint(network: network, options: options, epochs: epoch + 1).write(to: checkpointURL)
         }
         emit("checkpoint: \(checkpointURL.path)")
+    }
+
+    func report(_ result: EpochMetrics, options: TrainingOptions) {
+        let losses = result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " ")
+        emit(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
+                    result.epoch, options.epochs, result.seconds, result.samplesPerSecond, losses, result.outputLoss,
+                    100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+        let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
+            .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
+        emit("  other readouts: " + others.joined(separator: ", ") + "; adaptive uses block \(result.adaptiveBlock)")
     }
 
     func appendMetrics(_ metrics: EpochMetrics, to path: String) throws {
@@ -270,6 +285,33 @@ struct Train: ParsableCommand {
         defer { try? handle.close() }
         try handle.seekToEnd()
         try handle.write(contentsOf: line)
+    }
+}
+
+/// Set by Ctrl-C (SIGINT): training finishes the current batch, writes a checkpoint and exits.
+/// A second Ctrl-C exits at once.
+final class InterruptFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var set = false
+    private var source: DispatchSourceSignal?
+
+    var isSet: Bool { lock.withLock { set } }
+
+    static func installForSIGINT() -> InterruptFlag {
+        let flag = InterruptFlag()
+        signal(SIGINT, SIG_IGN)  // delivered to the dispatch source instead
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        source.setEventHandler {
+            let again = flag.lock.withLock { () -> Bool in
+                defer { flag.set = true }
+                return flag.set
+            }
+            if again { exit(130) }
+            FileHandle.standardError.write(Data("\ninterrupt: finishing the current batch, then writing a checkpoint (Ctrl-C again to quit now)\n".utf8))
+        }
+        source.resume()
+        flag.source = source
+        return flag
     }
 }
 

@@ -43,7 +43,10 @@ import Testing
         let trainer = try Trainer(network: try Self.network(device), options: options,
                                   train: try Self.syntheticData(count: 512, seed: 1), test: try Self.syntheticData(count: 128, seed: 2))
         var metrics: EpochMetrics?
-        for epoch in 0..<3 { metrics = try trainer.runEpoch(epoch) }
+        for epoch in 0..<3 {
+            guard case .completed(let result) = try trainer.runEpoch(epoch) else { Issue.record("epoch \(epoch) did not complete"); return }
+            metrics = result
+        }
         let last = try #require(metrics)
         #expect(last.testAccuracy > 0.9, "adaptive readout accuracy \(last.testAccuracy)")
         #expect(last.readoutAccuracies["output"]! > 0.5, "output layer accuracy \(last.readoutAccuracies)")
@@ -77,6 +80,45 @@ import Testing
         try step(original, batches[2])
         try step(resumed, batches[2])
         #expect(try Self.state(resumed) == Self.state(original))
+    }
+
+    /// Ctrl-C in the middle of an epoch: the checkpoint then written, resumed, ends the epoch
+    /// with the weights of an uninterrupted run (augmentation and dropout draws included).
+    @Test(arguments: TestBackend.available)
+    func interruptedEpochResumesExactly(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let (train, test) = (try Self.syntheticData(count: 256, seed: 5), try Self.syntheticData(count: 32, seed: 6))
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.augmentation.horizontalFlip = true
+        options.augmentation.cropPadding = 1
+        options.adaptiveSamples = 32
+        func network() throws -> Network {
+            var config = ModelConfig()
+            config.inputShape = [1, 6, 6]
+            config.classes = 4
+            config.width = 16
+            config.dropout = 0.1
+            return try Network(config: config, device: device, optimizer: options.optimizer, seed: 8)
+        }
+        let uninterrupted = try network()
+        _ = try Trainer(network: uninterrupted, options: options, train: train, test: test).runEpoch(0)
+
+        let first = try network()
+        var asked = 0
+        let outcome = try Trainer(network: first, options: options, train: train, test: test).runEpoch(0, shouldStop: {
+            asked += 1
+            return asked > 3
+        })
+        guard case .interrupted(let done) = outcome else { Issue.record("the epoch was not interrupted"); return }
+        #expect(done == 3)
+        let checkpoint = try Checkpoint(safetensors: try Checkpoint(network: first, options: options, epochs: 0, batchesDone: done).serialized(),
+                                        path: "memory")
+        #expect(try checkpoint.batchesDone == 3)
+        let resumed = try network()
+        try checkpoint.restore(into: resumed)
+        _ = try Trainer(network: resumed, options: options, train: train, test: test).runEpoch(0, startBatch: try checkpoint.batchesDone)
+        #expect(try Self.state(resumed) == Self.state(uninterrupted))
     }
 
     @Test func badCheckpointsAreRefusedWithTheReason() throws {

@@ -17,8 +17,9 @@ public struct Checkpoint {
 
     // MARK: Network <-> checkpoint
 
-    /// Everything needed to continue training `network` after `epochs` completed epochs.
-    public init(network: Network, options: TrainingOptions, epochs: Int) throws {
+    /// Everything needed to continue training `network` after `epochs` completed epochs and
+    /// `batchesDone` batches of the next (an interrupted epoch).
+    public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0) throws {
         let device = network.device
         var tensors: [String: GoldenTensor] = [:]
         for parameter in network.parameters {
@@ -33,6 +34,7 @@ public struct Checkpoint {
         self.metadata = [
             "format": Self.formatName,
             "epochs": String(epochs),
+            "batches_done": String(batchesDone),
             "optimizer_steps": network.optimizers.map { String($0.steps) }.joined(separator: ","),
             "model": String(decoding: try encoder.encode(network.config), as: UTF8.self),
             "options": String(decoding: try encoder.encode(options), as: UTF8.self),
@@ -42,6 +44,14 @@ public struct Checkpoint {
     public var epochs: Int {
         get throws {
             guard let text = metadata["epochs"], let value = Int(text), value >= 0 else { throw Self.invalid("metadata 'epochs' is missing or not a number") }
+            return value
+        }
+    }
+
+    /// Batches of epoch `epochs + 1` already trained (0 at an epoch boundary).
+    public var batchesDone: Int {
+        get throws {
+            guard let value = Int(metadata["batches_done"] ?? "0"), value >= 0 else { throw Self.invalid("metadata 'batches_done' is not a number") }
             return value
         }
     }

@@ -132,41 +132,61 @@ public final class Trainer {
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
 
-    /// Trains epoch `epoch` (0-based) and evaluates on the test set.
-    public func runEpoch(_ epoch: Int, progress: (BatchProgress) -> Void = { _ in }) throws -> EpochMetrics {
+    /// How an epoch ended.
+    public enum EpochOutcome {
+        case completed(EpochMetrics)
+        /// `shouldStop` said so after this many batches of the epoch (all of them applied).
+        case interrupted(batchesDone: Int)
+    }
+
+    /// The random draws of one batch (augmentation, dropout) come from a generator of their own,
+    /// fixed by (seed, epoch, batch): a run resumed in the middle of an epoch draws exactly
+    /// what an uninterrupted one would.
+    func batchGenerator(_ purpose: UInt64, epoch: Int, batch: Int) -> SeededGenerator {
+        var mixer = SeededGenerator(seed: options.seed ^ (purpose &* 0x9E37_79B9_7F4A_7C15))
+        return SeededGenerator(seed: mixer.next() &+ UInt64(epoch) &* 0x1_0000_0001 &+ UInt64(batch))
+    }
+
+    /// Trains epoch `epoch` (0-based) from batch `startBatch` on and evaluates on the test set;
+    /// `shouldStop` is asked between batches (Ctrl-C). The metrics of an epoch resumed in the
+    /// middle cover the batches trained in this call.
+    public func runEpoch(_ epoch: Int, startBatch: Int = 0, shouldStop: () -> Bool = { false },
+                         progress: (BatchProgress) -> Void = { _ in }) throws -> EpochOutcome {
         let device = network.device
         let loss = LocalLoss(kind: options.loss.kind)
         let learningRate = options.optimizer.learningRate(epoch: epoch)
         let batches = order.batches(epoch: epoch)
-        var generator = SeededGenerator(seed: options.seed &+ 0x5EED &* UInt64(epoch + 1))
-        let dropout = network.config.dropout > 0 ? DropoutMasks(generator: SeededGenerator(seed: options.seed &+ 0xD209 &* UInt64(epoch + 1))) : nil
         var lossSums = [Double](repeating: 0, count: network.blockCount + 1)
-        var correct = 0, seen = 0
+        var correct = 0, seen = 0, trained = 0
         let start = Date()
         var lastReport = Date.distantPast
-        for (index, indices) in batches.enumerated() {
+        for (index, indices) in batches.enumerated() where index >= startBatch {
+            if shouldStop() { return .interrupted(batchesDone: index) }
             var (images, labels) = train.batch(indices)
             if options.augmentation.augmentation.isEnabled {
+                var generator = batchGenerator(1, epoch: epoch, batch: index)
                 options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
                                                         using: &generator)
             }
+            let dropout = network.config.dropout > 0 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
             let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
                                                 kRowShortcut: options.kRowShortcut, dropout: dropout)
             let losses = try result.rowLosses.map { try device.read($0).reduce(0) { $0 + Double($1) } }
             for (block, value) in losses.enumerated() {
                 guard value.isFinite else {
-                    throw SigPropError.configuration("training stopped: the loss of \(block < network.blockCount ? "block \(block)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(index + 1). Lower --lr or check the data.")
+                    throw SigPropError.configuration("training stopped: the loss of \(block < network.blockCount ? "block \(block + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(index + 1). Lower --lr or check the data.")
                 }
                 lossSums[block] += value
             }
             correct += zip(Self.argmax(try device.read(result.logits), columns: network.config.classes), labels).filter { $0 == Int($1) }.count
             seen += labels.count
+            trained += 1
             if Date().timeIntervalSince(lastReport) > 0.25 || index == batches.count - 1 {
                 lastReport = Date()
                 let elapsed = Date().timeIntervalSince(start)
                 progress(BatchProgress(epoch: epoch, batch: index + 1, batches: batches.count, samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
-                                       blockLosses: lossSums.map { $0 / Double(index + 1) },
-                                       secondsLeft: elapsed / Double(index + 1) * Double(batches.count - index - 1)))
+                                       blockLosses: lossSums.map { $0 / Double(trained) },
+                                       secondsLeft: elapsed / Double(trained) * Double(batches.count - index - 1)))
             }
         }
         let seconds = Date().timeIntervalSince(start)
@@ -176,12 +196,12 @@ public final class Trainer {
         }
         let adaptiveBlock = try chooseAdaptiveBlock()
         let accuracies = try evaluate(test, adaptiveBlock: adaptiveBlock)
-        let means = lossSums.map { $0 / Double(max(batches.count, 1)) }
-        return EpochMetrics(epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
+        let means = lossSums.map { $0 / Double(max(trained, 1)) }
+        return .completed(EpochMetrics(epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
                             trainAccuracy: Double(correct) / Double(max(seen, 1)),
                             testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
                             adaptiveBlock: adaptiveBlock,
-                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9), backend: network.device.description)
+                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9), backend: network.device.description))
     }
 
     /// The block (1-based) whose similarity readout is best on the first `adaptiveSamples`
