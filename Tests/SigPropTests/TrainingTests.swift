@@ -121,6 +121,34 @@ import Testing
         #expect(try Self.state(resumed) == Self.state(uninterrupted))
     }
 
+    /// Device memory in use is the same after every epoch (nothing kept per batch or epoch),
+    /// and the process's resident memory does not grow with epochs.
+    @Test(arguments: TestBackend.available)
+    func memoryStaysFlatAcrossEpochs(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.adaptiveSamples = 64
+        let trainer = try Trainer(network: try Self.network(device), options: options,
+                                  train: try Self.syntheticData(count: 256, seed: 9), test: try Self.syntheticData(count: 64, seed: 10))
+        var deviceBytes: [Int] = [], residentBytes: [Int] = []
+        for epoch in 0..<6 {
+            _ = try trainer.runEpoch(epoch)
+            try device.defaultStream.synchronize()
+            deviceBytes.append(device.bytesInUse)
+            residentBytes.append(Self.residentBytes())
+        }
+        #expect(deviceBytes[0] > 0)
+        #expect(Set(deviceBytes.dropFirst()).count == 1 && deviceBytes[1] == deviceBytes[0], "device bytes per epoch: \(deviceBytes)")
+        #expect(residentBytes[5] - residentBytes[1] < 16 << 20, "resident bytes per epoch: \(residentBytes)")
+    }
+
+    static func residentBytes() -> Int {
+        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = statm.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
     @Test func badCheckpointsAreRefusedWithTheReason() throws {
         let device = try TestBackend.cpu.device()
         let network = try Self.network(device)

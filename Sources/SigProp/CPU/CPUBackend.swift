@@ -6,14 +6,20 @@ import Foundation
 final class CPUBuffer: TensorStorage, @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
     let count: Int
+    let counter: MemoryCounter
 
     /// Uninitialised: `Device` fills every new tensor on its stream.
-    init(count: Int) {
+    init(count: Int, counter: MemoryCounter) {
         self.count = count
+        self.counter = counter
         pointer = .allocate(capacity: max(count, 1))
+        counter.add(count * MemoryLayout<Float>.size)
     }
 
-    deinit { pointer.deallocate() }
+    deinit {
+        pointer.deallocate()
+        counter.add(-count * MemoryLayout<Float>.size)
+    }
 }
 
 /// A serial worker: operations run in order, off the caller's thread, as on an OpenCL queue.
@@ -60,7 +66,10 @@ final class CPUBackend: Backend, @unchecked Sendable {
     /// Nothing to compile: the CPU operations are Swift and OpenBLAS.
     func buildAllPrograms() throws -> [ProgramBuildReport] { [] }
 
-    func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count) }
+    let memory = MemoryCounter()
+    var bytesInUse: Int { memory.value }
+
+    func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count, counter: memory) }
 
     func makeQueue() throws -> BackendQueue { CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())") }
 

@@ -9,6 +9,9 @@ protocol Backend: AnyObject, Sendable {
     /// Compiles every kernel program now rather than on first use; reports build times.
     func buildAllPrograms() throws -> [ProgramBuildReport]
 
+    /// Bytes of tensor storage (and backend scratch) alive on the device.
+    var bytesInUse: Int { get }
+
     func allocate(count: Int) throws -> TensorStorage
     func makeQueue() throws -> BackendQueue
 

@@ -101,6 +101,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public var capabilities: DeviceCapabilities { backend.capabilities }
     public var description: String { "\(kind.rawValue): \(name)" }
 
+    /// Bytes of device memory held by live tensors and the backend's scratch buffers.
+    public var bytesInUse: Int { backend.bytesInUse }
+
     /// Compiles every kernel program for this device now (OpenCL) and reports build times.
     public func buildAllPrograms() throws -> [ProgramBuildReport] { try backend.buildAllPrograms() }
 

@@ -71,6 +71,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     func makeQueue() throws -> BackendQueue { OpenCLQueue(try CLQueue(context: context)) }
 
+    var bytesInUse: Int { context.memory.value }
+
     // MARK: Programs
 
     /// Builds every program now (instead of on first use) and reports the build times.

@@ -122,6 +122,8 @@ public enum OpenCLDiscovery {
 final class CLContext: @unchecked Sendable {
     let handle: cl_context
     let device: cl_device_id?
+    /// Bytes of every buffer of this context still referenced from Swift.
+    let memory = MemoryCounter()
 
     init(device: cl_device_id?) throws {
         var status: cl_int = 0
@@ -231,6 +233,7 @@ final class CLEvent: @unchecked Sendable {
 final class CLBuffer: @unchecked Sendable {
     let handle: cl_mem
     let bytes: Int
+    private let counter: MemoryCounter
 
     init(context: CLContext, bytes: Int) throws {
         var status: cl_int = 0
@@ -241,9 +244,14 @@ final class CLBuffer: @unchecked Sendable {
         }
         self.handle = mem
         self.bytes = bytes
+        self.counter = context.memory
+        counter.add(size)
     }
 
-    deinit { clReleaseMemObject(handle) }
+    deinit {
+        clReleaseMemObject(handle)
+        counter.add(-max(bytes, 4))
+    }
 }
 
 /// A compiled program for one context's device.
