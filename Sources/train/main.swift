@@ -188,6 +188,8 @@ struct Train: ParsableCommand {
     }
 
     func train() throws {
+        // First thing, so a Ctrl-C during start-up also ends in a clean stop.
+        let interrupt = InterruptFlag.installForSIGINT()
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         var (config, options) = try resolve(
@@ -229,7 +231,6 @@ struct Train: ParsableCommand {
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0
-        let interrupt = InterruptFlag.installForSIGINT()
         var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()

@@ -14,15 +14,15 @@ private func withTemporaryFolder<T>(_ body: (URL) throws -> T) throws -> T {
     return try body(folder)
 }
 
-private func bigEndian(_ value: UInt32) -> [UInt8] {
+func bigEndian(_ value: UInt32) -> [UInt8] {
     [UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff), UInt8(value & 0xff)]
 }
 
-private func idxImages(_ pixels: [UInt8], count: Int, rows: Int, columns: Int) -> [UInt8] {
+func idxImages(_ pixels: [UInt8], count: Int, rows: Int, columns: Int) -> [UInt8] {
     bigEndian(0x803) + bigEndian(UInt32(count)) + bigEndian(UInt32(rows)) + bigEndian(UInt32(columns)) + pixels
 }
 
-private func idxLabels(_ labels: [UInt8]) -> [UInt8] {
+func idxLabels(_ labels: [UInt8]) -> [UInt8] {
     bigEndian(0x801) + bigEndian(UInt32(labels.count)) + labels
 }
 

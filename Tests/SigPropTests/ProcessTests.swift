@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// The `train` executable as a user runs it: killed at any moment, or stopped with Ctrl-C.
+@Suite(.serialized) struct ProcessTests {
+    /// `swift test` builds the executables next to the test bundle.
+    static func trainBinary() throws -> URL {
+        let url = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("train")
+        try #require(FileManager.default.isExecutableFile(atPath: url.path), "no train binary at \(url.path)")
+        return url
+    }
+
+    /// A folder with a small MNIST-format data set (10 classes of 8x8 images) and a
+    /// checkpoint folder.
+    static func workspace() throws -> (data: URL, checkpoints: URL) {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-process-\(UUID().uuidString)")
+        let data = root.appendingPathComponent("data"), checkpoints = root.appendingPathComponent("checkpoints")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        var generator = SeededGenerator(seed: 11)
+        for (prefix, count) in [("train", 512), ("t10k", 64)] {
+            let labels = (0..<count).map { UInt8($0 % 10) }
+            let pixels = (0..<(count * 64)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            try Data(idxImages(pixels, count: count, rows: 8, columns: 8)).write(to: data.appendingPathComponent("\(prefix)-images-idx3-ubyte"))
+            try Data(idxLabels(labels)).write(to: data.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
+        }
+        return (data, checkpoints)
+    }
+
+    static func launch(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = try trainBinary()
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["SIGPROP_BACKEND"] = "cpu"
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// SIGKILL at random moments of a run that writes a checkpoint every few milliseconds:
+    /// the checkpoint on disk is always a whole one (old or new), never a torn write.
+    @Test func killedAnyTimeTheCheckpointStaysLoadable() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let checkpoint = checkpoints.appendingPathComponent("last.safetensors")
+        var generator = SeededGenerator(seed: 12)
+        for run in 0..<12 {
+            let process = try Self.launch(["--epochs", "100000", "--width", "256", "--batch-size", "64", "--data-dir", data.path,
+                                           "--checkpoint-dir", checkpoints.path])
+            // Once the first checkpoint exists, kill at a random moment of the writes that follow.
+            if run == 0 {
+                let deadline = Date().addingTimeInterval(60)
+                while !FileManager.default.fileExists(atPath: checkpoint.path) && Date() < deadline && process.isRunning { usleep(10_000) }
+            }
+            usleep(UInt32.random(in: 20_000...400_000, using: &generator))
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            #expect(process.terminationReason == .uncaughtSignal)
+            let restored = try Checkpoint(contentsOf: checkpoint)
+            #expect(try restored.epochs >= 1)
+        }
+    }
+
+    /// Ctrl-C: the run finishes its batch, writes a checkpoint and exits with status 130;
+    /// --resume continues from it.
+    @Test func ctrlCWritesACheckpointAndResumes() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let arguments = ["--epochs", "100000", "--width", "64", "--batch-size", "16", "--data-dir", data.path, "--checkpoint-dir", checkpoints.path]
+        let process = try Self.launch(arguments)
+        usleep(700_000)
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+        let checkpoint = checkpoints.appendingPathComponent("last.safetensors")
+        let restored = try Checkpoint(contentsOf: checkpoint)
+        let position = try restored.epochs * 32 + restored.batchesDone
+        #expect(position > 0)
+        let resumed = try Self.launch(arguments.dropFirst(2) + ["--epochs", String(try restored.epochs + 2), "--resume", checkpoint.path])
+        resumed.waitUntilExit()
+        #expect(resumed.terminationStatus == 0)
+        #expect(try Checkpoint(contentsOf: checkpoint).epochs == restored.epochs + 2)
+    }
+}
