@@ -27,17 +27,28 @@ import Testing
         return (data, checkpoints)
     }
 
-    static func launch(_ arguments: [String]) throws -> Process {
+    static func launch(_ arguments: [String], output: Pipe? = nil) throws -> Process {
         let process = Process()
         process.executableURL = try trainBinary()
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["SIGPROP_BACKEND"] = "cpu"
         process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = output ?? FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
+    }
+
+    /// Reads `pipe` until a line starts with `prefix` (the run has reached that point).
+    static func waitForLine(startingWith prefix: String, in pipe: Pipe) -> Bool {
+        var text = ""
+        while true {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { return false }
+            text += String(decoding: chunk, as: UTF8.self)
+            if text.split(separator: "\n").contains(where: { $0.hasPrefix(prefix) }) { return true }
+        }
     }
 
     /// SIGKILL at random moments of a run that writes a checkpoint every few milliseconds:
@@ -70,10 +81,15 @@ import Testing
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
         let arguments = ["--epochs", "100000", "--width", "64", "--batch-size", "16", "--data-dir", data.path, "--checkpoint-dir", checkpoints.path]
-        let process = try Self.launch(arguments)
-        usleep(700_000)
+        let output = Pipe()
+        let process = try Self.launch(arguments, output: output)
+        // Interrupt once training runs (the "model:" line comes just before the first batch).
+        #expect(Self.waitForLine(startingWith: "model:", in: output))
+        output.fileHandleForReading.readabilityHandler = { _ = $0.availableData }  // a full pipe would block the run
+        usleep(300_000)
         kill(process.processIdentifier, SIGINT)
         process.waitUntilExit()
+        output.fileHandleForReading.readabilityHandler = nil
         #expect(process.terminationStatus == 130)
         let checkpoint = checkpoints.appendingPathComponent("last.safetensors")
         let restored = try Checkpoint(contentsOf: checkpoint)
