@@ -1,18 +1,6 @@
 // 2-D convolution pieces, NCHW, cross-correlation as PyTorch, zero padding, any kernel size:
 // im2col + gemm (the product runs in gemm.cl), scatter/gather between NCHW and channel-major.
-
-// db[o] = sum_{n,p} dz[n,o,p] + beta * db[o]. One work-item per output channel.
-__kernel void conv2d_bias_grad(__global const float* dz, __global float* db,
-                               const int B, const int O, const int P, const float beta) {
-    const int o = get_global_id(0);
-    if (o >= O) return;
-    float acc = 0.0f;
-    for (int n = 0; n < B; ++n) {
-        __global const float* grad = dz + ((size_t)n * O + o) * P;
-        for (int p = 0; p < P; ++p) acc += grad[p];
-    }
-    db[o] = acc + (beta != 0.0f ? beta * db[o] : 0.0f);
-}
+// (The bias gradient is reduce.cl's channel_sums.)
 
 // im2col for images n0 .. n0+count-1: cols[(c*KH + ky)*KW + kx, (n - n0)*P + oy*WO + ox], zero
 // outside the image. With it a convolution is one matrix product per chunk of images.

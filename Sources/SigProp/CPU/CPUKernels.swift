@@ -13,16 +13,6 @@ enum CPUKernels {
         }
     }
 
-    /// act'(z) from a = act(z). ReLU's derivative at 0 is 0, LeakyReLU's is the slope (PyTorch).
-    static func derivative(fromOutput a: Float, _ activation: Activation) -> Float {
-        switch activation {
-        case .identity: 1
-        case .relu: a > 0 ? 1 : 0
-        case .leakyRelu: a > 0 ? 1 : Activation.leakySlope
-        case .tanh: 1 - a * a
-        }
-    }
-
     /// Element-wise loops run on every core for large tensors; the switch is hoisted out of
     /// the loop so each case vectorises.
     static func activate(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int, _ activation: Activation) {

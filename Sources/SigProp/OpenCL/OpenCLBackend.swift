@@ -237,10 +237,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                      a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
         }
         if let biasGradient {
-            try launch("conv", "conv2d_bias_grad",
-                       [.buffer(mem(outputGradient)), .buffer(mem(biasGradient)), .int(Int32(s.batch)), .int(Int32(s.outChannels)),
-                        .int(Int32(positions)), .float(beta)],
-                       global: [s.outChannels], on: queue)
+            try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
+                            alpha: 1, beta: beta, on: queue)
         }
     }
 

@@ -217,15 +217,6 @@ final class CLEvent: @unchecked Sendable {
         var list = handle
         try clCheck(clWaitForEvents(1, &list), "clWaitForEvents")
     }
-
-    /// Start and end of the command on the device clock, in nanoseconds.
-    func profilingSpan() throws -> (start: UInt64, end: UInt64) {
-        var start: cl_ulong = 0
-        var end: cl_ulong = 0
-        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_START), 8, &start, nil), "clGetEventProfilingInfo")
-        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_END), 8, &end, nil), "clGetEventProfilingInfo")
-        return (start, end)
-    }
 }
 
 /// Device memory. Released when the last reference goes; the driver keeps it alive until
