@@ -96,6 +96,15 @@ struct Train: ParsableCommand {
     @Option(help: "Continue from this checkpoint: the model and training options come from it.")
     var resume: String?
 
+    @Option(help: "pipelined (default: a stream per block; a block learns while the next computes, and the next batch enters while later blocks work) or sequential (one block after another, one batch at a time, as the reference). Same numbers either way.")
+    var schedule: String = Schedule.Kind.pipelined.rawValue
+
+    @Option(help: "pipelined: batches in flight at most. Default: one per stage (blocks + output layer).")
+    var pipelineDepth: Int?
+
+    @Option(help: "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or chrome://tracing) and print how much of the time blocks overlapped.")
+    var trace: String?
+
     mutating func validate() throws {
         guard epochs >= 1 else { throw ValidationError("--epochs must be at least 1, got \(epochs)") }
         if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
@@ -116,6 +125,10 @@ struct Train: ParsableCommand {
         if let hiddenLayers, hiddenLayers < 1 { throw ValidationError("--hidden-layers must be at least 1, got \(hiddenLayers)") }
         if let width, width < 1 { throw ValidationError("--width must be at least 1, got \(width)") }
         if let dropout, !(dropout >= 0 && dropout < 1) { throw ValidationError("--dropout must be in 0..<1, got \(dropout)") }
+        guard Schedule.Kind(rawValue: schedule) != nil else {
+            throw ValidationError("--schedule \(schedule) is not a schedule. Valid values: \(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let pipelineDepth, pipelineDepth < 1 { throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)") }
     }
 
     func run() throws {
@@ -226,8 +239,11 @@ struct Train: ParsableCommand {
             let batches = try checkpoint.batchesDone
             emit("resumed: \(resume!) after epoch \(epochsDone)" + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
         }
-        let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet)
-        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)")
+        let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet,
+                                  schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
+        let traceURL = trace.map { URL(fileURLWithPath: $0) }
+        if traceURL != nil { trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName)) }
+        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate); schedule \(trainer.schedule.kind.rawValue)" + (trainer.schedule.kind == .pipelined ? " (\(trainer.depth) batches in flight)" : ""))
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0
@@ -258,8 +274,13 @@ struct Train: ParsableCommand {
             report(result, options: options)
             if let path = metrics { try appendMetrics(result, to: path) }
             try Checkpoint(network: network, options: options, epochs: epoch + 1).write(to: checkpointURL)
+            if let traceURL, let trace = trainer.trace { try trace.write(to: traceURL) }
         }
         emit("checkpoint: \(checkpointURL.path)")
+        if let traceURL, let trace = trainer.trace {
+            emit(String(format: "trace: %@ (%d spans); two or more blocks were busy at once %.0f%% of the busy time",
+                        traceURL.path, trace.spans.count, 100 * trace.overlapShare))
+        }
     }
 
     func report(_ result: EpochMetrics, options: TrainingOptions) {

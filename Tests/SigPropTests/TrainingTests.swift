@@ -29,7 +29,7 @@ import Testing
 
     static func state(_ network: Network) throws -> [Float] {
         try network.parameters.flatMap { parameter in
-            try [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
+            [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
         }.flatMap { try network.device.read($0) }
     }
 

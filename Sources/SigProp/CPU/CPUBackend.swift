@@ -25,14 +25,25 @@ final class CPUBuffer: TensorStorage, @unchecked Sendable {
 /// A serial worker: operations run in order, off the caller's thread, as on an OpenCL queue.
 final class CPUQueue: BackendQueue, @unchecked Sendable {
     let dispatch: DispatchQueue
+    /// Cores each operation of this queue may use (nil: all).
+    let coreLimit: Int?
 
-    init(label: String) { dispatch = DispatchQueue(label: label) }
+    init(label: String, coreLimit: Int?) {
+        dispatch = DispatchQueue(label: label)
+        self.coreLimit = coreLimit
+    }
 
-    func enqueue(_ work: @escaping @Sendable () -> Void) { dispatch.async(execute: work) }
+    func enqueue(_ work: @escaping @Sendable () -> Void) {
+        guard let coreLimit else { return dispatch.async(execute: work) }
+        dispatch.async { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) }
+    }
 
     func record() throws -> BackendEvent {
         let event = CPUEvent()
-        dispatch.async { event.group.leave() }
+        dispatch.async {
+            event.nanoseconds = DispatchTime.now().uptimeNanoseconds
+            event.group.leave()
+        }
         return event
     }
 
@@ -46,8 +57,14 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
 
 final class CPUEvent: BackendEvent, @unchecked Sendable {
     let group = DispatchGroup()
+    /// Set before the group is left, read after waiting on it.
+    var nanoseconds: UInt64 = 0
     init() { group.enter() }
     func wait() throws { group.wait() }
+    func completionNanoseconds() throws -> UInt64 {
+        group.wait()
+        return nanoseconds
+    }
 }
 
 /// The CPU fallback: OpenBLAS for matrix products, plain Swift loops for the rest.
@@ -71,7 +88,9 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count, counter: memory) }
 
-    func makeQueue() throws -> BackendQueue { CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())") }
+    func makeQueue(coreLimit: Int?) throws -> BackendQueue {
+        CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())", coreLimit: coreLimit)
+    }
 
     private func run(_ queue: BackendQueue, _ work: @escaping @Sendable () -> Void) {
         (queue as! CPUQueue).enqueue(work)

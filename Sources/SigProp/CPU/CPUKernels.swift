@@ -4,6 +4,10 @@ import Foundation
 
 /// The CPU twins of the OpenCL kernels, on raw pointers. Matrix products go to OpenBLAS.
 enum CPUKernels {
+    /// Cores one operation may spread over: all of them, or fewer on a stream that shares the
+    /// machine with other stage workers (set per operation by `CPUQueue`).
+    @TaskLocal static var cores = ProcessInfo.processInfo.activeProcessorCount
+
     static func activate(_ x: Float, _ activation: Activation) -> Float {
         switch activation {
         case .identity: x
@@ -64,7 +68,7 @@ enum CPUKernels {
         // Large products are split over the cores here, each part a single-threaded OpenBLAS
         // call (OpenBLAS runs with one thread, see CPUBackend.init): its own worker threads
         // spin after every call and starve the element-wise loops that follow.
-        let parts = min(ProcessInfo.processInfo.activeProcessorCount, max(1, s.m * s.n * s.k / (1 << 20)))
+        let parts = min(cores, max(1, s.m * s.n * s.k / (1 << 20)))
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
         guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
@@ -128,7 +132,7 @@ enum CPUKernels {
     /// Runs `body` over `0..<count` in chunks on every core: for element-wise work on large
     /// tensors (optimizer steps), where one core leaves the other idle.
     static func parallelChunks(_ count: Int, minimumChunk: Int = 1 << 15, _ body: @escaping (Range<Int>) -> Void) {
-        let chunks = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / minimumChunk))
+        let chunks = min(cores, max(1, count / minimumChunk))
         guard chunks > 1 else { return body(0..<count) }
         let size = (count + chunks - 1) / chunks
         // The chunks touch disjoint ranges of the caller's buffers.

@@ -13,7 +13,9 @@ protocol Backend: AnyObject, Sendable {
     var bytesInUse: Int { get }
 
     func allocate(count: Int) throws -> TensorStorage
-    func makeQueue() throws -> BackendQueue
+    /// A new queue; `coreLimit` bounds the cores one operation uses where the backend
+    /// schedules cores itself (the CPU), so concurrent stage workers don't oversubscribe.
+    func makeQueue(coreLimit: Int?) throws -> BackendQueue
 
     /// Host -> device; returns when `values` may be reused.
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws
@@ -51,4 +53,7 @@ protocol BackendQueue: AnyObject, Sendable {
 
 protocol BackendEvent: AnyObject, Sendable {
     func wait() throws
+    /// When the event completed, in nanoseconds of a clock shared by the device's queues
+    /// (device timestamps on OpenCL, the host's monotonic clock on the CPU). After `wait()`.
+    func completionNanoseconds() throws -> UInt64
 }

@@ -17,12 +17,13 @@ public struct DeviceCapabilities: Sendable, Equatable {
 public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public let shape: [Int]
     public let device: Device
-    let storage: TensorStorage
+    let buffer: DeviceBuffer
+    var storage: TensorStorage { buffer.storage }
 
-    init(shape: [Int], device: Device, storage: TensorStorage) {
+    init(shape: [Int], device: Device, buffer: DeviceBuffer) {
         self.shape = shape
         self.device = device
-        self.storage = storage
+        self.buffer = buffer
     }
 
     public var count: Int { shape.reduce(1, *) }
@@ -38,7 +39,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         guard newShape.reduce(1, *) == count, newShape.allSatisfy({ $0 >= 0 }) else {
             throw SigPropError.shapeMismatch(operation: "reshaped", detail: "\(shape) cannot be seen as \(newShape)")
         }
-        return Tensor(shape: newShape, device: device, storage: storage)
+        return Tensor(shape: newShape, device: device, buffer: buffer)
     }
 }
 
@@ -46,10 +47,13 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 public final class Stream: @unchecked Sendable {
     public let device: Device
     let queue: BackendQueue
+    /// Where tensors allocated on this stream come from (nil: fresh storage each time).
+    let pool: BufferPool?
 
-    init(device: Device, queue: BackendQueue) {
+    init(device: Device, queue: BackendQueue, pool: BufferPool?) {
         self.device = device
         self.queue = queue
+        self.pool = pool
     }
 
     /// An event that completes when everything enqueued on this stream so far has completed.
@@ -70,6 +74,13 @@ public final class Event: @unchecked Sendable {
 
     /// Blocks the host until the event completes.
     public func wait() throws { try backendEvent.wait() }
+
+    /// When the event completed, in nanoseconds of the device's clock (compare only events
+    /// of one device). Blocks until it completed.
+    public func completionNanoseconds() throws -> UInt64 {
+        try backendEvent.wait()
+        return try backendEvent.completionNanoseconds()
+    }
 }
 
 /// A compute device: allocates tensors and runs operations on streams. Layer code is written
@@ -82,11 +93,11 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     init(backend: Backend) throws {
         self.backend = backend
-        self.defaultQueue = try backend.makeQueue()
+        self.defaultQueue = try backend.makeQueue(coreLimit: nil)
     }
 
     /// The stream used when an operation is given none.
-    public var defaultStream: Stream { Stream(device: self, queue: defaultQueue) }
+    public var defaultStream: Stream { Stream(device: self, queue: defaultQueue, pool: nil) }
 
     /// The CPU fallback (OpenBLAS for products, Swift for the rest).
     public static func cpu() throws -> Device { try Device(backend: CPUBackend()) }
@@ -107,16 +118,46 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// Compiles every kernel program for this device now (OpenCL) and reports build times.
     public func buildAllPrograms() throws -> [ProgramBuildReport] { try backend.buildAllPrograms() }
 
-    public func makeStream() throws -> Stream { Stream(device: self, queue: try backend.makeQueue()) }
+    /// A new stream. `coreLimit`: at most this many cores per operation, where the backend
+    /// places work on cores itself (the CPU; OpenCL drivers schedule their own), so that
+    /// several streams working at once share the machine instead of oversubscribing it.
+    public func makeStream(coreLimit: Int? = nil) throws -> Stream {
+        Stream(device: self, queue: try backend.makeQueue(coreLimit: coreLimit), pool: nil)
+    }
+
+    /// A stream whose tensors come from (and go back to) `pool`.
+    func makeStream(coreLimit: Int? = nil, pool: BufferPool) throws -> Stream {
+        Stream(device: self, queue: try backend.makeQueue(coreLimit: coreLimit), pool: pool)
+    }
 
     // MARK: Memory
+
+    /// A tensor with uninitialised storage: from the stream's pool when it has one with a free
+    /// storage of the size, else new; when the device is out of memory, the pool's free storage
+    /// is released and the allocation tried once more.
+    private func allocate(_ shape: [Int], on stream: Stream?) throws -> Tensor {
+        let count = shape.reduce(1, *)
+        let pool = stream?.pool
+        let storage: TensorStorage
+        if let reused = pool?.take(count: count) {
+            storage = reused
+        } else {
+            do {
+                storage = try backend.allocate(count: count)
+            } catch {
+                guard let pool, pool.releaseFree() else { throw error }
+                storage = try backend.allocate(count: count)
+            }
+        }
+        return Tensor(shape: shape, device: self, buffer: DeviceBuffer(storage: storage, count: count, pool: pool))
+    }
 
     /// A new tensor, zero-filled.
     public func zeros(_ shape: [Int], on stream: Stream? = nil) throws -> Tensor {
         guard shape.allSatisfy({ $0 >= 0 }) else {
             throw SigPropError.shapeMismatch(operation: "zeros", detail: "negative dimension in \(shape)")
         }
-        let tensor = Tensor(shape: shape, device: self, storage: try backend.allocate(count: shape.reduce(1, *)))
+        let tensor = try allocate(shape, on: stream)
         try backend.fill(tensor.storage, count: tensor.count, value: 0, on: try queue(stream, "zeros"))
         return tensor
     }
@@ -126,7 +167,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         guard values.count == shape.reduce(1, *), shape.allSatisfy({ $0 >= 0 }) else {
             throw SigPropError.shapeMismatch(operation: "tensor", detail: "\(values.count) values for shape \(shape)")
         }
-        let tensor = Tensor(shape: shape, device: self, storage: try backend.allocate(count: values.count))
+        let tensor = try allocate(shape, on: stream)
         try backend.write(values, to: tensor.storage, on: try queue(stream, "tensor"))
         return tensor
     }

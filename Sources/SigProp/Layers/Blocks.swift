@@ -8,6 +8,22 @@ public struct BlockStep {
     public var rowLosses: Tensor { loss.rowLosses }
 }
 
+/// A block's forward on one batch: the outputs the next block reads (after the fixed steps)
+/// and what the block's own update needs. Splitting forward from update is what lets the next
+/// block start while this one still learns (SIGPROP.md, "When parameters change").
+public struct BlockForward {
+    /// Outputs on the input and target streams, for the next block.
+    public let h: Tensor
+    public let t: Tensor
+    let hPass: LayerPass
+    let tPass: LayerPass
+    /// T as the loss sees it (the signal block's context output, shaped like H).
+    let lossTarget: Tensor
+    /// The previous target stream T0, and the one-hot labels with the K-row shortcut.
+    let t0: Tensor
+    let labels: Tensor?
+}
+
 /// Random dropout masks for one batch, drawn on the host from the run's seeded generator (so
 /// a resumed run draws the same masks).
 public final class DropoutMasks {
@@ -103,17 +119,30 @@ public final class SignalBlock {
 
     /// `context` is onehot(c) (B rows), or with the K-row shortcut the K x K identity, with
     /// `labels` = onehot(c) to expand it.
-    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+    public func forward(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil,
+                        on stream: Stream?) throws -> BlockForward {
         let hPass = try input.forward(x, on: stream)
         let (tPass, t) = try target(onehot, on: stream)
-        let out = try loss.evaluate(h: hPass.output, t: t, t0: onehot, labels: labels, on: stream)
-        try input.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        return BlockForward(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: t, dropout: dropout, on: stream),
+                            hPass: hPass, tPass: tPass, lossTarget: t, t0: onehot, labels: labels)
+    }
+
+    /// The block's loss on `pass`, its gradients and one optimizer step.
+    public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
+        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
         if !fixedContext {
-            try context.accumulateGradients(tPass, outputGradient: try out.dT.reshaped(tPass.output.shape), accumulate: false, on: stream)
+            try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
         }
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: t, dropout: dropout, on: stream), loss: out)
+        return out
+    }
+
+    /// Forward and update on one stream.
+    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
+                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+        let pass = try forward(x: x, context: onehot, labels: labels, dropout: dropout, on: stream)
+        return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
@@ -139,16 +168,28 @@ public final class HiddenBlock {
     }
 
     /// With `labels` (onehot(c)), `t` holds one row per class (the K-row shortcut).
-    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+    public func forward(h: Tensor, t: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockForward {
         let hPass = try layer.forward(h, on: stream)
         let tPass = try layer.forward(t, on: stream)
-        let out = try loss.evaluate(h: hPass.output, t: tPass.output, t0: t, labels: labels, on: stream)
-        try layer.accumulateGradients(hPass, outputGradient: out.dH, accumulate: false, on: stream)
-        try layer.accumulateGradients(tPass, outputGradient: out.dT, accumulate: true, on: stream)
+        return BlockForward(h: try after.apply(to: hPass.output, dropout: dropout, on: stream),
+                            t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
+                            hPass: hPass, tPass: tPass, lossTarget: tPass.output, t0: t, labels: labels)
+    }
+
+    /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.
+    public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
+        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try optimizer.step(learningRate: learningRate, on: stream)
-        return BlockStep(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
-                         loss: out)
+        return out
+    }
+
+    /// Forward and update on one stream.
+    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
+                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+        let pass = try forward(h: h, t: t, labels: labels, dropout: dropout, on: stream)
+        return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {

@@ -39,6 +39,7 @@ final class OpenCLEvent: BackendEvent, @unchecked Sendable {
     let event: CLEvent
     init(_ event: CLEvent) { self.event = event }
     func wait() throws { try event.wait() }
+    func completionNanoseconds() throws -> UInt64 { try event.endNanoseconds() }
 }
 
 /// How long one program took to build for a device.
@@ -69,7 +70,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         context = try CLContext(device: entry.id)
     }
 
-    func makeQueue() throws -> BackendQueue { OpenCLQueue(try CLQueue(context: context)) }
+    /// The driver spreads each kernel over the device itself; `coreLimit` is a CPU notion.
+    func makeQueue(coreLimit: Int?) throws -> BackendQueue { OpenCLQueue(try CLQueue(context: context)) }
 
     var bytesInUse: Int { context.memory.value }
 

@@ -153,12 +153,30 @@ final class CLQueue: @unchecked Sendable {
         self.context = context
     }
 
+    /// Host copies of values being written without blocking, kept until their write completed.
+    private var staged: [(event: CLEvent, copy: UnsafeMutableRawPointer)] = []
+    private let stagedLock = NSLock()
+
     deinit {
         clFinish(handle)
+        for entry in staged { entry.copy.deallocate() }
         clReleaseCommandQueue(handle)
     }
 
-    func finish() throws { try clCheck(clFinish(handle), "clFinish") }
+    func finish() throws {
+        try clCheck(clFinish(handle), "clFinish")
+        releaseStaged(all: true)
+    }
+
+    private func releaseStaged(all: Bool) {
+        stagedLock.withLock {
+            staged.removeAll { entry in
+                guard all || entry.event.isComplete else { return false }
+                entry.copy.deallocate()
+                return true
+            }
+        }
+    }
 
     /// An event that completes when everything enqueued so far has completed.
     func marker() throws -> CLEvent {
@@ -174,9 +192,20 @@ final class CLQueue: @unchecked Sendable {
         try clCheck(clEnqueueBarrierWithWaitList(handle, cl_uint(list.count), &list, nil), "clEnqueueBarrierWithWaitList")
     }
 
+    /// Writes without blocking: a blocking write would make the host wait for all the queue's
+    /// earlier work, which stalls a pipeline. The values go through a host copy that lives
+    /// until the write completed.
     func write(_ buffer: CLBuffer, from pointer: UnsafeRawPointer, bytes: Int) throws {
-        try clCheck(clEnqueueWriteBuffer(handle, buffer.handle, cl_bool(CL_TRUE), 0, bytes, pointer, 0, nil, nil),
-                    "clEnqueueWriteBuffer", "\(bytes) bytes")
+        releaseStaged(all: false)
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        copy.copyMemory(from: pointer, byteCount: bytes)
+        var event: cl_event?
+        let status = clEnqueueWriteBuffer(handle, buffer.handle, cl_bool(CL_FALSE), 0, bytes, copy, 0, nil, &event)
+        guard status == CL_SUCCESS else {
+            copy.deallocate()
+            throw OpenCLError(code: status, call: "clEnqueueWriteBuffer", context: "\(bytes) bytes")
+        }
+        stagedLock.withLock { staged.append((CLEvent(event), copy)) }
     }
 
     func read(_ buffer: CLBuffer, into pointer: UnsafeMutableRawPointer, bytes: Int) throws {
@@ -216,6 +245,24 @@ final class CLEvent: @unchecked Sendable {
     func wait() throws {
         var list = handle
         try clCheck(clWaitForEvents(1, &list), "clWaitForEvents")
+    }
+
+    /// The command finished (successfully or not).
+    var isComplete: Bool {
+        guard let handle else { return true }
+        var status: cl_int = 0
+        guard clGetEventInfo(handle, cl_event_info(CL_EVENT_COMMAND_EXECUTION_STATUS), MemoryLayout<cl_int>.size, &status, nil) == CL_SUCCESS else {
+            return true
+        }
+        return status == CL_COMPLETE || status < 0
+    }
+
+    /// When the command finished, in device nanoseconds (needs a profiling queue).
+    func endNanoseconds() throws -> UInt64 {
+        var value: cl_ulong = 0
+        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_END), MemoryLayout<cl_ulong>.size, &value, nil),
+                    "clGetEventProfilingInfo")
+        return UInt64(value)
     }
 }
 

@@ -115,35 +115,83 @@ public final class Network {
     }
 
     /// What one training batch leaves on the device: per-block row losses (signal block
-    /// first, output layer last) and the output layer's logits, read back when convenient.
+    /// first, output layer last) and the output layer's logits, read back when convenient,
+    /// and one event per stage that completes when the stage (its update included) is done.
     public struct BatchResult {
         public let rowLosses: [Tensor]
         public let logits: Tensor
+        public let done: [Event]
     }
+
+    /// Stages of a batch: one per learning block (the signal block first), then the output layer.
+    public var stageCount: Int { blockCount + 1 }
+
+    /// Stage `stage`'s name in traces and messages: `block1` (the signal block) ... `output`.
+    public func stageName(_ stage: Int) -> String { stage < blockCount ? "block\(stage + 1)" : "output" }
 
     /// Whether every norm is per sample, so the target stream can run on K rows (SIGPROP.md's
     /// K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
     public var kRowShortcutIsExact: Bool { config.denseNorm.isPerSample && config.convNorm.isPerSample && config.dropout == 0 }
 
-    /// Trains on one batch, one block after another (the reference's order): each block's
-    /// outputs use its weights before its update. With `kRowShortcut` (ignored where it is
-    /// not exact) the target stream carries one row per class instead of one per sample.
+    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update" /
+    /// "train", start, end).
+    public typealias StageSpan = (_ stage: Int, _ part: String, _ start: Event, _ end: Event) -> Void
+
+    /// Enqueues one training batch without waiting for it. Stage `l` runs on `streams[l]`
+    /// (`stageCount` streams; nil: every stage on the default stream, which is the
+    /// reference's one-block-after-another order). A stage waits for its predecessor's
+    /// outputs only, not for its update, so with a stream per stage block l learns while
+    /// block l+1 computes; each block's outputs use its weights before its update, and its
+    /// update comes before its next forward (its stream is in order). With `kRowShortcut`
+    /// (ignored where it is not exact) the target stream carries one row per class.
     public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, kRowShortcut: Bool = true,
-                           dropout: DropoutMasks? = nil, on stream: Stream? = nil) throws -> BatchResult {
-        let x = try device.tensor(images, shape: [labels.count] + config.inputShape, on: stream)
-        let onehot = try self.onehot(labels, on: stream)
-        let byClass = kRowShortcut && kRowShortcutIsExact
-        let context = byClass ? try self.onehot((0..<config.classes).map(Int32.init), on: stream) : onehot
-        let expand = byClass ? onehot : nil
-        var step = try signal.train(x: x, context: context, labels: expand, loss: loss, learningRate: learningRate, dropout: dropout, on: stream)
-        var losses = [step.rowLosses]
-        for block in hidden {
-            step = try block.train(h: step.h, t: step.t, labels: expand, loss: loss, learningRate: learningRate, dropout: dropout, on: stream)
-            losses.append(step.rowLosses)
+                           dropout: DropoutMasks? = nil, streams: [Stream]? = nil, trace: StageSpan? = nil) throws -> BatchResult {
+        let streams = streams ?? Array(repeating: device.defaultStream, count: stageCount)
+        guard streams.count == stageCount else {
+            throw SigPropError.configuration("trainBatch needs \(stageCount) streams (one per block and one for the output layer), got \(streams.count)")
         }
-        let out = try output.train(h: step.h, onehot: onehot, learningRate: learningRate, on: stream)
-        return BatchResult(rowLosses: losses + [out.rowLosses], logits: out.logits)
+        let first = streams[0]
+        let x = try device.tensor(images, shape: [labels.count] + config.inputShape, on: first)
+        let onehot = try self.onehot(labels, on: first)
+        let byClass = kRowShortcut && kRowShortcutIsExact
+        let context = byClass ? try self.onehot((0..<config.classes).map(Int32.init), on: first) : onehot
+        let expand = byClass ? onehot : nil
+
+        var losses: [Tensor] = [], done: [Event] = []
+        var ready: Event?
+        /// Waits for the previous stage's outputs when on another stream, runs `forward`,
+        /// marks its outputs ready, then runs `learn`.
+        func stage(_ index: Int, forward: (Stream) throws -> BlockForward, learn: (BlockForward, Stream) throws -> LocalLossOutput) throws -> BlockForward {
+            let stream = streams[index]
+            if let ready, index > 0, stream.queue !== streams[index - 1].queue { try stream.wait(for: ready) }
+            let start = trace == nil ? nil : try stream.record()
+            let pass = try forward(stream)
+            let outputs = try stream.record()
+            ready = outputs
+            losses.append(try learn(pass, stream).rowLosses)
+            let end = try stream.record()
+            done.append(end)
+            if let trace, let start {
+                trace(index, "forward", start, outputs)
+                trace(index, "update", outputs, end)
+            }
+            return pass
+        }
+        var pass = try stage(0, forward: { try signal.forward(x: x, context: context, labels: expand, dropout: dropout, on: $0) },
+                             learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        for (index, block) in hidden.enumerated() {
+            let previous = pass
+            pass = try stage(index + 1, forward: { try block.forward(h: previous.h, t: previous.t, labels: expand, dropout: dropout, on: $0) },
+                             learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        }
+        let last = streams[stageCount - 1]
+        if let ready, last.queue !== streams[stageCount - 2].queue { try last.wait(for: ready) }
+        let start = trace == nil ? nil : try last.record()
+        let out = try output.train(h: pass.h, onehot: onehot, learningRate: learningRate, on: last)
+        let end = try last.record()
+        if let trace, let start { trace(stageCount - 1, "train", start, end) }
+        return BatchResult(rowLosses: losses + [out.rowLosses], logits: out.logits, done: done + [end])
     }
 
     /// The input stream through every block (the target stream is not used at inference).

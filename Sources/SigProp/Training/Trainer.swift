@@ -105,15 +105,44 @@ public struct BatchProgress: Sendable {
     public let secondsLeft: Double
 }
 
-/// Runs epochs over a data set with the sequential (one block after another) schedule.
+/// How batches run on the device's streams. Both schedules give the same numbers (the
+/// ordering rules of SIGPROP.md hold in each); only the time differs.
+public struct Schedule: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// A stream per stage, several batches in flight: block l learns while block l+1
+        /// computes, and batch b+1 enters block 1 while later blocks work on batch b.
+        case pipelined
+        /// Every stage on one stream, one batch at a time: the reference's order.
+        case sequential
+    }
+
+    public var kind: Kind
+    /// Batches in flight at most (pipelined); nil: one per stage, enough to fill the pipeline.
+    public var depth: Int?
+
+    public init(_ kind: Kind = .pipelined, depth: Int? = nil) {
+        self.kind = kind
+        self.depth = depth
+    }
+}
+
+/// Runs epochs over a data set.
 public final class Trainer {
     public let network: Network
     public let options: TrainingOptions
+    public let schedule: Schedule
     public let train: Dataset
     public let test: Dataset
     let order: BatchOrder
+    /// One stream per stage (pipelined) or one for all (sequential), and one to read results on.
+    let stageStreams: [Stream]
+    let readback: Stream
+    /// Storage of the stages' tensors, reused from batch to batch.
+    let pool = BufferPool()
+    /// When set, every stage of every batch is recorded here.
+    public var trace: Trace?
 
-    public init(network: Network, options: TrainingOptions, train: Dataset, test: Dataset) throws {
+    public init(network: Network, options: TrainingOptions, train: Dataset, test: Dataset, schedule: Schedule = Schedule()) throws {
         guard options.batchSize >= 1, options.batchSize <= train.count else {
             throw SigPropError.configuration("--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)")
         }
@@ -128,9 +157,30 @@ public final class Trainer {
             throw SigPropError.configuration("--readout-block \(options.readoutBlock) is not a block: the model has blocks 1...\(network.blockCount)")
         }
         self.order = try BatchOrder(count: train.count, batchSize: options.batchSize, seed: options.seed)
+        if let depth = schedule.depth, depth < 1 {
+            throw SigPropError.configuration("--pipeline-depth \(depth) must be at least 1 (batches in flight)")
+        }
+        self.schedule = schedule
+        let device = network.device
+        switch schedule.kind {
+        case .pipelined:
+            // The cores shared among the stages doing heavy work (all but the output layer).
+            let cores = max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, network.stageCount - 1))
+            stageStreams = try (0..<network.stageCount).map { [pool] _ in try device.makeStream(coreLimit: cores, pool: pool) }
+        case .sequential: stageStreams = Array(repeating: try device.makeStream(pool: pool), count: network.stageCount)
+        }
+        readback = try device.makeStream(pool: pool)
     }
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
+
+    /// Batches in flight at most.
+    public var depth: Int {
+        switch schedule.kind {
+        case .pipelined: schedule.depth ?? network.stageCount
+        case .sequential: 1
+        }
+    }
 
     /// How an epoch ended.
     public enum EpochOutcome {
@@ -156,12 +206,55 @@ public final class Trainer {
         let loss = LocalLoss(kind: options.loss.kind)
         let learningRate = options.optimizer.learningRate(epoch: epoch)
         let batches = order.batches(epoch: epoch)
-        var lossSums = [Double](repeating: 0, count: network.blockCount + 1)
+        var lossSums = [Double](repeating: 0, count: network.stageCount)
         var correct = 0, seen = 0, trained = 0
         let start = Date()
         var lastReport = Date.distantPast
+
+        // Storage of retired batches is reused by later ones (see BufferPool): whatever the
+        // stages' streams did before must be done first. Parameters come from the default stream.
+        try device.defaultStream.synchronize()
+        for stream in stageStreams { try stream.synchronize() }
+        pool.reclaimAll()
+
+        /// A batch enqueued and not yet retired.
+        struct InFlight {
+            let index: Int
+            let labels: [Int32]
+            let result: Network.BatchResult
+            let generation: Int
+        }
+        var inFlight: [InFlight] = []
+        /// Waits for the oldest batch, reads its losses and predictions, lets its storage go.
+        func retire() throws {
+            let batch = inFlight.removeFirst()
+            for event in batch.result.done { try event.wait() }
+            for (stage, rows) in batch.result.rowLosses.enumerated() {
+                let value = try device.read(rows, on: readback).reduce(0) { $0 + Double($1) }
+                guard value.isFinite else {
+                    throw SigPropError.configuration("training stopped: the loss of \(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower --lr or check the data.")
+                }
+                lossSums[stage] += value
+            }
+            let predictions = Self.argmax(try device.read(batch.result.logits, on: readback), columns: network.config.classes)
+            correct += zip(predictions, batch.labels).filter { $0 == Int($1) }.count
+            seen += batch.labels.count
+            trained += 1
+            pool.reclaim(through: batch.generation)
+            if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
+                lastReport = Date()
+                let elapsed = Date().timeIntervalSince(start)
+                progress(BatchProgress(epoch: epoch, batch: batch.index + 1, batches: batches.count, samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
+                                       blockLosses: lossSums.map { $0 / Double(trained) },
+                                       secondsLeft: elapsed / Double(trained) * Double(batches.count - batch.index - 1)))
+            }
+        }
+
         for (index, indices) in batches.enumerated() where index >= startBatch {
-            if shouldStop() { return .interrupted(batchesDone: index) }
+            if shouldStop() {
+                while !inFlight.isEmpty { try retire() }
+                return .interrupted(batchesDone: index)
+            }
             var (images, labels) = train.batch(indices)
             if options.augmentation.augmentation.isEnabled {
                 var generator = batchGenerator(1, epoch: epoch, batch: index)
@@ -169,27 +262,21 @@ public final class Trainer {
                                                         using: &generator)
             }
             let dropout = network.config.dropout > 0 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
-            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
-                                                kRowShortcut: options.kRowShortcut, dropout: dropout)
-            let losses = try result.rowLosses.map { try device.read($0).reduce(0) { $0 + Double($1) } }
-            for (block, value) in losses.enumerated() {
-                guard value.isFinite else {
-                    throw SigPropError.configuration("training stopped: the loss of \(block < network.blockCount ? "block \(block + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(index + 1). Lower --lr or check the data.")
+            let generation = pool.advance()
+            let spans: Network.StageSpan? = trace.map { trace in
+                { [network] stage, part, begin, end in
+                    trace.add("\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage, epoch: epoch + 1, batch: index + 1, start: begin, end: end)
                 }
-                lossSums[block] += value
             }
-            correct += zip(Self.argmax(try device.read(result.logits), columns: network.config.classes), labels).filter { $0 == Int($1) }.count
-            seen += labels.count
-            trained += 1
-            if Date().timeIntervalSince(lastReport) > 0.25 || index == batches.count - 1 {
-                lastReport = Date()
-                let elapsed = Date().timeIntervalSince(start)
-                progress(BatchProgress(epoch: epoch, batch: index + 1, batches: batches.count, samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
-                                       blockLosses: lossSums.map { $0 / Double(trained) },
-                                       secondsLeft: elapsed / Double(trained) * Double(batches.count - index - 1)))
-            }
+            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
+                                                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams, trace: spans)
+            inFlight.append(InFlight(index: index, labels: labels, result: result, generation: generation))
+            while inFlight.count >= depth { try retire() }
         }
+        while !inFlight.isEmpty { try retire() }
         let seconds = Date().timeIntervalSince(start)
+        pool.reclaimAll()
+        try trace?.resolve()
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
         for parameter in network.parameters where try device.read(parameter.value).contains(where: { !$0.isFinite }) {
             throw SigPropError.configuration("training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr.")

@@ -1,0 +1,101 @@
+import Foundation
+
+/// A record of when each stage of each batch ran, written as a Chrome trace-event file
+/// (opens in Perfetto or chrome://tracing): one row per stage, one span per stage part and
+/// batch, named like `block3.forward b17`. Times come from the streams' events: OpenCL
+/// profiling timestamps, or the host clock when the CPU worker reached the event.
+public final class Trace {
+    public struct Span: Sendable, Equatable {
+        public let name: String
+        /// The row: the stage (0 = block1, the signal block; the last = the output layer).
+        public let stage: Int
+        public let epoch: Int
+        public let batch: Int
+        /// Nanoseconds of the device's clock.
+        public let start: UInt64
+        public let end: UInt64
+    }
+
+    public let rowNames: [String]
+    public private(set) var spans: [Span] = []
+    private var pending: [(name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event)] = []
+
+    public init(rowNames: [String]) { self.rowNames = rowNames }
+
+    /// Records a span between two events (resolved to times by `resolve()`).
+    public func add(_ name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event) {
+        pending.append((name, stage, epoch, batch, start, end))
+    }
+
+    /// Turns recorded events into times (blocks until they completed) and lets the events go.
+    public func resolve() throws {
+        for entry in pending {
+            let (start, end) = (try entry.start.completionNanoseconds(), try entry.end.completionNanoseconds())
+            spans.append(Span(name: entry.name, stage: entry.stage, epoch: entry.epoch, batch: entry.batch, start: start, end: max(start, end)))
+        }
+        pending.removeAll()
+    }
+
+    /// Of the time at least one stage was busy, the share during which two or more were.
+    public var overlapShare: Double { Self.overlapShare(of: spans) }
+
+    static func overlapShare(of spans: [Span]) -> Double {
+        // Busy intervals merged per row first, so one row's adjacent spans don't count twice.
+        var edges: [(time: UInt64, delta: Int)] = []
+        for row in Set(spans.map(\.stage)) {
+            for (start, end) in Self.merged(spans.filter { $0.stage == row }.map { ($0.start, $0.end) }) {
+                edges.append((start, 1))
+                edges.append((end, -1))
+            }
+        }
+        edges.sort { $0.time < $1.time || ($0.time == $1.time && $0.delta < $1.delta) }
+        var busy = 0, previous: UInt64 = 0
+        var any: UInt64 = 0, several: UInt64 = 0
+        for edge in edges {
+            let span = edge.time - previous
+            if busy >= 1 { any += span }
+            if busy >= 2 { several += span }
+            busy += edge.delta
+            previous = edge.time
+        }
+        return any == 0 ? 0 : Double(several) / Double(any)
+    }
+
+    static func merged(_ intervals: [(UInt64, UInt64)]) -> [(UInt64, UInt64)] {
+        var result: [(UInt64, UInt64)] = []
+        for (start, end) in intervals.sorted(by: { $0.0 < $1.0 }) {
+            if let last = result.last, start <= last.1 {
+                result[result.count - 1].1 = max(last.1, end)
+            } else {
+                result.append((start, end))
+            }
+        }
+        return result
+    }
+
+    /// The trace-event JSON: complete events ("ph": "X") in microseconds from the first span,
+    /// and thread-name metadata naming each row.
+    public func json() throws -> Data {
+        let origin = spans.map(\.start).min() ?? 0
+        var events: [[String: Any]] = rowNames.enumerated().map { index, name in
+            ["name": "thread_name", "ph": "M", "pid": 1, "tid": index + 1, "args": ["name": name]]
+        }
+        for span in spans {
+            events.append([
+                "name": span.name, "cat": span.name.split(separator: " ").first?.split(separator: ".").last.map(String.init) ?? "stage", "ph": "X", "pid": 1,
+                "tid": span.stage + 1, "ts": Double(span.start - origin) / 1000, "dur": Double(span.end - span.start) / 1000,
+                "args": ["epoch": span.epoch, "batch": span.batch],
+            ])
+        }
+        return try JSONSerialization.data(withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [.sortedKeys])
+    }
+
+    /// Writes the JSON atomically (temporary file, then rename).
+    public func write(to url: URL) throws {
+        do {
+            try json().write(to: url, options: .atomic)
+        } catch {
+            throw SigPropError.configuration("could not write the trace to \(url.path): \(error.localizedDescription). Check that the folder exists and is writable.")
+        }
+    }
+}
