@@ -27,15 +27,16 @@ import Testing
         return (data, checkpoints)
     }
 
-    static func launch(_ arguments: [String], output: Pipe? = nil) throws -> Process {
+    static func launch(_ arguments: [String], output: Pipe? = nil, errors: Pipe? = nil, environment extra: [String: String] = [:]) throws -> Process {
         let process = Process()
         process.executableURL = try trainBinary()
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["SIGPROP_BACKEND"] = "cpu"
+        environment.merge(extra) { $1 }
         process.environment = environment
         process.standardOutput = output ?? FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        process.standardError = errors ?? FileHandle.nullDevice
         try process.run()
         return process
     }
@@ -99,5 +100,31 @@ import Testing
         resumed.waitUntilExit()
         #expect(resumed.terminationStatus == 0)
         #expect(try Checkpoint(contentsOf: checkpoint).epochs == restored.epochs + 2)
+    }
+
+    /// No OpenCL driver (an ICD loader pointed at an empty folder): `auto` trains on the CPU;
+    /// `opencl` stops before any work with the fix. (An OpenCL error under `auto` is a warning
+    /// and the CPU: BackendSelectionTests.)
+    @Test func missingOpenCLDriverMeansCPUUnderAutoAndAnErrorUnderOpenCL() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let noDrivers = data.deletingLastPathComponent().appendingPathComponent("no-icd")
+        try FileManager.default.createDirectory(at: noDrivers, withIntermediateDirectories: true)
+        let arguments = ["--epochs", "1", "--width", "16", "--limit", "64", "--batch-size", "16", "--data-dir", data.path, "--checkpoint-dir", checkpoints.path]
+        var results: [String: (status: Int32, output: String)] = [:]
+        for backend in ["auto", "opencl"] {
+            let output = Pipe(), errors = Pipe()
+            let process = try Self.launch(arguments, output: output, errors: errors,
+                                          environment: ["SIGPROP_BACKEND": backend, "OCL_ICD_VENDORS": noDrivers.path, "OPENCL_VENDOR_PATH": noDrivers.path])
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile() + errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            results[backend] = (process.terminationStatus, text)
+        }
+        let auto = try #require(results["auto"]), opencl = try #require(results["opencl"])
+        #expect(auto.status == 0, "\(auto.output)")
+        #expect(auto.output.contains("backend: cpu"), "\(auto.output)")
+        #expect(opencl.status != 0)
+        #expect(opencl.output.contains("no OpenCL device was found") && opencl.output.contains("pocl-opencl-icd"), "\(opencl.output)")
+        #expect(!opencl.output.contains("model:"), "no work may start: \(opencl.output)")
     }
 }

@@ -193,6 +193,7 @@ public struct Checkpoint {
         } catch {
             throw SigPropError.configuration("cannot create the checkpoint folder \(directory.path): \(error.localizedDescription). Pass a writable --checkpoint-dir")
         }
+        Self.removeStaleTemporaries(of: url)
         let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard descriptor >= 0 else {
@@ -216,5 +217,19 @@ public struct Checkpoint {
         }
         let folder = open(directory.path, O_RDONLY)
         if folder >= 0 { fsync(folder); close(folder) }
+    }
+
+    /// Deletes temporary files of `url` left by writers that were killed mid-write (their
+    /// process no longer exists); a live writer's file is left alone.
+    static func removeStaleTemporaries(of url: URL) {
+        let directory = url.deletingLastPathComponent()
+        let prefix = ".\(url.lastPathComponent).tmp-"
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = pid_t(name.dropFirst(prefix.count)) else { continue }
+            if pid == getpid() || (kill(pid, 0) != 0 && errno == ESRCH) {
+                unlink(directory.appendingPathComponent(name).path)
+            }
+        }
     }
 }
