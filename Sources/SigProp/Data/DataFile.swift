@@ -15,7 +15,13 @@ enum DataFile {
                 path: path, problem: "cannot be read (\(error.localizedDescription))",
                 fix: "check that the file exists and that you may read it")
         }
-        return Gzip.isGzip(bytes) ? try Gzip.decompress(bytes, path: path) : bytes
+        return try decode(bytes, path: path)
+    }
+
+    /// A file's bytes as the readers parse them: inflated when they are gzip data. `read`
+    /// goes through here, and so does the fuzz target (Fuzz/), which has no files.
+    static func decode(_ bytes: [UInt8], path: String) throws -> [UInt8] {
+        Gzip.isGzip(bytes) ? try Gzip.decompress(bytes, path: path) : bytes
     }
 }
 
@@ -25,16 +31,29 @@ enum Gzip {
         bytes.count >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
     }
 
+    /// The most bytes one data set file may unpack to. The largest MNIST-format sets (EMNIST
+    /// ByClass, 0.55 GB of training images) fit; a damaged file or a "zip bomb" (deflate
+    /// packs up to about 1032:1) is stopped here instead of exhausting memory.
+    static let outputLimit = 1 << 30
+
     /// Inflates every gzip member of `input` in turn (`cat a.gz b.gz` is a valid gzip file and
     /// gzip(1) unpacks it to both parts). Trailing zero bytes after the last member are
-    /// ignored, as gzip(1) does; anything else there is reported as corrupt.
-    static func decompress(_ input: [UInt8], path: String) throws -> [UInt8] {
+    /// ignored, as gzip(1) does; anything else there is reported as corrupt. More than `limit`
+    /// bytes of output, over all members, is an error.
+    static func decompress(_ input: [UInt8], path: String, limit: Int = outputLimit) throws -> [UInt8] {
         let fix = "download the file again (a partial download or a full disk leaves it damaged); `gzip -t \(path)` checks it"
         func corrupt(_ message: String) -> SigPropError {
             .dataset(path: path, problem: "gzip data is corrupt (zlib: \(message))", fix: fix)
         }
         let truncated = corrupt("unexpected end of input: the file ends inside the compressed stream, so it is truncated")
         guard !input.isEmpty else { throw truncated }
+        let limit = max(0, limit)
+        // One byte of room past the limit tells "exactly the limit" from "more".
+        let ceiling = limit == Int.max ? limit : limit + 1
+        let tooLarge = SigPropError.dataset(
+            path: path,
+            problem: "gzip data unpacks to more than \(formatBytes(UInt64(limit))) (\(limit) bytes), the limit for one data set file",
+            fix: "check that this is a data set file (MNIST-format IDX or CIFAR-10 binary); a damaged or foreign .gz can claim any size")
 
         var stream = z_stream()
         // 15 + 32: the largest window, and let zlib recognise the gzip (or zlib) header itself.
@@ -42,14 +61,16 @@ enum Gzip {
         guard status == Z_OK else { throw corrupt(zlibMessage(stream, status)) }
         defer { inflateEnd(&stream) }
 
-        var output = [UInt8](repeating: 0, count: initialCapacity(input))
+        var output = [UInt8](repeating: 0, count: min(initialCapacity(input), ceiling))
         var produced = 0
         try input.withUnsafeBufferPointer { source in
             guard let base = source.baseAddress else { throw truncated }
             var consumed = 0
             while true {
                 if produced == output.count {
-                    output.append(contentsOf: repeatElement(0, count: output.count))
+                    // Double, but never past `ceiling`; at least 1 byte so an empty start grows.
+                    let grown = min(ceiling, max(1, output.count) * 2)
+                    output.append(contentsOf: repeatElement(0, count: grown - output.count))
                 }
                 // avail_in and avail_out are 32-bit: feed larger buffers in pieces.
                 let offered = min(source.count - consumed, Int(UInt32.max))
@@ -64,6 +85,7 @@ enum Gzip {
                     return result
                 }
                 consumed += offered - Int(stream.avail_in)
+                if produced > limit { throw tooLarge }
 
                 switch status {
                 case Z_OK:
