@@ -226,14 +226,24 @@ struct Train: ParsableCommand {
             config.classes = trainSet.classes
         }
 
-        let (device, warnings) = try selection.makeDevice()
+        let (devices, warnings) = try selection.makeDevices()
         warnings.forEach { printError("warning: \($0)") }
-        emit("backend: \(device.description)")
+        if devices.count == 1 {
+            emit("backend: \(devices[0].description)")
+        } else {
+            emit("backend: \(devices.count) devices\n" + devices.enumerated().map { "  device \($0.offset): \($0.element.description)" }.joined(separator: "\n"))
+        }
         emit(String(format: "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
                     dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height, trainSet.width, trainSet.classes,
                     Date().timeIntervalSince(loadStart)))
 
-        let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: options.seed)
+        let network = try Network(config: config, devices: devices, optimizer: options.optimizer, seed: options.seed)
+        if devices.count > 1 {
+            let groups = devices.enumerated().map { index, device in
+                "device \(index): " + (0..<network.stageCount).filter { network.stageDevices[$0] === device }.map(network.stageName).joined(separator: ", ")
+            }
+            emit("placement (balanced by multiply-adds): " + groups.joined(separator: "; "))
+        }
         if let checkpoint {
             try checkpoint.restore(into: network)
             let batches = try checkpoint.batchesDone

@@ -48,23 +48,23 @@ import Testing
 
     @Test func autoWithoutGPUUsesTheCPUFallback() throws {
         let selection = try BackendSelection(environment: [:])
-        let (device, warnings) = try selection.makeDevice(discover: { [Self.entries[0]] })
-        #expect(device.kind == .cpu && warnings.isEmpty)
-        let (fallback, fallbackWarnings) = try selection.makeDevice(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") })
-        #expect(fallback.kind == .cpu)
+        let (devices, warnings) = try selection.makeDevices(discover: { [Self.entries[0]] })
+        #expect(devices.map(\.kind) == [.cpu] && warnings.isEmpty)
+        let (fallback, fallbackWarnings) = try selection.makeDevices(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") })
+        #expect(fallback.map(\.kind) == [.cpu])
         #expect(fallbackWarnings.first?.contains("CL_PLATFORM_NOT_FOUND_KHR") == true)
     }
 
     @Test func openclWithoutDevicesIsAnError() throws {
         let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl"])
-        #expect { _ = try selection.makeDevice(discover: { [] }) } throws: { "\($0)".contains("pocl-opencl-icd") }
-        #expect(throws: OpenCLError.self) { _ = try selection.makeDevice(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") }) }
+        #expect { _ = try selection.makeDevices(discover: { [] }) } throws: { "\($0)".contains("pocl-opencl-icd") }
+        #expect(throws: OpenCLError.self) { _ = try selection.makeDevices(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") }) }
     }
 
     @Test(.enabled(if: !TestBackend.openCLEntries.isEmpty))
     func openclSelectsARealDevice() throws {
-        let (device, _) = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0"]).makeDevice()
-        #expect(device.kind == .opencl)
-        #expect(device.name.contains(TestBackend.openCLEntries[0].info.name))
+        let (devices, _) = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0"]).makeDevices()
+        #expect(devices.count == 1 && devices[0].kind == .opencl)
+        #expect(devices[0].name.contains(TestBackend.openCLEntries[0].info.name))
     }
 }

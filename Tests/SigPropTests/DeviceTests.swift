@@ -42,7 +42,7 @@ import Testing
             try device.gemm(mine, theirs, into: mine)
         } throws: { error in
             guard case .deviceMismatch(let operation, _, _)? = error as? SigPropError else { return false }
-            return operation == "gemm" && "\(error)".contains("Device.copy")
+            return operation == "gemm" && "\(error)".contains("Device.transfer")
         }
         #expect(throws: SigPropError.self) { try device.fill(mine, with: 1, on: try other.makeStream()) }
     }

@@ -66,10 +66,10 @@ import Testing
         let trainer = try Trainer(network: try TrainingTests.network(device), options: Self.options(),
                                   train: try TrainingTests.syntheticData(count: 256, seed: 1), test: try TrainingTests.syntheticData(count: 64, seed: 2))
         _ = try trainer.runEpoch(0)
-        let misses = trainer.pool.misses
+        let misses = trainer.poolMisses
         #expect(misses > 0)
         _ = try trainer.runEpoch(1)
-        #expect(trainer.pool.misses == misses, "epoch 2 allocated \(trainer.pool.misses - misses) new buffers for \(trainer.batchesPerEpoch) batches")
+        #expect(trainer.poolMisses == misses, "epoch 2 allocated \(trainer.poolMisses - misses) new buffers for \(trainer.batchesPerEpoch) batches")
     }
 
     /// The trace names every stage of every batch, as Chrome's trace-event format wants, and

@@ -30,7 +30,7 @@ import Testing
     static func state(_ network: Network) throws -> [Float] {
         try network.parameters.flatMap { parameter in
             [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
-        }.flatMap { try network.device.read($0) }
+        }.flatMap { try $0.device.read($0) }
     }
 
     @Test(arguments: TestBackend.available)
@@ -163,7 +163,10 @@ import Testing
             #expect(bytes[0] > 0)
             #expect(Set(bytes).count == 1, "\(device.kind) device bytes per epoch: \(bytes)")
         }
-        #expect(residentBytes[19] - residentBytes[1] < 16 << 20, "resident bytes per epoch: \(residentBytes)")
+        // Device bytes are exact. Resident memory is the whole test process's, shared with tests
+        // running in parallel, hence the margin: it still catches a host leak of 0.4 MB per
+        // batch (160 batches after epoch 2).
+        #expect(residentBytes[19] - residentBytes[1] < 64 << 20, "resident bytes per epoch: \(residentBytes)")
         print("soak: relative L2 gap per epoch, CPU vs CPU one ulp apart: \(rounding.map { String(format: "%.1e", $0) })")
         print("soak: relative L2 gap per epoch, CPU vs OpenCL:             \(backends.map { String(format: "%.1e", $0) })")
         if let worst = backends.max(), let worstRounding = rounding.max() {

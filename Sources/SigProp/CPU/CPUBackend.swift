@@ -71,11 +71,19 @@ final class CPUEvent: BackendEvent, @unchecked Sendable {
 final class CPUBackend: Backend, @unchecked Sendable {
     let kind = BackendKind.cpu
     let deviceDescription: String
-    let capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false)
+    let capabilities: DeviceCapabilities
     private let queueCount = Atomic()
+    /// Cores this device may use (all of them, or a share when the CPU is split into devices).
+    let cores: Int
+    private let limited: Bool
 
-    init() {
-        deviceDescription = "CPU (OpenBLAS, \(ProcessInfo.processInfo.activeProcessorCount) cores)"
+    /// `part`: which share of a split CPU this device is, for its name (e.g. "part 1 of 2").
+    init(cores: Int? = nil, part: String? = nil) {
+        let available = ProcessInfo.processInfo.activeProcessorCount
+        self.cores = max(1, min(cores ?? available, available))
+        limited = self.cores < available
+        deviceDescription = "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+        capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
         // Products are split over the cores by CPUKernels.gemm; see there.
         openblas_set_num_threads(1)
     }
@@ -89,7 +97,8 @@ final class CPUBackend: Backend, @unchecked Sendable {
     func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count, counter: memory) }
 
     func makeQueue(coreLimit: Int?) throws -> BackendQueue {
-        CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())", coreLimit: coreLimit)
+        let limit = limited ? min(coreLimit ?? cores, cores) : coreLimit
+        return CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())", coreLimit: limit)
     }
 
     private func run(_ queue: BackendQueue, _ work: @escaping @Sendable () -> Void) {

@@ -1,23 +1,30 @@
 import Foundation
 
-/// Chooses the device from `SIGPROP_BACKEND` and `SIGPROP_DEVICE`.
+/// Chooses the devices from `SIGPROP_BACKEND`, `SIGPROP_DEVICE` and `SIGPROP_SPLIT`.
 ///
-/// - `SIGPROP_BACKEND=auto` (default): the device named by `SIGPROP_DEVICE` if set, else the
+/// - `SIGPROP_BACKEND=auto` (default): the devices named by `SIGPROP_DEVICE` if set, else the
 ///   first OpenCL GPU, else the CPU fallback. An OpenCL failure falls back to the CPU with a
 ///   warning.
-/// - `opencl`: any OpenCL device (PoCL on a CPU included); `SIGPROP_DEVICE` or the first.
+/// - `opencl`: OpenCL devices (PoCL on a CPU included); `SIGPROP_DEVICE`'s or the first.
 /// - `cpu`: the CPU fallback.
 ///
 /// `SIGPROP_DEVICE` is an index into the OpenCL device list (as `doctor` prints it) or a
-/// case-insensitive substring of a device name.
+/// case-insensitive substring of a device name, or several of them separated by commas.
+/// `SIGPROP_SPLIT=N` divides each device into N equal devices (OpenCL sub-devices from
+/// `clCreateSubDevices`; on the CPU, N devices of cores/N cores). With several devices the
+/// network's blocks are placed on them in contiguous groups of balanced work.
 public struct BackendSelection: Sendable {
     public enum Choice: String, Sendable, CaseIterable { case auto, opencl, cpu }
 
     public let choice: Choice
-    public let deviceSelector: String?
+    /// `SIGPROP_DEVICE`'s entries, in order (empty: the default device).
+    public let deviceSelectors: [String]
+    /// `SIGPROP_SPLIT`: parts each device is divided into (1: none).
+    public let split: Int
 
     public static let backendVariable = "SIGPROP_BACKEND"
     public static let deviceVariable = "SIGPROP_DEVICE"
+    public static let splitVariable = "SIGPROP_SPLIT"
 
     /// Parses the variables; an unknown backend is an error listing the valid values.
     public init(environment: [String: String]) throws {
@@ -31,41 +38,70 @@ public struct BackendSelection: Sendable {
                 "\(Self.deviceVariable)=\(selector) selects an OpenCL device, but \(Self.backendVariable)=cpu. Unset \(Self.deviceVariable) or use \(Self.backendVariable)=opencl or auto.")
         }
         self.choice = choice
-        let selector = environment[Self.deviceVariable]?.trimmingCharacters(in: .whitespaces)
-        self.deviceSelector = (selector?.isEmpty ?? true) ? nil : selector
+        let rawSelectors = environment[Self.deviceVariable]?.trimmingCharacters(in: .whitespaces) ?? ""
+        let selectors = rawSelectors.isEmpty ? [] : rawSelectors.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        if selectors.contains(where: \.isEmpty) {
+            throw SigPropError.configuration("\(Self.deviceVariable)=\(environment[Self.deviceVariable] ?? "") has an empty entry: give indices or names separated by commas, e.g. 0,1")
+        }
+        deviceSelectors = selectors
+        let splitText = environment[Self.splitVariable]?.trimmingCharacters(in: .whitespaces) ?? ""
+        guard let split = splitText.isEmpty ? 1 : Int(splitText), split >= 1 else {
+            throw SigPropError.configuration("\(Self.splitVariable)=\(splitText) is not a number of parts: give an integer >= 1 (2 divides each device into two equal devices)")
+        }
+        self.split = split
     }
 
-    /// The device chosen, and warnings to show the user (an OpenCL fallback under `auto`).
-    public func makeDevice(
+    /// The devices chosen (one unless `SIGPROP_DEVICE` lists several or `SIGPROP_SPLIT` divides
+    /// them), and warnings to show the user (an OpenCL fallback under `auto`).
+    public func makeDevices(
         discover: () throws -> [OpenCLDeviceEntry] = OpenCLDiscovery.allDevices
-    ) throws -> (device: Device, warnings: [String]) {
+    ) throws -> (devices: [Device], warnings: [String]) {
         switch choice {
         case .cpu:
-            return (try Device.cpu(), [])
+            return (try cpuDevices(), [])
         case .opencl:
             let entries = try discover()
             guard !entries.isEmpty else {
                 throw SigPropError.configuration(
                     "\(Self.backendVariable)=opencl but no OpenCL device was found. Install a driver (apt-get install pocl-opencl-icd runs OpenCL on the CPU) or use \(Self.backendVariable)=cpu.")
             }
-            let entry = try deviceSelector.map { try Self.select($0, from: entries) } ?? entries[0]
-            return (try Device.opencl(entry), [])
+            return (try openCLDevices(try selected(from: entries) ?? [entries[0]]), [])
         case .auto:
             do {
                 let entries = try discover()
-                if let deviceSelector {
-                    return (try Device.opencl(try Self.select(deviceSelector, from: entries)), [])
-                }
-                if let gpu = entries.first(where: { $0.info.kind == .gpu }) {
-                    return (try Device.opencl(gpu), [])
-                }
-                return (try Device.cpu(), [])
+                if let chosen = try selected(from: entries) { return (try openCLDevices(chosen), []) }
+                if let gpu = entries.first(where: { $0.info.kind == .gpu }) { return (try openCLDevices([gpu]), []) }
+                return (try cpuDevices(), [])
             } catch let error as SigPropError {
-                throw error  // a bad SIGPROP_DEVICE is the user's to fix, not a reason to fall back
+                throw error  // a bad SIGPROP_DEVICE or SIGPROP_SPLIT is the user's to fix, not a reason to fall back
             } catch {
-                return (try Device.cpu(), ["OpenCL could not be initialised (\(error)); using the CPU fallback. Set \(Self.backendVariable)=cpu to silence this, or \(Self.backendVariable)=opencl to make it an error."])
+                return (try cpuDevices(), ["OpenCL could not be initialised (\(error)); using the CPU fallback. Set \(Self.backendVariable)=cpu to silence this, or \(Self.backendVariable)=opencl to make it an error."])
             }
         }
+    }
+
+    /// The entries `SIGPROP_DEVICE` names, or nil when it is unset.
+    func selected(from entries: [OpenCLDeviceEntry]) throws -> [OpenCLDeviceEntry]? {
+        guard !deviceSelectors.isEmpty else { return nil }
+        let chosen = try deviceSelectors.map { try Self.select($0, from: entries) }
+        let ids = chosen.map { $0.info.platformIndex * 10_000 + $0.info.deviceIndex }
+        guard Set(ids).count == ids.count else {
+            throw SigPropError.configuration("\(Self.deviceVariable)=\(deviceSelectors.joined(separator: ",")) names a device twice; to run several parts of one device use \(Self.splitVariable)=N")
+        }
+        return chosen
+    }
+
+    func openCLDevices(_ entries: [OpenCLDeviceEntry]) throws -> [Device] {
+        try entries.flatMap { try $0.split(into: split) }.map { try Device.opencl($0) }
+    }
+
+    func cpuDevices() throws -> [Device] {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        guard split <= cores else {
+            throw SigPropError.configuration("\(Self.splitVariable)=\(split) cannot divide the CPU's \(cores) cores into \(split) devices: use 1...\(cores)")
+        }
+        guard split > 1 else { return [try Device.cpu()] }
+        return try (0..<split).map { try Device.cpu(cores: cores / split, part: "part \($0 + 1) of \(split)") }
     }
 
     /// The entry `selector` names: an index into `entries`, or a name substring matching one device.

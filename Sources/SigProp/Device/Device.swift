@@ -11,6 +11,9 @@ public struct DeviceCapabilities: Sendable, Equatable {
     public var concurrentStreams: Bool
     /// Enqueued work carries device timestamps (OpenCL profiling events).
     public var profiling: Bool
+    /// Units that run work in parallel (OpenCL compute units, CPU cores): what the placement
+    /// of blocks and the split of cores between stage workers divide.
+    public var computeUnits: Int
 }
 
 /// A tensor: a shape and float32 storage on one device. Row-major, outermost dimension first.
@@ -99,8 +102,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// The stream used when an operation is given none.
     public var defaultStream: Stream { Stream(device: self, queue: defaultQueue, pool: nil) }
 
-    /// The CPU fallback (OpenBLAS for products, Swift for the rest).
-    public static func cpu() throws -> Device { try Device(backend: CPUBackend()) }
+    /// The CPU fallback (OpenBLAS for products, Swift for the rest), on every core or on
+    /// `cores` of them (a share of the machine, as when `SIGPROP_SPLIT` divides it).
+    public static func cpu(cores: Int? = nil, part: String? = nil) throws -> Device { try Device(backend: CPUBackend(cores: cores, part: part)) }
 
     /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`.
     public static func opencl(_ entry: OpenCLDeviceEntry) throws -> Device {
@@ -170,6 +174,14 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         let tensor = try allocate(shape, on: stream)
         try backend.write(values, to: tensor.storage, on: try queue(stream, "tensor"))
         return tensor
+    }
+
+    /// `tensor` as a tensor of this device: itself when it is one, else a copy through the
+    /// host (waits for the work enqueued on its device's default stream; callers order other
+    /// streams first, e.g. by waiting for an event).
+    public func transfer(_ tensor: Tensor, on stream: Stream? = nil) throws -> Tensor {
+        guard tensor.device !== self else { return tensor }
+        return try self.tensor(try tensor.device.read(tensor), shape: tensor.shape, on: stream)
     }
 
     /// Overwrites `tensor` with `values`.

@@ -56,7 +56,9 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     let parameters: KernelParameters
     let context: CLContext
     var deviceDescription: String { info.description }
-    let capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true)
+    var capabilities: DeviceCapabilities {
+        DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true, computeUnits: info.computeUnits)
+    }
 
     /// Guards the program/kernel caches and the set-arguments-then-enqueue pair: a kernel
     /// object's arguments are shared state, so two threads must not interleave there.
@@ -67,7 +69,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     init(entry: OpenCLDeviceEntry) throws {
         info = entry.info
         parameters = KernelParameters.forDevice(entry.info)
-        context = try CLContext(device: entry.id)
+        context = try CLContext(device: entry.id, owner: entry.owner)
     }
 
     /// The driver spreads each kernel over the device itself; `coreLimit` is a CPU notion.

@@ -16,15 +16,17 @@ public struct OpenCLDeviceInfo: Sendable, CustomStringConvertible {
     public let version: String
     public let driverVersion: String
     public let kind: Kind
-    public let computeUnits: Int
+    public internal(set) var computeUnits: Int
     public let globalMemoryBytes: UInt64
     public let localMemoryBytes: UInt64
     public let maxAllocationBytes: UInt64
     public let maxWorkGroupSize: Int
     public let extensions: [String]
+    /// For a sub-device: which part of its parent, e.g. "part 1 of 2".
+    public var partition: String?
 
     public var description: String {
-        "\(name) [\(kind.rawValue), \(platformName), \(computeUnits) compute units]"
+        "\(name)\(partition.map { " (\($0))" } ?? "") [\(kind.rawValue), \(platformName), \(computeUnits) compute units]"
     }
 }
 
@@ -102,6 +104,45 @@ enum OpenCLQuery {
 public struct OpenCLDeviceEntry: @unchecked Sendable {
     public let info: OpenCLDeviceInfo
     let id: cl_device_id?
+    /// Releases a sub-device's handle when the last holder goes; a context made from the
+    /// entry holds it too, so it outlives every queue and buffer of the context.
+    let owner: SubDeviceHandle?
+
+    init(info: OpenCLDeviceInfo, id: cl_device_id?, owner: SubDeviceHandle? = nil) {
+        self.info = info
+        self.id = id
+        self.owner = owner
+    }
+
+    /// The device split into `parts` sub-devices of equal compute units
+    /// (`clCreateSubDevices`, partition equally); `SIGPROP_SPLIT` uses it.
+    public func split(into parts: Int) throws -> [OpenCLDeviceEntry] {
+        guard parts >= 1, parts <= info.computeUnits else {
+            throw SigPropError.configuration("SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute units) into \(parts) equal parts: use 1...\(info.computeUnits)")
+        }
+        guard parts > 1 else { return [self] }
+        let unitsEach = info.computeUnits / parts
+        var properties: [cl_device_partition_property] = [cl_device_partition_property(CL_DEVICE_PARTITION_EQUALLY), cl_device_partition_property(unitsEach), 0]
+        var ids = [cl_device_id?](repeating: nil, count: parts)
+        var made: cl_uint = 0
+        let status = clCreateSubDevices(id, &properties, cl_uint(parts), &ids, &made)
+        guard status == CL_SUCCESS else {
+            let error = OpenCLError(code: status, call: "clCreateSubDevices", context: "\(parts) parts of \(unitsEach) compute units")
+            throw SigPropError.configuration("SIGPROP_SPLIT=\(parts): \(info.name) cannot be split (\(error)). Its driver may not support sub-devices; unset SIGPROP_SPLIT.")
+        }
+        return ids.prefix(Int(made)).enumerated().map { index, sub in
+            var part = info
+            part.partition = "part \(index + 1) of \(made)"
+            part.computeUnits = (try? OpenCLQuery.deviceValue(sub, CL_DEVICE_MAX_COMPUTE_UNITS, as: cl_uint.self)).map(Int.init) ?? unitsEach
+            return OpenCLDeviceEntry(info: part, id: sub, owner: SubDeviceHandle(sub))
+        }
+    }
+}
+
+final class SubDeviceHandle: @unchecked Sendable {
+    let id: cl_device_id?
+    init(_ id: cl_device_id?) { self.id = id }
+    deinit { if let id { clReleaseDevice(id) } }
 }
 
 public enum OpenCLDiscovery {
@@ -125,7 +166,12 @@ final class CLContext: @unchecked Sendable {
     /// Bytes of every buffer of this context still referenced from Swift.
     let memory = MemoryCounter()
 
-    init(device: cl_device_id?) throws {
+    /// A sub-device's handle, released only after the context (drivers need the device alive
+    /// for as long as its queues and buffers).
+    private let deviceOwner: SubDeviceHandle?
+
+    init(device: cl_device_id?, owner: SubDeviceHandle? = nil) throws {
+        deviceOwner = owner
         var status: cl_int = 0
         var dev = device
         guard let context = clCreateContext(nil, 1, &dev, nil, nil, &status), status == CL_SUCCESS else {

@@ -20,12 +20,11 @@ public struct Checkpoint {
     /// Everything needed to continue training `network` after `epochs` completed epochs and
     /// `batchesDone` batches of the next (an interrupted epoch).
     public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0) throws {
-        let device = network.device
         var tensors: [String: GoldenTensor] = [:]
         for parameter in network.parameters {
-            tensors[parameter.name] = GoldenTensor(shape: parameter.value.shape, values: try device.read(parameter.value))
+            tensors[parameter.name] = GoldenTensor(shape: parameter.value.shape, values: try parameter.value.device.read(parameter.value))
             for (state, tensor) in parameter.state {
-                tensors["\(parameter.name).\(state)"] = GoldenTensor(shape: tensor.shape, values: try device.read(tensor))
+                tensors["\(parameter.name).\(state)"] = GoldenTensor(shape: tensor.shape, values: try tensor.device.read(tensor))
             }
         }
         let encoder = JSONEncoder()
@@ -73,11 +72,10 @@ public struct Checkpoint {
 
     /// Loads weights, optimizer state and step counts into `network` (built from `model`).
     public func restore(into network: Network) throws {
-        let device = network.device
         for parameter in network.parameters {
-            try load(parameter.name, into: parameter.value, device: device)
+            try load(parameter.name, into: parameter.value)
             for (state, tensor) in parameter.state {
-                try load("\(parameter.name).\(state)", into: tensor, device: device)
+                try load("\(parameter.name).\(state)", into: tensor)
             }
         }
         let steps = (metadata["optimizer_steps"] ?? "").split(separator: ",").compactMap { Int($0) }
@@ -87,14 +85,14 @@ public struct Checkpoint {
         for (optimizer, count) in zip(network.optimizers, steps) { optimizer.steps = count }
     }
 
-    private func load(_ name: String, into tensor: Tensor, device: Device) throws {
+    private func load(_ name: String, into tensor: Tensor) throws {
         guard let stored = tensors[name] else {
             throw SigPropError.configuration("checkpoint has no tensor '\(name)': it was written for another model or optimizer; resume with the same --model and --optimizer, or start afresh")
         }
         guard stored.shape == tensor.shape else {
             throw SigPropError.configuration("checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed needs \(tensor.shape)")
         }
-        try device.write(stored.values, to: tensor)
+        try tensor.device.write(stored.values, to: tensor)
     }
 
     static func invalid(_ reason: String) -> SigPropError {

@@ -26,23 +26,45 @@ public struct ModelConfig: Sendable, Codable, Equatable {
 /// The first hidden block doubles as the signal block's input part, as in the reference.
 public final class Network {
     public let config: ModelConfig
-    public let device: Device
+    /// The device of each stage (each learning block, then the output layer).
+    public let stageDevices: [Device]
     public let signal: SignalBlock
     public let hidden: [HiddenBlock]
     public let output: OutputLayer
 
+    /// The first stage's device (the only one unless the network spans several).
+    public var device: Device { stageDevices[0] }
+    /// The devices the network uses, in stage order, each once.
+    public var devices: [Device] {
+        stageDevices.reduce(into: []) { list, device in if !list.contains(where: { $0 === device }) { list.append(device) } }
+    }
+
     /// Blocks with a local loss, in order (the signal block first).
     public var blockCount: Int { 1 + hidden.count }
 
-    public init(config: ModelConfig, device: Device, optimizer: OptimizerSettings, seed: UInt64) throws {
+    /// The `cnn`'s conv blocks (output channels, 2x2 max pool after) and its dense block.
+    static let cnnConvs: [(channels: Int, pool: Bool)] = [(32, false), (64, true), (128, true)]
+    static let cnnDense = 1024
+
+    public convenience init(config: ModelConfig, device: Device, optimizer: OptimizerSettings, seed: UInt64) throws {
+        try self.init(config: config, devices: [device], optimizer: optimizer, seed: seed)
+    }
+
+    /// The network on `devices`: its stages in contiguous groups of balanced work, one group
+    /// per device (`placement`). The weights are the same whatever the devices.
+    public init(config: ModelConfig, devices: [Device], optimizer: OptimizerSettings, seed: UInt64) throws {
         guard config.inputShape.count == 3, config.inputShape.allSatisfy({ $0 >= 1 }) else {
             throw SigPropError.configuration("the input shape must be [channels, height, width], got \(config.inputShape)")
         }
         guard config.classes >= 2 else { throw SigPropError.configuration("a classifier needs at least 2 classes, got \(config.classes)") }
         guard config.dropout >= 0, config.dropout < 1 else { throw SigPropError.configuration("--dropout must be in 0..<1, got \(config.dropout)") }
         func dropout(last: Bool) -> [FixedStep] { config.dropout > 0 && !last ? [.dropout(config.dropout)] : [] }
+        guard !devices.isEmpty else { throw SigPropError.configuration("a network needs at least one device") }
         self.config = config
-        self.device = device
+        let placement = Self.placement(costs: Self.stageCosts(config), groups: devices.count)
+        let stageDevices = placement.map { devices[$0] }
+        self.stageDevices = stageDevices
+        var device = stageDevices[0]
         var generator = SeededGenerator(seed: seed)
         let act = config.activation
         let classes = config.classes
@@ -61,7 +83,7 @@ public final class Network {
             signal = try SignalBlock(input: first, context: context, after: dropout(last: config.hiddenLayers == 1), outputShape: [1, config.width],
                                      optimizer: optimizer, fixedContext: config.fixedContext)
             hidden = try (1..<config.hiddenLayers).map { index in
-                try HiddenBlock(layer: DenseLayer(device: device, name: "block\(index)", inputs: config.width, outputs: config.width,
+                try HiddenBlock(layer: DenseLayer(device: stageDevices[index], name: "block\(index)", inputs: config.width, outputs: config.width,
                                                   norm: config.denseNorm, activation: act, generator: &generator),
                                 after: dropout(last: index == config.hiddenLayers - 1), optimizer: optimizer)
             }
@@ -70,7 +92,7 @@ public final class Network {
         case .cnn:
             // conv 32, conv 64, pool, conv 128, pool, dense 1024: a small VGG-like net.
             let channels = config.inputShape[0]
-            let first = try ConvLayer(device: device, name: "block0", inChannels: channels, outChannels: 32, norm: config.convNorm,
+            let first = try ConvLayer(device: device, name: "block0", inChannels: channels, outChannels: Self.cnnConvs[0].channels, norm: config.convNorm,
                                       activation: act, generator: &generator)
             let firstShape = try first.outputShape(for: shape)
             let context = try DenseLayer(device: device, name: "block0.context", inputs: classes, outputs: firstShape.dropFirst().reduce(1, *),
@@ -79,25 +101,75 @@ public final class Network {
                                      fixedContext: config.fixedContext)
             shape = firstShape
             var blocks: [HiddenBlock] = []
-            for (index, (out, pool)) in [(64, true), (128, true)].enumerated() {
-                let layer = try ConvLayer(device: device, name: "block\(index + 1)", inChannels: shape[1], outChannels: out, norm: config.convNorm,
+            for (index, (out, pool)) in Self.cnnConvs.dropFirst().enumerated() {
+                let layer = try ConvLayer(device: stageDevices[index + 1], name: "block\(index + 1)", inChannels: shape[1], outChannels: out, norm: config.convNorm,
                                           activation: act, generator: &generator)
                 let after: [FixedStep] = (pool ? [.pool(.max)] : []) + dropout(last: false)
                 shape = try after.reduce(try layer.outputShape(for: shape)) { try $1.outputShape(for: $0) }
                 blocks.append(try HiddenBlock(layer: layer, after: after, optimizer: optimizer))
             }
-            let dense = try DenseLayer(device: device, name: "block3", inputs: shape.dropFirst().reduce(1, *), outputs: 1024, norm: config.denseNorm,
+            let dense = try DenseLayer(device: stageDevices[Self.cnnConvs.count], name: "block\(Self.cnnConvs.count)", inputs: shape.dropFirst().reduce(1, *),
+                                       outputs: Self.cnnDense, norm: config.denseNorm,
                                        activation: act, generator: &generator)
             blocks[blocks.count - 1] = try HiddenBlock(layer: blocks[blocks.count - 1].layer, after: blocks[blocks.count - 1].after + [.flatten],
                                                        optimizer: optimizer)
             blocks.append(try HiddenBlock(layer: dense, after: [], optimizer: optimizer))
             hidden = blocks
-            shape = [1, 1024]
+            shape = [1, Self.cnnDense]
         }
+        device = stageDevices[stageDevices.count - 1]
         output = try OutputLayer(
             layer: DenseLayer(device: device, name: "output", inputs: shape.dropFirst().reduce(1, *), outputs: classes, activation: .identity,
                               generator: &generator),
             optimizer: optimizer)
+    }
+
+    /// Multiply-adds per sample of each stage's forward (its update costs about twice as
+    /// much, in proportion): the weights of the placement.
+    static func stageCosts(_ config: ModelConfig) -> [Double] {
+        let classes = Double(config.classes)
+        switch config.kind {
+        case .mlp:
+            let width = Double(config.width), features = Double(config.inputShape.reduce(1, *))
+            return [features * width + classes * width] + Array(repeating: width * width, count: max(config.hiddenLayers - 1, 0)) + [width * classes]
+        case .cnn:
+            var (channels, height, width) = (config.inputShape[0], config.inputShape[1], config.inputShape[2])
+            var costs: [Double] = []
+            for conv in cnnConvs {
+                costs.append(Double(conv.channels * channels * 9 * height * width))
+                channels = conv.channels
+                if conv.pool { (height, width) = (height / 2, width / 2) }
+            }
+            costs[0] += classes * Double(channels * height * width)
+            return costs + [Double(channels * height * width * cnnDense), Double(cnnDense) * classes]
+        }
+    }
+
+    /// Stage -> group (device) index: contiguous groups, in order, that make the largest
+    /// group's cost as small as it can be (every device gets a stage while there are enough).
+    static func placement(costs: [Double], groups: Int) -> [Int] {
+        let n = costs.count, k = max(1, min(groups, n))
+        let prefix = costs.reduce(into: [0.0]) { $0.append($0.last! + $1) }
+        // best[j][i]: the least largest-group cost of stages 0..<i in j + 1 groups; cut[j][i] where the last group starts.
+        var best = [[Double]](repeating: [Double](repeating: .infinity, count: n + 1), count: k)
+        var cut = [[Int]](repeating: [Int](repeating: 0, count: n + 1), count: k)
+        for i in 1...n { best[0][i] = prefix[i] }
+        for j in stride(from: 1, to: k, by: 1) {
+            for i in (j + 1)...n {
+                for start in j..<i {
+                    let value = max(best[j - 1][start], prefix[i] - prefix[start])
+                    if value < best[j][i] { best[j][i] = value; cut[j][i] = start }
+                }
+            }
+        }
+        var assignment = [Int](repeating: 0, count: n)
+        var end = n
+        for j in stride(from: k - 1, through: 0, by: -1) {
+            let start = j == 0 ? 0 : cut[j][end]
+            for stage in start..<end { assignment[stage] = j }
+            end = start
+        }
+        return assignment
     }
 
     /// Every parameter, in a fixed order (checkpoints use the names).
@@ -107,11 +179,11 @@ public final class Network {
 
     public var optimizers: [Optimizer] { [signal.optimizer] + hidden.map(\.optimizer) + [output.optimizer] }
 
-    /// One-hot rows for `labels` on the device.
+    /// One-hot rows for `labels` on `stream`'s device (the first stage's without a stream).
     public func onehot(_ labels: [Int32], on stream: Stream? = nil) throws -> Tensor {
         var values = [Float](repeating: 0, count: labels.count * config.classes)
         for (row, label) in labels.enumerated() { values[row * config.classes + Int(label)] = 1 }
-        return try device.tensor(values, shape: [labels.count, config.classes], on: stream)
+        return try (stream?.device ?? device).tensor(values, shape: [labels.count, config.classes], on: stream)
     }
 
     /// What one training batch leaves on the device: per-block row losses (signal block
@@ -147,24 +219,41 @@ public final class Network {
     /// (ignored where it is not exact) the target stream carries one row per class.
     public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, kRowShortcut: Bool = true,
                            dropout: DropoutMasks? = nil, streams: [Stream]? = nil, trace: StageSpan? = nil) throws -> BatchResult {
-        let streams = streams ?? Array(repeating: device.defaultStream, count: stageCount)
-        guard streams.count == stageCount else {
-            throw SigPropError.configuration("trainBatch needs \(stageCount) streams (one per block and one for the output layer), got \(streams.count)")
+        let streams = streams ?? stageDevices.map(\.defaultStream)
+        guard streams.count == stageCount, zip(streams, stageDevices).allSatisfy({ $0.device === $1 }) else {
+            throw SigPropError.configuration("trainBatch needs \(stageCount) streams, one per stage on that stage's device (one per block and one for the output layer)")
         }
         let first = streams[0]
         let x = try device.tensor(images, shape: [labels.count] + config.inputShape, on: first)
-        let onehot = try self.onehot(labels, on: first)
         let byClass = kRowShortcut && kRowShortcutIsExact
-        let context = byClass ? try self.onehot((0..<config.classes).map(Int32.init), on: first) : onehot
-        let expand = byClass ? onehot : nil
+        let context = try self.onehot(byClass ? (0..<config.classes).map(Int32.init) : labels, on: first)
+        /// The batch's one-hot labels on each device, written by the host where first needed.
+        var onehots: [ObjectIdentifier: Tensor] = [:]
+        func onehot(on stream: Stream) throws -> Tensor {
+            if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
+            let tensor = try self.onehot(labels, on: stream)
+            onehots[ObjectIdentifier(stream.device)] = tensor
+            return tensor
+        }
 
         var losses: [Tensor] = [], done: [Event] = []
         var ready: Event?
-        /// Waits for the previous stage's outputs when on another stream, runs `forward`,
-        /// marks its outputs ready, then runs `learn`.
-        func stage(_ index: Int, forward: (Stream) throws -> BlockForward, learn: (BlockForward, Stream) throws -> LocalLossOutput) throws -> BlockForward {
+        /// Orders stage `index` after its predecessor's outputs: an event on the same device; on
+        /// another device the host waits for them, and `arrive` copies them through the host.
+        func enter(_ index: Int) throws -> Stream {
             let stream = streams[index]
-            if let ready, index > 0, stream.queue !== streams[index - 1].queue { try stream.wait(for: ready) }
+            guard index > 0, let ready else { return stream }
+            if stream.device !== streams[index - 1].device {
+                try ready.wait()
+            } else if stream.queue !== streams[index - 1].queue {
+                try stream.wait(for: ready)
+            }
+            return stream
+        }
+        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor { try stream.device.transfer(tensor, on: stream) }
+        /// Runs `forward`, marks its outputs ready, then runs `learn`.
+        func stage(_ index: Int, forward: (Stream) throws -> BlockForward, learn: (BlockForward, Stream) throws -> LocalLossOutput) throws -> BlockForward {
+            let stream = try enter(index)
             let start = trace == nil ? nil : try stream.record()
             let pass = try forward(stream)
             let outputs = try stream.record()
@@ -178,38 +267,47 @@ public final class Network {
             }
             return pass
         }
-        var pass = try stage(0, forward: { try signal.forward(x: x, context: context, labels: expand, dropout: dropout, on: $0) },
+        var pass = try stage(0, forward: { try signal.forward(x: x, context: context, labels: byClass ? try onehot(on: $0) : nil, dropout: dropout, on: $0) },
                              learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
         for (index, block) in hidden.enumerated() {
             let previous = pass
-            pass = try stage(index + 1, forward: { try block.forward(h: previous.h, t: previous.t, labels: expand, dropout: dropout, on: $0) },
-                             learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+            pass = try stage(index + 1, forward: { stream in
+                try block.forward(h: try arrive(previous.h, on: stream), t: try arrive(previous.t, on: stream),
+                                  labels: byClass ? try onehot(on: stream) : nil, dropout: dropout, on: stream)
+            }, learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
         }
-        let last = streams[stageCount - 1]
-        if let ready, last.queue !== streams[stageCount - 2].queue { try last.wait(for: ready) }
+        let last = try enter(stageCount - 1)
         let start = trace == nil ? nil : try last.record()
-        let out = try output.train(h: pass.h, onehot: onehot, learningRate: learningRate, on: last)
+        let out = try output.train(h: try arrive(pass.h, on: last), onehot: try onehot(on: last), learningRate: learningRate, on: last)
         let end = try last.record()
         if let trace, let start { trace(stageCount - 1, "train", start, end) }
         return BatchResult(rowLosses: losses + [out.rowLosses], logits: out.logits, done: done + [end])
     }
 
-    /// The input stream through every block (the target stream is not used at inference).
-    public func features(images: [Float], count: Int, on stream: Stream? = nil) throws -> [Tensor] {
-        let x = try device.tensor(images, shape: [count] + config.inputShape, on: stream)
-        return try throughHiddenBlocks(try signal.infer(x, on: stream), on: stream)
+    /// The input stream through every block (the target stream is not used at inference);
+    /// each block's output on its own device.
+    public func features(images: [Float], count: Int) throws -> [Tensor] {
+        let x = try device.tensor(images, shape: [count] + config.inputShape)
+        return try throughHiddenBlocks(try signal.infer(x, on: nil))
     }
 
     /// Each class's target activations at every block: the context of onehot(k) through the blocks.
-    public func classTargets(on stream: Stream? = nil) throws -> [Tensor] {
-        let onehot = try self.onehot((0..<config.classes).map(Int32.init), on: stream)
-        return try throughHiddenBlocks(try signal.inferTarget(onehot, on: stream), on: stream)
+    public func classTargets() throws -> [Tensor] {
+        let onehot = try self.onehot((0..<config.classes).map(Int32.init))
+        return try throughHiddenBlocks(try signal.inferTarget(onehot, on: nil))
+    }
+
+    /// The output layer's logits for the last block's output `h`.
+    public func logits(_ h: Tensor) throws -> Tensor {
+        try output.logits(try stageDevices[stageCount - 1].transfer(h), on: nil)
     }
 
     /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
-    func throughHiddenBlocks(_ first: Tensor, on stream: Stream?) throws -> [Tensor] {
+    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
         var outputs = [first]
-        for block in hidden { outputs.append(try block.infer(outputs[outputs.count - 1], on: stream)) }
+        for (index, block) in hidden.enumerated() {
+            outputs.append(try block.infer(try stageDevices[index + 1].transfer(outputs[outputs.count - 1]), on: nil))
+        }
         return outputs
     }
 }

@@ -134,11 +134,12 @@ public final class Trainer {
     public let train: Dataset
     public let test: Dataset
     let order: BatchOrder
-    /// One stream per stage (pipelined) or one for all (sequential), and one to read results on.
+    /// One stream per stage (pipelined) or one per device (sequential), and one per device to
+    /// read results on.
     let stageStreams: [Stream]
-    let readback: Stream
-    /// Storage of the stages' tensors, reused from batch to batch.
-    let pool = BufferPool()
+    let readbacks: [ObjectIdentifier: Stream]
+    /// Storage of the stages' tensors, reused from batch to batch (a pool per device).
+    let pools: [ObjectIdentifier: BufferPool]
     /// When set, every stage of every batch is recorded here.
     public var trace: Trace?
 
@@ -161,16 +162,29 @@ public final class Trainer {
             throw SigPropError.configuration("--pipeline-depth \(depth) must be at least 1 (batches in flight)")
         }
         self.schedule = schedule
-        let device = network.device
+        let devices = network.devices
+        let pools = Dictionary(uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
+        self.pools = pools
+        func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
         switch schedule.kind {
         case .pipelined:
-            // The cores shared among the stages doing heavy work (all but the output layer).
-            let cores = max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, network.stageCount - 1))
-            stageStreams = try (0..<network.stageCount).map { [pool] _ in try device.makeStream(coreLimit: cores, pool: pool) }
-        case .sequential: stageStreams = Array(repeating: try device.makeStream(pool: pool), count: network.stageCount)
+            // Each device's units shared among its stages doing heavy work (all but the output layer).
+            stageStreams = try network.stageDevices.map { device in
+                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }.count
+                return try device.makeStream(coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)), pool: pool(device))
+            }
+        case .sequential:
+            let streams = try devices.map { try $0.makeStream(pool: pool($0)) }
+            stageStreams = network.stageDevices.map { device in streams.first { $0.device === device }! }
         }
-        readback = try device.makeStream(pool: pool)
+        readbacks = Dictionary(uniqueKeysWithValues: try devices.map { (ObjectIdentifier($0), try $0.makeStream(pool: pool($0))) })
     }
+
+    /// Where results of `tensor`'s device are read.
+    func readback(_ tensor: Tensor) -> Stream { readbacks[ObjectIdentifier(tensor.device)]! }
+
+    /// Allocations the pools could not serve from storage already there.
+    var poolMisses: Int { pools.values.reduce(0) { $0 + $1.misses } }
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
 
@@ -202,7 +216,6 @@ public final class Trainer {
     /// middle cover the batches trained in this call.
     public func runEpoch(_ epoch: Int, startBatch: Int = 0, shouldStop: () -> Bool = { false },
                          progress: (BatchProgress) -> Void = { _ in }) throws -> EpochOutcome {
-        let device = network.device
         let loss = LocalLoss(kind: options.loss.kind)
         let learningRate = options.optimizer.learningRate(epoch: epoch)
         let batches = order.batches(epoch: epoch)
@@ -212,17 +225,18 @@ public final class Trainer {
         var lastReport = Date.distantPast
 
         // Storage of retired batches is reused by later ones (see BufferPool): whatever the
-        // stages' streams did before must be done first. Parameters come from the default stream.
-        try device.defaultStream.synchronize()
+        // stages' streams did before must be done first. Parameters come from the default streams.
+        for device in network.devices { try device.defaultStream.synchronize() }
         for stream in stageStreams { try stream.synchronize() }
-        pool.reclaimAll()
+        for pool in pools.values { pool.reclaimAll() }
 
         /// A batch enqueued and not yet retired.
         struct InFlight {
             let index: Int
             let labels: [Int32]
             let result: Network.BatchResult
-            let generation: Int
+            /// The pools' generations when the batch was enqueued.
+            let generations: [ObjectIdentifier: Int]
         }
         var inFlight: [InFlight] = []
         /// Waits for the oldest batch, reads its losses and predictions, lets its storage go.
@@ -230,17 +244,18 @@ public final class Trainer {
             let batch = inFlight.removeFirst()
             for event in batch.result.done { try event.wait() }
             for (stage, rows) in batch.result.rowLosses.enumerated() {
-                let value = try device.read(rows, on: readback).reduce(0) { $0 + Double($1) }
+                let value = try rows.device.read(rows, on: readback(rows)).reduce(0) { $0 + Double($1) }
                 guard value.isFinite else {
                     throw SigPropError.configuration("training stopped: the loss of \(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower --lr or check the data.")
                 }
                 lossSums[stage] += value
             }
-            let predictions = Self.argmax(try device.read(batch.result.logits, on: readback), columns: network.config.classes)
+            let logits = batch.result.logits
+            let predictions = Self.argmax(try logits.device.read(logits, on: readback(logits)), columns: network.config.classes)
             correct += zip(predictions, batch.labels).filter { $0 == Int($1) }.count
             seen += batch.labels.count
             trained += 1
-            pool.reclaim(through: batch.generation)
+            for (device, generation) in batch.generations { pools[device]!.reclaim(through: generation) }
             if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
                 lastReport = Date()
                 let elapsed = Date().timeIntervalSince(start)
@@ -262,7 +277,7 @@ public final class Trainer {
                                                         using: &generator)
             }
             let dropout = network.config.dropout > 0 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
-            let generation = pool.advance()
+            let generations = pools.mapValues { $0.advance() }
             let spans: Network.StageSpan? = trace.map { trace in
                 { [network] stage, part, begin, end in
                     trace.add("\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage, epoch: epoch + 1, batch: index + 1, start: begin, end: end)
@@ -270,15 +285,15 @@ public final class Trainer {
             }
             let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
                                                 kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams, trace: spans)
-            inFlight.append(InFlight(index: index, labels: labels, result: result, generation: generation))
+            inFlight.append(InFlight(index: index, labels: labels, result: result, generations: generations))
             while inFlight.count >= depth { try retire() }
         }
         while !inFlight.isEmpty { try retire() }
         let seconds = Date().timeIntervalSince(start)
-        pool.reclaimAll()
+        for pool in pools.values { pool.reclaimAll() }
         try trace?.resolve()
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
-        for parameter in network.parameters where try device.read(parameter.value).contains(where: { !$0.isFinite }) {
+        for parameter in network.parameters where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
             throw SigPropError.configuration("training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr.")
         }
         let adaptiveBlock = try chooseAdaptiveBlock()
@@ -288,7 +303,8 @@ public final class Trainer {
                             trainAccuracy: Double(correct) / Double(max(seen, 1)),
                             testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
                             adaptiveBlock: adaptiveBlock,
-                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9), backend: network.device.description))
+                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
+                            backend: network.devices.map(\.description).joined(separator: " + ")))
     }
 
     /// The block (1-based) whose similarity readout is best on the first `adaptiveSamples`
@@ -305,7 +321,6 @@ public final class Trainer {
     /// Accuracy of every readout on `dataset`: "output", "similarity@l" for each block l (1-based),
     /// "similarity" (at `options.readoutBlock`) and "adaptive" (at `adaptiveBlock`).
     public func evaluate(_ dataset: Dataset, adaptiveBlock: Int, batchSize: Int = 500) throws -> [String: Double] {
-        let device = network.device
         let classes = network.config.classes
         let targets = try network.classTargets()
         var correct = [String: Int]()
@@ -313,9 +328,10 @@ public final class Trainer {
             let indices = Array(start..<min(start + batchSize, dataset.count))
             let (images, labels) = dataset.batch(indices)
             let features = try network.features(images: images, count: indices.count)
-            let logits = try network.output.logits(features.last!, on: nil)
-            var predictions = ["output": Self.argmax(try device.read(logits), columns: classes)]
+            let logits = try network.logits(features.last!)
+            var predictions = ["output": Self.argmax(try logits.device.read(logits), columns: classes)]
             for (block, (h, t)) in zip(features, targets).enumerated() {
+                let device = h.device
                 let scores = try device.zeros([indices.count, classes])
                 try device.gemm(try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]), transposeB: true, into: scores)
                 predictions["similarity@\(block + 1)"] = Self.argmax(try device.read(scores), columns: classes)

@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+@testable import SigProp
+
+/// A network over several devices: placement balanced by work, only the activations cross
+/// between devices, and the same numbers as on one device.
+@Suite struct MultiDeviceTests {
+    @Test func placementIsContiguousAndBalanced() {
+        #expect(Network.placement(costs: [1, 1, 1, 1], groups: 2) == [0, 0, 1, 1])
+        #expect(Network.placement(costs: [8, 1, 1, 1, 1], groups: 2) == [0, 1, 1, 1, 1])
+        #expect(Network.placement(costs: [1, 2, 3, 4, 0.1], groups: 3) == [0, 0, 1, 2, 2])
+        #expect(Network.placement(costs: [5, 5], groups: 4) == [0, 1])
+        #expect(Network.placement(costs: [5, 5, 5], groups: 1) == [0, 0, 0])
+        // The default mlp on two devices: the signal block (784 + 10 inputs) with block 2, block 3 with the output layer.
+        #expect(Network.placement(costs: Network.stageCosts(ModelConfig()), groups: 2) == [0, 0, 1, 1])
+        var cnn = ModelConfig()
+        cnn.kind = .cnn
+        #expect(Network.placement(costs: Network.stageCosts(cnn), groups: 2) == [0, 0, 1, 1, 1])
+    }
+
+    static func splitCPU(_ parts: Int) throws -> [Device] {
+        try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": String(parts)]).makeDevices().devices
+    }
+
+    static func splitOpenCL(_ parts: Int) throws -> [Device] {
+        try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_SPLIT": String(parts)]).makeDevices().devices
+    }
+
+    /// Two epochs of the same network on `devices` under `schedule`: weights and optimizer state.
+    static func trainedState(_ config: ModelConfig, devices: [Device], schedule: Schedule, options: TrainingOptions) throws -> [Float] {
+        let network = try Network(config: config, devices: devices, optimizer: options.optimizer, seed: 4)
+        let trainer = try Trainer(network: network, options: options, train: try TrainingTests.syntheticData(count: 256, seed: 1),
+                                  test: try TrainingTests.syntheticData(count: 64, seed: 2), schedule: schedule)
+        for epoch in 0..<2 {
+            guard case .completed = try trainer.runEpoch(epoch) else { throw SigPropError.configuration("epoch \(epoch) did not complete") }
+        }
+        return try TrainingTests.state(network)
+    }
+
+    static var configs: [ModelConfig] {
+        var mlp = ModelConfig()
+        mlp.inputShape = [1, 6, 6]
+        mlp.classes = 4
+        mlp.width = 24
+        mlp.hiddenLayers = 4
+        var cnn = mlp
+        cnn.kind = .cnn
+        cnn.dropout = 0.1
+        return [mlp, cnn]
+    }
+
+    static var options: TrainingOptions {
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.adaptiveSamples = 64
+        options.optimizer.learningRate = 2e-3
+        return options
+    }
+
+    /// The CPU split in two (one core each): blocks on both, bit-identical to one device.
+    @Test(arguments: configs)
+    func splitCPUGivesTheSameNumbers(_ config: ModelConfig) throws {
+        let devices = try Self.splitCPU(2)
+        #expect(devices.count == 2 && devices.allSatisfy { $0.capabilities.computeUnits == ProcessInfo.processInfo.activeProcessorCount / 2 })
+        let network = try Network(config: config, devices: devices, optimizer: Self.options.optimizer, seed: 4)
+        #expect(network.devices.count == 2, "both devices hold blocks")
+        for parameter in network.signal.optimizer.parameters { #expect(parameter.value.device === devices[0]) }
+        for parameter in network.output.optimizer.parameters { #expect(parameter.value.device === devices[1]) }
+        let one = try Self.trainedState(config, devices: [try Device.cpu()], schedule: Schedule(.sequential), options: Self.options)
+        for kind in Schedule.Kind.allCases {
+            let split = try Self.trainedState(config, devices: devices, schedule: Schedule(kind), options: Self.options)
+            #expect(split == one, "\(kind) on two CPU devices differs from one device in \(zip(split, one).filter { $0 != $1 }.count) values")
+        }
+    }
+
+    /// PoCL split by clCreateSubDevices into two one-unit devices: the same numbers as the
+    /// whole device (the kernels and their parameters do not depend on the unit count).
+    @Test(.enabled(if: (TestBackend.openCLEntries.first?.info.computeUnits ?? 0) >= 2), arguments: configs)
+    func openCLSubDevicesGiveTheSameNumbers(_ config: ModelConfig) throws {
+        let devices = try Self.splitOpenCL(2)
+        #expect(devices.count == 2 && devices.allSatisfy { $0.kind == .opencl })
+        #expect(devices[0].name.contains("part 1 of 2"))
+        let whole = try TestBackend.opencl.device()
+        let one = try Self.trainedState(config, devices: [whole], schedule: Schedule(.sequential), options: Self.options)
+        let split = try Self.trainedState(config, devices: devices, schedule: Schedule(.pipelined), options: Self.options)
+        #expect(split == one, "two sub-devices differ from the whole device in \(zip(split, one).filter { $0 != $1 }.count) values")
+    }
+
+    @Test func splitAndDeviceListsAreChecked() throws {
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "0"]) } throws: { "\($0)".contains("SIGPROP_SPLIT=0") }
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "two"]) } throws: { "\($0)".contains("integer >= 1") }
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_DEVICE": "0,,1"]) } throws: { "\($0)".contains("empty entry") }
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        #expect { _ = try Self.splitCPU(cores + 1) } throws: { "\($0)".contains("cannot divide") }
+        if !TestBackend.openCLEntries.isEmpty {
+            let twice = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0,0"])
+            #expect { _ = try twice.makeDevices() } throws: { "\($0)".contains("names a device twice") }
+            let units = TestBackend.openCLEntries[0].info.computeUnits
+            #expect { _ = try Self.splitOpenCL(units + 1) } throws: { "\($0)".contains("cannot split") }
+        }
+    }
+}
