@@ -127,4 +127,25 @@ import Testing
         #expect(opencl.output.contains("no OpenCL device was found") && opencl.output.contains("pocl-opencl-icd"), "\(opencl.output)")
         #expect(!opencl.output.contains("model:"), "no work may start: \(opencl.output)")
     }
+
+    /// A learning rate that blows the weights up: the run stops at the first non-finite loss
+    /// naming the block and batch, exits non-zero, and leaves the last good checkpoint as it was.
+    @Test func nonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let common = ["--width", "32", "--batch-size", "16", "--data-dir", data.path, "--checkpoint-dir", checkpoints.path]
+        let good = try Self.launch(["--epochs", "1"] + common)
+        good.waitUntilExit()
+        #expect(good.terminationStatus == 0)
+        let checkpoint = checkpoints.appendingPathComponent("last.safetensors")
+        let before = try Data(contentsOf: checkpoint)
+
+        let errors = Pipe()
+        let exploding = try Self.launch(["--epochs", "3", "--lr", "1e30"] + common, errors: errors)
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        exploding.waitUntilExit()
+        #expect(exploding.terminationStatus != 0)
+        #expect(text.contains("training stopped") && text.contains("batch"), "\(text)")
+        #expect(try Data(contentsOf: checkpoint) == before, "the last good checkpoint was overwritten")
+    }
 }

@@ -94,9 +94,15 @@ import Testing
                 let row = trace.spans.filter { $0.stage == stage }.sorted { ($0.batch, $0.name) < ($1.batch, $1.name) }
                 for (a, b) in zip(row, row.dropFirst()) { #expect(a.end <= b.start, "\(a.name) ends after \(b.name) starts") }
             }
+            // Kernels sit inside a span of their stage: every batch's products are there.
+            #expect(trace.kernels.contains { $0.name.hasPrefix("gemm") && $0.batch == batches })
+            for kernel in trace.kernels {
+                #expect(trace.spans.contains { $0.stage == kernel.stage && $0.batch == kernel.batch && $0.start <= kernel.start && kernel.start <= $0.end })
+            }
+            #expect(Set(trace.kernels.map(\.batch)) == Set(1...batches))
             let json = try JSONSerialization.jsonObject(with: try trace.json()) as? [String: Any]
             let events = try #require(json?["traceEvents"] as? [[String: Any]])
-            #expect(events.filter { $0["ph"] as? String == "X" }.count == trace.spans.count)
+            #expect(events.filter { $0["ph"] as? String == "X" }.count == trace.spans.count + trace.kernels.count)
             #expect(events.filter { $0["ph"] as? String == "M" }.count == network.stageCount)
             if kind == .sequential { #expect(trace.overlapShare == 0) }
             #expect((0...1).contains(trace.overlapShare))

@@ -25,6 +25,7 @@ final class CPUBuffer: TensorStorage, @unchecked Sendable {
 /// A serial worker: operations run in order, off the caller's thread, as on an OpenCL queue.
 final class CPUQueue: BackendQueue, @unchecked Sendable {
     let dispatch: DispatchQueue
+    var kernelLog: KernelLog?
     /// Cores each operation of this queue may use (nil: all).
     let coreLimit: Int?
 
@@ -101,8 +102,24 @@ final class CPUBackend: Backend, @unchecked Sendable {
         return CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())", coreLimit: limit)
     }
 
-    private func run(_ queue: BackendQueue, _ work: @escaping @Sendable () -> Void) {
-        (queue as! CPUQueue).enqueue(work)
+    func makeUserEvent() throws -> BackendEvent { CPUEvent() }
+
+    func completeUserEvent(_ event: BackendEvent) throws {
+        guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU user event must come from the CPU backend") }
+        event.nanoseconds = DispatchTime.now().uptimeNanoseconds
+        event.group.leave()
+    }
+
+    /// Enqueues `work`; with a kernel log on the queue, timed under the calling operation's name.
+    private func run(_ queue: BackendQueue, name: String = #function, _ work: @escaping @Sendable () -> Void) {
+        let queue = queue as! CPUQueue
+        guard let log = queue.kernelLog else { return queue.enqueue(work) }
+        let operation = String(name.prefix { $0 != "(" })
+        queue.enqueue {
+            let start = DispatchTime.now().uptimeNanoseconds
+            work()
+            log.add(operation, start: start, end: DispatchTime.now().uptimeNanoseconds)
+        }
     }
 
     private func buf(_ storage: TensorStorage) -> CPUBuffer { storage as! CPUBuffer }

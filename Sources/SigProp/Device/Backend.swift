@@ -16,6 +16,10 @@ protocol Backend: AnyObject, Sendable {
     /// A new queue; `coreLimit` bounds the cores one operation uses where the backend
     /// schedules cores itself (the CPU), so concurrent stage workers don't oversubscribe.
     func makeQueue(coreLimit: Int?) throws -> BackendQueue
+    /// An event completed by the host (`completeUserEvent`), for work that waits on something
+    /// outside the device, such as a copy from another device.
+    func makeUserEvent() throws -> BackendEvent
+    func completeUserEvent(_ event: BackendEvent) throws
 
     /// Host -> device; returns when `values` may be reused.
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws
@@ -46,6 +50,8 @@ protocol TensorStorage: AnyObject, Sendable {}
 
 /// An ordered stream of work on a device.
 protocol BackendQueue: AnyObject, Sendable {
+    /// Where the queue logs each operation it runs (nil: no logging, the usual case).
+    var kernelLog: KernelLog? { get set }
     func record() throws -> BackendEvent
     func wait(for event: BackendEvent) throws
     func synchronize() throws

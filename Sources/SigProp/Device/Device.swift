@@ -139,7 +139,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// A tensor with uninitialised storage: from the stream's pool when it has one with a free
     /// storage of the size, else new; when the device is out of memory, the pool's free storage
     /// is released and the allocation tried once more.
-    private func allocate(_ shape: [Int], on stream: Stream?) throws -> Tensor {
+    func allocate(_ shape: [Int], on stream: Stream?) throws -> Tensor {
         let count = shape.reduce(1, *)
         let pool = stream?.pool
         let storage: TensorStorage
@@ -175,6 +175,13 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         try backend.write(values, to: tensor.storage, on: try queue(stream, "tensor"))
         return tensor
     }
+
+    /// An event the host completes (`complete(_:)`): streams of this device can wait for
+    /// something that happens outside it.
+    public func makeUserEvent() throws -> Event { Event(try backend.makeUserEvent()) }
+
+    /// Completes an event from `makeUserEvent()`; work waiting for it may start.
+    public func complete(_ event: Event) throws { try backend.completeUserEvent(event.backendEvent) }
 
     /// `tensor` as a tensor of this device: itself when it is one, else a copy through the
     /// host (waits for the work enqueued on its device's default stream; callers order other

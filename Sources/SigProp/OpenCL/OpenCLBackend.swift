@@ -6,6 +6,7 @@ extension CLBuffer: TensorStorage {}
 /// An in-order OpenCL queue behind a `Stream`.
 final class OpenCLQueue: BackendQueue, @unchecked Sendable {
     let queue: CLQueue
+    var kernelLog: KernelLog?
     init(_ queue: CLQueue) { self.queue = queue }
 
     /// Scratch buffers of this queue (im2col matrices), kept between calls: work on one
@@ -77,6 +78,18 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     var bytesInUse: Int { context.memory.value }
 
+    func makeUserEvent() throws -> BackendEvent {
+        var status: cl_int = 0
+        let event = clCreateUserEvent(context.handle, &status)
+        guard let event, status == CL_SUCCESS else { throw OpenCLError(code: status, call: "clCreateUserEvent") }
+        return OpenCLEvent(CLEvent(event))
+    }
+
+    func completeUserEvent(_ event: BackendEvent) throws {
+        guard let event = event as? OpenCLEvent else { throw SigPropError.configuration("an OpenCL user event must come from the OpenCL backend") }
+        try clCheck(clSetUserEventStatus(event.event.handle, cl_int(CL_COMPLETE)), "clSetUserEventStatus")
+    }
+
     // MARK: Programs
 
     /// Builds every program now (instead of on first use) and reports the build times.
@@ -112,7 +125,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                         global: [Int], local: [Int]? = nil, on queue: BackendQueue) throws -> CLEvent? {
         guard global.allSatisfy({ $0 > 0 }) else { return nil }
         let clQueue = (queue as! OpenCLQueue).queue
-        return try lock.withLock {
+        let event = try lock.withLock {
             let key = program + "." + kernel
             let object: CLKernel
             if let cached = kernels[key] {
@@ -124,6 +137,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             try object.setArguments(arguments)
             return try clQueue.launch(object, global: global, local: local)
         }
+        (queue as! OpenCLQueue).kernelLog?.add(kernel, event: event)
+        return event
     }
 
     // MARK: Memory

@@ -303,6 +303,14 @@ final class CLEvent: @unchecked Sendable {
         return status == CL_COMPLETE || status < 0
     }
 
+    /// When the command started, in device nanoseconds (needs a profiling queue).
+    func startNanoseconds() throws -> UInt64 {
+        var value: cl_ulong = 0
+        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_START), MemoryLayout<cl_ulong>.size, &value, nil),
+                    "clGetEventProfilingInfo")
+        return UInt64(value)
+    }
+
     /// When the command finished, in device nanoseconds (needs a profiling queue).
     func endNanoseconds() throws -> UInt64 {
         var value: cl_ulong = 0

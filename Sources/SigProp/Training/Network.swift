@@ -218,7 +218,8 @@ public final class Network {
     /// update comes before its next forward (its stream is in order). With `kRowShortcut`
     /// (ignored where it is not exact) the target stream carries one row per class.
     public func trainBatch(images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float, kRowShortcut: Bool = true,
-                           dropout: DropoutMasks? = nil, streams: [Stream]? = nil, trace: StageSpan? = nil) throws -> BatchResult {
+                           dropout: DropoutMasks? = nil, streams: [Stream]? = nil, bridge: DeviceBridge? = nil,
+                           trace: StageSpan? = nil) throws -> BatchResult {
         let streams = streams ?? stageDevices.map(\.defaultStream)
         guard streams.count == stageCount, zip(streams, stageDevices).allSatisfy({ $0.device === $1 }) else {
             throw SigPropError.configuration("trainBatch needs \(stageCount) streams, one per stage on that stage's device (one per block and one for the output layer)")
@@ -238,24 +239,32 @@ public final class Network {
 
         var losses: [Tensor] = [], done: [Event] = []
         var ready: Event?
-        /// Orders stage `index` after its predecessor's outputs: an event on the same device; on
-        /// another device the host waits for them, and `arrive` copies them through the host.
+        /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
+        /// across devices the `bridge` does it (or, without one, the host waits here and
+        /// `arrive` copies through the host).
         func enter(_ index: Int) throws -> Stream {
             let stream = streams[index]
             guard index > 0, let ready else { return stream }
             if stream.device !== streams[index - 1].device {
-                try ready.wait()
+                if bridge == nil { try ready.wait() }
             } else if stream.queue !== streams[index - 1].queue {
                 try stream.wait(for: ready)
             }
             return stream
         }
-        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor { try stream.device.transfer(tensor, on: stream) }
-        /// Runs `forward`, marks its outputs ready, then runs `learn`.
-        func stage(_ index: Int, forward: (Stream) throws -> BlockForward, learn: (BlockForward, Stream) throws -> LocalLossOutput) throws -> BlockForward {
+        /// The previous stage's output as a tensor of `stream`'s device.
+        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor {
+            guard tensor.device !== stream.device else { return tensor }
+            if let bridge, let ready { return try bridge.copy(tensor, after: ready, to: stream) }
+            return try stream.device.transfer(tensor, on: stream)
+        }
+        /// Brings the inputs in, runs `forward`, marks its outputs ready, then runs `learn`.
+        func stage<Inputs>(_ index: Int, inputs: (Stream) throws -> Inputs, forward: (Inputs, Stream) throws -> BlockForward,
+                           learn: (BlockForward, Stream) throws -> LocalLossOutput) throws -> BlockForward {
             let stream = try enter(index)
+            let arrived = try inputs(stream)
             let start = trace == nil ? nil : try stream.record()
-            let pass = try forward(stream)
+            let pass = try forward(arrived, stream)
             let outputs = try stream.record()
             ready = outputs
             losses.append(try learn(pass, stream).rowLosses)
@@ -267,18 +276,21 @@ public final class Network {
             }
             return pass
         }
-        var pass = try stage(0, forward: { try signal.forward(x: x, context: context, labels: byClass ? try onehot(on: $0) : nil, dropout: dropout, on: $0) },
+        var pass = try stage(0, inputs: { _ in x },
+                             forward: { x, stream in try signal.forward(x: x, context: context, labels: byClass ? try onehot(on: stream) : nil, dropout: dropout, on: stream) },
                              learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
         for (index, block) in hidden.enumerated() {
             let previous = pass
-            pass = try stage(index + 1, forward: { stream in
-                try block.forward(h: try arrive(previous.h, on: stream), t: try arrive(previous.t, on: stream),
-                                  labels: byClass ? try onehot(on: stream) : nil, dropout: dropout, on: stream)
-            }, learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+            pass = try stage(index + 1, inputs: { stream in (try arrive(previous.h, on: stream), try arrive(previous.t, on: stream)) },
+                             forward: { inputs, stream in
+                                 try block.forward(h: inputs.0, t: inputs.1, labels: byClass ? try onehot(on: stream) : nil, dropout: dropout, on: stream)
+                             },
+                             learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
         }
         let last = try enter(stageCount - 1)
+        let h = try arrive(pass.h, on: last)
         let start = trace == nil ? nil : try last.record()
-        let out = try output.train(h: try arrive(pass.h, on: last), onehot: try onehot(on: last), learningRate: learningRate, on: last)
+        let out = try output.train(h: h, onehot: try onehot(on: last), learningRate: learningRate, on: last)
         let end = try last.record()
         if let trace, let start { trace(stageCount - 1, "train", start, end) }
         return BatchResult(rowLosses: losses + [out.rowLosses], logits: out.logits, done: done + [end])

@@ -2,8 +2,9 @@ import Foundation
 
 /// A record of when each stage of each batch ran, written as a Chrome trace-event file
 /// (opens in Perfetto or chrome://tracing): one row per stage, one span per stage part and
-/// batch, named like `block3.forward b17`. Times come from the streams' events: OpenCL
-/// profiling timestamps, or the host clock when the CPU worker reached the event.
+/// batch, named like `block3.forward b17`, and inside it a span per kernel (`gemm_tiled`,
+/// `adam_step`; on the CPU per operation). Times come from the streams' events and the
+/// kernels' OpenCL profiling timestamps, or the host clock on the CPU.
 public final class Trace {
     public struct Span: Sendable, Equatable {
         public let name: String
@@ -17,7 +18,10 @@ public final class Trace {
     }
 
     public let rowNames: [String]
+    /// Stage parts: `block3.forward b17` and so on.
     public private(set) var spans: [Span] = []
+    /// The kernels (CPU: operations) inside them, each in its stage's row.
+    public private(set) var kernels: [Span] = []
     private var pending: [(name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event)] = []
 
     public init(rowNames: [String]) { self.rowNames = rowNames }
@@ -34,6 +38,25 @@ public final class Trace {
             spans.append(Span(name: entry.name, stage: entry.stage, epoch: entry.epoch, batch: entry.batch, start: start, end: max(start, end)))
         }
         pending.removeAll()
+    }
+
+    /// Files the kernels one stream ran under the stage spans of `stages` (the stages that run
+    /// on that stream) that contain their start; kernels outside every such span (work of no
+    /// batch) are left out.
+    func addKernels(_ entries: [KernelLog.Entry], stages: Set<Int>) {
+        let owners = spans.filter { stages.contains($0.stage) }.sorted { $0.start < $1.start }
+        for entry in entries {
+            // The last span starting at or before the kernel.
+            var low = 0, high = owners.count
+            while low < high {
+                let middle = (low + high) / 2
+                if owners[middle].start <= entry.start { low = middle + 1 } else { high = middle }
+            }
+            guard low > 0, owners[low - 1].end >= entry.start else { continue }
+            let owner = owners[low - 1]
+            kernels.append(Span(name: entry.name, stage: owner.stage, epoch: owner.epoch, batch: owner.batch, start: entry.start,
+                                end: max(entry.start, entry.end)))
+        }
     }
 
     /// Of the time at least one stage was busy, the share during which two or more were.
@@ -76,7 +99,7 @@ public final class Trace {
     /// The trace-event JSON: complete events ("ph": "X") in microseconds from the first span,
     /// and thread-name metadata naming each row.
     public func json() throws -> Data {
-        let origin = spans.map(\.start).min() ?? 0
+        let origin = (spans + kernels).map(\.start).min() ?? 0
         var events: [[String: Any]] = rowNames.enumerated().map { index, name in
             ["name": "thread_name", "ph": "M", "pid": 1, "tid": index + 1, "args": ["name": name]]
         }
@@ -85,6 +108,13 @@ public final class Trace {
                 "name": span.name, "cat": span.name.split(separator: " ").first?.split(separator: ".").last.map(String.init) ?? "stage", "ph": "X", "pid": 1,
                 "tid": span.stage + 1, "ts": Double(span.start - origin) / 1000, "dur": Double(span.end - span.start) / 1000,
                 "args": ["epoch": span.epoch, "batch": span.batch],
+            ])
+        }
+        for kernel in kernels {
+            events.append([
+                "name": kernel.name, "cat": "kernel", "ph": "X", "pid": 1, "tid": kernel.stage + 1,
+                "ts": Double(kernel.start - origin) / 1000, "dur": Double(kernel.end - kernel.start) / 1000,
+                "args": ["epoch": kernel.epoch, "batch": kernel.batch],
             ])
         }
         return try JSONSerialization.data(withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [.sortedKeys])

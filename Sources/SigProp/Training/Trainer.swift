@@ -140,6 +140,8 @@ public final class Trainer {
     let readbacks: [ObjectIdentifier: Stream]
     /// Storage of the stages' tensors, reused from batch to batch (a pool per device).
     let pools: [ObjectIdentifier: BufferPool]
+    /// Carries activations between devices when the network spans several.
+    let bridge: DeviceBridge?
     /// When set, every stage of every batch is recorded here.
     public var trace: Trace?
 
@@ -178,6 +180,7 @@ public final class Trainer {
             stageStreams = network.stageDevices.map { device in streams.first { $0.device === device }! }
         }
         readbacks = Dictionary(uniqueKeysWithValues: try devices.map { (ObjectIdentifier($0), try $0.makeStream(pool: pool($0))) })
+        bridge = devices.count > 1 ? DeviceBridge() : nil
     }
 
     /// Where results of `tensor`'s device are read.
@@ -229,6 +232,7 @@ public final class Trainer {
         for device in network.devices { try device.defaultStream.synchronize() }
         for stream in stageStreams { try stream.synchronize() }
         for pool in pools.values { pool.reclaimAll() }
+        for stream in stageStreams where trace != nil && stream.queue.kernelLog == nil { stream.queue.kernelLog = KernelLog() }
 
         /// A batch enqueued and not yet retired.
         struct InFlight {
@@ -243,6 +247,7 @@ public final class Trainer {
         func retire() throws {
             let batch = inFlight.removeFirst()
             for event in batch.result.done { try event.wait() }
+            try bridge?.check()
             for (stage, rows) in batch.result.rowLosses.enumerated() {
                 let value = try rows.device.read(rows, on: readback(rows)).reduce(0) { $0 + Double($1) }
                 guard value.isFinite else {
@@ -284,14 +289,23 @@ public final class Trainer {
                 }
             }
             let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
-                                                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams, trace: spans)
+                                                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams, bridge: bridge,
+                                                trace: spans)
             inFlight.append(InFlight(index: index, labels: labels, result: result, generations: generations))
             while inFlight.count >= depth { try retire() }
         }
         while !inFlight.isEmpty { try retire() }
         let seconds = Date().timeIntervalSince(start)
         for pool in pools.values { pool.reclaimAll() }
-        try trace?.resolve()
+        if let trace {
+            try trace.resolve()
+            var seen: Set<ObjectIdentifier> = []
+            for stream in stageStreams where seen.insert(ObjectIdentifier(stream.queue)).inserted {
+                guard let log = stream.queue.kernelLog else { continue }
+                let stages = Set((0..<stageStreams.count).filter { stageStreams[$0].queue === stream.queue })
+                trace.addKernels(try log.drain(), stages: stages)
+            }
+        }
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
         for parameter in network.parameters where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
             throw SigPropError.configuration("training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr.")
