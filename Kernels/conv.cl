@@ -4,25 +4,29 @@
 
 // im2col for images n0 .. n0+count-1: cols[(c*KH + ky)*KW + kx, (n - n0)*P + oy*WO + ox], zero
 // outside the image. With it a convolution is one matrix product per chunk of images.
-// Work-item (ox, oy, n*C + c) writes its KH*KW entries: no division per entry, and
-// neighbouring work-items write neighbouring columns.
+// Work-item (oy, (c*KH + ky)*KW + kx, n) writes one output row: WO consecutive entries from
+// one input row (consecutive too at stride 1), so each work-item streams memory in order and
+// the loop vectorises; one work-item per entry spent its time on index arithmetic instead.
 __kernel void im2col(__global const float* x, __global float* cols, const int n0, const int count,
                      const int C, const int H, const int W, const int KH, const int KW, const int stride, const int pad,
                      const int HO, const int WO) {
-    const int ox = get_global_id(0), oy = get_global_id(1), nc = get_global_id(2);
-    if (ox >= WO || oy >= HO || nc >= count * C) return;
-    const int n = nc / C, c = nc % C;
+    const int oy = get_global_id(0), row = get_global_id(1), n = get_global_id(2);
+    if (oy >= HO || row >= C * KH * KW || n >= count) return;
+    const int kx = row % KW, ky = (row / KW) % KH, c = row / (KW * KH);
     const size_t columns = (size_t)count * HO * WO;
-    const size_t column = (size_t)n * HO * WO + oy * WO + ox;
-    __global const float* plane = x + ((size_t)(n0 + n) * C + c) * H * W;
-    __global float* out = cols + (size_t)c * KH * KW * columns + column;
-    for (int ky = 0; ky < KH; ++ky) {
-        const int y = oy * stride + ky - pad;
-        for (int kx = 0; kx < KW; ++kx) {
-            const int xx = ox * stride + kx - pad;
-            out[(size_t)(ky * KW + kx) * columns] = (y >= 0 && y < H && xx >= 0 && xx < W) ? plane[y * W + xx] : 0.0f;
-        }
+    __global float* out = cols + (size_t)row * columns + (size_t)n * HO * WO + (size_t)oy * WO;
+    const int y = oy * stride + ky - pad;
+    if (y < 0 || y >= H) {
+        for (int ox = 0; ox < WO; ++ox) out[ox] = 0.0f;
+        return;
     }
+    __global const float* line = x + (((size_t)(n0 + n) * C + c) * H + y) * W;
+    // Output columns whose input column kx - pad + ox*stride lies inside 0..W-1.
+    const int first = max(0, (pad - kx + stride - 1) / stride);
+    const int last = min(WO, (W - 1 - kx + pad) / stride + 1);
+    for (int ox = 0; ox < first; ++ox) out[ox] = 0.0f;
+    for (int ox = first; ox < last; ++ox) out[ox] = line[ox * stride + kx - pad];
+    for (int ox = max(first, last); ox < WO; ++ox) out[ox] = 0.0f;
 }
 
 // out[n0 + n, o, p] = act(product[o, n*P + p] + bias[o]): a chunk's product back to NCHW.

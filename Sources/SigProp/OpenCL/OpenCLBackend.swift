@@ -224,7 +224,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [s.outWidth, s.outHeight, count * s.inChannels], on: queue)
+                       global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
             try gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
                                activation: .identity), a: weight, b: columns, c: product, bias: nil, on: queue)
             try launch("conv", "channel_major_to_nchw",
@@ -247,7 +247,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [s.outWidth, s.outHeight, count * s.inChannels], on: queue)
+                       global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
             try launch("conv", "nchw_to_channel_major",
                        [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
                         .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
