@@ -1,4 +1,3 @@
-import CZlib
 import Foundation
 import Testing
 @testable import SigProp
@@ -26,27 +25,6 @@ func idxLabels(_ labels: [UInt8]) -> [UInt8] {
     bigEndian(0x801) + bigEndian(UInt32(labels.count)) + labels
 }
 
-/// Gzip through zlib's deflate (windowBits 15 + 16 writes a gzip header and trailer).
-private func gzip(_ input: [UInt8]) throws -> [UInt8] {
-    var stream = z_stream()
-    let status = deflateInit2_(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY,
-                               zlibVersion(), Int32(MemoryLayout<z_stream>.size))
-    try #require(status == Z_OK, "deflateInit2_ failed with \(status)")
-    defer { deflateEnd(&stream) }
-    var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 64)
-    var input = input
-    let result = input.withUnsafeMutableBufferPointer { source in
-        output.withUnsafeMutableBufferPointer { target in
-            stream.next_in = source.baseAddress
-            stream.avail_in = UInt32(source.count)
-            stream.next_out = target.baseAddress
-            stream.avail_out = UInt32(target.count)
-            return deflate(&stream, Z_FINISH)
-        }
-    }
-    try #require(result == Z_STREAM_END, "deflate returned \(result)")
-    return Array(output[0..<Int(stream.total_out)])
-}
 
 private func write(_ bytes: [UInt8], _ folder: URL, _ name: String) throws {
     try Data(bytes).write(to: folder.appendingPathComponent(name))
@@ -87,8 +65,8 @@ private struct TinyIDX {
 
     func write(to folder: URL, prefix: String = "train", gzipped: Bool = false) throws {
         let suffix = gzipped ? ".gz" : ""
-        try SigPropTests.write(gzipped ? try gzip(imagesFile) : imagesFile, folder, "\(prefix)-images-idx3-ubyte\(suffix)")
-        try SigPropTests.write(gzipped ? try gzip(labelsFile) : labelsFile, folder, "\(prefix)-labels-idx1-ubyte\(suffix)")
+        try SigPropTests.write(gzipped ? try Gzip.compress(imagesFile) : imagesFile, folder, "\(prefix)-images-idx3-ubyte\(suffix)")
+        try SigPropTests.write(gzipped ? try Gzip.compress(labelsFile) : labelsFile, folder, "\(prefix)-labels-idx1-ubyte\(suffix)")
     }
 }
 
@@ -98,15 +76,15 @@ private struct TinyIDX {
     @Test func gzipRoundTripsAndReadsEveryMember() throws {
         let first = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 / 7) }
         let second = Array("second member".utf8)
-        #expect(try Gzip.decompress(try gzip(first), path: "a.gz") == first)
-        #expect(try Gzip.decompress(try gzip(first) + (try gzip(second)), path: "a.gz") == first + second)
+        #expect(try Gzip.decompress(try Gzip.compress(first), path: "a.gz") == first)
+        #expect(try Gzip.decompress(try Gzip.compress(first) + (try Gzip.compress(second)), path: "a.gz") == first + second)
         // Zero padding after the last member is ignored, as gzip(1) does.
-        #expect(try Gzip.decompress(try gzip(second) + [0, 0, 0, 0], path: "a.gz") == second)
-        #expect(try Gzip.decompress(try gzip([]), path: "a.gz") == [])
+        #expect(try Gzip.decompress(try Gzip.compress(second) + [0, 0, 0, 0], path: "a.gz") == second)
+        #expect(try Gzip.decompress(try Gzip.compress([]), path: "a.gz") == [])
     }
 
     @Test func corruptOrTruncatedGzipIsReported() throws {
-        let packed = try gzip((0..<50_000).map { UInt8(truncatingIfNeeded: $0 * $0) })
+        let packed = try Gzip.compress((0..<50_000).map { UInt8(truncatingIfNeeded: $0 * $0) })
         let fix = "Download the file again"
 
         var damaged = packed
@@ -147,7 +125,7 @@ private struct TinyIDX {
         let tiny = TinyIDX(count: 3)
         try withTemporaryFolder { folder in
             // Gzip data under the plain name, plain data under the .gz name.
-            try write(try gzip(tiny.imagesFile), folder, "train-images-idx3-ubyte")
+            try write(try Gzip.compress(tiny.imagesFile), folder, "train-images-idx3-ubyte")
             try write(tiny.labelsFile, folder, "train-labels-idx1-ubyte.gz")
             let train = try Dataset.load(directory: folder, split: .train)
             #expect(train.count == 3)
@@ -203,7 +181,7 @@ private struct TinyIDX {
     /// Random damage to a valid file must give an error or a data set, never a crash.
     @Test func idxReaderSurvivesRandomDamage() throws {
         let images = TinyIDX(count: 3).imagesFile, labels = TinyIDX(count: 3).labelsFile
-        let packed = try gzip(images)
+        let packed = try Gzip.compress(images)
         var generator = SeededGenerator(seed: 7)
         for _ in 0..<2000 {
             for original in [images, labels, packed] {

@@ -27,6 +27,30 @@ enum DataFile {
 
 /// Whole-buffer gzip decompression through zlib (Foundation on Linux has none).
 enum Gzip {
+    /// `input` as one gzip member (zlib's deflate; windowBits 15 + 16 writes the gzip header
+    /// and trailer). The readers never write gzip: the tests and the fuzz target make their
+    /// inputs with this.
+    static func compress(_ input: [UInt8]) throws -> [UInt8] {
+        var stream = z_stream()
+        let status = deflateInit2_(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY,
+                                   zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        guard status == Z_OK else { throw SigPropError.configuration("zlib's deflateInit2_ failed with status \(status)") }
+        defer { deflateEnd(&stream) }
+        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 64)
+        var input = input
+        let result = input.withUnsafeMutableBufferPointer { source in
+            output.withUnsafeMutableBufferPointer { target in
+                stream.next_in = source.baseAddress
+                stream.avail_in = UInt32(source.count)
+                stream.next_out = target.baseAddress
+                stream.avail_out = UInt32(target.count)
+                return deflate(&stream, Z_FINISH)
+            }
+        }
+        guard result == Z_STREAM_END else { throw SigPropError.configuration("zlib's deflate returned \(result)") }
+        return Array(output[0..<Int(stream.total_out)])
+    }
+
     static func isGzip(_ bytes: [UInt8]) -> Bool {
         bytes.count >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
     }
