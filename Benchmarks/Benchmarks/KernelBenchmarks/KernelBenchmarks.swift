@@ -99,6 +99,9 @@ struct GemmCase: CustomStringConvertible {
         GemmCase(128, 1024, 1024, "NT"), GemmCase(1024, 1024, 128, "TN"),
         // The local loss's Y = H Tᵀ (B x B).
         GemmCase(128, 128, 1024, "NT"),
+        // Small ones: the output layer (10 classes) forward and weight gradient, and the K-row
+        // target stream's H T_Kᵀ (B x K).
+        GemmCase(128, 10, 1024, "NT"), GemmCase(10, 1024, 128, "TN"), GemmCase(128, 10, 784, "NT"),
         // Square, for comparison with published numbers.
         GemmCase(256, 256, 256, "NN"), GemmCase(512, 512, 512, "NN"), GemmCase(1024, 1024, 1024, "NN"),
     ]
