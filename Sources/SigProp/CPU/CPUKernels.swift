@@ -47,6 +47,21 @@ enum CPUKernels {
     static func scaleShiftChannels(_ x: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
                                    into out: UnsafeMutablePointer<Float>, count: Int, channels: Int, inner: Int) {
         let rows = count / (channels * inner)
+        if inner == 1 {
+            // Dense activations: a row is one entry per channel, so the channel loop is the
+            // contiguous one and vectorises (the general loop below runs it one entry at a time).
+            parallelChunks(rows, minimumChunk: max(1, (1 << 15) / channels)) { range in
+                for o in range {
+                    let (row, result) = (x + o * channels, out + o * channels)
+                    if let shift {
+                        for c in 0..<channels { result[c] = row[c] * scale[c] + shift[c] }
+                    } else {
+                        for c in 0..<channels { result[c] = row[c] * scale[c] + 0 }
+                    }
+                }
+            }
+            return
+        }
         parallelChunks(rows, minimumChunk: max(1, (1 << 15) / (channels * inner))) { range in
             for o in range {
                 for c in 0..<channels {
