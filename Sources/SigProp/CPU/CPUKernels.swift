@@ -129,19 +129,66 @@ enum CPUKernels {
         let sums = UnsafeMutablePointer<Float>.allocate(capacity: max(channels, 1))
         defer { sums.deallocate() }
         sums.initialize(repeating: 0, count: channels)
-        for o in 0..<outer {
-            let row = x + o * channels * inner
-            if inner == 1 {
+        if inner == 1 {
+            for o in 0..<outer {
+                let row = x + o * channels
                 for c in 0..<channels { sums[c] += row[c] }
-            } else {
-                for c in 0..<channels {
+            }
+        } else {
+            // Channels in parallel; each run of `inner` entries summed in SIMD lanes.
+            let target = UncheckedSendable(sums)
+            parallelChunks(channels, minimumChunk: max(1, (1 << 15) / max(outer * inner, 1))) { range in
+                for c in range {
                     var sum: Float = 0
-                    for i in 0..<inner { sum += row[c * inner + i] }
-                    sums[c] += sum
+                    for o in 0..<outer { sum += Self.sum(x + (o * channels + c) * inner, count: inner) }
+                    target.value[c] = sum
                 }
             }
         }
         for c in 0..<channels { out[c] = alpha * sums[c] + (beta == 0 ? 0 : beta * out[c]) }
+    }
+
+    // Reductions in 16 lanes (then the lanes summed): vectorised, unlike a running scalar sum,
+    // which the compiler may not reorder.
+    typealias Lanes = SIMD16<Float>
+
+    static func sum(_ x: UnsafePointer<Float>, count: Int) -> Float {
+        var lanes = Lanes(repeating: 0), i = 0
+        while i + Lanes.scalarCount <= count {
+            lanes += UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
+            i += Lanes.scalarCount
+        }
+        var total = lanes.sum()
+        while i < count { total += x[i]; i += 1 }
+        return total
+    }
+
+    /// Σ (x - mean)².
+    static func squaredDeviations(_ x: UnsafePointer<Float>, mean: Float, count: Int) -> Float {
+        var lanes = Lanes(repeating: 0), i = 0
+        let center = Lanes(repeating: mean)
+        while i + Lanes.scalarCount <= count {
+            let d = UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self) - center
+            lanes += d * d
+            i += Lanes.scalarCount
+        }
+        var total = lanes.sum()
+        while i < count { total += (x[i] - mean) * (x[i] - mean); i += 1 }
+        return total
+    }
+
+    /// (Σ g, Σ g·x).
+    static func sumAndDot(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int) -> (Float, Float) {
+        var sums = Lanes(repeating: 0), dots = Lanes(repeating: 0), i = 0
+        while i + Lanes.scalarCount <= count {
+            let gv = UnsafeRawPointer(g + i).loadUnaligned(as: Lanes.self)
+            sums += gv
+            dots += gv * UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
+            i += Lanes.scalarCount
+        }
+        var (sum, dot) = (sums.sum(), dots.sum())
+        while i < count { sum += g[i]; dot += g[i] * x[i]; i += 1 }
+        return (sum, dot)
     }
 
     /// Runs `body` over `0..<count` in chunks on every core: for element-wise work on large
@@ -354,10 +401,10 @@ enum CPUKernels {
         let n = Float(layout.outer * layout.inner), inner = layout.inner
         parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
             var mean: Float = 0
-            forEachRun(layout, group: g) { start in for i in 0..<inner { mean += x[start + i] } }
+            forEachRun(layout, group: g) { start in mean += sum(x + start, count: inner) }
             mean /= n
             var variance: Float = 0
-            forEachRun(layout, group: g) { start in for i in 0..<inner { variance += (x[start + i] - mean) * (x[start + i] - mean) } }
+            forEachRun(layout, group: g) { start in variance += squaredDeviations(x + start, mean: mean, count: inner) }
             let s = 1 / (variance / n + epsilon).squareRoot()
             forEachRun(layout, group: g) { start in for i in 0..<inner { xhat[start + i] = (x[start + i] - mean) * s } }
             rstd[g] = s
@@ -370,7 +417,9 @@ enum CPUKernels {
         parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
             var meanG: Float = 0, meanGX: Float = 0
             forEachRun(layout, group: g) { start in
-                for i in 0..<inner { meanG += dxhat[start + i]; meanGX += dxhat[start + i] * xhat[start + i] }
+                let (sum, dot) = sumAndDot(dxhat + start, xhat + start, count: inner)
+                meanG += sum
+                meanGX += dot
             }
             meanG /= n
             meanGX /= n
