@@ -8,8 +8,10 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a network with Signal Propagation (forward-only learning).",
         discussion: """
-            Backend and device come from the environment: SIGPROP_BACKEND=auto|opencl|cpu (default auto: \
-            the first OpenCL GPU, else the CPU fallback) and SIGPROP_DEVICE=<index or name> (see `swift run doctor`).
+            Backend and devices come from the environment: SIGPROP_BACKEND=auto|opencl|cpu (default auto: \
+            the first OpenCL GPU, else the CPU fallback), SIGPROP_DEVICE=<index or name>[,<index or name>...] \
+            (see `swift run doctor`), and SIGPROP_SPLIT=N to divide each device into N equal devices. With \
+            several devices the blocks are spread over them in contiguous groups of balanced work.
             """)
 
     // Options that define the run: taken from the checkpoint with --resume, where giving a
