@@ -87,11 +87,15 @@ public struct EpochMetrics: Sendable, Codable {
     public var seconds: Double
     public var samplesPerSecond: Double
     public var backend: String
+    /// Memory after the epoch: device bytes in use (all devices, the storage pool included)
+    /// and the process's resident set (0 where /proc is missing). The soak tests read them.
+    public var deviceBytes: Int
+    public var residentBytes: Int
 
     enum CodingKeys: String, CodingKey {
         case epoch, blockLosses = "block_losses", outputLoss = "output_loss", trainAccuracy = "train_accuracy",
              testAccuracy = "test_accuracy", readoutAccuracies = "readout_accuracies", adaptiveBlock = "adaptive_block", seconds,
-             samplesPerSecond = "samples_per_second", backend
+             samplesPerSecond = "samples_per_second", backend, deviceBytes = "device_bytes", residentBytes = "resident_bytes"
     }
 }
 
@@ -318,7 +322,15 @@ public final class Trainer {
                             testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
                             adaptiveBlock: adaptiveBlock,
                             seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
-                            backend: network.devices.map(\.description).joined(separator: " + ")))
+                            backend: network.devices.map(\.description).joined(separator: " + "),
+                            deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse }, residentBytes: Self.residentBytes()))
+    }
+
+    /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).
+    public static func residentBytes() -> Int {
+        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = statm.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
     /// The block (1-based) whose similarity readout is best on the first `adaptiveSamples`
