@@ -291,7 +291,8 @@ struct Train: ParsableCommand {
         emit("checkpoint: \(checkpointURL.path)")
         if let traceURL, let trace = trainer.trace {
             emit(String(format: "trace: %@ (%d stage spans, %d kernels); two or more blocks were busy at once %.0f%% of the busy time",
-                        traceURL.path, trace.spans.count, trace.kernels.count, 100 * trace.overlapShare))
+                        traceURL.path, trace.spans.count, trace.kernels.count, 100 * trace.overlapShare)
+                 + (trace.untimed > 0 ? " (\(trace.untimed) spans left out: the driver gave no timestamps for them)" : ""))
         }
     }
 

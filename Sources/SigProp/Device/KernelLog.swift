@@ -26,7 +26,9 @@ final class KernelLog: @unchecked Sendable {
         var result = entries
         for (name, event) in events {
             try event.wait()
-            result.append(Entry(name: name, start: try event.startNanoseconds(), end: try event.endNanoseconds()))
+            // A kernel without timestamps (a driver without profiling for it) is left out.
+            guard let start = try? event.startNanoseconds(), let end = try? event.endNanoseconds() else { continue }
+            result.append(Entry(name: name, start: start, end: end))
         }
         return result.sorted { $0.start < $1.start }
     }

@@ -31,10 +31,18 @@ public final class Trace {
         pending.append((name, stage, epoch, batch, start, end))
     }
 
+    /// Spans left out because the driver gave no timestamp for their events (profiling of
+    /// markers is optional for some drivers).
+    public private(set) var untimed = 0
+
     /// Turns recorded events into times (blocks until they completed) and lets the events go.
     public func resolve() throws {
         for entry in pending {
-            let (start, end) = (try entry.start.completionNanoseconds(), try entry.end.completionNanoseconds())
+            try entry.end.wait()
+            guard let start = try? entry.start.completionNanoseconds(), let end = try? entry.end.completionNanoseconds() else {
+                untimed += 1
+                continue
+            }
             spans.append(Span(name: entry.name, stage: entry.stage, epoch: entry.epoch, batch: entry.batch, start: start, end: max(start, end)))
         }
         pending.removeAll()
