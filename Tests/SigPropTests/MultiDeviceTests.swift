@@ -29,12 +29,7 @@ import Testing
     /// Two epochs of the same network on `devices` under `schedule`: weights and optimizer state.
     static func trainedState(_ config: ModelConfig, devices: [Device], schedule: Schedule, options: TrainingOptions) throws -> [Float] {
         let network = try Network(config: config, devices: devices, optimizer: options.optimizer, seed: 4)
-        let trainer = try Trainer(network: network, options: options, train: try TrainingTests.syntheticData(count: 256, seed: 1),
-                                  test: try TrainingTests.syntheticData(count: 64, seed: 2), schedule: schedule)
-        for epoch in 0..<2 {
-            guard case .completed = try trainer.runEpoch(epoch) else { throw SigPropError.configuration("epoch \(epoch) did not complete") }
-        }
-        return try TrainingTests.state(network)
+        return try ScheduleTests.trainedState(network, options: options, schedule: schedule, epochs: 2)
     }
 
     static var configs: [ModelConfig] {

@@ -41,10 +41,7 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
 
     func record() throws -> BackendEvent {
         let event = CPUEvent()
-        dispatch.async {
-            event.nanoseconds = DispatchTime.now().uptimeNanoseconds
-            event.group.leave()
-        }
+        dispatch.async { event.complete() }
         return event
     }
 
@@ -61,11 +58,13 @@ final class CPUEvent: BackendEvent, @unchecked Sendable {
     /// Set before the group is left, read after waiting on it.
     var nanoseconds: UInt64 = 0
     init() { group.enter() }
-    func wait() throws { group.wait() }
-    func completionNanoseconds() throws -> UInt64 {
-        group.wait()
-        return nanoseconds
+    /// Stamps the time and releases whoever waits.
+    func complete() {
+        nanoseconds = DispatchTime.now().uptimeNanoseconds
+        group.leave()
     }
+    func wait() throws { group.wait() }
+    func completionNanoseconds() throws -> UInt64 { nanoseconds }
 }
 
 /// The CPU fallback: OpenBLAS for matrix products, plain Swift loops for the rest.
@@ -106,8 +105,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func completeUserEvent(_ event: BackendEvent) throws {
         guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU user event must come from the CPU backend") }
-        event.nanoseconds = DispatchTime.now().uptimeNanoseconds
-        event.group.leave()
+        event.complete()
     }
 
     /// Enqueues `work`; with a kernel log on the queue, timed under the calling operation's name.

@@ -84,8 +84,7 @@ public struct BackendSelection: Sendable {
     func selected(from entries: [OpenCLDeviceEntry]) throws -> [OpenCLDeviceEntry]? {
         guard !deviceSelectors.isEmpty else { return nil }
         let chosen = try deviceSelectors.map { try Self.select($0, from: entries) }
-        let ids = chosen.map { $0.info.platformIndex * 10_000 + $0.info.deviceIndex }
-        guard Set(ids).count == ids.count else {
+        guard Set(chosen.map(\.id)).count == chosen.count else {
             throw SigPropError.configuration("\(Self.deviceVariable)=\(deviceSelectors.joined(separator: ",")) names a device twice; to run several parts of one device use \(Self.splitVariable)=N")
         }
         return chosen

@@ -137,7 +137,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             try object.setArguments(arguments)
             return try clQueue.launch(object, global: global, local: local)
         }
-        (queue as! OpenCLQueue).kernelLog?.add(kernel, event: event)
+        (queue as! OpenCLQueue).kernelLog?.add(kernel) {
+            try event.wait()
+            guard let start = try? event.startNanoseconds(), let end = try? event.endNanoseconds() else { return nil }
+            return (start, end)
+        }
         return event
     }
 
