@@ -27,3 +27,26 @@ inline float activation_derivative(const float a, const int act) {
     default: return 1.0f;
     }
 }
+
+// Optimizer rules as PyTorch computes them, on values of any float type T (float or a vector):
+// one rule shared by optimizer.cl's kernels and the fused weight update in gemm.cl. The state
+// arguments are variables updated in place. Adam / AMSGrad: step_size = lr / (1 - beta1^t) and
+// bc2_sqrt = sqrt(1 - beta2^t) come from the host (in double, as PyTorch's Python floats).
+#define ADAM_UPDATE(T, p, m, v, v_max, g, amsgrad, step_size, beta1, beta2, eps, weight_decay, bc2_sqrt) do { \
+    const T grad_ = (g) + (weight_decay) * (p);                                                   \
+    (m) = (beta1) * (m) + (1.0f - (beta1)) * grad_;                                               \
+    (v) = (beta2) * (v) + (1.0f - (beta2)) * grad_ * grad_;                                       \
+    T second_ = (v);                                                                              \
+    if (amsgrad) { second_ = fmax((v_max), (v)); (v_max) = second_; }                             \
+    (p) -= (step_size) * (m) / (sqrt(second_) / (bc2_sqrt) + (eps));                              \
+} while (0)
+
+// SGD with optional momentum (the buffer starts as the first gradient), dampening, Nesterov.
+#define SGD_UPDATE(T, p, buffer, g, has_momentum, lr, momentum, dampening, weight_decay, nesterov, first_step) do { \
+    T grad_ = (g) + (weight_decay) * (p);                                                         \
+    if (has_momentum) {                                                                           \
+        (buffer) = (first_step) ? grad_ : (momentum) * (buffer) + (1.0f - (dampening)) * grad_;   \
+        grad_ = (nesterov) ? grad_ + (momentum) * (buffer) : (buffer);                            \
+    }                                                                                             \
+    (p) -= (lr) * grad_;                                                                          \
+} while (0)

@@ -33,11 +33,13 @@ let benchmarks: @Sendable () -> Void = {
         register("conv2d_wgrad/opencl/\(shape)", flops: shape.flops) { try sigpropConvWeightGradient(try openCLDevice(), shape) }
         register("conv2d_wgrad/cpu/\(shape)", flops: shape.flops) { try sigpropConvWeightGradient(try Device.cpu(), shape) }
     }
-    // `local_step/<impl>/...` (one fused kernel for the whole step) comes with that kernel;
-    // these are today's path, one operation at a time, to compare it against.
+    // A block's local step with the optimizer in the weight-gradient product's epilogue
+    // (`local_step`), and the same math as separate kernels (`local_step_unfused`).
     for shape in LocalStepCase.all {
-        register("local_step_unfused/opencl/\(shape)", flops: shape.flops) { try sigpropLocalStep(try openCLDevice(), shape) }
-        register("local_step_unfused/cpu/\(shape)", flops: shape.flops) { try sigpropLocalStep(try Device.cpu(), shape) }
+        register("local_step/opencl/\(shape)", flops: shape.flops) { try sigpropLocalStep(try openCLDevice(), shape, fused: true) }
+        register("local_step/cpu/\(shape)", flops: shape.flops) { try sigpropLocalStep(try Device.cpu(), shape, fused: true) }
+        register("local_step_unfused/opencl/\(shape)", flops: shape.flops) { try sigpropLocalStep(try openCLDevice(), shape, fused: false) }
+        register("local_step_unfused/cpu/\(shape)", flops: shape.flops) { try sigpropLocalStep(try Device.cpu(), shape, fused: false) }
     }
 }
 

@@ -62,9 +62,11 @@ func sigpropConvWeightGradient(_ device: Device, _ shape: ConvCase) throws -> ()
     }
 }
 
-/// Today's local step, one operation at a time: `LocalLoss.evaluate` (which allocates its
-/// outputs, as training does), the two weight-gradient products, one Adam update.
-func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase) throws -> () throws -> Void {
+/// A block's local step, as training runs it: `LocalLoss.evaluate` (which allocates its
+/// outputs, as training does), then the weight's Adam step. `fused`: in the epilogue of the
+/// weight-gradient product over both streams (`Device.updateWeights`); unfused: the two
+/// weight-gradient products into a gradient tensor, then the Adam kernel.
+func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase, fused: Bool) throws -> () throws -> Void {
     let (b, n, i) = (shape.batch, shape.outputs, shape.inputs)
     let h = try randomTensor(device, [b, n], seed: 1)
     let t = try randomTensor(device, [b, n], seed: 2)
@@ -81,9 +83,14 @@ func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase) throws -> () thr
     return {
         step += 1
         let out = try loss.evaluate(h: h, t: t, t0: t0)
-        try device.gemm(out.dH, transposeA: true, x, into: gradient)
-        try device.gemm(out.dT, transposeA: true, x0, into: gradient, beta: 1)
-        try device.adamStep(AdamStep(learningRate: 5e-4, step: step), parameter: weight, gradient: gradient, m: m, v: v)
+        let adam = AdamStep(learningRate: 5e-4, step: step)
+        if fused {
+            try device.updateWeights(weight, gradientPairs: [(out.dH, x), (out.dT, x0)], update: .adam(adam, m: m, v: v, vMax: nil))
+        } else {
+            try device.gemm(out.dH, transposeA: true, x, into: gradient)
+            try device.gemm(out.dT, transposeA: true, x0, into: gradient, beta: 1)
+            try device.adamStep(adam, parameter: weight, gradient: gradient, m: m, v: v)
+        }
         try device.defaultStream.synchronize()
     }
 }

@@ -231,6 +231,30 @@ final class CPUBackend: Backend, @unchecked Sendable {
         let (p, g, buffer) = (buf(parameter), buf(gradient), momentum.map(buf))
         run(queue) { CPUKernels.sgdStep(settings, parameter: p.pointer, gradient: g.pointer, momentum: buffer?.pointer, count: count) }
     }
+
+    func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws {
+        let operands = pairs.map { (buf($0.outputGradient), buf($0.input), $0.rows) }
+        let w = buf(weight)
+        let step: @Sendable (Range<Int>, UnsafePointer<Float>) -> Void
+        switch update {
+        case let .adam(settings, m, v, vMax):
+            let (m, v, vMax) = (buf(m), buf(v), vMax.map(buf))
+            step = { range, g in
+                let i = range.lowerBound
+                CPUKernels.adamEntries(settings, parameter: w.pointer + i, gradient: g, m: m.pointer + i, v: v.pointer + i,
+                                       vMax: vMax.map { $0.pointer + i }, count: range.count)
+            }
+        case let .sgd(settings, momentum):
+            let buffer = momentum.map(buf)
+            step = { range, g in
+                let i = range.lowerBound
+                CPUKernels.sgdEntries(settings, parameter: w.pointer + i, gradient: g, momentum: buffer.map { $0.pointer + i }, count: range.count)
+            }
+        }
+        run(queue) {
+            CPUKernels.updateWeights(m: m, n: n, pairs: operands.map { CPUKernels.UpdatePair(a: $0.0.pointer, b: $0.1.pointer, rows: $0.2) }, step: step)
+        }
+    }
 }
 
 /// A counter shared by threads (queue labels).

@@ -432,50 +432,104 @@ enum CPUKernels {
 
     static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
                          m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
+        parallelChunks(count) { range in
+            let i = range.lowerBound
+            adamEntries(s, parameter: p + i, gradient: g + i, m: m + i, v: v + i, vMax: vMax.map { $0 + i }, count: range.count)
+        }
+    }
+
+    /// Adam / AMSGrad on `count` consecutive entries: the rule optimizer.cl and gemm.cl's
+    /// update epilogue apply (PyTorch's), on one core.
+    static func adamEntries(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                            m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
         // This step streams every parameter and is memory-bound once it is vectorised.
         let (stepSize, bc2Sqrt, eps, decay) = (s.stepSize, s.biasCorrection2Sqrt, s.epsilon, s.weightDecay)
         let (b1, b2, c1, c2) = (s.beta1, s.beta2, 1 - s.beta1, 1 - s.beta2)
-        parallelChunks(count) { range in
-            // 16 lanes at a time with explicit SIMD (the compiler does not vectorise the
-            // scalar loop: the pointers may alias), then the tail one by one.
-            typealias V = SIMD16<Float>
-            var i = range.lowerBound
-            while i + 16 <= range.upperBound {
-                let load = { (pointer: UnsafePointer<Float>) in UnsafeRawPointer(pointer + i).loadUnaligned(as: V.self) }
-                let pv = load(p), grad = load(g) + decay * pv
-                let mi = b1 * load(m) + c1 * grad, vi = b2 * load(v) + c2 * grad * grad
-                var second = vi
-                if let vMax {
-                    second = pointwiseMax(load(vMax), vi)
-                    UnsafeMutableRawPointer(vMax + i).storeBytes(of: second, as: V.self)
-                }
-                UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: V.self)
-                UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: V.self)
-                UnsafeMutableRawPointer(p + i).storeBytes(of: pv - stepSize * mi / (second.squareRoot() / bc2Sqrt + eps), as: V.self)
-                i += 16
+        // 16 lanes at a time with explicit SIMD (the compiler does not vectorise the scalar
+        // loop: the pointers may alias), then the tail one by one.
+        typealias V = SIMD16<Float>
+        var i = 0
+        while i + 16 <= count {
+            let load = { (pointer: UnsafePointer<Float>) in UnsafeRawPointer(pointer + i).loadUnaligned(as: V.self) }
+            let pv = load(p), grad = load(g) + decay * pv
+            let mi = b1 * load(m) + c1 * grad, vi = b2 * load(v) + c2 * grad * grad
+            var second = vi
+            if let vMax {
+                second = pointwiseMax(load(vMax), vi)
+                UnsafeMutableRawPointer(vMax + i).storeBytes(of: second, as: V.self)
             }
-            while i < range.upperBound {
-                let grad = g[i] + decay * p[i]
-                let mi = b1 * m[i] + c1 * grad, vi = b2 * v[i] + c2 * grad * grad
-                var second = vi
-                if let vMax { second = max(vMax[i], vi); vMax[i] = second }
-                m[i] = mi; v[i] = vi
-                p[i] -= stepSize * mi / (second.squareRoot() / bc2Sqrt + eps)
-                i += 1
-            }
+            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: V.self)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: V.self)
+            UnsafeMutableRawPointer(p + i).storeBytes(of: pv - stepSize * mi / (second.squareRoot() / bc2Sqrt + eps), as: V.self)
+            i += 16
+        }
+        while i < count {
+            let grad = g[i] + decay * p[i]
+            let mi = b1 * m[i] + c1 * grad, vi = b2 * v[i] + c2 * grad * grad
+            var second = vi
+            if let vMax { second = max(vMax[i], vi); vMax[i] = second }
+            m[i] = mi; v[i] = vi
+            p[i] -= stepSize * mi / (second.squareRoot() / bc2Sqrt + eps)
+            i += 1
         }
     }
 
     static func sgdStep(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
                         momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
-        parallelChunks(count) { range in for i in range {
+        parallelChunks(count) { range in
+            let i = range.lowerBound
+            sgdEntries(s, parameter: p + i, gradient: g + i, momentum: buffer.map { $0 + i }, count: range.count)
+        }
+    }
+
+    /// SGD on `count` consecutive entries, on one core.
+    static func sgdEntries(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                           momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
+        for i in 0..<count {
             var grad = g[i] + s.weightDecay * p[i]
             if s.momentum != 0, let buffer {
                 buffer[i] = s.firstStep ? grad : s.momentum * buffer[i] + (1 - s.dampening) * grad
                 grad = s.nesterov ? grad + s.momentum * buffer[i] : buffer[i]
             }
             p[i] -= s.learningRate * grad
-        } }
+        }
+    }
+
+    /// Floats of G per panel of the CPU's fused update (see `updateWeights`).
+    nonisolated(unsafe) static var updatePanelFloats = Int(ProcessInfo.processInfo.environment["SIGPROP_PANEL"] ?? "") ?? (1 << 16)
+
+    /// Operands of the fused weight update on the CPU: `rows` rows of A (rows x M) and B (rows x N).
+    struct UpdatePair {
+        let a: UnsafePointer<Float>, b: UnsafePointer<Float>, rows: Int
+    }
+
+    /// The CPU twin of gemm.cl's `gemm_update_*`: W [m, n] stepped with G = Σ Aᵀ B. OpenBLAS
+    /// has no epilogue, so G is formed a panel of W's rows at a time into a scratch buffer
+    /// small enough to stay in cache and stepped right away: G never streams through memory.
+    /// `step(range of W's entries, G for them)` applies the optimizer on one core.
+    static func updateWeights(m: Int, n: Int, pairs: [UpdatePair],
+                              step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
+        guard m > 0, n > 0 else { return }
+        let parts = min(cores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 20)))
+        let panelRows = max(1, min((m + parts - 1) / parts, updatePanelFloats / n))
+        let panels = (m + panelRows - 1) / panelRows
+        let operands = UncheckedSendable(pairs)
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: panelRows * n)
+            defer { scratch.deallocate() }
+            // Each part takes a contiguous run of panels: disjoint rows of W.
+            for panel in stride(from: part * panels / parts, to: (part + 1) * panels / parts, by: 1) {
+                let rows = (panel * panelRows)..<min(m, (panel + 1) * panelRows)
+                var beta: Float = 0
+                for pair in operands.value where pair.rows > 0 {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n), blasint(pair.rows),
+                                1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch, blasint(n))
+                    beta = 1
+                }
+                if beta == 0 { scratch.update(repeating: 0, count: rows.count * n) }
+                step((rows.lowerBound * n)..<(rows.upperBound * n), scratch)
+            }
+        }
     }
 }
 

@@ -419,6 +419,56 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                             count: parameter.count, on: try queue(stream, "sgdStep"))
     }
 
+    /// `update` applied to `parameter` with `gradient` (Adam, AMSGrad or SGD as it says).
+    public func step(_ parameter: Tensor, gradient: Tensor, update: ParameterUpdate, on stream: Stream? = nil) throws {
+        switch update {
+        case let .adam(settings, m, v, vMax):
+            try adamStep(settings, parameter: parameter, gradient: gradient, m: m, v: v, vMax: vMax, on: stream)
+        case let .sgd(settings, momentum):
+            try sgdStep(settings, parameter: parameter, gradient: gradient, momentum: momentum, on: stream)
+        }
+    }
+
+    /// The fused weight update: `weight` [M, N] stepped by `update` with gradient
+    /// Σ outputGradientᵀ · input over `pairs` (a dense layer's input and target streams: each
+    /// outputGradient is [rows, M], each input [rows, N] or [rows, ...] flattened to N). The
+    /// optimizer step runs in the epilogue of the gradient's product, so the gradient is never
+    /// written out. One or two pairs.
+    public func updateWeights(_ weight: Tensor, gradientPairs pairs: [(outputGradient: Tensor, input: Tensor)],
+                              update: ParameterUpdate, on stream: Stream? = nil) throws {
+        guard (1...2).contains(pairs.count) else {
+            throw SigPropError.shapeMismatch(operation: "updateWeights", detail: "takes one or two (outputGradient, input) pairs, got \(pairs.count)")
+        }
+        try check("updateWeights", weight)
+        let (m, n) = (weight.rows, weight.columns)
+        for (gradient, input) in pairs {
+            try check("updateWeights", gradient, input)
+            guard gradient.columns == m, input.columns == n, gradient.rows == input.rows else {
+                throw SigPropError.shapeMismatch(
+                    operation: "updateWeights",
+                    detail: "weight \(weight.shape) needs outputGradient [rows, \(m)] and input [rows, \(n)] with the same rows; got \(gradient.shape) and \(input.shape)")
+            }
+        }
+        let storageUpdate: StorageUpdate
+        switch update {
+        case let .adam(settings, m, v, vMax):
+            for tensor in [m, v] + (vMax.map { [$0] } ?? []) {
+                try check("updateWeights", tensor)
+                try requireCount("updateWeights", tensor, weight.count)
+            }
+            guard settings.step >= 1 else { throw SigPropError.configuration("updateWeights: Adam's step must start at 1, got \(settings.step)") }
+            storageUpdate = .adam(settings, m: m.storage, v: v.storage, vMax: vMax?.storage)
+        case let .sgd(settings, momentum):
+            if let momentum { try check("updateWeights", momentum); try requireCount("updateWeights", momentum, weight.count) }
+            if settings.momentum != 0 && momentum == nil {
+                throw SigPropError.configuration("updateWeights: momentum \(settings.momentum) needs a momentum buffer")
+            }
+            storageUpdate = .sgd(settings, momentum: momentum?.storage)
+        }
+        try backend.updateWeights(m: m, n: n, pairs: pairs.map { WeightGradientPair(outputGradient: $0.outputGradient.storage, input: $0.input.storage, rows: $0.input.rows) },
+                                  weight: weight.storage, update: storageUpdate, on: try queue(stream, "updateWeights"))
+    }
+
     // MARK: Checks
 
     private func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {

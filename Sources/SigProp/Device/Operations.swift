@@ -125,3 +125,26 @@ public struct SGDStep: Sendable, Equatable {
     }
 }
 
+
+/// One optimizer step for one parameter: the rule with this step's settings and the
+/// parameter's state tensors. `Device.step` applies it to a gradient tensor;
+/// `Device.updateWeights` applies it in the epilogue of the gradient's product.
+public enum ParameterUpdate {
+    case adam(AdamStep, m: Tensor, v: Tensor, vMax: Tensor?)
+    case sgd(SGDStep, momentum: Tensor?)
+}
+
+/// `ParameterUpdate` on backend storage.
+enum StorageUpdate {
+    case adam(AdamStep, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?)
+    case sgd(SGDStep, momentum: TensorStorage?)
+}
+
+/// One operand pair of the fused weight update: `rows` rows of d loss / d the layer's output
+/// (rows x M) and the same rows of the layer's input (rows x N); the weight gradient is the
+/// sum over pairs of outputGradientᵀ · input.
+struct WeightGradientPair {
+    let outputGradient: TensorStorage
+    let input: TensorStorage
+    let rows: Int
+}

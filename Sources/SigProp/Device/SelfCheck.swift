@@ -200,6 +200,26 @@ public enum SelfCheck {
             }
             return [try device.read(p), try device.read(buffer)]
         })
+
+        // The fused weight update: both operand pairs, one pair, every rule, two steps each.
+        let rules = ["adam", "amsgrad", "sgd"]
+        for (index, (m, n, k1, k2)) in [(1, 1, 1, 0), (7, 129, 13, 3), (129, 7, 33, 10), (33, 65, 129, 10), (128, 1000, 7, 0)].enumerated() {
+            let rule = rules[index % rules.count]
+            cases.append(Case(operation: "updateWeights", shape: "\(m)x\(n)x(\(k1)+\(k2)) \(rule) x2") { device in
+                let w = try input(device, [m, n], seed: 31)
+                let s1 = try device.zeros([m, n]), s2 = try device.zeros([m, n]), s3 = try device.zeros([m, n])
+                for step in 1...2 {
+                    let seed = 32 + 4 * UInt64(step)
+                    var pairs = [(outputGradient: try input(device, [k1, m], seed: seed), input: try input(device, [k1, n], seed: seed + 1))]
+                    if k2 > 0 { pairs.append((try input(device, [k2, m], seed: seed + 2), try input(device, [k2, n], seed: seed + 3))) }
+                    let update: ParameterUpdate = rule == "sgd"
+                        ? .sgd(SGDStep(learningRate: 0.1, momentum: 0.9, weightDecay: 1e-4, nesterov: true, firstStep: step == 1), momentum: s1)
+                        : .adam(AdamStep(learningRate: 1e-3, weightDecay: 0.01, step: step), m: s1, v: s2, vMax: rule == "amsgrad" ? s3 : nil)
+                    try device.updateWeights(w, gradientPairs: pairs, update: update)
+                }
+                return [try device.read(w), try device.read(s1), try device.read(s2), try device.read(s3)]
+            })
+        }
         return cases
     }
 }

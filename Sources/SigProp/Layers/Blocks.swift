@@ -130,18 +130,25 @@ public final class SignalBlock {
     /// The block's loss on `pass`, its gradients and one optimizer step.
     public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
         let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-        try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        let step = optimizer.beginStep(learningRate: learningRate)
+        try input.learn(from: [(pass.hPass, out.dH)], step: step, on: stream)
         if !fixedContext {
-            try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
+            try context.learn(from: [(pass.tPass, try out.dT.reshaped(pass.tPass.output.shape))], step: step, on: stream)
         }
-        try optimizer.step(learningRate: learningRate, on: stream)
         return out
     }
 
-    /// Forward and update on one stream.
+    /// Forward and update on one stream. `storingGradients` also leaves d loss / d every
+    /// parameter in its gradient tensor (for checks: training steps dense weights inside their
+    /// gradient products and never stores those).
     public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+                      dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
         let pass = try forward(x: x, context: onehot, labels: labels, dropout: dropout, on: stream)
+        if storingGradients {
+            let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+            try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+            try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
+        }
         return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
     }
 
@@ -179,16 +186,19 @@ public final class HiddenBlock {
     /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.
     public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
         let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-        try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
-        try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
-        try optimizer.step(learningRate: learningRate, on: stream)
+        try layer.learn(from: [(pass.hPass, out.dH), (pass.tPass, out.dT)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
         return out
     }
 
-    /// Forward and update on one stream.
+    /// Forward and update on one stream; `storingGradients` as in `SignalBlock.train`.
     public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockStep {
+                      dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
         let pass = try forward(h: h, t: t, labels: labels, dropout: dropout, on: stream)
+        if storingGradients {
+            let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+            try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+            try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
+        }
         return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
     }
 
@@ -220,8 +230,7 @@ public final class OutputLayer {
         let mask = try device.zeros(shape, on: stream), dY = try device.zeros(shape, on: stream), rows = try device.zeros([h.rows], on: stream)
         // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
         try device.localLossRows(.maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
-        try layer.accumulateGradients(pass, outputGradient: dY, accumulate: false, on: stream)
-        try optimizer.step(learningRate: learningRate, on: stream)
+        try layer.learn(from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
         return (rows, pass.output)
     }
 }

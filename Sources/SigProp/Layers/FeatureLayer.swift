@@ -80,6 +80,20 @@ public protocol FeatureLayer: AnyObject {
     /// Adds d loss / d parameters for `pass` given d loss / d output (`accumulate` false: sets
     /// them). No gradient goes to the input: it is a constant for this block.
     func accumulateGradients(_ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws
+    /// One learning step: d loss / d parameters from every pass (the streams' gradients
+    /// summed), then `step` applied to every parameter. Where a layer can, its weight's step
+    /// runs in the epilogue of the weight-gradient product (`Device.updateWeights`).
+    func learn(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws
+}
+
+extension FeatureLayer {
+    /// The unfused step: gradients into the parameters' gradient tensors, then the optimizer.
+    public func learn(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws {
+        for (index, (pass, gradient)) in passes.enumerated() {
+            try accumulateGradients(pass, outputGradient: gradient, accumulate: index > 0, on: stream)
+        }
+        try step.apply(to: parameters, on: stream)
+    }
 }
 
 /// PyTorch's default init for Linear and Conv2d (kaiming-uniform with a = sqrt(5)): weights and
@@ -135,15 +149,35 @@ public final class DenseLayer: FeatureLayer {
     }
 
     public func accumulateGradients(_ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws {
+        let dz = try productGradient(pass, outputGradient: outputGradient, accumulate: accumulate, on: stream)
+        try pass.output.device.gemm(dz, transposeA: true, pass.input, into: weight.gradient, beta: accumulate ? 1 : 0, on: stream)
+    }
+
+    /// The fused step: the bias and norm gradients as usual, the weight stepped by the
+    /// optimizer inside its gradient product over both streams.
+    public func learn(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws {
+        guard (1...2).contains(passes.count), let device = passes.first?.pass.output.device else {
+            throw SigPropError.configuration("DenseLayer.learn takes one or two passes (the input and target streams), got \(passes.count)")
+        }
+        let pairs = try passes.enumerated().map { index, element in
+            (outputGradient: try productGradient(element.pass, outputGradient: element.outputGradient, accumulate: index > 0, on: stream),
+             input: element.pass.input)
+        }
+        try device.updateWeights(weight.value, gradientPairs: pairs, update: step.update(for: weight), on: stream)
+        try step.apply(to: parameters.filter { $0 !== weight }, on: stream)
+    }
+
+    /// d loss / d (x Wᵀ + b) from d loss / d output; adds (or with `accumulate` false, sets)
+    /// the bias and norm gradients on the way.
+    private func productGradient(_ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws -> Tensor {
         let device = pass.output.device
-        let beta0: Float = accumulate ? 1 : 0
         let dz = try device.zeros(pass.output.shape, on: stream)
         try device.activationGradient(activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
         if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
             try norm.backward(dz, xhat: xhat, rstd: rstd, accumulate: accumulate, on: stream)
         }
-        try device.gemm(dz, transposeA: true, pass.input, into: weight.gradient, beta: beta0, on: stream)
-        if let bias { try device.channelSums(dz, channels: outputs, into: bias.gradient, beta: beta0, on: stream) }
+        if let bias { try device.channelSums(dz, channels: outputs, into: bias.gradient, beta: accumulate ? 1 : 0, on: stream) }
+        return dz
     }
 }
 

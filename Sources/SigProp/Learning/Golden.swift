@@ -178,7 +178,7 @@ public enum GoldenCheck {
             let (layer, names) = try makeLayer(golden, on: device)
             let block = try HiddenBlock(layer: layer, after: [], optimizer: settings)
             let step = try block.train(h: try device.tensor(h0.values, shape: h0.shape), t: try device.tensor(t0.values, shape: t0.shape),
-                                       loss: LocalLoss(), learningRate: settings.learningRate, on: nil)
+                                       loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true, on: nil)
             if optimizerName == "adam" {
                 comparisons += try forwardComparisons(step, golden, on: device)
                 for (parameter, name) in zip(layer.parameters, names) {
@@ -210,7 +210,7 @@ public enum GoldenCheck {
         for s in 0..<3 {
             let h0 = try golden.input("step\(s).h0"), t0 = try golden.input("step\(s).t0")
             let step = try block.train(h: try device.tensor(h0.values, shape: h0.shape), t: try device.tensor(t0.values, shape: t0.shape),
-                                       loss: LocalLoss(), learningRate: adamSettings.learningRate, on: nil)
+                                       loss: LocalLoss(), learningRate: adamSettings.learningRate, storingGradients: true, on: nil)
             comparisons.append(compare("step\(s).loss", [try LocalLoss.value(of: step.loss)], try golden.output("step\(s).loss")))
             for (parameter, name) in zip(layer.parameters, names) {
                 comparisons.append(compare("step\(s).grad.\(name)", try device.read(parameter.gradient), try golden.output("step\(s).grad.\(name)")))
@@ -239,7 +239,7 @@ public enum GoldenCheck {
             try load(parameters, names: names, prefix: "init.", from: golden, on: device)
             let step = try block.train(x: try device.tensor(x.values, shape: x.shape),
                                        context: try device.tensor(onehotValues, shape: [labels.values.count, classes]),
-                                       loss: LocalLoss(), learningRate: settings.learningRate, on: nil)
+                                       loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true, on: nil)
             if optimizerName == "adam" {
                 comparisons += try forwardComparisons(step, golden, on: device)
                 for (parameter, name) in zip(parameters, names) {

@@ -9,6 +9,52 @@ extension OpenCLBackend {
             .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : 1), .int(s.activation.code),
         ], global: plan.global, local: plan.local, on: queue)
     }
+
+    /// The fused weight update: the TN product's kernel (as `GemmPlan` picks it for
+    /// Wᵀ-shaped products) in its `gemm_update_*` form, the optimizer step as its epilogue.
+    func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws {
+        let depth = pairs.reduce(0) { $0 + $1.rows }
+        let shape = GemmShape(m: m, n: n, k: depth, transposeA: true, transposeB: false, alpha: 1, beta: 0, activation: .identity)
+        let plan = GemmPlan(shape, parameters)
+        let kernel = plan.kernel.replacingOccurrences(of: "gemm_", with: "gemm_update_")
+        let first = pairs[0], second = pairs.count > 1 ? pairs[1] : nil
+        let rule = UpdateRule(update)
+        try launch("gemm", kernel, [
+            .int(Int32(m)), .int(Int32(n)), .int(Int32(first.rows)), .int(Int32(second?.rows ?? 0)),
+            .buffer(mem(first.outputGradient)), .buffer(mem(first.input)),
+            // Without a second pair the kernels never read it; the first stands in.
+            .buffer(mem(second?.outputGradient ?? first.outputGradient)), .buffer(mem(second?.input ?? first.input)),
+            .buffer(mem(weight)), .buffer(mem(rule.states[0] ?? weight)), .buffer(mem(rule.states[1] ?? weight)), .buffer(mem(rule.states[2] ?? weight)),
+            .int(rule.code), .int(rule.flags), .float(rule.rate), .float(rule.beta1), .float(rule.beta2), .float(rule.epsilon),
+            .float(rule.weightDecay), .float(rule.biasCorrection2Sqrt),
+        ], global: plan.global, local: plan.local, on: queue)
+    }
+}
+
+/// A `StorageUpdate` as gemm.cl's update epilogue takes it (RULE_* codes, SGD_* flags, and the
+/// Adam names reused for SGD's momentum and dampening).
+struct UpdateRule {
+    var code: Int32, flags: Int32 = 0
+    var rate: Float, beta1: Float = 0, beta2: Float = 0, epsilon: Float = 0, weightDecay: Float, biasCorrection2Sqrt: Float = 1
+    /// Adam: m, v, v_max; SGD: the momentum buffer. Unused slots are never read.
+    var states: [TensorStorage?]
+
+    init(_ update: StorageUpdate) {
+        switch update {
+        case let .adam(s, m, v, vMax):
+            code = vMax == nil ? 0 : 1
+            rate = s.stepSize
+            (beta1, beta2, epsilon, weightDecay, biasCorrection2Sqrt) = (s.beta1, s.beta2, s.epsilon, s.weightDecay, s.biasCorrection2Sqrt)
+            states = [m, v, vMax]
+        case let .sgd(s, momentum):
+            code = 2
+            let hasMomentum = momentum != nil && s.momentum != 0
+            flags = (hasMomentum ? 1 : 0) | (s.nesterov ? 2 : 0) | (s.firstStep ? 4 : 0)
+            rate = s.learningRate
+            (beta1, beta2, weightDecay) = (s.momentum, s.dampening, s.weightDecay)
+            states = [momentum, nil, nil]
+        }
+    }
 }
 
 /// Which kernel of gemm.cl computes a product, over which work-items. Every kernel takes the
