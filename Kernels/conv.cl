@@ -1,20 +1,23 @@
 // 2-D convolution pieces, NCHW, cross-correlation as PyTorch, zero padding, any kernel size:
-// im2col + gemm (the product runs in gemm.cl), scatter/gather between NCHW and channel-major.
-// (The bias gradient is reduce.cl's channel_sums.)
+// im2col + gemm (the product runs in gemm.cl), and the gather from NCHW to channel-major for
+// the weight gradient. (The bias gradient is reduce.cl's channel_sums.)
 
-// im2col for images n0 .. n0+count-1: cols[(c*KH + ky)*KW + kx, (n - n0)*P + oy*WO + ox], zero
-// outside the image. With it a convolution is one matrix product per chunk of images.
-// Work-item (oy, (c*KH + ky)*KW + kx, n) writes one output row: WO consecutive entries from
-// one input row (consecutive too at stride 1), so each work-item streams memory in order and
-// the loop vectorises; one work-item per entry spent its time on index arithmetic instead.
+// im2col for images n0 .. n0+count-1: entry (row, p) of image n's patch matrix, row =
+// (c*KH + ky)*KW + kx and p = oy*WO + ox, at cols[row * row_stride + n * image_stride + p],
+// zero outside the image. The forward pass lays each image's matrix out on its own
+// (row_stride P, image_stride patch*P: a batch of products writes NCHW directly); the weight
+// gradient side by side (row_stride count*P, image_stride P: one product over the chunk).
+// Work-item (oy, row, n) writes one output row: WO consecutive entries from one input row
+// (consecutive too at stride 1), so each work-item streams memory in order and the loop
+// vectorises; one work-item per entry spent its time on index arithmetic instead.
 __kernel void im2col(__global const float* x, __global float* cols, const int n0, const int count,
+                     const int row_stride, const int image_stride,
                      const int C, const int H, const int W, const int KH, const int KW, const int stride, const int pad,
                      const int HO, const int WO) {
     const int oy = get_global_id(0), row = get_global_id(1), n = get_global_id(2);
     if (oy >= HO || row >= C * KH * KW || n >= count) return;
     const int kx = row % KW, ky = (row / KW) % KH, c = row / (KW * KH);
-    const size_t columns = (size_t)count * HO * WO;
-    __global float* out = cols + (size_t)row * columns + (size_t)n * HO * WO + (size_t)oy * WO;
+    __global float* out = cols + (size_t)row * row_stride + (size_t)n * image_stride + (size_t)oy * WO;
     const int y = oy * stride + ky - pad;
     if (y < 0 || y >= H) {
         for (int ox = 0; ox < WO; ++ox) out[ox] = 0.0f;
@@ -27,16 +30,6 @@ __kernel void im2col(__global const float* x, __global float* cols, const int n0
     for (int ox = 0; ox < first; ++ox) out[ox] = 0.0f;
     for (int ox = first; ox < last; ++ox) out[ox] = line[ox * stride + kx - pad];
     for (int ox = max(first, last); ox < WO; ++ox) out[ox] = 0.0f;
-}
-
-// out[n0 + n, o, p] = act(product[o, n*P + p] + bias[o]): a chunk's product back to NCHW.
-// Work-item (p, o, n).
-__kernel void channel_major_to_nchw(__global const float* product, __global const float* bias, const int has_bias,
-                                    __global float* out, const int n0, const int count, const int O, const int P, const int act) {
-    const int p = get_global_id(0), o = get_global_id(1), n = get_global_id(2);
-    if (p >= P || o >= O || n >= count) return;
-    const float v = product[(size_t)o * count * P + (size_t)n * P + p] + (has_bias ? bias[o] : 0.0f);
-    out[(((size_t)(n0 + n)) * O + o) * P + p] = activate(v, act);
 }
 
 // gathered[o, n*P + p] = dz[n0 + n, o, p]: a chunk of NCHW gradients as an O x (count*P) matrix.

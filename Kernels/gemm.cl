@@ -1,4 +1,8 @@
 // C[M,N] = act(alpha * op(A) op(B) + beta * C + bias), row-major, any M, N, K (K = 0 too).
+// bias runs along C's columns (has_bias 1: a dense layer) or rows (2: a convolution's channels).
+// Batched: dimension 2 of the launch picks product g of a batch, whose operands start at
+// offset_x + g * stride_x elements of A, B and C (a convolution writes each image's product
+// straight into its NCHW output this way).
 // op(A) is M x K: A stored M x K, or K x M when trans_a. op(B) is K x N: B stored K x N, or
 // N x K when trans_b. beta == 0 never reads C (so NaN in C does not leak into the result).
 // No padding is asked of the caller: every load is in bounds.
@@ -63,21 +67,40 @@
 #define floatD GEMM_CAT(float, DOT_VW)
 #define vloadD GEMM_CAT(vload, DOT_VW)
 
+// The arguments of every plain product kernel (the host sends one list to whichever it picks).
+#define GEMM_ARGS const int M, const int N, const int K, const int trans_a, const int trans_b,     \
+    const float alpha, const float beta,                                                          \
+    __global const float* A, __global const float* B, __global float* C,                          \
+    __global const float* bias, const int has_bias, const int act,                                \
+    const int offset_a, const int stride_a, const int offset_b, const int stride_b,               \
+    const int offset_c, const int stride_c
+// Moves A, B and C to this work-item's product of the batch (launch dimension 2).
+#define GEMM_SELECT_BATCH() do {                                                                  \
+    const size_t g_ = get_global_id(2);                                                           \
+    A += offset_a + g_ * stride_a;                                                                \
+    B += offset_b + g_ * stride_b;                                                                \
+    C += offset_c + g_ * stride_c;                                                                \
+} while (0)
+
 // The fused epilogue for one element of C.
+#define BIAS_COLUMNS 1
+#define BIAS_ROWS 2
+
 inline void gemm_store(__global float* C, const size_t index, const float acc, const float alpha, const float beta,
-                       __global const float* bias, const int has_bias, const int bias_index, const int act) {
+                       __global const float* bias, const int has_bias, const int row, const int col, const int act) {
     float v = alpha * acc;
     if (beta != 0.0f) v += beta * C[index];
-    if (has_bias) v += bias[bias_index];
+    if (has_bias) v += bias[has_bias == BIAS_ROWS ? row : col];
     C[index] = activate(v, act);
 }
 
 // The epilogue for VW consecutive elements of a row of C; same results as gemm_store.
 inline void gemm_store_v(__global float* C, const size_t index, const floatV acc, const float alpha, const float beta,
-                         __global const float* bias, const int has_bias, const int bias_index, const int act) {
+                         __global const float* bias, const int has_bias, const int row, const int col, const int act) {
     floatV v = alpha * acc;
     if (beta != 0.0f) v += beta * vloadV(0, C + index);
-    if (has_bias) v += vloadV(0, bias + bias_index);
+    if (has_bias == BIAS_ROWS) v += (floatV)(bias[row]);
+    else if (has_bias) v += vloadV(0, bias + col);
     switch (act) {
     case ACT_RELU: v = select((floatV)(0.0f), v, v > (floatV)(0.0f)); break;
     case ACT_LEAKY_RELU: v = select(LEAKY_SLOPE * v, v, v > (floatV)(0.0f)); break;
@@ -225,7 +248,7 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
             for (int v = 0; v < OUTER_V; ++v) {
                 const size_t index = (size_t)(p0 + i) * Q + qs[v];
                 if (e.update) update_entry_v(C, index, acc[i][v], e);
-                else gemm_store_v(C, index, acc[i][v], alpha, beta, bias, has_bias, qs[v], act);
+                else gemm_store_v(C, index, acc[i][v], alpha, beta, bias, has_bias, p0 + i, qs[v], act);
             }
         return;
     }
@@ -243,17 +266,15 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
                 if (p >= p0 && q >= q0 + v * VW) {
                     const size_t index = trans_c ? (size_t)q * P + p : (size_t)p * Q + q;
                     if (e.update) update_entry(C, index, lanes[l], e);
-                    else gemm_store(C, index, lanes[l], alpha, beta, bias, has_bias, trans_c ? p : q, act);
+                    else gemm_store(C, index, lanes[l], alpha, beta, bias, has_bias, trans_c ? q : p, trans_c ? p : q, act);
                 }
             }
         }
     }
 }
 
-__kernel void gemm_outer(const int M, const int N, const int K, const int trans_a, const int trans_b,
-                         const float alpha, const float beta,
-                         __global const float* A, __global const float* B, __global float* C,
-                         __global const float* bias, const int has_bias, const int act) {
+__kernel void gemm_outer(GEMM_ARGS) {
+    GEMM_SELECT_BATCH();
     // The flags pick strides and the store's layout; the K loop itself never tests them.
     const Epilogue store = plain_store();
     if (trans_b) outer_tile(N, M, K, 0, 1, alpha, beta, B, A, C, bias, has_bias, act, 0, B, A, store); // TT only
@@ -289,10 +310,8 @@ inline float hsum(const floatD v) {
 #endif
 }
 
-__kernel void gemm_dot(const int M, const int N, const int K, const int trans_a, const int trans_b,
-                       const float alpha, const float beta,
-                       __global const float* A, __global const float* B, __global float* C,
-                       __global const float* bias, const int has_bias, const int act) {
+__kernel void gemm_dot(GEMM_ARGS) {
+    GEMM_SELECT_BATCH();
     // Dimension 0 runs down the rows: consecutive work-items share their rows of B (in cache).
     const int r0 = get_global_id(0) * DOT_M;
     const int c0 = get_global_id(1) * DOT_N;
@@ -339,7 +358,7 @@ __kernel void gemm_dot(const int M, const int N, const int K, const int trans_a,
         #pragma unroll
         for (int j = 0; j < DOT_N; ++j)
             if (r0 + i < M && c0 + j < N)
-                gemm_store(C, (size_t)(r0 + i) * N + c0 + j, sum[i][j], alpha, beta, bias, has_bias, c0 + j, act);
+                gemm_store(C, (size_t)(r0 + i) * N + c0 + j, sum[i][j], alpha, beta, bias, has_bias, r0 + i, c0 + j, act);
 }
 
 // ---- gemm_direct ----
@@ -378,15 +397,13 @@ inline float direct_element(const int row, const int col, const int M, const int
     return (acc0 + acc1) + (acc2 + acc3);
 }
 
-__kernel void gemm_direct(const int M, const int N, const int K, const int trans_a, const int trans_b,
-                          const float alpha, const float beta,
-                          __global const float* A, __global const float* B, __global float* C,
-                          __global const float* bias, const int has_bias, const int act) {
+__kernel void gemm_direct(GEMM_ARGS) {
+    GEMM_SELECT_BATCH();
     const int col = get_global_id(0);
     const int row = get_global_id(1);
     if (row >= M || col >= N) return;
     const float sum = direct_element(row, col, M, N, K, trans_a, trans_b, A, B, 0, A, B);
-    gemm_store(C, (size_t)row * N + col, sum, alpha, beta, bias, has_bias, col, act);
+    gemm_store(C, (size_t)row * N + col, sum, alpha, beta, bias, has_bias, row, col, act);
 }
 
 // gemm_update_outer's arguments; one entry of W per work-item.
@@ -467,17 +484,15 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
             const int col = n0 + ln + j * GROUP_N;
             if (row < M && col < N) {
                 if (e.update) update_entry(C, (size_t)row * N + col, acc[i][j], e);
-                else gemm_store(C, (size_t)row * N + col, acc[i][j], alpha, beta, bias, has_bias, col, act);
+                else gemm_store(C, (size_t)row * N + col, acc[i][j], alpha, beta, bias, has_bias, row, col, act);
             }
         }
     }
 }
 
 __kernel __attribute__((reqd_work_group_size(GROUP_N, GROUP_M, 1)))
-void gemm_tiled(const int M, const int N, const int K, const int trans_a, const int trans_b,
-                const float alpha, const float beta,
-                __global const float* A, __global const float* B, __global float* C,
-                __global const float* bias, const int has_bias, const int act) {
+void gemm_tiled(GEMM_ARGS) {
+    GEMM_SELECT_BATCH();
     __local float a_tile[TILE_K][TILE_M + 1]; // [k][m]; +1 spreads the column-wise stores over banks
     __local float b_tile[TILE_K][TILE_N + 1]; // [k][n]
     tiled_tile(M, N, K, trans_a, trans_b, alpha, beta, A, B, C, bias, has_bias, act, 0, A, B, plain_store(), a_tile, b_tile);

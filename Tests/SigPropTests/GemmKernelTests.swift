@@ -51,6 +51,39 @@ import Testing
         }
     }
 
+    /// A batch of products in one launch (how the OpenCL convolution writes each image's NCHW
+    /// output): operands at offsets and strides, the bias along C's rows, every transpose and
+    /// both sides of the direct switch. OpenCL only: the CPU fallback calls BLAS per product.
+    @Test(arguments: Target.available.filter { $0 != .cpu })
+    func batchedProductsWithRowBiasMatchPlainLoops(_ target: Target) throws {
+        let device = try target.device()
+        for (m, n, k) in [(3, 5, 7), (9, 33, 129), (64, 49, 288), (1, 1, 1)] {
+            for (ta, tb) in Self.transposes {
+                let count = 3, (offsetA, offsetB, offsetC) = (5, 0, 7)
+                let (strideA, strideB, strideC) = (0, k * n + 2, m * n + 1) // A shared, B and C with gaps
+                let a = random(offsetA + m * k, seed: 21), b = random(offsetB + count * strideB, seed: 22)
+                let c0 = random(offsetC + count * strideC, seed: 23), bias = random(m, seed: 24)
+                let c = try device.tensor(c0, shape: [c0.count])
+                let (ta_, tb_) = (try device.tensor(a, shape: [a.count]), try device.tensor(b, shape: [b.count]))
+                let shape = GemmShape(m: m, n: n, k: k, transposeA: ta, transposeB: tb, alpha: 1, beta: 0.5, activation: .relu, biasPerRow: true,
+                                      batch: GemmBatch(count: count, offsetA: offsetA, strideA: strideA, offsetB: offsetB, strideB: strideB,
+                                                       offsetC: offsetC, strideC: strideC))
+                try device.backend.gemm(shape, a: ta_.storage, b: tb_.storage, c: c.storage, bias: try device.tensor(bias, shape: [m]).storage,
+                                        on: device.defaultQueue)
+                var expected = c0
+                for g in 0..<count {
+                    let product = naiveProduct(Array(a[offsetA...].prefix(m * k)), Array(b[(offsetB + g * strideB)...].prefix(k * n)),
+                                               m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                    for i in 0..<m { for j in 0..<n {
+                        let index = offsetC + g * strideC + i * n + j
+                        expected[index] = max(0, product[i * n + j] + 0.5 * c0[index] + bias[i])
+                    } }
+                }
+                expectClose(try device.read(c), expected, absolute: 2e-4, relative: 1e-4, "batched \(Self.describe(m, n, k, ta, tb))")
+            }
+        }
+    }
+
     /// beta == 0 must not read C: NaN there stays out of the result, in every kernel.
     @Test(arguments: Target.available)
     func zeroBetaNeverReadsTheOutput(_ target: Target) throws {

@@ -24,6 +24,21 @@ struct GemmShape: Sendable, Equatable {
     var transposeA: Bool, transposeB: Bool
     var alpha: Float, beta: Float
     var activation: Activation
+    /// The bias runs along C's rows (a convolution's output channels), not its columns.
+    var biasPerRow = false
+    /// Several products of this shape in one launch (OpenCL): a convolution's images.
+    var batch = GemmBatch.single
+}
+
+/// Where each product of a batch finds its operands: product g's A starts at element
+/// `offsetA + g * strideA` of its buffer, and likewise B and C.
+struct GemmBatch: Sendable, Equatable {
+    var count = 1
+    var offsetA = 0, strideA = 0
+    var offsetB = 0, strideB = 0
+    var offsetC = 0, strideC = 0
+
+    static let single = GemmBatch()
 }
 
 /// NCHW convolution (cross-correlation, as PyTorch), square stride and zero padding.

@@ -2,12 +2,21 @@
 extension OpenCLBackend {
     func gemm(_ s: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
         let plan = GemmPlan(s, parameters)
+        let batch = s.batch
+        // The kernels take offsets and strides as int; their products are formed in size_t.
+        let extents = [batch.offsetA + (batch.count - 1) * batch.strideA, batch.offsetB + (batch.count - 1) * batch.strideB,
+                       batch.offsetC + (batch.count - 1) * batch.strideC]
+        guard extents.allSatisfy({ $0 <= Int(Int32.max) }) else {
+            throw SigPropError.configuration("gemm: a batch of \(batch.count) products reaches element \(extents.max()!), beyond the kernels' 32-bit offsets; use smaller chunks")
+        }
         try launch("gemm", plan.kernel, [
             .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
             .float(s.alpha), .float(s.beta), .buffer(mem(a)), .buffer(mem(b)), .buffer(mem(c)),
             // Without a bias the kernels never read the argument; C stands in for it.
-            .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : 1), .int(s.activation.code),
-        ], global: plan.global, local: plan.local, on: queue)
+            .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
+            .int(Int32(batch.offsetA)), .int(Int32(batch.strideA)), .int(Int32(batch.offsetB)), .int(Int32(batch.strideB)),
+            .int(Int32(batch.offsetC)), .int(Int32(batch.strideC)),
+        ], global: plan.global + [batch.count], local: plan.local.map { $0 + [1] }, on: queue)
     }
 
     /// The fused weight update: the TN product's kernel (as `GemmPlan` picks it for

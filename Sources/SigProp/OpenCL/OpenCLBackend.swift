@@ -216,26 +216,30 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         return max(1, min(s.batch, budget / perImage))
     }
 
-    /// Convolution as im2col + one matrix product per chunk of images (the product is the fast
-    /// gemm kernel, so conv speed follows gemm speed), then a scatter back to NCHW with bias
-    /// and activation.
+    /// Convolution as im2col + a batch of matrix products per chunk of images, one per image
+    /// (the fast gemm kernel, so conv speed follows gemm speed), each writing its image's NCHW
+    /// output with bias (per channel: per row) and activation in the epilogue.
     func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
         let clQueue = queue as! OpenCLQueue
         let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
-        let product = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
-            try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
-            try gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
-                               activation: .identity), a: weight, b: columns, c: product, bias: nil, on: queue)
-            try launch("conv", "channel_major_to_nchw",
-                       [.buffer(product), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1), .buffer(mem(output)), .int(Int32(n0)),
-                        .int(Int32(count)), .int(Int32(s.outChannels)), .int(Int32(positions)), .int(activation.code)],
-                       global: [positions, s.outChannels, count], on: queue)
+            try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: positions, imageStride: patch * positions, on: queue)
+            let images = GemmBatch(count: count, strideB: patch * positions, offsetC: n0 * s.outChannels * positions, strideC: s.outChannels * positions)
+            try gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
+                               activation: activation, biasPerRow: true, batch: images),
+                     a: weight, b: columns, c: output, bias: bias, on: queue)
         }
+    }
+
+    private func im2col(_ s: ConvShape, input: TensorStorage, into columns: CLBuffer, n0: Int, count: Int, rowStride: Int, imageStride: Int,
+                        on queue: BackendQueue) throws {
+        let arguments = [n0, count, rowStride, imageStride, s.inChannels, s.height, s.width, s.kernelHeight, s.kernelWidth, s.stride, s.padding,
+                         s.outHeight, s.outWidth].map { CLKernel.Argument.int(Int32($0)) }
+        try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns)] + arguments,
+                   global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
     }
 
     /// dW = sum over chunks of dZ (as O x count*P) times the chunk's patch matrix transposed.
@@ -250,8 +254,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
-            try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns), .int(Int32(n0)), .int(Int32(count))] + im2colArguments(s),
-                       global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
+            try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: count * positions, imageStride: positions, on: queue)
             try launch("conv", "nchw_to_channel_major",
                        [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
                         .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
@@ -263,10 +266,6 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
                             alpha: 1, beta: beta, on: queue)
         }
-    }
-
-    private func im2colArguments(_ s: ConvShape) -> [CLKernel.Argument] {
-        [s.inChannels, s.height, s.width, s.kernelHeight, s.kernelWidth, s.stride, s.padding, s.outHeight, s.outWidth].map { .int(Int32($0)) }
     }
 
     func pool2d(_ kind: PoolKind, shape s: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
