@@ -272,20 +272,30 @@ enum CPUKernels {
         }
     }
 
+    /// One image at a time on each core: its patch matrix (in cache), one BLAS product straight
+    /// into its NCHW output, bias and activation while the output is still in cache. No
+    /// scatter pass, and each image's result comes from one product whatever the core count.
     static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                        output: UnsafeMutablePointer<Float>, activation: Activation) {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        forEachImageChunk(s, input: input) { n0, count, columns, product in
-            gemm(GemmShape(m: s.outChannels, n: count * positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
-                           activation: .identity), a: weight, b: columns, c: product)
-            // Back to NCHW with bias and activation.
-            for n in 0..<count {
+        let imageSize = s.inChannels * s.height * s.width, outputSize = s.outChannels * positions
+        let parts = min(cores, s.batch)
+        guard parts > 0 else { return }
+        let pointers = UncheckedSendable((input, weight, bias, output))
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let (input, weight, bias, output) = pointers.value
+            let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
+            defer { columns.deallocate() }
+            for n in (part * s.batch / parts)..<((part + 1) * s.batch / parts) {
+                im2col(s, image: input + n * imageSize, columns: columns, rowStride: positions)
+                let out = output + n * outputSize
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(s.outChannels), blasint(positions), blasint(patch),
+                            1, weight, blasint(patch), columns, blasint(positions), 0, out, blasint(positions))
+                guard bias != nil || activation != .identity else { continue }
                 for o in 0..<s.outChannels {
-                    let from = product + o * count * positions + n * positions
-                    let to = output + ((n0 + n) * s.outChannels + o) * positions
-                    let b = bias?[o] ?? 0
-                    for p in 0..<positions { to[p] = from[p] + b }
-                    if activation != .identity { activate(to, into: to, count: positions, activation) }
+                    let row = out + o * positions
+                    if let bias { let b = bias[o]; for p in 0..<positions { row[p] += b } }
+                    if activation != .identity { activate(row, into: row, count: positions, activation) }
                 }
             }
         }
@@ -295,10 +305,15 @@ enum CPUKernels {
                                      weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, beta: Float) {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         forEachImageChunk(s, input: input) { n0, count, columns, gathered in
-            for n in 0..<count {
-                for o in 0..<s.outChannels {
-                    (gathered + o * count * positions + n * positions)
-                        .update(from: outputGradient + ((n0 + n) * s.outChannels + o) * positions, count: positions)
+            // dZ of the chunk as one O x (count * P) matrix, images side by side.
+            let pointers = UncheckedSendable((outputGradient, gathered))
+            parallelChunks(count, minimumChunk: 1) { images in
+                let (outputGradient, gathered) = pointers.value
+                for n in images {
+                    for o in 0..<s.outChannels {
+                        (gathered + o * count * positions + n * positions)
+                            .update(from: outputGradient + ((n0 + n) * s.outChannels + o) * positions, count: positions)
+                    }
                 }
             }
             gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
