@@ -4,7 +4,8 @@ import SigProp
 
 /// Lists the OpenCL platforms and devices, builds every kernel program on each, checks every
 /// operation against the CPU fallback, and optionally checks the training math against
-/// reference vectors. Exits non-zero if anything fails.
+/// reference vectors. With --tune, first tunes the gemm kernels of each OpenCL device and
+/// writes the tuning cache. Exits non-zero if anything fails.
 @main
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,8 +18,19 @@ struct Doctor: ParsableCommand {
     @Flag(name: .long, help: "Skip the OpenCL devices (check the CPU fallback only).")
     var cpuOnly = false
 
+    @Flag(name: .long, help: """
+        First tune the gemm kernels of each OpenCL device (those SIGPROP_DEVICE names, if set; takes minutes) and write \
+        the tuning cache (SIGPROP_TUNING_CACHE, else sigprop/kernel-tuning.json in $XDG_CACHE_HOME or ~/.cache), then check as usual.
+        """)
+    var tune = false
+
+    func validate() throws {
+        if tune && cpuOnly { throw ValidationError("--tune tunes OpenCL devices; leave out --cpu-only") }
+    }
+
     mutating func run() throws {
         var failures = 0
+        let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let reference = try Device.cpu()
         var devices: [(label: String, device: Device)] = [("cpu", reference)]
 
@@ -28,10 +40,13 @@ struct Doctor: ParsableCommand {
                 if entries.isEmpty {
                     print("OpenCL: no platform or device found (apt-get install pocl-opencl-icd for a CPU driver).")
                 }
+                if tune { failures += tuneDevices(entries, selection) }
+                let (cache, warning) = selection.tuningCache()
+                if let warning { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
                 for (index, entry) in entries.enumerated() {
                     printProperties(index: index, entry.info)
                     do {
-                        devices.append(("opencl \(index)", try Device.opencl(entry)))
+                        devices.append(("opencl \(index)", try Device.opencl(entry, tuningCache: cache)))
                     } catch {
                         failures += 1
                         print("  FAIL cannot open the device: \(error)")
@@ -45,6 +60,7 @@ struct Doctor: ParsableCommand {
 
         for (label, device) in devices {
             print("\n== \(label): \(device.name)")
+            if let origin = device.kernelParameterOrigin { print("  kernel parameters from \(origin)") }
             do {
                 let builds = try device.buildAllPrograms()
                 for build in builds {
@@ -85,6 +101,43 @@ struct Doctor: ParsableCommand {
 
         print(failures == 0 ? "\nAll checks passed." : "\n\(failures) check(s) failed.")
         if failures > 0 { throw ExitCode.failure }
+    }
+
+    /// Tunes the devices SIGPROP_DEVICE names (all without it); returns the number of failures.
+    func tuneDevices(_ entries: [OpenCLDeviceEntry], _ selection: BackendSelection) -> Int {
+        guard let cacheFile = selection.tuningCacheFile else {
+            print("FAIL --tune: no tuning cache file (\(KernelTuningCache.tuningVariable)=off, or none of \(KernelTuningCache.fileVariable), XDG_CACHE_HOME, HOME is set)")
+            return 1
+        }
+        let chosen: [OpenCLDeviceEntry]
+        do { chosen = try selection.selected(from: entries) ?? entries } catch {
+            print("FAIL --tune: \(error)")
+            return 1
+        }
+        var failures = 0
+        for (index, entry) in entries.enumerated()
+        where chosen.contains(where: { $0.info.platformIndex == entry.info.platformIndex && $0.info.deviceIndex == entry.info.deviceIndex }) {
+            print("== tuning opencl \(index): \(entry.info.name), driver \(entry.info.driverVersion)")
+            do {
+                printTuning(try KernelTuning.tune(entry, cacheFile: cacheFile) { print("  " + $0) })
+            } catch {
+                failures += 1
+                print("  FAIL tuning: \(error)")
+            }
+        }
+        print("")
+        return failures
+    }
+
+    func printTuning(_ report: KernelTuningReport) {
+        func line(_ name: String, _ result: KernelTuningReport.Measurement) -> String {
+            let shapes = report.shapes.indices.map { String(format: "%@ %.1f", report.shapes[$0].description, result.gflops(of: $0)) }
+            return String(format: "  %@ %.1f GFLOP/s  %@ (%@)", name, result.gflops, result.summary, shapes.joined(separator: ", "))
+        }
+        if let table = report.table { print(line("table", table)) } else { print("  table  failed its check (see above)") }
+        print(line("tuned", report.tuned) + (report.tunedIsTable ? "  = the table's value" : ""))
+        if !report.skipped.isEmpty { print("  \(report.skipped.count) of \(report.candidates) candidates skipped") }
+        print("  wrote \(report.cacheFile.path)")
     }
 
     func printProperties(index: Int, _ info: OpenCLDeviceInfo) {

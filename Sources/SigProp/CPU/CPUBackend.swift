@@ -90,6 +90,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     /// Nothing to compile: the CPU operations are Swift and OpenBLAS.
     func buildAllPrograms() throws -> [ProgramBuildReport] { [] }
+    var kernelParameterOrigin: KernelParameterOrigin? { nil }
 
     let memory = MemoryCounter()
     var bytesInUse: Int { memory.value }

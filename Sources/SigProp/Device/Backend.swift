@@ -6,6 +6,9 @@ protocol Backend: AnyObject, Sendable {
     var deviceDescription: String { get }
     var capabilities: DeviceCapabilities { get }
 
+    /// Where the kernels' compile-time parameters came from (nil: the backend has none).
+    var kernelParameterOrigin: KernelParameterOrigin? { get }
+
     /// Compiles every kernel program now rather than on first use; reports build times.
     func buildAllPrograms() throws -> [ProgramBuildReport]
 

@@ -13,6 +13,10 @@ import Foundation
 /// `SIGPROP_SPLIT=N` divides each device into N equal devices (OpenCL sub-devices from
 /// `clCreateSubDevices`; on the CPU, N devices of cores/N cores). With several devices the
 /// network's blocks are placed on them in contiguous groups of balanced work.
+///
+/// OpenCL devices take their kernel parameters from the tuning cache (`KernelTuningCache.file`:
+/// `SIGPROP_TUNING_CACHE`, else under `XDG_CACHE_HOME` or `HOME`) where it has an entry for the
+/// device, else from the table; `SIGPROP_TUNING=off` ignores the cache.
 public struct BackendSelection: Sendable {
     public enum Choice: String, Sendable, CaseIterable { case auto, opencl, cpu }
 
@@ -21,6 +25,8 @@ public struct BackendSelection: Sendable {
     public let deviceSelectors: [String]
     /// `SIGPROP_SPLIT`: parts each device is divided into (1: none).
     public let split: Int
+    /// Where tuned kernel parameters are read (nil: the table only).
+    public let tuningCacheFile: URL?
 
     public static let backendVariable = "SIGPROP_BACKEND"
     public static let deviceVariable = "SIGPROP_DEVICE"
@@ -49,6 +55,7 @@ public struct BackendSelection: Sendable {
             throw SigPropError.configuration("\(Self.splitVariable)=\(splitText) is not a number of parts: give an integer >= 1 (2 divides each device into two equal devices)")
         }
         self.split = split
+        tuningCacheFile = try KernelTuningCache.file(environment: environment)
     }
 
     /// The devices chosen (one unless `SIGPROP_DEVICE` lists several or `SIGPROP_SPLIT` divides
@@ -65,12 +72,12 @@ public struct BackendSelection: Sendable {
                 throw SigPropError.configuration(
                     "\(Self.backendVariable)=opencl but no OpenCL device was found. Install a driver (apt-get install pocl-opencl-icd runs OpenCL on the CPU) or use \(Self.backendVariable)=cpu.")
             }
-            return (try openCLDevices(try selected(from: entries) ?? [entries[0]]), [])
+            return try openCLDevices(try selected(from: entries) ?? [entries[0]])
         case .auto:
             do {
                 let entries = try discover()
-                if let chosen = try selected(from: entries) { return (try openCLDevices(chosen), []) }
-                if let gpu = entries.first(where: { $0.info.kind == .gpu }) { return (try openCLDevices([gpu]), []) }
+                if let chosen = try selected(from: entries) { return try openCLDevices(chosen) }
+                if let gpu = entries.first(where: { $0.info.kind == .gpu }) { return try openCLDevices([gpu]) }
                 return (try cpuDevices(), [])
             } catch let error as SigPropError {
                 throw error  // a bad SIGPROP_DEVICE or SIGPROP_SPLIT is the user's to fix, not a reason to fall back
@@ -81,7 +88,7 @@ public struct BackendSelection: Sendable {
     }
 
     /// The entries `SIGPROP_DEVICE` names, or nil when it is unset.
-    func selected(from entries: [OpenCLDeviceEntry]) throws -> [OpenCLDeviceEntry]? {
+    public func selected(from entries: [OpenCLDeviceEntry]) throws -> [OpenCLDeviceEntry]? {
         guard !deviceSelectors.isEmpty else { return nil }
         let chosen = try deviceSelectors.map { try Self.select($0, from: entries) }
         guard Set(chosen.map(\.id)).count == chosen.count else {
@@ -90,8 +97,17 @@ public struct BackendSelection: Sendable {
         return chosen
     }
 
-    func openCLDevices(_ entries: [OpenCLDeviceEntry]) throws -> [Device] {
-        try entries.flatMap { try $0.split(into: split) }.map { try Device.opencl($0) }
+    /// The devices, and the tuning cache's warning if it cannot be used (read once for all).
+    func openCLDevices(_ entries: [OpenCLDeviceEntry]) throws -> (devices: [Device], warnings: [String]) {
+        let (cache, warning) = tuningCache()
+        let devices = try entries.flatMap { try $0.split(into: split) }.map { try Device.opencl($0, tuningCache: cache) }
+        return (devices, warning.map { [$0] } ?? [])
+    }
+
+    /// The tuning cache's contents, or nil under `SIGPROP_TUNING=off`; a warning if the file is unusable.
+    public func tuningCache() -> (cache: KernelTuningCache?, warning: String?) {
+        guard let tuningCacheFile else { return (nil, nil) }
+        return KernelTuningCache.load(tuningCacheFile)
     }
 
     func cpuDevices() throws -> [Device] {

@@ -106,9 +106,10 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// `cores` of them (a share of the machine, as when `SIGPROP_SPLIT` divides it).
     public static func cpu(cores: Int? = nil, part: String? = nil) throws -> Device { try Device(backend: CPUBackend(cores: cores, part: part)) }
 
-    /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`.
-    public static func opencl(_ entry: OpenCLDeviceEntry) throws -> Device {
-        try Device(backend: OpenCLBackend(entry: entry))
+    /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`, with kernel parameters
+    /// from `tuningCache` where it has an entry for the device, else from the table.
+    public static func opencl(_ entry: OpenCLDeviceEntry, tuningCache: KernelTuningCache? = nil) throws -> Device {
+        try Device(backend: OpenCLBackend(entry: entry, tuningCache: tuningCache))
     }
 
     public var kind: BackendKind { backend.kind }
@@ -118,6 +119,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     /// Bytes of device memory held by live tensors and the backend's scratch buffers.
     public var bytesInUse: Int { backend.bytesInUse }
+
+    /// Where the kernels' parameters came from: the table or the tuning cache (OpenCL; nil on the CPU).
+    public var kernelParameterOrigin: KernelParameterOrigin? { backend.kernelParameterOrigin }
 
     /// Compiles every kernel program for this device now (OpenCL) and reports build times.
     public func buildAllPrograms() throws -> [ProgramBuildReport] { try backend.buildAllPrograms() }

@@ -1,8 +1,9 @@
 /// Compile-time constants for the kernels, chosen per device (CLBlast-style): each `.cl` file
 /// compiles on its own with its defaults; the host prepends `-D` values that fit the device.
-struct KernelParameters: Equatable, Sendable {
+/// Codable: the tuning cache stores them (`KernelTuningCache`).
+struct KernelParameters: Equatable, Sendable, Codable {
     /// Which gemm kernels a device runs for products too large for `gemm_direct`.
-    enum GemmKernels: String, Sendable {
+    enum GemmKernels: String, Sendable, Codable {
         /// `gemm_outer` (NN, TN, TT) and `gemm_dot` (NT): vector registers, no local memory.
         /// For CPU drivers (PoCL), where local memory is ordinary memory and barriers split a
         /// kernel into loops over work-items.
@@ -91,12 +92,34 @@ struct KernelParameters: Equatable, Sendable {
         return p
     }
 
+    /// Whether every kernel of every program builds and launches within the device's limits:
+    /// `gemm_tiled`'s group and local tiles (built on every device) and the vector widths
+    /// OpenCL C has. The table always fits; tuning candidates and cache entries are checked.
+    func fits(_ info: OpenCLDeviceInfo) -> Bool {
+        let widths = [2, 4, 8, 16]
+        return widths.contains(gemmVectorWidth) && widths.contains(gemmDotVectorWidth)
+            && [gemmTile, gemmWorkPerItem, gemmTileDepth, gemmOuterRows, gemmOuterVectors, gemmDotRows, gemmDotColumns].allSatisfy { $0 >= 1 }
+            && gemmDirectBelow >= 0
+            && gemmTile * gemmTile <= info.maxWorkGroupSize
+            && UInt64(gemmTiledLocalBytes) <= info.localMemoryBytes
+    }
+
     /// Whether a CPU device has 512-bit vectors. PoCL names its devices after the LLVM CPU
     /// ("pthread-skylake-avx512-...", "cpu-znver4-..."); other drivers get the AVX2 shape.
     private static func wide(_ info: OpenCLDeviceInfo) -> Bool {
         let name = info.name.lowercased()
         return ["avx512", "znver4", "znver5", "skx", "cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake",
                 "sapphirerapids", "emeraldrapids", "graniterapids"].contains { name.contains($0) }
+    }
+
+    /// The values that matter on a device of this family, e.g. for tuning progress.
+    var summary: String {
+        switch gemmKernels {
+        case .registerBlocked:
+            "gemm_outer \(gemmOuterRows)x\(gemmOuterVectors)xfloat\(gemmVectorWidth), gemm_dot \(gemmDotRows)x\(gemmDotColumns)xfloat\(gemmDotVectorWidth)"
+        case .localTiled:
+            "gemm_tiled group \(gemmTile)x\(gemmTile), \(gemmWorkPerItem)x\(gemmWorkPerItem) per item, depth \(gemmTileDepth)"
+        }
     }
 
     /// `-D` definitions for one program.

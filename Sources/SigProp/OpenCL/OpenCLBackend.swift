@@ -55,6 +55,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     let kind = BackendKind.opencl
     let info: OpenCLDeviceInfo
     let parameters: KernelParameters
+    let kernelParameterOrigin: KernelParameterOrigin?
     let context: CLContext
     var deviceDescription: String { info.description }
     var capabilities: DeviceCapabilities {
@@ -67,9 +68,16 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     private var programs: [String: CLProgram] = [:]
     private var kernels: [String: CLKernel] = [:]
 
-    init(entry: OpenCLDeviceEntry) throws {
+    /// Parameters from `tuningCache` where it has an entry for this device, else the table.
+    convenience init(entry: OpenCLDeviceEntry, tuningCache: KernelTuningCache? = nil) throws {
+        let (parameters, origin) = tuningCache?.parameters(for: entry.info) ?? (KernelParameters.forDevice(entry.info), .table)
+        try self.init(entry: entry, parameters: parameters, origin: origin)
+    }
+
+    init(entry: OpenCLDeviceEntry, parameters: KernelParameters, origin: KernelParameterOrigin) throws {
         info = entry.info
-        parameters = KernelParameters.forDevice(entry.info)
+        self.parameters = parameters
+        kernelParameterOrigin = origin
         context = try CLContext(device: entry.id, owner: entry.owner)
     }
 
@@ -94,12 +102,15 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     /// Builds every program now (instead of on first use) and reports the build times.
     func buildAllPrograms() throws -> [ProgramBuildReport] {
-        try KernelRegistry.programNames.map { name in
-            let start = DispatchTime.now().uptimeNanoseconds
-            _ = try lock.withLock { try program(name) }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            return ProgramBuildReport(program: name, options: KernelRegistry.options(for: name, parameters: parameters), seconds: seconds)
-        }
+        try KernelRegistry.programNames.map(buildProgram)
+    }
+
+    /// Builds one program now (the tuner separates build failures from wrong results).
+    func buildProgram(_ name: String) throws -> ProgramBuildReport {
+        let start = DispatchTime.now().uptimeNanoseconds
+        _ = try lock.withLock { try program(name) }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        return ProgramBuildReport(program: name, options: KernelRegistry.options(for: name, parameters: parameters), seconds: seconds)
     }
 
     /// Compiles arbitrary source for this device (tests use it to see a failing build's log).

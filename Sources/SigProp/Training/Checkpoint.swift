@@ -181,53 +181,18 @@ public struct Checkpoint {
         try self.init(safetensors: data, path: url.path)
     }
 
-    /// Writes atomically: a temporary file in the same folder, fsync, rename over `url`, fsync
-    /// of the folder. A crash at any moment leaves either the old file or the new one.
+    /// Writes atomically (`AtomicFile`): a crash at any moment leaves either the old
+    /// checkpoint or the new one, and the next write deletes temporaries of killed writers.
     public func write(to url: URL) throws {
         let data = try serialized()
-        let directory = url.deletingLastPathComponent()
         do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        } catch {
-            throw SigPropError.configuration("cannot create the checkpoint folder \(directory.path): \(error.localizedDescription). Pass a writable --checkpoint-dir")
-        }
-        Self.removeStaleTemporaries(of: url)
-        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard descriptor >= 0 else {
-            throw SigPropError.configuration("cannot write \(temporary.path): \(String(cString: strerror(errno))). Pass a writable --checkpoint-dir")
-        }
-        var failure: String?
-        data.withUnsafeBytes { raw in
-            var written = 0
-            while written < raw.count {
-                let n = Foundation.write(descriptor, raw.baseAddress! + written, raw.count - written)
-                if n < 0 { if errno == EINTR { continue }; failure = String(cString: strerror(errno)); return }
-                written += n
-            }
-        }
-        if failure == nil, fsync(descriptor) != 0 { failure = String(cString: strerror(errno)) }
-        close(descriptor)
-        if failure == nil, rename(temporary.path, url.path) != 0 { failure = String(cString: strerror(errno)) }
-        if let failure {
-            unlink(temporary.path)
-            throw SigPropError.configuration("writing checkpoint \(url.path) failed: \(failure) (the previous checkpoint is untouched)")
-        }
-        let folder = open(directory.path, O_RDONLY)
-        if folder >= 0 { fsync(folder); close(folder) }
-    }
-
-    /// Deletes temporary files of `url` left by writers that were killed mid-write (their
-    /// process no longer exists); a live writer's file is left alone.
-    static func removeStaleTemporaries(of url: URL) {
-        let directory = url.deletingLastPathComponent()
-        let prefix = ".\(url.lastPathComponent).tmp-"
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
-        for name in names where name.hasPrefix(prefix) {
-            guard let pid = pid_t(name.dropFirst(prefix.count)) else { continue }
-            if pid == getpid() || (kill(pid, 0) != 0 && errno == ESRCH) {
-                unlink(directory.appendingPathComponent(name).path)
-            }
+            try AtomicFile.write(data, to: url)
+        } catch .folder(let path, let reason) {
+            throw SigPropError.configuration("cannot create the checkpoint folder \(path): \(reason). Pass a writable --checkpoint-dir")
+        } catch .temporary(let path, let reason) {
+            throw SigPropError.configuration("cannot write \(path): \(reason). Pass a writable --checkpoint-dir")
+        } catch .write(let reason) {
+            throw SigPropError.configuration("writing checkpoint \(url.path) failed: \(reason) (the previous checkpoint is untouched)")
         }
     }
 }
