@@ -11,6 +11,14 @@ import Testing
 
     enum Rule: String, CaseIterable { case adam, amsgrad, sgd }
 
+    /// A device of its own (the shared test devices keep their backend's choice) that trains
+    /// dense layers with the fused update or without it.
+    static func device(_ backend: TestBackend, fused: Bool) throws -> Device {
+        let device = backend == .cpu ? try Device.cpu() : try Device.opencl(try #require(TestBackend.openCLEntries.first))
+        device.fusesWeightUpdates = fused
+        return device
+    }
+
     /// Two steps of every rule against the product and the PyTorch formulas in double; on
     /// OpenCL also posing as a GPU, so gemm_update_tiled runs too.
     @Test(arguments: GemmKernelTests.Target.available)
@@ -64,7 +72,7 @@ import Testing
     /// gradient) against finite differences of the block's local loss, both streams included.
     @Test(arguments: TestBackend.available)
     func denseBlockStepMatchesFiniteDifferencesOfTheLoss(_ backend: TestBackend) throws {
-        let device = try backend.device()
+        let device = try Self.device(backend, fused: true)
         let (batch, inputs, outputs) = (7, 13, 9)
         var generator = SeededGenerator(seed: 3)
         let layer = try DenseLayer(device: device, name: "block", inputs: inputs, outputs: outputs, norm: .layer, activation: .leakyRelu, generator: &generator)
@@ -99,7 +107,7 @@ import Testing
     /// Training's fused step and the unfused one (gradients stored, then the optimizer) agree.
     @Test(arguments: TestBackend.available)
     func fusedAndUnfusedBlockStepsAgree(_ backend: TestBackend) throws {
-        let device = try backend.device()
+        let device = try Self.device(backend, fused: true)
         func trainedWeights(storing: Bool) throws -> [Float] {
             var generator = SeededGenerator(seed: 5)
             let layer = try DenseLayer(device: device, name: "block", inputs: 129, outputs: 33, norm: .layer, activation: .leakyRelu, generator: &generator)
@@ -121,6 +129,25 @@ import Testing
             return try layer.parameters.flatMap { try device.read($0.value) }
         }
         expectClose(try trainedWeights(storing: false), try trainedWeights(storing: true), absolute: 1e-5, relative: 1e-4, "fused vs unfused")
+    }
+
+    /// A whole network (signal block with its context part, hidden blocks, output layer) under
+    /// the pipelined schedule trains to the same weights with and without the fused update.
+    @Test(arguments: TestBackend.available)
+    func networksTrainAlikeFusedOrNot(_ backend: TestBackend) throws {
+        let states = try [true, false].map { fused in
+            try ScheduleTests.trainedState(try TrainingTests.network(try Self.device(backend, fused: fused), width: 24),
+                                           options: ScheduleTests.options(), schedule: Schedule(.pipelined))
+        }
+        if backend == .cpu {
+            // The CPU twin runs the same BLAS calls and the same Adam loop, only in cache-sized
+            // panels: the same numbers bit for bit.
+            #expect(states[0] == states[1], "fused vs unfused differ in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
+        } else {
+            // One register sum over both streams instead of two products: rounding differs.
+            expectClose(states[0], states[1], absolute: 1e-4, relative: 1e-3, "fused vs unfused network")
+            #expect(states[0] != states[1], "the fused path did not run: the two runs are bit-identical")
+        }
     }
 
     @Test func badPairsAreNamed() throws {

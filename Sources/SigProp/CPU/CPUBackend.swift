@@ -83,6 +83,8 @@ final class CPUBackend: Backend, @unchecked Sendable {
         self.cores = max(1, min(cores ?? available, available))
         limited = self.cores < available
         deviceDescription = "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+        // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
+        // twin measured the same speed as product + Adam (README, `local_step` benchmarks).
         capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
         // Products are split over the cores by CPUKernels.gemm; see there.
         openblas_set_num_threads(1)

@@ -14,6 +14,9 @@ public struct DeviceCapabilities: Sendable, Equatable {
     /// Units that run work in parallel (OpenCL compute units, CPU cores): what the placement
     /// of blocks and the split of cores between stage workers divide.
     public var computeUnits: Int
+    /// Dense layers step their weights inside the weight-gradient product
+    /// (`Device.updateWeights`) instead of storing the gradient and stepping after it.
+    public var fusedWeightUpdate = false
 }
 
 /// A tensor: a shape and float32 storage on one device. Row-major, outermost dimension first.
@@ -97,7 +100,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     init(backend: Backend) throws {
         self.backend = backend
         self.defaultQueue = try backend.makeQueue(coreLimit: nil)
+        fusesWeightUpdates = backend.capabilities.fusedWeightUpdate
     }
+
+    /// Whether dense layers train with the fused weight update on this device: the backend's
+    /// `capabilities.fusedWeightUpdate` unless set (tests and benchmarks compare both paths).
+    public var fusesWeightUpdates: Bool
 
     /// The stream used when an operation is given none.
     public var defaultStream: Stream { Stream(device: self, queue: defaultQueue, pool: nil) }

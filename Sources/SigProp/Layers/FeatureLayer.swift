@@ -87,8 +87,12 @@ public protocol FeatureLayer: AnyObject {
 }
 
 extension FeatureLayer {
-    /// The unfused step: gradients into the parameters' gradient tensors, then the optimizer.
     public func learn(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws {
+        try learnUnfused(from: passes, step: step, on: stream)
+    }
+
+    /// The unfused step: gradients into the parameters' gradient tensors, then the optimizer.
+    func learnUnfused(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws {
         for (index, (pass, gradient)) in passes.enumerated() {
             try accumulateGradients(pass, outputGradient: gradient, accumulate: index > 0, on: stream)
         }
@@ -153,9 +157,10 @@ public final class DenseLayer: FeatureLayer {
         try pass.output.device.gemm(dz, transposeA: true, pass.input, into: weight.gradient, beta: accumulate ? 1 : 0, on: stream)
     }
 
-    /// The fused step: the bias and norm gradients as usual, the weight stepped by the
-    /// optimizer inside its gradient product over both streams.
+    /// Where the device fuses weight updates: the bias and norm gradients as usual, the weight
+    /// stepped by the optimizer inside its gradient product over both streams.
     public func learn(from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep, on stream: Stream?) throws {
+        guard weight.value.device.fusesWeightUpdates else { return try learnUnfused(from: passes, step: step, on: stream) }
         guard (1...2).contains(passes.count), let device = passes.first?.pass.output.device else {
             throw SigPropError.configuration("DenseLayer.learn takes one or two passes (the input and target streams), got \(passes.count)")
         }

@@ -59,7 +59,12 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     let context: CLContext
     var deviceDescription: String { info.description }
     var capabilities: DeviceCapabilities {
-        DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true, computeUnits: info.computeUnits)
+        // The fused weight update where its epilogue can hide in the product's memory traffic
+        // (GPUs). On PoCL it measured slower than product + separate Adam kernel (README,
+        // `local_step` benchmarks): a CPU runs the epilogue's sqrt and divides on the cores
+        // the product needs, in a pattern its prefetchers follow worse than one stream.
+        DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true, computeUnits: info.computeUnits,
+                           fusedWeightUpdate: info.kind == .gpu)
     }
 
     /// Guards the program/kernel caches and the set-arguments-then-enqueue pair: a kernel
