@@ -1,0 +1,213 @@
+"""Measure training speed of the authors' sigprop library (amassivek/signalpropagation)
+on Fashion-MNIST, CPU only.
+
+Setup mirrors examples/examples.py + README quick start of the library:
+  sigprop.managers.Preset(models.Forward, propagators.Loss, propagators.signals.Loss, build_optimizer)
+  loss = sigprop.loss.v9_input_target_max_all (for the signal and every hidden block)
+  signal = Sequential(LabelNumberToOnehot(10), ProjectionContextInput(context_module, input_module, (10,), out_shape))
+  hidden blocks wrapped in propagators.Loss (one Adam per block), pools in propagators.Fixed,
+  flatten in propagators.Forward, output Linear in propagators.Identity trained by an outer
+  Adam with cross entropy (its input h is detached by the preceding Loss propagator).
+Block layout follows examples.py BlockLinear/BlockConv with --norm instance_norm --nonlin leakyrelu
+(instance_norm => LayerNorm in dense blocks, InstanceNorm2d(affine) in conv blocks; biases on).
+Context projection follows examples.py signal_modules_lpi: Linear(10, numel, bias=False), LayerNorm, ReLU.
+
+Usage (pip install torch numpy; SIGPROP_REFERENCE_LIB=<clone of the library>):
+  python3 measure_reference.py --model mlp --epochs 1     # samples/s of the training loop, test accuracy
+  python3 measure_reference.py --model cnn --batches 20    # 20 timed batches after 5 warm-up batches
+"""
+import argparse
+import gzip
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+
+# The authors' library is not part of this repository: clone it (git clone
+# https://github.com/amassivek/signalpropagation) and point SIGPROP_REFERENCE_LIB at the clone.
+sys.path.insert(0, os.environ.get("SIGPROP_REFERENCE_LIB", os.path.join(os.path.dirname(os.path.abspath(__file__)), "signalpropagation")))
+import sigprop  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+p.add_argument("--batches", type=int, default=0, help="time N training batches after 5 warm-up batches")
+p.add_argument("--epochs", type=int, default=0, help="full epochs with per-epoch time and test accuracy")
+p.add_argument("--batch-size", type=int, default=128)
+p.add_argument("--lr", type=float, default=5e-4)
+p.add_argument("--seed", type=int, default=1)
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+args = p.parse_args()
+
+torch.set_num_threads(args.threads)
+torch.manual_seed(args.seed)
+
+NEG_SLOPE = 0.01  # examples.py: --nonlin leakyrelu (default and examples.sh) -> LeakyReLU(0.01)
+
+
+# ---------------------------------------------------------------- data
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(split):
+    x = read_idx(os.path.join(args.data_dir, f"{split}-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(args.data_dir, f"{split}-labels-idx1-ubyte.gz"))
+    x = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+    x = (x - 0.2860) / 0.3530
+    return x.contiguous(), torch.from_numpy(y.astype(np.int64))
+
+
+x_train, y_train = load("train")
+x_test, y_test = load("t10k")
+
+
+# ---------------------------------------------------------------- library-style setup
+def build_optimizer(module, lr=None, weight_decay=0.0):
+    # examples.py build_optimizer (adam)
+    if lr is None:
+        lr = args.lr
+    params = list(module.parameters())
+    if len(params) == 0:
+        return None
+    return optim.Adam(params, lr=lr, weight_decay=weight_decay, amsgrad=False)
+
+
+class BlockLinear(nn.Module):  # examples.py BlockLinear, norm=instance_norm -> LayerNorm
+    def __init__(self, num_in, num_out):
+        super().__init__()
+        self.encoder = nn.Linear(num_in, num_out, bias=True)
+        self.bn = nn.LayerNorm(num_out)
+        self.nonlin = nn.LeakyReLU(negative_slope=NEG_SLOPE, inplace=True)
+
+    def forward(self, x):
+        return self.nonlin(self.bn(self.encoder(x)))
+
+
+class BlockConv(nn.Module):  # examples.py BlockConv act="post", norm=instance_norm
+    def __init__(self, ch_in, ch_out):
+        super().__init__()
+        self.encoder = nn.Conv2d(ch_in, ch_out, 3, stride=1, padding=1, bias=True)
+        self.bn = nn.InstanceNorm2d(ch_out, track_running_stats=False, affine=True)
+        self.nonlin = nn.LeakyReLU(negative_slope=NEG_SLOPE, inplace=True)
+
+    def forward(self, x):
+        return self.nonlin(self.bn(self.encoder(x)))
+
+
+def context_module(input_shape, output_shape):  # examples.py signal_modules_lpi (context part)
+    n = int(sigprop.utils.shape_numel(output_shape))
+    return nn.Sequential(
+        nn.Linear(int(sigprop.utils.shape_numel(input_shape)), n, bias=False),
+        nn.LayerNorm(n),
+        nn.ReLU(),
+    )
+
+
+def build_model(kind):
+    num_classes = 10
+    loss = sigprop.loss.v9_input_target_max_all
+    sp_manager = sigprop.managers.Preset(
+        sigprop.models.Forward,
+        sigprop.propagators.Loss,
+        sigprop.propagators.signals.Loss,
+        build_optimizer,
+    )
+    sp_manager.config_propagator(loss=loss)
+    input_shape = (num_classes,)
+    if kind == "mlp":
+        output_shape = (1024,)
+        input_module = nn.Sequential(nn.Flatten(), BlockLinear(28 * 28, 1024))
+    else:
+        output_shape = (32, 28, 28)
+        input_module = BlockConv(1, 32)
+    sp_signal = sigprop.signals.ProjectionContextInput(
+        context_module(input_shape, output_shape), input_module, input_shape, output_shape
+    )
+    sp_signal = nn.Sequential(sigprop.signals.LabelNumberToOnehot(num_classes), sp_signal)
+    sp_manager.set_signal(sp_signal, loss=loss)
+
+    P = sp_manager.add_propagator
+    if kind == "mlp":
+        layers = [
+            P(BlockLinear(1024, 1024)),
+            P(BlockLinear(1024, 1024)),
+            P(nn.Linear(1024, num_classes, bias=True), sigprop.propagators.Identity),
+        ]
+    else:
+        layers = [
+            P(BlockConv(32, 64)),
+            P(nn.MaxPool2d(kernel_size=2, stride=2), sigprop.propagators.Fixed),
+            P(BlockConv(64, 128)),
+            P(nn.MaxPool2d(kernel_size=2, stride=2), sigprop.propagators.Fixed),
+            P(nn.Flatten(), sigprop.propagators.Forward),
+            P(BlockLinear(128 * 7 * 7, 1024)),
+            P(nn.Linear(1024, num_classes, bias=True), sigprop.propagators.Identity),
+        ]
+    model = sp_manager.set_model(nn.Sequential(*layers))
+    # examples.py ModelWrapper/OptimizerWrapper: optimizer over model.parameters(),
+    # which for sigprop.models.Model is only the Identity-wrapped output layer.
+    out_optimizer = build_optimizer(model)
+    return model, out_optimizer
+
+
+model, out_opt = build_model(args.model)
+n_params = sum(p.numel() for p in list(model.signal.parameters()) + [q for m in model.model.modules() if hasattr(m, "module") for q in m.module.parameters()])
+print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.model} params={n_params}")
+
+
+def train_batch(x, y):
+    # examples.py Runner.train_batch with args.sigprop: output = model((x, y)); CE on output.
+    model.train()
+    output = model((x, y))
+    loss = F.cross_entropy(output, y)
+    out_opt.zero_grad()
+    loss.backward()
+    out_opt.step()
+    return loss
+
+
+@torch.no_grad()
+def test_accuracy():
+    model.eval()
+    correct = 0
+    for i in range(0, x_test.shape[0], 1000):
+        out = model((x_test[i:i + 1000], None))
+        correct += (out.argmax(1) == y_test[i:i + 1000]).sum().item()
+    return correct / x_test.shape[0]
+
+
+B = args.batch_size
+if args.batches > 0:
+    perm = torch.randperm(x_train.shape[0])
+    idx = [perm[i * B:(i + 1) * B] for i in range(5 + args.batches)]
+    batches = [(x_train[j], y_train[j]) for j in idx]
+    for x, y in batches[:5]:
+        train_batch(x, y)
+    t0 = time.perf_counter()
+    for x, y in batches[5:]:
+        loss = train_batch(x, y)
+    dt = time.perf_counter() - t0
+    print(f"{args.model}: {args.batches} batches of {B} in {dt:.3f} s -> {args.batches * B / dt:.1f} samples/s "
+          f"({1000 * dt / args.batches:.1f} ms/batch), last loss {loss.item():.4f}")
+
+for epoch in range(1, args.epochs + 1):
+    perm = torch.randperm(x_train.shape[0])
+    n = x_train.shape[0]
+    t0 = time.perf_counter()
+    for i in range(0, n, B):
+        j = perm[i:i + B]
+        loss = train_batch(x_train[j], y_train[j])
+    dt = time.perf_counter() - t0
+    acc = test_accuracy()
+    print(f"{args.model} epoch {epoch}: {dt:.1f} s, {n / dt:.1f} samples/s, last loss {loss.item():.4f}, "
+          f"test acc (output layer) {100 * acc:.2f}%", flush=True)
