@@ -113,7 +113,9 @@ inline void gemm_store_v(__global float* C, const size_t index, const floatV acc
 // ---- The fused weight update's epilogue ----
 // W <- step(W, G) for G = A1ᵀ B1 + A2ᵀ B2, the gradient of a dense layer's weight over its two
 // streams (input and target rows); G lives in registers only. Rule codes match
-// `UpdateRule.code` in Sources/SigProp/OpenCL/OpenCLBackend.swift.
+// `UpdateRule.code` in Sources/SigProp/OpenCL/OpenCLBackend+Gemm.swift. Training uses it on
+// GPUs only: on PoCL the epilogue ran slower inside the tiles than optimizer.cl's streaming
+// kernel after the product (README, `local_step` benchmarks).
 #define RULE_ADAM 0
 #define RULE_AMSGRAD 1
 #define RULE_SGD 2
