@@ -517,31 +517,28 @@ enum CPUKernels {
 
     /// The CPU twin of gemm.cl's `gemm_update_*`: W [m, n] stepped with G = Σ Aᵀ B. OpenBLAS
     /// has no epilogue, so each core forms G for its share of W's rows into a scratch buffer
-    /// and steps those rows right away, while G is still in its caches. One panel per core:
+    /// and steps those rows right away, while G is still in its caches. One share per core:
     /// smaller panels (64 rows, 256 KB) measured slower, since OpenBLAS packs all of B again
     /// for every call. `step(range of W's entries, G for them)` applies the optimizer.
     static func updateWeights(m: Int, n: Int, pairs: [UpdatePair],
                               step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
         guard m > 0, n > 0 else { return }
         let parts = min(cores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 20)))
-        let panelRows = (m + parts - 1) / parts
-        let panels = (m + panelRows - 1) / panelRows
         let operands = UncheckedSendable(pairs)
         DispatchQueue.concurrentPerform(iterations: parts) { part in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: panelRows * n)
+            // Each part takes a contiguous share of W's rows.
+            let rows = (part * m / parts)..<((part + 1) * m / parts)
+            guard !rows.isEmpty else { return }
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows.count * n)
             defer { scratch.deallocate() }
-            // Each part takes a contiguous run of panels: disjoint rows of W.
-            for panel in stride(from: part * panels / parts, to: (part + 1) * panels / parts, by: 1) {
-                let rows = (panel * panelRows)..<min(m, (panel + 1) * panelRows)
-                var beta: Float = 0
-                for pair in operands.value where pair.rows > 0 {
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n), blasint(pair.rows),
-                                1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch, blasint(n))
-                    beta = 1
-                }
-                if beta == 0 { scratch.update(repeating: 0, count: rows.count * n) }
-                step((rows.lowerBound * n)..<(rows.upperBound * n), scratch)
+            var beta: Float = 0
+            for pair in operands.value where pair.rows > 0 {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n), blasint(pair.rows),
+                            1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch, blasint(n))
+                beta = 1
             }
+            if beta == 0 { scratch.update(repeating: 0, count: rows.count * n) }
+            step((rows.lowerBound * n)..<(rows.upperBound * n), scratch)
         }
     }
 }

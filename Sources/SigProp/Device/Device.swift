@@ -409,35 +409,47 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         _ settings: AdamStep, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, vMax: Tensor? = nil,
         on stream: Stream? = nil
     ) throws {
-        try check("adamStep", parameter, gradient, m, v)
-        for tensor in [gradient, m, v] + (vMax.map { [$0] } ?? []) {
-            try check("adamStep", tensor)
-            try requireCount("adamStep", tensor, parameter.count)
-        }
-        guard settings.step >= 1 else { throw SigPropError.configuration("adamStep: step must start at 1, got \(settings.step)") }
-        try backend.adamStep(settings, parameter: parameter.storage, gradient: gradient.storage, m: m.storage, v: v.storage,
-                             vMax: vMax?.storage, count: parameter.count, on: try queue(stream, "adamStep"))
+        try step(parameter, gradient: gradient, update: .adam(settings, m: m, v: v, vMax: vMax), on: stream)
     }
 
     /// One SGD step (momentum buffer `momentum` is needed when `settings.momentum != 0`).
     public func sgdStep(_ settings: SGDStep, parameter: Tensor, gradient: Tensor, momentum: Tensor? = nil, on stream: Stream? = nil) throws {
-        try check("sgdStep", parameter, gradient)
-        try requireCount("sgdStep", gradient, parameter.count)
-        if let momentum { try check("sgdStep", momentum); try requireCount("sgdStep", momentum, parameter.count) }
-        if settings.momentum != 0 && momentum == nil {
-            throw SigPropError.configuration("sgdStep: momentum \(settings.momentum) needs a momentum buffer")
-        }
-        try backend.sgdStep(settings, parameter: parameter.storage, gradient: gradient.storage, momentum: momentum?.storage,
-                            count: parameter.count, on: try queue(stream, "sgdStep"))
+        try step(parameter, gradient: gradient, update: .sgd(settings, momentum: momentum), on: stream)
     }
 
     /// `update` applied to `parameter` with `gradient` (Adam, AMSGrad or SGD as it says).
     public func step(_ parameter: Tensor, gradient: Tensor, update: ParameterUpdate, on stream: Stream? = nil) throws {
+        let operation: String
+        switch update { case .adam: operation = "adamStep"; case .sgd: operation = "sgdStep" }
+        try check(operation, parameter, gradient)
+        try requireCount(operation, gradient, parameter.count)
+        switch try storageUpdate(operation, update, count: parameter.count) {
+        case let .adam(settings, m, v, vMax):
+            try backend.adamStep(settings, parameter: parameter.storage, gradient: gradient.storage, m: m, v: v, vMax: vMax,
+                                 count: parameter.count, on: try queue(stream, operation))
+        case let .sgd(settings, momentum):
+            try backend.sgdStep(settings, parameter: parameter.storage, gradient: gradient.storage, momentum: momentum,
+                                count: parameter.count, on: try queue(stream, operation))
+        }
+    }
+
+    /// `update`'s state checked against a parameter of `count` entries on this device: the
+    /// checks the separate step and the fused update share.
+    private func storageUpdate(_ operation: String, _ update: ParameterUpdate, count: Int) throws -> StorageUpdate {
         switch update {
         case let .adam(settings, m, v, vMax):
-            try adamStep(settings, parameter: parameter, gradient: gradient, m: m, v: v, vMax: vMax, on: stream)
+            for tensor in [m, v] + (vMax.map { [$0] } ?? []) {
+                try check(operation, tensor)
+                try requireCount(operation, tensor, count)
+            }
+            guard settings.step >= 1 else { throw SigPropError.configuration("\(operation): step must start at 1, got \(settings.step)") }
+            return .adam(settings, m: m.storage, v: v.storage, vMax: vMax?.storage)
         case let .sgd(settings, momentum):
-            try sgdStep(settings, parameter: parameter, gradient: gradient, momentum: momentum, on: stream)
+            if let momentum { try check(operation, momentum); try requireCount(operation, momentum, count) }
+            if settings.momentum != 0 && momentum == nil {
+                throw SigPropError.configuration("\(operation): momentum \(settings.momentum) needs a momentum buffer")
+            }
+            return .sgd(settings, momentum: momentum?.storage)
         }
     }
 
@@ -461,22 +473,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                     detail: "weight \(weight.shape) needs outputGradient [rows, \(m)] and input [rows, \(n)] with the same rows; got \(gradient.shape) and \(input.shape)")
             }
         }
-        let storageUpdate: StorageUpdate
-        switch update {
-        case let .adam(settings, m, v, vMax):
-            for tensor in [m, v] + (vMax.map { [$0] } ?? []) {
-                try check("updateWeights", tensor)
-                try requireCount("updateWeights", tensor, weight.count)
-            }
-            guard settings.step >= 1 else { throw SigPropError.configuration("updateWeights: Adam's step must start at 1, got \(settings.step)") }
-            storageUpdate = .adam(settings, m: m.storage, v: v.storage, vMax: vMax?.storage)
-        case let .sgd(settings, momentum):
-            if let momentum { try check("updateWeights", momentum); try requireCount("updateWeights", momentum, weight.count) }
-            if settings.momentum != 0 && momentum == nil {
-                throw SigPropError.configuration("updateWeights: momentum \(settings.momentum) needs a momentum buffer")
-            }
-            storageUpdate = .sgd(settings, momentum: momentum?.storage)
-        }
+        let storageUpdate = try storageUpdate("updateWeights", update, count: weight.count)
         try backend.updateWeights(m: m, n: n, pairs: pairs.map { WeightGradientPair(outputGradient: $0.outputGradient.storage, input: $0.input.storage, rows: $0.input.rows) },
                                   weight: weight.storage, update: storageUpdate, on: try queue(stream, "updateWeights"))
     }

@@ -130,12 +130,17 @@ public final class SignalBlock {
     /// The block's loss on `pass`, its gradients and one optimizer step.
     public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
         let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try step(pass, out, learningRate: learningRate, on: stream)
+        return out
+    }
+
+    /// One optimizer step of both parts from the loss's gradients.
+    private func step(_ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?) throws {
         let step = optimizer.beginStep(learningRate: learningRate)
         try input.learn(from: [(pass.hPass, out.dH)], step: step, on: stream)
         if !fixedContext {
             try context.learn(from: [(pass.tPass, try out.dT.reshaped(pass.tPass.output.shape))], step: step, on: stream)
         }
-        return out
     }
 
     /// Forward and update on one stream. `storingGradients` also leaves d loss / d every
@@ -144,12 +149,12 @@ public final class SignalBlock {
     public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
                       dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
         let pass = try forward(x: x, context: onehot, labels: labels, dropout: dropout, on: stream)
-        if storingGradients {
-            let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-            try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
-            try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
-        }
-        return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
+        guard storingGradients else { return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream)) }
+        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
+        try step(pass, out, learningRate: learningRate, on: stream)
+        return BlockStep(h: pass.h, t: pass.t, loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
@@ -186,20 +191,25 @@ public final class HiddenBlock {
     /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.
     public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
         let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-        try layer.learn(from: [(pass.hPass, out.dH), (pass.tPass, out.dT)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
+        try step(pass, out, learningRate: learningRate, on: stream)
         return out
+    }
+
+    /// One optimizer step from the loss's gradients on both streams.
+    private func step(_ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?) throws {
+        try layer.learn(from: [(pass.hPass, out.dH), (pass.tPass, out.dT)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
     }
 
     /// Forward and update on one stream; `storingGradients` as in `SignalBlock.train`.
     public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
                       dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
         let pass = try forward(h: h, t: t, labels: labels, dropout: dropout, on: stream)
-        if storingGradients {
-            let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-            try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
-            try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
-        }
-        return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
+        guard storingGradients else { return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream)) }
+        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
+        try step(pass, out, learningRate: learningRate, on: stream)
+        return BlockStep(h: pass.h, t: pass.t, loss: out)
     }
 
     public func infer(_ x: Tensor, on stream: Stream?) throws -> Tensor {
