@@ -1,6 +1,7 @@
 import CBLAS
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Host memory behind a CPU tensor.
 final class CPUBuffer: TensorStorage, @unchecked Sendable {
@@ -23,47 +24,101 @@ final class CPUBuffer: TensorStorage, @unchecked Sendable {
 }
 
 /// A serial worker: operations run in order, off the caller's thread, as on an OpenCL queue.
+/// Each queue has a thread of its own that waits for work with `Parking` (a Dispatch queue
+/// woke a thread for every hand-off, 20-250 µs here, more than a small product takes).
 final class CPUQueue: BackendQueue, @unchecked Sendable {
-    let dispatch: DispatchQueue
+    /// The queue's thread and its work; shared with the thread, which ends after the queue
+    /// is released and the work is done.
+    private final class Worker: @unchecked Sendable {
+        let pending = Mutex<(work: [@Sendable () -> Void], posted: Int, closed: Bool)>(([], 0, false))
+        /// `pending.posted`, readable without the lock while the thread spins.
+        let posted = Synchronization.Atomic<Int>(0)
+        let parking = Parking()
+
+        func post(_ work: (@Sendable () -> Void)?) {
+            pending.withLock {
+                if let work { $0.work.append(work) } else { $0.closed = true }
+                $0.posted += 1
+                posted.store($0.posted, ordering: .sequentiallyConsistent)
+            }
+            parking.notify()
+        }
+
+        func serve() {
+            var taken = 0
+            while true {
+                parking.wait { posted.load(ordering: .sequentiallyConsistent) != taken }
+                let (work, count, closed) = pending.withLock { state in
+                    defer { state.work.removeAll(keepingCapacity: true) }
+                    return (state.work, state.posted, state.closed)
+                }
+                taken = count
+                for item in work { item() }
+                if closed { return }
+            }
+        }
+    }
+
+    private let worker = Worker()
     var kernelLog: KernelLog?
     /// Cores each operation of this queue may use (nil: all).
     let coreLimit: Int?
 
     init(label: String, coreLimit: Int?) {
-        dispatch = DispatchQueue(label: label)
         self.coreLimit = coreLimit
+        let thread = Thread { [worker] in worker.serve() }
+        thread.name = label
+        thread.start()
     }
 
+    deinit { worker.post(nil) }
+
     func enqueue(_ work: @escaping @Sendable () -> Void) {
-        guard let coreLimit else { return dispatch.async(execute: work) }
-        dispatch.async { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) }
+        guard let coreLimit else { return worker.post(work) }
+        worker.post { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) }
+    }
+
+    /// Runs `body` after the work already queued and returns its result.
+    func sync<T>(_ body: @escaping @Sendable () -> T) -> T {
+        let result = SyncResult<T>()
+        worker.post {
+            result.value = body()
+            result.done.complete()
+        }
+        result.done.wait()
+        return result.value!
     }
 
     func record() throws -> BackendEvent {
         let event = CPUEvent()
-        dispatch.async { event.complete() }
+        worker.post { event.complete() }
         return event
     }
 
     func wait(for event: BackendEvent) throws {
         guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU stream cannot wait for an event of another backend") }
-        dispatch.async { event.group.wait() }
+        worker.post { event.completion.wait() }
     }
 
-    func synchronize() throws { dispatch.sync {} }
+    func synchronize() throws { sync {} }
+}
+
+/// A `sync` call's result: written before `done` completes, read after waiting for it.
+private final class SyncResult<T>: @unchecked Sendable {
+    var value: T?
+    let done = Completion()
 }
 
 final class CPUEvent: BackendEvent, @unchecked Sendable {
-    let group = DispatchGroup()
-    /// Set before the group is left, read after waiting on it.
+    let completion = Completion()
+    /// Set before completion, read after waiting for it.
     var nanoseconds: UInt64 = 0
-    init() { group.enter() }
     /// Stamps the time and releases whoever waits.
     func complete() {
         nanoseconds = DispatchTime.now().uptimeNanoseconds
-        group.leave()
+        completion.complete()
     }
-    func wait() throws { group.wait() }
+    func wait() throws { completion.wait() }
     func completionNanoseconds() throws -> UInt64 { nanoseconds }
 }
 
@@ -72,7 +127,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
     let kind = BackendKind.cpu
     let deviceDescription: String
     let capabilities: DeviceCapabilities
-    private let queueCount = Atomic()
+    private let queueCount = Synchronization.Atomic<Int>(0)
     /// Cores this device may use (all of them, or a share when the CPU is split into devices).
     let cores: Int
     private let limited: Bool
@@ -101,7 +156,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func makeQueue(coreLimit: Int?) throws -> BackendQueue {
         let limit = limited ? min(coreLimit ?? cores, cores) : coreLimit
-        return CPUQueue(label: "sigprop.cpu.queue\(queueCount.next())", coreLimit: limit)
+        return CPUQueue(label: "sigprop.cpu.queue\(queueCount.add(1, ordering: .relaxed).newValue)", coreLimit: limit)
     }
 
     func makeUserEvent() throws -> BackendEvent { CPUEvent() }
@@ -132,7 +187,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float] {
         let source = buf(storage)
-        return (queue as! CPUQueue).dispatch.sync { Array(UnsafeBufferPointer(start: source.pointer, count: count)) }
+        return (queue as! CPUQueue).sync { Array(UnsafeBufferPointer(start: source.pointer, count: count)) }
     }
 
     func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws {
@@ -258,11 +313,4 @@ final class CPUBackend: Backend, @unchecked Sendable {
             CPUKernels.updateWeights(m: m, n: n, pairs: operands.map { CPUKernels.UpdatePair(a: $0.0.pointer, b: $0.1.pointer, rows: $0.2) }, step: step)
         }
     }
-}
-
-/// A counter shared by threads (queue labels).
-final class Atomic: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-    func next() -> Int { lock.withLock { value += 1; return value } }
 }

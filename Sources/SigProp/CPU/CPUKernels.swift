@@ -6,7 +6,11 @@ import Foundation
 enum CPUKernels {
     /// Cores one operation may spread over: all of them, or fewer on a stream that shares the
     /// machine with other stage workers (set per operation by `CPUQueue`).
-    @TaskLocal static var cores = ProcessInfo.processInfo.activeProcessorCount
+    @TaskLocal static var cores = machineCores
+    /// The machine's cores: products are split by their shape and this, never by `cores`, so a
+    /// stream limited to fewer cores computes the same numbers (OpenBLAS's sums can depend on
+    /// the block it is given).
+    static let machineCores = ProcessInfo.processInfo.activeProcessorCount
 
     static func activate(_ x: Float, _ activation: Activation) -> Float {
         switch activation {
@@ -80,19 +84,19 @@ enum CPUKernels {
             for i in 0..<(s.m * s.n) { c[i] = s.beta == 0 ? 0 : s.beta * c[i] }
             return
         }
-        // Large products are split over the cores here, each part a single-threaded OpenBLAS
-        // call (OpenBLAS runs with one thread, see CPUBackend.init): its own worker threads
-        // spin after every call and starve the element-wise loops that follow.
-        let parts = min(cores, max(1, s.m * s.n * s.k / (1 << 20)))
+        // Products from 2^18 multiply-adds up are split into parts run over the cores
+        // (CPUWorkers), each a single-threaded OpenBLAS call (OpenBLAS runs with one thread, see
+        // CPUBackend.init). With OpenBLAS's own threads instead, 128x128x1024 and 256^3 ran at
+        // one core's speed behind the queue, and the thin output-layer products (128x10xK) at
+        // a third of this split's speed.
+        let parts = min(machineCores, max(1, s.m * s.n * s.k / (1 << 18)))
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
         guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
         let size = (extent + parts - 1) / parts
-        let pointers = UncheckedSendable((a, b, c))
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             let range = (part * size)..<min(extent, (part + 1) * size)
             guard !range.isEmpty else { return }
-            let (a, b, c) = pointers.value
             sgemmPart(s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m, columns: splitRows ? 0..<s.n : range)
         }
     }
@@ -136,12 +140,11 @@ enum CPUKernels {
             }
         } else {
             // Channels in parallel; each run of `inner` entries summed in SIMD lanes.
-            let target = UncheckedSendable(sums)
             parallelChunks(channels, minimumChunk: max(1, (1 << 15) / max(outer * inner, 1))) { range in
                 for c in range {
                     var sum: Float = 0
                     for o in 0..<outer { sum += Self.sum(x + (o * channels + c) * inner, count: inner) }
-                    target.value[c] = sum
+                    sums[c] = sum
                 }
             }
         }
@@ -198,9 +201,8 @@ enum CPUKernels {
         guard chunks > 1 else { return body(0..<count) }
         let size = (count + chunks - 1) / chunks
         // The chunks touch disjoint ranges of the caller's buffers.
-        let work = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-            work.value((chunk * size)..<min(count, (chunk + 1) * size))
+        CPUWorkers.shared.run(parts: chunks, threads: chunks) { chunk in
+            body((chunk * size)..<min(count, (chunk + 1) * size))
         }
     }
 
@@ -281,9 +283,7 @@ enum CPUKernels {
         let imageSize = s.inChannels * s.height * s.width, outputSize = s.outChannels * positions
         let parts = min(cores, s.batch)
         guard parts > 0 else { return }
-        let pointers = UncheckedSendable((input, weight, bias, output))
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            let (input, weight, bias, output) = pointers.value
+        CPUWorkers.shared.run(parts: parts, threads: parts) { part in
             let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
             defer { columns.deallocate() }
             for n in (part * s.batch / parts)..<((part + 1) * s.batch / parts) {
@@ -306,9 +306,7 @@ enum CPUKernels {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         forEachImageChunk(s, input: input) { n0, count, columns, gathered in
             // dZ of the chunk as one O x (count * P) matrix, images side by side.
-            let pointers = UncheckedSendable((outputGradient, gathered))
             parallelChunks(count, minimumChunk: 1) { images in
-                let (outputGradient, gathered) = pointers.value
                 for n in images {
                     for o in 0..<s.outChannels {
                         (gathered + o * count * positions + n * positions)
@@ -524,15 +522,14 @@ enum CPUKernels {
                               step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
         guard m > 0, n > 0 else { return }
         let parts = min(cores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 20)))
-        let operands = UncheckedSendable(pairs)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        CPUWorkers.shared.run(parts: parts, threads: parts) { part in
             // Each part takes a contiguous share of W's rows.
             let rows = (part * m / parts)..<((part + 1) * m / parts)
             guard !rows.isEmpty else { return }
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows.count * n)
             defer { scratch.deallocate() }
             var beta: Float = 0
-            for pair in operands.value where pair.rows > 0 {
+            for pair in pairs where pair.rows > 0 {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n), blasint(pair.rows),
                             1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch, blasint(n))
                 beta = 1
@@ -541,10 +538,4 @@ enum CPUKernels {
             step((rows.lowerBound * n)..<(rows.upperBound * n), scratch)
         }
     }
-}
-
-/// A value handed to concurrent code whose safety the caller guarantees (disjoint ranges).
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }
