@@ -53,7 +53,7 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
                     return (state.work, state.posted, state.closed)
                 }
                 taken = count
-                for item in work { item() }
+                Parking.occupying { for item in work { item() } }
                 if closed { return }
             }
         }

@@ -83,12 +83,20 @@ final class CPUWorkers: @unchecked Sendable {
         busy.store(false, ordering: .releasing)
     }
 
+    /// Joins the job posted since generation `seen`, if any (a seat left).
+    func help(seen: inout Int) {
+        let now = generation.load(ordering: .sequentiallyConsistent)
+        guard now != seen else { return }
+        seen = now
+        if let job = current.withLock({ $0 }) { job.join() }
+    }
+
     private func serve(_ parking: Parking) {
         var seen = 0
         while true {
-            parking.wait { generation.load(ordering: .sequentiallyConsistent) != seen }
+            parking.wait(spinAlways: true) { generation.load(ordering: .sequentiallyConsistent) != seen }
             seen = generation.load(ordering: .sequentiallyConsistent)
-            if let job = current.withLock({ $0 }) { job.join() }
+            if let job = current.withLock({ $0 }) { Parking.occupying { job.join() } }
         }
     }
 }
@@ -96,17 +104,38 @@ final class CPUWorkers: @unchecked Sendable {
 /// How the CPU backend's threads wait for work or for each other: spin a while (yielding the
 /// core to any other thread that wants it), then sleep until `notify()`. Waking a sleeping
 /// thread costs 20-250 µs on this VM (the idle core has halted); within the spin it is ~1 µs.
+/// A thread spins only while the backend's working and spinning threads leave a core free:
+/// a spinner sharing a core with a worker takes half its time.
 final class Parking: @unchecked Sendable {
     /// How long a waiter spins before it sleeps.
     static let spinNanoseconds: UInt64 = 1_000_000
+
+    /// The backend's threads that hold a core: running work (`occupying`) or spinning.
+    private static let occupied = Synchronization.Atomic<Int>(0)
+
+    /// Runs `work`, counted as holding a core.
+    static func occupying<T>(_ work: () throws -> T) rethrows -> T {
+        occupied.add(1, ordering: .relaxed)
+        defer { occupied.subtract(1, ordering: .relaxed) }
+        return try work()
+    }
 
     private let semaphore = DispatchSemaphore(value: 0)
     /// True while the waiter sleeps (or is about to): whoever swaps it to false owes one signal.
     private let parked = Synchronization.Atomic<Bool>(false)
 
-    /// Spins until `ready()` or the spin time is up; true if ready.
+    /// Spins until `ready()` or the spin time is up; true if ready. `always`: spin even when
+    /// no core looks free, and count as holding none (the pool's helpers, whose jobs come
+    /// from threads that hold a core).
     @discardableResult
-    static func spin(until ready: () -> Bool) -> Bool {
+    static func spin(always: Bool = false, until ready: () -> Bool) -> Bool {
+        if !always {
+            guard occupied.add(1, ordering: .relaxed).newValue <= CPUKernels.machineCores else {
+                occupied.subtract(1, ordering: .relaxed)
+                return ready()
+            }
+        }
+        defer { if !always { occupied.subtract(1, ordering: .relaxed) } }
         let start = DispatchTime.now().uptimeNanoseconds
         while !ready() {
             guard DispatchTime.now().uptimeNanoseconds - start < spinNanoseconds else { return false }
@@ -117,8 +146,8 @@ final class Parking: @unchecked Sendable {
 
     /// Returns once `ready()` is true. For one waiting thread (a helper, a queue's worker);
     /// whoever makes `ready()` true calls `notify()` after it.
-    func wait(until ready: () -> Bool) {
-        while !Self.spin(until: ready) {
+    func wait(spinAlways: Bool = false, until ready: () -> Bool) {
+        while !Self.spin(always: spinAlways, until: ready) {
             parked.store(true, ordering: .sequentiallyConsistent)
             if ready(), parked.exchange(false, ordering: .sequentiallyConsistent) { return }
             // Asleep until notified, or a notifier already took the flag: take its signal.
@@ -144,7 +173,14 @@ final class Completion: @unchecked Sendable {
         group.leave()
     }
 
+    /// While it spins, the waiting thread works on the pool's jobs too: the work it waits
+    /// for may be one, and a helper may be off its core.
     func wait() {
-        if !Parking.spin(until: { done.load(ordering: .acquiring) }) { group.wait() }
+        var seen = -1
+        let ready = Parking.spin {
+            CPUWorkers.shared.help(seen: &seen)
+            return done.load(ordering: .acquiring)
+        }
+        if !ready { group.wait() }
     }
 }
