@@ -53,7 +53,7 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
                     return (state.work, state.posted, state.closed)
                 }
                 taken = count
-                Parking.occupying { for item in work { item() } }
+                for item in work { item() }
                 if closed { return }
             }
         }
@@ -73,9 +73,11 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
 
     deinit { worker.post(nil) }
 
+    /// Operations count as holding a core while they run (`Parking`); waits for another
+    /// queue's event do not.
     func enqueue(_ work: @escaping @Sendable () -> Void) {
-        guard let coreLimit else { return worker.post(work) }
-        worker.post { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) }
+        guard let coreLimit else { return worker.post { Parking.occupying(work) } }
+        worker.post { Parking.occupying { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) } }
     }
 
     /// Runs `body` after the work already queued and returns its result.
