@@ -521,8 +521,9 @@ enum CPUKernels {
     static func updateWeights(m: Int, n: Int, pairs: [UpdatePair],
                               step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
         guard m > 0, n > 0 else { return }
-        let parts = min(cores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 20)))
-        CPUWorkers.shared.run(parts: parts, threads: parts) { part in
+        // Split like `gemm` (by shape, over the machine's cores), so the shares match its rows.
+        let parts = min(machineCores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 18)))
+        CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             // Each part takes a contiguous share of W's rows.
             let rows = (part * m / parts)..<((part + 1) * m / parts)
             guard !rows.isEmpty else { return }
