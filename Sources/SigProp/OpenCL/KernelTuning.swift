@@ -28,8 +28,9 @@ public enum KernelTuning {
         Shape(512, 512, 512, "NN"),
     ]
 
-    /// Checked in every transpose: a multiple of no tile, vector width or group, yet above
-    /// every `gemmDirectBelow`, so the candidate's tiled kernels run on it, edges included.
+    /// Checked in every transpose and in the fused update (W: m x n, pairs of depth k and 29):
+    /// a multiple of no tile, vector width or group, yet above every `gemmDirectBelow`, so the
+    /// candidate's tiled kernels run on it, edges included.
     static let checkShape = (m: 67, n: 45, k: 131)
 
     /// Timed rounds: every candidate runs every shape once per round, candidates in turns,
@@ -159,6 +160,9 @@ public enum KernelTuning {
         let shapes: [Shape]
         let operands: [(a: [Float], b: [Float])]
         let check: [(shape: Shape, a: [Float], b: [Float], c: [Float], bias: [Float], expected: [Float])]
+        /// The fused weight update's kernels share the candidate's tiles: one SGD step with
+        /// rate 1 on two operand pairs, whose change of W is minus their gradient.
+        let updateCheck: (weight: [Float], pairs: [(outputGradient: [Float], input: [Float], rows: Int)], expected: [Float])
 
         /// alpha 1, beta -0.5 and a bias: the epilogue's vector loads of C and bias run too.
         static let checkBeta: Float = -0.5
@@ -174,6 +178,20 @@ public enum KernelTuning {
                 let (a, b, c, bias) = (generator.uniform(m * k), generator.uniform(k * n), generator.uniform(m * n), generator.uniform(n))
                 return (shape, a, b, c, bias, try Self.product(shape, a, b, c: c, bias: bias, on: reference))
             }
+            let pairs = [k, 29].map { rows in (outputGradient: generator.uniform(rows * m), input: generator.uniform(rows * n), rows: rows) }
+            let weight = generator.uniform(m * n)
+            updateCheck = (weight, pairs, try Self.updateChange(weight: weight, pairs: pairs, on: reference))
+        }
+
+        /// W after the check's SGD step, minus W before: -(dZ1ᵀ X1 + dZ2ᵀ X2).
+        static func updateChange(weight: [Float], pairs: [(outputGradient: [Float], input: [Float], rows: Int)], on device: Device) throws -> [Float] {
+            let (m, n, _) = KernelTuning.checkShape
+            let w = try device.tensor(weight, shape: [m, n])
+            let operands = try pairs.map { pair in
+                (outputGradient: try device.tensor(pair.outputGradient, shape: [pair.rows, m]), input: try device.tensor(pair.input, shape: [pair.rows, n]))
+            }
+            try device.updateWeights(w, gradientPairs: operands, update: .sgd(SGDStep(learningRate: 1, firstStep: true), momentum: nil))
+            return zip(try device.read(w), weight).map { $0 - $1 }
         }
 
         static func product(_ s: Shape, _ a: [Float], _ b: [Float], c: [Float], bias: [Float], on device: Device) throws -> [Float] {
@@ -205,6 +223,11 @@ public enum KernelTuning {
                 guard error <= SelfCheck.tolerance else {
                     throw SigPropError.configuration(String(format: "differs from the CPU fallback on %@ (NMSE %.3g > %.0g)", item.shape.description, error, SelfCheck.tolerance))
                 }
+            }
+            let updateError = SelfCheck.normalisedSquaredError(
+                try Self.updateChange(weight: updateCheck.weight, pairs: updateCheck.pairs, on: device), updateCheck.expected)
+            guard updateError <= SelfCheck.tolerance else {
+                throw SigPropError.configuration(String(format: "its fused weight update differs from the CPU fallback's (NMSE %.3g > %.0g)", updateError, SelfCheck.tolerance))
             }
             let runs = try zip(shapes, operands).map { shape, operand in
                 let a = try device.tensor(operand.a, shape: shape.transposeA ? [shape.k, shape.m] : [shape.m, shape.k])
