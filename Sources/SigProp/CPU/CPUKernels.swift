@@ -89,7 +89,7 @@ enum CPUKernels {
         // CPUBackend.init). With OpenBLAS's own threads instead, 128x128x1024 and 256^3 ran at
         // one core's speed behind the queue, and the thin output-layer products (128x10xK) at
         // a third of this split's speed.
-        let parts = min(machineCores, max(1, s.m * s.n * s.k / (1 << 18)))
+        let parts = productParts(multiplyAdds: s.m * s.n * s.k)
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
         guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
@@ -99,6 +99,11 @@ enum CPUKernels {
             guard !range.isEmpty else { return }
             sgemmPart(s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m, columns: splitRows ? 0..<s.n : range)
         }
+    }
+
+    /// How many parts a product is split into: by its size and the machine's cores only.
+    static func productParts(multiplyAdds: Int) -> Int {
+        min(machineCores, max(1, multiplyAdds / (1 << 18)))
     }
 
     /// The block `rows` x `columns` of C, by one BLAS call on offset pointers.
@@ -521,8 +526,8 @@ enum CPUKernels {
     static func updateWeights(m: Int, n: Int, pairs: [UpdatePair],
                               step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
         guard m > 0, n > 0 else { return }
-        // Split like `gemm` (by shape, over the machine's cores), so the shares match its rows.
-        let parts = min(machineCores, m, max(1, m * n * pairs.reduce(0) { $0 + $1.rows } / (1 << 18)))
+        // Split like `gemm`, so the shares match its rows.
+        let parts = min(m, productParts(multiplyAdds: m * n * pairs.reduce(0) { $0 + $1.rows }))
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             // Each part takes a contiguous share of W's rows.
             let rows = (part * m / parts)..<((part + 1) * m / parts)

@@ -96,8 +96,7 @@ final class CPUWorkers: @unchecked Sendable {
         var seen = 0
         while true {
             parking.wait(spinAlways: true) { generation.load(ordering: .sequentiallyConsistent) != seen }
-            seen = generation.load(ordering: .sequentiallyConsistent)
-            if let job = current.withLock({ $0 }) { Parking.occupying { job.join() } }
+            Parking.occupying { help(seen: &seen) }
         }
     }
 }
