@@ -12,6 +12,7 @@
 //   gemm_dot    register-blocked dot products along K, no local memory (CPU devices): NT
 //   gemm_tiled  local-memory tiles with a register block per work-item (GPUs): any transpose
 //   gemm_direct one element per work-item: small or thin products, any transpose
+// gemm_tiled_partial + gemm_splitk_sum split K where C has too few tiles to fill a GPU.
 // and, with the same tiles, the fused weight update (a dense layer's gradient product with the
 // optimizer step as its epilogue): gemm_update_outer, gemm_update_tiled, gemm_update_direct.
 // On PoCL local memory is ordinary memory and barriers split a kernel into loops over
@@ -430,6 +431,7 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
                        const float alpha, const float beta,
                        __global const float* A, __global const float* B, __global float* C,
                        __global const float* bias, const int has_bias, const int act,
+                       const int k_begin, const int k_end,
                        const int K2, __global const float* A2, __global const float* B2, const Epilogue e,
                        __local float (*a_tile)[TILE_M + 1], __local float (*b_tile)[TILE_N + 1]) {
     const int ln = get_local_id(0);
@@ -445,22 +447,23 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
         for (int j = 0; j < WPT_N; ++j) acc[i][j] = 0.0f;
 
     for (int pair = 0; pair < 2; ++pair) {
-        const int depth = pair ? K2 : K;
+        const int depth = pair ? K2 : K; // the stored operands' K extent
+        const int k_first = pair ? 0 : k_begin, k_last = pair ? K2 : k_end;
         __global const float* a = pair ? A2 : A;
         __global const float* b = pair ? B2 : B;
-        for (int k0 = 0; k0 < depth; k0 += TILE_K) {
+        for (int k0 = k_first; k0 < k_last; k0 += TILE_K) {
             for (int x = lid; x < TILE_K * TILE_M; x += GROUP_SIZE) {
                 // Consecutive x walk the stored matrix's contiguous dimension.
                 const int m = trans_a ? x % TILE_M : x / TILE_K;
                 const int k = trans_a ? x / TILE_M : x % TILE_K;
                 const int gm = m0 + m, gk = k0 + k;
-                a_tile[k][m] = (gm < M && gk < depth) ? (trans_a ? a[(size_t)gk * M + gm] : a[(size_t)gm * depth + gk]) : 0.0f;
+                a_tile[k][m] = (gm < M && gk < k_last) ? (trans_a ? a[(size_t)gk * M + gm] : a[(size_t)gm * depth + gk]) : 0.0f;
             }
             for (int x = lid; x < TILE_K * TILE_N; x += GROUP_SIZE) {
                 const int n = trans_b ? x / TILE_K : x % TILE_N;
                 const int k = trans_b ? x % TILE_K : x / TILE_N;
                 const int gn = n0 + n, gk = k0 + k;
-                b_tile[k][n] = (gn < N && gk < depth) ? (trans_b ? b[(size_t)gn * depth + gk] : b[(size_t)gk * N + gn]) : 0.0f;
+                b_tile[k][n] = (gn < N && gk < k_last) ? (trans_b ? b[(size_t)gn * depth + gk] : b[(size_t)gk * N + gn]) : 0.0f;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             for (int k = 0; k < TILE_K; ++k) {
@@ -497,7 +500,33 @@ void gemm_tiled(GEMM_ARGS) {
     GEMM_SELECT_BATCH();
     __local float a_tile[TILE_K][TILE_M + 1]; // [k][m]; +1 spreads the column-wise stores over banks
     __local float b_tile[TILE_K][TILE_N + 1]; // [k][n]
-    tiled_tile(M, N, K, trans_a, trans_b, alpha, beta, A, B, C, bias, has_bias, act, 0, A, B, plain_store(), a_tile, b_tile);
+    tiled_tile(M, N, K, trans_a, trans_b, alpha, beta, A, B, C, bias, has_bias, act, 0, K, 0, A, B, plain_store(), a_tile, b_tile);
+}
+
+// Split K, for a single product whose tiles of C are too few to fill a GPU: group z of launch
+// dimension 2 sums op(A) op(B) over rows [z * slice, (z + 1) * slice) of K into partial z of P
+// (S planes of M x N); gemm_splitk_sum then adds the planes in order (the same sum on every
+// run) and applies the epilogue.
+__kernel __attribute__((reqd_work_group_size(GROUP_N, GROUP_M, 1)))
+void gemm_tiled_partial(const int M, const int N, const int K, const int trans_a, const int trans_b,
+                        __global const float* A, __global const float* B, __global float* P, const int slice) {
+    __local float a_tile[TILE_K][TILE_M + 1];
+    __local float b_tile[TILE_K][TILE_N + 1];
+    const int z = get_group_id(2);
+    const int k_begin = z * slice;
+    tiled_tile(M, N, K, trans_a, trans_b, 1.0f, 0.0f, A, B, P + (size_t)z * M * N, P, 0, ACT_IDENTITY,
+               k_begin, min(K, k_begin + slice), 0, A, B, plain_store(), a_tile, b_tile);
+}
+
+__kernel void gemm_splitk_sum(const int M, const int N, const int splits, __global const float* P, __global float* C,
+                              const float alpha, const float beta, __global const float* bias, const int has_bias, const int act) {
+    const int col = get_global_id(0);
+    const int row = get_global_id(1);
+    if (row >= M || col >= N) return;
+    const size_t index = (size_t)row * N + col, plane = (size_t)M * N;
+    float sum = 0.0f;
+    for (int z = 0; z < splits; ++z) sum += P[z * plane + index];
+    gemm_store(C, index, sum, alpha, beta, bias, has_bias, row, col, act);
 }
 
 // gemm_update_outer's arguments, in gemm_tiled's groups.
@@ -507,5 +536,5 @@ void gemm_update_tiled(const int M, const int N, const int K1, const int K2,
                        __global const float* A2, __global const float* B2, UPDATE_ARGS) {
     __local float a_tile[TILE_K][TILE_M + 1];
     __local float b_tile[TILE_K][TILE_N + 1];
-    tiled_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, W, W, 0, ACT_IDENTITY, K2, A2, B2, UPDATE_EPILOGUE, a_tile, b_tile);
+    tiled_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, W, W, 0, ACT_IDENTITY, 0, K1, K2, A2, B2, UPDATE_EPILOGUE, a_tile, b_tile);
 }

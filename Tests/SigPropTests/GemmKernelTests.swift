@@ -13,8 +13,10 @@ import Testing
 
         static var available: [Target] { TestBackend.available.contains(.opencl) ? allCases : [.cpu] }
 
+        /// 64 compute units: the table then splits K of products under 64 tiles, so both
+        /// gemm_tiled and gemm_tiled_partial + gemm_splitk_sum run on the shapes below.
         private static let posingAsGPU: Device? = TestBackend.openCLEntries.first.flatMap { entry in
-            try? Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+            try? Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu, computeUnits: 64), id: entry.id))
         }
 
         func device() throws -> Device {
@@ -27,13 +29,14 @@ import Testing
     }
 
     /// Around gemm_outer's 8 x 32 (AVX-512) and 6 x 16 (AVX2) tiles, gemm_dot's 4 x 4 and
-    /// 3 x 3, gemm_tiled's 64 x 64; batch 1; K = 1; N below one vector; and the direct switch.
+    /// 3 x 3, gemm_tiled's 64 x 64; batch 1; K = 1; N below one vector; the direct switch; and
+    /// K split into slices that are no multiple of anything (last slice short).
     static let shapes: [(m: Int, n: Int, k: Int)] = [
         (1, 1, 1), (1, 1000, 7), (1, 33, 1000), (2, 3, 4),
         (7, 15, 129), (8, 16, 300), (8, 32, 129), (9, 33, 129), (6, 16, 300), (5, 17, 500),
         (31, 31, 31), (32, 32, 32), (33, 33, 33), (63, 65, 64), (65, 63, 17),
         (1000, 40, 1), (40, 1000, 1), (129, 10, 1024), (100, 7, 100), (7, 100, 100),
-        (129, 1000, 33), (1000, 129, 9), (130, 64, 127),
+        (129, 1000, 33), (1000, 129, 9), (130, 64, 127), (7, 129, 3000), (65, 129, 777),
     ]
     static let transposes = [(false, false), (false, true), (true, false), (true, true)]
     static let activations: [Activation] = [.identity, .relu, .leakyRelu, .tanh]
@@ -105,15 +108,43 @@ import Testing
     @Test func shapesReachEveryKernel() {
         for kind in [OpenCLDeviceInfo.Kind.cpu, .gpu] {
             for name in ["pthread-skylake-avx512-AMD EPYC", "pthread-haswell-Intel Xeon"] {
-                let parameters = KernelParameters.forDevice(Self.info(kind: kind, name: name))
+                let parameters = KernelParameters.forDevice(Self.info(kind: kind, name: name, computeUnits: 64))
                 let used = Set(Self.shapes.flatMap { s in
-                    Self.transposes.map { GemmPlan(GemmShape(m: s.m, n: s.n, k: s.k, transposeA: $0.0, transposeB: $0.1,
-                                                             alpha: 1, beta: 0, activation: .identity), parameters).kernel }
+                    Self.transposes.map { t -> String in
+                        let plan = GemmPlan(GemmShape(m: s.m, n: s.n, k: s.k, transposeA: t.0, transposeB: t.1, alpha: 1, beta: 0, activation: .identity),
+                                            parameters)
+                        return plan.splits > 1 ? "gemm_tiled_partial" : plan.kernel
+                    }
                 })
-                let expected: Set<String> = kind == .gpu ? ["gemm_tiled", "gemm_direct"] : ["gemm_outer", "gemm_dot", "gemm_direct"]
+                let expected: Set<String> = kind == .gpu ? ["gemm_tiled", "gemm_tiled_partial", "gemm_direct"] : ["gemm_outer", "gemm_dot", "gemm_direct"]
                 #expect(used == expected, "\(kind) \(name)")
             }
         }
+    }
+
+    /// Split K covers K exactly, in slices of whole local tiles, and never for the fused
+    /// update, a batch of products, or a device with enough tiles.
+    @Test func splitKPlans() {
+        let gpu = KernelParameters.forDevice(Self.info(kind: .gpu, name: "NVIDIA H200", computeUnits: 132))
+        #expect(gpu.gemmSplitBelow == 132)
+        func plan(_ m: Int, _ n: Int, _ k: Int, batch: GemmBatch = .single, splitting: Bool = true) -> GemmPlan {
+            GemmPlan(GemmShape(m: m, n: n, k: k, transposeA: false, transposeB: true, alpha: 1, beta: 0, activation: .identity, batch: batch),
+                     gpu, splitting: splitting)
+        }
+        // A convolution's weight gradient: 1 x 5 tiles, K = 128 images x 784 positions.
+        let wgrad = plan(64, 288, 128 * 784)
+        #expect(wgrad.splits == 53 && wgrad.slice % gpu.gemmTileDepth == 0)
+        for (m, n, k) in [(64, 288, 128 * 784), (128, 128, 1024), (128, 1024, 784), (7, 129, 3000), (65, 129, 777), (128, 40, 130)] {
+            let p = plan(m, n, k)
+            let covers = p.splits > 1 && (p.splits - 1) * p.slice < k && p.splits * p.slice >= k && p.slice >= 4 * gpu.gemmTileDepth
+            #expect(covers, "\(m)x\(n)x\(k): \(p.splits) slices of \(p.slice)")
+        }
+        #expect(plan(128, 40, 127).splits == 1, "K under two slices of four tiles")
+        #expect(plan(1024, 1024, 1024).splits == 1, "256 tiles for 132 compute units")
+        #expect(plan(128, 128, 1024, splitting: false).splits == 1)
+        #expect(plan(128, 128, 1024, batch: GemmBatch(count: 2, strideB: 1024 * 128)).splits == 1)
+        #expect(GemmPlan(GemmShape(m: 128, n: 128, k: 1024, transposeA: false, transposeB: true, alpha: 1, beta: 0, activation: .identity),
+                         KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-haswell-Intel Xeon", computeUnits: 132))).splits == 1)
     }
 
     /// Every row of the table fits its device and compiles (on the OpenCL device at hand).
@@ -165,19 +196,21 @@ import Testing
         "\(m)x\(n)x\(k) \(ta ? "T" : "N")\(tb ? "T" : "N")"
     }
 
-    static func info(kind: OpenCLDeviceInfo.Kind, name: String, localBytes: UInt64 = 64 << 10, groupSize: Int = 1024) -> OpenCLDeviceInfo {
+    static func info(kind: OpenCLDeviceInfo.Kind, name: String, localBytes: UInt64 = 64 << 10, groupSize: Int = 1024,
+                     computeUnits: Int = 1) -> OpenCLDeviceInfo {
         OpenCLDeviceInfo(platformIndex: 0, deviceIndex: 0, platformName: "p", name: name, vendor: "v", version: "OpenCL 1.2", driverVersion: "1",
-                         kind: kind, computeUnits: 1, globalMemoryBytes: 1 << 30, localMemoryBytes: localBytes, maxAllocationBytes: 1 << 28,
+                         kind: kind, computeUnits: computeUnits, globalMemoryBytes: 1 << 30, localMemoryBytes: localBytes, maxAllocationBytes: 1 << 28,
                          maxWorkGroupSize: groupSize, extensions: [])
     }
 }
 
 extension OpenCLDeviceInfo {
-    /// The same device, reported as another kind (so the parameter table picks other kernels).
-    func posing(as kind: Kind) -> OpenCLDeviceInfo {
+    /// The same device, reported as another kind (so the parameter table picks other kernels)
+    /// and, where given, with another count of compute units.
+    func posing(as kind: Kind, computeUnits: Int? = nil) -> OpenCLDeviceInfo {
         OpenCLDeviceInfo(platformIndex: platformIndex, deviceIndex: deviceIndex, platformName: platformName, name: name, vendor: vendor,
-                         version: version, driverVersion: driverVersion, kind: kind, computeUnits: computeUnits,
+                         version: version, driverVersion: driverVersion, kind: kind, computeUnits: computeUnits ?? self.computeUnits,
                          globalMemoryBytes: globalMemoryBytes, localMemoryBytes: localMemoryBytes, maxAllocationBytes: maxAllocationBytes,
-                         maxWorkGroupSize: maxWorkGroupSize, extensions: extensions)
+                         maxWorkGroupSize: maxWorkGroupSize, extensions: extensions, maxSubDevices: maxSubDevices)
     }
 }

@@ -104,7 +104,7 @@ import Testing
 
         // Through backend selection: one warning for all the devices it opens, and the table.
         guard !TestBackend.openCLEntries.isEmpty else { return }
-        let split = TestBackend.openCLEntries[0].info.computeUnits >= 2 ? "2" : "1"
+        let split = TestBackend.openCLEntries[0].info.maxSubDevices >= 2 ? "2" : "1"
         let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_SPLIT": split, "SIGPROP_TUNING_CACHE": file.path])
         let (devices, warnings) = try selection.makeDevices()
         #expect(warnings.count == 1 && warnings[0].contains(file.path), "\(warnings)")

@@ -208,6 +208,23 @@ import Testing
         expectClose(try device.read(y), x, "axpby")
     }
 
+    /// GPUs sum NCHW channels in work-groups (`channel_sums_grouped`): the OpenCL device posing
+    /// as a GPU runs it here, against plain sums, on shapes around its group of 64.
+    @Test func groupedChannelSumsMatchPlainSums() throws {
+        guard let entry = TestBackend.openCLEntries.first else { return }
+        let device = try Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        for (outer, channels, inner) in [(1, 1, 2), (3, 7, 41), (2, 5, 64), (1, 3, 129), (4, 2, 1000), (9, 129, 7)] {
+            let x = random(outer * channels * inner, seed: UInt64(outer * 100 + inner))
+            let out = try device.tensor([Float](repeating: 1, count: channels), shape: [channels])
+            try device.channelSums(try device.tensor(x, shape: [outer, channels, inner]), channels: channels, inner: inner, into: out,
+                                   alpha: 2, beta: -1)
+            let expected = (0..<channels).map { c in
+                2 * (0..<outer).reduce(Float(0)) { sum, n in sum + x[(n * channels + c) * inner..<(n * channels + c + 1) * inner].reduce(0, +) } - 1
+            }
+            expectClose(try device.read(out), expected, absolute: 1e-4, relative: 1e-5, "grouped channel sums \(outer)x\(channels)x\(inner)")
+        }
+    }
+
     /// PyTorch's Adam and AMSGrad and SGD (momentum, Nesterov, weight decay), in double.
     @Test(arguments: TestBackend.available)
     func optimizerStepsMatchPyTorchFormulas(_ backend: TestBackend) throws {

@@ -32,6 +32,11 @@ struct KernelParameters: Equatable, Sendable, Codable {
     /// Products of fewer multiply-adds (M * N * K) than this go to `gemm_direct`: launch
     /// cost and edge waste outweigh the tiles there (CLBlast's direct/indirect switch).
     var gemmDirectBelow: Int
+    /// `gemm_tiled`: a single product whose C has fewer tiles than this splits K, for about
+    /// twice this many groups (`gemm_tiled_partial`, then `gemm_splitk_sum`), so the thin
+    /// products of training (128 rows; a convolution's weight gradient, K = batch x positions)
+    /// fill a GPU. 0: never (CPU devices, whose few cores the tiles already fill).
+    var gemmSplitBelow: Int
 
     /// `gemm_tiled`'s local memory: two tiles, each row padded by one float.
     var gemmTiledLocalBytes: Int { gemmTileDepth * (2 * gemmTile * gemmWorkPerItem + 2) * 4 }
@@ -41,7 +46,7 @@ struct KernelParameters: Equatable, Sendable, Codable {
         gemmKernels: .localTiled, gemmTile: 8, gemmWorkPerItem: 2, gemmTileDepth: 8,
         gemmVectorWidth: 4, gemmOuterRows: 4, gemmOuterVectors: 2,
         gemmDotVectorWidth: 4, gemmDotRows: 2, gemmDotColumns: 2,
-        gemmDirectBelow: 32 * 32 * 32)
+        gemmDirectBelow: 32 * 32 * 32, gemmSplitBelow: 0)
 
     /// The table: device kind, then what the device's name says about its vector units, then
     /// the device's limits. Every device resolves to a value.
@@ -54,6 +59,10 @@ struct KernelParameters: Equatable, Sendable, Codable {
             p.gemmWorkPerItem = 4
             p.gemmTileDepth = 16
             p.gemmDirectBelow = 64 * 64 * 64
+            // A tile per compute unit. Unsplit on an H200 (132 units), products of 1 to 32
+            // tiles ran 1.3-2.3x slower than CLBlast, and a convolution's weight gradient
+            // (5 tiles, K = 100352) 18x slower than its forward pass (README, GPU table).
+            p.gemmSplitBelow = info.computeUnits
         case .cpu:
             p.gemmKernels = .registerBlocked
             // gemm_dot reduces its partial sums once per element; 8 lanes keep that cheap.
@@ -99,7 +108,7 @@ struct KernelParameters: Equatable, Sendable, Codable {
         let widths = [2, 4, 8, 16]
         return widths.contains(gemmVectorWidth) && widths.contains(gemmDotVectorWidth)
             && [gemmTile, gemmWorkPerItem, gemmTileDepth, gemmOuterRows, gemmOuterVectors, gemmDotRows, gemmDotColumns].allSatisfy { $0 >= 1 }
-            && gemmDirectBelow >= 0
+            && gemmDirectBelow >= 0 && gemmSplitBelow >= 0
             && gemmTile * gemmTile <= info.maxWorkGroupSize
             && UInt64(gemmTiledLocalBytes) <= info.localMemoryBytes
     }
@@ -119,6 +128,7 @@ struct KernelParameters: Equatable, Sendable, Codable {
             "gemm_outer \(gemmOuterRows)x\(gemmOuterVectors)xfloat\(gemmVectorWidth), gemm_dot \(gemmDotRows)x\(gemmDotColumns)xfloat\(gemmDotVectorWidth)"
         case .localTiled:
             "gemm_tiled group \(gemmTile)x\(gemmTile), \(gemmWorkPerItem)x\(gemmWorkPerItem) per item, depth \(gemmTileDepth)"
+                + (gemmSplitBelow > 0 ? ", split K below \(gemmSplitBelow) tiles" : "")
         }
     }
 

@@ -24,7 +24,7 @@ public enum KernelParameterOrigin: Sendable, Equatable, CustomStringConvertible 
 public struct KernelTuningCache: Sendable {
     /// Bump when `KernelParameters` gains, loses or changes a field: files of another format
     /// are ignored (with a warning) until the tuner runs again.
-    static let formatVersion = 1
+    static let formatVersion = 2
 
     public static let tuningVariable = "SIGPROP_TUNING"
     public static let fileVariable = "SIGPROP_TUNING_CACHE"

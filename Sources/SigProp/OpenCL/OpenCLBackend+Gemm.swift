@@ -9,6 +9,19 @@ extension OpenCLBackend {
         guard extents.allSatisfy({ $0 <= Int(Int32.max) }) else {
             throw SigPropError.configuration("gemm: a batch of \(batch.count) products reaches element \(extents.max()!), beyond the kernels' 32-bit offsets; use smaller chunks")
         }
+        if plan.splits > 1 {
+            // Partial products per slice of K into scratch, then their sum with the epilogue.
+            let partials = try (queue as! OpenCLQueue).scratch(2, bytes: plan.splits * s.m * s.n * 4, context: context)
+            try launch("gemm", "gemm_tiled_partial", [
+                .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
+                .buffer(mem(a)), .buffer(mem(b)), .buffer(partials), .int(Int32(plan.slice)),
+            ], global: plan.global + [plan.splits], local: plan.local.map { $0 + [1] }, on: queue)
+            try launch("gemm", "gemm_splitk_sum", [
+                .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(plan.splits)), .buffer(partials), .buffer(mem(c)),
+                .float(s.alpha), .float(s.beta), .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
+            ], global: [s.n, s.m], on: queue)
+            return
+        }
         try launch("gemm", plan.kernel, [
             .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
             .float(s.alpha), .float(s.beta), .buffer(mem(a)), .buffer(mem(b)), .buffer(mem(c)),
@@ -24,7 +37,7 @@ extension OpenCLBackend {
     func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws {
         let depth = pairs.reduce(0) { $0 + $1.rows }
         let shape = GemmShape(m: m, n: n, k: depth, transposeA: true, transposeB: false, alpha: 1, beta: 0, activation: .identity)
-        let plan = GemmPlan(shape, parameters)
+        let plan = GemmPlan(shape, parameters, splitting: false)
         let kernel = plan.kernel.replacingOccurrences(of: "gemm_", with: "gemm_update_")
         let first = pairs[0], second = pairs.count > 1 ? pairs[1] : nil
         let rule = UpdateRule(update)
@@ -72,8 +85,13 @@ struct GemmPlan: Equatable {
     var kernel: String
     var global: [Int]
     var local: [Int]?
+    /// `gemm_tiled` only: slices of K (`gemm_tiled_partial` groups per tile of C) and their
+    /// depth; 1 and K when K is not split.
+    var splits = 1
+    var slice = 0
 
-    init(_ s: GemmShape, _ p: KernelParameters) {
+    /// `splitting: false` for the fused update, whose epilogue needs the whole sum in one group.
+    init(_ s: GemmShape, _ p: KernelParameters, splitting: Bool = true) {
         let divide = { (x: Int, y: Int) in (x + y - 1) / y }
         let direct = s.m * s.n * s.k < p.gemmDirectBelow
         switch p.gemmKernels {
@@ -82,6 +100,17 @@ struct GemmPlan: Equatable {
             kernel = "gemm_tiled"
             global = [divide(s.n, tile) * p.gemmTile, divide(s.m, tile) * p.gemmTile]
             local = [p.gemmTile, p.gemmTile]
+            // Few tiles: split K into slices of at least four local tiles each, for about
+            // 2 x gemmSplitBelow groups in all. A choice by shape and parameters only, so a
+            // product sums in the same order on every run and schedule.
+            let tiles = divide(s.m, tile) * divide(s.n, tile)
+            let minimumSlice = 4 * p.gemmTileDepth
+            if splitting, s.batch == .single, tiles < p.gemmSplitBelow, s.k >= 2 * minimumSlice {
+                let wanted = min(divide(2 * p.gemmSplitBelow, tiles), s.k / minimumSlice)
+                slice = divide(divide(s.k, wanted), p.gemmTileDepth) * p.gemmTileDepth
+                splits = divide(s.k, slice)
+            }
+            if splits < 2 { (splits, slice) = (1, s.k) }
             return
         case .registerBlocked where !direct && s.transposeB && !s.transposeA:
             // Dimension 0 runs down the rows of C, so consecutive work-items share their rows

@@ -220,8 +220,14 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
-        try launch("reduce", "channel_sums", [.buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)), .buffer(mem(into)),
-                                              .float(alpha), .float(beta)], global: [channels], on: queue)
+        let arguments: [CLKernel.Argument] = [.buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)), .buffer(mem(into)),
+                                              .float(alpha), .float(beta)]
+        // GPUs sum each channel of NCHW activations in a group of 64 (reduce.cl's SUM_GROUP).
+        if info.kind == .gpu && inner > 1 && info.maxWorkGroupSize >= 64 {
+            try launch("reduce", "channel_sums_grouped", arguments, global: [channels * 64], local: [64], on: queue)
+        } else {
+            try launch("reduce", "channel_sums", arguments, global: [channels], on: queue)
+        }
     }
 
     /// Images per im2col chunk: the patch matrix of a chunk stays within `scratchBytes`.

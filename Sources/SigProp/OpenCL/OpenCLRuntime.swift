@@ -22,6 +22,9 @@ public struct OpenCLDeviceInfo: Sendable, CustomStringConvertible {
     public let maxAllocationBytes: UInt64
     public let maxWorkGroupSize: Int
     public let extensions: [String]
+    /// The most sub-devices `clCreateSubDevices` can make of it (0 or 1: it cannot be split;
+    /// NVIDIA's driver, for one).
+    public var maxSubDevices = 0
     /// For a sub-device: which part of its parent, e.g. "part 1 of 2".
     public var partition: String?
 
@@ -95,7 +98,8 @@ enum OpenCLQuery {
             localMemoryBytes: try deviceValue(device, CL_DEVICE_LOCAL_MEM_SIZE, as: cl_ulong.self),
             maxAllocationBytes: try deviceValue(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, as: cl_ulong.self),
             maxWorkGroupSize: Int(try deviceValue(device, CL_DEVICE_MAX_WORK_GROUP_SIZE, as: Int.self)),
-            extensions: try deviceString(device, CL_DEVICE_EXTENSIONS).split(separator: " ").map(String.init)
+            extensions: try deviceString(device, CL_DEVICE_EXTENSIONS).split(separator: " ").map(String.init),
+            maxSubDevices: Int(try deviceValue(device, CL_DEVICE_PARTITION_MAX_SUB_DEVICES, as: cl_uint.self))
         )
     }
 }
@@ -121,6 +125,10 @@ public struct OpenCLDeviceEntry: @unchecked Sendable {
             throw SigPropError.configuration("SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute units) into \(parts) equal parts: use 1...\(info.computeUnits)")
         }
         guard parts > 1 else { return [self] }
+        guard parts <= info.maxSubDevices else {
+            throw SigPropError.configuration(
+                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split into \(parts) devices (its driver offers \(info.maxSubDevices) sub-devices at most); unset SIGPROP_SPLIT.")
+        }
         let unitsEach = info.computeUnits / parts
         var properties: [cl_device_partition_property] = [cl_device_partition_property(CL_DEVICE_PARTITION_EQUALLY), cl_device_partition_property(unitsEach), 0]
         var ids = [cl_device_id?](repeating: nil, count: parts)
