@@ -50,3 +50,22 @@ inline float activation_derivative(const float a, const int act) {
     }                                                                                             \
     (p) -= (lr) * grad_;                                                                          \
 } while (0)
+
+// ---- Sums in a work-group (the grouped reductions GPUs run: reduce.cl, norm.cl) ----
+// GROUP_SUM_SIZE work-items (OpenCLBackend.groupSumSize) each hold a partial sum; a fixed tree
+// in local memory adds them, so every run adds in the same order. Every work-item gets the
+// total; the last barrier lets the caller reuse `partial` at once.
+#define GROUP_SUM_SIZE 128
+
+inline float group_sum(__local float* partial, const float value) {
+    const int l = get_local_id(0);
+    partial[l] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int width = GROUP_SUM_SIZE / 2; width > 0; width >>= 1) {
+        if (l < width) partial[l] += partial[l + width];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float total = partial[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return total;
+}

@@ -3,7 +3,9 @@
 //   layer norm of [B, D]:          outer 1, groups B,     inner D
 //   instance norm of [B, C, P]:    outer 1, groups B * C, inner P
 //   batch norm of [B, C, P]:       outer B, groups C,     inner P   (dense: P = 1)
-// One work-item per group; rstd keeps 1/sqrt(var + eps) for the gradient.
+// rstd keeps 1/sqrt(var + eps) for the gradient. CPU drivers run one work-item per group;
+// GPUs one work-group per group (the *_grouped kernels): a layer norm of [128, 1024] has 128
+// groups, far too few work-items for a GPU one each.
 
 #define GROUP_INDEX(o, g, i) (((size_t)(o) * groups + (g)) * inner + (i))
 
@@ -69,4 +71,49 @@ __kernel void scale_shift_channels(__global const float* x, __global const float
         index = (size_t)second * inner + first;
     }
     y[index] = x[index] * scale[c] + (has_shift ? shift[c] : 0.0f);
+}
+
+// One work-group of GROUP_SUM_SIZE work-items per group: element j = o * inner + i of group g
+// goes to work-item j % GROUP_SUM_SIZE (consecutive work-items on consecutive addresses).
+#define GROUP_ELEMENT(j) GROUP_INDEX((j) / inner, g, (j) % inner)
+
+__kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
+void normalize_groups_grouped(__global const float* x, __global float* xhat, __global float* rstd,
+                              const int outer, const int groups, const int inner, const float eps) {
+    __local float partial[GROUP_SUM_SIZE];
+    const int g = get_group_id(0);
+    const int l = get_local_id(0);
+    const int count = outer * inner;
+    const float n = (float)outer * (float)inner;
+    float sum = 0.0f;
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) sum += x[GROUP_ELEMENT(j)];
+    const float mean = group_sum(partial, sum) / n;
+    float var = 0.0f;
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) { const float d = x[GROUP_ELEMENT(j)] - mean; var += d * d; }
+    const float s = 1.0f / sqrt(group_sum(partial, var) / n + eps);
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) xhat[GROUP_ELEMENT(j)] = (x[GROUP_ELEMENT(j)] - mean) * s;
+    if (l == 0) rstd[g] = s;
+}
+
+__kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
+void normalize_groups_backward_grouped(__global const float* dxhat, __global const float* xhat, __global const float* rstd,
+                                       __global float* dx, const int outer, const int groups, const int inner) {
+    __local float partial[GROUP_SUM_SIZE];
+    const int g = get_group_id(0);
+    const int l = get_local_id(0);
+    const int count = outer * inner;
+    const float n = (float)outer * (float)inner;
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) {
+        const size_t k = GROUP_ELEMENT(j);
+        sum_g += dxhat[k];
+        sum_gx += dxhat[k] * xhat[k];
+    }
+    const float mean_g = group_sum(partial, sum_g) / n;
+    const float mean_gx = group_sum(partial, sum_gx) / n;
+    const float s = rstd[g];
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) {
+        const size_t k = GROUP_ELEMENT(j);
+        dx[k] = s * (dxhat[k] - mean_g - xhat[k] * mean_gx);
+    }
 }

@@ -14,26 +14,20 @@ __kernel void channel_sums(__global const float* x, const int outer, const int c
 }
 
 // GPUs, for per-channel sums of NCHW activations (outer * inner large, channels few): one
-// work-group of SUM_GROUP work-items per channel, each summing a strided share (consecutive
-// work-items on consecutive addresses), then a fixed tree in local memory, so every run adds
-// in the same order. The one-work-item-per-channel kernel above leaves a GPU almost idle there.
-#define SUM_GROUP 64
-__kernel __attribute__((reqd_work_group_size(SUM_GROUP, 1, 1)))
+// work-group of GROUP_SUM_SIZE work-items per channel, each summing a strided share
+// (consecutive work-items on consecutive addresses), then group_sum. The one-work-item-per-
+// channel kernel above leaves a GPU almost idle there.
+__kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
 void channel_sums_grouped(__global const float* x, const int outer, const int channels, const int inner,
                           __global float* out, const float alpha, const float beta) {
-    __local float partial[SUM_GROUP];
+    __local float partial[GROUP_SUM_SIZE];
     const int c = get_group_id(0);
     const int l = get_local_id(0);
     float sum = 0.0f;
     for (int o = 0; o < outer; ++o) {
         __global const float* p = x + ((size_t)o * channels + c) * inner;
-        for (int i = l; i < inner; i += SUM_GROUP) sum += p[i];
+        for (int i = l; i < inner; i += GROUP_SUM_SIZE) sum += p[i];
     }
-    partial[l] = sum;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int width = SUM_GROUP / 2; width > 0; width >>= 1) {
-        if (l < width) partial[l] += partial[l + width];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (l == 0) out[c] = alpha * partial[0] + (beta != 0.0f ? beta * out[c] : 0.0f);
+    sum = group_sum(partial, sum);
+    if (l == 0) out[c] = alpha * sum + (beta != 0.0f ? beta * out[c] : 0.0f);
 }

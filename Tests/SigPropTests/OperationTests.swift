@@ -208,20 +208,35 @@ import Testing
         expectClose(try device.read(y), x, "axpby")
     }
 
-    /// GPUs sum NCHW channels in work-groups (`channel_sums_grouped`): the OpenCL device posing
-    /// as a GPU runs it here, against plain sums, on shapes around its group of 64.
-    @Test func groupedChannelSumsMatchPlainSums() throws {
+    /// GPUs reduce in work-groups (`channel_sums_grouped`, `normalize_groups*_grouped`): the
+    /// OpenCL device posing as a GPU runs those kernels here, against plain sums and the CPU
+    /// fallback, on shapes around the group of 128 (layer, instance and batch norm layouts).
+    @Test func groupedReductionsMatchTheCPUFallback() throws {
         guard let entry = TestBackend.openCLEntries.first else { return }
-        let device = try Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
-        for (outer, channels, inner) in [(1, 1, 2), (3, 7, 41), (2, 5, 64), (1, 3, 129), (4, 2, 1000), (9, 129, 7)] {
+        let gpu = try Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        let cpu = try TestBackend.cpu.device()
+        for (outer, channels, inner) in [(1, 1, 2), (3, 7, 41), (2, 5, 128), (1, 3, 129), (4, 2, 1000), (9, 129, 7), (1, 129, 1024), (7, 3, 1)] {
+            let what = "\(outer)x\(channels)x\(inner)"
             let x = random(outer * channels * inner, seed: UInt64(outer * 100 + inner))
-            let out = try device.tensor([Float](repeating: 1, count: channels), shape: [channels])
-            try device.channelSums(try device.tensor(x, shape: [outer, channels, inner]), channels: channels, inner: inner, into: out,
-                                   alpha: 2, beta: -1)
+            let out = try gpu.tensor([Float](repeating: 1, count: channels), shape: [channels])
+            try gpu.channelSums(try gpu.tensor(x, shape: [outer, channels, inner]), channels: channels, inner: inner, into: out, alpha: 2, beta: -1)
             let expected = (0..<channels).map { c in
                 2 * (0..<outer).reduce(Float(0)) { sum, n in sum + x[(n * channels + c) * inner..<(n * channels + c + 1) * inner].reduce(0, +) } - 1
             }
-            expectClose(try device.read(out), expected, absolute: 1e-4, relative: 1e-5, "grouped channel sums \(outer)x\(channels)x\(inner)")
+            expectClose(try gpu.read(out), expected, absolute: 1e-4, relative: 1e-5, "grouped channel sums \(what)")
+
+            let layout = GroupLayout(outer: outer, groups: channels, inner: inner)
+            let dxhat = random(x.count, seed: 77)
+            var results: [[[Float]]] = []
+            for device in [gpu, cpu] {
+                let xhat = try device.zeros([x.count]), rstd = try device.zeros([channels]), dx = try device.zeros([x.count])
+                try device.normalize(try device.tensor(x, shape: [x.count]), layout: layout, into: xhat, rstd: rstd)
+                try device.normalizeGradient(try device.tensor(dxhat, shape: [x.count]), xhat: xhat, rstd: rstd, layout: layout, into: dx)
+                results.append([try device.read(xhat), try device.read(rstd), try device.read(dx)])
+            }
+            for (name, index) in [("xhat", 0), ("rstd", 1), ("dx", 2)] {
+                expectClose(results[0][index], results[1][index], absolute: 1e-4, relative: 1e-4, "grouped norm \(name) \(what)")
+            }
         }
     }
 

@@ -222,9 +222,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
         let arguments: [CLKernel.Argument] = [.buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)), .buffer(mem(into)),
                                               .float(alpha), .float(beta)]
-        // GPUs sum each channel of NCHW activations in a group of 64 (reduce.cl's SUM_GROUP).
-        if info.kind == .gpu && inner > 1 && info.maxWorkGroupSize >= 64 {
-            try launch("reduce", "channel_sums_grouped", arguments, global: [channels * 64], local: [64], on: queue)
+        if groupedReductions && inner > 1 {
+            try launch("reduce", "channel_sums_grouped", arguments, global: [channels * Self.groupSumSize], local: [Self.groupSumSize], on: queue)
         } else {
             try launch("reduce", "channel_sums", arguments, global: [channels], on: queue)
         }
@@ -304,14 +303,30 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         [.int(Int32(layout.outer)), .int(Int32(layout.groups)), .int(Int32(layout.inner))]
     }
 
+    /// Work-items of the grouped reductions (`GROUP_SUM_SIZE` in common.cl).
+    static let groupSumSize = 128
+
+    /// GPUs reduce each channel or norm group in a work-group (`*_grouped` kernels); CPU
+    /// drivers in one work-item, whose loop they vectorise.
+    var groupedReductions: Bool { info.kind == .gpu && info.maxWorkGroupSize >= Self.groupSumSize }
+
     func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
-        try launch("norm", "normalize_groups", [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd))] + layoutArguments(layout) + [.float(epsilon)],
-                   global: [layout.groups], on: queue)
+        let arguments = [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd))] + layoutArguments(layout) + [.float(epsilon)]
+        if groupedReductions {
+            try launch("norm", "normalize_groups_grouped", arguments, global: [layout.groups * Self.groupSumSize], local: [Self.groupSumSize], on: queue)
+        } else {
+            try launch("norm", "normalize_groups", arguments, global: [layout.groups], on: queue)
+        }
     }
 
     func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws {
-        try launch("norm", "normalize_groups_backward", [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into))]
-                   + layoutArguments(layout), global: [layout.groups], on: queue)
+        let arguments = [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into))] + layoutArguments(layout)
+        if groupedReductions {
+            try launch("norm", "normalize_groups_backward_grouped", arguments, global: [layout.groups * Self.groupSumSize],
+                       local: [Self.groupSumSize], on: queue)
+        } else {
+            try launch("norm", "normalize_groups_backward", arguments, global: [layout.groups], on: queue)
+        }
     }
 
     func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
