@@ -16,6 +16,20 @@ import Testing
         var values: [Int] { counts.withLock { $0 } }
     }
 
+    /// The ranges work is cut into, for any count and number of parts (a 16-core machine once
+    /// cut 40 rows into 16 parts of 3 and asked for rows 42..<40).
+    @Test func sharesCoverTheRangeInOrder() {
+        for parts in 1...17 {
+            for count in 0...40 {
+                let ranges = (0..<parts).map { CPUKernels.share($0, of: parts, count) }
+                #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == count, "\(count) in \(parts)")
+                #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, "\(count) in \(parts)")
+                let sizes = ranges.map(\.count)
+                #expect(sizes.max()! - sizes.min()! <= 1 && (count < parts || sizes.min()! >= 1), "\(count) in \(parts): \(sizes)")
+            }
+        }
+    }
+
     @Test(arguments: [0, 1, 2, 3, 7, 64])
     func everyPartRunsOnce(parts: Int) {
         let workers = CPUWorkers(helpers: 3)

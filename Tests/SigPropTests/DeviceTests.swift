@@ -1,9 +1,44 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import SigProp
 
 /// The device protocol's own guarantees, on every backend: streams, events, checks.
 @Suite struct DeviceTests {
+    /// Threads that share one stream (parallel tests on the default stream do) may interleave
+    /// their launches: an operation's multi-launch sequence through the queue's scratch buffers
+    /// (im2col columns, split-K partials) must still see only its own data. Convolutions of
+    /// two sizes and a split product, from four threads at once, against one thread's results.
+    @Test(arguments: TestBackend.available)
+    func threadsSharingAStreamKeepTheirScratch(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let shapes = [ConvShape(batch: 3, inChannels: 4, height: 9, width: 7, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
+                      ConvShape(batch: 2, inChannels: 2, height: 5, width: 6, outChannels: 3, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)]
+        struct Case: Sendable { let input: Tensor, weight: Tensor, output: Tensor, gradient: Tensor, weightGradient: Tensor }
+        func makeCase(_ s: ConvShape, seed: UInt64) throws -> Case {
+            Case(input: try device.tensor(random(s.batch * s.inChannels * s.height * s.width, seed: seed), shape: [s.batch, s.inChannels, s.height, s.width]),
+                 weight: try device.tensor(random(s.outChannels * s.inChannels * 9, seed: seed + 1), shape: [s.outChannels, s.inChannels, 3, 3]),
+                 output: try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth]),
+                 gradient: try device.tensor(random(s.batch * s.outChannels * s.outHeight * s.outWidth, seed: seed + 2),
+                                             shape: [s.batch, s.outChannels, s.outHeight, s.outWidth]),
+                 weightGradient: try device.zeros([s.outChannels, s.inChannels, 3, 3]))
+        }
+        let run: @Sendable (Case) throws -> [[Float]] = { c in
+            try device.conv2d(c.input, weight: c.weight, into: c.output, padding: 1)
+            try device.conv2dWeightGradient(c.input, outputGradient: c.gradient, into: c.weightGradient, padding: 1)
+            return [try device.read(c.output), try device.read(c.weightGradient)]
+        }
+        let cases = try (0..<4).map { try makeCase(shapes[$0 % 2], seed: UInt64(10 * $0)) }
+        let expected = try cases.map(run)
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { index in
+            for _ in 0..<25 {
+                if (try? run(cases[index])) != expected[index] { failures.withLock { $0 += 1 } }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0, "runs that saw another thread's scratch data")
+    }
+
     @Test(arguments: TestBackend.available)
     func eventsOrderWorkAcrossStreams(_ backend: TestBackend) throws {
         let device = try backend.device()

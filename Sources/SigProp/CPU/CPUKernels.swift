@@ -93,12 +93,16 @@ enum CPUKernels {
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
         guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
-        let size = (extent + parts - 1) / parts
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
-            let range = (part * size)..<min(extent, (part + 1) * size)
-            guard !range.isEmpty else { return }
+            let range = share(part, of: parts, extent)
             sgemmPart(s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m, columns: splitRows ? 0..<s.n : range)
         }
+    }
+
+    /// Part `part` of `0..<count` cut into `parts` contiguous ranges whose sizes differ by one
+    /// at most (none empty while count >= parts), for any count and parts.
+    static func share(_ part: Int, of parts: Int, _ count: Int) -> Range<Int> {
+        (part * count / parts)..<((part + 1) * count / parts)
     }
 
     /// How many parts a product is split into: by its size and the machine's cores only.
@@ -204,10 +208,9 @@ enum CPUKernels {
     static func parallelChunks(_ count: Int, minimumChunk: Int = 1 << 15, _ body: @escaping (Range<Int>) -> Void) {
         let chunks = min(cores, max(1, count / minimumChunk))
         guard chunks > 1 else { return body(0..<count) }
-        let size = (count + chunks - 1) / chunks
         // The chunks touch disjoint ranges of the caller's buffers.
         CPUWorkers.shared.run(parts: chunks, threads: chunks) { chunk in
-            body((chunk * size)..<min(count, (chunk + 1) * size))
+            body(share(chunk, of: chunks, count))
         }
     }
 
@@ -291,7 +294,7 @@ enum CPUKernels {
         CPUWorkers.shared.run(parts: parts, threads: parts) { part in
             let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * positions, 1))
             defer { columns.deallocate() }
-            for n in (part * s.batch / parts)..<((part + 1) * s.batch / parts) {
+            for n in share(part, of: parts, s.batch) {
                 im2col(s, image: input + n * imageSize, columns: columns, rowStride: positions)
                 let out = output + n * outputSize
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(s.outChannels), blasint(positions), blasint(patch),
@@ -530,7 +533,7 @@ enum CPUKernels {
         let parts = min(m, productParts(multiplyAdds: m * n * pairs.reduce(0) { $0 + $1.rows }))
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             // Each part takes a contiguous share of W's rows.
-            let rows = (part * m / parts)..<((part + 1) * m / parts)
+            let rows = share(part, of: parts, m)
             guard !rows.isEmpty else { return }
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows.count * n)
             defer { scratch.deallocate() }

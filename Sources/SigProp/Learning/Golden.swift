@@ -152,7 +152,10 @@ public enum GoldenCheck {
         }
     }
 
-    /// Compares an optimizer result, giving ill-conditioned Adam entries absolute tolerance lr.
+    /// Compares an optimizer result. An ill-conditioned Adam entry's gradient is a cancellation
+    /// residue (|g| < 1e-6, golden README), so its sign, and the sign of its step of up to lr,
+    /// is rounding noise: another summation order (a GPU's, seen on an H200) can flip it. It
+    /// must only lie within one step of the reference's either way, 2 lr.
     static func compareStep(_ output: String, _ got: [Float], _ golden: GoldenCase, learningRate: Float) throws -> GoldenComparison {
         let reference = try golden.output(output)
         let skipped = Set(golden.adamIllConditioned[output] ?? [])
@@ -163,7 +166,7 @@ public enum GoldenCheck {
         for (index, (a, b)) in zip(got, reference.values).enumerated() {
             let error = abs(a - b)
             if skipped.contains(index) {
-                if !(error <= learningRate) { worst = .infinity }
+                if !(error <= 2 * learningRate) { worst = .infinity }
             } else {
                 worst = max(worst, error.isNaN ? .infinity : error)
             }

@@ -11,15 +11,18 @@ extension OpenCLBackend {
         }
         if plan.splits > 1 {
             // Partial products per slice of K into scratch, then their sum with the epilogue.
-            let partials = try (queue as! OpenCLQueue).scratch(2, bytes: plan.splits * s.m * s.n * 4, context: context)
-            try launch("gemm", "gemm_tiled_partial", [
-                .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
-                .buffer(mem(a)), .buffer(mem(b)), .buffer(partials), .int(Int32(plan.slice)),
-            ], global: plan.global + [plan.splits], local: plan.local.map { $0 + [1] }, on: queue)
-            try launch("gemm", "gemm_splitk_sum", [
-                .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(plan.splits)), .buffer(partials), .buffer(mem(c)),
-                .float(s.alpha), .float(s.beta), .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
-            ], global: [s.n, s.m], on: queue)
+            let clQueue = queue as! OpenCLQueue
+            try clQueue.sequence {
+                let partials = try clQueue.scratch(2, bytes: plan.splits * s.m * s.n * 4, context: context)
+                try launch("gemm", "gemm_tiled_partial", [
+                    .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
+                    .buffer(mem(a)), .buffer(mem(b)), .buffer(partials), .int(Int32(plan.slice)),
+                ], global: plan.global + [plan.splits], local: plan.local.map { $0 + [1] }, on: queue)
+                try launch("gemm", "gemm_splitk_sum", [
+                    .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(plan.splits)), .buffer(partials), .buffer(mem(c)),
+                    .float(s.alpha), .float(s.beta), .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
+                ], global: [s.n, s.m], on: queue)
+            }
             return
         }
         try launch("gemm", plan.kernel, [

@@ -9,11 +9,22 @@ final class OpenCLQueue: BackendQueue, @unchecked Sendable {
     var kernelLog: KernelLog?
     init(_ queue: CLQueue) { self.queue = queue }
 
-    /// Scratch buffers of this queue (im2col matrices), kept between calls: work on one
-    /// in-order queue never overlaps, so reuse is safe here, and a 64 MiB allocation per
-    /// convolution is not paid again. Other queues have their own.
+    /// Scratch buffers of this queue (im2col matrices, split-K partials), kept between calls:
+    /// work on one in-order queue never overlaps, so reuse is safe here, and a 64 MiB
+    /// allocation per convolution is not paid again. Other queues have their own.
     private var scratch: [Int: CLBuffer] = [:]
     private let scratchLock = NSLock()
+    /// Held while an operation enqueues its launches through the scratch buffers, so threads
+    /// that share the queue (a stream used from several threads) cannot interleave theirs
+    /// between another's write and read of a buffer. Recursive: a convolution's product
+    /// splits K through the same queue.
+    private let sequenceLock = NSRecursiveLock()
+
+    func sequence<T>(_ body: () throws -> T) rethrows -> T {
+        sequenceLock.lock()
+        defer { sequenceLock.unlock() }
+        return try body()
+    }
 
     func scratch(_ slot: Int, bytes: Int, context: CLContext) throws -> CLBuffer {
         try scratchLock.withLock {
@@ -244,14 +255,16 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
         let clQueue = queue as! OpenCLQueue
-        let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
-        for n0 in stride(from: 0, to: s.batch, by: chunk) {
-            let count = min(chunk, s.batch - n0)
-            try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: positions, imageStride: patch * positions, on: queue)
-            let images = GemmBatch(count: count, strideB: patch * positions, offsetC: n0 * s.outChannels * positions, strideC: s.outChannels * positions)
-            try gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
-                               activation: activation, biasPerRow: true, batch: images),
-                     a: weight, b: columns, c: output, bias: bias, on: queue)
+        try clQueue.sequence {
+            let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
+            for n0 in stride(from: 0, to: s.batch, by: chunk) {
+                let count = min(chunk, s.batch - n0)
+                try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: positions, imageStride: patch * positions, on: queue)
+                let images = GemmBatch(count: count, strideB: patch * positions, offsetC: n0 * s.outChannels * positions, strideC: s.outChannels * positions)
+                try gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
+                                   activation: activation, biasPerRow: true, batch: images),
+                         a: weight, b: columns, c: output, bias: bias, on: queue)
+            }
         }
     }
 
@@ -268,20 +281,22 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
         let clQueue = queue as! OpenCLQueue
-        let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
-        let gathered = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
         if s.batch == 0 {
             try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
         }
-        for n0 in stride(from: 0, to: s.batch, by: chunk) {
-            let count = min(chunk, s.batch - n0)
-            try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: count * positions, imageStride: positions, on: queue)
-            try launch("conv", "nchw_to_channel_major",
-                       [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
-                        .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
-            try gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
-                               beta: n0 == 0 ? beta : 1, activation: .identity),
-                     a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
+        try clQueue.sequence {
+            let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
+            let gathered = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
+            for n0 in stride(from: 0, to: s.batch, by: chunk) {
+                let count = min(chunk, s.batch - n0)
+                try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: count * positions, imageStride: positions, on: queue)
+                try launch("conv", "nchw_to_channel_major",
+                           [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
+                            .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
+                try gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
+                                   beta: n0 == 0 ? beta : 1, activation: .identity),
+                         a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
+            }
         }
         if let biasGradient {
             try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
