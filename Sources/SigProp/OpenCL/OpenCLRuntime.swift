@@ -217,15 +217,19 @@ final class CLQueue: @unchecked Sendable {
         clReleaseCommandQueue(handle)
     }
 
+    /// Waits for the queue, then frees the host copies of completed writes. Only those: another
+    /// thread sharing the queue may have enqueued a write since clFinish returned, and freeing
+    /// its copy early lets the write read freed memory (the likely cause of two tests that
+    /// started at once on an H200's shared default stream both ending with other weights).
     func finish() throws {
         try clCheck(clFinish(handle), "clFinish")
-        releaseStaged(all: true)
+        releaseStaged()
     }
 
-    private func releaseStaged(all: Bool) {
+    private func releaseStaged() {
         stagedLock.withLock {
             staged.removeAll { entry in
-                guard all || entry.event.isComplete else { return false }
+                guard entry.event.isComplete else { return false }
                 entry.copy.deallocate()
                 return true
             }
@@ -250,7 +254,7 @@ final class CLQueue: @unchecked Sendable {
     /// earlier work, which stalls a pipeline. The values go through a host copy that lives
     /// until the write completed.
     func write(_ buffer: CLBuffer, from pointer: UnsafeRawPointer, bytes: Int) throws {
-        releaseStaged(all: false)
+        releaseStaged()
         let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         copy.copyMemory(from: pointer, byteCount: bytes)
         var event: cl_event?
