@@ -70,10 +70,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     let context: CLContext
     var deviceDescription: String { info.description }
     var capabilities: DeviceCapabilities {
-        // The fused weight update where its epilogue can hide in the product's memory traffic
-        // (GPUs). On PoCL it measured slower than product + separate Adam kernel (README,
-        // `local_step` benchmarks): a CPU runs the epilogue's sqrt and divides on the cores
-        // the product needs, in a pattern its prefetchers follow worse than one stream.
+        // The fused weight update on GPUs, where its epilogue was meant to hide in the product's
+        // memory traffic. On PoCL it measured slower than product + separate Adam kernel (a CPU
+        // runs the epilogue's sqrt and divides on the cores the product needs), and on the one
+        // GPU measured, an H200, the `local_step` benchmark ran it at 0.79x too (README, On a
+        // GPU); kept on GPUs until training has been timed both ways there.
         DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true, computeUnits: info.computeUnits,
                            fusedWeightUpdate: info.kind == .gpu)
     }
