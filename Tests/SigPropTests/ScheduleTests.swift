@@ -58,6 +58,35 @@ import Testing
         #expect(states[0] == states[1], "pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
     }
 
+    /// The same on the kernels only GPUs run (the OpenCL device posing as a GPU, every product
+    /// tiled in 8 x 8 tiles and K split wherever it is 32 deep or more, the fused update in
+    /// tiles, grouped norms and channel sums): split-K sums and group reductions add in a fixed
+    /// order, so the schedules still agree bit for bit. An mlp and the conv net above.
+    @Test(.enabled(if: !TestBackend.openCLEntries.isEmpty))
+    func pipelinedEqualsSequentialOnGPUKernels() throws {
+        let entry = try #require(TestBackend.openCLEntries.first)
+        let info = entry.info.posing(as: .gpu, computeUnits: 32)
+        var parameters = KernelParameters.forDevice(info)
+        (parameters.gemmTile, parameters.gemmWorkPerItem, parameters.gemmTileDepth) = (4, 2, 4)
+        (parameters.gemmDirectBelow, parameters.gemmSplitBelow) = (0, 64)
+        let cache = KernelTuningCache(file: URL(fileURLWithPath: "/nonexistent/kernel-tuning.json"),
+                                      entries: [.init(for: info, parameters: parameters, tunedGFLOPS: 0, tableGFLOPS: nil)])
+        let device = try Device.opencl(OpenCLDeviceEntry(info: info, id: entry.id), tuningCache: cache)
+        #expect(device.kernelParameterOrigin != .table, "the test's parameters are in use")
+        #expect(device.fusesWeightUpdates)
+
+        var cnn = ModelConfig()
+        (cnn.kind, cnn.inputShape, cnn.classes, cnn.dropout) = (.cnn, [1, 6, 6], 4, 0.2)
+        for (name, makeNetwork) in [("mlp", { try TrainingTests.network(device, width: 24) }),
+                                    ("cnn", { try Network(config: cnn, device: device, optimizer: Self.options().optimizer, seed: 5) })] {
+            var states: [[Float]] = []
+            for schedule in [Schedule(.sequential), Schedule(.pipelined)] {
+                states.append(try Self.trainedState(try makeNetwork(), options: Self.options(batchSize: 32), schedule: schedule))
+            }
+            #expect(states[0] == states[1], "\(name): pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
+        }
+    }
+
     /// Storage of retired batches is reused: after the first epoch, a second one allocates no
     /// new tensor storage while training.
     @Test(arguments: TestBackend.available)
