@@ -7,8 +7,9 @@ import Testing
 @Suite struct DeviceTests {
     /// Threads that share one stream (parallel tests on the default stream do) may interleave
     /// their launches: an operation's multi-launch sequence through the queue's scratch buffers
-    /// (im2col columns, split-K partials) must still see only its own data. Convolutions of
-    /// two sizes and a split product, from four threads at once, against one thread's results.
+    /// (im2col columns, dZ gathered for the weight gradient; on GPUs split-K partials too) must
+    /// still see only its own data. Convolutions of two sizes and their weight gradients from
+    /// four threads at once, against one thread's results.
     @Test(arguments: TestBackend.available)
     func threadsSharingAStreamKeepTheirScratch(_ backend: TestBackend) throws {
         let device = try backend.device()
