@@ -61,7 +61,7 @@ struct KernelParameters: Equatable, Sendable, Codable {
             p.gemmDirectBelow = 64 * 64 * 64
             // A tile per compute unit. Unsplit on an H200 (132 units), products of 1 to 32
             // tiles ran 1.3-2.3x slower than CLBlast, and a convolution's weight gradient
-            // (5 tiles, K = 100352) 18x slower than its forward pass (README, GPU table).
+            // (5 tiles, K = 100352) 18x slower than its forward pass (README, On a GPU).
             p.gemmSplitBelow = info.computeUnits
         case .cpu:
             p.gemmKernels = .registerBlocked
