@@ -61,6 +61,7 @@ struct Doctor: ParsableCommand {
         for (label, device) in devices {
             print("\n== \(label): \(device.name)")
             if let origin = device.kernelParameterOrigin { print("  kernel parameters from \(origin)") }
+            if device === reference, let advice = OpenBLASKernels.current().advice { print("  note: \(advice)") }
             do {
                 let builds = try device.buildAllPrograms()
                 for build in builds {

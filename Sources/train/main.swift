@@ -134,6 +134,8 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
+        // Before anything else: the process may start over with faster OpenBLAS kernels.
+        OpenBLASKernels.restartWithFasterKernelsIfNeeded()
         do {
             try train()
         } catch let error as SigPropError {

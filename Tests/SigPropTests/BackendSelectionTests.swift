@@ -49,7 +49,8 @@ import Testing
     @Test func autoWithoutGPUUsesTheCPUFallback() throws {
         let selection = try BackendSelection(environment: [:])
         let (devices, warnings) = try selection.makeDevices(discover: { [Self.entries[0]] })
-        #expect(devices.map(\.kind) == [.cpu] && warnings.isEmpty)
+        // No warning but OpenBLAS's advice, where this machine gets one.
+        #expect(devices.map(\.kind) == [.cpu] && warnings == (OpenBLASKernels.current().advice.map { [$0] } ?? []))
         let (fallback, fallbackWarnings) = try selection.makeDevices(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") })
         #expect(fallback.map(\.kind) == [.cpu])
         #expect(fallbackWarnings.first?.contains("CL_PLATFORM_NOT_FOUND_KHR") == true)
@@ -66,5 +67,35 @@ import Testing
         let (devices, _) = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0"]).makeDevices()
         #expect(devices.count == 1 && devices[0].kind == .opencl)
         #expect(devices[0].name.contains(TestBackend.openCLEntries[0].info.name))
+    }
+}
+
+/// OpenBLAS's kernel choice (`OpenBLASKernels`): replaced only by kernels with wider vectors
+/// that the CPU's flags allow, never when the user chose.
+@Suite struct OpenBLASKernelsTests {
+    static let avx512 = Set(["sse3", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"])
+    static let avx2 = Set(["sse3", "avx", "avx2", "fma"])
+
+    @Test func fasterKernelsFollowTheCPUsWidestVectors() {
+        #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: Self.avx512) == "SkylakeX")
+        #expect(OpenBLASKernels.fasterCore(than: "Haswell", cpuFlags: Self.avx512) == "SkylakeX")
+        #expect(OpenBLASKernels.fasterCore(than: "ZEN", cpuFlags: Self.avx512) == "SkylakeX")
+        #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: Self.avx2) == "Haswell")
+        #expect(OpenBLASKernels.fasterCore(than: "Nehalem", cpuFlags: ["sse3", "avx"]) == "Sandybridge")
+        // Already the widest, or wider than the flags: left alone.
+        #expect(OpenBLASKernels.fasterCore(than: "Haswell", cpuFlags: Self.avx2) == nil)
+        #expect(OpenBLASKernels.fasterCore(than: "Cooperlake", cpuFlags: Self.avx512) == nil)
+        #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: ["sse3"]) == nil)
+        // AVX-512 without BW/DQ/VL (Knights Landing) cannot run the SkylakeX kernels.
+        #expect(OpenBLASKernels.fasterCore(than: "Sandybridge", cpuFlags: Self.avx2.union(["avx512f", "avx512cd"])) == "Haswell")
+        // Cores this table does not know (other architectures), or no flags read: left alone.
+        #expect(OpenBLASKernels.fasterCore(than: "NEOVERSEN1", cpuFlags: Self.avx512) == nil)
+        #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: []) == nil)
+    }
+
+    @Test func aCoreTypeTheUserSetIsKept() {
+        let kernels = OpenBLASKernels.current(environment: [OpenBLASKernels.variable: "Prescott"])
+        #expect(kernels.faster == nil && kernels.advice == nil)
+        #expect(!kernels.core.isEmpty)
     }
 }

@@ -27,13 +27,15 @@ import Testing
         return (data, checkpoints)
     }
 
-    static func launch(_ arguments: [String], output: Pipe? = nil, errors: Pipe? = nil, environment extra: [String: String] = [:]) throws -> Process {
+    static func launch(_ arguments: [String], output: Pipe? = nil, errors: Pipe? = nil, environment extra: [String: String] = [:],
+                       removing unset: [String] = []) throws -> Process {
         let process = Process()
         process.executableURL = try trainBinary()
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["SIGPROP_BACKEND"] = "cpu"
         environment.merge(extra) { $1 }
+        unset.forEach { environment[$0] = nil }
         process.environment = environment
         process.standardOutput = output ?? FileHandle.nullDevice
         process.standardError = errors ?? FileHandle.nullDevice
@@ -126,6 +128,27 @@ import Testing
         #expect(opencl.status != 0)
         #expect(opencl.output.contains("no OpenCL device was found") && opencl.output.contains("pocl-opencl-icd"), "\(opencl.output)")
         #expect(!opencl.output.contains("model:"), "no work may start: \(opencl.output)")
+    }
+
+    /// Left to choose, OpenBLAS may pick narrower kernels than the CPU runs (0.3.21 on CPUs it
+    /// does not know); `train` then restarts itself with `OPENBLAS_CORETYPE` set. Whatever
+    /// OpenBLAS picks on this machine, the training runs on the widest kernels the CPU allows.
+    @Test func trainRunsOpenBLASsWidestKernelsForThisCPU() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let output = Pipe(), errors = Pipe()
+        let process = try Self.launch(["--epochs", "1", "--width", "16", "--limit", "64", "--batch-size", "16", "--data-dir", data.path,
+                                       "--checkpoint-dir", checkpoints.path],
+                                      output: output, errors: errors, removing: [OpenBLASKernels.variable])
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile() + errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(text)")
+        let backend = try #require(text.split(separator: "\n").first { $0.hasPrefix("backend: cpu") }, "\(text)")
+        let core = try #require(backend.firstMatch(of: /OpenBLAS (\S+) kernels/)?.1, "\(backend)")
+        #expect(OpenBLASKernels.fasterCoreForThisCPU(than: String(core)) == nil, "\(text)")
+        if text.contains("restarting with \(OpenBLASKernels.variable)=") {
+            #expect(text.contains("restarting with \(OpenBLASKernels.variable)=\(core) "), "\(text)")
+        }
     }
 
     /// A learning rate that blows the weights up: the run stops at the first non-finite loss

@@ -20,6 +20,11 @@ let secondsPerBenchmark: Int = {
 }()
 
 let benchmarks: @Sendable () -> Void = {
+    // The `cpu` and `openblas` figures would be OpenBLAS's narrower kernels' (a sixth of the
+    // speed on one VM): say so in the output (each benchmark's process says it once).
+    if let advice = OpenBLASKernels.current().advice {
+        FileHandle.standardError.write(Data("warning: \(advice)\n".utf8))
+    }
     for shape in GemmCase.all {
         register("sgemm/opencl/\(shape)", flops: shape.flops) { try sigpropGemm(try openCLDevice(), shape) }
         register("sgemm/cpu/\(shape)", flops: shape.flops) { try sigpropGemm(try Device.cpu(), shape) }

@@ -65,7 +65,7 @@ public struct BackendSelection: Sendable {
     ) throws -> (devices: [Device], warnings: [String]) {
         switch choice {
         case .cpu:
-            return (try cpuDevices(), [])
+            return try cpuDevices()
         case .opencl:
             let entries = try discover()
             guard !entries.isEmpty else {
@@ -78,11 +78,12 @@ public struct BackendSelection: Sendable {
                 let entries = try discover()
                 if let chosen = try selected(from: entries) { return try openCLDevices(chosen) }
                 if let gpu = entries.first(where: { $0.info.kind == .gpu }) { return try openCLDevices([gpu]) }
-                return (try cpuDevices(), [])
+                return try cpuDevices()
             } catch let error as SigPropError {
                 throw error  // a bad SIGPROP_DEVICE or SIGPROP_SPLIT is the user's to fix, not a reason to fall back
             } catch {
-                return (try cpuDevices(), ["OpenCL could not be initialised (\(error)); using the CPU fallback. Set \(Self.backendVariable)=cpu to silence this, or \(Self.backendVariable)=opencl to make it an error."])
+                let (devices, warnings) = try cpuDevices()
+                return (devices, ["OpenCL could not be initialised (\(error)); using the CPU fallback. Set \(Self.backendVariable)=cpu to silence this, or \(Self.backendVariable)=opencl to make it an error."] + warnings)
             }
         }
     }
@@ -110,13 +111,17 @@ public struct BackendSelection: Sendable {
         return KernelTuningCache.load(tuningCacheFile)
     }
 
-    func cpuDevices() throws -> [Device] {
+    /// The CPU devices, and the advice of `OpenBLASKernels` if OpenBLAS runs slower kernels
+    /// than the CPU allows.
+    func cpuDevices() throws -> (devices: [Device], warnings: [String]) {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         guard split <= cores else {
             throw SigPropError.configuration("\(Self.splitVariable)=\(split) cannot divide the CPU's \(cores) cores into \(split) devices: use 1...\(cores)")
         }
-        guard split > 1 else { return [try Device.cpu()] }
-        return try (0..<split).map { try Device.cpu(cores: cores / split, part: "part \($0 + 1) of \(split)") }
+        let devices = split > 1
+            ? try (0..<split).map { try Device.cpu(cores: cores / split, part: "part \($0 + 1) of \(split)") }
+            : [try Device.cpu()]
+        return (devices, OpenBLASKernels.current().advice.map { [$0] } ?? [])
     }
 
     /// The entry `selector` names: an index into `entries`, or a name substring matching one device.
