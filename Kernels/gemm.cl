@@ -202,9 +202,10 @@ inline void update_entry_v(__global float* W, const size_t i, const floatV grad,
 // gemm_direct.
 // A second pair (X2, Y2) of depth K2 adds to the same sums (the fused update's target rows;
 // K2 = 0 for a plain product), and the epilogue `e` stores C or steps the weight held in C.
+// Y's rows lie y_stride floats apart (Q, or more in gemm_outer_padded's copy); Y2's Q.
 inline void outer_tile(const int P, const int Q, const int K, const int trans_x, const int trans_c,
                        const float alpha, const float beta,
-                       __global const float* X, __global const float* Y, __global float* C,
+                       __global const float* X, __global const float* Y, const int y_stride, __global float* C,
                        __global const float* bias, const int has_bias, const int act,
                        const int K2, __global const float* X2, __global const float* Y2, const Epilogue e) {
     // Dimension 0 runs down the rows: consecutive work-items share one panel of Y (in cache).
@@ -229,6 +230,7 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
         const size_t x_row = trans_x ? 1 : depth; // from one row of X(p, k) to the next
         const size_t x_step = trans_x ? P : 1;    // from one k to the next
         __global const float* y = pair ? Y2 : Y;
+        const size_t y_row = pair ? Q : y_stride;
         for (int k = 0; k < depth; ++k) {
             floatV yv[OUTER_V];
             #pragma unroll
@@ -240,7 +242,7 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
                 for (int v = 0; v < OUTER_V; ++v) acc[i][v] = fma(xv, yv[v], acc[i][v]);
             }
             x += x_step;
-            y += Q;
+            y += y_row;
         }
     }
 
@@ -280,16 +282,35 @@ __kernel void gemm_outer(GEMM_ARGS) {
     GEMM_SELECT_BATCH();
     // The flags pick strides and the store's layout; the K loop itself never tests them.
     const Epilogue store = plain_store();
-    if (trans_b) outer_tile(N, M, K, 0, 1, alpha, beta, B, A, C, bias, has_bias, act, 0, B, A, store); // TT only
-    else if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, C, bias, has_bias, act, 0, A, B, store);
-    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, C, bias, has_bias, act, 0, A, B, store);
+    if (trans_b) outer_tile(N, M, K, 0, 1, alpha, beta, B, A, M, C, bias, has_bias, act, 0, B, A, store); // TT only
+    else if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
+    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
+}
+
+// gemm_outer (NN, TN) reading B from a copy whose rows lie b_stride floats apart. Each
+// work-item streams a panel of B (K rows of OUTER_N floats) that the next work-items read
+// again from cache; where B's rows lie a large power of two apart (N = 1024: 4 KB) the panel
+// falls into few cache sets and is evicted first (PoCL on an Intel Emerald Rapids: 1024³ at
+// half the speed of 1000³). The host pads such rows (gemm_pad_rows; README, Kernel benchmarks).
+// B here is that copy.
+__kernel void gemm_outer_padded(GEMM_ARGS, const int b_stride) {
+    GEMM_SELECT_BATCH();
+    const Epilogue store = plain_store();
+    if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act, 0, A, B, store);
+    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act, 0, A, B, store);
+}
+
+// B (rows x columns) copied with its rows `stride` floats apart, for gemm_outer_padded.
+__kernel void gemm_pad_rows(__global const float* B, __global float* padded, const int columns, const int stride) {
+    const int column = get_global_id(0), row = get_global_id(1);
+    if (column < columns) padded[(size_t)row * stride + column] = B[(size_t)row * columns + column];
 }
 
 // W[M, N] stepped with G = A1ᵀ B1 + A2ᵀ B2 (A_s: K_s x M, B_s: K_s x N): gemm_outer's TN tile.
 __kernel void gemm_update_outer(const int M, const int N, const int K1, const int K2,
                                 __global const float* A1, __global const float* B1,
                                 __global const float* A2, __global const float* B2, UPDATE_ARGS) {
-    outer_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, W, W, 0, ACT_IDENTITY, K2, A2, B2, UPDATE_EPILOGUE);
+    outer_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, N, W, W, 0, ACT_IDENTITY, K2, A2, B2, UPDATE_EPILOGUE);
 }
 
 // ---- gemm_dot ----

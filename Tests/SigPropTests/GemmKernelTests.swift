@@ -30,13 +30,14 @@ import Testing
 
     /// Around gemm_outer's 8 x 32 (AVX-512) and 6 x 16 (AVX2) tiles, gemm_dot's 4 x 4 and
     /// 3 x 3, gemm_tiled's 64 x 64; batch 1; K = 1; N below one vector; the direct switch; and
-    /// K split into slices that are no multiple of anything (last slice short).
+    /// K split into slices that are no multiple of anything (last slice short); B's rows 4 KB
+    /// apart with K past gemm_outer's padding threshold (`GemmPlan.panelCrowdsCache`).
     static let shapes: [(m: Int, n: Int, k: Int)] = [
         (1, 1, 1), (1, 1000, 7), (1, 33, 1000), (2, 3, 4),
         (7, 15, 129), (8, 16, 300), (8, 32, 129), (9, 33, 129), (6, 16, 300), (5, 17, 500),
         (31, 31, 31), (32, 32, 32), (33, 33, 33), (63, 65, 64), (65, 63, 17),
         (1000, 40, 1), (40, 1000, 1), (129, 10, 1024), (100, 7, 100), (7, 100, 100),
-        (129, 1000, 33), (1000, 129, 9), (130, 64, 127), (7, 129, 3000), (65, 129, 777),
+        (129, 1000, 33), (1000, 129, 9), (130, 64, 127), (7, 129, 3000), (65, 129, 777), (129, 1024, 257),
     ]
     static let transposes = [(false, false), (false, true), (true, false), (true, true)]
     static let activations: [Activation] = [.identity, .relu, .leakyRelu, .tanh]
@@ -116,7 +117,8 @@ import Testing
                         return plan.splits > 1 ? "gemm_tiled_partial" : plan.kernel
                     }
                 })
-                let expected: Set<String> = kind == .gpu ? ["gemm_tiled", "gemm_tiled_partial", "gemm_direct"] : ["gemm_outer", "gemm_dot", "gemm_direct"]
+                let expected: Set<String> = kind == .gpu
+                    ? ["gemm_tiled", "gemm_tiled_partial", "gemm_direct"] : ["gemm_outer", "gemm_outer_padded", "gemm_dot", "gemm_direct"]
                 #expect(used == expected, "\(kind) \(name)")
             }
         }
@@ -127,9 +129,9 @@ import Testing
     @Test func splitKPlans() {
         let gpu = KernelParameters.forDevice(Self.info(kind: .gpu, name: "NVIDIA H200", computeUnits: 132))
         #expect(gpu.gemmSplitBelow == 132)
-        func plan(_ m: Int, _ n: Int, _ k: Int, batch: GemmBatch = .single, splitting: Bool = true) -> GemmPlan {
+        func plan(_ m: Int, _ n: Int, _ k: Int, batch: GemmBatch = .single, fusedUpdate: Bool = false) -> GemmPlan {
             GemmPlan(GemmShape(m: m, n: n, k: k, transposeA: false, transposeB: true, alpha: 1, beta: 0, activation: .identity, batch: batch),
-                     gpu, splitting: splitting)
+                     gpu, fusedUpdate: fusedUpdate)
         }
         // A convolution's weight gradient: 1 x 5 tiles, K = 128 images x 784 positions.
         let wgrad = plan(64, 288, 128 * 784)
@@ -141,10 +143,32 @@ import Testing
         }
         #expect(plan(128, 40, 127).splits == 1, "K under two slices of four tiles")
         #expect(plan(1024, 1024, 1024).splits == 1, "256 tiles for 132 compute units")
-        #expect(plan(128, 128, 1024, splitting: false).splits == 1)
+        #expect(plan(128, 128, 1024, fusedUpdate: true).splits == 1)
         #expect(plan(128, 128, 1024, batch: GemmBatch(count: 2, strideB: 1024 * 128)).splits == 1)
         #expect(GemmPlan(GemmShape(m: 128, n: 128, k: 1024, transposeA: false, transposeB: true, alpha: 1, beta: 0, activation: .identity),
                          KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-haswell-Intel Xeon", computeUnits: 132))).splits == 1)
+    }
+
+    /// gemm_outer reads B from a padded copy only where B's rows lie a large power of two
+    /// apart and K is deep: not for the fused update, batches, TT, thin products or GPUs.
+    @Test func paddedPlans() {
+        let cpu = KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-skylake-avx512-Intel Xeon"))
+        func plan(_ m: Int, _ n: Int, _ k: Int, ta: Bool = false, tb: Bool = false, batch: GemmBatch = .single,
+                  fusedUpdate: Bool = false, _ p: KernelParameters? = nil) -> GemmPlan {
+            GemmPlan(GemmShape(m: m, n: n, k: k, transposeA: ta, transposeB: tb, alpha: 1, beta: 0, activation: .identity, batch: batch),
+                     p ?? cpu, fusedUpdate: fusedUpdate)
+        }
+        let square = plan(1024, 1024, 1024)
+        #expect(square.kernel == "gemm_outer_padded" && square.paddedStride == 1040)
+        #expect(plan(1024, 1024, 1024, ta: true).kernel == "gemm_outer_padded")
+        #expect(plan(128, 2048, 300).paddedStride == 2064)
+        for unpadded in [plan(1000, 1000, 1000), plan(512, 512, 512), plan(1024, 1024, 128, ta: true), plan(1024, 1024, 256),
+                         plan(1024, 1024, 1024, tb: true), plan(1024, 1024, 1024, ta: true, tb: true), plan(64, 1024, 1024),
+                         plan(1024, 1024, 1024, ta: true, fusedUpdate: true),
+                         plan(1024, 1024, 1024, batch: GemmBatch(count: 2, strideC: 1024 * 1024)),
+                         plan(1024, 1024, 1024, KernelParameters.forDevice(Self.info(kind: .gpu, name: "NVIDIA H200", computeUnits: 132)))] {
+            #expect(unpadded.paddedStride == nil && !unpadded.kernel.hasSuffix("_padded"), "\(unpadded)")
+        }
     }
 
     /// Every row of the table fits its device and compiles (on the OpenCL device at hand).

@@ -53,8 +53,9 @@ public enum SelfCheck {
             return try device.tensor(generator.uniform(shape.reduce(1, *)), shape: shape)
         }
 
-        // gemm: every transpose, odd shapes, alpha/beta, bias and each activation.
-        let gemmShapes = [(1, 1, 1), (7, 129, 13), (129, 7, 33), (33, 65, 1000), (128, 10, 129)]
+        // gemm: every transpose, odd shapes, alpha/beta, bias and each activation; the last
+        // with B's rows 4 KB apart and K deep enough for gemm_outer's padded copy of B.
+        let gemmShapes = [(1, 1, 1), (7, 129, 13), (129, 7, 33), (33, 65, 1000), (128, 10, 129), (129, 1024, 257)]
         for (index, (m, n, k)) in gemmShapes.enumerated() {
             for (ta, tb) in [(false, false), (false, true), (true, false)] {
                 let activation = Activation.allCases[index % Activation.allCases.count]
