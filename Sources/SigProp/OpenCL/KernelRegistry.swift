@@ -65,13 +65,14 @@ struct KernelParameters: Equatable, Sendable, Codable {
             p.gemmSplitBelow = info.computeUnits
         case .cpu:
             p.gemmKernels = .registerBlocked
-            // gemm_dot reduces its partial sums once per element; 8 lanes keep that cheap.
+            // gemm_dot reduces its partial sums once per element: one register of lanes.
             p.gemmDotVectorWidth = 8
             if wide(info) {
                 // AVX-512: 8 rows x 2 float16 = 16 of the 32 vector registers accumulate;
-                // 4 x 4 dot products use 16 float8 registers and 8 for loads.
+                // 4 x 4 dot products in float16 (16 registers, 8 for loads): the tuner's pick
+                // over float8 on both AVX-512 VMs measured (README, Kernel tuning).
                 (p.gemmVectorWidth, p.gemmOuterRows, p.gemmOuterVectors) = (16, 8, 2)
-                (p.gemmDotRows, p.gemmDotColumns) = (4, 4)
+                (p.gemmDotVectorWidth, p.gemmDotRows, p.gemmDotColumns) = (16, 4, 4)
             } else {
                 // AVX2 (16 vector registers): the classic 6 x 16 block, 3 x 3 dot products.
                 (p.gemmVectorWidth, p.gemmOuterRows, p.gemmOuterVectors) = (8, 6, 2)
