@@ -257,7 +257,7 @@ struct Train: ParsableCommand {
                                   schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil { trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName)) }
-        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate); schedule \(trainer.schedule.kind.rawValue)" + (trainer.schedule.kind == .pipelined ? " (\(trainer.depth) batches in flight)" : ""))
+        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)\(devices.allSatisfy(\.fusesWeightUpdates) ? " (fused into the weight products)" : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""); schedule \(trainer.schedule.kind.rawValue)" + (trainer.schedule.kind == .pipelined ? " (\(trainer.depth) batches in flight)" : ""))
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0

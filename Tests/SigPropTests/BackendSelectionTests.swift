@@ -56,6 +56,21 @@ import Testing
         #expect(fallbackWarnings.first?.contains("CL_PLATFORM_NOT_FOUND_KHR") == true)
     }
 
+    @Test func fusedUpdateVariableSetsEveryDevice() throws {
+        #expect(try BackendSelection(environment: [:]).fusedUpdate == nil)
+        #expect(try BackendSelection(environment: ["SIGPROP_FUSED_UPDATE": "auto"]).fusedUpdate == nil)
+        for (value, fused) in [("on", true), (" OFF ", false)] {
+            let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": "2", "SIGPROP_FUSED_UPDATE": value])
+            let devices = try selection.makeDevices().devices
+            #expect(devices.count == 2 && devices.allSatisfy { $0.fusesWeightUpdates == fused }, "\(value)")
+        }
+        // auto leaves each device its capability (the CPU's: unfused).
+        #expect(try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu"]).makeDevices().devices.allSatisfy { !$0.fusesWeightUpdates })
+        #expect {
+            _ = try BackendSelection(environment: ["SIGPROP_FUSED_UPDATE": "yes"])
+        } throws: { "\($0)".contains("SIGPROP_FUSED_UPDATE=yes") && "\($0)".contains("auto (default: the device's), on, off") }
+    }
+
     @Test func openclWithoutDevicesIsAnError() throws {
         let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl"])
         #expect { _ = try selection.makeDevices(discover: { [] }) } throws: { "\($0)".contains("pocl-opencl-icd") }

@@ -14,6 +14,10 @@ import Foundation
 /// `clCreateSubDevices`; on the CPU, N devices of cores/N cores). With several devices the
 /// network's blocks are placed on them in contiguous groups of balanced work.
 ///
+/// `SIGPROP_FUSED_UPDATE=auto|on|off` chooses how dense weights learn: the optimizer step in
+/// the weight-gradient product's epilogue (`Device.updateWeights`), or the product and then the
+/// optimizer kernel; `auto` (default) takes `capabilities.fusedWeightUpdate` (OpenCL GPUs).
+///
 /// OpenCL devices take their kernel parameters from the tuning cache (`KernelTuningCache.file`:
 /// `SIGPROP_TUNING_CACHE`, else under `XDG_CACHE_HOME` or `HOME`) where it has an entry for the
 /// device, else from the table; `SIGPROP_TUNING=off` ignores the cache.
@@ -27,10 +31,13 @@ public struct BackendSelection: Sendable {
     public let split: Int
     /// Where tuned kernel parameters are read (nil: the table only).
     public let tuningCacheFile: URL?
+    /// `SIGPROP_FUSED_UPDATE`: fused weight updates on or off on every device (nil: each device's default).
+    public let fusedUpdate: Bool?
 
     public static let backendVariable = "SIGPROP_BACKEND"
     public static let deviceVariable = "SIGPROP_DEVICE"
     public static let splitVariable = "SIGPROP_SPLIT"
+    public static let fusedUpdateVariable = "SIGPROP_FUSED_UPDATE"
 
     /// Parses the variables; an unknown backend is an error listing the valid values.
     public init(environment: [String: String]) throws {
@@ -55,6 +62,14 @@ public struct BackendSelection: Sendable {
             throw SigPropError.configuration("\(Self.splitVariable)=\(splitText) is not a number of parts: give an integer >= 1 (2 divides each device into two equal devices)")
         }
         self.split = split
+        switch environment[Self.fusedUpdateVariable]?.trimmingCharacters(in: .whitespaces).lowercased() ?? "" {
+        case "", "auto": fusedUpdate = nil
+        case "on": fusedUpdate = true
+        case "off": fusedUpdate = false
+        default:
+            throw SigPropError.configuration(
+                "\(Self.fusedUpdateVariable)=\(environment[Self.fusedUpdateVariable] ?? "") is not a choice. Valid values: auto (default: the device's), on, off.")
+        }
         tuningCacheFile = try KernelTuningCache.file(environment: environment)
     }
 
@@ -63,6 +78,12 @@ public struct BackendSelection: Sendable {
     public func makeDevices(
         discover: () throws -> [OpenCLDeviceEntry] = OpenCLDiscovery.allDevices
     ) throws -> (devices: [Device], warnings: [String]) {
+        let made = try makeDevicesByChoice(discover: discover)
+        if let fusedUpdate { made.devices.forEach { $0.fusesWeightUpdates = fusedUpdate } }
+        return made
+    }
+
+    private func makeDevicesByChoice(discover: () throws -> [OpenCLDeviceEntry]) throws -> (devices: [Device], warnings: [String]) {
         switch choice {
         case .cpu:
             return try cpuDevices()
