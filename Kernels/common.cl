@@ -69,3 +69,34 @@ inline float group_sum(__local float* partial, const float value) {
     barrier(CLK_LOCAL_MEM_FENCE);
     return total;
 }
+
+// One work-item's sums over contiguous runs (the CPU drivers' reductions, a work-item per
+// channel or group): eight partial sums in the lanes of a float8 plus one for each run's tail,
+// totalled in a fixed order. A single running sum waits on every add's latency; eight
+// independent ones let the adds overlap and vectorise (PoCL: channel sums and norms were
+// latency-bound scalar loops, README).
+typedef struct { float8 lanes; float tail; } RunSum;
+
+inline RunSum run_sum_zero(void) {
+    const RunSum s = {(float8)(0.0f), 0.0f};
+    return s;
+}
+
+inline float run_sum_total(const RunSum s) {
+    const float8 v = s.lanes;
+    return (((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7))) + s.tail;
+}
+
+// s + sum of (a[i] - shift) * (b ? b[i] - shift : 1) for i < n: plain sums (b null, shift 0),
+// squared deviations (b = a, shift = the mean) and products (shift 0).
+inline RunSum run_sum_add(RunSum s, __global const float* a, __global const float* b, const int n, const float shift) {
+    int i = 0;
+    if (b) {
+        for (; i + 8 <= n; i += 8) s.lanes += (vload8(0, a + i) - shift) * (vload8(0, b + i) - shift);
+        for (; i < n; ++i) s.tail += (a[i] - shift) * (b[i] - shift);
+    } else {
+        for (; i + 8 <= n; i += 8) s.lanes += vload8(0, a + i) - shift;
+        for (; i < n; ++i) s.tail += a[i] - shift;
+    }
+    return s;
+}

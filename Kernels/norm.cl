@@ -14,14 +14,15 @@ __kernel void normalize_groups(__global const float* x, __global float* xhat, __
     const int g = get_global_id(0);
     if (g >= groups) return;
     const float n = (float)outer * (float)inner;
-    float mean = 0.0f;
-    for (int o = 0; o < outer; ++o)
-        for (int i = 0; i < inner; ++i) mean += x[GROUP_INDEX(o, g, i)];
-    mean /= n;
-    float var = 0.0f;
-    for (int o = 0; o < outer; ++o)
-        for (int i = 0; i < inner; ++i) { const float d = x[GROUP_INDEX(o, g, i)] - mean; var += d * d; }
-    const float s = 1.0f / sqrt(var / n + eps);
+    RunSum sum = run_sum_zero();
+    for (int o = 0; o < outer; ++o) sum = run_sum_add(sum, x + GROUP_INDEX(o, g, 0), 0, inner, 0.0f);
+    const float mean = run_sum_total(sum) / n;
+    RunSum squares = run_sum_zero();
+    for (int o = 0; o < outer; ++o) {
+        __global const float* p = x + GROUP_INDEX(o, g, 0);
+        squares = run_sum_add(squares, p, p, inner, mean);
+    }
+    const float s = 1.0f / sqrt(run_sum_total(squares) / n + eps);
     for (int o = 0; o < outer; ++o)
         for (int i = 0; i < inner; ++i) xhat[GROUP_INDEX(o, g, i)] = (x[GROUP_INDEX(o, g, i)] - mean) * s;
     rstd[g] = s;
@@ -33,15 +34,14 @@ __kernel void normalize_groups_backward(__global const float* dxhat, __global co
     const int g = get_global_id(0);
     if (g >= groups) return;
     const float n = (float)outer * (float)inner;
-    float mean_g = 0.0f, mean_gx = 0.0f;
-    for (int o = 0; o < outer; ++o)
-        for (int i = 0; i < inner; ++i) {
-            const size_t k = GROUP_INDEX(o, g, i);
-            mean_g += dxhat[k];
-            mean_gx += dxhat[k] * xhat[k];
-        }
-    mean_g /= n;
-    mean_gx /= n;
+    RunSum sum_g = run_sum_zero(), sum_gx = run_sum_zero();
+    for (int o = 0; o < outer; ++o) {
+        const size_t k = GROUP_INDEX(o, g, 0);
+        sum_g = run_sum_add(sum_g, dxhat + k, 0, inner, 0.0f);
+        sum_gx = run_sum_add(sum_gx, dxhat + k, xhat + k, inner, 0.0f);
+    }
+    const float mean_g = run_sum_total(sum_g) / n;
+    const float mean_gx = run_sum_total(sum_gx) / n;
     const float s = rstd[g];
     for (int o = 0; o < outer; ++o)
         for (int i = 0; i < inner; ++i) {

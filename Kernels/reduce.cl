@@ -5,12 +5,9 @@ __kernel void channel_sums(__global const float* x, const int outer, const int c
                            __global float* out, const float alpha, const float beta) {
     const int c = get_global_id(0);
     if (c >= channels) return;
-    float sum = 0.0f;
-    for (int o = 0; o < outer; ++o) {
-        __global const float* p = x + ((size_t)o * channels + c) * inner;
-        for (int i = 0; i < inner; ++i) sum += p[i];
-    }
-    out[c] = alpha * sum + (beta != 0.0f ? beta * out[c] : 0.0f);
+    RunSum sum = run_sum_zero();
+    for (int o = 0; o < outer; ++o) sum = run_sum_add(sum, x + ((size_t)o * channels + c) * inner, 0, inner, 0.0f);
+    out[c] = alpha * run_sum_total(sum) + (beta != 0.0f ? beta * out[c] : 0.0f);
 }
 
 // GPUs, for per-channel sums of NCHW activations (outer * inner large, channels few): one
