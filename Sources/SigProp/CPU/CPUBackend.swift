@@ -139,7 +139,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
         let available = ProcessInfo.processInfo.activeProcessorCount
         self.cores = max(1, min(cores ?? available, available))
         limited = self.cores < available
-        deviceDescription = "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.current().core) kernels, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+        deviceDescription = "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
         // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
         // twin measured the same speed as product + Adam (README, `local_step` benchmarks).
         capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)

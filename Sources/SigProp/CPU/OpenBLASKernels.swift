@@ -23,10 +23,13 @@ public struct OpenBLASKernels: Sendable, Equatable {
 
     /// The kernels this process runs, judged against the CPU's features (`/proc/cpuinfo`).
     public static func current(environment: [String: String] = ProcessInfo.processInfo.environment) -> OpenBLASKernels {
-        let core = String(cString: openblas_get_corename())
+        let core = runningCore
         guard environment[variable] == nil else { return OpenBLASKernels(core: core, faster: nil) }
         return OpenBLASKernels(core: core, faster: fasterCoreForThisCPU(than: core))
     }
+
+    /// OpenBLAS's name for the kernels in use, without judging them (no `/proc/cpuinfo` read).
+    static var runningCore: String { String(cString: openblas_get_corename()) }
 
     /// A faster core type than `core` for this CPU, if this OpenBLAS can be told to use it.
     static func fasterCoreForThisCPU(than core: String) -> String? {
