@@ -28,6 +28,25 @@ inline float activation_derivative(const float a, const int act) {
     }
 }
 
+// ---- Register tiles (gemm.cl's gemm_outer, conv.cl's conv_direct) ----
+// A work-item accumulates OUTER_M rows x OUTER_V vectors of VW floats in registers; the host
+// prepends -D values from its per-device table (KernelParameters).
+#ifndef VW
+#define VW 8 // vector width (2, 4, 8 or 16)
+#endif
+#ifndef OUTER_M
+#define OUTER_M 6 // rows per work-item
+#endif
+#ifndef OUTER_V
+#define OUTER_V 2 // vectors of VW columns per work-item
+#endif
+#define OUTER_N (OUTER_V * VW) // columns per work-item
+
+#define GEMM_CAT_(a, b) a##b
+#define GEMM_CAT(a, b) GEMM_CAT_(a, b)
+#define floatV GEMM_CAT(float, VW)
+#define vloadV GEMM_CAT(vload, VW)
+
 // Optimizer rules as PyTorch computes them, on values of any float type T (float or a vector):
 // one rule shared by optimizer.cl's kernels and the fused weight update in gemm.cl. The state
 // arguments are variables updated in place. Adam / AMSGrad: step_size = lr / (1 - beta1^t) and

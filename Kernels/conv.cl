@@ -1,6 +1,92 @@
 // 2-D convolution pieces, NCHW, cross-correlation as PyTorch, zero padding, any kernel size:
 // im2col + gemm (the product runs in gemm.cl), and the gather from NCHW to channel-major for
-// the weight gradient. (The bias gradient is reduce.cl's channel_sums.)
+// the weight gradient. (The bias gradient is reduce.cl's channel_sums.) On CPU drivers the
+// forward pass at stride 1 runs as conv_direct on zero-padded planes instead.
+
+// ---- conv_direct: the forward pass as register tiles over padded planes (CPU drivers) ----
+// With each input plane zero-padded to WP = W + 2 pad columns and laid out flat, output
+// (oy, ox) computed at flat position q = oy * WP + ox reads input q + ky * WP + kx for tap
+// (ky, kx): for each tap, consecutive q read consecutive floats, so a tile of OUTER_N
+// positions is OUTER_V vector loads, and the convolution is gemm_outer's outer products with
+// B(k, q) a shifted view of the plane (an implicit GEMM). Positions with ox >= WO (the padded
+// columns) are computed and dropped: WO / WP of the work is kept (28 / 30 for 28x28, pad 1).
+// im2col + gemm wrote and read back 9x the input per 3x3 layer and ran 1.5-2x slower on PoCL
+// (README, Kernel benchmarks).
+
+// Padded planes of images n0 .. n0+count-1: xp[(n*C + c) * plane + r * WP + col] = x at
+// (r - pad, col - pad), zero outside the image and in the rows past it up to `plane` (the
+// slack that the last tiles read, into positions they drop). Work-item (col, r, n*C + c).
+__kernel void pad_planes(__global const float* x, __global float* xp, const int n0, const int C, const int H, const int W,
+                         const int pad, const int WP, const int rows) {
+    const int col = get_global_id(0), r = get_global_id(1), nc = get_global_id(2);
+    if (col >= WP || r >= rows) return;
+    const int y = r - pad, xx = col - pad;
+    const bool inside = y >= 0 && y < H && xx >= 0 && xx < W;
+    xp[((size_t)nc * rows + r) * WP + col] = inside ? x[(((size_t)n0 * C + nc) * H + y) * W + xx] : 0.0f;
+}
+
+// Outputs of image n0 + n: OUTER_M channels from o0 (shifted back to O - OUTER_M at the edge,
+// storing only its own) x OUTER_N flat positions from q0. Dimension 0 runs down the channels,
+// so consecutive work-items read the same input from cache. Requires O >= OUTER_M.
+__kernel void conv_direct(__global const float* xp, __global const float* weight, __global const float* bias, const int has_bias,
+                          __global float* out, const int n0, const int C, const int O, const int KH, const int KW,
+                          const int WP, const int plane, const int HO, const int WO, const int act) {
+    const int o0 = get_global_id(0) * OUTER_M, q0 = get_global_id(1) * OUTER_N, n = get_global_id(2);
+    if (o0 >= O || q0 >= HO * WP) return;
+    const int os = min(o0, O - OUTER_M); // first channel computed
+    const int taps = KH * KW, patch = C * taps;
+
+    floatV acc[OUTER_M][OUTER_V];
+    #pragma unroll
+    for (int i = 0; i < OUTER_M; ++i)
+        #pragma unroll
+        for (int v = 0; v < OUTER_V; ++v) acc[i][v] = (floatV)(0.0f);
+
+    __global const float* w = weight + (size_t)os * patch;
+    __global const float* x = xp + (size_t)n * C * plane + q0;
+    for (int c = 0; c < C; ++c, x += plane) {
+        for (int ky = 0; ky < KH; ++ky) {
+            for (int kx = 0; kx < KW; ++kx, ++w) {
+                __global const float* tap = x + ky * WP + kx;
+                floatV xv[OUTER_V];
+                #pragma unroll
+                for (int v = 0; v < OUTER_V; ++v) xv[v] = vloadV(0, tap + v * VW);
+                #pragma unroll
+                for (int i = 0; i < OUTER_M; ++i) {
+                    const floatV wv = (floatV)(w[i * patch]);
+                    #pragma unroll
+                    for (int v = 0; v < OUTER_V; ++v) acc[i][v] = fma(wv, xv[v], acc[i][v]);
+                }
+            }
+        }
+    }
+
+    const int positions = HO * WO;
+    #pragma unroll
+    for (int i = 0; i < OUTER_M; ++i) {
+        const int o = os + i;
+        if (o < o0) continue; // another tile's channel
+        const float b = has_bias ? bias[o] : 0.0f;
+        __global float* plane_out = out + ((size_t)(n0 + n) * O + o) * positions;
+        int oy = q0 / WP, ox = q0 - oy * WP;
+        #pragma unroll
+        for (int v = 0; v < OUTER_V; ++v) {
+            float lanes[VW];
+            GEMM_CAT(vstore, VW)(acc[i][v], 0, lanes);
+
+            if (ox + VW <= WO && oy < HO) { // the vector lies within one output row
+                __global float* row = plane_out + oy * WO + ox;
+                for (int l = 0; l < VW; ++l) row[l] = activate(lanes[l] + b, act);
+                ox += VW; // < WP: the row goes on past WO
+                continue;
+            }
+            for (int l = 0; l < VW; ++l) {
+                if (ox < WO && oy < HO) plane_out[oy * WO + ox] = activate(lanes[l] + b, act);
+                if (++ox == WP) { ox = 0; ++oy; }
+            }
+        }
+    }
+}
 
 // im2col for images n0 .. n0+count-1: entry (row, p) of image n's patch matrix, row =
 // (c*KH + ky)*KW + kx and p = oy*WO + ox, at cols[row * row_stride + n * image_stride + p],

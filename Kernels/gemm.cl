@@ -21,15 +21,7 @@
 // gemm_outer ~205-215 GFLOP/s, gemm_dot ~170-190, the old 16 x 16 local tile ~1.
 
 // ---- Tunables (the host prepends -D values from its per-device table) ----
-#ifndef VW
-#define VW 8 // gemm_outer: vector width (2, 4, 8 or 16)
-#endif
-#ifndef OUTER_M
-#define OUTER_M 6 // gemm_outer: rows of the product per work-item
-#endif
-#ifndef OUTER_V
-#define OUTER_V 2 // gemm_outer: vectors of VW columns per work-item
-#endif
+// (gemm_outer's VW, OUTER_M, OUTER_V: common.cl, shared with conv.cl's conv_direct)
 #ifndef DOT_VW
 #define DOT_VW 8 // gemm_dot: vector width along K (2, 4, 8 or 16)
 #endif
@@ -56,15 +48,10 @@
 #endif
 
 // ---- Derived ----
-#define OUTER_N (OUTER_V * VW)      // gemm_outer: columns per work-item
 #define GROUP_M (TILE_M / WPT_M)    // gemm_tiled: work-group size in dimension 1
 #define GROUP_N (TILE_N / WPT_N)    // gemm_tiled: work-group size in dimension 0
 #define GROUP_SIZE (GROUP_M * GROUP_N)
 
-#define GEMM_CAT_(a, b) a##b
-#define GEMM_CAT(a, b) GEMM_CAT_(a, b)
-#define floatV GEMM_CAT(float, VW)
-#define vloadV GEMM_CAT(vload, VW)
 #define floatD GEMM_CAT(float, DOT_VW)
 #define vloadD GEMM_CAT(vload, DOT_VW)
 

@@ -171,7 +171,39 @@ import Testing
         }
     }
 
-    /// Every row of the table fits its device and compiles (on the OpenCL device at hand).
+    /// conv_direct runs where its tiles fit (CPU drivers, stride 1, a tile of channels), and
+    /// its padded planes hold every float the last tile reads.
+    @Test func directConvolutionPlans() {
+        let cpu = KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-skylake-avx512-Intel Xeon"))
+        let avx2 = KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-haswell-Intel Xeon"))
+        func shape(_ c: Int, _ o: Int, _ h: Int, _ w: Int, k: Int = 3, kw: Int? = nil, stride: Int = 1, pad: Int = 1) -> ConvShape {
+            ConvShape(batch: 2, inChannels: c, height: h, width: w, outChannels: o, kernelHeight: k, kernelWidth: kw ?? k, stride: stride, padding: pad)
+        }
+        // The benchmark's layer: rows of 30, 28 x 30 positions in 27 tiles of 32, 31 rows.
+        let layer = DirectConvolutionPlan(shape(32, 64, 28, 28), cpu)
+        #expect(layer?.width == 30 && layer?.rows == 31 && layer?.global == [8, 27])
+        for p in [cpu, avx2] {
+            for s in [shape(32, 64, 28, 28), shape(1, 8, 1, 1, k: 1, pad: 0), shape(5, 17, 13, 6, k: 5, pad: 2), shape(3, 8, 4, 9, kw: 2, pad: 0),
+                      shape(64, 128, 14, 14), shape(2, 9, 7, 29), shape(1, 32, 2, 2, k: 5, pad: 3)] {
+                guard let plan = DirectConvolutionPlan(s, p) else {
+                    Issue.record("no conv_direct plan for \(s)")
+                    continue
+                }
+                let tile = p.gemmOuterVectors * p.gemmVectorWidth
+                let lastRead = plan.global[1] * tile - 1 + (s.kernelHeight - 1) * plan.width + s.kernelWidth - 1
+                #expect(plan.width == s.width + 2 * s.padding && plan.rows >= s.height + 2 * s.padding && lastRead < plan.plane, "\(s): \(plan)")
+                #expect(plan.global[1] * tile >= s.outHeight * plan.width && plan.global[0] * p.gemmOuterRows >= s.outChannels, "\(s): \(plan)")
+            }
+        }
+        let gpu = KernelParameters.forDevice(Self.info(kind: .gpu, name: "NVIDIA H200", computeUnits: 132))
+        #expect(DirectConvolutionPlan(shape(32, 64, 28, 28), gpu) == nil)
+        #expect(DirectConvolutionPlan(shape(32, 64, 28, 28, stride: 2), cpu) == nil)
+        #expect(DirectConvolutionPlan(shape(32, 7, 28, 28), cpu) == nil) // fewer channels than the tile's 8 rows
+        #expect(DirectConvolutionPlan(shape(32, 7, 28, 28), avx2) != nil) // 6 rows
+    }
+
+    /// Every row of the table fits its device, and the programs that take its values compile
+    /// (on the OpenCL device at hand).
     @Test func parameterTableFitsAndCompiles() throws {
         let devices = [
             Self.info(kind: .gpu, name: "NVIDIA H100"), Self.info(kind: .gpu, name: "tiny", localBytes: 1024, groupSize: 64),
@@ -180,14 +212,17 @@ import Testing
             Self.info(kind: .other, name: "dsp", localBytes: 2048, groupSize: 16), Self.info(kind: .accelerator, name: "fpga", groupSize: 1),
         ]
         let backend = TestBackend.openCLEntries.first.flatMap { try? OpenCLBackend(entry: $0) }
-        let source = try #require(KernelRegistry.source(of: "gemm"))
+        // The programs that take the table's values.
+        let programs = try ["gemm", "conv"].map { ($0, try #require(KernelRegistry.source(of: $0))) }
         for info in devices {
             let p = KernelParameters.forDevice(info)
             #expect(p.gemmTile >= 1 && p.gemmTile * p.gemmTile <= info.maxWorkGroupSize, "\(info.name): group \(p.gemmTile)²")
             #expect(p.gemmTiledLocalBytes <= Int(info.localMemoryBytes), "\(info.name): \(p.gemmTiledLocalBytes) bytes of local memory")
             #expect([2, 4, 8, 16].contains(p.gemmVectorWidth), "\(info.name): vector width \(p.gemmVectorWidth)")
             if let backend {
-                _ = try backend.compile(name: "gemm", source: source, options: KernelRegistry.options(for: "gemm", parameters: p))
+                for (name, source) in programs {
+                    _ = try backend.compile(name: name, source: source, options: KernelRegistry.options(for: name, parameters: p))
+                }
             }
         }
     }

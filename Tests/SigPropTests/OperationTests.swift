@@ -42,15 +42,24 @@ import Testing
             ConvShape(batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 1, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
             ConvShape(batch: 2, inChannels: 3, height: 7, width: 5, outChannels: 4, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
             ConvShape(batch: 1, inChannels: 2, height: 9, width: 8, outChannels: 3, kernelHeight: 3, kernelWidth: 2, stride: 2, padding: 0),
+            // At least a tile of output channels (8 rows on AVX-512, 6 on AVX2): conv_direct on
+            // CPU drivers, with channels, positions and padded rows that fill no tile evenly.
+            ConvShape(batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 8, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
+            ConvShape(batch: 3, inChannels: 2, height: 7, width: 29, outChannels: 9, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(batch: 2, inChannels: 5, height: 13, width: 6, outChannels: 17, kernelHeight: 5, kernelWidth: 5, stride: 1, padding: 2),
+            ConvShape(batch: 1, inChannels: 3, height: 4, width: 9, outChannels: 8, kernelHeight: 3, kernelWidth: 2, stride: 1, padding: 0),
+            ConvShape(batch: 2, inChannels: 4, height: 9, width: 9, outChannels: 13, kernelHeight: 3, kernelWidth: 3, stride: 2, padding: 1),
         ]
-        for s in shapes {
+        for (index, s) in shapes.enumerated() {
+            let activation = Activation.allCases[index % Activation.allCases.count]
             let x = random(s.batch * s.inChannels * s.height * s.width, seed: 5)
             let w = random(s.outChannels * s.inChannels * s.kernelHeight * s.kernelWidth, seed: 6)
             let b = random(s.outChannels, seed: 7)
             let y = try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth])
             try device.conv2d(try device.tensor(x, shape: [s.batch, s.inChannels, s.height, s.width]),
                               weight: try device.tensor(w, shape: [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth]),
-                              bias: try device.tensor(b, shape: [s.outChannels]), into: y, stride: s.stride, padding: s.padding)
+                              bias: try device.tensor(b, shape: [s.outChannels]), into: y, stride: s.stride, padding: s.padding,
+                              activation: activation)
             var expected: [Float] = []
             for n in 0..<s.batch {
                 for o in 0..<s.outChannels {
@@ -67,12 +76,12 @@ import Testing
                                     }
                                 }
                             }
-                            expected.append(Float(sum))
+                            expected.append(CPUKernels.activate(Float(sum), activation))
                         }
                     }
                 }
             }
-            expectClose(try device.read(y), expected, "conv2d \(s)")
+            expectClose(try device.read(y), expected, "conv2d \(s) \(activation)")
         }
     }
 

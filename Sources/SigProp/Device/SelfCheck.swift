@@ -97,9 +97,11 @@ public enum SelfCheck {
             })
         }
 
-        // conv: the 3x3/pad 1 training shape, a strided 5x5, and 1x1.
+        // conv: the 3x3/pad 1 training shape (with fewer channels than a register tile, and
+        // more: conv_direct on CPU drivers), a strided 5x5, and 1x1.
         let convs = [
             ConvShape(batch: 2, inChannels: 3, height: 7, width: 9, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(batch: 2, inChannels: 3, height: 5, width: 29, outChannels: 9, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
             ConvShape(batch: 1, inChannels: 2, height: 13, width: 11, outChannels: 7, kernelHeight: 5, kernelWidth: 5, stride: 2, padding: 2),
             ConvShape(batch: 3, inChannels: 4, height: 1, width: 1, outChannels: 1, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
         ]

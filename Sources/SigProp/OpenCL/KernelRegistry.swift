@@ -143,6 +143,8 @@ struct KernelParameters: Equatable, Sendable, Codable {
                 "TILE_M": gemmTile * gemmWorkPerItem, "TILE_N": gemmTile * gemmWorkPerItem, "TILE_K": gemmTileDepth,
                 "WPT_M": gemmWorkPerItem, "WPT_N": gemmWorkPerItem,
             ]
+        case "conv":
+            ["VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors]
         default: [:]
         }
     }

@@ -241,26 +241,48 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
     }
 
-    /// Images per im2col chunk: a chunk's patch matrix and output stay within a budget. On a
-    /// CPU driver the patch matrix is read back from the caches right after im2col writes it:
-    /// with PoCL on an Intel VM (2 MB of L2 per core), 8 MB chunks (7 images of the benchmark's
-    /// 32 -> 64 channels at 28x28) ran the forward pass 1.5x and the weight gradient 1.5x
-    /// faster than 64 MB ones, and 2-4 MB ones paid more per launch than they gained (README,
-    /// Kernel benchmarks). GPUs keep large chunks: fewer, fuller launches.
-    func convChunk(_ s: ConvShape) -> Int {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        let perImage = max(1, (patch + s.outChannels) * positions * 4)
+    /// Images per chunk of a convolution: a chunk's scratch (im2col's patch matrix, or
+    /// conv_direct's padded planes) and its output stay within a budget. On a CPU driver the
+    /// scratch is read back from the caches right after it is written: with PoCL on an Intel VM
+    /// (2 MB of L2 per core), 8 MB chunks (7 images of the benchmark's 32 -> 64 channels at
+    /// 28x28) ran im2col's forward pass 1.5x and the weight gradient 1.5x faster than 64 MB
+    /// ones, and 2-4 MB ones paid more per launch than they gained (README, Kernel
+    /// benchmarks). GPUs keep large chunks: fewer, fuller launches.
+    func convChunk(_ s: ConvShape, scratchPerImage: Int) -> Int {
+        let perImage = max(1, (scratchPerImage + s.outChannels * s.outHeight * s.outWidth) * 4)
         let budget = Int(min(UInt64(info.kind == .cpu ? 8 << 20 : 64 << 20), info.maxAllocationBytes / 2))
         return max(1, min(s.batch, budget / perImage))
     }
 
-    /// Convolution as im2col + a batch of matrix products per chunk of images, one per image
-    /// (the fast gemm kernel, so conv speed follows gemm speed), each writing its image's NCHW
-    /// output with bias (per channel: per row) and activation in the epilogue.
+    /// im2col's patch matrix for one image: floats.
+    private func patchMatrix(_ s: ConvShape) -> Int { s.inChannels * s.kernelHeight * s.kernelWidth * s.outHeight * s.outWidth }
+
+    /// Convolution as `conv_direct` over padded planes where `directConvolutionPlanes` allows
+    /// it, else as im2col + a batch of matrix products per chunk of images, one per image (the
+    /// fast gemm kernel, so conv speed follows gemm speed), each writing its image's NCHW output.
+    /// Either way bias (per channel) and activation are applied in the epilogue.
     func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        let chunk = convChunk(s)
         let clQueue = queue as! OpenCLQueue
+        if let plan = DirectConvolutionPlan(s, parameters) {
+            let chunk = convChunk(s, scratchPerImage: s.inChannels * plan.plane)
+            try clQueue.sequence {
+                let padded = try clQueue.scratch(0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
+                for n0 in stride(from: 0, to: s.batch, by: chunk) {
+                    let count = min(chunk, s.batch - n0)
+                    try launch("conv", "pad_planes", [.buffer(mem(input)), .buffer(padded)]
+                               + [n0, s.inChannels, s.height, s.width, s.padding, plan.width, plan.rows].map { .int(Int32($0)) },
+                               global: [plan.width, plan.rows, count * s.inChannels], on: queue)
+                    try launch("conv", "conv_direct", [.buffer(padded), .buffer(mem(weight)), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1),
+                                                       .buffer(mem(output))]
+                               + [n0, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth, plan.width, plan.plane, s.outHeight, s.outWidth,
+                                  Int(activation.code)].map { .int(Int32($0)) },
+                               global: plan.global + [count], local: [1, 1, 1], on: queue)
+                }
+            }
+            return
+        }
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
         try clQueue.sequence {
             let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
             for n0 in stride(from: 0, to: s.batch, by: chunk) {
@@ -285,7 +307,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// dW = sum over chunks of dZ (as O x count*P) times the chunk's patch matrix transposed.
     func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        let chunk = convChunk(s)
+        let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
         let clQueue = queue as! OpenCLQueue
         if s.batch == 0 {
             try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
@@ -378,5 +400,28 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                     .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)), .float(s.learningRate), .float(s.momentum),
                     .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0), .int(s.firstStep ? 1 : 0)],
                    global: [count], on: queue)
+    }
+}
+
+/// `conv_direct`'s launch for a convolution, where the device runs it: CPU drivers (the
+/// register-blocked kernels), stride 1, and at least one tile of output channels. Elsewhere
+/// the forward pass is im2col + gemm.
+struct DirectConvolutionPlan: Equatable {
+    /// A padded input plane: `width` = W + 2 pad floats per row, `rows` rows (the padded ones
+    /// plus the slack that the last tile of positions reads), `plane` = width x rows floats.
+    var width: Int, rows: Int
+    var plane: Int { width * rows }
+    /// Work-items per image: tiles of output channels, tiles of flat positions.
+    var global: [Int]
+
+    init?(_ s: ConvShape, _ p: KernelParameters) {
+        guard p.gemmKernels == .registerBlocked, s.stride == 1, s.outChannels >= p.gemmOuterRows else { return nil }
+        let tile = p.gemmOuterVectors * p.gemmVectorWidth
+        width = s.width + 2 * s.padding
+        let tiles = (s.outHeight * width + tile - 1) / tile
+        // The last tile's last vector reads up to its last position plus the last tap's offset.
+        let reach = tiles * tile + (s.kernelHeight - 1) * width + s.kernelWidth - 1
+        rows = (reach + width - 1) / width
+        global = [(s.outChannels + p.gemmOuterRows - 1) / p.gemmOuterRows, tiles]
     }
 }
