@@ -28,9 +28,9 @@ inline float activation_derivative(const float a, const int act) {
     }
 }
 
-// ---- Register tiles (gemm.cl's gemm_outer, conv.cl's conv_direct) ----
-// A work-item accumulates OUTER_M rows x OUTER_V vectors of VW floats in registers; the host
-// prepends -D values from its per-device table (KernelParameters).
+// ---- Register tiles (gemm.cl's gemm_outer and gemm_dot, conv.cl's direct kernels) ----
+// Outer-product tiles: a work-item accumulates OUTER_M rows x OUTER_V vectors of VW floats in
+// registers. The host prepends -D values from its per-device table (KernelParameters).
 #ifndef VW
 #define VW 8 // vector width (2, 4, 8 or 16)
 #endif
@@ -42,10 +42,41 @@ inline float activation_derivative(const float a, const int act) {
 #endif
 #define OUTER_N (OUTER_V * VW) // columns per work-item
 
+// Dot-product tiles: DOT_M x DOT_N sums per work-item, each kept in DOT_VW lanes along K.
+#ifndef DOT_VW
+#define DOT_VW 8 // vector width along K (2, 4, 8 or 16)
+#endif
+#ifndef DOT_M
+#define DOT_M 4 // rows per work-item
+#endif
+#ifndef DOT_N
+#define DOT_N 4 // columns per work-item
+#endif
+
 #define GEMM_CAT_(a, b) a##b
 #define GEMM_CAT(a, b) GEMM_CAT_(a, b)
 #define floatV GEMM_CAT(float, VW)
 #define vloadV GEMM_CAT(vload, VW)
+#define floatD GEMM_CAT(float, DOT_VW)
+#define vloadD GEMM_CAT(vload, DOT_VW)
+
+// The lanes of a dot-product tile's partial sum, added in a fixed order.
+inline float hsum(const floatD v) {
+#if DOT_VW == 16
+    const float8 h8 = v.lo + v.hi;
+    const float4 h4 = h8.lo + h8.hi;
+#elif DOT_VW == 8
+    const float4 h4 = v.lo + v.hi;
+#elif DOT_VW == 4
+    const float4 h4 = v;
+#endif
+#if DOT_VW == 2
+    return v.x + v.y;
+#else
+    const float2 h2 = h4.lo + h4.hi;
+    return h2.x + h2.y;
+#endif
+}
 
 // Optimizer rules as PyTorch computes them, on values of any float type T (float or a vector):
 // one rule shared by optimizer.cl's kernels and the fused weight update in gemm.cl. The state

@@ -11,7 +11,9 @@
 // B(k, q) a shifted view of the plane (an implicit GEMM). Positions with ox >= WO (the padded
 // columns) are computed and dropped: WO / WP of the work is kept (28 / 30 for 28x28, pad 1).
 // im2col + gemm wrote and read back 9x the input per 3x3 layer and ran 1.5-2x slower on PoCL
-// (README, Kernel benchmarks).
+// (README, Session 7). The weight gradient, conv_wgrad_direct, reads the same padded planes:
+// dW(o, tap) is the dot product over flat positions q of dZ(o, q), laid out on the same grid
+// with zeros at the dropped positions (pad_gradient), and the plane shifted by the tap.
 
 // Padded planes of images n0 .. n0+count-1: xp[(n*C + c) * plane + r * WP + col] = x at
 // (r - pad, col - pad), zero outside the image and in the rows past it up to `plane` (the
@@ -125,4 +127,71 @@ __kernel void nchw_to_channel_major(__global const float* dz, __global float* ga
     const int p = get_global_id(0), o = get_global_id(1), n = get_global_id(2);
     if (p >= P || o >= O || n >= count) return;
     gathered[(size_t)o * count * P + (size_t)n * P + p] = dz[(((size_t)(n0 + n)) * O + o) * P + p];
+}
+
+// dZ of images n0 .. n0+count-1 on conv_direct's grid: dzp[(n*O + o) * grid + q] = dZ at
+// (q / WP, q % WP), zero where that column is past WO and for q >= HO * WP (up to `grid`, a
+// whole number of DOT_VW vectors). Work-item (col, row, n*O + o) for q = row * WP + col.
+__kernel void pad_gradient(__global const float* dz, __global float* dzp, const int n0, const int O, const int HO, const int WO,
+                           const int WP, const int grid) {
+    const int col = get_global_id(0), row = get_global_id(1), no = get_global_id(2);
+    const int q = row * WP + col;
+    if (col >= WP || q >= grid) return;
+    const bool inside = row < HO && col < WO;
+    dzp[(size_t)no * grid + q] = inside ? dz[(((size_t)n0 * O + no) * HO + row) * WO + col] : 0.0f;
+}
+
+// dW[o, t] = sum over images n and grid positions q of dzp(n, o, q) * xp(n, c, q + ky * WP + kx)
+// for tap t = (c * KH + ky) * KW + kx, plus beta * dW (beta 0 never reads dW): gemm_dot's tile
+// of DOT_M channels x DOT_N taps, lanes along q. Channels and taps past the edge are clamped
+// to the last one (computed, never stored). The dropped positions add x * 0. Dimension 0 runs
+// along the taps, so consecutive work-items share their channels' dZ (in cache) and read the
+// planes, 2-3x smaller than a chunk's dZ at the training shapes, once per tile of channels.
+__kernel void conv_wgrad_direct(__global const float* xp, __global const float* dzp, __global float* dw, const float beta,
+                                const int count, const int C, const int O, const int KH, const int KW,
+                                const int WP, const int plane, const int grid) {
+    const int t0 = get_global_id(0) * DOT_N, o0 = get_global_id(1) * DOT_M;
+    const int taps = KH * KW, patch = C * taps;
+    if (o0 >= O || t0 >= patch) return;
+
+    size_t a[DOT_M], b[DOT_N]; // offsets in image 0: a channel's gradient, a tap's shifted plane
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i) a[i] = (size_t)min(o0 + i, O - 1) * grid;
+    #pragma unroll
+    for (int j = 0; j < DOT_N; ++j) {
+        const int t = min(t0 + j, patch - 1), c = t / taps, ky = (t % taps) / KW, kx = t % KW;
+        b[j] = (size_t)c * plane + ky * WP + kx;
+    }
+
+    floatD acc[DOT_M][DOT_N];
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j) acc[i][j] = (floatD)(0.0f);
+
+    for (int n = 0; n < count; ++n) {
+        __global const float* g = dzp + (size_t)n * O * grid;
+        __global const float* x = xp + (size_t)n * C * plane;
+        for (int q = 0; q < grid; q += DOT_VW) {
+            floatD av[DOT_M], bv[DOT_N];
+            #pragma unroll
+            for (int i = 0; i < DOT_M; ++i) av[i] = vloadD(0, g + a[i] + q);
+            #pragma unroll
+            for (int j = 0; j < DOT_N; ++j) bv[j] = vloadD(0, x + b[j] + q);
+            #pragma unroll
+            for (int i = 0; i < DOT_M; ++i)
+                #pragma unroll
+                for (int j = 0; j < DOT_N; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+        }
+    }
+
+    #pragma unroll
+    for (int i = 0; i < DOT_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < DOT_N; ++j)
+            if (o0 + i < O && t0 + j < patch) {
+                __global float* out = dw + (size_t)(o0 + i) * patch + t0 + j;
+                const float sum = hsum(acc[i][j]);
+                *out = beta != 0.0f ? sum + beta * *out : sum;
+            }
 }

@@ -21,16 +21,8 @@
 // gemm_outer ~205-215 GFLOP/s, gemm_dot ~170-190, the old 16 x 16 local tile ~1.
 
 // ---- Tunables (the host prepends -D values from its per-device table) ----
-// (gemm_outer's VW, OUTER_M, OUTER_V: common.cl, shared with conv.cl's conv_direct)
-#ifndef DOT_VW
-#define DOT_VW 8 // gemm_dot: vector width along K (2, 4, 8 or 16)
-#endif
-#ifndef DOT_M
-#define DOT_M 4 // gemm_dot: rows of C per work-item
-#endif
-#ifndef DOT_N
-#define DOT_N 4 // gemm_dot: columns of C per work-item
-#endif
+// (gemm_outer's VW, OUTER_M, OUTER_V and gemm_dot's DOT_VW, DOT_M, DOT_N: common.cl, shared
+// with conv.cl's direct convolution kernels)
 #ifndef TILE_M
 #define TILE_M 64 // gemm_tiled: rows of C per work-group
 #endif
@@ -51,9 +43,6 @@
 #define GROUP_M (TILE_M / WPT_M)    // gemm_tiled: work-group size in dimension 1
 #define GROUP_N (TILE_N / WPT_N)    // gemm_tiled: work-group size in dimension 0
 #define GROUP_SIZE (GROUP_M * GROUP_N)
-
-#define floatD GEMM_CAT(float, DOT_VW)
-#define vloadD GEMM_CAT(vload, DOT_VW)
 
 // The arguments of every plain product kernel (the host sends one list to whichever it picks).
 #define GEMM_ARGS const int M, const int N, const int K, const int trans_a, const int trans_b,     \
@@ -304,23 +293,6 @@ __kernel void gemm_update_outer(const int M, const int N, const int K1, const in
 // NT: C = A Bᵀ with A (M x K) and B (N x K) both contiguous in K, so each work-item keeps
 // DOT_M x DOT_N vector partial sums along K and reduces them once at the end. Rows of A and
 // B past the edge are clamped to the last one (computed, never stored).
-inline float hsum(const floatD v) {
-#if DOT_VW == 16
-    const float8 h8 = v.lo + v.hi;
-    const float4 h4 = h8.lo + h8.hi;
-#elif DOT_VW == 8
-    const float4 h4 = v.lo + v.hi;
-#elif DOT_VW == 4
-    const float4 h4 = v;
-#endif
-#if DOT_VW == 2
-    return v.x + v.y;
-#else
-    const float2 h2 = h4.lo + h4.hi;
-    return h2.x + h2.y;
-#endif
-}
-
 __kernel void gemm_dot(GEMM_ARGS) {
     GEMM_SELECT_BATCH();
     // Dimension 0 runs down the rows: consecutive work-items share their rows of B (in cache).

@@ -85,11 +85,12 @@ import Testing
         }
     }
 
-    /// The weight and bias gradients are the derivatives of L = sum(G ⊙ conv(x; W, b)).
-    @Test(arguments: TestBackend.available)
-    func convolutionGradientsMatchFiniteDifferences(_ backend: TestBackend) throws {
+    /// The weight and bias gradients are the derivatives of L = sum(G ⊙ conv(x; W, b)); with
+    /// 5 output channels (im2col on every OpenCL device) and 9 (the direct kernels on CPU drivers).
+    @Test(arguments: TestBackend.available, [5, 9])
+    func convolutionGradientsMatchFiniteDifferences(_ backend: TestBackend, outChannels: Int) throws {
         let device = try backend.device()
-        let s = ConvShape(batch: 2, inChannels: 3, height: 7, width: 6, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
+        let s = ConvShape(batch: 2, inChannels: 3, height: 7, width: 6, outChannels: outChannels, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
         let xShape = [s.batch, s.inChannels, s.height, s.width], wShape = [s.outChannels, s.inChannels, 3, 3]
         let yShape = [s.batch, s.outChannels, s.outHeight, s.outWidth]
         let x = try device.tensor(random(xShape.reduce(1, *), seed: 8), shape: xShape)
@@ -118,6 +119,32 @@ import Testing
             let numeric = (try loss(w0, plus) - loss(w0, minus)) / Double(2 * step)
             #expect(abs(numeric - Double(analyticB[index])) <= 2e-2 + 1e-2 * abs(numeric), "db[\(index)]: \(analyticB[index]) vs \(numeric)")
         }
+    }
+
+    /// The training layer's shape over a batch the OpenCL convolution splits into chunks (8 MB
+    /// of scratch and output at a time on CPU drivers): forward and weight gradient (beta 0.5,
+    /// then 1 from the second chunk on) against the CPU fallback.
+    @Test func convolutionInChunksMatchesTheCPUFallback() throws {
+        guard TestBackend.available.contains(.opencl) else { return }
+        let (opencl, cpu) = (try TestBackend.opencl.device(), try TestBackend.cpu.device())
+        let s = ConvShape(batch: 45, inChannels: 32, height: 28, width: 28, outChannels: 64, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
+        let xShape = [s.batch, s.inChannels, s.height, s.width], wShape = [s.outChannels, s.inChannels, 3, 3]
+        let yShape = [s.batch, s.outChannels, s.outHeight, s.outWidth]
+        let (x, w, b, g, dw0) = (random(xShape.reduce(1, *), seed: 30), random(wShape.reduce(1, *), seed: 31), random(s.outChannels, seed: 32),
+                                 random(yShape.reduce(1, *), seed: 33), random(wShape.reduce(1, *), seed: 34))
+        var results: [[[Float]]] = []
+        for device in [opencl, cpu] {
+            let input = try device.tensor(x, shape: xShape), y = try device.zeros(yShape)
+            try device.conv2d(input, weight: try device.tensor(w, shape: wShape), bias: try device.tensor(b, shape: [s.outChannels]), into: y,
+                              padding: 1, activation: .relu)
+            let dw = try device.tensor(dw0, shape: wShape), db = try device.zeros([s.outChannels])
+            try device.conv2dWeightGradient(input, outputGradient: try device.tensor(g, shape: yShape), into: dw, biasGradient: db, beta: 0.5, padding: 1)
+            results.append([try device.read(y), try device.read(dw), try device.read(db)])
+        }
+        expectClose(results[0][0], results[1][0], absolute: 1e-4, relative: 1e-4, "conv2d forward")
+        // Sums of 45 x 784 products of values in [-1, 1]: absolute errors near 1e-3 are rounding.
+        expectClose(results[0][1], results[1][1], absolute: 5e-3, relative: 1e-4, "conv2d weight gradient")
+        expectClose(results[0][2], results[1][2], absolute: 5e-3, relative: 1e-4, "conv2d bias gradient")
     }
 
     @Test(arguments: TestBackend.available)

@@ -144,7 +144,8 @@ struct KernelParameters: Equatable, Sendable, Codable {
                 "WPT_M": gemmWorkPerItem, "WPT_N": gemmWorkPerItem,
             ]
         case "conv":
-            ["VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors]
+            ["VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors,
+             "DOT_VW": gemmDotVectorWidth, "DOT_M": gemmDotRows, "DOT_N": gemmDotColumns]
         default: [:]
         }
     }

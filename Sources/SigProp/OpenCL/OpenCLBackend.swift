@@ -269,9 +269,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 let padded = try clQueue.scratch(0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
                 for n0 in stride(from: 0, to: s.batch, by: chunk) {
                     let count = min(chunk, s.batch - n0)
-                    try launch("conv", "pad_planes", [.buffer(mem(input)), .buffer(padded)]
-                               + [n0, s.inChannels, s.height, s.width, s.padding, plan.width, plan.rows].map { .int(Int32($0)) },
-                               global: [plan.width, plan.rows, count * s.inChannels], on: queue)
+                    try padPlanes(s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
                     try launch("conv", "conv_direct", [.buffer(padded), .buffer(mem(weight)), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1),
                                                        .buffer(mem(output))]
                                + [n0, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth, plan.width, plan.plane, s.outHeight, s.outWidth,
@@ -307,11 +305,47 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// dW = sum over chunks of dZ (as O x count*P) times the chunk's patch matrix transposed.
     func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
         let clQueue = queue as! OpenCLQueue
         if s.batch == 0 {
             try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
         }
+        if let plan = DirectConvolutionPlan(s, parameters) {
+            let chunk = convChunk(s, scratchPerImage: s.inChannels * plan.plane + s.outChannels * plan.grid)
+            try clQueue.sequence {
+                let padded = try clQueue.scratch(0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
+                let gradient = try clQueue.scratch(1, bytes: s.outChannels * chunk * plan.grid * 4, context: context)
+                for n0 in stride(from: 0, to: s.batch, by: chunk) {
+                    let count = min(chunk, s.batch - n0)
+                    try padPlanes(s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
+                    try launch("conv", "pad_gradient", [.buffer(mem(outputGradient)), .buffer(gradient)]
+                               + [n0, s.outChannels, s.outHeight, s.outWidth, plan.width, plan.grid].map { .int(Int32($0)) },
+                               global: [plan.width, (plan.grid + plan.width - 1) / plan.width, count * s.outChannels], on: queue)
+                    try launch("conv", "conv_wgrad_direct", [.buffer(padded), .buffer(gradient), .buffer(mem(weightGradient)), .float(n0 == 0 ? beta : 1)]
+                               + [count, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth, plan.width, plan.plane, plan.grid].map { .int(Int32($0)) },
+                               global: plan.gradientGlobal, local: [1, 1], on: queue)
+                }
+            }
+        } else {
+            try conv2dWeightGradientByIm2col(s, input: input, outputGradient: outputGradient, weightGradient: weightGradient, beta: beta, on: queue)
+        }
+        if let biasGradient {
+            try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
+                            alpha: 1, beta: beta, on: queue)
+        }
+    }
+
+    private func padPlanes(_ s: ConvShape, _ plan: DirectConvolutionPlan, input: TensorStorage, into padded: CLBuffer, n0: Int, count: Int,
+                           on queue: BackendQueue) throws {
+        try launch("conv", "pad_planes", [.buffer(mem(input)), .buffer(padded)]
+                   + [n0, s.inChannels, s.height, s.width, s.padding, plan.width, plan.rows].map { .int(Int32($0)) },
+                   global: [plan.width, plan.rows, count * s.inChannels], on: queue)
+    }
+
+    private func conv2dWeightGradientByIm2col(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage,
+                                              beta: Float, on queue: BackendQueue) throws {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
+        let clQueue = queue as! OpenCLQueue
         try clQueue.sequence {
             let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
             let gathered = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
@@ -325,10 +359,6 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                                    beta: n0 == 0 ? beta : 1, activation: .identity),
                          a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
             }
-        }
-        if let biasGradient {
-            try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
-                            alpha: 1, beta: beta, on: queue)
         }
     }
 
@@ -403,25 +433,33 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 }
 
-/// `conv_direct`'s launch for a convolution, where the device runs it: CPU drivers (the
-/// register-blocked kernels), stride 1, and at least one tile of output channels. Elsewhere
-/// the forward pass is im2col + gemm.
+/// The direct convolution kernels' launches (`conv_direct`, `conv_wgrad_direct`), where the
+/// device runs them: CPU drivers (the register-blocked kernels), stride 1, and at least one
+/// tile of output channels. Elsewhere both passes are im2col + gemm.
 struct DirectConvolutionPlan: Equatable {
     /// A padded input plane: `width` = W + 2 pad floats per row, `rows` rows (the padded ones
     /// plus the slack that the last tile of positions reads), `plane` = width x rows floats.
     var width: Int, rows: Int
     var plane: Int { width * rows }
-    /// Work-items per image: tiles of output channels, tiles of flat positions.
+    /// Flat positions of a plane of dZ on the same grid for the weight gradient: HO x width,
+    /// rounded up to whole `gemm_dot` vectors.
+    var grid: Int
+    /// `conv_direct`'s work-items per image: tiles of output channels, tiles of flat positions.
     var global: [Int]
+    /// `conv_wgrad_direct`'s work-items: tiles of taps (C x KH x KW), tiles of output channels.
+    var gradientGlobal: [Int]
 
     init?(_ s: ConvShape, _ p: KernelParameters) {
         guard p.gemmKernels == .registerBlocked, s.stride == 1, s.outChannels >= p.gemmOuterRows else { return nil }
+        let divide = { (x: Int, y: Int) in (x + y - 1) / y }
         let tile = p.gemmOuterVectors * p.gemmVectorWidth
         width = s.width + 2 * s.padding
-        let tiles = (s.outHeight * width + tile - 1) / tile
-        // The last tile's last vector reads up to its last position plus the last tap's offset.
-        let reach = tiles * tile + (s.kernelHeight - 1) * width + s.kernelWidth - 1
-        rows = (reach + width - 1) / width
-        global = [(s.outChannels + p.gemmOuterRows - 1) / p.gemmOuterRows, tiles]
+        let tiles = divide(s.outHeight * width, tile)
+        grid = divide(s.outHeight * width, p.gemmDotVectorWidth) * p.gemmDotVectorWidth
+        // The last position either kernel computes, plus the last tap's offset, must lie inside.
+        let reach = max(tiles * tile, grid) + (s.kernelHeight - 1) * width + s.kernelWidth - 1
+        rows = divide(reach, width)
+        global = [divide(s.outChannels, p.gemmOuterRows), tiles]
+        gradientGlobal = [divide(s.inChannels * s.kernelHeight * s.kernelWidth, p.gemmDotColumns), divide(s.outChannels, p.gemmDotRows)]
     }
 }
