@@ -1,7 +1,7 @@
 // 2-D convolution pieces, NCHW, cross-correlation as PyTorch, zero padding, any kernel size:
 // im2col + gemm (the product runs in gemm.cl), and the gather from NCHW to channel-major for
-// the weight gradient. (The bias gradient is reduce.cl's channel_sums.) On CPU drivers the
-// forward pass at stride 1 runs as conv_direct on zero-padded planes instead.
+// the weight gradient. (The bias gradient is reduce.cl's channel_sums.) On CPU drivers both
+// passes at stride 1 run on zero-padded planes instead: conv_direct and conv_wgrad_direct.
 
 // ---- conv_direct: the forward pass as register tiles over padded planes (CPU drivers) ----
 // With each input plane zero-padded to WP = W + 2 pad columns and laid out flat, output
@@ -75,7 +75,6 @@ __kernel void conv_direct(__global const float* xp, __global const float* weight
         for (int v = 0; v < OUTER_V; ++v) {
             float lanes[VW];
             GEMM_CAT(vstore, VW)(acc[i][v], 0, lanes);
-
             if (ox + VW <= WO && oy < HO) { // the vector lies within one output row
                 __global float* row = plane_out + oy * WO + ox;
                 for (int l = 0; l < VW; ++l) row[l] = activate(lanes[l] + b, act);
@@ -144,7 +143,8 @@ __kernel void pad_gradient(__global const float* dz, __global float* dzp, const 
 // dW[o, t] = sum over images n and grid positions q of dzp(n, o, q) * xp(n, c, q + ky * WP + kx)
 // for tap t = (c * KH + ky) * KW + kx, plus beta * dW (beta 0 never reads dW): gemm_dot's tile
 // of DOT_M channels x DOT_N taps, lanes along q. Channels and taps past the edge are clamped
-// to the last one (computed, never stored). The dropped positions add x * 0. Dimension 0 runs
+// to the last one (computed, never stored). The dropped positions add x * 0 (NaN where that x
+// is Inf or NaN: such an input makes the loss NaN anyway). Dimension 0 runs
 // along the taps, so consecutive work-items share their channels' dZ (in cache) and read the
 // planes, 2-3x smaller than a chunk's dZ at the training shapes, once per tile of channels.
 __kernel void conv_wgrad_direct(__global const float* xp, __global const float* dzp, __global float* dw, const float beta,

@@ -171,18 +171,20 @@ import Testing
         }
     }
 
-    /// conv_direct runs where its tiles fit (CPU drivers, stride 1, a tile of channels), and
-    /// its padded planes hold every float the last tile reads.
+    /// The direct convolution kernels run where their tiles fit (CPU drivers, stride 1, a tile
+    /// of channels), and the padded planes hold every float their last tiles read.
     @Test func directConvolutionPlans() {
         let cpu = KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-skylake-avx512-Intel Xeon"))
         let avx2 = KernelParameters.forDevice(Self.info(kind: .cpu, name: "pthread-haswell-Intel Xeon"))
+        var tuned = cpu // a tuning result whose dot vectors are wider than the outer tile
+        (tuned.gemmVectorWidth, tuned.gemmOuterVectors, tuned.gemmDotVectorWidth) = (4, 1, 16)
         func shape(_ c: Int, _ o: Int, _ h: Int, _ w: Int, k: Int = 3, kw: Int? = nil, stride: Int = 1, pad: Int = 1) -> ConvShape {
             ConvShape(batch: 2, inChannels: c, height: h, width: w, outChannels: o, kernelHeight: k, kernelWidth: kw ?? k, stride: stride, padding: pad)
         }
         // The benchmark's layer: rows of 30, 28 x 30 positions in 27 tiles of 32, 31 rows.
         let layer = DirectConvolutionPlan(shape(32, 64, 28, 28), cpu)
         #expect(layer?.width == 30 && layer?.rows == 31 && layer?.global == [8, 27])
-        for p in [cpu, avx2] {
+        for p in [cpu, avx2, tuned] {
             for s in [shape(32, 64, 28, 28), shape(1, 8, 1, 1, k: 1, pad: 0), shape(5, 17, 13, 6, k: 5, pad: 2), shape(3, 8, 4, 9, kw: 2, pad: 0),
                       shape(64, 128, 14, 14), shape(2, 9, 7, 29), shape(1, 32, 2, 2, k: 5, pad: 3)] {
                 guard let plan = DirectConvolutionPlan(s, p) else {
@@ -193,6 +195,11 @@ import Testing
                 let lastRead = plan.global[1] * tile - 1 + (s.kernelHeight - 1) * plan.width + s.kernelWidth - 1
                 #expect(plan.width == s.width + 2 * s.padding && plan.rows >= s.height + 2 * s.padding && lastRead < plan.plane, "\(s): \(plan)")
                 #expect(plan.global[1] * tile >= s.outHeight * plan.width && plan.global[0] * p.gemmOuterRows >= s.outChannels, "\(s): \(plan)")
+                // conv_wgrad_direct: whole vectors over the grid, the shifted planes inside.
+                let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+                #expect(plan.grid >= s.outHeight * plan.width && plan.grid % p.gemmDotVectorWidth == 0
+                        && plan.grid - 1 + (s.kernelHeight - 1) * plan.width + s.kernelWidth - 1 < plan.plane, "\(s): \(plan)")
+                #expect(plan.gradientGlobal[0] * p.gemmDotColumns >= patch && plan.gradientGlobal[1] * p.gemmDotRows >= s.outChannels, "\(s): \(plan)")
             }
         }
         let gpu = KernelParameters.forDevice(Self.info(kind: .gpu, name: "NVIDIA H200", computeUnits: 132))

@@ -98,7 +98,7 @@ public enum SelfCheck {
         }
 
         // conv: the 3x3/pad 1 training shape (with fewer channels than a register tile, and
-        // more: conv_direct on CPU drivers), a strided 5x5, and 1x1.
+        // more: the direct kernels on CPU drivers), a strided 5x5, and 1x1.
         let convs = [
             ConvShape(batch: 2, inChannels: 3, height: 7, width: 9, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
             ConvShape(batch: 2, inChannels: 3, height: 5, width: 29, outChannels: 9, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),

@@ -241,8 +241,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
     }
 
-    /// Images per chunk of a convolution: a chunk's scratch (im2col's patch matrix, or
-    /// conv_direct's padded planes) and its output stay within a budget. On a CPU driver the
+    /// Images per chunk of a convolution: a chunk's scratch (im2col's patch matrix, or the
+    /// direct kernels' padded planes and dZ) and its output stay within a budget. On a CPU driver the
     /// scratch is read back from the caches right after it is written: with PoCL on an Intel VM
     /// (2 MB of L2 per core), 8 MB chunks (7 images of the benchmark's 32 -> 64 channels at
     /// 28x28) ran im2col's forward pass 1.5x and the weight gradient 1.5x faster than 64 MB
@@ -257,7 +257,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// im2col's patch matrix for one image: floats.
     private func patchMatrix(_ s: ConvShape) -> Int { s.inChannels * s.kernelHeight * s.kernelWidth * s.outHeight * s.outWidth }
 
-    /// Convolution as `conv_direct` over padded planes where `directConvolutionPlanes` allows
+    /// Convolution as `conv_direct` over padded planes where `DirectConvolutionPlan` allows
     /// it, else as im2col + a batch of matrix products per chunk of images, one per image (the
     /// fast gemm kernel, so conv speed follows gemm speed), each writing its image's NCHW output.
     /// Either way bias (per channel) and activation are applied in the epilogue.
@@ -302,7 +302,9 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                    global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
     }
 
-    /// dW = sum over chunks of dZ (as O x count*P) times the chunk's patch matrix transposed.
+    /// dW = sum over chunks of dZ times the chunk's input patches: `conv_wgrad_direct` over
+    /// padded planes where `DirectConvolutionPlan` allows it, else dZ (as O x count*P) times
+    /// the chunk's im2col patch matrix transposed.
     func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
         let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
         let clQueue = queue as! OpenCLQueue
