@@ -147,6 +147,49 @@ import Testing
         expectClose(results[0][2], results[1][2], absolute: 5e-3, relative: 1e-4, "conv2d bias gradient")
     }
 
+    /// Layers take their outputs uninitialised (no zero fill first, which is a launch on a GPU),
+    /// so each operation they use must write its whole output: outputs filled with NaN first
+    /// hold no NaN after.
+    @Test(arguments: TestBackend.available)
+    func layerOperationsWriteTheirWholeOutput(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        func nan(_ shape: [Int]) throws -> Tensor { try device.tensor([Float](repeating: .nan, count: shape.reduce(1, *)), shape: shape) }
+        func values(_ shape: [Int], seed: UInt64) throws -> Tensor { try device.tensor(random(shape.reduce(1, *), seed: seed), shape: shape) }
+        func expectWhole(_ tensor: Tensor, _ what: String) throws {
+            #expect(!(try device.read(tensor)).contains { $0.isNaN }, "\(what) left entries unwritten")
+        }
+        // Dense and conv products with beta 0, with and without a norm after (no activation).
+        let dense = try nan([7, 9])
+        try device.gemm(try values([7, 13], seed: 40), try values([9, 13], seed: 41), transposeB: true, into: dense, bias: try values([9], seed: 42))
+        try expectWhole(dense, "gemm")
+        for outChannels in [5, 9] { // im2col, and the direct kernels on CPU drivers
+            for activation in [Activation.identity, .relu] {
+                let conv = try nan([3, outChannels, 7, 29])
+                try device.conv2d(try values([3, 2, 7, 29], seed: 43), weight: try values([outChannels, 2, 3, 3], seed: 44), bias: try values([outChannels], seed: 45),
+                                  into: conv, padding: 1, activation: activation)
+                try expectWhole(conv, "conv2d to \(outChannels) channels, \(activation)")
+            }
+        }
+        let x = try values([2, 3, 7, 9], seed: 46)
+        let pooled = try nan([2, 3, 3, 4])
+        try device.pool2d(.max, x, into: pooled)
+        try expectWhole(pooled, "pool2d")
+        let product = try nan([2, 3, 7, 9])
+        try device.multiply(x, try values([2, 3, 7, 9], seed: 47), into: product)
+        try expectWhole(product, "multiply")
+        let layout = GroupLayout(outer: 1, groups: 6, inner: 63)
+        let (xhat, rstd) = (try nan([2, 3, 7, 9]), try nan([6]))
+        try device.normalize(x, layout: layout, into: xhat, rstd: rstd)
+        try expectWhole(xhat, "normalize xhat")
+        try expectWhole(rstd, "normalize rstd")
+        let dz = try nan([2, 3, 7, 9])
+        try device.activationGradient(.relu, output: x, gradient: try values([2, 3, 7, 9], seed: 48), into: dz)
+        try expectWhole(dz, "activationGradient")
+        let (mask, dY, rows) = (try nan([5, 4]), try nan([5, 4]), try nan([5]))
+        try device.localLossRows(.maxAll, y: try values([5, 4], seed: 49), yy: try values([5, 4], seed: 50), mask: mask, dY: dY, rowLosses: rows)
+        for (tensor, name) in [(mask, "mask"), (dY, "dY"), (rows, "row losses")] { try expectWhole(tensor, "localLossRows \(name)") }
+    }
+
     @Test(arguments: TestBackend.available)
     func activationGradientMatchesFiniteDifferences(_ backend: TestBackend) throws {
         let device = try backend.device()

@@ -50,7 +50,7 @@ public enum FixedStep: Sendable, Equatable, Codable {
         switch self {
         case .dropout(let p):
             guard let masks, p > 0 else { return x }
-            let out = try x.device.zeros(x.shape, on: stream)
+            let out = try x.device.allocate(x.shape, on: stream)
             try x.device.multiply(x, try masks.mask(x.shape, p: p, device: x.device, on: stream), into: out, on: stream)
             return out
         case .flatten:
@@ -59,7 +59,7 @@ public enum FixedStep: Sendable, Equatable, Codable {
             guard x.shape.count == 4 else {
                 throw SigPropError.shapeMismatch(operation: "pool", detail: "pooling needs NCHW activations, got \(x.shape)")
             }
-            let out = try x.device.zeros([x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
+            let out = try x.device.allocate([x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
             try x.device.pool2d(kind, x, into: out, on: stream)
             return out
         }
@@ -237,7 +237,7 @@ public final class OutputLayer {
         let device = h.device
         let pass = try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
         let shape = pass.output.shape
-        let mask = try device.zeros(shape, on: stream), dY = try device.zeros(shape, on: stream), rows = try device.zeros([h.rows], on: stream)
+        let mask = try device.allocate(shape, on: stream), dY = try device.allocate(shape, on: stream), rows = try device.allocate([h.rows], on: stream)
         // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
         try device.localLossRows(.maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
         try layer.learn(from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)

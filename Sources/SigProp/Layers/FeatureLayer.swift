@@ -40,7 +40,7 @@ final class AffineNorm {
     /// Normalises `z` and writes `gamma * xhat + beta` over it; returns xhat and rstd.
     func forward(_ z: Tensor, on stream: Stream?) throws -> (xhat: Tensor, rstd: Tensor) {
         let device = z.device, layout = layout(z.shape)
-        let xhat = try device.zeros(z.shape, on: stream), rstd = try device.zeros([layout.groups], on: stream)
+        let xhat = try device.allocate(z.shape, on: stream), rstd = try device.allocate([layout.groups], on: stream)
         try device.normalize(z, layout: layout, into: xhat, rstd: rstd, on: stream)
         try device.scaleShiftChannels(xhat, scale: gamma.value, shift: beta.value, inner: Self.inner(z.shape), into: z, on: stream)
         return (xhat, rstd)
@@ -51,7 +51,7 @@ final class AffineNorm {
     func backward(_ gradient: Tensor, xhat: Tensor, rstd: Tensor, accumulate: Bool, on stream: Stream?) throws {
         let device = gradient.device, inner = Self.inner(gradient.shape), channels = gamma.value.count
         let beta0: Float = accumulate ? 1 : 0
-        let product = try device.zeros(gradient.shape, on: stream)
+        let product = try device.allocate(gradient.shape, on: stream)
         try device.multiply(gradient, xhat, into: product, on: stream)
         try device.channelSums(product, channels: channels, inner: inner, into: gamma.gradient, beta: beta0, on: stream)
         try device.channelSums(gradient, channels: channels, inner: inner, into: beta.gradient, beta: beta0, on: stream)
@@ -140,7 +140,7 @@ public final class DenseLayer: FeatureLayer {
 
     public func forward(_ input: Tensor, on stream: Stream?) throws -> LayerPass {
         let device = input.device
-        let z = try device.zeros(try outputShape(for: input.shape), on: stream)
+        let z = try device.allocate(try outputShape(for: input.shape), on: stream)
         guard let norm else {
             // No norm: bias and activation run in the product's epilogue, one launch.
             try device.gemm(input, weight.value, transposeB: true, into: z, bias: bias?.value, activation: activation, on: stream)
@@ -176,7 +176,7 @@ public final class DenseLayer: FeatureLayer {
     /// the bias and norm gradients on the way.
     private func productGradient(_ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws -> Tensor {
         let device = pass.output.device
-        let dz = try device.zeros(pass.output.shape, on: stream)
+        let dz = try device.allocate(pass.output.shape, on: stream)
         try device.activationGradient(activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
         if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
             try norm.backward(dz, xhat: xhat, rstd: rstd, accumulate: accumulate, on: stream)
@@ -226,7 +226,7 @@ public final class ConvLayer: FeatureLayer {
     public func forward(_ input: Tensor, on stream: Stream?) throws -> LayerPass {
         let device = input.device
         let shape = try outputShape(for: input.shape)
-        let z = try device.zeros(shape, on: stream)
+        let z = try device.allocate(shape, on: stream)
         guard let norm else {
             try device.conv2d(input, weight: weight.value, bias: bias?.value, into: z, stride: stride, padding: padding, activation: activation, on: stream)
             return LayerPass(input: input, output: z, normalized: nil, rstd: nil)
@@ -239,7 +239,7 @@ public final class ConvLayer: FeatureLayer {
 
     public func accumulateGradients(_ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws {
         let device = pass.output.device
-        let dz = try device.zeros(pass.output.shape, on: stream)
+        let dz = try device.allocate(pass.output.shape, on: stream)
         try device.activationGradient(activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
         if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
             try norm.backward(dz, xhat: xhat, rstd: rstd, accumulate: accumulate, on: stream)
