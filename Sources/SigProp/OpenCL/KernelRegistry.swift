@@ -135,18 +135,21 @@ struct KernelParameters: Equatable, Sendable, Codable {
 
     /// `-D` definitions for one program.
     func defines(for program: String) -> [String: Int] {
+        // The register tiles (common.cl) of gemm_outer / gemm_dot and conv.cl's direct kernels.
+        let registerTiles = [
+            "VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors,
+            "DOT_VW": gemmDotVectorWidth, "DOT_M": gemmDotRows, "DOT_N": gemmDotColumns,
+        ]
         switch program {
         case "gemm":
-            [
-                "VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors,
-                "DOT_VW": gemmDotVectorWidth, "DOT_M": gemmDotRows, "DOT_N": gemmDotColumns,
+            return registerTiles.merging([
                 "TILE_M": gemmTile * gemmWorkPerItem, "TILE_N": gemmTile * gemmWorkPerItem, "TILE_K": gemmTileDepth,
                 "WPT_M": gemmWorkPerItem, "WPT_N": gemmWorkPerItem,
-            ]
+            ]) { tile, _ in tile }
         case "conv":
-            ["VW": gemmVectorWidth, "OUTER_M": gemmOuterRows, "OUTER_V": gemmOuterVectors,
-             "DOT_VW": gemmDotVectorWidth, "DOT_M": gemmDotRows, "DOT_N": gemmDotColumns]
-        default: [:]
+            return registerTiles
+        default:
+            return [:]
         }
     }
 }
