@@ -9,7 +9,7 @@ let package = Package(
         .executable(name: "doctor", targets: ["doctor"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
     ],
     targets: [
         // System libraries: the OpenCL ICD loader and OpenBLAS (CBLAS interface).
@@ -41,11 +41,15 @@ let package = Package(
         ),
         .executableTarget(
             name: "train",
-            dependencies: ["SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "doctor",
-            dependencies: ["SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .testTarget(
             name: "SigPropTests",

@@ -8,14 +8,18 @@ let package = Package(
     dependencies: [
         .package(name: "SigProp", path: ".."),
         // MallocInterposer instead of jemalloc: no extra system package needed.
-        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(
+            url: "https://github.com/ordo-one/benchmark", from: "1.38.1",
+            traits: ["MallocInterposer"]),
     ],
     targets: [
         // The anchors' C APIs: OpenCL (own context and buffers), CLBlast and OpenBLAS's CBLAS.
         // The main package's COpenCL and CBLAS targets are not products, hence this module.
         .systemLibrary(
             name: "CAnchors",
-            providers: [.apt(["libclblast-dev", "ocl-icd-opencl-dev", "opencl-headers", "libopenblas-dev"])]
+            providers: [
+                .apt(["libclblast-dev", "ocl-icd-opencl-dev", "opencl-headers", "libopenblas-dev"])
+            ]
         ),
         .executableTarget(
             name: "KernelBenchmarks",
@@ -26,7 +30,7 @@ let package = Package(
             ],
             path: "Benchmarks/KernelBenchmarks",
             plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "benchmark"),
+                .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]
         ),
     ]

@@ -22,7 +22,8 @@ for path in arguments.dropFirst() {
     do {
         source = try String(contentsOf: url, encoding: .utf8)
     } catch {
-        FileHandle.standardError.write(Data("EmbedKernelsTool: cannot read \(path): \(error)\n".utf8))
+        FileHandle.standardError.write(
+            Data("EmbedKernelsTool: cannot read \(path): \(error)\n".utf8))
         exit(1)
     }
     // A raw string delimiter longer than any run of '#' in the source keeps it verbatim.
@@ -36,6 +37,7 @@ swift += "    ]\n}\n"
 do {
     try swift.write(toFile: outputPath, atomically: true, encoding: .utf8)
 } catch {
-    FileHandle.standardError.write(Data("EmbedKernelsTool: cannot write \(outputPath): \(error)\n".utf8))
+    FileHandle.standardError.write(
+        Data("EmbedKernelsTool: cannot write \(outputPath): \(error)\n".utf8))
     exit(1)
 }

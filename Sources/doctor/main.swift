@@ -9,23 +9,32 @@ import SigProp
 @main
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check the OpenCL devices and the CPU fallback: properties, kernel builds, operations, reference vectors.")
+        abstract:
+            "Check the OpenCL devices and the CPU fallback: properties, kernel builds, operations, reference vectors."
+    )
 
-    @Option(name: .long, parsing: .upToNextOption,
-            help: "Reference-vector JSON files (the format of shared/golden/README.md) to check on every device.")
+    @Option(
+        name: .long, parsing: .upToNextOption,
+        help:
+            "Reference-vector JSON files (the format of shared/golden/README.md) to check on every device."
+    )
     var golden: [String] = []
 
     @Flag(name: .long, help: "Skip the OpenCL devices (check the CPU fallback only).")
     var cpuOnly = false
 
-    @Flag(name: .long, help: """
-        First tune the gemm kernels of each OpenCL device (those SIGPROP_DEVICE names, if set; takes minutes) and write \
-        the tuning cache (SIGPROP_TUNING_CACHE, else sigprop/kernel-tuning.json in $XDG_CACHE_HOME or ~/.cache), then check as usual.
-        """)
+    @Flag(
+        name: .long,
+        help: """
+            First tune the gemm kernels of each OpenCL device (those SIGPROP_DEVICE names, if set; takes minutes) and write \
+            the tuning cache (SIGPROP_TUNING_CACHE, else sigprop/kernel-tuning.json in $XDG_CACHE_HOME or ~/.cache), then check as usual.
+            """)
     var tune = false
 
     func validate() throws {
-        if tune && cpuOnly { throw ValidationError("--tune tunes OpenCL devices; leave out --cpu-only") }
+        if tune && cpuOnly {
+            throw ValidationError("--tune tunes OpenCL devices; leave out --cpu-only")
+        }
     }
 
     mutating func run() throws {
@@ -38,15 +47,20 @@ struct Doctor: ParsableCommand {
             do {
                 let entries = try OpenCLDiscovery.allDevices()
                 if entries.isEmpty {
-                    print("OpenCL: no platform or device found (apt-get install pocl-opencl-icd for a CPU driver).")
+                    print(
+                        "OpenCL: no platform or device found (apt-get install pocl-opencl-icd for a CPU driver)."
+                    )
                 }
                 if tune { failures += tuneDevices(entries, selection) }
                 let (cache, warning) = selection.tuningCache()
-                if let warning { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+                if let warning {
+                    FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+                }
                 for (index, entry) in entries.enumerated() {
                     printProperties(index: index, entry.info)
                     do {
-                        devices.append(("opencl \(index)", try Device.opencl(entry, tuningCache: cache)))
+                        devices.append(
+                            ("opencl \(index)", try Device.opencl(entry, tuningCache: cache)))
                     } catch {
                         failures += 1
                         print("  FAIL cannot open the device: \(error)")
@@ -60,13 +74,19 @@ struct Doctor: ParsableCommand {
 
         for (label, device) in devices {
             print("\n== \(label): \(device.name)")
-            if let origin = device.kernelParameterOrigin { print("  kernel parameters from \(origin)") }
-            if device === reference, let advice = OpenBLASKernels.current().advice { print("  note: \(advice)") }
+            if let origin = device.kernelParameterOrigin {
+                print("  kernel parameters from \(origin)")
+            }
+            if device === reference, let advice = OpenBLASKernels.current().advice {
+                print("  note: \(advice)")
+            }
             do {
                 let builds = try device.buildAllPrograms()
                 for build in builds {
                     let name = build.program.padding(toLength: 12, withPad: " ", startingAt: 0)
-                    print("  built \(name)" + String(format: "%7.1f ms  ", build.seconds * 1000) + build.options)
+                    print(
+                        "  built \(name)" + String(format: "%7.1f ms  ", build.seconds * 1000)
+                            + build.options)
                 }
             } catch {
                 failures += 1
@@ -79,10 +99,15 @@ struct Doctor: ParsableCommand {
                 let results = try SelfCheck.run(on: device, reference: reference)
                 let failed = results.filter { !$0.passed }
                 for result in failed {
-                    print(String(format: "  FAIL %@ %@: NMSE %.3g > %.0g", result.operation, result.shape, result.error, result.tolerance))
+                    print(
+                        String(
+                            format: "  FAIL %@ %@: NMSE %.3g > %.0g", result.operation,
+                            result.shape, result.error, result.tolerance))
                 }
                 failures += failed.count
-                print("  operations: \(results.count - failed.count)/\(results.count) match the CPU fallback")
+                print(
+                    "  operations: \(results.count - failed.count)/\(results.count) match the CPU fallback"
+                )
             } catch {
                 failures += 1
                 print("  FAIL operation check: \(error)")
@@ -107,7 +132,9 @@ struct Doctor: ParsableCommand {
     /// Tunes the devices SIGPROP_DEVICE names (all without it); returns the number of failures.
     func tuneDevices(_ entries: [OpenCLDeviceEntry], _ selection: BackendSelection) -> Int {
         guard let cacheFile = selection.tuningCacheFile else {
-            print("FAIL --tune: no tuning cache file (\(KernelTuningCache.tuningVariable)=off, or none of \(KernelTuningCache.fileVariable), XDG_CACHE_HOME, HOME is set)")
+            print(
+                "FAIL --tune: no tuning cache file (\(KernelTuningCache.tuningVariable)=off, or none of \(KernelTuningCache.fileVariable), XDG_CACHE_HOME, HOME is set)"
+            )
             return 1
         }
         let chosen: [OpenCLDeviceEntry]
@@ -117,8 +144,12 @@ struct Doctor: ParsableCommand {
         }
         var failures = 0
         for (index, entry) in entries.enumerated()
-        where chosen.contains(where: { $0.info.platformIndex == entry.info.platformIndex && $0.info.deviceIndex == entry.info.deviceIndex }) {
-            print("== tuning opencl \(index): \(entry.info.name), driver \(entry.info.driverVersion)")
+        where chosen.contains(where: {
+            $0.info.platformIndex == entry.info.platformIndex
+                && $0.info.deviceIndex == entry.info.deviceIndex
+        }) {
+            print(
+                "== tuning opencl \(index): \(entry.info.name), driver \(entry.info.driverVersion)")
             do {
                 printTuning(try KernelTuning.tune(entry, cacheFile: cacheFile) { print("  " + $0) })
             } catch {
@@ -132,17 +163,28 @@ struct Doctor: ParsableCommand {
 
     func printTuning(_ report: KernelTuningReport) {
         func line(_ name: String, _ result: KernelTuningReport.Measurement) -> String {
-            let shapes = report.shapes.indices.map { String(format: "%@ %.1f", report.shapes[$0].description, result.gflops(of: $0)) }
-            return String(format: "  %@ %.1f GFLOP/s  %@ (%@)", name, result.gflops, result.summary, shapes.joined(separator: ", "))
+            let shapes = report.shapes.indices.map {
+                String(format: "%@ %.1f", report.shapes[$0].description, result.gflops(of: $0))
+            }
+            return String(
+                format: "  %@ %.1f GFLOP/s  %@ (%@)", name, result.gflops, result.summary,
+                shapes.joined(separator: ", "))
         }
-        if let table = report.table { print(line("table", table)) } else { print("  table  failed its check (see above)") }
+        if let table = report.table {
+            print(line("table", table))
+        } else {
+            print("  table  failed its check (see above)")
+        }
         print(line("tuned", report.tuned) + (report.tunedIsTable ? "  = the table's value" : ""))
-        if !report.skipped.isEmpty { print("  \(report.skipped.count) of \(report.candidates) candidates skipped") }
+        if !report.skipped.isEmpty {
+            print("  \(report.skipped.count) of \(report.candidates) candidates skipped")
+        }
         print("  wrote \(report.cacheFile.path)")
     }
 
     func printProperties(index: Int, _ info: OpenCLDeviceInfo) {
-        print("""
+        print(
+            """
             OpenCL device \(index): \(info.name)
               platform       \(info.platformName) (platform \(info.platformIndex), device \(info.deviceIndex))
               vendor         \(info.vendor)

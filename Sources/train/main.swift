@@ -16,7 +16,10 @@ struct Train: ParsableCommand {
 
     // Options that define the run: taken from the checkpoint with --resume, where giving a
     // different value is an error. Their defaults are in `TrainingOptions` and `ModelConfig`.
-    @Option(help: "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense 1024). Default mlp.")
+    @Option(
+        help:
+            "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense 1024). Default mlp."
+    )
     var model: String?
 
     @Option(help: "mlp: learning blocks (the signal block counts as the first). Default 3.")
@@ -37,7 +40,11 @@ struct Train: ParsableCommand {
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
     var fixedContext = false
 
-    @Flag(inversion: .prefixedNo, help: "Run the target stream on one row per class where that is exact (per-sample norms, no dropout); off otherwise.")
+    @Flag(
+        inversion: .prefixedNo,
+        help:
+            "Run the target stream on one row per class where that is exact (per-sample norms, no dropout); off otherwise."
+    )
     var kRowShortcut: Bool?
 
     @Option(help: "Samples per batch. Default 128.")
@@ -55,7 +62,10 @@ struct Train: ParsableCommand {
     @Option(help: "Weight decay of every optimizer. Default 0.")
     var weightDecay: Float?
 
-    @Option(help: "Multiply the learning rate by --lr-gamma after these epochs (comma-separated: 3,4 decays after epochs 3 and 4). Default none.")
+    @Option(
+        help:
+            "Multiply the learning rate by --lr-gamma after these epochs (comma-separated: 3,4 decays after epochs 3 and 4). Default none."
+    )
     var lrMilestones: String?
 
     @Option(help: "Learning-rate decay factor at each milestone. Default 0.1.")
@@ -77,13 +87,17 @@ struct Train: ParsableCommand {
     @Option(help: "Epochs to train in total (a resumed run continues up to this count).")
     var epochs: Int = 5
 
-    @Option(help: "Prediction: adaptive (default: similarity at the block that does best on 2000 training samples), similarity (nearest class target at --readout-block), or output (the trained output layer).")
+    @Option(
+        help:
+            "Prediction: adaptive (default: similarity at the block that does best on 2000 training samples), similarity (nearest class target at --readout-block), or output (the trained output layer)."
+    )
     var readout: String = Readout.adaptive.rawValue
 
     @Option(help: "The block the similarity readout uses (1 = the signal block).")
     var readoutBlock: Int = 1
 
-    @Option(help: "Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files.")
+    @Option(
+        help: "Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files.")
     var dataDir: String = Dataset.defaultDirectory
 
     @Option(help: "Use only the first N training samples (quick runs).")
@@ -92,45 +106,86 @@ struct Train: ParsableCommand {
     @Option(help: "Append one JSON line of metrics per epoch to this file.")
     var metrics: String?
 
-    @Option(help: "Write <folder>/last.safetensors (weights, optimizer state, progress) after every epoch.")
+    @Option(
+        help:
+            "Write <folder>/last.safetensors (weights, optimizer state, progress) after every epoch."
+    )
     var checkpointDir: String = "checkpoints"
 
     @Option(help: "Continue from this checkpoint: the model and training options come from it.")
     var resume: String?
 
-    @Option(help: "pipelined (default: a stream per block; a block learns while the next computes, and the next batch enters while later blocks work) or sequential (one block after another, one batch at a time, as the reference). Same numbers either way.")
+    @Option(
+        help:
+            "pipelined (default: a stream per block; a block learns while the next computes, and the next batch enters while later blocks work) or sequential (one block after another, one batch at a time, as the reference). Same numbers either way."
+    )
     var schedule: String = Schedule.Kind.pipelined.rawValue
 
-    @Option(help: "pipelined: batches in flight at most. Default: one per stage (blocks + output layer).")
+    @Option(
+        help:
+            "pipelined: batches in flight at most. Default: one per stage (blocks + output layer).")
     var pipelineDepth: Int?
 
-    @Option(help: "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or chrome://tracing) and print how much of the time blocks overlapped.")
+    @Option(
+        help:
+            "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or chrome://tracing) and print how much of the time blocks overlapped."
+    )
     var trace: String?
 
     mutating func validate() throws {
-        guard epochs >= 1 else { throw ValidationError("--epochs must be at least 1, got \(epochs)") }
-        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
-        if let lr, !(lr.isFinite && lr > 0) { throw ValidationError("--lr must be a positive number, got \(lr)") }
-        if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) { throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)") }
-        if let momentum, !(momentum.isFinite && momentum >= 0) { throw ValidationError("--momentum must be >= 0, got \(momentum)") }
+        guard epochs >= 1 else {
+            throw ValidationError("--epochs must be at least 1, got \(epochs)")
+        }
+        if let batchSize, batchSize < 1 {
+            throw ValidationError("--batch-size must be at least 1, got \(batchSize)")
+        }
+        if let lr, !(lr.isFinite && lr > 0) {
+            throw ValidationError("--lr must be a positive number, got \(lr)")
+        }
+        if let weightDecay, !(weightDecay.isFinite && weightDecay >= 0) {
+            throw ValidationError("--weight-decay must be >= 0, got \(weightDecay)")
+        }
+        if let momentum, !(momentum.isFinite && momentum >= 0) {
+            throw ValidationError("--momentum must be >= 0, got \(momentum)")
+        }
         if let model, ModelConfig.Kind(rawValue: model) == nil {
-            throw ValidationError("--model \(model) is not a model. Valid values: \(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--model \(model) is not a model. Valid values: \(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         if let optimizer, OptimizerKind(rawValue: optimizer) == nil {
-            throw ValidationError("--optimizer \(optimizer) is not an optimizer. Valid values: \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--optimizer \(optimizer) is not an optimizer. Valid values: \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         guard Readout(rawValue: readout) != nil else {
-            throw ValidationError("--readout \(readout) is not a readout. Valid values: \(Readout.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--readout \(readout) is not a readout. Valid values: \(Readout.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
-        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1, got \(limit)") }
-        if let cropPadding, cropPadding < 0 { throw ValidationError("--crop-padding must be >= 0, got \(cropPadding)") }
-        if let hiddenLayers, hiddenLayers < 1 { throw ValidationError("--hidden-layers must be at least 1, got \(hiddenLayers)") }
-        if let width, width < 1 { throw ValidationError("--width must be at least 1, got \(width)") }
-        if let dropout, !(dropout >= 0 && dropout < 1) { throw ValidationError("--dropout must be in 0..<1, got \(dropout)") }
+        if let limit, limit < 1 {
+            throw ValidationError("--limit must be at least 1, got \(limit)")
+        }
+        if let cropPadding, cropPadding < 0 {
+            throw ValidationError("--crop-padding must be >= 0, got \(cropPadding)")
+        }
+        if let hiddenLayers, hiddenLayers < 1 {
+            throw ValidationError("--hidden-layers must be at least 1, got \(hiddenLayers)")
+        }
+        if let width, width < 1 {
+            throw ValidationError("--width must be at least 1, got \(width)")
+        }
+        if let dropout, !(dropout >= 0 && dropout < 1) {
+            throw ValidationError("--dropout must be in 0..<1, got \(dropout)")
+        }
         guard Schedule.Kind(rawValue: schedule) != nil else {
-            throw ValidationError("--schedule \(schedule) is not a schedule. Valid values: \(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--schedule \(schedule) is not a schedule. Valid values: \(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
-        if let pipelineDepth, pipelineDepth < 1 { throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)") }
+        if let pipelineDepth, pipelineDepth < 1 {
+            throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)")
+        }
     }
 
     func run() throws {
@@ -152,35 +207,56 @@ struct Train: ParsableCommand {
 
     /// The options as flags give them, on top of `base` (defaults, or a checkpoint's values).
     /// With a checkpoint, a flag that changes a value is an error.
-    func resolve(base: (ModelConfig, TrainingOptions), fromCheckpoint: Bool) throws -> (ModelConfig, TrainingOptions) {
+    func resolve(base: (ModelConfig, TrainingOptions), fromCheckpoint: Bool) throws -> (
+        ModelConfig, TrainingOptions
+    ) {
         var (config, options) = base
         var conflicts: [String] = []
-        func apply<T: Equatable>(_ flag: String, _ given: T?, _ value: inout T, shown: (T) -> String = { "\($0)" }) {
+        func apply<T: Equatable>(
+            _ flag: String, _ given: T?, _ value: inout T, shown: (T) -> String = { "\($0)" }
+        ) {
             guard let given else { return }
-            if fromCheckpoint && given != value { conflicts.append("\(flag) \(shown(given)) (checkpoint: \(shown(value)))") }
+            if fromCheckpoint && given != value {
+                conflicts.append("\(flag) \(shown(given)) (checkpoint: \(shown(value)))")
+            }
             value = given
         }
-        apply("--model", model.flatMap(ModelConfig.Kind.init(rawValue:)), &config.kind, shown: \.rawValue)
+        apply(
+            "--model", model.flatMap(ModelConfig.Kind.init(rawValue:)), &config.kind,
+            shown: \.rawValue)
         apply("--hidden-layers", hiddenLayers, &config.hiddenLayers)
         apply("--width", width, &config.width)
-        apply("--dense-norm", try denseNorm.map { try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none]) }, &config.denseNorm, shown: \.rawValue)
-        apply("--conv-norm", try convNorm.map { try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none]) }, &config.convNorm, shown: \.rawValue)
+        apply(
+            "--dense-norm",
+            try denseNorm.map {
+                try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none])
+            }, &config.denseNorm, shown: \.rawValue)
+        apply(
+            "--conv-norm",
+            try convNorm.map {
+                try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none])
+            }, &config.convNorm, shown: \.rawValue)
         apply("--[no-]k-row-shortcut", kRowShortcut, &options.kRowShortcut)
         apply("--dropout", dropout, &config.dropout)
         apply("--fixed-context", fixedContext ? true : nil, &config.fixedContext)
         apply("--batch-size", batchSize, &options.batchSize)
         apply("--lr", lr, &options.optimizer.learningRate)
-        apply("--optimizer", optimizer.flatMap(OptimizerKind.init(rawValue:)), &options.optimizer.kind, shown: \.rawValue)
+        apply(
+            "--optimizer", optimizer.flatMap(OptimizerKind.init(rawValue:)),
+            &options.optimizer.kind, shown: \.rawValue)
         apply("--momentum", momentum, &options.optimizer.momentum)
         apply("--weight-decay", weightDecay, &options.optimizer.weightDecay)
         apply("--lr-gamma", lrGamma, &options.optimizer.gamma)
-        apply("--lr-milestones", try lrMilestones.map(parseMilestones), &options.optimizer.milestones)
+        apply(
+            "--lr-milestones", try lrMilestones.map(parseMilestones), &options.optimizer.milestones)
         apply("--loss", try loss.map(LossChoice.init(parsing:)), &options.loss, shown: \.name)
         apply("--seed", seed, &options.seed)
         apply("--crop-padding", cropPadding, &options.augmentation.cropPadding)
         apply("--flip", flip ? true : nil, &options.augmentation.horizontalFlip)
         if !conflicts.isEmpty {
-            throw SigPropError.configuration("--resume: these flags differ from the checkpoint, which fixes them: \(conflicts.joined(separator: "; ")). Drop them to continue the run as it was, or start a new run without --resume.")
+            throw SigPropError.configuration(
+                "--resume: these flags differ from the checkpoint, which fixes them: \(conflicts.joined(separator: "; ")). Drop them to continue the run as it was, or start a new run without --resume."
+            )
         }
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
@@ -190,7 +266,9 @@ struct Train: ParsableCommand {
 
     func parseNorm(_ text: String, flag: String, allowed: [NormKind]) throws -> NormKind {
         guard let norm = NormKind(rawValue: text), allowed.contains(norm) else {
-            throw SigPropError.configuration("\(flag) \(text) is not allowed. Valid values: \(allowed.map(\.rawValue).joined(separator: ", "))")
+            throw SigPropError.configuration(
+                "\(flag) \(text) is not allowed. Valid values: \(allowed.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         return norm
     }
@@ -198,7 +276,8 @@ struct Train: ParsableCommand {
     func parseMilestones(_ text: String) throws -> [Int] {
         try text.split(separator: ",").map { item in
             guard let epoch = Int(item.trimmingCharacters(in: .whitespaces)), epoch >= 1 else {
-                throw SigPropError.configuration("--lr-milestones \(text): each milestone must be an epoch number >= 1")
+                throw SigPropError.configuration(
+                    "--lr-milestones \(text): each milestone must be an epoch number >= 1")
             }
             return epoch
         }
@@ -210,11 +289,15 @@ struct Train: ParsableCommand {
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         var (config, options) = try resolve(
-            base: checkpoint.map { (try $0.model, try $0.options) } ?? (ModelConfig(), TrainingOptions()),
+            base: checkpoint.map { (try $0.model, try $0.options) } ?? (
+                ModelConfig(), TrainingOptions()
+            ),
             fromCheckpoint: checkpoint != nil)
         let epochsDone = try checkpoint?.epochs ?? 0
         if epochsDone >= options.epochs {
-            throw SigPropError.configuration("--resume: the checkpoint has already trained \(epochsDone) epochs; pass --epochs N with N > \(epochsDone) to train more")
+            throw SigPropError.configuration(
+                "--resume: the checkpoint has already trained \(epochsDone) epochs; pass --epochs N with N > \(epochsDone) to train more"
+            )
         }
 
         let directory = URL(fileURLWithPath: dataDir)
@@ -231,81 +314,125 @@ struct Train: ParsableCommand {
         }
 
         let (devices, warnings) = try selection.makeDevices()
-        warnings.forEach { printError("warning: \($0)") }
+        for warning in warnings { printError("warning: \(warning)") }
         if devices.count == 1 {
             emit("backend: \(devices[0].description)")
         } else {
-            emit("backend: \(devices.count) devices\n" + devices.enumerated().map { "  device \($0.offset): \($0.element.description)" }.joined(separator: "\n"))
+            emit(
+                "backend: \(devices.count) devices\n"
+                    + devices.enumerated().map {
+                        "  device \($0.offset): \($0.element.description)"
+                    }.joined(separator: "\n"))
         }
-        emit(String(format: "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
-                    dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height, trainSet.width, trainSet.classes,
-                    Date().timeIntervalSince(loadStart)))
+        emit(
+            String(
+                format:
+                    "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
+                dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height,
+                trainSet.width, trainSet.classes,
+                Date().timeIntervalSince(loadStart)))
 
-        let network = try Network(config: config, devices: devices, optimizer: options.optimizer, seed: options.seed)
+        let network = try Network(
+            config: config, devices: devices, optimizer: options.optimizer, seed: options.seed)
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
-                "device \(index): " + (0..<network.stageCount).filter { network.stageDevices[$0] === device }.map(network.stageName).joined(separator: ", ")
+                "device \(index): "
+                    + (0..<network.stageCount).filter { network.stageDevices[$0] === device }.map(
+                        network.stageName
+                    ).joined(separator: ", ")
             }
             emit("placement (balanced by multiply-adds): " + groups.joined(separator: "; "))
         }
         if let checkpoint {
             try checkpoint.restore(into: network)
             let batches = try checkpoint.batchesDone
-            emit("resumed: \(resume!) after epoch \(epochsDone)" + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
+            emit(
+                "resumed: \(resume!) after epoch \(epochsDone)"
+                    + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
         }
-        let trainer = try Trainer(network: network, options: options, train: trainSet, test: testSet,
-                                  schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
+        let trainer = try Trainer(
+            network: network, options: options, train: trainSet, test: testSet,
+            schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
-        if traceURL != nil { trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName)) }
-        emit("model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)\(devices.allSatisfy(\.fusesWeightUpdates) ? " (fused into the weight products)" : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""); schedule \(trainer.schedule.kind.rawValue)" + (trainer.schedule.kind == .pipelined ? " (\(trainer.depth) batches in flight)" : ""))
+        if traceURL != nil {
+            trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
+        }
+        emit(
+            "model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)\(devices.allSatisfy(\.fusesWeightUpdates) ? " (fused into the weight products)" : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""); schedule \(trainer.schedule.kind.rawValue)"
+                + (trainer.schedule.kind == .pipelined
+                    ? " (\(trainer.depth) batches in flight)" : ""))
 
-        let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent("last.safetensors")
+        let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
+            "last.safetensors")
         let terminal = isatty(STDOUT_FILENO) != 0
         var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()
-            let outcome = try trainer.runEpoch(epoch, startBatch: startBatch, shouldStop: { interrupt.isSet }) { progress in
-                let line = String(format: "epoch %d/%d  batch %d/%d  %.0f samples/s  losses %@  ETA %.0f s",
-                                  progress.epoch + 1, options.epochs, progress.batch, progress.batches, progress.samplesPerSecond,
-                                  progress.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " "), progress.secondsLeft)
-                if terminal {
-                    print("\r\u{1B}[K" + line, terminator: "")
-                    fflush(nil)  // all streams: stdout is not concurrency-safe to name in Swift 6
-                } else if Date().timeIntervalSince(lastPlainReport) > 10 {
-                    lastPlainReport = Date()
-                    emit(line)
-                }
-            }
+            let outcome = try trainer.runEpoch(
+                epoch, startBatch: startBatch, shouldStop: { interrupt.isSet },
+                progress: { progress in
+                    let line = String(
+                        format: "epoch %d/%d  batch %d/%d  %.0f samples/s  losses %@  ETA %.0f s",
+                        progress.epoch + 1, options.epochs, progress.batch, progress.batches,
+                        progress.samplesPerSecond,
+                        progress.blockLosses.map { String(format: "%.3f", $0) }.joined(
+                            separator: " "),
+                        progress.secondsLeft)
+                    if terminal {
+                        print("\r\u{1B}[K" + line, terminator: "")
+                        // All streams: stdout is not concurrency-safe to name in Swift 6.
+                        fflush(nil)
+                    } else if Date().timeIntervalSince(lastPlainReport) > 10 {
+                        lastPlainReport = Date()
+                        emit(line)
+                    }
+                })
             startBatch = 0
             if terminal { print("\r\u{1B}[K", terminator: "") }
             guard case .completed(let result) = outcome else {
                 if case .interrupted(let batchesDone) = outcome {
-                    try Checkpoint(network: network, options: options, epochs: epoch, batchesDone: batchesDone).write(to: checkpointURL)
-                    emit("interrupted after batch \(batchesDone) of epoch \(epoch + 1); checkpoint: \(checkpointURL.path). Continue with --resume \(checkpointURL.path)")
+                    try Checkpoint(
+                        network: network, options: options, epochs: epoch, batchesDone: batchesDone
+                    ).write(to: checkpointURL)
+                    emit(
+                        "interrupted after batch \(batchesDone) of epoch \(epoch + 1); checkpoint: \(checkpointURL.path). Continue with --resume \(checkpointURL.path)"
+                    )
                 }
                 throw ExitCode(130)
             }
             report(result, options: options)
             if let path = metrics { try appendMetrics(result, to: path) }
-            try Checkpoint(network: network, options: options, epochs: epoch + 1).write(to: checkpointURL)
+            try Checkpoint(network: network, options: options, epochs: epoch + 1).write(
+                to: checkpointURL)
             if let traceURL, let trace = trainer.trace { try trace.write(to: traceURL) }
         }
         emit("checkpoint: \(checkpointURL.path)")
         if let traceURL, let trace = trainer.trace {
-            emit(String(format: "trace: %@ (%d stage spans, %d kernels); two or more blocks were busy at once %.0f%% of the busy time",
-                        traceURL.path, trace.spans.count, trace.kernels.count, 100 * trace.overlapShare)
-                 + (trace.untimed > 0 ? " (\(trace.untimed) spans left out: the driver gave no timestamps for them)" : ""))
+            emit(
+                String(
+                    format:
+                        "trace: %@ (%d stage spans, %d kernels); two or more blocks were busy at once %.0f%% of the busy time",
+                    traceURL.path, trace.spans.count, trace.kernels.count, 100 * trace.overlapShare)
+                    + (trace.untimed > 0
+                        ? " (\(trace.untimed) spans left out: the driver gave no timestamps for them)"
+                        : ""))
         }
     }
 
     func report(_ result: EpochMetrics, options: TrainingOptions) {
         let losses = result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " ")
-        emit(String(format: "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
-                    result.epoch, options.epochs, result.seconds, result.samplesPerSecond, losses, result.outputLoss,
-                    100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+        emit(
+            String(
+                format:
+                    "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
+                result.epoch, options.epochs, result.seconds, result.samplesPerSecond, losses,
+                result.outputLoss,
+                100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
         let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
             .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
-        emit("  other readouts: " + others.joined(separator: ", ") + "; adaptive uses block \(result.adaptiveBlock)")
+        emit(
+            "  other readouts: " + others.joined(separator: ", ")
+                + "; adaptive uses block \(result.adaptiveBlock)")
     }
 
     func appendMetrics(_ metrics: EpochMetrics, to path: String) throws {
@@ -315,7 +442,9 @@ struct Train: ParsableCommand {
         line.append(UInt8(ascii: "\n"))
         if !FileManager.default.fileExists(atPath: path) {
             guard FileManager.default.createFile(atPath: path, contents: nil) else {
-                throw SigPropError.configuration("--metrics \(path): cannot create the file; check the folder exists and is writable")
+                throw SigPropError.configuration(
+                    "--metrics \(path): cannot create the file; check the folder exists and is writable"
+                )
             }
         }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
@@ -344,7 +473,10 @@ final class InterruptFlag: @unchecked Sendable {
                 return flag.set
             }
             if again { exit(130) }
-            FileHandle.standardError.write(Data("\ninterrupt: finishing the current batch, then writing a checkpoint (Ctrl-C again to quit now)\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "\ninterrupt: finishing the current batch, then writing a checkpoint (Ctrl-C again to quit now)\n"
+                        .utf8))
         }
         source.resume()
         flag.source = source
@@ -359,5 +491,8 @@ func emit(_ line: String) {
 }
 
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data("error: \(message)\n".replacingOccurrences(of: "error: warning: ", with: "warning: ").utf8))
+    FileHandle.standardError.write(
+        Data(
+            "error: \(message)\n".replacingOccurrences(of: "error: warning: ", with: "warning: ")
+                .utf8))
 }

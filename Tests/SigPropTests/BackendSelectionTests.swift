@@ -1,26 +1,38 @@
 import Testing
+
 @testable import SigProp
 
 @Suite struct BackendSelectionTests {
-    static func entry(_ name: String, _ kind: OpenCLDeviceInfo.Kind, index: Int) -> OpenCLDeviceEntry {
-        OpenCLDeviceEntry(info: OpenCLDeviceInfo(
-            platformIndex: 0, deviceIndex: index, platformName: "Test", name: name, vendor: "v", version: "OpenCL 1.2", driverVersion: "1",
-            kind: kind, computeUnits: 1, globalMemoryBytes: 1 << 30, localMemoryBytes: 1 << 15, maxAllocationBytes: 1 << 28,
-            maxWorkGroupSize: 256, extensions: []), id: nil)
+    static func entry(_ name: String, _ kind: OpenCLDeviceInfo.Kind, index: Int)
+        -> OpenCLDeviceEntry
+    {
+        OpenCLDeviceEntry(
+            info: OpenCLDeviceInfo(
+                platformIndex: 0, deviceIndex: index, platformName: "Test", name: name, vendor: "v",
+                version: "OpenCL 1.2", driverVersion: "1",
+                kind: kind, computeUnits: 1, globalMemoryBytes: 1 << 30, localMemoryBytes: 1 << 15,
+                maxAllocationBytes: 1 << 28,
+                maxWorkGroupSize: 256, extensions: []), id: nil)
     }
 
-    static let entries = [entry("pthread-skylake", .cpu, index: 0), entry("NVIDIA H100", .gpu, index: 1), entry("NVIDIA A100", .gpu, index: 2)]
+    static let entries = [
+        entry("pthread-skylake", .cpu, index: 0), entry("NVIDIA H100", .gpu, index: 1),
+        entry("NVIDIA A100", .gpu, index: 2),
+    ]
 
     @Test func defaultsToAuto() throws {
         #expect(try BackendSelection(environment: [:]).choice == .auto)
-        #expect(try BackendSelection(environment: ["SIGPROP_BACKEND": " OpenCL "]).choice == .opencl)
+        #expect(
+            try BackendSelection(environment: ["SIGPROP_BACKEND": " OpenCL "]).choice == .opencl)
         #expect(try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu"]).choice == .cpu)
     }
 
     @Test func unknownBackendListsValidValues() {
         #expect {
             _ = try BackendSelection(environment: ["SIGPROP_BACKEND": "cuda"])
-        } throws: { "\($0)".contains("SIGPROP_BACKEND=cuda") && "\($0)".contains("auto, opencl, cpu") }
+        } throws: {
+            "\($0)".contains("SIGPROP_BACKEND=cuda") && "\($0)".contains("auto, opencl, cpu")
+        }
     }
 
     @Test func deviceWithCPUBackendIsRejected() {
@@ -32,7 +44,9 @@ import Testing
     @Test func selectsByIndexOrNameSubstring() throws {
         #expect(try BackendSelection.select("1", from: Self.entries).info.name == "NVIDIA H100")
         #expect(try BackendSelection.select("h100", from: Self.entries).info.name == "NVIDIA H100")
-        #expect(try BackendSelection.select("SKYLAKE", from: Self.entries).info.name == "pthread-skylake")
+        #expect(
+            try BackendSelection.select("SKYLAKE", from: Self.entries).info.name
+                == "pthread-skylake")
     }
 
     @Test func badSelectorsListTheDevicesFound() {
@@ -41,7 +55,8 @@ import Testing
                 _ = try BackendSelection.select(selector, from: Self.entries)
             } throws: { error in
                 let text = "\(error)"
-                return text.contains("SIGPROP_DEVICE=\(selector)") && text.contains("1: NVIDIA H100") && text.contains("2: NVIDIA A100")
+                return text.contains("SIGPROP_DEVICE=\(selector)")
+                    && text.contains("1: NVIDIA H100") && text.contains("2: NVIDIA A100")
             }
         }
     }
@@ -50,36 +65,58 @@ import Testing
         let selection = try BackendSelection(environment: [:])
         let (devices, warnings) = try selection.makeDevices(discover: { [Self.entries[0]] })
         // No warning but OpenBLAS's advice, where this machine gets one.
-        #expect(devices.map(\.kind) == [.cpu] && warnings == (OpenBLASKernels.current().advice.map { [$0] } ?? []))
-        let (fallback, fallbackWarnings) = try selection.makeDevices(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") })
+        #expect(
+            devices.map(\.kind) == [.cpu]
+                && warnings == (OpenBLASKernels.current().advice.map { [$0] } ?? []))
+        let (fallback, fallbackWarnings) = try selection.makeDevices(discover: {
+            throw OpenCLError(code: -1001, call: "clGetPlatformIDs")
+        })
         #expect(fallback.map(\.kind) == [.cpu])
         #expect(fallbackWarnings.first?.contains("CL_PLATFORM_NOT_FOUND_KHR") == true)
     }
 
     @Test func fusedUpdateVariableSetsEveryDevice() throws {
         #expect(try BackendSelection(environment: [:]).fusedUpdate == nil)
-        #expect(try BackendSelection(environment: ["SIGPROP_FUSED_UPDATE": "auto"]).fusedUpdate == nil)
+        #expect(
+            try BackendSelection(environment: ["SIGPROP_FUSED_UPDATE": "auto"]).fusedUpdate == nil)
         for (value, fused) in [("on", true), (" OFF ", false)] {
-            let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": "2", "SIGPROP_FUSED_UPDATE": value])
+            let selection = try BackendSelection(environment: [
+                "SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": "2", "SIGPROP_FUSED_UPDATE": value,
+            ])
             let devices = try selection.makeDevices().devices
-            #expect(devices.count == 2 && devices.allSatisfy { $0.fusesWeightUpdates == fused }, "\(value)")
+            #expect(
+                devices.count == 2 && devices.allSatisfy { $0.fusesWeightUpdates == fused },
+                "\(value)")
         }
         // auto leaves each device its capability (the CPU's: unfused).
-        #expect(try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu"]).makeDevices().devices.allSatisfy { !$0.fusesWeightUpdates })
+        #expect(
+            try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu"]).makeDevices().devices
+                .allSatisfy { !$0.fusesWeightUpdates })
         #expect {
             _ = try BackendSelection(environment: ["SIGPROP_FUSED_UPDATE": "yes"])
-        } throws: { "\($0)".contains("SIGPROP_FUSED_UPDATE=yes") && "\($0)".contains("auto (default: the device's), on, off") }
+        } throws: {
+            "\($0)".contains("SIGPROP_FUSED_UPDATE=yes")
+                && "\($0)".contains("auto (default: the device's), on, off")
+        }
     }
 
     @Test func openclWithoutDevicesIsAnError() throws {
         let selection = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl"])
-        #expect { _ = try selection.makeDevices(discover: { [] }) } throws: { "\($0)".contains("pocl-opencl-icd") }
-        #expect(throws: OpenCLError.self) { _ = try selection.makeDevices(discover: { throw OpenCLError(code: -1001, call: "clGetPlatformIDs") }) }
+        #expect { _ = try selection.makeDevices(discover: { [] }) } throws: {
+            "\($0)".contains("pocl-opencl-icd")
+        }
+        #expect(throws: OpenCLError.self) {
+            _ = try selection.makeDevices(discover: {
+                throw OpenCLError(code: -1001, call: "clGetPlatformIDs")
+            })
+        }
     }
 
     @Test(.enabled(if: !TestBackend.openCLEntries.isEmpty))
     func openclSelectsARealDevice() throws {
-        let (devices, _) = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0"]).makeDevices()
+        let (devices, _) = try BackendSelection(environment: [
+            "SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0",
+        ]).makeDevices()
         #expect(devices.count == 1 && devices[0].kind == .opencl)
         #expect(devices[0].name.contains(TestBackend.openCLEntries[0].info.name))
     }
@@ -88,7 +125,9 @@ import Testing
 /// OpenBLAS's kernel choice (`OpenBLASKernels`): replaced only by kernels with wider vectors
 /// that the CPU's flags allow, never when the user chose.
 @Suite struct OpenBLASKernelsTests {
-    static let avx512 = Set(["sse3", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"])
+    static let avx512 = Set([
+        "sse3", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
+    ])
     static let avx2 = Set(["sse3", "avx", "avx2", "fma"])
 
     @Test func fasterKernelsFollowTheCPUsWidestVectors() {
@@ -96,13 +135,17 @@ import Testing
         #expect(OpenBLASKernels.fasterCore(than: "Haswell", cpuFlags: Self.avx512) == "SkylakeX")
         #expect(OpenBLASKernels.fasterCore(than: "ZEN", cpuFlags: Self.avx512) == "SkylakeX")
         #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: Self.avx2) == "Haswell")
-        #expect(OpenBLASKernels.fasterCore(than: "Nehalem", cpuFlags: ["sse3", "avx"]) == "Sandybridge")
+        #expect(
+            OpenBLASKernels.fasterCore(than: "Nehalem", cpuFlags: ["sse3", "avx"]) == "Sandybridge")
         // Already the widest, or wider than the flags: left alone.
         #expect(OpenBLASKernels.fasterCore(than: "Haswell", cpuFlags: Self.avx2) == nil)
         #expect(OpenBLASKernels.fasterCore(than: "Cooperlake", cpuFlags: Self.avx512) == nil)
         #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: ["sse3"]) == nil)
         // AVX-512 without BW/DQ/VL (Knights Landing) cannot run the SkylakeX kernels.
-        #expect(OpenBLASKernels.fasterCore(than: "Sandybridge", cpuFlags: Self.avx2.union(["avx512f", "avx512cd"])) == "Haswell")
+        #expect(
+            OpenBLASKernels.fasterCore(
+                than: "Sandybridge", cpuFlags: Self.avx2.union(["avx512f", "avx512cd"]))
+                == "Haswell")
         // Cores this table does not know (other architectures), or no flags read: left alone.
         #expect(OpenBLASKernels.fasterCore(than: "NEOVERSEN1", cpuFlags: Self.avx512) == nil)
         #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: []) == nil)

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import Testing
+
 @testable import SigProp
 
 /// The CPU backend's parallel loop: every part runs exactly once and `run` returns only after
@@ -22,10 +23,16 @@ import Testing
         for parts in 1...17 {
             for count in 0...40 {
                 let ranges = (0..<parts).map { CPUKernels.share($0, of: parts, count) }
-                #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == count, "\(count) in \(parts)")
-                #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, "\(count) in \(parts)")
+                #expect(
+                    ranges.first?.lowerBound == 0 && ranges.last?.upperBound == count,
+                    "\(count) in \(parts)")
+                #expect(
+                    zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound },
+                    "\(count) in \(parts)")
                 let sizes = ranges.map(\.count)
-                #expect(sizes.max()! - sizes.min()! <= 1 && (count < parts || sizes.min()! >= 1), "\(count) in \(parts): \(sizes)")
+                #expect(
+                    sizes.max()! - sizes.min()! <= 1 && (count < parts || sizes.min()! >= 1),
+                    "\(count) in \(parts): \(sizes)")
             }
         }
     }
@@ -59,7 +66,8 @@ import Testing
 
     @Test func concurrentAndNestedCallers() {
         let workers = CPUWorkers(helpers: 1)
-        let callers = 4, parts = 5
+        let callers = 4
+        let parts = 5
         let tallies = (0..<callers).map { _ in Tally(parts * parts) }
         // Several threads post at once (all but one find the helpers busy and run alone); each
         // part posts a nested job (which runs on the part's thread).
@@ -67,7 +75,9 @@ import Testing
             for _ in 0..<20 {
                 let tally = tallies[caller]
                 workers.run(parts: parts, threads: 4) { outer in
-                    workers.run(parts: parts, threads: 4) { inner in tally.hit(outer * parts + inner) }
+                    workers.run(parts: parts, threads: 4) { inner in
+                        tally.hit(outer * parts + inner)
+                    }
                 }
             }
         }

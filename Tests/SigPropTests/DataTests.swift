@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 // MARK: - Helpers
@@ -14,17 +15,20 @@ private func withTemporaryFolder<T>(_ body: (URL) throws -> T) throws -> T {
 }
 
 func bigEndian(_ value: UInt32) -> [UInt8] {
-    [UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff), UInt8(value & 0xff)]
+    [
+        UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff),
+        UInt8(value & 0xff),
+    ]
 }
 
 func idxImages(_ pixels: [UInt8], count: Int, rows: Int, columns: Int) -> [UInt8] {
-    bigEndian(0x803) + bigEndian(UInt32(count)) + bigEndian(UInt32(rows)) + bigEndian(UInt32(columns)) + pixels
+    bigEndian(0x803) + bigEndian(UInt32(count)) + bigEndian(UInt32(rows))
+        + bigEndian(UInt32(columns)) + pixels
 }
 
 func idxLabels(_ labels: [UInt8]) -> [UInt8] {
     bigEndian(0x801) + bigEndian(UInt32(labels.count)) + labels
 }
-
 
 private func write(_ bytes: [UInt8], _ folder: URL, _ name: String) throws {
     try Data(bytes).write(to: folder.appendingPathComponent(name))
@@ -33,20 +37,27 @@ private func write(_ bytes: [UInt8], _ folder: URL, _ name: String) throws {
 /// Runs `body`, expects a `SigPropError.dataset`, and checks that its message contains each
 /// of `parts`. Returns the message for further checks.
 @discardableResult
-private func expectDatasetError(_ parts: [String], sourceLocation: SourceLocation = #_sourceLocation,
-                                _ body: () throws -> Void) -> String {
+private func expectDatasetError(
+    _ parts: [String], sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Void
+) -> String {
     do {
         try body()
-        Issue.record("expected a data set error containing \(parts), got none", sourceLocation: sourceLocation)
+        Issue.record(
+            "expected a data set error containing \(parts), got none",
+            sourceLocation: sourceLocation)
         return ""
     } catch let error as SigPropError {
         let message = error.description
         guard case .dataset = error else {
-            Issue.record("expected a data set error, got: \(message)", sourceLocation: sourceLocation)
+            Issue.record(
+                "expected a data set error, got: \(message)", sourceLocation: sourceLocation)
             return message
         }
         for part in parts where !message.contains(part) {
-            Issue.record("the message does not contain \"\(part)\": \(message)", sourceLocation: sourceLocation)
+            Issue.record(
+                "the message does not contain \"\(part)\": \(message)",
+                sourceLocation: sourceLocation)
         }
         return message
     } catch {
@@ -65,8 +76,12 @@ private struct TinyIDX {
 
     func write(to folder: URL, prefix: String = "train", gzipped: Bool = false) throws {
         let suffix = gzipped ? ".gz" : ""
-        try SigPropTests.write(gzipped ? try Gzip.compress(imagesFile) : imagesFile, folder, "\(prefix)-images-idx3-ubyte\(suffix)")
-        try SigPropTests.write(gzipped ? try Gzip.compress(labelsFile) : labelsFile, folder, "\(prefix)-labels-idx1-ubyte\(suffix)")
+        try SigPropTests.write(
+            gzipped ? try Gzip.compress(imagesFile) : imagesFile, folder,
+            "\(prefix)-images-idx3-ubyte\(suffix)")
+        try SigPropTests.write(
+            gzipped ? try Gzip.compress(labelsFile) : labelsFile, folder,
+            "\(prefix)-labels-idx1-ubyte\(suffix)")
     }
 }
 
@@ -77,9 +92,13 @@ private struct TinyIDX {
         let first = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 / 7) }
         let second = Array("second member".utf8)
         #expect(try Gzip.decompress(try Gzip.compress(first), path: "a.gz") == first)
-        #expect(try Gzip.decompress(try Gzip.compress(first) + (try Gzip.compress(second)), path: "a.gz") == first + second)
+        #expect(
+            try Gzip.decompress(
+                try Gzip.compress(first) + (try Gzip.compress(second)), path: "a.gz") == first
+                + second)
         // Zero padding after the last member is ignored, as gzip(1) does.
-        #expect(try Gzip.decompress(try Gzip.compress(second) + [0, 0, 0, 0], path: "a.gz") == second)
+        #expect(
+            try Gzip.decompress(try Gzip.compress(second) + [0, 0, 0, 0], path: "a.gz") == second)
         #expect(try Gzip.decompress(try Gzip.compress([]), path: "a.gz") == [])
     }
 
@@ -89,16 +108,26 @@ private struct TinyIDX {
 
         var damaged = packed
         for i in 20..<60 { damaged[i] ^= 0x5a }
-        expectDatasetError(["data set x.gz", "gzip data is corrupt (zlib: ", fix]) { _ = try Gzip.decompress(damaged, path: "x.gz") }
+        expectDatasetError(["data set x.gz", "gzip data is corrupt (zlib: ", fix]) {
+            _ = try Gzip.decompress(damaged, path: "x.gz")
+        }
 
         let truncated = Array(packed.prefix(packed.count / 2))
-        expectDatasetError(["x.gz", "gzip data is corrupt (zlib: ", "truncated", fix]) { _ = try Gzip.decompress(truncated, path: "x.gz") }
-        expectDatasetError(["x.gz", "truncated"]) { _ = try Gzip.decompress([0x1f, 0x8b], path: "x.gz") }
-        expectDatasetError(["x.gz", "not another gzip member"]) { _ = try Gzip.decompress(packed + [1, 2, 3], path: "x.gz") }
+        expectDatasetError(["x.gz", "gzip data is corrupt (zlib: ", "truncated", fix]) {
+            _ = try Gzip.decompress(truncated, path: "x.gz")
+        }
+        expectDatasetError(["x.gz", "truncated"]) {
+            _ = try Gzip.decompress([0x1f, 0x8b], path: "x.gz")
+        }
+        expectDatasetError(["x.gz", "not another gzip member"]) {
+            _ = try Gzip.decompress(packed + [1, 2, 3], path: "x.gz")
+        }
         // A damaged trailer (CRC) is caught too.
         var badTrailer = packed
         badTrailer[badTrailer.count - 6] ^= 0xff
-        expectDatasetError(["x.gz", "gzip data is corrupt"]) { _ = try Gzip.decompress(badTrailer, path: "x.gz") }
+        expectDatasetError(["x.gz", "gzip data is corrupt"]) {
+            _ = try Gzip.decompress(badTrailer, path: "x.gz")
+        }
     }
 
     // MARK: - IDX
@@ -115,7 +144,9 @@ private struct TinyIDX {
             #expect(train.classes == 10)
             #expect(train.format == .idx)
             #expect(train.labels == tiny.labels.map { Int32($0) })
-            expectClose(train.images, tiny.pixels.map { Float($0) / 255 }, absolute: 0, relative: 0, "pixels")
+            expectClose(
+                train.images, tiny.pixels.map { Float($0) / 255 }, absolute: 0, relative: 0,
+                "pixels")
             #expect(try Dataset.load(directory: folder, split: .test).count == 2)
             #expect(Dataset.detectFormat(directory: folder) == .idx)
         }
@@ -139,36 +170,54 @@ private struct TinyIDX {
             // The labels file where the images belong.
             try write(tiny.labelsFile, folder, "train-images-idx3-ubyte")
             try write(tiny.labelsFile, folder, "train-labels-idx1-ubyte")
-            expectDatasetError(["train-images-idx3-ubyte", "magic number is 0x00000801", "IDX labels",
-                                "expected 0x00000803", "MNIST-format IDX"]) {
+            expectDatasetError([
+                "train-images-idx3-ubyte", "magic number is 0x00000801", "IDX labels",
+                "expected 0x00000803", "MNIST-format IDX",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .train)
             }
             try write(Array("<!DOCTYPE html><html>".utf8), folder, "train-images-idx3-ubyte")
-            expectDatasetError(["HTML page"]) { _ = try Dataset.load(directory: folder, split: .train) }
+            expectDatasetError(["HTML page"]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
         }
     }
 
     @Test func idxTruncatedOrOverlongFilesAreReported() throws {
         let tiny = TinyIDX(count: 4)
         let file = tiny.imagesFile
-        expectDatasetError(["img", "truncated", "\(16 + 48) bytes", "has \(file.count - 5) bytes"]) {
+        expectDatasetError(["img", "truncated", "\(16 + 48) bytes", "has \(file.count - 5) bytes"])
+        {
             _ = try IDX.readImages(Array(file.dropLast(5)), path: "img")
         }
-        expectDatasetError(["img", "truncated", "10 bytes", "header alone needs 16"]) { _ = try IDX.readImages(Array(file.prefix(10)), path: "img") }
+        expectDatasetError(["img", "truncated", "10 bytes", "header alone needs 16"]) {
+            _ = try IDX.readImages(Array(file.prefix(10)), path: "img")
+        }
         expectDatasetError(["img", "too short"]) { _ = try IDX.readImages([0, 0], path: "img") }
-        expectDatasetError(["img", "3 bytes more"]) { _ = try IDX.readImages(file + [1, 2, 3], path: "img") }
-        expectDatasetError(["lab", "truncated"]) { _ = try IDX.readLabels(Array(tiny.labelsFile.dropLast()), path: "lab", classes: 10) }
+        expectDatasetError(["img", "3 bytes more"]) {
+            _ = try IDX.readImages(file + [1, 2, 3], path: "img")
+        }
+        expectDatasetError(["lab", "truncated"]) {
+            _ = try IDX.readLabels(Array(tiny.labelsFile.dropLast()), path: "lab", classes: 10)
+        }
         // Sizes whose product overflows must be caught before any allocation or read.
         let huge = bigEndian(0x803) + bigEndian(.max) + bigEndian(.max) + bigEndian(.max)
-        expectDatasetError(["img", "more than can be addressed"]) { _ = try IDX.readImages(huge, path: "img") }
-        expectDatasetError(["img", "0×4"]) { _ = try IDX.readImages(idxImages([], count: 1, rows: 0, columns: 4), path: "img") }
+        expectDatasetError(["img", "more than can be addressed"]) {
+            _ = try IDX.readImages(huge, path: "img")
+        }
+        expectDatasetError(["img", "0×4"]) {
+            _ = try IDX.readImages(idxImages([], count: 1, rows: 0, columns: 4), path: "img")
+        }
     }
 
     @Test func idxCountMismatchAndBadLabelsAreReported() throws {
         try withTemporaryFolder { folder in
             try write(TinyIDX(count: 4).imagesFile, folder, "train-images-idx3-ubyte")
             try write(idxLabels([1, 2, 3]), folder, "train-labels-idx1-ubyte")
-            expectDatasetError(["train-images-idx3-ubyte", "4 images", "train-labels-idx1-ubyte has 3 labels", "same split"]) {
+            expectDatasetError([
+                "train-images-idx3-ubyte", "4 images", "train-labels-idx1-ubyte has 3 labels",
+                "same split",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .train)
             }
             try write(idxLabels([1, 2, 12, 3]), folder, "train-labels-idx1-ubyte")
@@ -180,7 +229,8 @@ private struct TinyIDX {
 
     /// Random damage to a valid file must give an error or a data set, never a crash.
     @Test func idxReaderSurvivesRandomDamage() throws {
-        let images = TinyIDX(count: 3).imagesFile, labels = TinyIDX(count: 3).labelsFile
+        let images = TinyIDX(count: 3).imagesFile
+        let labels = TinyIDX(count: 3).labelsFile
         let packed = try Gzip.compress(images)
         var generator = SeededGenerator(seed: 7)
         for _ in 0..<2000 {
@@ -188,13 +238,20 @@ private struct TinyIDX {
                 var bytes = original
                 switch generator.next() % 3 {
                 case 0: bytes = Array(bytes.prefix(Int(generator.next() % UInt64(bytes.count + 1))))
-                case 1: bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: generator.next())
-                default: bytes += (0..<Int(generator.next() % 8)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                case 1:
+                    bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(
+                        truncatingIfNeeded: generator.next())
+                default:
+                    bytes += (0..<Int(generator.next() % 8)).map { _ in
+                        UInt8(truncatingIfNeeded: generator.next())
+                    }
                 }
                 _ = try? IDX.readImages(bytes, path: "f")
                 _ = try? IDX.readLabels(bytes, path: "f", classes: 10)
-                var cifarImages: [Float] = [], cifarLabels: [Int32] = []
-                _ = try? CIFAR10.append(bytes, path: "f", images: &cifarImages, labels: &cifarLabels)
+                var cifarImages: [Float] = []
+                var cifarLabels: [Int32] = []
+                _ = try? CIFAR10.append(
+                    bytes, path: "f", images: &cifarImages, labels: &cifarLabels)
                 _ = try? Gzip.decompress(bytes, path: "f")
             }
         }
@@ -204,23 +261,32 @@ private struct TinyIDX {
 
     @Test func missingFolderOrFilesNameWhatWasLookedFor() throws {
         let absent = URL(fileURLWithPath: "/nonexistent/sigprop-data")
-        expectDatasetError(["/nonexistent/sigprop-data", "does not exist", "apt-get install dataset-fashion-mnist", "--data-dir"]) {
+        expectDatasetError([
+            "/nonexistent/sigprop-data", "does not exist", "apt-get install dataset-fashion-mnist",
+            "--data-dir",
+        ]) {
             _ = try Dataset.load(directory: absent, split: .train)
         }
         try withTemporaryFolder { folder in
-            let message = expectDatasetError([folder.path, "train-images-idx3-ubyte[.gz]", "train-labels-idx1-ubyte[.gz]",
-                                              "data_batch_1.bin", "cifar-10-batches-bin", "it is empty",
-                                              "apt-get install dataset-fashion-mnist", "--data-dir"]) {
+            let message = expectDatasetError([
+                folder.path, "train-images-idx3-ubyte[.gz]", "train-labels-idx1-ubyte[.gz]",
+                "data_batch_1.bin", "cifar-10-batches-bin", "it is empty",
+                "apt-get install dataset-fashion-mnist", "--data-dir",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .train)
             }
             #expect(message.hasPrefix("data set \(folder.path): "))
             #expect(Dataset.detectFormat(directory: folder) == nil)
 
             try write(TinyIDX(count: 2).imagesFile, folder, "train-images-idx3-ubyte.gz")
-            expectDatasetError(["not train-labels-idx1-ubyte[.gz]", "--data-dir"]) { _ = try Dataset.load(directory: folder, split: .train) }
+            expectDatasetError(["not train-labels-idx1-ubyte[.gz]", "--data-dir"]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
             // The train files are not the test split.
             try write(TinyIDX(count: 2).labelsFile, folder, "train-labels-idx1-ubyte")
-            expectDatasetError(["t10k-images-idx3-ubyte[.gz]", "test_batch.bin", "it holds train-images"]) {
+            expectDatasetError([
+                "t10k-images-idx3-ubyte[.gz]", "test_batch.bin", "it holds train-images",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .test)
             }
         }
@@ -231,7 +297,8 @@ private struct TinyIDX {
     /// `count` records whose label is `(first + i) % 10` and whose pixels encode the record.
     private func cifarRecords(_ count: Int, first: Int) -> [UInt8] {
         (0..<count).flatMap { i -> [UInt8] in
-            [UInt8((first + i) % 10)] + (0..<3072).map { UInt8(truncatingIfNeeded: $0 &+ 13 &* (first + i)) }
+            [UInt8((first + i) % 10)]
+                + (0..<3072).map { UInt8(truncatingIfNeeded: $0 &+ 13 &* (first + i)) }
         }
     }
 
@@ -239,7 +306,10 @@ private struct TinyIDX {
         try withTemporaryFolder { root in
             let folder = inSubfolder ? root.appendingPathComponent("cifar-10-batches-bin") : root
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-            for batch in 1...5 { try write(cifarRecords(2, first: 2 * (batch - 1)), folder, "data_batch_\(batch).bin") }
+            for batch in 1...5 {
+                try write(
+                    cifarRecords(2, first: 2 * (batch - 1)), folder, "data_batch_\(batch).bin")
+            }
             try write(cifarRecords(3, first: 100), folder, "test_batch.bin")
 
             let train = try Dataset.load(directory: root, split: .train)
@@ -248,8 +318,9 @@ private struct TinyIDX {
             #expect(train.format == .cifar10)
             #expect(train.labels == (0..<10).map { Int32($0) })
             let seventh = Array(train.images[(7 * 3072)..<(8 * 3072)])
-            expectClose(seventh, (0..<3072).map { Float(UInt8(truncatingIfNeeded: $0 &+ 13 &* 7)) / 255 },
-                        absolute: 0, relative: 0, "image 7")
+            expectClose(
+                seventh, (0..<3072).map { Float(UInt8(truncatingIfNeeded: $0 &+ 13 &* 7)) / 255 },
+                absolute: 0, relative: 0, "image 7")
 
             let test = try Dataset.load(directory: root, split: .test)
             #expect(test.count == 3)
@@ -261,18 +332,30 @@ private struct TinyIDX {
     @Test func cifarErrorsNameTheFile() throws {
         try withTemporaryFolder { folder in
             try write(cifarRecords(1, first: 0) + [9], folder, "test_batch.bin")
-            expectDatasetError(["test_batch.bin", "3074 bytes", "not a multiple of the 3073-byte CIFAR-10 record", "binary version"]) {
+            expectDatasetError([
+                "test_batch.bin", "3074 bytes", "not a multiple of the 3073-byte CIFAR-10 record",
+                "binary version",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .test)
             }
             var badLabel = cifarRecords(2, first: 0)
             badLabel[3073] = 10
             try write(badLabel, folder, "test_batch.bin")
-            expectDatasetError(["test_batch.bin", "label 10 of record 1", "10 classes"]) { _ = try Dataset.load(directory: folder, split: .test) }
+            expectDatasetError(["test_batch.bin", "label 10 of record 1", "10 classes"]) {
+                _ = try Dataset.load(directory: folder, split: .test)
+            }
             try write([], folder, "test_batch.bin")
-            expectDatasetError(["test_batch.bin", "empty"]) { _ = try Dataset.load(directory: folder, split: .test) }
+            expectDatasetError(["test_batch.bin", "empty"]) {
+                _ = try Dataset.load(directory: folder, split: .test)
+            }
 
-            for batch in [1, 2, 4] { try write(cifarRecords(1, first: 0), folder, "data_batch_\(batch).bin") }
-            expectDatasetError([folder.path, "missing: data_batch_3.bin, data_batch_5.bin", "cifar-10-binary.tar.gz"]) {
+            for batch in [1, 2, 4] {
+                try write(cifarRecords(1, first: 0), folder, "data_batch_\(batch).bin")
+            }
+            expectDatasetError([
+                folder.path, "missing: data_batch_3.bin, data_batch_5.bin",
+                "cifar-10-binary.tar.gz",
+            ]) {
                 _ = try Dataset.load(directory: folder, split: .train)
             }
         }
@@ -281,14 +364,27 @@ private struct TinyIDX {
     // MARK: - Normalisation
 
     @Test func normalizationIsPickedByFolderOrFormat() throws {
-        let gray = try Dataset(images: [0, 0.5, 1, 0.5], labels: [0], channels: 1, height: 2, width: 2, classes: 10, format: .idx)
-        let color = try Dataset(images: (0..<12).map { Float($0) / 12 }, labels: [3], channels: 3, height: 2, width: 2,
-                                classes: 10, format: .cifar10)
-        #expect(Normalization.standard(for: URL(fileURLWithPath: Dataset.defaultDirectory), dataset: gray) == .fashionMNIST)
-        #expect(Normalization.standard(for: URL(fileURLWithPath: "/data/MNIST"), dataset: gray) == .mnist)
-        #expect(Normalization.standard(for: URL(fileURLWithPath: "/data/anything"), dataset: color) == .cifar10)
-        #expect(Normalization.standard(for: URL(fileURLWithPath: "/data/kmnist"), dataset: gray) == .compute(from: gray))
-        let computed = Normalization.standard(for: URL(fileURLWithPath: "/data/digits"), dataset: gray)
+        let gray = try Dataset(
+            images: [0, 0.5, 1, 0.5], labels: [0], channels: 1, height: 2, width: 2, classes: 10,
+            format: .idx)
+        let color = try Dataset(
+            images: (0..<12).map { Float($0) / 12 }, labels: [3], channels: 3, height: 2, width: 2,
+            classes: 10, format: .cifar10)
+        #expect(
+            Normalization.standard(
+                for: URL(fileURLWithPath: Dataset.defaultDirectory), dataset: gray) == .fashionMNIST
+        )
+        #expect(
+            Normalization.standard(for: URL(fileURLWithPath: "/data/MNIST"), dataset: gray)
+                == .mnist)
+        #expect(
+            Normalization.standard(for: URL(fileURLWithPath: "/data/anything"), dataset: color)
+                == .cifar10)
+        #expect(
+            Normalization.standard(for: URL(fileURLWithPath: "/data/kmnist"), dataset: gray)
+                == .compute(from: gray))
+        let computed = Normalization.standard(
+            for: URL(fileURLWithPath: "/data/digits"), dataset: gray)
         expectClose(computed.mean, [0.5], "mean")
         expectClose(computed.std, [Float(0.125).squareRoot()], "std")
         #expect(Normalization.cifar10.mean == [0.4914, 0.4822, 0.4465])
@@ -300,9 +396,12 @@ private struct TinyIDX {
         // Channel c holds values around 0.2 + 0.3c with its own spread.
         let images = (0..<(20 * 3 * 16)).map { i -> Float in
             let c = (i / 16) % 3
-            return 0.2 + 0.3 * Float(c) + Float(c + 1) * 0.05 * Float.random(in: -1...1, using: &generator)
+            return 0.2 + 0.3 * Float(c) + Float(c + 1) * 0.05
+                * Float.random(in: -1...1, using: &generator)
         }
-        let dataset = try Dataset(images: images, labels: Array(repeating: 1, count: 20), channels: 3, height: 4, width: 4, classes: 2)
+        let dataset = try Dataset(
+            images: images, labels: Array(repeating: 1, count: 20), channels: 3, height: 4,
+            width: 4, classes: 2)
         let normalization = Normalization.compute(from: dataset)
         let normalized = Normalization.compute(from: try normalization.apply(to: dataset))
         expectClose(normalized.mean, [0, 0, 0], absolute: 1e-5, "mean after apply")
@@ -310,20 +409,35 @@ private struct TinyIDX {
         #expect(try normalization.apply(to: dataset).labels == dataset.labels)
 
         // A checkpoint's values for another channel count are refused.
-        #expect(throws: SigPropError.self) { try Normalization.cifar10.apply(to: try Dataset(images: [0], labels: [0], channels: 1, height: 1, width: 1, classes: 1)) }
+        #expect(throws: SigPropError.self) {
+            try Normalization.cifar10.apply(
+                to: try Dataset(
+                    images: [0], labels: [0], channels: 1, height: 1, width: 1, classes: 1))
+        }
         // A constant channel gets std 1 rather than a division by zero.
-        let flat = try Dataset(images: [0.5, 0.5], labels: [0, 0], channels: 1, height: 1, width: 1, classes: 1)
+        let flat = try Dataset(
+            images: [0.5, 0.5], labels: [0, 0], channels: 1, height: 1, width: 1, classes: 1)
         #expect(Normalization.compute(from: flat) == Normalization(mean: [0.5], std: [1]))
         // Round-trips through JSON (checkpoints carry it).
-        let decoded = try JSONDecoder().decode(Normalization.self, from: try JSONEncoder().encode(Normalization.cifar10))
+        let decoded = try JSONDecoder().decode(
+            Normalization.self, from: try JSONEncoder().encode(Normalization.cifar10))
         #expect(decoded == .cifar10)
     }
 
     @Test func datasetInitChecksShapes() throws {
-        #expect(throws: SigPropError.self) { try Dataset(images: [0, 0, 0], labels: [0], channels: 1, height: 2, width: 2, classes: 10) }
-        #expect(throws: SigPropError.self) { try Dataset(images: [0], labels: [10], channels: 1, height: 1, width: 1, classes: 10) }
-        #expect(throws: SigPropError.self) { try Dataset(images: [], labels: [], channels: 0, height: 1, width: 1, classes: 10) }
-        let dataset = try Dataset(images: (0..<8).map(Float.init), labels: [0, 1, 2, 3], channels: 1, height: 1, width: 2, classes: 4)
+        #expect(throws: SigPropError.self) {
+            try Dataset(
+                images: [0, 0, 0], labels: [0], channels: 1, height: 2, width: 2, classes: 10)
+        }
+        #expect(throws: SigPropError.self) {
+            try Dataset(images: [0], labels: [10], channels: 1, height: 1, width: 1, classes: 10)
+        }
+        #expect(throws: SigPropError.self) {
+            try Dataset(images: [], labels: [], channels: 0, height: 1, width: 1, classes: 10)
+        }
+        let dataset = try Dataset(
+            images: (0..<8).map(Float.init), labels: [0, 1, 2, 3], channels: 1, height: 1, width: 2,
+            classes: 4)
         let batch = dataset.batch([2, 0])
         #expect(batch.images == [4, 5, 0, 1])
         #expect(batch.labels == [2, 0])
@@ -344,12 +458,16 @@ private struct TinyIDX {
         #expect(seen.allSatisfy { (0..<103).contains($0) })
         #expect(Set(order.permutation(epoch: 0)) == Set(0..<103))
 
-        #expect(try BatchOrder(count: 103, batchSize: 10, seed: 42).batches(epoch: 0) == epoch0, "same seed, same order")
+        #expect(
+            try BatchOrder(count: 103, batchSize: 10, seed: 42).batches(epoch: 0) == epoch0,
+            "same seed, same order")
         #expect(order.batches(epoch: 1) != epoch0, "a new epoch reshuffles")
         #expect(try BatchOrder(count: 103, batchSize: 10, seed: 43).batches(epoch: 0) != epoch0)
         #expect(seen != Array(0..<100), "not shuffled")
         // Pinned, so a change of the shuffle (which would change every training run) is noticed.
-        #expect(try BatchOrder(count: 10, batchSize: 4, seed: 1).batches(epoch: 0) == BatchOrderPin.seed1Epoch0)
+        #expect(
+            try BatchOrder(count: 10, batchSize: 4, seed: 1).batches(epoch: 0)
+                == BatchOrderPin.seed1Epoch0)
 
         #expect(throws: SigPropError.self) { try BatchOrder(count: 10, batchSize: 0, seed: 1) }
         #expect(throws: SigPropError.self) { try BatchOrder(count: 10, batchSize: 11, seed: 1) }
@@ -365,23 +483,30 @@ private struct TinyIDX {
         var flipped = original
         var generator = SeededGenerator(seed: 5)
         let flip = Augmentation(horizontalFlip: true)
-        flip.apply(images: &flipped, channels: channels, height: height, width: width, using: &generator)
+        flip.apply(
+            images: &flipped, channels: channels, height: height, width: width, using: &generator)
         #expect(flipped.count == original.count)
         #expect(flipped != original, "with 4 images and p = 1/2 the seed used flips at least one")
         generator = SeededGenerator(seed: 5)
-        flip.apply(images: &flipped, channels: channels, height: height, width: width, using: &generator)
+        flip.apply(
+            images: &flipped, channels: channels, height: height, width: width, using: &generator)
         #expect(flipped == original)
 
         var row: [Float] = [1, 2, 3, 4, 5, 6]
-        row.withUnsafeMutableBufferPointer { Augmentation.flipHorizontally($0, channels: 1, height: 1, width: 6) }
+        row.withUnsafeMutableBufferPointer {
+            Augmentation.flipHorizontally($0, channels: 1, height: 1, width: 6)
+        }
         #expect(row == [6, 5, 4, 3, 2, 1])
 
         var cropped = original
         Augmentation(randomCropPadding: 2, horizontalFlip: true)
-            .apply(images: &cropped, channels: channels, height: height, width: width, using: &generator)
+            .apply(
+                images: &cropped, channels: channels, height: height, width: width,
+                using: &generator)
         #expect(cropped.count == original.count)
         var untouched = original
-        Augmentation.none.apply(images: &untouched, channels: channels, height: height, width: width, using: &generator)
+        Augmentation.none.apply(
+            images: &untouched, channels: channels, height: height, width: width, using: &generator)
         #expect(untouched == original)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+
 @testable import SigProp
 
 /// The device protocol's own guarantees, on every backend: streams, events, checks.
@@ -13,20 +14,36 @@ import Testing
     @Test(arguments: TestBackend.available)
     func threadsSharingAStreamKeepTheirScratch(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let shapes = [ConvShape(batch: 3, inChannels: 4, height: 9, width: 7, outChannels: 5, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
-                      ConvShape(batch: 2, inChannels: 2, height: 5, width: 6, outChannels: 3, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)]
-        struct Case: Sendable { let input: Tensor, weight: Tensor, output: Tensor, gradient: Tensor, weightGradient: Tensor }
+        let shapes = [
+            ConvShape(
+                batch: 3, inChannels: 4, height: 9, width: 7, outChannels: 5, kernelHeight: 3,
+                kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(
+                batch: 2, inChannels: 2, height: 5, width: 6, outChannels: 3, kernelHeight: 3,
+                kernelWidth: 3, stride: 1, padding: 1),
+        ]
+        struct Case: Sendable {
+            let input: Tensor, weight: Tensor, output: Tensor, gradient: Tensor,
+                weightGradient: Tensor
+        }
         func makeCase(_ s: ConvShape, seed: UInt64) throws -> Case {
-            Case(input: try device.tensor(random(s.batch * s.inChannels * s.height * s.width, seed: seed), shape: [s.batch, s.inChannels, s.height, s.width]),
-                 weight: try device.tensor(random(s.outChannels * s.inChannels * 9, seed: seed + 1), shape: [s.outChannels, s.inChannels, 3, 3]),
-                 output: try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth]),
-                 gradient: try device.tensor(random(s.batch * s.outChannels * s.outHeight * s.outWidth, seed: seed + 2),
-                                             shape: [s.batch, s.outChannels, s.outHeight, s.outWidth]),
-                 weightGradient: try device.zeros([s.outChannels, s.inChannels, 3, 3]))
+            Case(
+                input: try device.tensor(
+                    random(s.batch * s.inChannels * s.height * s.width, seed: seed),
+                    shape: [s.batch, s.inChannels, s.height, s.width]),
+                weight: try device.tensor(
+                    random(s.outChannels * s.inChannels * 9, seed: seed + 1),
+                    shape: [s.outChannels, s.inChannels, 3, 3]),
+                output: try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth]),
+                gradient: try device.tensor(
+                    random(s.batch * s.outChannels * s.outHeight * s.outWidth, seed: seed + 2),
+                    shape: [s.batch, s.outChannels, s.outHeight, s.outWidth]),
+                weightGradient: try device.zeros([s.outChannels, s.inChannels, 3, 3]))
         }
         let run: @Sendable (Case) throws -> [[Float]] = { c in
             try device.conv2d(c.input, weight: c.weight, into: c.output, padding: 1)
-            try device.conv2dWeightGradient(c.input, outputGradient: c.gradient, into: c.weightGradient, padding: 1)
+            try device.conv2dWeightGradient(
+                c.input, outputGradient: c.gradient, into: c.weightGradient, padding: 1)
             return [try device.read(c.output), try device.read(c.weightGradient)]
         }
         let cases = try (0..<4).map { try makeCase(shapes[$0 % 2], seed: UInt64(10 * $0)) }
@@ -43,7 +60,8 @@ import Testing
     @Test(arguments: TestBackend.available)
     func eventsOrderWorkAcrossStreams(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let producer = try device.makeStream(), consumer = try device.makeStream()
+        let producer = try device.makeStream()
+        let consumer = try device.makeStream()
         let count = 1 << 16
         let a = try device.zeros([count], on: producer)
         let b = try device.zeros([count], on: consumer)
@@ -73,29 +91,39 @@ import Testing
     func mixingDevicesIsAnErrorNotACrash(_ backend: TestBackend) throws {
         let device = try backend.device()
         let other = try Device.cpu()
-        let mine = try device.zeros([2, 2]), theirs = try other.zeros([2, 2])
+        let mine = try device.zeros([2, 2])
+        let theirs = try other.zeros([2, 2])
         #expect {
             try device.gemm(mine, theirs, into: mine)
         } throws: { error in
-            guard case .deviceMismatch(let operation, _, _)? = error as? SigPropError else { return false }
+            guard case .deviceMismatch(let operation, _, _)? = error as? SigPropError else {
+                return false
+            }
             return operation == "gemm" && "\(error)".contains("Device.transfer")
         }
-        #expect(throws: SigPropError.self) { try device.fill(mine, with: 1, on: try other.makeStream()) }
+        #expect(throws: SigPropError.self) {
+            try device.fill(mine, with: 1, on: try other.makeStream())
+        }
     }
 
     @Test(arguments: TestBackend.available)
     func shapeMismatchesNameBothShapes(_ backend: TestBackend) throws {
         let device = try backend.device()
         #expect {
-            try device.gemm(try device.zeros([2, 3]), try device.zeros([4, 5]), into: try device.zeros([2, 5]))
+            try device.gemm(
+                try device.zeros([2, 3]), try device.zeros([4, 5]), into: try device.zeros([2, 5]))
         } throws: { "\($0)".contains("[2, 3]") && "\($0)".contains("[4, 5]") }
         #expect(throws: SigPropError.self) { _ = try device.tensor([1, 2, 3], shape: [2, 2]) }
         #expect(throws: SigPropError.self) {
-            try device.conv2d(try device.zeros([1, 2, 2, 2]), weight: try device.zeros([1, 2, 5, 5]), into: try device.zeros([1, 1, 1, 1]))
+            try device.conv2d(
+                try device.zeros([1, 2, 2, 2]), weight: try device.zeros([1, 2, 5, 5]),
+                into: try device.zeros([1, 1, 1, 1]))
         }
         #expect(throws: SigPropError.self) {
-            try device.localLossRows(.topK(0), y: try device.zeros([2, 2]), yy: try device.zeros([2, 2]), mask: try device.zeros([2, 2]),
-                                     dY: try device.zeros([2, 2]), rowLosses: try device.zeros([2]))
+            try device.localLossRows(
+                .topK(0), y: try device.zeros([2, 2]), yy: try device.zeros([2, 2]),
+                mask: try device.zeros([2, 2]),
+                dY: try device.zeros([2, 2]), rowLosses: try device.zeros([2]))
         }
     }
 
@@ -105,7 +133,8 @@ import Testing
     func devicesAreReleased(_ backend: TestBackend) throws {
         weak var released: Device?
         try {
-            let device = backend == .cpu ? try Device.cpu() : try Device.opencl(TestBackend.openCLEntries[0])
+            let device =
+                backend == .cpu ? try Device.cpu() : try Device.opencl(TestBackend.openCLEntries[0])
             let stream = try device.makeStream()
             let tensor = try device.zeros([4], on: stream)
             try device.fill(tensor, with: 1, on: device.defaultStream)

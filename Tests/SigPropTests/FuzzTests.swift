@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The data set readers under libFuzzer (Fuzz/run), and the gzip output limit that keeps a
@@ -15,8 +16,11 @@ import Testing
     /// SIGPROP_REQUIRE_FUZZ is set, which turns that into a failure.
     @Test(.timeLimit(.minutes(10))) func dataReadersSurviveFuzzing() throws {
         let script = Self.packageRoot.appendingPathComponent("Fuzz/run")
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-fuzz-\(UUID().uuidString).log")
-        try #require(FileManager.default.createFile(atPath: log.path, contents: nil), "cannot create \(log.path)")
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sigprop-fuzz-\(UUID().uuidString).log")
+        try #require(
+            FileManager.default.createFile(atPath: log.path, contents: nil),
+            "cannot create \(log.path)")
         defer { try? FileManager.default.removeItem(at: log) }
         let output = try FileHandle(forWritingTo: log)
 
@@ -36,22 +40,28 @@ import Testing
         let status = process.terminationStatus
 
         if process.terminationReason == .exit && status == 77 {
-            let reason = lines.last(where: { $0.contains("cannot fuzz") }).map(String.init) ?? "Fuzz/run cannot fuzz here"
-            let required = !(ProcessInfo.processInfo.environment["SIGPROP_REQUIRE_FUZZ"] ?? "").isEmpty
+            let reason =
+                lines.last(where: { $0.contains("cannot fuzz") }).map(String.init)
+                ?? "Fuzz/run cannot fuzz here"
+            let required = !(ProcessInfo.processInfo.environment["SIGPROP_REQUIRE_FUZZ"] ?? "")
+                .isEmpty
             if required {
                 Issue.record("SIGPROP_REQUIRE_FUZZ is set but the fuzzer cannot run: \(reason)")
                 return
             }
             print("FuzzTests: skipped: \(reason) (set SIGPROP_REQUIRE_FUZZ to make this a failure)")
             #if compiler(>=6.3)
-            try Test.cancel("skipped: \(reason)")
+                try Test.cancel("skipped: \(reason)")
             #else
-            return
+                return
             #endif
         }
-        #expect(process.terminationReason == .exit && status == 0,
-                "Fuzz/run 20 exited with status \(status); the last lines of its output:\n\(tail)")
-        if let summary = lines.last(where: { $0.hasPrefix("Fuzz/run: OK") }) { print("FuzzTests: \(summary)") }
+        #expect(
+            process.terminationReason == .exit && status == 0,
+            "Fuzz/run 20 exited with status \(status); the last lines of its output:\n\(tail)")
+        if let summary = lines.last(where: { $0.hasPrefix("Fuzz/run: OK") }) {
+            print("FuzzTests: \(summary)")
+        }
     }
 
     /// Output over the limit is refused with the file and the limit named; output of exactly
@@ -61,7 +71,9 @@ import Testing
         let packed = try Gzip.compress(data)
         #expect(try Gzip.decompress(packed, path: "bomb.gz", limit: data.count) == data)
         #expect(try DataFile.decode(packed, path: "bomb.gz") == data)
-        for (input, limit) in [(packed, data.count - 1), (packed + packed, data.count + 10), (packed, 0)] {
+        for (input, limit) in [
+            (packed, data.count - 1), (packed + packed, data.count + 10), (packed, 0),
+        ] {
             do {
                 _ = try Gzip.decompress(input, path: "bomb.gz", limit: limit)
                 Issue.record("\(input.count) bytes of gzip passed a limit of \(limit)")
@@ -72,7 +84,7 @@ import Testing
                 }
             }
         }
-        #expect(Gzip.outputLimit >= 600_000_000, "the limit must admit the largest MNIST-format sets")
+        #expect(
+            Gzip.outputLimit >= 600_000_000, "the limit must admit the largest MNIST-format sets")
     }
 }
-

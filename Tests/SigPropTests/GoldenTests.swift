@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The local loss against vectors computed by the authors' PyTorch library (Fixtures/ holds
@@ -14,14 +15,21 @@ import Testing
     func localLossMatchesTheReference(_ backend: TestBackend, _ name: String) throws {
         let golden = try GoldenCase(contentsOf: try fixture(name))
         let report = try GoldenCheck.run(golden, on: try backend.device())
-        #expect(report.comparisons.map(\.output) == ["loss", "y", "yy", "mask", "dloss_dh1", "dloss_dt1"])
+        #expect(
+            report.comparisons.map(\.output) == [
+                "loss", "y", "yy", "mask", "dloss_dh1", "dloss_dt1",
+            ])
         for comparison in report.comparisons {
-            #expect(comparison.passed, "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)")
+            #expect(
+                comparison.passed,
+                "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)"
+            )
         }
     }
 
     static let blockCases = [
-        "linear_B8_Din16_Dout12", "linear_B32_Din784_Dout64", "linear_layernorm_B16_Din24_Dout32", "linear_adam3_B8_Din16_Dout12",
+        "linear_B8_Din16_Dout12", "linear_B32_Din784_Dout64", "linear_layernorm_B16_Din24_Dout32",
+        "linear_adam3_B8_Din16_Dout12",
         "conv_B4_Cin3_Cout8_H8_W8", "conv_B8_Cin4_Cout6_H6_W5", "signal_B16_Din20_Dout12_K5",
     ]
 
@@ -34,7 +42,10 @@ import Testing
         // Every reference output is compared (none left out by accident).
         #expect(Set(report.comparisons.map(\.output)) == Set(golden.outputs.keys))
         for comparison in report.comparisons {
-            #expect(comparison.passed, "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)")
+            #expect(
+                comparison.passed,
+                "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)"
+            )
         }
     }
 
@@ -43,36 +54,47 @@ import Testing
         let y = try golden.output("y")
         var outputs = golden.outputs
         outputs["y"] = GoldenTensor(shape: y.shape, values: y.values.map { $0 + 1e-3 })
-        golden = GoldenCase(name: golden.name, kind: golden.kind, inputs: golden.inputs, outputs: outputs)
+        golden = GoldenCase(
+            name: golden.name, kind: golden.kind, inputs: golden.inputs, outputs: outputs)
         let report = try GoldenCheck.run(golden, on: try TestBackend.cpu.device())
         #expect(!report.passed)
         #expect(report.comparisons.first { $0.output == "y" }?.passed == false)
     }
 
     @Test func unusableFilesAreNamed() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-golden-\(UUID())")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sigprop-golden-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let notJSON = directory.appendingPathComponent("bad.json")
         try Data("not json".utf8).write(to: notJSON)
-        #expect(throws: SigPropError.badGoldenFile(path: notJSON.path, reason: "is not a JSON object")) {
+        #expect(
+            throws: SigPropError.badGoldenFile(path: notJSON.path, reason: "is not a JSON object")
+        ) {
             _ = try GoldenCase(contentsOf: notJSON)
         }
         let missing = directory.appendingPathComponent("missing.json")
-        #expect { _ = try GoldenCase(contentsOf: missing) } throws: { "\($0)".contains("missing.json") && "\($0)".contains("cannot be read") }
+        #expect { _ = try GoldenCase(contentsOf: missing) } throws: {
+            "\($0)".contains("missing.json") && "\($0)".contains("cannot be read")
+        }
     }
 }
 
 /// Whole-network training behaviour that the reference defines.
 @Suite struct NetworkTests {
-    static func smallNetwork(_ device: Device, kind: ModelConfig.Kind, norm: NormKind? = nil) throws -> Network {
+    static func smallNetwork(_ device: Device, kind: ModelConfig.Kind, norm: NormKind? = nil) throws
+        -> Network
+    {
         var config = ModelConfig()
         config.kind = kind
         config.inputShape = kind == .mlp ? [1, 6, 6] : [1, 8, 8]
         config.classes = 4
         config.hiddenLayers = 3
         config.width = 16
-        if let norm { config.denseNorm = norm; config.convNorm = norm }
+        if let norm {
+            config.denseNorm = norm
+            config.convNorm = norm
+        }
         // SGD: the update is linear in the gradient, so rounding differences stay rounding-sized
         // (Adam's first steps are ±lr wherever a gradient entry is a cancellation residue).
         var optimizer = OptimizerSettings()
@@ -88,7 +110,9 @@ import Testing
     /// SIGPROP.md: with per-sample norms the target stream may run on K rows; the results are
     /// those of the B-row computation up to float rounding.
     @Test(arguments: TestBackend.available, [ModelConfig.Kind.mlp, .cnn])
-    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: ModelConfig.Kind) throws {
+    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: ModelConfig.Kind)
+        throws
+    {
         let device = try backend.device()
         let batch = 12
         let images = random(batch * (kind == .mlp ? 36 : 64), seed: 50)
@@ -99,20 +123,26 @@ import Testing
             let network = try Self.smallNetwork(device, kind: kind)
             var stepLosses: [Float] = []
             for _ in 0..<3 {
-                let result = try network.trainBatch(images: images, labels: labels, loss: LocalLoss(), learningRate: 0.01, kRowShortcut: shortcut)
+                let result = try network.trainBatch(
+                    images: images, labels: labels, loss: LocalLoss(), learningRate: 0.01,
+                    kRowShortcut: shortcut)
                 stepLosses += try result.rowLosses.map { try device.read($0).reduce(0, +) }
             }
             results.append(try Self.weights(network))
             losses.append(stepLosses)
         }
         expectClose(losses[1], losses[0], absolute: 1e-4, relative: 1e-4, "\(kind) losses")
-        expectClose(results[1], results[0], absolute: 1e-5, relative: 1e-3, "\(kind) weights after 3 steps")
-        #expect(results[0] != (try Self.weights(Self.smallNetwork(device, kind: kind))), "training changed nothing")
+        expectClose(
+            results[1], results[0], absolute: 1e-5, relative: 1e-3, "\(kind) weights after 3 steps")
+        #expect(
+            results[0] != (try Self.weights(Self.smallNetwork(device, kind: kind))),
+            "training changed nothing")
     }
 
     @Test func batchNormTurnsTheShortcutOff() throws {
         let device = try TestBackend.cpu.device()
-        #expect(try Self.smallNetwork(device, kind: .mlp, norm: .batch).kRowShortcutIsExact == false)
+        #expect(
+            try Self.smallNetwork(device, kind: .mlp, norm: .batch).kRowShortcutIsExact == false)
         #expect(try Self.smallNetwork(device, kind: .mlp).kRowShortcutIsExact)
     }
 }

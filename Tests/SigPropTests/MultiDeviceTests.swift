@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// A network over several devices: placement balanced by work, only the activations cross
@@ -12,24 +13,33 @@ import Testing
         #expect(Network.placement(costs: [5, 5], groups: 4) == [0, 1])
         #expect(Network.placement(costs: [5, 5, 5], groups: 1) == [0, 0, 0])
         // The default mlp on two devices: the signal block (784 + 10 inputs) with block 2, block 3 with the output layer.
-        #expect(Network.placement(costs: Network.stageCosts(ModelConfig()), groups: 2) == [0, 0, 1, 1])
+        #expect(
+            Network.placement(costs: Network.stageCosts(ModelConfig()), groups: 2) == [0, 0, 1, 1])
         var cnn = ModelConfig()
         cnn.kind = .cnn
         #expect(Network.placement(costs: Network.stageCosts(cnn), groups: 2) == [0, 0, 1, 1, 1])
     }
 
     static func splitCPU(_ parts: Int) throws -> [Device] {
-        try BackendSelection(environment: ["SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": String(parts)]).makeDevices().devices
+        try BackendSelection(environment: [
+            "SIGPROP_BACKEND": "cpu", "SIGPROP_SPLIT": String(parts),
+        ]).makeDevices().devices
     }
 
     static func splitOpenCL(_ parts: Int) throws -> [Device] {
-        try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_SPLIT": String(parts)]).makeDevices().devices
+        try BackendSelection(environment: [
+            "SIGPROP_BACKEND": "opencl", "SIGPROP_SPLIT": String(parts),
+        ]).makeDevices().devices
     }
 
     /// Two epochs of the same network on `devices` under `schedule`: weights and optimizer state.
-    static func trainedState(_ config: ModelConfig, devices: [Device], schedule: Schedule, options: TrainingOptions) throws -> [Float] {
-        let network = try Network(config: config, devices: devices, optimizer: options.optimizer, seed: 4)
-        return try ScheduleTests.trainedState(network, options: options, schedule: schedule, epochs: 2)
+    static func trainedState(
+        _ config: ModelConfig, devices: [Device], schedule: Schedule, options: TrainingOptions
+    ) throws -> [Float] {
+        let network = try Network(
+            config: config, devices: devices, optimizer: options.optimizer, seed: 4)
+        return try ScheduleTests.trainedState(
+            network, options: options, schedule: schedule, epochs: 2)
     }
 
     static var configs: [ModelConfig] {
@@ -56,43 +66,77 @@ import Testing
     @Test(arguments: configs)
     func splitCPUGivesTheSameNumbers(_ config: ModelConfig) throws {
         let devices = try Self.splitCPU(2)
-        #expect(devices.count == 2 && devices.allSatisfy { $0.capabilities.computeUnits == ProcessInfo.processInfo.activeProcessorCount / 2 })
-        let network = try Network(config: config, devices: devices, optimizer: Self.options.optimizer, seed: 4)
+        #expect(
+            devices.count == 2
+                && devices.allSatisfy {
+                    $0.capabilities.computeUnits == ProcessInfo.processInfo.activeProcessorCount / 2
+                })
+        let network = try Network(
+            config: config, devices: devices, optimizer: Self.options.optimizer, seed: 4)
         #expect(network.devices.count == 2, "both devices hold blocks")
-        for parameter in network.signal.optimizer.parameters { #expect(parameter.value.device === devices[0]) }
-        for parameter in network.output.optimizer.parameters { #expect(parameter.value.device === devices[1]) }
-        let one = try Self.trainedState(config, devices: [try Device.cpu()], schedule: Schedule(.sequential), options: Self.options)
+        for parameter in network.signal.optimizer.parameters {
+            #expect(parameter.value.device === devices[0])
+        }
+        for parameter in network.output.optimizer.parameters {
+            #expect(parameter.value.device === devices[1])
+        }
+        let one = try Self.trainedState(
+            config, devices: [try Device.cpu()], schedule: Schedule(.sequential),
+            options: Self.options)
         for kind in Schedule.Kind.allCases {
-            let split = try Self.trainedState(config, devices: devices, schedule: Schedule(kind), options: Self.options)
-            #expect(split == one, "\(kind) on two CPU devices differs from one device in \(zip(split, one).filter { $0 != $1 }.count) values")
+            let split = try Self.trainedState(
+                config, devices: devices, schedule: Schedule(kind), options: Self.options)
+            #expect(
+                split == one,
+                "\(kind) on two CPU devices differs from one device in \(zip(split, one).filter { $0 != $1 }.count) values"
+            )
         }
     }
 
     /// PoCL split by clCreateSubDevices into two one-unit devices: the same numbers as the
     /// whole device (on CPU devices the kernels and their parameters do not depend on the unit
     /// count). Needs a driver that splits devices (PoCL does; NVIDIA's does not).
-    @Test(.enabled(if: (TestBackend.openCLEntries.first?.info.maxSubDevices ?? 0) >= 2), arguments: configs)
+    @Test(
+        .enabled(if: (TestBackend.openCLEntries.first?.info.maxSubDevices ?? 0) >= 2),
+        arguments: configs)
     func openCLSubDevicesGiveTheSameNumbers(_ config: ModelConfig) throws {
         let devices = try Self.splitOpenCL(2)
         #expect(devices.count == 2 && devices.allSatisfy { $0.kind == .opencl })
         #expect(devices[0].name.contains("part 1 of 2"))
         let whole = try TestBackend.opencl.device()
-        let one = try Self.trainedState(config, devices: [whole], schedule: Schedule(.sequential), options: Self.options)
-        let split = try Self.trainedState(config, devices: devices, schedule: Schedule(.pipelined), options: Self.options)
-        #expect(split == one, "two sub-devices differ from the whole device in \(zip(split, one).filter { $0 != $1 }.count) values")
+        let one = try Self.trainedState(
+            config, devices: [whole], schedule: Schedule(.sequential), options: Self.options)
+        let split = try Self.trainedState(
+            config, devices: devices, schedule: Schedule(.pipelined), options: Self.options)
+        #expect(
+            split == one,
+            "two sub-devices differ from the whole device in \(zip(split, one).filter { $0 != $1 }.count) values"
+        )
     }
 
     @Test func splitAndDeviceListsAreChecked() throws {
-        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "0"]) } throws: { "\($0)".contains("SIGPROP_SPLIT=0") }
-        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "two"]) } throws: { "\($0)".contains("integer >= 1") }
-        #expect { _ = try BackendSelection(environment: ["SIGPROP_DEVICE": "0,,1"]) } throws: { "\($0)".contains("empty entry") }
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "0"]) } throws: {
+            "\($0)".contains("SIGPROP_SPLIT=0")
+        }
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_SPLIT": "two"]) } throws: {
+            "\($0)".contains("integer >= 1")
+        }
+        #expect { _ = try BackendSelection(environment: ["SIGPROP_DEVICE": "0,,1"]) } throws: {
+            "\($0)".contains("empty entry")
+        }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         #expect { _ = try Self.splitCPU(cores + 1) } throws: { "\($0)".contains("cannot divide") }
         if !TestBackend.openCLEntries.isEmpty {
-            let twice = try BackendSelection(environment: ["SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0,0"])
-            #expect { _ = try twice.makeDevices() } throws: { "\($0)".contains("names a device twice") }
+            let twice = try BackendSelection(environment: [
+                "SIGPROP_BACKEND": "opencl", "SIGPROP_DEVICE": "0,0",
+            ])
+            #expect { _ = try twice.makeDevices() } throws: {
+                "\($0)".contains("names a device twice")
+            }
             let units = TestBackend.openCLEntries[0].info.computeUnits
-            #expect { _ = try Self.splitOpenCL(units + 1) } throws: { "\($0)".contains("cannot split") }
+            #expect { _ = try Self.splitOpenCL(units + 1) } throws: {
+                "\($0)".contains("cannot split")
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The OpenCL layer itself, on every OpenCL device found (PoCL in CI).
@@ -14,7 +15,8 @@ struct OpenCLRuntimeTests {
             #expect(info.maxWorkGroupSize >= 1)
             #expect(info.globalMemoryBytes > 0)
             #expect(info.localMemoryBytes > 0)
-            #expect(info.maxAllocationBytes > 0 && info.maxAllocationBytes <= info.globalMemoryBytes)
+            #expect(
+                info.maxAllocationBytes > 0 && info.maxAllocationBytes <= info.globalMemoryBytes)
             #expect(info.version.hasPrefix("OpenCL"))
         }
     }
@@ -25,9 +27,12 @@ struct OpenCLRuntimeTests {
             #expect(tile >= 1 && tile * tile <= entry.info.maxWorkGroupSize)
         }
         // A device with small limits still resolves to a tile that fits.
-        let small = OpenCLDeviceInfo(platformIndex: 0, deviceIndex: 0, platformName: "p", name: "tiny", vendor: "v", version: "OpenCL 1.2",
-                                     driverVersion: "1", kind: .gpu, computeUnits: 1, globalMemoryBytes: 1 << 20, localMemoryBytes: 1024,
-                                     maxAllocationBytes: 1 << 18, maxWorkGroupSize: 64, extensions: [])
+        let small = OpenCLDeviceInfo(
+            platformIndex: 0, deviceIndex: 0, platformName: "p", name: "tiny", vendor: "v",
+            version: "OpenCL 1.2",
+            driverVersion: "1", kind: .gpu, computeUnits: 1, globalMemoryBytes: 1 << 20,
+            localMemoryBytes: 1024,
+            maxAllocationBytes: 1 << 18, maxWorkGroupSize: 64, extensions: [])
         let tile = KernelParameters.forDevice(small).gemmTile
         #expect(tile * tile <= 64 && 2 * tile * (tile + 1) * 4 <= 1024)
     }
@@ -47,7 +52,8 @@ struct OpenCLRuntimeTests {
         for count in [1, 7, 129, 1000] {
             let tensor = try device.zeros([count])
             try device.fill(tensor, with: 2.5)
-            #expect(try device.read(tensor) == [Float](repeating: 2.5, count: count), "count \(count)")
+            #expect(
+                try device.read(tensor) == [Float](repeating: 2.5, count: count), "count \(count)")
         }
     }
 
@@ -57,13 +63,17 @@ struct OpenCLRuntimeTests {
         #expect(OpenCLError.name(of: -1001) == "CL_PLATFORM_NOT_FOUND_KHR")
         #expect(OpenCLError.name(of: -9999) == "CL_UNKNOWN_ERROR(-9999)")
         let error = OpenCLError(code: -5, call: "clEnqueueNDRangeKernel", context: "kernel gemm")
-        #expect(error.description.contains("CL_OUT_OF_RESOURCES in clEnqueueNDRangeKernel (kernel gemm)"))
+        #expect(
+            error.description.contains(
+                "CL_OUT_OF_RESOURCES in clEnqueueNDRangeKernel (kernel gemm)"))
         #expect(error.description.contains("smaller --batch-size"))
     }
 
     @Test func unknownKernelNameIsReportedByName() throws {
         let backend = try OpenCLBackend(entry: TestBackend.openCLEntries[0])
-        let program = try backend.compile(name: "tiny", source: "__kernel void present(__global float* x) { x[0] = 1.0f; }", options: "")
+        let program = try backend.compile(
+            name: "tiny", source: "__kernel void present(__global float* x) { x[0] = 1.0f; }",
+            options: "")
         #expect {
             _ = try CLKernel(program: program, name: "absent")
         } throws: { error in
@@ -76,10 +86,14 @@ struct OpenCLRuntimeTests {
     @Test func buildFailureCarriesTheBuildLog() throws {
         let backend = try OpenCLBackend(entry: TestBackend.openCLEntries[0])
         #expect {
-            _ = try backend.compile(name: "broken", source: "__kernel void broken(__global float* x) { x[0] = undeclared_name; }", options: "-cl-std=CL1.2")
+            _ = try backend.compile(
+                name: "broken",
+                source: "__kernel void broken(__global float* x) { x[0] = undeclared_name; }",
+                options: "-cl-std=CL1.2")
         } throws: { error in
             guard let error = error as? OpenCLBuildError else { return false }
-            return error.program == "broken" && error.log.contains("undeclared_name") && error.description.contains("Build log")
+            return error.program == "broken" && error.log.contains("undeclared_name")
+                && error.description.contains("Build log")
         }
     }
 
@@ -88,7 +102,10 @@ struct OpenCLRuntimeTests {
         #expect(Set(reports.map(\.program)) == Set(KernelRegistry.programNames))
         #expect(KernelRegistry.programNames.contains("gemm"))
         #expect(!KernelRegistry.programNames.contains(KernelRegistry.commonName))
-        #expect(reports.allSatisfy { !$0.options.contains("fast-relaxed-math") && !$0.options.contains("finite-math") })
+        #expect(
+            reports.allSatisfy {
+                !$0.options.contains("fast-relaxed-math") && !$0.options.contains("finite-math")
+            })
     }
 
     @Test func oversizedAllocationSaysHowMuch() throws {
@@ -98,7 +115,9 @@ struct OpenCLRuntimeTests {
         #expect {
             _ = try device.zeros([count])
         } throws: { error in
-            guard case .outOfMemory(_, let requested, let limit, _)? = error as? SigPropError else { return false }
+            guard case .outOfMemory(_, let requested, let limit, _)? = error as? SigPropError else {
+                return false
+            }
             return requested == count * 4 && limit == info.maxAllocationBytes
                 && "\(error)".contains("--batch-size")
         }

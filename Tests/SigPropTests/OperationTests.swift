@@ -1,28 +1,38 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// Every operation, on every backend, against references that do not use the CPU fallback:
 /// plain loops in double, finite differences, and (OpenCLvs CPU) the shared self-check table.
 @Suite struct OperationTests {
-    static let gemmShapes: [(Int, Int, Int)] = [(1, 1, 1), (7, 7, 7), (129, 7, 13), (1, 129, 1000), (33, 17, 129)]
+    static let gemmShapes: [(Int, Int, Int)] = [
+        (1, 1, 1), (7, 7, 7), (129, 7, 13), (1, 129, 1000), (33, 17, 129),
+    ]
 
     @Test(arguments: TestBackend.available)
     func gemmMatchesPlainLoopsInEveryTranspose(_ backend: TestBackend) throws {
         let device = try backend.device()
         for (m, n, k) in Self.gemmShapes {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                let a = random(m * k, seed: 1), b = random(k * n, seed: 2), c0 = random(m * n, seed: 3), bias = random(n, seed: 4)
+                let a = random(m * k, seed: 1)
+                let b = random(k * n, seed: 2)
+                let c0 = random(m * n, seed: 3)
+                let bias = random(n, seed: 4)
                 let c = try device.tensor(c0, shape: [m, n])
-                try device.gemm(try device.tensor(a, shape: ta ? [k, m] : [m, k]), transposeA: ta,
-                                try device.tensor(b, shape: tb ? [n, k] : [k, n]), transposeB: tb,
-                                into: c, alpha: 0.5, beta: -2, bias: try device.tensor(bias, shape: [n]), activation: .leakyRelu)
+                try device.gemm(
+                    try device.tensor(a, shape: ta ? [k, m] : [m, k]), transposeA: ta,
+                    try device.tensor(b, shape: tb ? [n, k] : [k, n]), transposeB: tb,
+                    into: c, alpha: 0.5, beta: -2, bias: try device.tensor(bias, shape: [n]),
+                    activation: .leakyRelu)
                 let product = naiveProduct(a, b, m: m, n: n, k: k, transposeA: ta, transposeB: tb)
                 let expected = (0..<(m * n)).map { i -> Float in
                     let v = 0.5 * product[i] - 2 * c0[i] + bias[i % n]
                     return v > 0 ? v : 0.01 * v
                 }
-                expectClose(try device.read(c), expected, absolute: 1e-4, "gemm \(m)x\(n)x\(k) \(ta ? "T" : "N")\(tb ? "T" : "N")")
+                expectClose(
+                    try device.read(c), expected, absolute: 1e-4,
+                    "gemm \(m)x\(n)x\(k) \(ta ? "T" : "N")\(tb ? "T" : "N")")
             }
         }
     }
@@ -31,7 +41,9 @@ import Testing
     func gemmWithZeroBetaIgnoresNaNInTheOutput(_ backend: TestBackend) throws {
         let device = try backend.device()
         let c = try device.tensor([Float](repeating: .nan, count: 4), shape: [2, 2])
-        try device.gemm(try device.tensor([1, 0, 0, 1], shape: [2, 2]), try device.tensor([1, 2, 3, 4], shape: [2, 2]), into: c)
+        try device.gemm(
+            try device.tensor([1, 0, 0, 1], shape: [2, 2]),
+            try device.tensor([1, 2, 3, 4], shape: [2, 2]), into: c)
         #expect(try device.read(c) == [1, 2, 3, 4])
     }
 
@@ -39,16 +51,32 @@ import Testing
     func convolutionMatchesDirectLoops(_ backend: TestBackend) throws {
         let device = try backend.device()
         let shapes = [
-            ConvShape(batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 1, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
-            ConvShape(batch: 2, inChannels: 3, height: 7, width: 5, outChannels: 4, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
-            ConvShape(batch: 1, inChannels: 2, height: 9, width: 8, outChannels: 3, kernelHeight: 3, kernelWidth: 2, stride: 2, padding: 0),
+            ConvShape(
+                batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 1, kernelHeight: 1,
+                kernelWidth: 1, stride: 1, padding: 0),
+            ConvShape(
+                batch: 2, inChannels: 3, height: 7, width: 5, outChannels: 4, kernelHeight: 3,
+                kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(
+                batch: 1, inChannels: 2, height: 9, width: 8, outChannels: 3, kernelHeight: 3,
+                kernelWidth: 2, stride: 2, padding: 0),
             // At least a tile of output channels (8 rows on AVX-512, 6 on AVX2): conv_direct on
             // CPU drivers, with channels, positions and padded rows that fill no tile evenly.
-            ConvShape(batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 8, kernelHeight: 1, kernelWidth: 1, stride: 1, padding: 0),
-            ConvShape(batch: 3, inChannels: 2, height: 7, width: 29, outChannels: 9, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1),
-            ConvShape(batch: 2, inChannels: 5, height: 13, width: 6, outChannels: 17, kernelHeight: 5, kernelWidth: 5, stride: 1, padding: 2),
-            ConvShape(batch: 1, inChannels: 3, height: 4, width: 9, outChannels: 8, kernelHeight: 3, kernelWidth: 2, stride: 1, padding: 0),
-            ConvShape(batch: 2, inChannels: 4, height: 9, width: 9, outChannels: 13, kernelHeight: 3, kernelWidth: 3, stride: 2, padding: 1),
+            ConvShape(
+                batch: 1, inChannels: 1, height: 1, width: 1, outChannels: 8, kernelHeight: 1,
+                kernelWidth: 1, stride: 1, padding: 0),
+            ConvShape(
+                batch: 3, inChannels: 2, height: 7, width: 29, outChannels: 9, kernelHeight: 3,
+                kernelWidth: 3, stride: 1, padding: 1),
+            ConvShape(
+                batch: 2, inChannels: 5, height: 13, width: 6, outChannels: 17, kernelHeight: 5,
+                kernelWidth: 5, stride: 1, padding: 2),
+            ConvShape(
+                batch: 1, inChannels: 3, height: 4, width: 9, outChannels: 8, kernelHeight: 3,
+                kernelWidth: 2, stride: 1, padding: 0),
+            ConvShape(
+                batch: 2, inChannels: 4, height: 9, width: 9, outChannels: 13, kernelHeight: 3,
+                kernelWidth: 3, stride: 2, padding: 1),
         ]
         for (index, s) in shapes.enumerated() {
             let activation = Activation.allCases[index % Activation.allCases.count]
@@ -56,10 +84,13 @@ import Testing
             let w = random(s.outChannels * s.inChannels * s.kernelHeight * s.kernelWidth, seed: 6)
             let b = random(s.outChannels, seed: 7)
             let y = try device.zeros([s.batch, s.outChannels, s.outHeight, s.outWidth])
-            try device.conv2d(try device.tensor(x, shape: [s.batch, s.inChannels, s.height, s.width]),
-                              weight: try device.tensor(w, shape: [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth]),
-                              bias: try device.tensor(b, shape: [s.outChannels]), into: y, stride: s.stride, padding: s.padding,
-                              activation: activation)
+            try device.conv2d(
+                try device.tensor(x, shape: [s.batch, s.inChannels, s.height, s.width]),
+                weight: try device.tensor(
+                    w, shape: [s.outChannels, s.inChannels, s.kernelHeight, s.kernelWidth]),
+                bias: try device.tensor(b, shape: [s.outChannels]), into: y, stride: s.stride,
+                padding: s.padding,
+                activation: activation)
             var expected: [Float] = []
             for n in 0..<s.batch {
                 for o in 0..<s.outChannels {
@@ -69,10 +100,20 @@ import Testing
                             for c in 0..<s.inChannels {
                                 for ky in 0..<s.kernelHeight {
                                     for kx in 0..<s.kernelWidth {
-                                        let iy = oy * s.stride + ky - s.padding, ix = ox * s.stride + kx - s.padding
-                                        guard iy >= 0, iy < s.height, ix >= 0, ix < s.width else { continue }
-                                        sum += Double(w[((o * s.inChannels + c) * s.kernelHeight + ky) * s.kernelWidth + kx])
-                                            * Double(x[((n * s.inChannels + c) * s.height + iy) * s.width + ix])
+                                        let iy = oy * s.stride + ky - s.padding
+                                        let ix = ox * s.stride + kx - s.padding
+                                        guard iy >= 0, iy < s.height, ix >= 0, ix < s.width else {
+                                            continue
+                                        }
+                                        sum +=
+                                            Double(
+                                                w[
+                                                    ((o * s.inChannels + c) * s.kernelHeight + ky)
+                                                        * s.kernelWidth + kx])
+                                            * Double(
+                                                x[
+                                                    ((n * s.inChannels + c) * s.height + iy)
+                                                        * s.width + ix])
                                     }
                                 }
                             }
@@ -88,36 +129,52 @@ import Testing
     /// The weight and bias gradients are the derivatives of L = sum(G ⊙ conv(x; W, b)); with
     /// 5 output channels (im2col on every OpenCL device) and 9 (the direct kernels on CPU drivers).
     @Test(arguments: TestBackend.available, [5, 9])
-    func convolutionGradientsMatchFiniteDifferences(_ backend: TestBackend, outChannels: Int) throws {
+    func convolutionGradientsMatchFiniteDifferences(_ backend: TestBackend, outChannels: Int) throws
+    {
         let device = try backend.device()
-        let s = ConvShape(batch: 2, inChannels: 3, height: 7, width: 6, outChannels: outChannels, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
-        let xShape = [s.batch, s.inChannels, s.height, s.width], wShape = [s.outChannels, s.inChannels, 3, 3]
+        let s = ConvShape(
+            batch: 2, inChannels: 3, height: 7, width: 6, outChannels: outChannels, kernelHeight: 3,
+            kernelWidth: 3, stride: 1, padding: 1)
+        let xShape = [s.batch, s.inChannels, s.height, s.width]
+        let wShape = [s.outChannels, s.inChannels, 3, 3]
         let yShape = [s.batch, s.outChannels, s.outHeight, s.outWidth]
         let x = try device.tensor(random(xShape.reduce(1, *), seed: 8), shape: xShape)
         let g = random(yShape.reduce(1, *), seed: 9)
-        let w0 = random(wShape.reduce(1, *), seed: 10), b0 = random(s.outChannels, seed: 11)
+        let w0 = random(wShape.reduce(1, *), seed: 10)
+        let b0 = random(s.outChannels, seed: 11)
         func loss(_ w: [Float], _ b: [Float]) throws -> Double {
             let y = try device.zeros(yShape)
-            try device.conv2d(x, weight: try device.tensor(w, shape: wShape), bias: try device.tensor(b, shape: [s.outChannels]), into: y, padding: 1)
+            try device.conv2d(
+                x, weight: try device.tensor(w, shape: wShape),
+                bias: try device.tensor(b, shape: [s.outChannels]), into: y, padding: 1)
             return zip(try device.read(y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
         }
-        let dw = try device.zeros(wShape), db = try device.zeros([s.outChannels])
-        try device.conv2dWeightGradient(x, outputGradient: try device.tensor(g, shape: yShape), into: dw, biasGradient: db, padding: 1)
+        let dw = try device.zeros(wShape)
+        let db = try device.zeros([s.outChannels])
+        try device.conv2dWeightGradient(
+            x, outputGradient: try device.tensor(g, shape: yShape), into: dw, biasGradient: db,
+            padding: 1)
         let (analyticW, analyticB) = (try device.read(dw), try device.read(db))
         let step: Float = 0.01
         for index in [0, 13, 77, wShape.reduce(1, *) - 1] {
-            var plus = w0, minus = w0
+            var plus = w0
+            var minus = w0
             plus[index] += step
             minus[index] -= step
             let numeric = (try loss(plus, b0) - loss(minus, b0)) / Double(2 * step)
-            #expect(abs(numeric - Double(analyticW[index])) <= 2e-2 + 1e-2 * abs(numeric), "dW[\(index)]: \(analyticW[index]) vs \(numeric)")
+            #expect(
+                abs(numeric - Double(analyticW[index])) <= 2e-2 + 1e-2 * abs(numeric),
+                "dW[\(index)]: \(analyticW[index]) vs \(numeric)")
         }
         for index in 0..<s.outChannels {
-            var plus = b0, minus = b0
+            var plus = b0
+            var minus = b0
             plus[index] += step
             minus[index] -= step
             let numeric = (try loss(w0, plus) - loss(w0, minus)) / Double(2 * step)
-            #expect(abs(numeric - Double(analyticB[index])) <= 2e-2 + 1e-2 * abs(numeric), "db[\(index)]: \(analyticB[index]) vs \(numeric)")
+            #expect(
+                abs(numeric - Double(analyticB[index])) <= 2e-2 + 1e-2 * abs(numeric),
+                "db[\(index)]: \(analyticB[index]) vs \(numeric)")
         }
     }
 
@@ -127,24 +184,38 @@ import Testing
     @Test func convolutionInChunksMatchesTheCPUFallback() throws {
         guard TestBackend.available.contains(.opencl) else { return }
         let (opencl, cpu) = (try TestBackend.opencl.device(), try TestBackend.cpu.device())
-        let s = ConvShape(batch: 45, inChannels: 32, height: 28, width: 28, outChannels: 64, kernelHeight: 3, kernelWidth: 3, stride: 1, padding: 1)
-        let xShape = [s.batch, s.inChannels, s.height, s.width], wShape = [s.outChannels, s.inChannels, 3, 3]
+        let s = ConvShape(
+            batch: 45, inChannels: 32, height: 28, width: 28, outChannels: 64, kernelHeight: 3,
+            kernelWidth: 3, stride: 1, padding: 1)
+        let xShape = [s.batch, s.inChannels, s.height, s.width]
+        let wShape = [s.outChannels, s.inChannels, 3, 3]
         let yShape = [s.batch, s.outChannels, s.outHeight, s.outWidth]
-        let (x, w, b, g, dw0) = (random(xShape.reduce(1, *), seed: 30), random(wShape.reduce(1, *), seed: 31), random(s.outChannels, seed: 32),
-                                 random(yShape.reduce(1, *), seed: 33), random(wShape.reduce(1, *), seed: 34))
+        let (x, w, b, g, dw0) = (
+            random(xShape.reduce(1, *), seed: 30), random(wShape.reduce(1, *), seed: 31),
+            random(s.outChannels, seed: 32),
+            random(yShape.reduce(1, *), seed: 33), random(wShape.reduce(1, *), seed: 34)
+        )
         var results: [[[Float]]] = []
         for device in [opencl, cpu] {
-            let input = try device.tensor(x, shape: xShape), y = try device.zeros(yShape)
-            try device.conv2d(input, weight: try device.tensor(w, shape: wShape), bias: try device.tensor(b, shape: [s.outChannels]), into: y,
-                              padding: 1, activation: .relu)
-            let dw = try device.tensor(dw0, shape: wShape), db = try device.zeros([s.outChannels])
-            try device.conv2dWeightGradient(input, outputGradient: try device.tensor(g, shape: yShape), into: dw, biasGradient: db, beta: 0.5, padding: 1)
+            let input = try device.tensor(x, shape: xShape)
+            let y = try device.zeros(yShape)
+            try device.conv2d(
+                input, weight: try device.tensor(w, shape: wShape),
+                bias: try device.tensor(b, shape: [s.outChannels]), into: y,
+                padding: 1, activation: .relu)
+            let dw = try device.tensor(dw0, shape: wShape)
+            let db = try device.zeros([s.outChannels])
+            try device.conv2dWeightGradient(
+                input, outputGradient: try device.tensor(g, shape: yShape), into: dw,
+                biasGradient: db, beta: 0.5, padding: 1)
             results.append([try device.read(y), try device.read(dw), try device.read(db)])
         }
         expectClose(results[0][0], results[1][0], absolute: 1e-4, relative: 1e-4, "conv2d forward")
         // Sums of 45 x 784 products of values in [-1, 1]: absolute errors near 1e-3 are rounding.
-        expectClose(results[0][1], results[1][1], absolute: 5e-3, relative: 1e-4, "conv2d weight gradient")
-        expectClose(results[0][2], results[1][2], absolute: 5e-3, relative: 1e-4, "conv2d bias gradient")
+        expectClose(
+            results[0][1], results[1][1], absolute: 5e-3, relative: 1e-4, "conv2d weight gradient")
+        expectClose(
+            results[0][2], results[1][2], absolute: 5e-3, relative: 1e-4, "conv2d bias gradient")
     }
 
     /// Layers take their outputs uninitialised (no zero fill first, which is a launch on a GPU),
@@ -153,20 +224,30 @@ import Testing
     @Test(arguments: TestBackend.available)
     func layerOperationsWriteTheirWholeOutput(_ backend: TestBackend) throws {
         let device = try backend.device()
-        func nan(_ shape: [Int]) throws -> Tensor { try device.tensor([Float](repeating: .nan, count: shape.reduce(1, *)), shape: shape) }
-        func values(_ shape: [Int], seed: UInt64) throws -> Tensor { try device.tensor(random(shape.reduce(1, *), seed: seed), shape: shape) }
+        func nan(_ shape: [Int]) throws -> Tensor {
+            try device.tensor([Float](repeating: .nan, count: shape.reduce(1, *)), shape: shape)
+        }
+        func values(_ shape: [Int], seed: UInt64) throws -> Tensor {
+            try device.tensor(random(shape.reduce(1, *), seed: seed), shape: shape)
+        }
         func expectWhole(_ tensor: Tensor, _ what: String) throws {
-            #expect(!(try device.read(tensor)).contains { $0.isNaN }, "\(what) left entries unwritten")
+            #expect(
+                !(try device.read(tensor)).contains { $0.isNaN }, "\(what) left entries unwritten")
         }
         // Dense and conv products with beta 0, with and without a norm after (no activation).
         let dense = try nan([7, 9])
-        try device.gemm(try values([7, 13], seed: 40), try values([9, 13], seed: 41), transposeB: true, into: dense, bias: try values([9], seed: 42))
+        try device.gemm(
+            try values([7, 13], seed: 40), try values([9, 13], seed: 41), transposeB: true,
+            into: dense, bias: try values([9], seed: 42))
         try expectWhole(dense, "gemm")
-        for outChannels in [5, 9] { // im2col, and the direct kernels on CPU drivers
+        for outChannels in [5, 9] {  // im2col, and the direct kernels on CPU drivers
             for activation in [Activation.identity, .relu] {
                 let conv = try nan([3, outChannels, 7, 29])
-                try device.conv2d(try values([3, 2, 7, 29], seed: 43), weight: try values([outChannels, 2, 3, 3], seed: 44), bias: try values([outChannels], seed: 45),
-                                  into: conv, padding: 1, activation: activation)
+                try device.conv2d(
+                    try values([3, 2, 7, 29], seed: 43),
+                    weight: try values([outChannels, 2, 3, 3], seed: 44),
+                    bias: try values([outChannels], seed: 45),
+                    into: conv, padding: 1, activation: activation)
                 try expectWhole(conv, "conv2d to \(outChannels) channels, \(activation)")
             }
         }
@@ -183,11 +264,16 @@ import Testing
         try expectWhole(xhat, "normalize xhat")
         try expectWhole(rstd, "normalize rstd")
         let dz = try nan([2, 3, 7, 9])
-        try device.activationGradient(.relu, output: x, gradient: try values([2, 3, 7, 9], seed: 48), into: dz)
+        try device.activationGradient(
+            .relu, output: x, gradient: try values([2, 3, 7, 9], seed: 48), into: dz)
         try expectWhole(dz, "activationGradient")
         let (mask, dY, rows) = (try nan([5, 4]), try nan([5, 4]), try nan([5]))
-        try device.localLossRows(.maxAll, y: try values([5, 4], seed: 49), yy: try values([5, 4], seed: 50), mask: mask, dY: dY, rowLosses: rows)
-        for (tensor, name) in [(mask, "mask"), (dY, "dY"), (rows, "row losses")] { try expectWhole(tensor, "localLossRows \(name)") }
+        try device.localLossRows(
+            .maxAll, y: try values([5, 4], seed: 49), yy: try values([5, 4], seed: 50), mask: mask,
+            dY: dY, rowLosses: rows)
+        for (tensor, name) in [(mask, "mask"), (dY, "dY"), (rows, "row losses")] {
+            try expectWhole(tensor, "localLossRows \(name)")
+        }
     }
 
     @Test(arguments: TestBackend.available)
@@ -197,15 +283,19 @@ import Testing
         let z = random(64, seed: 12).map { $0 >= 0 ? $0 + 0.1 : $0 - 0.1 }
         for activation in Activation.allCases {
             let zt = try device.tensor(z, shape: [64])
-            let a = try device.zeros([64]), g = try device.tensor([Float](repeating: 1, count: 64), shape: [64])
+            let a = try device.zeros([64])
+            let g = try device.tensor([Float](repeating: 1, count: 64), shape: [64])
             try device.activate(activation, zt, into: a)
             try device.activationGradient(activation, output: a, gradient: g, into: g)
             let analytic = try device.read(g)
             let numeric = z.map { v -> Float in
                 let h: Float = 1e-3
-                return (CPUKernels.activate(v + h, activation) - CPUKernels.activate(v - h, activation)) / (2 * h)
+                return
+                    (CPUKernels.activate(v + h, activation) - CPUKernels.activate(v - h, activation))
+                    / (2 * h)
             }
-            expectClose(analytic, numeric, absolute: 1e-3, relative: 1e-3, "\(activation) derivative")
+            expectClose(
+                analytic, numeric, absolute: 1e-3, relative: 1e-3, "\(activation) derivative")
         }
     }
 
@@ -222,29 +312,42 @@ import Testing
             ("batch", [7, 5], GroupLayout(outer: 7, groups: 5, inner: 1)),
         ]
         for (label, shape, layout) in cases {
-            let count = shape.reduce(1, *), channels = shape[1], inner = shape.count == 4 ? shape[2] * shape[3] : 1
-            let x0 = random(count, seed: 40, in: -2...2), g = random(count, seed: 41), scale = random(channels, seed: 42)
+            let count = shape.reduce(1, *)
+            let channels = shape[1]
+            let inner = shape.count == 4 ? shape[2] * shape[3] : 1
+            let x0 = random(count, seed: 40, in: -2...2)
+            let g = random(count, seed: 41)
+            let scale = random(channels, seed: 42)
             let scaleTensor = try device.tensor(scale, shape: [channels])
             func forward(_ x: [Float]) throws -> (xhat: Tensor, rstd: Tensor, y: Tensor) {
-                let xhat = try device.zeros(shape), rstd = try device.zeros([layout.groups]), y = try device.zeros(shape)
-                try device.normalize(try device.tensor(x, shape: shape), layout: layout, into: xhat, rstd: rstd)
+                let xhat = try device.zeros(shape)
+                let rstd = try device.zeros([layout.groups])
+                let y = try device.zeros(shape)
+                try device.normalize(
+                    try device.tensor(x, shape: shape), layout: layout, into: xhat, rstd: rstd)
                 try device.scaleShiftChannels(xhat, scale: scaleTensor, inner: inner, into: y)
                 return (xhat, rstd, y)
             }
             func loss(_ x: [Float]) throws -> Double {
-                zip(try device.read(try forward(x).y), g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+                zip(try device.read(try forward(x).y), g).reduce(0) {
+                    $0 + Double($1.0) * Double($1.1)
+                }
             }
             let (xhat, rstd, _) = try forward(x0)
             let dxhat = try device.zeros(shape)
-            try device.scaleShiftChannels(try device.tensor(g, shape: shape), scale: scaleTensor, inner: inner, into: dxhat)
+            try device.scaleShiftChannels(
+                try device.tensor(g, shape: shape), scale: scaleTensor, inner: inner, into: dxhat)
             try device.normalizeGradient(dxhat, xhat: xhat, rstd: rstd, layout: layout, into: dxhat)
             let analytic = try device.read(dxhat)
             for index in Set([0, count / 2, count - 1]) {
-                var plus = x0, minus = x0
+                var plus = x0
+                var minus = x0
                 plus[index] += 1e-2
                 minus[index] -= 1e-2
                 let numeric = (try loss(plus) - loss(minus)) / 2e-2
-                #expect(abs(numeric - Double(analytic[index])) <= 2e-3 + 2e-2 * abs(numeric), "\(label) \(shape) dx[\(index)]: \(analytic[index]) vs \(numeric)")
+                #expect(
+                    abs(numeric - Double(analytic[index])) <= 2e-3 + 2e-2 * abs(numeric),
+                    "\(label) \(shape) dx[\(index)]: \(analytic[index]) vs \(numeric)")
             }
         }
     }
@@ -260,7 +363,9 @@ import Testing
             for plane in 0..<2 {
                 for oy in 0..<3 {
                     for ox in 0..<2 {
-                        let window = [(0, 0), (0, 1), (1, 0), (1, 1)].map { x[plane * 35 + (oy * 2 + $0.0) * 5 + ox * 2 + $0.1] }
+                        let window = [(0, 0), (0, 1), (1, 0), (1, 1)].map {
+                            x[plane * 35 + (oy * 2 + $0.0) * 5 + ox * 2 + $0.1]
+                        }
                         expected.append(kind == .max ? window.max()! : window.reduce(0, +) / 4)
                     }
                 }
@@ -274,13 +379,22 @@ import Testing
         let device = try backend.device()
         let x = random(7 * 129, seed: 14)
         let out = try device.tensor([Float](repeating: 1, count: 129), shape: [129])
-        try device.channelSums(try device.tensor(x, shape: [7, 129]), channels: 129, into: out, alpha: 2, beta: 3)
-        let expected = (0..<129).map { j in 2 * (0..<7).reduce(Float(0)) { $0 + x[$1 * 129 + j] } + 3 }
+        try device.channelSums(
+            try device.tensor(x, shape: [7, 129]), channels: 129, into: out, alpha: 2, beta: 3)
+        let expected = (0..<129).map { j in
+            2 * (0..<7).reduce(Float(0)) { $0 + x[$1 * 129 + j] } + 3
+        }
         expectClose(try device.read(out), expected, "column sums")
         // NCHW [3, 7, 41]: per-channel sums over batch and positions.
         let perChannel = try device.zeros([7])
-        try device.channelSums(try device.tensor(Array(x.prefix(861)), shape: [3, 7, 41]), channels: 7, inner: 41, into: perChannel)
-        let expectedChannels = (0..<7).map { c in (0..<3).reduce(Float(0)) { sum, n in sum + x[(n * 7 + c) * 41..<(n * 7 + c + 1) * 41].reduce(0, +) } }
+        try device.channelSums(
+            try device.tensor(Array(x.prefix(861)), shape: [3, 7, 41]), channels: 7, inner: 41,
+            into: perChannel)
+        let expectedChannels = (0..<7).map { c in
+            (0..<3).reduce(Float(0)) { sum, n in
+                sum + x[(n * 7 + c) * 41..<(n * 7 + c + 1) * 41].reduce(0, +)
+            }
+        }
         expectClose(try device.read(perChannel), expectedChannels, absolute: 1e-4, "channel sums")
         let y = try device.tensor(x, shape: [7, 129])
         try device.axpby(alpha: -1, y, beta: 2, y)
@@ -293,29 +407,49 @@ import Testing
     @Test(.enabled(if: !TestBackend.openCLEntries.isEmpty))
     func groupedReductionsMatchTheCPUFallback() throws {
         let entry = try #require(TestBackend.openCLEntries.first)
-        let gpu = try Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        let gpu = try Device.opencl(
+            OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
         let cpu = try TestBackend.cpu.device()
-        for (outer, channels, inner) in [(1, 1, 2), (3, 7, 41), (2, 5, 128), (1, 3, 129), (4, 2, 1000), (9, 129, 7), (1, 129, 1024), (7, 3, 1)] {
+        for (outer, channels, inner) in [
+            (1, 1, 2), (3, 7, 41), (2, 5, 128), (1, 3, 129), (4, 2, 1000), (9, 129, 7),
+            (1, 129, 1024), (7, 3, 1),
+        ] {
             let what = "\(outer)x\(channels)x\(inner)"
             let x = random(outer * channels * inner, seed: UInt64(outer * 100 + inner))
             let out = try gpu.tensor([Float](repeating: 1, count: channels), shape: [channels])
-            try gpu.channelSums(try gpu.tensor(x, shape: [outer, channels, inner]), channels: channels, inner: inner, into: out, alpha: 2, beta: -1)
+            try gpu.channelSums(
+                try gpu.tensor(x, shape: [outer, channels, inner]), channels: channels,
+                inner: inner, into: out, alpha: 2, beta: -1)
             let expected = (0..<channels).map { c in
-                2 * (0..<outer).reduce(Float(0)) { sum, n in sum + x[(n * channels + c) * inner..<(n * channels + c + 1) * inner].reduce(0, +) } - 1
+                2
+                    * (0..<outer).reduce(Float(0)) { sum, n in
+                        sum
+                            + x[(n * channels + c) * inner..<(n * channels + c + 1) * inner].reduce(
+                                0, +)
+                    } - 1
             }
-            expectClose(try gpu.read(out), expected, absolute: 1e-4, relative: 1e-5, "grouped channel sums \(what)")
+            expectClose(
+                try gpu.read(out), expected, absolute: 1e-4, relative: 1e-5,
+                "grouped channel sums \(what)")
 
             let layout = GroupLayout(outer: outer, groups: channels, inner: inner)
             let dxhat = random(x.count, seed: 77)
             var results: [[[Float]]] = []
             for device in [gpu, cpu] {
-                let xhat = try device.zeros([x.count]), rstd = try device.zeros([channels]), dx = try device.zeros([x.count])
-                try device.normalize(try device.tensor(x, shape: [x.count]), layout: layout, into: xhat, rstd: rstd)
-                try device.normalizeGradient(try device.tensor(dxhat, shape: [x.count]), xhat: xhat, rstd: rstd, layout: layout, into: dx)
+                let xhat = try device.zeros([x.count])
+                let rstd = try device.zeros([channels])
+                let dx = try device.zeros([x.count])
+                try device.normalize(
+                    try device.tensor(x, shape: [x.count]), layout: layout, into: xhat, rstd: rstd)
+                try device.normalizeGradient(
+                    try device.tensor(dxhat, shape: [x.count]), xhat: xhat, rstd: rstd,
+                    layout: layout, into: dx)
                 results.append([try device.read(xhat), try device.read(rstd), try device.read(dx)])
             }
             for (name, index) in [("xhat", 0), ("rstd", 1), ("dx", 2)] {
-                expectClose(results[0][index], results[1][index], absolute: 1e-4, relative: 1e-4, "grouped norm \(name) \(what)")
+                expectClose(
+                    results[0][index], results[1][index], absolute: 1e-4, relative: 1e-4,
+                    "grouped norm \(name) \(what)")
             }
         }
     }
@@ -329,27 +463,43 @@ import Testing
         let grads = (1...3).map { random(count, seed: 16 + UInt64($0)) }
         for amsgrad in [false, true] {
             let p = try device.tensor(p0, shape: [count])
-            let m = try device.zeros([count]), v = try device.zeros([count]), vMax = try device.zeros([count])
-            var (rp, rm, rv, rMax) = (p0.map(Double.init), [Double](repeating: 0, count: count), [Double](repeating: 0, count: count), [Double](repeating: 0, count: count))
+            let m = try device.zeros([count])
+            let v = try device.zeros([count])
+            let vMax = try device.zeros([count])
+            var (rp, rm, rv, rMax) = (
+                p0.map(Double.init), [Double](repeating: 0, count: count),
+                [Double](repeating: 0, count: count), [Double](repeating: 0, count: count)
+            )
             for (t, grad) in grads.enumerated() {
                 let settings = AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: t + 1)
-                try device.adamStep(settings, parameter: p, gradient: try device.tensor(grad, shape: [count]), m: m, v: v, vMax: amsgrad ? vMax : nil)
+                try device.adamStep(
+                    settings, parameter: p, gradient: try device.tensor(grad, shape: [count]), m: m,
+                    v: v, vMax: amsgrad ? vMax : nil)
                 for i in 0..<count {
                     let g = Double(grad[i]) + 0.1 * rp[i]
                     rm[i] = 0.9 * rm[i] + 0.1 * g
                     rv[i] = 0.999 * rv[i] + 0.001 * g * g
                     rMax[i] = max(rMax[i], rv[i])
-                    let bc1 = 1 - pow(0.9, Double(t + 1)), bc2 = 1 - pow(0.999, Double(t + 1))
-                    rp[i] -= 1e-2 / bc1 * rm[i] / ((amsgrad ? rMax[i] : rv[i]).squareRoot() / bc2.squareRoot() + 1e-8)
+                    let bc1 = 1 - pow(0.9, Double(t + 1))
+                    let bc2 = 1 - pow(0.999, Double(t + 1))
+                    rp[i] -=
+                        1e-2 / bc1 * rm[i]
+                        / ((amsgrad ? rMax[i] : rv[i]).squareRoot() / bc2.squareRoot() + 1e-8)
                 }
             }
-            expectClose(try device.read(p), rp.map(Float.init), absolute: 1e-5, relative: 1e-4, amsgrad ? "amsgrad" : "adam")
+            expectClose(
+                try device.read(p), rp.map(Float.init), absolute: 1e-5, relative: 1e-4,
+                amsgrad ? "amsgrad" : "adam")
         }
-        let p = try device.tensor(p0, shape: [count]), buffer = try device.zeros([count])
+        let p = try device.tensor(p0, shape: [count])
+        let buffer = try device.zeros([count])
         var (rp, rb) = (p0.map(Double.init), [Double](repeating: 0, count: count))
         for (t, grad) in grads.enumerated() {
-            try device.sgdStep(SGDStep(learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01, nesterov: true, firstStep: t == 0),
-                               parameter: p, gradient: try device.tensor(grad, shape: [count]), momentum: buffer)
+            try device.sgdStep(
+                SGDStep(
+                    learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01,
+                    nesterov: true, firstStep: t == 0),
+                parameter: p, gradient: try device.tensor(grad, shape: [count]), momentum: buffer)
             for i in 0..<count {
                 let g = Double(grad[i]) + 0.01 * rp[i]
                 rb[i] = t == 0 ? g : 0.9 * rb[i] + 0.9 * g
@@ -363,29 +513,39 @@ import Testing
     func localLossGradientsMatchFiniteDifferences(_ backend: TestBackend) throws {
         let device = try backend.device()
         for (batch, width) in [(1, 3), (7, 5), (12, 9)] {
-            let h0 = random(batch * width, seed: 20), t0v = random(batch * width, seed: 21)
+            let h0 = random(batch * width, seed: 20)
+            let t0v = random(batch * width, seed: 21)
             let labels = (0..<batch).map { $0 % 3 }
             let targets = labels.flatMap { label in (0..<4).map { Float($0 == label ? 1 : 0) } }
             let t0 = try device.tensor(targets, shape: [batch, 4])
             func loss(_ h: [Float], _ t: [Float]) throws -> Double {
-                let output = try LocalLoss().evaluate(h: try device.tensor(h, shape: [batch, width]), t: try device.tensor(t, shape: [batch, width]), t0: t0)
+                let output = try LocalLoss().evaluate(
+                    h: try device.tensor(h, shape: [batch, width]),
+                    t: try device.tensor(t, shape: [batch, width]), t0: t0)
                 return Double(try LocalLoss.value(of: output))
             }
-            let output = try LocalLoss().evaluate(h: try device.tensor(h0, shape: [batch, width]), t: try device.tensor(t0v, shape: [batch, width]), t0: t0)
+            let output = try LocalLoss().evaluate(
+                h: try device.tensor(h0, shape: [batch, width]),
+                t: try device.tensor(t0v, shape: [batch, width]), t0: t0)
             let (dH, dT) = (try device.read(output.dH), try device.read(output.dT))
             let step: Float = 1e-2
             for index in Set([0, batch * width / 2, batch * width - 1]) {
-                var plus = h0, minus = h0
+                var plus = h0
+                var minus = h0
                 plus[index] += step
                 minus[index] -= step
                 let numericH = (try loss(plus, t0v) - loss(minus, t0v)) / Double(2 * step)
-                #expect(abs(numericH - Double(dH[index])) <= 1e-3 + 2e-2 * abs(numericH), "B\(batch) dH[\(index)] \(dH[index]) vs \(numericH)")
+                #expect(
+                    abs(numericH - Double(dH[index])) <= 1e-3 + 2e-2 * abs(numericH),
+                    "B\(batch) dH[\(index)] \(dH[index]) vs \(numericH)")
                 plus = t0v
                 minus = t0v
                 plus[index] += step
                 minus[index] -= step
                 let numericT = (try loss(h0, plus) - loss(h0, minus)) / Double(2 * step)
-                #expect(abs(numericT - Double(dT[index])) <= 1e-3 + 2e-2 * abs(numericT), "B\(batch) dT[\(index)] \(dT[index]) vs \(numericT)")
+                #expect(
+                    abs(numericT - Double(dT[index])) <= 1e-3 + 2e-2 * abs(numericT),
+                    "B\(batch) dT[\(index)] \(dT[index]) vs \(numericT)")
             }
         }
     }
@@ -393,19 +553,25 @@ import Testing
     @Test(arguments: TestBackend.available)
     func localLossKindsBuildTheirMasks(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let yy: [Float] = [2, 2, 1, 0,
-                           0, 1, 3, 3,
-                           5, 4, 4, 1,
-                           1, 1, 1, 1]
+        let yy: [Float] = [
+            2, 2, 1, 0,
+            0, 1, 3, 3,
+            5, 4, 4, 1,
+            1, 1, 1, 1,
+        ]
         let expected: [(LocalLossKind, [Float])] = [
             (.maxAll, [1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1]),
             (.maxRandom, [1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0]),
             (.topK(2), [1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1]),
         ]
         for (kind, mask) in expected {
-            let out = try device.zeros([4, 4]), dY = try device.zeros([4, 4]), rows = try device.zeros([4])
-            try device.localLossRows(kind, y: try device.tensor(random(16, seed: 22), shape: [4, 4]), yy: try device.tensor(yy, shape: [4, 4]),
-                                     mask: out, dY: dY, rowLosses: rows)
+            let out = try device.zeros([4, 4])
+            let dY = try device.zeros([4, 4])
+            let rows = try device.zeros([4])
+            try device.localLossRows(
+                kind, y: try device.tensor(random(16, seed: 22), shape: [4, 4]),
+                yy: try device.tensor(yy, shape: [4, 4]),
+                mask: out, dY: dY, rowLosses: rows)
             #expect(try device.read(out) == mask, "\(kind)")
             // Each row of dY sums to zero: m_i * sum softmax - sum M = 0.
             let d = try device.read(dY)
@@ -415,7 +581,8 @@ import Testing
 
     @Test(arguments: TestBackend.available)
     func selfCheckTableMatchesTheCPUFallback(_ backend: TestBackend) throws {
-        let results = try SelfCheck.run(on: try backend.device(), reference: try TestBackend.cpu.device())
+        let results = try SelfCheck.run(
+            on: try backend.device(), reference: try TestBackend.cpu.device())
         #expect(results.count > 30)
         for result in results {
             #expect(result.passed, "\(result.operation) \(result.shape): NMSE \(result.error)")

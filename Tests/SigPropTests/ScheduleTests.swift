@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The pipelined schedule (a stream per stage, several batches in flight) against the
@@ -14,11 +15,17 @@ import Testing
     }
 
     /// One epoch of `network` under `schedule`; every parameter and optimizer state after it.
-    static func trainedState(_ network: Network, options: TrainingOptions, schedule: Schedule, epochs: Int = 1) throws -> [Float] {
-        let trainer = try Trainer(network: network, options: options, train: try TrainingTests.syntheticData(count: 256, seed: 1),
-                                  test: try TrainingTests.syntheticData(count: 64, seed: 2), schedule: schedule)
+    static func trainedState(
+        _ network: Network, options: TrainingOptions, schedule: Schedule, epochs: Int = 1
+    ) throws -> [Float] {
+        let trainer = try Trainer(
+            network: network, options: options,
+            train: try TrainingTests.syntheticData(count: 256, seed: 1),
+            test: try TrainingTests.syntheticData(count: 64, seed: 2), schedule: schedule)
         for epoch in 0..<epochs {
-            guard case .completed = try trainer.runEpoch(epoch) else { throw SigPropError.configuration("epoch \(epoch) did not complete") }
+            guard case .completed = try trainer.runEpoch(epoch) else {
+                throw SigPropError.configuration("epoch \(epoch) did not complete")
+            }
         }
         return try TrainingTests.state(network)
     }
@@ -29,12 +36,17 @@ import Testing
     @Test(arguments: TestBackend.available)
     func pipelinedEqualsSequentialBitForBit(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let sequential = try Self.trainedState(try TrainingTests.network(device, width: 24), options: Self.options(),
-                                               schedule: Schedule(.sequential), epochs: 2)
+        let sequential = try Self.trainedState(
+            try TrainingTests.network(device, width: 24), options: Self.options(),
+            schedule: Schedule(.sequential), epochs: 2)
         for depth in [nil, 2, 7] {
-            let pipelined = try Self.trainedState(try TrainingTests.network(device, width: 24), options: Self.options(),
-                                                  schedule: Schedule(.pipelined, depth: depth), epochs: 2)
-            #expect(pipelined == sequential, "pipelined (depth \(depth.map(String.init) ?? "default")) differs from sequential in \(zip(pipelined, sequential).filter { $0 != $1 }.count) of \(sequential.count) values")
+            let pipelined = try Self.trainedState(
+                try TrainingTests.network(device, width: 24), options: Self.options(),
+                schedule: Schedule(.pipelined, depth: depth), epochs: 2)
+            #expect(
+                pipelined == sequential,
+                "pipelined (depth \(depth.map(String.init) ?? "default")) differs from sequential in \(zip(pipelined, sequential).filter { $0 != $1 }.count) of \(sequential.count) values"
+            )
         }
     }
 
@@ -52,10 +64,14 @@ import Testing
         options.loss = .maxRandom
         var states: [[Float]] = []
         for schedule in [Schedule(.sequential), Schedule(.pipelined)] {
-            let network = try Network(config: config, device: device, optimizer: options.optimizer, seed: 5)
+            let network = try Network(
+                config: config, device: device, optimizer: options.optimizer, seed: 5)
             states.append(try Self.trainedState(network, options: options, schedule: schedule))
         }
-        #expect(states[0] == states[1], "pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
+        #expect(
+            states[0] == states[1],
+            "pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values"
+        )
     }
 
     /// The same on the kernels only GPUs run (the OpenCL device posing as a GPU, every product
@@ -69,21 +85,37 @@ import Testing
         var parameters = KernelParameters.forDevice(info)
         (parameters.gemmTile, parameters.gemmWorkPerItem, parameters.gemmTileDepth) = (4, 2, 4)
         (parameters.gemmDirectBelow, parameters.gemmSplitBelow) = (0, 64)
-        let cache = KernelTuningCache(file: URL(fileURLWithPath: "/nonexistent/kernel-tuning.json"),
-                                      entries: [.init(for: info, parameters: parameters, tunedGFLOPS: 0, tableGFLOPS: nil)])
-        let device = try Device.opencl(OpenCLDeviceEntry(info: info, id: entry.id), tuningCache: cache)
+        let cache = KernelTuningCache(
+            file: URL(fileURLWithPath: "/nonexistent/kernel-tuning.json"),
+            entries: [.init(for: info, parameters: parameters, tunedGFLOPS: 0, tableGFLOPS: nil)])
+        let device = try Device.opencl(
+            OpenCLDeviceEntry(info: info, id: entry.id), tuningCache: cache)
         #expect(device.kernelParameterOrigin != .table, "the test's parameters are in use")
         #expect(device.fusesWeightUpdates)
 
         var cnn = ModelConfig()
         (cnn.kind, cnn.inputShape, cnn.classes, cnn.dropout) = (.cnn, [1, 6, 6], 4, 0.2)
-        for (name, makeNetwork) in [("mlp", { try TrainingTests.network(device, width: 24) }),
-                                    ("cnn", { try Network(config: cnn, device: device, optimizer: Self.options().optimizer, seed: 5) })] {
+        for (name, makeNetwork) in [
+            ("mlp", { try TrainingTests.network(device, width: 24) }),
+            (
+                "cnn",
+                {
+                    try Network(
+                        config: cnn, device: device, optimizer: Self.options().optimizer, seed: 5)
+                }
+            ),
+        ] {
             var states: [[Float]] = []
             for schedule in [Schedule(.sequential), Schedule(.pipelined)] {
-                states.append(try Self.trainedState(try makeNetwork(), options: Self.options(batchSize: 32), schedule: schedule))
+                states.append(
+                    try Self.trainedState(
+                        try makeNetwork(), options: Self.options(batchSize: 32), schedule: schedule)
+                )
             }
-            #expect(states[0] == states[1], "\(name): pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
+            #expect(
+                states[0] == states[1],
+                "\(name): pipelined differs from sequential in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values"
+            )
         }
     }
 
@@ -92,13 +124,18 @@ import Testing
     @Test(arguments: TestBackend.available)
     func inFlightBatchesReuseStorage(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let trainer = try Trainer(network: try TrainingTests.network(device), options: Self.options(),
-                                  train: try TrainingTests.syntheticData(count: 256, seed: 1), test: try TrainingTests.syntheticData(count: 64, seed: 2))
+        let trainer = try Trainer(
+            network: try TrainingTests.network(device), options: Self.options(),
+            train: try TrainingTests.syntheticData(count: 256, seed: 1),
+            test: try TrainingTests.syntheticData(count: 64, seed: 2))
         _ = try trainer.runEpoch(0)
         let misses = trainer.poolMisses
         #expect(misses > 0)
         _ = try trainer.runEpoch(1)
-        #expect(trainer.poolMisses == misses, "epoch 2 allocated \(trainer.poolMisses - misses) new buffers for \(trainer.batchesPerEpoch) batches")
+        #expect(
+            trainer.poolMisses == misses,
+            "epoch 2 allocated \(trainer.poolMisses - misses) new buffers for \(trainer.batchesPerEpoch) batches"
+        )
     }
 
     /// The trace names every stage of every batch, as Chrome's trace-event format wants, and
@@ -108,30 +145,44 @@ import Testing
         let device = try backend.device()
         for kind in Schedule.Kind.allCases {
             let network = try TrainingTests.network(device)
-            let trainer = try Trainer(network: network, options: Self.options(), train: try TrainingTests.syntheticData(count: 128, seed: 1),
-                                      test: try TrainingTests.syntheticData(count: 32, seed: 2), schedule: Schedule(kind))
+            let trainer = try Trainer(
+                network: network, options: Self.options(),
+                train: try TrainingTests.syntheticData(count: 128, seed: 1),
+                test: try TrainingTests.syntheticData(count: 32, seed: 2), schedule: Schedule(kind))
             let trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
             trainer.trace = trace
             _ = try trainer.runEpoch(0)
             let batches = trainer.batchesPerEpoch
             #expect(trace.spans.count == batches * (2 * network.blockCount + 1))
             let names = Set(trace.spans.map(\.name))
-            #expect(names.contains("block1.forward b1") && names.contains("block3.update b\(batches)") && names.contains("output.train b2"))
+            #expect(
+                names.contains("block1.forward b1") && names.contains("block3.update b\(batches)")
+                    && names.contains("output.train b2"))
             #expect(trace.spans.allSatisfy { $0.end >= $0.start })
             // Per row, a block's update follows its forward, and batch b+1 follows batch b.
             for stage in 0..<network.stageCount {
-                let row = trace.spans.filter { $0.stage == stage }.sorted { ($0.batch, $0.name) < ($1.batch, $1.name) }
-                for (a, b) in zip(row, row.dropFirst()) { #expect(a.end <= b.start, "\(a.name) ends after \(b.name) starts") }
+                let row = trace.spans.filter { $0.stage == stage }.sorted {
+                    ($0.batch, $0.name) < ($1.batch, $1.name)
+                }
+                for (a, b) in zip(row, row.dropFirst()) {
+                    #expect(a.end <= b.start, "\(a.name) ends after \(b.name) starts")
+                }
             }
             // Kernels sit inside a span of their stage: every batch's products are there.
             #expect(trace.kernels.contains { $0.name.hasPrefix("gemm") && $0.batch == batches })
             for kernel in trace.kernels {
-                #expect(trace.spans.contains { $0.stage == kernel.stage && $0.batch == kernel.batch && $0.start <= kernel.start && kernel.start <= $0.end })
+                #expect(
+                    trace.spans.contains {
+                        $0.stage == kernel.stage && $0.batch == kernel.batch
+                            && $0.start <= kernel.start && kernel.start <= $0.end
+                    })
             }
             #expect(Set(trace.kernels.map(\.batch)) == Set(1...batches))
             let json = try JSONSerialization.jsonObject(with: try trace.json()) as? [String: Any]
             let events = try #require(json?["traceEvents"] as? [[String: Any]])
-            #expect(events.filter { $0["ph"] as? String == "X" }.count == trace.spans.count + trace.kernels.count)
+            #expect(
+                events.filter { $0["ph"] as? String == "X" }.count == trace.spans.count
+                    + trace.kernels.count)
             #expect(events.filter { $0["ph"] as? String == "M" }.count == network.stageCount)
             if kind == .sequential { #expect(trace.overlapShare == 0) }
             #expect((0...1).contains(trace.overlapShare))

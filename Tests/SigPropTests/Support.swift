@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The backends the tests run on: the CPU fallback always, OpenCL where a device exists.
@@ -11,7 +12,8 @@ enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     var testDescription: String { rawValue }
 
     static let openCLEntries: [OpenCLDeviceEntry] = (try? OpenCLDiscovery.allDevices()) ?? []
-    static let openCLRequired = !(ProcessInfo.processInfo.environment["SIGPROP_REQUIRE_OPENCL"] ?? "").isEmpty
+    static let openCLRequired =
+        !(ProcessInfo.processInfo.environment["SIGPROP_REQUIRE_OPENCL"] ?? "").isEmpty
 
     static var available: [TestBackend] { openCLEntries.isEmpty ? [.cpu] : [.cpu, .opencl] }
 
@@ -30,20 +32,29 @@ enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
 @Test func openCLIsPresentWhenRequired() throws {
     if TestBackend.openCLRequired {
-        #expect(!TestBackend.openCLEntries.isEmpty, "SIGPROP_REQUIRE_OPENCL is set but no OpenCL device was found (install pocl-opencl-icd)")
+        #expect(
+            !TestBackend.openCLEntries.isEmpty,
+            "SIGPROP_REQUIRE_OPENCL is set but no OpenCL device was found (install pocl-opencl-icd)"
+        )
     }
 }
 
 /// Checks shapes first, then every entry within `absolute + relative * |expected|`; names
 /// the first failing index and both values.
-func expectClose(_ actual: [Float], _ expected: [Float], absolute: Float = 1e-5, relative: Float = 1e-4,
-                 _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectClose(
+    _ actual: [Float], _ expected: [Float], absolute: Float = 1e-5, relative: Float = 1e-4,
+    _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
     guard actual.count == expected.count else {
-        Issue.record("\(what): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
+        Issue.record(
+            "\(what): \(actual.count) values, expected \(expected.count)",
+            sourceLocation: sourceLocation)
         return
     }
-    for (index, (a, e)) in zip(actual, expected).enumerated() where !(abs(a - e) <= absolute + relative * abs(e)) {
-        Issue.record("\(what): index \(index) is \(a), expected \(e)", sourceLocation: sourceLocation)
+    for (index, (a, e)) in zip(actual, expected).enumerated()
+    where !(abs(a - e) <= absolute + relative * abs(e)) {
+        Issue.record(
+            "\(what): index \(index) is \(a), expected \(e)", sourceLocation: sourceLocation)
         return
     }
 }
@@ -54,11 +65,15 @@ func random(_ count: Int, seed: UInt64, in range: ClosedRange<Float> = -1...1) -
 }
 
 func fixture(_ name: String) throws -> URL {
-    try #require(Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"), "missing fixture \(name).json")
+    try #require(
+        Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"),
+        "missing fixture \(name).json")
 }
 
 /// Plain triple-loop reference for `op(A) op(B)`, in double.
-func naiveProduct(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool) -> [Float] {
+func naiveProduct(
+    _ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool
+) -> [Float] {
     var c = [Float](repeating: 0, count: m * n)
     for i in 0..<m {
         for j in 0..<n {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// Training end to end on small synthetic data, and checkpoints.
@@ -10,13 +11,15 @@ import Testing
         var patternGenerator = SeededGenerator(seed: 0)
         let patterns = (0..<4).map { _ in patternGenerator.uniform(36, in: -1...1) }
         var generator = SeededGenerator(seed: seed)
-        var images: [Float] = [], labels: [Int32] = []
+        var images: [Float] = []
+        var labels: [Int32] = []
         for index in 0..<count {
             let label = index % 4
             images += patterns[label].map { $0 + Float.random(in: -0.5...0.5, using: &generator) }
             labels.append(Int32(label))
         }
-        return try Dataset(images: images, labels: labels, channels: 1, height: 6, width: 6, classes: 4)
+        return try Dataset(
+            images: images, labels: labels, channels: 1, height: 6, width: 6, classes: 4)
     }
 
     static func network(_ device: Device, width: Int = 16, seed: UInt64 = 3) throws -> Network {
@@ -24,7 +27,8 @@ import Testing
         config.inputShape = [1, 6, 6]
         config.classes = 4
         config.width = width
-        return try Network(config: config, device: device, optimizer: OptimizerSettings(), seed: seed)
+        return try Network(
+            config: config, device: device, optimizer: OptimizerSettings(), seed: seed)
     }
 
     static func state(_ network: Network) throws -> [Float] {
@@ -40,16 +44,23 @@ import Testing
         options.batchSize = 32
         options.optimizer.learningRate = 2e-3
         options.adaptiveSamples = 128
-        let trainer = try Trainer(network: try Self.network(device), options: options,
-                                  train: try Self.syntheticData(count: 512, seed: 1), test: try Self.syntheticData(count: 128, seed: 2))
+        let trainer = try Trainer(
+            network: try Self.network(device), options: options,
+            train: try Self.syntheticData(count: 512, seed: 1),
+            test: try Self.syntheticData(count: 128, seed: 2))
         var metrics: EpochMetrics?
         for epoch in 0..<3 {
-            guard case .completed(let result) = try trainer.runEpoch(epoch) else { Issue.record("epoch \(epoch) did not complete"); return }
+            guard case .completed(let result) = try trainer.runEpoch(epoch) else {
+                Issue.record("epoch \(epoch) did not complete")
+                return
+            }
             metrics = result
         }
         let last = try #require(metrics)
         #expect(last.testAccuracy > 0.9, "adaptive readout accuracy \(last.testAccuracy)")
-        #expect(last.readoutAccuracies["output"]! > 0.5, "output layer accuracy \(last.readoutAccuracies)")
+        #expect(
+            last.readoutAccuracies["output"]! > 0.5,
+            "output layer accuracy \(last.readoutAccuracies)")
         #expect(last.blockLosses.count == 3 && last.blockLosses.allSatisfy(\.isFinite))
         #expect((1...3).contains(last.adaptiveBlock))
     }
@@ -63,12 +74,14 @@ import Testing
         let batches = [Array(0..<16), Array(16..<32), Array(32..<48)]
         func step(_ network: Network, _ indices: [Int]) throws {
             let (images, labels) = data.batch(indices)
-            _ = try network.trainBatch(images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-3)
+            _ = try network.trainBatch(
+                images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-3)
         }
         let original = try Self.network(device)
         try step(original, batches[0])
         try step(original, batches[1])
-        let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1).serialized()
+        let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1)
+            .serialized()
         let loaded = try Checkpoint(safetensors: bytes, path: "memory")
         #expect(try loaded.epochs == 1)
         #expect(try loaded.model == original.config)
@@ -87,7 +100,9 @@ import Testing
     @Test(arguments: TestBackend.available)
     func interruptedEpochResumesExactly(_ backend: TestBackend) throws {
         let device = try backend.device()
-        let (train, test) = (try Self.syntheticData(count: 256, seed: 5), try Self.syntheticData(count: 32, seed: 6))
+        let (train, test) = (
+            try Self.syntheticData(count: 256, seed: 5), try Self.syntheticData(count: 32, seed: 6)
+        )
         var options = TrainingOptions()
         options.batchSize = 32
         options.augmentation.horizontalFlip = true
@@ -99,25 +114,37 @@ import Testing
             config.classes = 4
             config.width = 16
             config.dropout = 0.1
-            return try Network(config: config, device: device, optimizer: options.optimizer, seed: 8)
+            return try Network(
+                config: config, device: device, optimizer: options.optimizer, seed: 8)
         }
         let uninterrupted = try network()
-        _ = try Trainer(network: uninterrupted, options: options, train: train, test: test).runEpoch(0)
+        _ = try Trainer(network: uninterrupted, options: options, train: train, test: test)
+            .runEpoch(0)
 
         let first = try network()
         var asked = 0
-        let outcome = try Trainer(network: first, options: options, train: train, test: test).runEpoch(0, shouldStop: {
-            asked += 1
-            return asked > 3
-        })
-        guard case .interrupted(let done) = outcome else { Issue.record("the epoch was not interrupted"); return }
+        let outcome = try Trainer(network: first, options: options, train: train, test: test)
+            .runEpoch(
+                0,
+                shouldStop: {
+                    asked += 1
+                    return asked > 3
+                })
+        guard case .interrupted(let done) = outcome else {
+            Issue.record("the epoch was not interrupted")
+            return
+        }
         #expect(done == 3)
-        let checkpoint = try Checkpoint(safetensors: try Checkpoint(network: first, options: options, epochs: 0, batchesDone: done).serialized(),
-                                        path: "memory")
+        let checkpoint = try Checkpoint(
+            safetensors: try Checkpoint(
+                network: first, options: options, epochs: 0, batchesDone: done
+            ).serialized(),
+            path: "memory")
         #expect(try checkpoint.batchesDone == 3)
         let resumed = try network()
         try checkpoint.restore(into: resumed)
-        _ = try Trainer(network: resumed, options: options, train: train, test: test).runEpoch(0, startBatch: try checkpoint.batchesDone)
+        _ = try Trainer(network: resumed, options: options, train: train, test: test).runEpoch(
+            0, startBatch: try checkpoint.batchesDone)
         #expect(try Self.state(resumed) == Self.state(uninterrupted))
     }
 
@@ -131,26 +158,35 @@ import Testing
     /// OpenCL gap must stay within a small factor of it.
     @Test func soakOfTwentyEpochsKeepsMemoryFlatAndBackendsTogether() throws {
         // Devices of their own: the shared test devices hold other tests' tensors meanwhile.
-        let devices = [try Device.cpu(), try Device.cpu()] + (try TestBackend.openCLEntries.first.map { [try Device.opencl($0)] } ?? [])
+        let devices =
+            [try Device.cpu(), try Device.cpu()]
+            + (try TestBackend.openCLEntries.first.map { [try Device.opencl($0)] } ?? [])
         var options = TrainingOptions()
         options.batchSize = 32
         options.adaptiveSamples = 64
         let trainers = try devices.map { device in
-            try Trainer(network: try Self.network(device), options: options, train: try Self.syntheticData(count: 256, seed: 9),
-                        test: try Self.syntheticData(count: 64, seed: 10), schedule: Schedule(.pipelined))
+            try Trainer(
+                network: try Self.network(device), options: options,
+                train: try Self.syntheticData(count: 256, seed: 9),
+                test: try Self.syntheticData(count: 64, seed: 10), schedule: Schedule(.pipelined))
         }
         for parameter in trainers[1].network.parameters {
-            try devices[1].write(try devices[1].read(parameter.value).map(\.nextUp), to: parameter.value)
+            try devices[1].write(
+                try devices[1].read(parameter.value).map(\.nextUp), to: parameter.value)
         }
         func gap(_ a: [Float], _ b: [Float]) -> Double {
             let difference = zip(a, b).reduce(0.0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) }
             return (difference / a.reduce(0.0) { $0 + Double($1 * $1) }).squareRoot()
         }
         var deviceBytes = [[Int]](repeating: [], count: devices.count)
-        var rounding: [Double] = [], backends: [Double] = []
+        var rounding: [Double] = []
+        var backends: [Double] = []
         for epoch in 0..<20 {
             for (index, trainer) in trainers.enumerated() {
-                guard case .completed(let metrics) = try trainer.runEpoch(epoch) else { Issue.record("epoch \(epoch) did not complete"); return }
+                guard case .completed(let metrics) = try trainer.runEpoch(epoch) else {
+                    Issue.record("epoch \(epoch) did not complete")
+                    return
+                }
                 #expect(metrics.blockLosses.allSatisfy { $0.isFinite })
                 try devices[index].defaultStream.synchronize()
                 deviceBytes[index].append(devices[index].bytesInUse)
@@ -163,45 +199,65 @@ import Testing
             #expect(bytes[0] > 0)
             #expect(Set(bytes).count == 1, "\(device.kind) device bytes per epoch: \(bytes)")
         }
-        print("soak: relative L2 gap per epoch, CPU vs CPU one ulp apart: \(rounding.map { String(format: "%.1e", $0) })")
-        print("soak: relative L2 gap per epoch, CPU vs OpenCL:             \(backends.map { String(format: "%.1e", $0) })")
+        print(
+            "soak: relative L2 gap per epoch, CPU vs CPU one ulp apart: \(rounding.map { String(format: "%.1e", $0) })"
+        )
+        print(
+            "soak: relative L2 gap per epoch, CPU vs OpenCL:             \(backends.map { String(format: "%.1e", $0) })"
+        )
         if let worst = backends.max(), let worstRounding = rounding.max() {
-            #expect(worst <= 4 * worstRounding && worst < 0.1, "CPU/OpenCL gap \(backends) against the rounding gap \(rounding)")
+            #expect(
+                worst <= 4 * worstRounding && worst < 0.1,
+                "CPU/OpenCL gap \(backends) against the rounding gap \(rounding)")
         }
     }
-
 
     @Test func badCheckpointsAreRefusedWithTheReason() throws {
         let device = try TestBackend.cpu.device()
         let network = try Self.network(device)
-        let bytes = try Checkpoint(network: network, options: TrainingOptions(), epochs: 1).serialized()
-        #expect { _ = try Checkpoint(safetensors: bytes.prefix(bytes.count - 10), path: "cut.safetensors") } throws: {
+        let bytes = try Checkpoint(network: network, options: TrainingOptions(), epochs: 1)
+            .serialized()
+        #expect {
+            _ = try Checkpoint(safetensors: bytes.prefix(bytes.count - 10), path: "cut.safetensors")
+        } throws: {
             "\($0)".contains("cut.safetensors") && "\($0)".contains("truncated")
         }
-        #expect { _ = try Checkpoint(safetensors: Data([1, 2, 3]), path: "tiny") } throws: { "\($0)".contains("shorter than the 8-byte header") }
+        #expect { _ = try Checkpoint(safetensors: Data([1, 2, 3]), path: "tiny") } throws: {
+            "\($0)".contains("shorter than the 8-byte header")
+        }
         // A valid safetensors file from another program.
-        var foreign = Checkpoint(tensors: ["w": GoldenTensor(shape: [2], values: [1, 2])], metadata: [:])
+        var foreign = Checkpoint(
+            tensors: ["w": GoldenTensor(shape: [2], values: [1, 2])], metadata: [:])
         foreign.metadata["format"] = "pt"
-        #expect { _ = try Checkpoint(safetensors: try foreign.serialized(), path: "model.safetensors") } throws: {
+        #expect {
+            _ = try Checkpoint(safetensors: try foreign.serialized(), path: "model.safetensors")
+        } throws: {
             "\($0)".contains("another program")
         }
         // A checkpoint of another width.
-        let wider = try Checkpoint(network: try Self.network(device, width: 24), options: TrainingOptions(), epochs: 1)
+        let wider = try Checkpoint(
+            network: try Self.network(device, width: 24), options: TrainingOptions(), epochs: 1)
         #expect { try wider.restore(into: network) } throws: { error in
-            "\(error)".contains("block0.weight") && "\(error)".contains("[24, 36]") && "\(error)".contains("[16, 36]")
+            "\(error)".contains("block0.weight") && "\(error)".contains("[24, 36]")
+                && "\(error)".contains("[16, 36]")
         }
     }
 
     @Test func checkpointWritesReplaceAtomically() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigprop-ckpt-\(UUID())")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sigprop-ckpt-\(UUID())")
         defer { try? FileManager.default.removeItem(at: directory) }
         let url = directory.appendingPathComponent("last.safetensors")
         let network = try Self.network(try TestBackend.cpu.device())
         for epochs in 1...2 {
-            try Checkpoint(network: network, options: TrainingOptions(), epochs: epochs).write(to: url)
+            try Checkpoint(network: network, options: TrainingOptions(), epochs: epochs).write(
+                to: url)
             #expect(try Checkpoint(contentsOf: url).epochs == epochs)
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["last.safetensors"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory.path) == [
+                "last.safetensors"
+            ])
 
         // A writer killed mid-write leaves its temporary file; the next write deletes it, but
         // not the file of a writer that is still alive (pid 1 always is).
@@ -209,9 +265,14 @@ import Testing
         finished.executableURL = URL(fileURLWithPath: "/bin/true")
         try finished.run()
         finished.waitUntilExit()
-        let stale = ".last.safetensors.tmp-\(finished.processIdentifier)", live = ".last.safetensors.tmp-1"
-        for name in [stale, live] { try Data([1, 2, 3]).write(to: directory.appendingPathComponent(name)) }
+        let stale = ".last.safetensors.tmp-\(finished.processIdentifier)"
+        let live = ".last.safetensors.tmp-1"
+        for name in [stale, live] {
+            try Data([1, 2, 3]).write(to: directory.appendingPathComponent(name))
+        }
         try Checkpoint(network: network, options: TrainingOptions(), epochs: 3).write(to: url)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == [live, "last.safetensors"].sorted())
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+                == [live, "last.safetensors"].sorted())
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SigProp
 
 /// The fused weight update (`Device.updateWeights`, gemm.cl's `gemm_update_*`): the weight
@@ -7,14 +8,19 @@ import Testing
 @Suite struct WeightUpdateTests {
     /// M x N, rows of the first pair, rows of the second (0: one pair). Shapes cover 1, 7, 129,
     /// non-multiples of every tile (`gemm_update_outer` and `gemm_update_direct` on PoCL).
-    static let shapes: [(Int, Int, Int, Int)] = [(1, 1, 1, 0), (7, 7, 7, 1), (129, 7, 13, 10), (7, 129, 128, 10), (33, 17, 129, 0), (130, 260, 128, 10)]
+    static let shapes: [(Int, Int, Int, Int)] = [
+        (1, 1, 1, 0), (7, 7, 7, 1), (129, 7, 13, 10), (7, 129, 128, 10), (33, 17, 129, 0),
+        (130, 260, 128, 10),
+    ]
 
     enum Rule: String, CaseIterable { case adam, amsgrad, sgd }
 
     /// A device of its own (the shared test devices keep their backend's choice) that trains
     /// dense layers with the fused update or without it.
     static func device(_ backend: TestBackend, fused: Bool) throws -> Device {
-        let device = backend == .cpu ? try Device.cpu() : try Device.opencl(try #require(TestBackend.openCLEntries.first))
+        let device =
+            backend == .cpu
+            ? try Device.cpu() : try Device.opencl(try #require(TestBackend.openCLEntries.first))
         device.fusesWeightUpdates = fused
         return device
     }
@@ -28,21 +34,47 @@ import Testing
             for rule in Rule.allCases {
                 let w0 = random(m * n, seed: 40 + UInt64(index))
                 let w = try device.tensor(w0, shape: [m, n])
-                let s1 = try device.zeros([m, n]), s2 = try device.zeros([m, n]), s3 = try device.zeros([m, n])
-                var (rw, r1, r2, r3) = (w0.map(Double.init), [Double](repeating: 0, count: m * n), [Double](repeating: 0, count: m * n), [Double](repeating: 0, count: m * n))
+                let s1 = try device.zeros([m, n])
+                let s2 = try device.zeros([m, n])
+                let s3 = try device.zeros([m, n])
+                var (rw, r1, r2, r3) = (
+                    w0.map(Double.init), [Double](repeating: 0, count: m * n),
+                    [Double](repeating: 0, count: m * n), [Double](repeating: 0, count: m * n)
+                )
                 for step in 1...2 {
                     let seed = 50 + 4 * UInt64(step)
-                    let a1 = random(k1 * m, seed: seed), b1 = random(k1 * n, seed: seed + 1)
-                    let a2 = random(k2 * m, seed: seed + 2), b2 = random(k2 * n, seed: seed + 3)
-                    var pairs = [(outputGradient: try device.tensor(a1, shape: [k1, m]), input: try device.tensor(b1, shape: [k1, n]))]
-                    if k2 > 0 { pairs.append((try device.tensor(a2, shape: [k2, m]), try device.tensor(b2, shape: [k2, n]))) }
-                    let update: ParameterUpdate = rule == .sgd
-                        ? .sgd(SGDStep(learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01, nesterov: true, firstStep: step == 1), momentum: s1)
-                        : .adam(AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: step), m: s1, v: s2, vMax: rule == .amsgrad ? s3 : nil)
+                    let a1 = random(k1 * m, seed: seed)
+                    let b1 = random(k1 * n, seed: seed + 1)
+                    let a2 = random(k2 * m, seed: seed + 2)
+                    let b2 = random(k2 * n, seed: seed + 3)
+                    var pairs = [
+                        (
+                            outputGradient: try device.tensor(a1, shape: [k1, m]),
+                            input: try device.tensor(b1, shape: [k1, n])
+                        )
+                    ]
+                    if k2 > 0 {
+                        pairs.append(
+                            (
+                                try device.tensor(a2, shape: [k2, m]),
+                                try device.tensor(b2, shape: [k2, n])
+                            ))
+                    }
+                    let update: ParameterUpdate =
+                        rule == .sgd
+                        ? .sgd(
+                            SGDStep(
+                                learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01,
+                                nesterov: true, firstStep: step == 1), momentum: s1)
+                        : .adam(
+                            AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: step), m: s1,
+                            v: s2, vMax: rule == .amsgrad ? s3 : nil)
                     try device.updateWeights(w, gradientPairs: pairs, update: update)
 
-                    let g1 = naiveProduct(a1, b1, m: m, n: n, k: k1, transposeA: true, transposeB: false)
-                    let g2 = naiveProduct(a2, b2, m: m, n: n, k: k2, transposeA: true, transposeB: false)
+                    let g1 = naiveProduct(
+                        a1, b1, m: m, n: n, k: k1, transposeA: true, transposeB: false)
+                    let g2 = naiveProduct(
+                        a2, b2, m: m, n: n, k: k2, transposeA: true, transposeB: false)
                     for i in 0..<(m * n) {
                         switch rule {
                         case .sgd:
@@ -54,16 +86,32 @@ import Testing
                             r1[i] = 0.9 * r1[i] + 0.1 * g
                             r2[i] = 0.999 * r2[i] + 0.001 * g * g
                             r3[i] = max(r3[i], r2[i])
-                            let bc1 = 1 - pow(0.9, Double(step)), bc2 = 1 - pow(0.999, Double(step))
-                            rw[i] -= 1e-2 / bc1 * r1[i] / ((rule == .amsgrad ? r3[i] : r2[i]).squareRoot() / bc2.squareRoot() + 1e-8)
+                            let bc1 = 1 - pow(0.9, Double(step))
+                            let bc2 = 1 - pow(0.999, Double(step))
+                            rw[i] -=
+                                1e-2 / bc1 * r1[i]
+                                / ((rule == .amsgrad ? r3[i] : r2[i]).squareRoot()
+                                    / bc2.squareRoot() + 1e-8)
                         }
                     }
                 }
                 let label = "\(m)x\(n)x(\(k1)+\(k2)) \(rule)"
-                expectClose(try device.read(w), rw.map(Float.init), absolute: 1e-4, relative: 1e-4, label + " weight")
-                expectClose(try device.read(s1), r1.map(Float.init), absolute: 1e-3, relative: 1e-4, label + " state 1")
-                if rule != .sgd { expectClose(try device.read(s2), r2.map(Float.init), absolute: 1e-3, relative: 1e-3, label + " state 2") }
-                if rule == .amsgrad { expectClose(try device.read(s3), r3.map(Float.init), absolute: 1e-3, relative: 1e-3, label + " state 3") }
+                expectClose(
+                    try device.read(w), rw.map(Float.init), absolute: 1e-4, relative: 1e-4,
+                    label + " weight")
+                expectClose(
+                    try device.read(s1), r1.map(Float.init), absolute: 1e-3, relative: 1e-4,
+                    label + " state 1")
+                if rule != .sgd {
+                    expectClose(
+                        try device.read(s2), r2.map(Float.init), absolute: 1e-3, relative: 1e-3,
+                        label + " state 2")
+                }
+                if rule == .amsgrad {
+                    expectClose(
+                        try device.read(s3), r3.map(Float.init), absolute: 1e-3, relative: 1e-3,
+                        label + " state 3")
+                }
             }
         }
     }
@@ -75,23 +123,31 @@ import Testing
         let device = try Self.device(backend, fused: true)
         let (batch, inputs, outputs) = (7, 13, 9)
         var generator = SeededGenerator(seed: 3)
-        let layer = try DenseLayer(device: device, name: "block", inputs: inputs, outputs: outputs, norm: .layer, activation: .leakyRelu, generator: &generator)
+        let layer = try DenseLayer(
+            device: device, name: "block", inputs: inputs, outputs: outputs, norm: .layer,
+            activation: .leakyRelu, generator: &generator)
         var settings = OptimizerSettings()
         settings.kind = .sgd
         settings.momentum = 0
         let block = try HiddenBlock(layer: layer, after: [], optimizer: settings)
         let h = try device.tensor(random(batch * inputs, seed: 60), shape: [batch, inputs])
-        let t = try device.tensor((0..<batch).flatMap { row in random(inputs, seed: 61 + UInt64(row % 3)) }, shape: [batch, inputs])
+        let t = try device.tensor(
+            (0..<batch).flatMap { row in random(inputs, seed: 61 + UInt64(row % 3)) },
+            shape: [batch, inputs])
         let w0 = try device.read(layer.weight.value)
         func loss(_ w: [Float]) throws -> Double {
             try device.write(w, to: layer.weight.value)
             let pass = try block.forward(h: h, t: t, on: nil)
-            return Double(try LocalLoss.value(of: try LocalLoss().evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0)))
+            return Double(
+                try LocalLoss.value(
+                    of: try LocalLoss().evaluate(
+                        h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0)))
         }
         var numeric: [Int: Double] = [:]
         let delta: Float = 1e-2
         for index in [0, 17, 58, w0.count - 1] {
-            var plus = w0, minus = w0
+            var plus = w0
+            var minus = w0
             plus[index] += delta
             minus[index] -= delta
             numeric[index] = (try loss(plus) - loss(minus)) / Double(2 * delta)
@@ -100,7 +156,9 @@ import Testing
         _ = try block.train(h: h, t: t, loss: LocalLoss(), learningRate: 1, on: nil)
         let moved = zip(w0, try device.read(layer.weight.value)).map { Double($0 - $1) }
         for (index, expected) in numeric {
-            #expect(abs(moved[index] - expected) <= 2e-3 + 2e-2 * abs(expected), "dW[\(index)]: fused step moved \(moved[index]), finite differences \(expected)")
+            #expect(
+                abs(moved[index] - expected) <= 2e-3 + 2e-2 * abs(expected),
+                "dW[\(index)]: fused step moved \(moved[index]), finite differences \(expected)")
         }
     }
 
@@ -110,17 +168,24 @@ import Testing
         let device = try Self.device(backend, fused: true)
         func trainedWeights(storing: Bool) throws -> [Float] {
             var generator = SeededGenerator(seed: 5)
-            let layer = try DenseLayer(device: device, name: "block", inputs: 129, outputs: 33, norm: .layer, activation: .leakyRelu, generator: &generator)
+            let layer = try DenseLayer(
+                device: device, name: "block", inputs: 129, outputs: 33, norm: .layer,
+                activation: .leakyRelu, generator: &generator)
             let block = try HiddenBlock(layer: layer, after: [], optimizer: OptimizerSettings())
             for step in 0..<3 {
-                let h = try device.tensor(random(16 * 129, seed: 70 + UInt64(step)), shape: [16, 129])
-                let t = try device.tensor(random(16 * 129, seed: 80 + UInt64(step)), shape: [16, 129])
+                let h = try device.tensor(
+                    random(16 * 129, seed: 70 + UInt64(step)), shape: [16, 129])
+                let t = try device.tensor(
+                    random(16 * 129, seed: 80 + UInt64(step)), shape: [16, 129])
                 if storing {
                     // The unfused path: every gradient stored, then the optimizer over them.
                     let pass = try block.forward(h: h, t: t, on: nil)
-                    let out = try LocalLoss().evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0)
-                    try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: nil)
-                    try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: nil)
+                    let out = try LocalLoss().evaluate(
+                        h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0)
+                    try layer.accumulateGradients(
+                        pass.hPass, outputGradient: out.dH, accumulate: false, on: nil)
+                    try layer.accumulateGradients(
+                        pass.tPass, outputGradient: out.dT, accumulate: true, on: nil)
                     try block.optimizer.step(learningRate: 5e-4)
                 } else {
                     _ = try block.train(h: h, t: t, loss: LocalLoss(), learningRate: 5e-4, on: nil)
@@ -128,7 +193,9 @@ import Testing
             }
             return try layer.parameters.flatMap { try device.read($0.value) }
         }
-        expectClose(try trainedWeights(storing: false), try trainedWeights(storing: true), absolute: 1e-5, relative: 1e-4, "fused vs unfused")
+        expectClose(
+            try trainedWeights(storing: false), try trainedWeights(storing: true), absolute: 1e-5,
+            relative: 1e-4, "fused vs unfused")
     }
 
     /// A whole network (signal block with its context part, hidden blocks, output layer) under
@@ -136,31 +203,48 @@ import Testing
     @Test(arguments: TestBackend.available)
     func networksTrainAlikeFusedOrNot(_ backend: TestBackend) throws {
         let states = try [true, false].map { fused in
-            try ScheduleTests.trainedState(try TrainingTests.network(try Self.device(backend, fused: fused), width: 24),
-                                           options: ScheduleTests.options(), schedule: Schedule(.pipelined))
+            try ScheduleTests.trainedState(
+                try TrainingTests.network(try Self.device(backend, fused: fused), width: 24),
+                options: ScheduleTests.options(), schedule: Schedule(.pipelined))
         }
         if backend == .cpu {
             // The CPU twin runs the same BLAS calls and the same Adam loop, only in cache-sized
             // panels: the same numbers bit for bit.
-            #expect(states[0] == states[1], "fused vs unfused differ in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
+            #expect(
+                states[0] == states[1],
+                "fused vs unfused differ in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values"
+            )
         } else {
             // One register sum over both streams instead of two products: rounding differs.
-            expectClose(states[0], states[1], absolute: 1e-4, relative: 1e-3, "fused vs unfused network")
-            #expect(states[0] != states[1], "the fused path did not run: the two runs are bit-identical")
+            expectClose(
+                states[0], states[1], absolute: 1e-4, relative: 1e-3, "fused vs unfused network")
+            #expect(
+                states[0] != states[1], "the fused path did not run: the two runs are bit-identical"
+            )
         }
     }
 
     @Test func badPairsAreNamed() throws {
         let device = try Device.cpu()
-        let w = try device.zeros([4, 3]), m = try device.zeros([4, 3]), v = try device.zeros([4, 3])
-        let update = ParameterUpdate.adam(AdamStep(learningRate: 1e-3, step: 1), m: m, v: v, vMax: nil)
+        let w = try device.zeros([4, 3])
+        let m = try device.zeros([4, 3])
+        let v = try device.zeros([4, 3])
+        let update = ParameterUpdate.adam(
+            AdamStep(learningRate: 1e-3, step: 1), m: m, v: v, vMax: nil)
         #expect(throws: SigPropError.self) {
-            try device.updateWeights(w, gradientPairs: [(try device.zeros([2, 3]), try device.zeros([2, 3]))], update: update)
+            try device.updateWeights(
+                w, gradientPairs: [(try device.zeros([2, 3]), try device.zeros([2, 3]))],
+                update: update)
         }
-        #expect(throws: SigPropError.self) { try device.updateWeights(w, gradientPairs: [], update: update) }
         #expect(throws: SigPropError.self) {
-            try device.updateWeights(w, gradientPairs: [(try device.zeros([2, 4]), try device.zeros([2, 3]))],
-                                     update: .adam(AdamStep(learningRate: 1e-3, step: 1), m: try device.zeros([5]), v: v, vMax: nil))
+            try device.updateWeights(w, gradientPairs: [], update: update)
+        }
+        #expect(throws: SigPropError.self) {
+            try device.updateWeights(
+                w, gradientPairs: [(try device.zeros([2, 4]), try device.zeros([2, 3]))],
+                update: .adam(
+                    AdamStep(learningRate: 1e-3, step: 1), m: try device.zeros([5]), v: v, vMax: nil
+                ))
         }
     }
 }

@@ -18,16 +18,19 @@ final class HostBuffer: @unchecked Sendable {
 
     deinit { pointer.deallocate() }
 
-    var base: UnsafeMutablePointer<Float> { pointer.baseAddress! }  // never empty: every shape is non-zero
+    // Never empty: every shape is non-zero.
+    var base: UnsafeMutablePointer<Float> { pointer.baseAddress! }
     var values: [Float] { Array(pointer) }
 }
 
 /// `c = op(a) op(b)` with OpenBLAS, row-major, leading dimensions of the matrices as stored.
 func cblasGemm(_ shape: GemmCase, _ a: HostBuffer, _ b: HostBuffer, _ c: HostBuffer) {
     cblas_sgemm(
-        CblasRowMajor, shape.transposeA ? CblasTrans : CblasNoTrans, shape.transposeB ? CblasTrans : CblasNoTrans,
+        CblasRowMajor, shape.transposeA ? CblasTrans : CblasNoTrans,
+        shape.transposeB ? CblasTrans : CblasNoTrans,
         blasint(shape.m), blasint(shape.n), blasint(shape.k), 1,
-        a.base, blasint(shape.aShape[1]), b.base, blasint(shape.bShape[1]), 0, c.base, blasint(shape.n))
+        a.base, blasint(shape.aShape[1]), b.base, blasint(shape.bShape[1]), 0, c.base,
+        blasint(shape.n))
 }
 
 func openblasGemm(_ shape: GemmCase) -> () throws -> Void {
@@ -50,29 +53,45 @@ final class CLBlastQueue: @unchecked Sendable {
         var platforms = [cl_platform_id?](repeating: nil, count: Int(platformCount))
         try clCheck(clGetPlatformIDs(platformCount, &platforms, nil), "clGetPlatformIDs")
         guard platforms.indices.contains(entry.info.platformIndex) else {
-            throw BenchmarkSetupError("OpenCL platform \(entry.info.platformIndex) of \(entry.info.name) is gone")
+            throw BenchmarkSetupError(
+                "OpenCL platform \(entry.info.platformIndex) of \(entry.info.name) is gone")
         }
         let platform = platforms[entry.info.platformIndex]
         var deviceCount: cl_uint = 0
-        try clCheck(clGetDeviceIDs(platform, cl_device_type(CL_DEVICE_TYPE_ALL), 0, nil, &deviceCount), "clGetDeviceIDs")
+        try clCheck(
+            clGetDeviceIDs(platform, cl_device_type(CL_DEVICE_TYPE_ALL), 0, nil, &deviceCount),
+            "clGetDeviceIDs")
         var devices = [cl_device_id?](repeating: nil, count: Int(deviceCount))
-        try clCheck(clGetDeviceIDs(platform, cl_device_type(CL_DEVICE_TYPE_ALL), deviceCount, &devices, nil), "clGetDeviceIDs")
+        try clCheck(
+            clGetDeviceIDs(
+                platform, cl_device_type(CL_DEVICE_TYPE_ALL), deviceCount, &devices, nil),
+            "clGetDeviceIDs")
         guard devices.indices.contains(entry.info.deviceIndex) else {
-            throw BenchmarkSetupError("OpenCL device \(entry.info.deviceIndex) of platform \(entry.info.platformIndex) is gone")
+            throw BenchmarkSetupError(
+                "OpenCL device \(entry.info.deviceIndex) of platform \(entry.info.platformIndex) is gone"
+            )
         }
         var device = devices[entry.info.deviceIndex]
 
         var nameLength = 0
-        try clCheck(clGetDeviceInfo(device, cl_device_info(CL_DEVICE_NAME), 0, nil, &nameLength), "clGetDeviceInfo")
+        try clCheck(
+            clGetDeviceInfo(device, cl_device_info(CL_DEVICE_NAME), 0, nil, &nameLength),
+            "clGetDeviceInfo")
         var name = [CChar](repeating: 0, count: nameLength + 1)
-        try clCheck(clGetDeviceInfo(device, cl_device_info(CL_DEVICE_NAME), nameLength, &name, nil), "clGetDeviceInfo")
-        let found = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        try clCheck(
+            clGetDeviceInfo(device, cl_device_info(CL_DEVICE_NAME), nameLength, &name, nil),
+            "clGetDeviceInfo")
+        let found = String(
+            decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         guard found == entry.info.name else {
-            throw BenchmarkSetupError("OpenCL device order changed: expected \(entry.info.name), found \(found)")
+            throw BenchmarkSetupError(
+                "OpenCL device order changed: expected \(entry.info.name), found \(found)")
         }
 
         var status: cl_int = 0
-        guard let context = clCreateContext(nil, 1, &device, nil, nil, &status), status == CL_SUCCESS else {
+        guard let context = clCreateContext(nil, 1, &device, nil, nil, &status),
+            status == CL_SUCCESS
+        else {
             throw BenchmarkSetupError("clCreateContext failed with OpenCL status \(status)")
         }
         self.context = context
@@ -92,18 +111,23 @@ final class CLBlastQueue: @unchecked Sendable {
     func buffer(_ values: [Float]) throws -> CLBlastBuffer {
         var status: cl_int = 0
         var copy = values
-        let mem = clCreateBuffer(context, cl_mem_flags(CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR),
-                                 values.count * MemoryLayout<Float>.stride, &copy, &status)
+        let mem = clCreateBuffer(
+            context, cl_mem_flags(CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR),
+            values.count * MemoryLayout<Float>.stride, &copy, &status)
         guard let mem, status == CL_SUCCESS else {
-            throw BenchmarkSetupError("clCreateBuffer of \(values.count) floats failed with OpenCL status \(status)")
+            throw BenchmarkSetupError(
+                "clCreateBuffer of \(values.count) floats failed with OpenCL status \(status)")
         }
         return CLBlastBuffer(mem: mem, count: values.count, owner: self)
     }
 
     func read(_ buffer: CLBlastBuffer) throws -> [Float] {
         var values = [Float](repeating: 0, count: buffer.count)
-        try clCheck(clEnqueueReadBuffer(queue, buffer.mem, cl_bool(CL_TRUE), 0, buffer.count * MemoryLayout<Float>.stride, &values, 0, nil, nil),
-                  "clEnqueueReadBuffer")
+        try clCheck(
+            clEnqueueReadBuffer(
+                queue, buffer.mem, cl_bool(CL_TRUE), 0, buffer.count * MemoryLayout<Float>.stride,
+                &values, 0, nil, nil),
+            "clEnqueueReadBuffer")
         return values
     }
 
@@ -126,11 +150,15 @@ final class CLBlastBuffer: @unchecked Sendable {
 }
 
 func clCheck(_ status: cl_int, _ call: String) throws {
-    guard status == CL_SUCCESS else { throw BenchmarkSetupError("\(call) failed with OpenCL status \(status)") }
+    guard status == CL_SUCCESS else {
+        throw BenchmarkSetupError("\(call) failed with OpenCL status \(status)")
+    }
 }
 
 func clblastCheck(_ status: CLBlastStatusCode, _ call: String) throws {
-    guard status == CLBlastSuccess else { throw BenchmarkSetupError("\(call) failed with CLBlast status \(status.rawValue)") }
+    guard status == CLBlastSuccess else {
+        throw BenchmarkSetupError("\(call) failed with CLBlast status \(status.rawValue)")
+    }
 }
 
 /// The anchor's glue (layouts, leading dimensions) is ours, so its first result is checked
@@ -139,14 +167,17 @@ func requireClose(_ got: [Float], _ expected: [Float], _ what: String) throws {
     let scale = max(1, expected.map(abs).max() ?? 0)
     let error = zip(got, expected).map { abs($0 - $1) }.max() ?? 0
     guard got.count == expected.count, error <= 1e-3 * scale else {
-        throw BenchmarkSetupError("\(what): result differs from the reference by \(error) (scale \(scale))")
+        throw BenchmarkSetupError(
+            "\(what): result differs from the reference by \(error) (scale \(scale))")
     }
 }
 
 func clblastGemm(_ shape: GemmCase) throws -> () throws -> Void {
     let cl = try CLBlastQueue(entry: try openCLEntry())
-    let aValues = randomValues(shape.m * shape.k, seed: 1), bValues = randomValues(shape.k * shape.n, seed: 2)
-    let a = try cl.buffer(aValues), b = try cl.buffer(bValues)
+    let aValues = randomValues(shape.m * shape.k, seed: 1)
+    let bValues = randomValues(shape.k * shape.n, seed: 2)
+    let a = try cl.buffer(aValues)
+    let b = try cl.buffer(bValues)
     let c = try cl.buffer([Float](repeating: 0, count: shape.m * shape.n))
     let run = {
         try clblastCheck(
@@ -172,12 +203,14 @@ func clblastConv(_ shape: ConvCase) throws -> () throws -> Void {
     let cl = try CLBlastQueue(entry: try openCLEntry())
     let inputValues = randomValues(shape.inputShape.reduce(1, *), seed: 1)
     let weightValues = randomValues(shape.weightShape.reduce(1, *), seed: 2)
-    let input = try cl.buffer(inputValues), weight = try cl.buffer(weightValues)
+    let input = try cl.buffer(inputValues)
+    let weight = try cl.buffer(weightValues)
     let output = try cl.buffer([Float](repeating: 0, count: shape.outputShape.reduce(1, *)))
     let run = {
         try clblastCheck(
             CLBlastSconvgemm(
-                CLBlastKernelModeCrossCorrelation, shape.inChannels, shape.height, shape.width, shape.kernel, shape.kernel,
+                CLBlastKernelModeCrossCorrelation, shape.inChannels, shape.height, shape.width,
+                shape.kernel, shape.kernel,
                 shape.padding, shape.padding, 1, 1, 1, 1, shape.outChannels, shape.batch,
                 input.mem, 0, weight.mem, 0, output.mem, 0, &cl.queue, nil),
             "CLBlastSconvgemm \(shape)")
@@ -186,8 +219,10 @@ func clblastConv(_ shape: ConvCase) throws -> () throws -> Void {
     try run()
     let cpu = try Device.cpu()
     let reference = try cpu.zeros(shape.outputShape)
-    try cpu.conv2d(try cpu.tensor(inputValues, shape: shape.inputShape), weight: try cpu.tensor(weightValues, shape: shape.weightShape),
-                   into: reference, padding: shape.padding)
+    try cpu.conv2d(
+        try cpu.tensor(inputValues, shape: shape.inputShape),
+        weight: try cpu.tensor(weightValues, shape: shape.weightShape),
+        into: reference, padding: shape.padding)
     try requireClose(try cl.read(output), try cpu.read(reference), "CLBlastSconvgemm \(shape)")
     return run
 }

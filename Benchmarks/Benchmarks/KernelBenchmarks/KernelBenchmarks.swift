@@ -15,7 +15,8 @@ let flopRateScale = 1e6
 /// KERNEL_BENCHMARK_SECONDS says otherwise. A 2-second PoCL convolution gets one sample in 1 s;
 /// give it more time for a spread.
 let secondsPerBenchmark: Int = {
-    let value = ProcessInfo.processInfo.environment["KERNEL_BENCHMARK_SECONDS"].flatMap { Int($0) } ?? 1
+    let value =
+        ProcessInfo.processInfo.environment["KERNEL_BENCHMARK_SECONDS"].flatMap { Int($0) } ?? 1
     return max(1, value)
 }()
 
@@ -26,25 +27,45 @@ let benchmarks: @Sendable () -> Void = {
         FileHandle.standardError.write(Data("warning: \(advice)\n".utf8))
     }
     for shape in GemmCase.all {
-        register("sgemm/opencl/\(shape)", flops: shape.flops) { try sigpropGemm(try openCLDevice(), shape) }
-        register("sgemm/cpu/\(shape)", flops: shape.flops) { try sigpropGemm(try Device.cpu(), shape) }
+        register("sgemm/opencl/\(shape)", flops: shape.flops) {
+            try sigpropGemm(try openCLDevice(), shape)
+        }
+        register("sgemm/cpu/\(shape)", flops: shape.flops) {
+            try sigpropGemm(try Device.cpu(), shape)
+        }
         register("sgemm/clblast/\(shape)", flops: shape.flops) { try clblastGemm(shape) }
         register("sgemm/openblas/\(shape)", flops: shape.flops) { openblasGemm(shape) }
     }
     for shape in ConvCase.all {
-        register("conv2d/opencl/\(shape)", flops: shape.flops) { try sigpropConv(try openCLDevice(), shape) }
-        register("conv2d/cpu/\(shape)", flops: shape.flops) { try sigpropConv(try Device.cpu(), shape) }
+        register("conv2d/opencl/\(shape)", flops: shape.flops) {
+            try sigpropConv(try openCLDevice(), shape)
+        }
+        register("conv2d/cpu/\(shape)", flops: shape.flops) {
+            try sigpropConv(try Device.cpu(), shape)
+        }
         register("conv2d/clblast/\(shape)", flops: shape.flops) { try clblastConv(shape) }
-        register("conv2d_wgrad/opencl/\(shape)", flops: shape.flops) { try sigpropConvWeightGradient(try openCLDevice(), shape) }
-        register("conv2d_wgrad/cpu/\(shape)", flops: shape.flops) { try sigpropConvWeightGradient(try Device.cpu(), shape) }
+        register("conv2d_wgrad/opencl/\(shape)", flops: shape.flops) {
+            try sigpropConvWeightGradient(try openCLDevice(), shape)
+        }
+        register("conv2d_wgrad/cpu/\(shape)", flops: shape.flops) {
+            try sigpropConvWeightGradient(try Device.cpu(), shape)
+        }
     }
     // A block's local step with the optimizer in the weight-gradient product's epilogue
     // (`local_step`), and the same math as separate kernels (`local_step_unfused`).
     for shape in LocalStepCase.all {
-        register("local_step/opencl/\(shape)", flops: shape.flops) { try sigpropLocalStep(try openCLDevice(), shape, fused: true) }
-        register("local_step/cpu/\(shape)", flops: shape.flops) { try sigpropLocalStep(try Device.cpu(), shape, fused: true) }
-        register("local_step_unfused/opencl/\(shape)", flops: shape.flops) { try sigpropLocalStep(try openCLDevice(), shape, fused: false) }
-        register("local_step_unfused/cpu/\(shape)", flops: shape.flops) { try sigpropLocalStep(try Device.cpu(), shape, fused: false) }
+        register("local_step/opencl/\(shape)", flops: shape.flops) {
+            try sigpropLocalStep(try openCLDevice(), shape, fused: true)
+        }
+        register("local_step/cpu/\(shape)", flops: shape.flops) {
+            try sigpropLocalStep(try Device.cpu(), shape, fused: true)
+        }
+        register("local_step_unfused/opencl/\(shape)", flops: shape.flops) {
+            try sigpropLocalStep(try openCLDevice(), shape, fused: false)
+        }
+        register("local_step_unfused/cpu/\(shape)", flops: shape.flops) {
+            try sigpropLocalStep(try Device.cpu(), shape, fused: false)
+        }
     }
 }
 
@@ -70,7 +91,9 @@ func register(_ name: String, flops: Double, prepare: @escaping () throws -> () 
             maxIterations: 100
         ),
         closure: { (benchmark: Benchmark) throws in
-            guard let iteration = prepared.iteration else { throw BenchmarkSetupError("\(name) was not prepared") }
+            guard let iteration = prepared.iteration else {
+                throw BenchmarkSetupError("\(name) was not prepared")
+            }
             let start = ContinuousClock.now
             try iteration()
             let elapsed = (ContinuousClock.now - start).components
@@ -110,7 +133,8 @@ struct GemmCase: CustomStringConvertible {
         // target stream's H T_Kᵀ (B x K).
         GemmCase(128, 10, 1024, "NT"), GemmCase(10, 1024, 128, "TN"), GemmCase(128, 10, 784, "NT"),
         // Square, for comparison with published numbers.
-        GemmCase(256, 256, 256, "NN"), GemmCase(512, 512, 512, "NN"), GemmCase(1024, 1024, 1024, "NN"),
+        GemmCase(256, 256, 256, "NN"), GemmCase(512, 512, 512, "NN"),
+        GemmCase(1024, 1024, 1024, "NN"),
     ]
 
     var description: String { "\(m)x\(n)x\(k)_\(transposeA ? "T" : "N")\(transposeB ? "T" : "N")" }
@@ -126,17 +150,21 @@ struct ConvCase: CustomStringConvertible {
     let padding = 1
 
     static let all: [ConvCase] = [
-        ConvCase(batch: 128, inChannels: 32, outChannels: 64, height: 28, width: 28, kernel: 3),
+        ConvCase(batch: 128, inChannels: 32, outChannels: 64, height: 28, width: 28, kernel: 3)
     ]
 
-    var description: String { "b\(batch)_c\(inChannels)to\(outChannels)_\(height)x\(width)_k\(kernel)" }
+    var description: String {
+        "b\(batch)_c\(inChannels)to\(outChannels)_\(height)x\(width)_k\(kernel)"
+    }
     var outHeight: Int { height + 2 * padding - kernel + 1 }
     var outWidth: Int { width + 2 * padding - kernel + 1 }
     var inputShape: [Int] { [batch, inChannels, height, width] }
     var weightShape: [Int] { [outChannels, inChannels, kernel, kernel] }
     var outputShape: [Int] { [batch, outChannels, outHeight, outWidth] }
     /// 2 B Cout Ho Wo Cin k²: the same for the forward pass and the weight gradient.
-    var flops: Double { 2 * Double(batch * outChannels * outHeight * outWidth * inChannels * kernel * kernel) }
+    var flops: Double {
+        2 * Double(batch * outChannels * outHeight * outWidth * inChannels * kernel * kernel)
+    }
 }
 
 /// A dense block's whole local learning step, `b<B>_<in>to<out>`: the local loss on H, T

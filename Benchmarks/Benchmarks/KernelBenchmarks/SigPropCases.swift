@@ -9,20 +9,27 @@ func openCLEntry() throws -> OpenCLDeviceEntry {
     let entries = try OpenCLDiscovery.allDevices()
     guard !entries.isEmpty else {
         throw BenchmarkSetupError(
-            "no OpenCL device found (apt-get install pocl-opencl-icd runs OpenCL on the CPU); skip these with --skip '.*/(opencl|clblast)/.*'")
+            "no OpenCL device found (apt-get install pocl-opencl-icd runs OpenCL on the CPU); skip these with --skip '.*/(opencl|clblast)/.*'"
+        )
     }
-    guard let selector = ProcessInfo.processInfo.environment[BackendSelection.deviceVariable], !selector.isEmpty else {
+    guard let selector = ProcessInfo.processInfo.environment[BackendSelection.deviceVariable],
+        !selector.isEmpty
+    else {
         return entries[0]
     }
     if let index = Int(selector) {
         guard entries.indices.contains(index) else {
-            throw BenchmarkSetupError("\(BackendSelection.deviceVariable)=\(selector) is not a device index (0..<\(entries.count))")
+            throw BenchmarkSetupError(
+                "\(BackendSelection.deviceVariable)=\(selector) is not a device index (0..<\(entries.count))"
+            )
         }
         return entries[index]
     }
     let matches = entries.filter { $0.info.name.lowercased().contains(selector.lowercased()) }
     guard matches.count == 1 else {
-        throw BenchmarkSetupError("\(BackendSelection.deviceVariable)=\(selector) matches \(matches.count) OpenCL devices; give an index or a longer name")
+        throw BenchmarkSetupError(
+            "\(BackendSelection.deviceVariable)=\(selector) matches \(matches.count) OpenCL devices; give an index or a longer name"
+        )
     }
     return matches[0]
 }
@@ -57,7 +64,8 @@ func sigpropConvWeightGradient(_ device: Device, _ shape: ConvCase) throws -> ()
     let weightGradient = try device.zeros(shape.weightShape)
     try device.defaultStream.synchronize()
     return {
-        try device.conv2dWeightGradient(input, outputGradient: outputGradient, into: weightGradient, padding: shape.padding)
+        try device.conv2dWeightGradient(
+            input, outputGradient: outputGradient, into: weightGradient, padding: shape.padding)
         try device.defaultStream.synchronize()
     }
 }
@@ -66,7 +74,9 @@ func sigpropConvWeightGradient(_ device: Device, _ shape: ConvCase) throws -> ()
 /// outputs, as training does), then the weight's Adam step. `fused`: in the epilogue of the
 /// weight-gradient product over both streams (`Device.updateWeights`); unfused: the two
 /// weight-gradient products into a gradient tensor, then the Adam kernel.
-func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase, fused: Bool) throws -> () throws -> Void {
+func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase, fused: Bool) throws -> () throws ->
+    Void
+{
     let (b, n, i) = (shape.batch, shape.outputs, shape.inputs)
     let h = try randomTensor(device, [b, n], seed: 1)
     let t = try randomTensor(device, [b, n], seed: 2)
@@ -85,7 +95,9 @@ func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase, fused: Bool) thr
         let out = try loss.evaluate(h: h, t: t, t0: t0)
         let adam = AdamStep(learningRate: 5e-4, step: step)
         if fused {
-            try device.updateWeights(weight, gradientPairs: [(out.dH, x), (out.dT, x0)], update: .adam(adam, m: m, v: v, vMax: nil))
+            try device.updateWeights(
+                weight, gradientPairs: [(out.dH, x), (out.dT, x0)],
+                update: .adam(adam, m: m, v: v, vMax: nil))
         } else {
             try device.gemm(out.dH, transposeA: true, x, into: gradient)
             try device.gemm(out.dT, transposeA: true, x0, into: gradient, beta: 1)

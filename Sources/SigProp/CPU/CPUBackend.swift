@@ -30,7 +30,8 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
     /// The queue's thread and its work; shared with the thread, which ends after the queue
     /// is released and the work is done.
     private final class Worker: @unchecked Sendable {
-        let pending = Mutex<(work: [@Sendable () -> Void], posted: Int, closed: Bool)>(([], 0, false))
+        let pending = Mutex<(work: [@Sendable () -> Void], posted: Int, closed: Bool)>(
+            ([], 0, false))
         /// `pending.posted`, readable without the lock while the thread spins.
         let posted = Synchronization.Atomic<Int>(0)
         let parking = Parking()
@@ -77,7 +78,11 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
     /// queue's event do not.
     func enqueue(_ work: @escaping @Sendable () -> Void) {
         guard let coreLimit else { return worker.post { Parking.occupying(work) } }
-        worker.post { Parking.occupying { CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work) } }
+        worker.post {
+            Parking.occupying {
+                CPUKernels.$cores.withValue(min(coreLimit, CPUKernels.cores), operation: work)
+            }
+        }
     }
 
     /// Runs `body` after the work already queued and returns its result.
@@ -98,7 +103,10 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
     }
 
     func wait(for event: BackendEvent) throws {
-        guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU stream cannot wait for an event of another backend") }
+        guard let event = event as? CPUEvent else {
+            throw SigPropError.configuration(
+                "a CPU stream cannot wait for an event of another backend")
+        }
         worker.post { event.completion.wait() }
     }
 
@@ -139,10 +147,12 @@ final class CPUBackend: Backend, @unchecked Sendable {
         let available = ProcessInfo.processInfo.activeProcessorCount
         self.cores = max(1, min(cores ?? available, available))
         limited = self.cores < available
-        deviceDescription = "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+        deviceDescription =
+            "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
         // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
         // twin measured the same speed as product + Adam (README, `local_step` benchmarks).
-        capabilities = DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
+        capabilities = DeviceCapabilities(
+            asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
         // Products are split over the cores by CPUKernels.gemm; see there.
         openblas_set_num_threads(1)
     }
@@ -158,18 +168,24 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func makeQueue(coreLimit: Int?) throws -> BackendQueue {
         let limit = limited ? min(coreLimit ?? cores, cores) : coreLimit
-        return CPUQueue(label: "sigprop.cpu.queue\(queueCount.add(1, ordering: .relaxed).newValue)", coreLimit: limit)
+        return CPUQueue(
+            label: "sigprop.cpu.queue\(queueCount.add(1, ordering: .relaxed).newValue)",
+            coreLimit: limit)
     }
 
     func makeUserEvent() throws -> BackendEvent { CPUEvent() }
 
     func completeUserEvent(_ event: BackendEvent) throws {
-        guard let event = event as? CPUEvent else { throw SigPropError.configuration("a CPU user event must come from the CPU backend") }
+        guard let event = event as? CPUEvent else {
+            throw SigPropError.configuration("a CPU user event must come from the CPU backend")
+        }
         event.complete()
     }
 
     /// Enqueues `work`; with a kernel log on the queue, timed under the calling operation's name.
-    private func run(_ queue: BackendQueue, name: String = #function, _ work: @escaping @Sendable () -> Void) {
+    private func run(
+        _ queue: BackendQueue, name: String = #function, _ work: @escaping @Sendable () -> Void
+    ) {
         let queue = queue as! CPUQueue
         guard let log = queue.kernelLog else { return queue.enqueue(work) }
         let operation = String(name.prefix { $0 != "(" })
@@ -184,15 +200,23 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws {
         let destination = buf(storage)
-        run(queue) { values.withUnsafeBufferPointer { destination.pointer.update(from: $0.baseAddress!, count: values.count) } }
+        run(queue) {
+            values.withUnsafeBufferPointer {
+                destination.pointer.update(from: $0.baseAddress!, count: values.count)
+            }
+        }
     }
 
     func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float] {
         let source = buf(storage)
-        return (queue as! CPUQueue).sync { Array(UnsafeBufferPointer(start: source.pointer, count: count)) }
+        return (queue as! CPUQueue).sync {
+            Array(UnsafeBufferPointer(start: source.pointer, count: count))
+        }
     }
 
-    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func copy(
+        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue
+    ) throws {
         let (s, d) = (buf(source), buf(destination))
         run(queue) { d.pointer.update(from: s.pointer, count: count) }
     }
@@ -202,117 +226,208 @@ final class CPUBackend: Backend, @unchecked Sendable {
         run(queue) { d.pointer.update(repeating: value, count: count) }
     }
 
-    func gemm(_ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
+    func gemm(
+        _ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage,
+        bias: TensorStorage?, on queue: BackendQueue
+    ) throws {
         let (a, b, c, bias) = (buf(a), buf(b), buf(c), bias.map(buf))
         run(queue) {
             CPUKernels.gemm(shape, a: a.pointer, b: b.pointer, c: c.pointer)
-            CPUKernels.biasActivation(c.pointer, rows: shape.m, columns: shape.n, bias: bias?.pointer, activation: shape.activation)
+            CPUKernels.biasActivation(
+                c.pointer, rows: shape.m, columns: shape.n, bias: bias?.pointer,
+                activation: shape.activation)
         }
     }
 
-    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func activate(
+        _ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
         let (x, y) = (buf(input), buf(output))
         run(queue) { CPUKernels.activate(x.pointer, into: y.pointer, count: count, activation) }
     }
 
-    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func activationGradient(
+        _ activation: Activation, output: TensorStorage, gradient: TensorStorage,
+        result: TensorStorage, count: Int, on queue: BackendQueue
+    ) throws {
         let (a, g, r) = (buf(output), buf(gradient), buf(result))
-        run(queue) { CPUKernels.activationGradient(a.pointer, gradient: g.pointer, into: r.pointer, count: count, activation) }
+        run(queue) {
+            CPUKernels.activationGradient(
+                a.pointer, gradient: g.pointer, into: r.pointer, count: count, activation)
+        }
     }
 
-    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func axpby(
+        alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
         let (x, y) = (buf(x), buf(y))
         run(queue) {
-            for i in 0..<count { y.pointer[i] = alpha * x.pointer[i] + (beta == 0 ? 0 : beta * y.pointer[i]) }
+            for i in 0..<count {
+                y.pointer[i] = alpha * x.pointer[i] + (beta == 0 ? 0 : beta * y.pointer[i])
+            }
         }
     }
 
-    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
+    func channelSums(
+        _ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage,
+        alpha: Float, beta: Float, on queue: BackendQueue
+    ) throws {
         let (x, out) = (buf(x), buf(into))
-        run(queue) { CPUKernels.channelSums(x.pointer, outer: outer, channels: channels, inner: inner, into: out.pointer, alpha: alpha, beta: beta) }
-    }
-
-    func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
-        let (x, w, b, y) = (buf(input), buf(weight), bias.map(buf), buf(output))
-        run(queue) { CPUKernels.conv2d(shape, input: x.pointer, weight: w.pointer, bias: b?.pointer, output: y.pointer, activation: activation) }
-    }
-
-    func conv2dWeightGradient(_ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
-        let (x, dz, dw, db) = (buf(input), buf(outputGradient), buf(weightGradient), biasGradient.map(buf))
         run(queue) {
-            CPUKernels.conv2dWeightGradient(shape, input: x.pointer, outputGradient: dz.pointer, weightGradient: dw.pointer,
-                                            biasGradient: db?.pointer, beta: beta)
+            CPUKernels.channelSums(
+                x.pointer, outer: outer, channels: channels, inner: inner, into: out.pointer,
+                alpha: alpha, beta: beta)
         }
     }
 
-    func pool2d(_ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
+    func conv2d(
+        _ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?,
+        output: TensorStorage, activation: Activation, on queue: BackendQueue
+    ) throws {
+        let (x, w, b, y) = (buf(input), buf(weight), bias.map(buf), buf(output))
+        run(queue) {
+            CPUKernels.conv2d(
+                shape, input: x.pointer, weight: w.pointer, bias: b?.pointer, output: y.pointer,
+                activation: activation)
+        }
+    }
+
+    func conv2dWeightGradient(
+        _ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage,
+        weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float,
+        on queue: BackendQueue
+    ) throws {
+        let (x, dz, dw, db) = (
+            buf(input), buf(outputGradient), buf(weightGradient), biasGradient.map(buf)
+        )
+        run(queue) {
+            CPUKernels.conv2dWeightGradient(
+                shape, input: x.pointer, outputGradient: dz.pointer, weightGradient: dw.pointer,
+                biasGradient: db?.pointer, beta: beta)
+        }
+    }
+
+    func pool2d(
+        _ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage,
+        on queue: BackendQueue
+    ) throws {
         let (x, y) = (buf(input), buf(output))
         run(queue) { CPUKernels.pool2d(kind, shape, input: x.pointer, output: y.pointer) }
     }
 
-    func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func multiply(
+        _ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
         let (a, b, out) = (buf(a), buf(b), buf(into))
         run(queue) { for i in 0..<count { out.pointer[i] = a.pointer[i] * b.pointer[i] } }
     }
 
-    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
+    func normalize(
+        _ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage,
+        epsilon: Float, on queue: BackendQueue
+    ) throws {
         let (x, xhat, rstd) = (buf(x), buf(xhat), buf(rstd))
-        run(queue) { CPUKernels.normalize(x.pointer, layout: layout, xhat: xhat.pointer, rstd: rstd.pointer, epsilon: epsilon) }
+        run(queue) {
+            CPUKernels.normalize(
+                x.pointer, layout: layout, xhat: xhat.pointer, rstd: rstd.pointer, epsilon: epsilon)
+        }
     }
 
-    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws {
+    func normalizeGradient(
+        _ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage,
+        layout: GroupLayout, on queue: BackendQueue
+    ) throws {
         let (g, xhat, rstd, dx) = (buf(dxhat), buf(xhat), buf(rstd), buf(into))
-        run(queue) { CPUKernels.normalizeGradient(g.pointer, xhat: xhat.pointer, rstd: rstd.pointer, into: dx.pointer, layout: layout) }
+        run(queue) {
+            CPUKernels.normalizeGradient(
+                g.pointer, xhat: xhat.pointer, rstd: rstd.pointer, into: dx.pointer, layout: layout)
+        }
     }
 
-    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
+    func scaleShiftChannels(
+        _ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage,
+        count: Int, channels: Int, inner: Int, on queue: BackendQueue
+    ) throws {
         let (x, scale, shift, out) = (buf(x), buf(scale), shift.map(buf), buf(into))
         run(queue) {
-            CPUKernels.scaleShiftChannels(x.pointer, scale: scale.pointer, shift: shift?.pointer, into: out.pointer, count: count,
-                                          channels: channels, inner: inner)
+            CPUKernels.scaleShiftChannels(
+                x.pointer, scale: scale.pointer, shift: shift?.pointer, into: out.pointer,
+                count: count,
+                channels: channels, inner: inner)
         }
     }
 
-    func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
+    func localLossRows(
+        _ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage,
+        mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue
+    ) throws {
         let (y, yy, mask, dY, rowLosses) = (buf(y), buf(yy), buf(mask), buf(dY), buf(rowLosses))
         run(queue) {
-            CPUKernels.localLossRows(loss, batch: batch, columns: columns, y: y.pointer, yy: yy.pointer, mask: mask.pointer, dY: dY.pointer, rowLosses: rowLosses.pointer)
+            CPUKernels.localLossRows(
+                loss, batch: batch, columns: columns, y: y.pointer, yy: yy.pointer,
+                mask: mask.pointer, dY: dY.pointer, rowLosses: rowLosses.pointer)
         }
     }
 
-    func adamStep(_ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+    func adamStep(
+        _ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
+        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue
+    ) throws {
         let (p, g, m, v, vMax) = (buf(parameter), buf(gradient), buf(m), buf(v), vMax.map(buf))
         run(queue) {
-            CPUKernels.adamStep(settings, parameter: p.pointer, gradient: g.pointer, m: m.pointer, v: v.pointer, vMax: vMax?.pointer, count: count)
+            CPUKernels.adamStep(
+                settings, parameter: p.pointer, gradient: g.pointer, m: m.pointer, v: v.pointer,
+                vMax: vMax?.pointer, count: count)
         }
     }
 
-    func sgdStep(_ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws {
+    func sgdStep(
+        _ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage,
+        momentum: TensorStorage?, count: Int, on queue: BackendQueue
+    ) throws {
         let (p, g, buffer) = (buf(parameter), buf(gradient), momentum.map(buf))
-        run(queue) { CPUKernels.sgdStep(settings, parameter: p.pointer, gradient: g.pointer, momentum: buffer?.pointer, count: count) }
+        run(queue) {
+            CPUKernels.sgdStep(
+                settings, parameter: p.pointer, gradient: g.pointer, momentum: buffer?.pointer,
+                count: count)
+        }
     }
 
-    func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws {
+    func updateWeights(
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
+        on queue: BackendQueue
+    ) throws {
         let operands = pairs.map { (buf($0.outputGradient), buf($0.input), $0.rows) }
         let w = buf(weight)
         let step: @Sendable (Range<Int>, UnsafePointer<Float>) -> Void
         switch update {
-        case let .adam(settings, m, v, vMax):
+        case .adam(let settings, let m, let v, let vMax):
             let (m, v, vMax) = (buf(m), buf(v), vMax.map(buf))
             step = { range, g in
                 let i = range.lowerBound
-                CPUKernels.adamEntries(settings, parameter: w.pointer + i, gradient: g, m: m.pointer + i, v: v.pointer + i,
-                                       vMax: vMax.map { $0.pointer + i }, count: range.count)
+                CPUKernels.adamEntries(
+                    settings, parameter: w.pointer + i, gradient: g, m: m.pointer + i,
+                    v: v.pointer + i,
+                    vMax: vMax.map { $0.pointer + i }, count: range.count)
             }
-        case let .sgd(settings, momentum):
+        case .sgd(let settings, let momentum):
             let buffer = momentum.map(buf)
             step = { range, g in
                 let i = range.lowerBound
-                CPUKernels.sgdEntries(settings, parameter: w.pointer + i, gradient: g, momentum: buffer.map { $0.pointer + i }, count: range.count)
+                CPUKernels.sgdEntries(
+                    settings, parameter: w.pointer + i, gradient: g,
+                    momentum: buffer.map { $0.pointer + i }, count: range.count)
             }
         }
         run(queue) {
-            CPUKernels.updateWeights(m: m, n: n, pairs: operands.map { CPUKernels.UpdatePair(a: $0.0.pointer, b: $0.1.pointer, rows: $0.2) }, step: step)
+            CPUKernels.updateWeights(
+                m: m, n: n,
+                pairs: operands.map {
+                    CPUKernels.UpdatePair(a: $0.0.pointer, b: $0.1.pointer, rows: $0.2)
+                }, step: step)
         }
     }
 }

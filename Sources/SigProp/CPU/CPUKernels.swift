@@ -23,7 +23,10 @@ enum CPUKernels {
 
     /// Element-wise loops run on every core for large tensors; the switch is hoisted out of
     /// the loop so each case vectorises.
-    static func activate(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int, _ activation: Activation) {
+    static func activate(
+        _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
+        _ activation: Activation
+    ) {
         let slope = Activation.leakySlope
         parallelChunks(count) { range in
             switch activation {
@@ -35,8 +38,11 @@ enum CPUKernels {
         }
     }
 
-    static func activationGradient(_ a: UnsafePointer<Float>, gradient g: UnsafePointer<Float>, into r: UnsafeMutablePointer<Float>,
-                                   count: Int, _ activation: Activation) {
+    static func activationGradient(
+        _ a: UnsafePointer<Float>, gradient g: UnsafePointer<Float>,
+        into r: UnsafeMutablePointer<Float>,
+        count: Int, _ activation: Activation
+    ) {
         let slope = Activation.leakySlope
         parallelChunks(count) { range in
             switch activation {
@@ -48,8 +54,10 @@ enum CPUKernels {
         }
     }
 
-    static func scaleShiftChannels(_ x: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
-                                   into out: UnsafeMutablePointer<Float>, count: Int, channels: Int, inner: Int) {
+    static func scaleShiftChannels(
+        _ x: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
+        into out: UnsafeMutablePointer<Float>, count: Int, channels: Int, inner: Int
+    ) {
         let rows = count / (channels * inner)
         if inner == 1 {
             // Dense activations: a row is one entry per channel, so the channel loop is the
@@ -77,7 +85,10 @@ enum CPUKernels {
         }
     }
 
-    static func gemm(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+    static func gemm(
+        _ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+        c: UnsafeMutablePointer<Float>
+    ) {
         guard s.m > 0, s.n > 0 else { return }
         if s.k == 0 {
             // BLAS leaves C untouched when K = 0 only if beta = 1; state the result directly.
@@ -92,10 +103,14 @@ enum CPUKernels {
         let parts = productParts(multiplyAdds: s.m * s.n * s.k)
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
-        guard parts > 1, extent >= 2 * parts else { return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n) }
+        guard parts > 1, extent >= 2 * parts else {
+            return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n)
+        }
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             let range = share(part, of: parts, extent)
-            sgemmPart(s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m, columns: splitRows ? 0..<s.n : range)
+            sgemmPart(
+                s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m,
+                columns: splitRows ? 0..<s.n : range)
         }
     }
 
@@ -111,8 +126,11 @@ enum CPUKernels {
     }
 
     /// The block `rows` x `columns` of C, by one BLAS call on offset pointers.
-    static func sgemmPart(_ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
-                          rows: Range<Int>, columns: Range<Int>) {
+    static func sgemmPart(
+        _ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+        c: UnsafeMutablePointer<Float>,
+        rows: Range<Int>, columns: Range<Int>
+    ) {
         // op(A) rows i: A[i, :] (lda K) or, transposed, A[:, i] (lda M); likewise op(B) columns j.
         let aStart = s.transposeA ? a + rows.lowerBound : a + rows.lowerBound * s.k
         let bStart = s.transposeB ? b + columns.lowerBound * s.k : b + columns.lowerBound
@@ -126,7 +144,10 @@ enum CPUKernels {
             s.beta, c + rows.lowerBound * s.n + columns.lowerBound, blasint(s.n))
     }
 
-    static func biasActivation(_ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?, activation: Activation) {
+    static func biasActivation(
+        _ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?,
+        activation: Activation
+    ) {
         guard bias != nil || activation != .identity else { return }
         for r in 0..<rows {
             let row = c + r * columns
@@ -136,8 +157,11 @@ enum CPUKernels {
         }
     }
 
-    static func channelSums(_ x: UnsafePointer<Float>, outer: Int, channels: Int, inner: Int, into out: UnsafeMutablePointer<Float>,
-                            alpha: Float, beta: Float) {
+    static func channelSums(
+        _ x: UnsafePointer<Float>, outer: Int, channels: Int, inner: Int,
+        into out: UnsafeMutablePointer<Float>,
+        alpha: Float, beta: Float
+    ) {
         // Outer row by row, so the inner loops run over contiguous memory and vectorise.
         let sums = UnsafeMutablePointer<Float>.allocate(capacity: max(channels, 1))
         defer { sums.deallocate() }
@@ -149,10 +173,13 @@ enum CPUKernels {
             }
         } else {
             // Channels in parallel; each run of `inner` entries summed in SIMD lanes.
-            parallelChunks(channels, minimumChunk: max(1, (1 << 15) / max(outer * inner, 1))) { range in
+            parallelChunks(channels, minimumChunk: max(1, (1 << 15) / max(outer * inner, 1))) {
+                range in
                 for c in range {
                     var sum: Float = 0
-                    for o in 0..<outer { sum += Self.sum(x + (o * channels + c) * inner, count: inner) }
+                    for o in 0..<outer {
+                        sum += Self.sum(x + (o * channels + c) * inner, count: inner)
+                    }
                     sums[c] = sum
                 }
             }
@@ -165,19 +192,24 @@ enum CPUKernels {
     typealias Lanes = SIMD16<Float>
 
     static func sum(_ x: UnsafePointer<Float>, count: Int) -> Float {
-        var lanes = Lanes(repeating: 0), i = 0
+        var lanes = Lanes(repeating: 0)
+        var i = 0
         while i + Lanes.scalarCount <= count {
             lanes += UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
             i += Lanes.scalarCount
         }
         var total = lanes.sum()
-        while i < count { total += x[i]; i += 1 }
+        while i < count {
+            total += x[i]
+            i += 1
+        }
         return total
     }
 
     /// Σ (x - mean)².
     static func squaredDeviations(_ x: UnsafePointer<Float>, mean: Float, count: Int) -> Float {
-        var lanes = Lanes(repeating: 0), i = 0
+        var lanes = Lanes(repeating: 0)
+        var i = 0
         let center = Lanes(repeating: mean)
         while i + Lanes.scalarCount <= count {
             let d = UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self) - center
@@ -185,13 +217,20 @@ enum CPUKernels {
             i += Lanes.scalarCount
         }
         var total = lanes.sum()
-        while i < count { total += (x[i] - mean) * (x[i] - mean); i += 1 }
+        while i < count {
+            total += (x[i] - mean) * (x[i] - mean)
+            i += 1
+        }
         return total
     }
 
     /// (Σ g, Σ g·x).
-    static func sumAndDot(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int) -> (Float, Float) {
-        var sums = Lanes(repeating: 0), dots = Lanes(repeating: 0), i = 0
+    static func sumAndDot(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int) -> (
+        Float, Float
+    ) {
+        var sums = Lanes(repeating: 0)
+        var dots = Lanes(repeating: 0)
+        var i = 0
         while i + Lanes.scalarCount <= count {
             let gv = UnsafeRawPointer(g + i).loadUnaligned(as: Lanes.self)
             sums += gv
@@ -199,13 +238,19 @@ enum CPUKernels {
             i += Lanes.scalarCount
         }
         var (sum, dot) = (sums.sum(), dots.sum())
-        while i < count { sum += g[i]; dot += g[i] * x[i]; i += 1 }
+        while i < count {
+            sum += g[i]
+            dot += g[i] * x[i]
+            i += 1
+        }
         return (sum, dot)
     }
 
     /// Runs `body` over `0..<count` in chunks on every core: for element-wise work on large
     /// tensors (optimizer steps), where one core leaves the other idle.
-    static func parallelChunks(_ count: Int, minimumChunk: Int = 1 << 15, _ body: @escaping (Range<Int>) -> Void) {
+    static func parallelChunks(
+        _ count: Int, minimumChunk: Int = 1 << 15, _ body: @escaping (Range<Int>) -> Void
+    ) {
         let chunks = min(cores, max(1, count / minimumChunk))
         guard chunks > 1 else { return body(0..<count) }
         // The chunks touch disjoint ranges of the caller's buffers.
@@ -216,7 +261,10 @@ enum CPUKernels {
 
     /// im2col of one image into `columns` with row stride `stride` (so several images can sit
     /// side by side): `columns[(c*kh + ky)*kw + kx, oy*Wo + ox]`, zero outside the image.
-    static func im2col(_ s: ConvShape, image: UnsafePointer<Float>, columns: UnsafeMutablePointer<Float>, rowStride: Int) {
+    static func im2col(
+        _ s: ConvShape, image: UnsafePointer<Float>, columns: UnsafeMutablePointer<Float>,
+        rowStride: Int
+    ) {
         let (ho, wo) = (s.outHeight, s.outWidth)
         var row = 0
         for c in 0..<s.inChannels {
@@ -252,29 +300,46 @@ enum CPUKernels {
     /// Images per chunk: a chunk's patch matrix and product stay within 32 MiB, so one large
     /// product per chunk replaces many small per-image ones.
     static func convChunk(_ s: ConvShape) -> Int {
-        let perImage = max(1, (s.inChannels * s.kernelHeight * s.kernelWidth + s.outChannels) * s.outHeight * s.outWidth * 4)
+        let perImage = max(
+            1,
+            (s.inChannels * s.kernelHeight * s.kernelWidth + s.outChannels) * s.outHeight
+                * s.outWidth * 4)
         return max(1, min(s.batch, (32 << 20) / perImage))
     }
 
     /// The patch matrix of images n0..<n0+count: [patch, count * P], image-major columns.
-    static func chunkColumns(_ s: ConvShape, input: UnsafePointer<Float>, n0: Int, count: Int, into columns: UnsafeMutablePointer<Float>) {
-        let positions = s.outHeight * s.outWidth, imageSize = s.inChannels * s.height * s.width
+    static func chunkColumns(
+        _ s: ConvShape, input: UnsafePointer<Float>, n0: Int, count: Int,
+        into columns: UnsafeMutablePointer<Float>
+    ) {
+        let positions = s.outHeight * s.outWidth
+        let imageSize = s.inChannels * s.height * s.width
         parallelChunks(count, minimumChunk: 1) { images in
             for n in images {
-                im2col(s, image: input + (n0 + n) * imageSize, columns: columns + n * positions, rowStride: count * positions)
+                im2col(
+                    s, image: input + (n0 + n) * imageSize, columns: columns + n * positions,
+                    rowStride: count * positions)
             }
         }
     }
 
     /// Calls `body(n0, count, columns, scratch)` for each chunk of images, with the chunk's patch
     /// matrix in `columns` ([patch, count * P]) and room for an O x (count * P) matrix in `scratch`.
-    static func forEachImageChunk(_ s: ConvShape, input: UnsafePointer<Float>,
-                                  _ body: (Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+    static func forEachImageChunk(
+        _ s: ConvShape, input: UnsafePointer<Float>,
+        _ body: (Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+    ) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
         let chunk = convChunk(s)
-        let columns = UnsafeMutablePointer<Float>.allocate(capacity: max(patch * chunk * positions, 1))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(s.outChannels * chunk * positions, 1))
-        defer { columns.deallocate(); scratch.deallocate() }
+        let columns = UnsafeMutablePointer<Float>.allocate(
+            capacity: max(patch * chunk * positions, 1))
+        let scratch = UnsafeMutablePointer<Float>.allocate(
+            capacity: max(s.outChannels * chunk * positions, 1))
+        defer {
+            columns.deallocate()
+            scratch.deallocate()
+        }
         for n0 in stride(from: 0, to: s.batch, by: chunk) {
             let count = min(chunk, s.batch - n0)
             chunkColumns(s, input: input, n0: n0, count: count, into: columns)
@@ -285,10 +350,15 @@ enum CPUKernels {
     /// One image at a time on each core: its patch matrix (in cache), one BLAS product straight
     /// into its NCHW output, bias and activation while the output is still in cache. No
     /// scatter pass, and each image's result comes from one product whatever the core count.
-    static func conv2d(_ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                       output: UnsafeMutablePointer<Float>, activation: Activation) {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
-        let imageSize = s.inChannels * s.height * s.width, outputSize = s.outChannels * positions
+    static func conv2d(
+        _ s: ConvShape, input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+        bias: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>, activation: Activation
+    ) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
+        let imageSize = s.inChannels * s.height * s.width
+        let outputSize = s.outChannels * positions
         let parts = min(cores, s.batch)
         guard parts > 0 else { return }
         CPUWorkers.shared.run(parts: parts, threads: parts) { part in
@@ -297,52 +367,83 @@ enum CPUKernels {
             for n in share(part, of: parts, s.batch) {
                 im2col(s, image: input + n * imageSize, columns: columns, rowStride: positions)
                 let out = output + n * outputSize
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(s.outChannels), blasint(positions), blasint(patch),
-                            1, weight, blasint(patch), columns, blasint(positions), 0, out, blasint(positions))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(s.outChannels),
+                    blasint(positions), blasint(patch),
+                    1, weight, blasint(patch), columns, blasint(positions), 0, out,
+                    blasint(positions))
                 guard bias != nil || activation != .identity else { continue }
                 for o in 0..<s.outChannels {
                     let row = out + o * positions
-                    if let bias { let b = bias[o]; for p in 0..<positions { row[p] += b } }
-                    if activation != .identity { activate(row, into: row, count: positions, activation) }
+                    if let bias {
+                        let b = bias[o]
+                        for p in 0..<positions { row[p] += b }
+                    }
+                    if activation != .identity {
+                        activate(row, into: row, count: positions, activation)
+                    }
                 }
             }
         }
     }
 
-    static func conv2dWeightGradient(_ s: ConvShape, input: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
-                                     weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, beta: Float) {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+    static func conv2dWeightGradient(
+        _ s: ConvShape, input: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>,
+        weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?,
+        beta: Float
+    ) {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
         forEachImageChunk(s, input: input) { n0, count, columns, gathered in
             // dZ of the chunk as one O x (count * P) matrix, images side by side.
             parallelChunks(count, minimumChunk: 1) { images in
                 for n in images {
                     for o in 0..<s.outChannels {
                         (gathered + o * count * positions + n * positions)
-                            .update(from: outputGradient + ((n0 + n) * s.outChannels + o) * positions, count: positions)
+                            .update(
+                                from: outputGradient + ((n0 + n) * s.outChannels + o) * positions,
+                                count: positions)
                     }
                 }
             }
-            gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
-                           beta: n0 == 0 ? beta : 1, activation: .identity),
-                 a: gathered, b: columns, c: weightGradient)
+            gemm(
+                GemmShape(
+                    m: s.outChannels, n: patch, k: count * positions, transposeA: false,
+                    transposeB: true, alpha: 1,
+                    beta: n0 == 0 ? beta : 1, activation: .identity),
+                a: gathered, b: columns, c: weightGradient)
         }
-        if s.batch == 0 { for i in 0..<(s.outChannels * patch) { weightGradient[i] = beta == 0 ? 0 : beta * weightGradient[i] } }
+        if s.batch == 0 {
+            for i in 0..<(s.outChannels * patch) {
+                weightGradient[i] = beta == 0 ? 0 : beta * weightGradient[i]
+            }
+        }
         if let biasGradient {
-            channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient, alpha: 1, beta: beta)
+            channelSums(
+                outputGradient, outer: s.batch, channels: s.outChannels, inner: positions,
+                into: biasGradient, alpha: 1, beta: beta)
         }
     }
 
-    static func pool2d(_ kind: PoolKind, _ s: PoolShape, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+    static func pool2d(
+        _ kind: PoolKind, _ s: PoolShape, input: UnsafePointer<Float>,
+        output: UnsafeMutablePointer<Float>
+    ) {
         let (ho, wo) = (s.outHeight, s.outWidth)
         if s.size == 2 {
             // The training nets' 2x2 windows: two rows at a time, no inner window loops.
             parallelChunks(s.planes, minimumChunk: max(1, (1 << 14) / max(ho * wo, 1))) { planes in
                 for plane in planes {
-                    let x = input + plane * s.height * s.width, y = output + plane * ho * wo
+                    let x = input + plane * s.height * s.width
+                    let y = output + plane * ho * wo
                     for oy in 0..<ho {
-                        let top = x + 2 * oy * s.width, bottom = top + s.width, out = y + oy * wo
+                        let top = x + 2 * oy * s.width
+                        let bottom = top + s.width
+                        let out = y + oy * wo
                         for ox in 0..<wo {
-                            let (a, b, c, d) = (top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1])
+                            let (a, b, c, d) = (
+                                top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]
+                            )
                             if kind == .max {
                                 // NaN propagates through max, as in PyTorch.
                                 let m = Swift.max(Swift.max(a, b), Swift.max(c, d))
@@ -368,20 +469,31 @@ enum CPUKernels {
                             acc = kind == .max ? ((v > acc || v.isNaN) ? v : acc) : acc + v
                         }
                     }
-                    output[(plane * ho + oy) * wo + ox] = kind == .max ? acc : acc / Float(s.size * s.size)
+                    output[(plane * ho + oy) * wo + ox] =
+                        kind == .max ? acc : acc / Float(s.size * s.size)
                 }
             }
         }
     }
 
-    static func localLossRows(_ loss: LocalLossKind, batch b: Int, columns n: Int, y: UnsafePointer<Float>, yy: UnsafePointer<Float>,
-                              mask: UnsafeMutablePointer<Float>, dY: UnsafeMutablePointer<Float>, rowLosses: UnsafeMutablePointer<Float>) {
+    static func localLossRows(
+        _ loss: LocalLossKind, batch b: Int, columns n: Int, y: UnsafePointer<Float>,
+        yy: UnsafePointer<Float>,
+        mask: UnsafeMutablePointer<Float>, dY: UnsafeMutablePointer<Float>,
+        rowLosses: UnsafeMutablePointer<Float>
+    ) {
         let invB = 1 / Float(b)
         for i in 0..<b {
-            let yRow = y + i * n, yyRow = yy + i * n, mRow = mask + i * n, dRow = dY + i * n
+            let yRow = y + i * n
+            let yyRow = yy + i * n
+            let mRow = mask + i * n
+            let dRow = dY + i * n
             var yyMax = -Float.infinity
             var first = 0
-            for j in 0..<n where yyRow[j] > yyMax { yyMax = yyRow[j]; first = j }
+            for j in 0..<n where yyRow[j] > yyMax {
+                yyMax = yyRow[j]
+                first = j
+            }
             var m: Float = 0
             for j in 0..<n {
                 let selected: Bool
@@ -417,63 +529,98 @@ enum CPUKernels {
         for o in 0..<layout.outer { body((o * layout.groups + g) * layout.inner) }
     }
 
-    static func normalize(_ x: UnsafePointer<Float>, layout: GroupLayout, xhat: UnsafeMutablePointer<Float>,
-                          rstd: UnsafeMutablePointer<Float>, epsilon: Float) {
-        let n = Float(layout.outer * layout.inner), inner = layout.inner
-        parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
-            var mean: Float = 0
-            forEachRun(layout, group: g) { start in mean += sum(x + start, count: inner) }
-            mean /= n
-            var variance: Float = 0
-            forEachRun(layout, group: g) { start in variance += squaredDeviations(x + start, mean: mean, count: inner) }
-            let s = 1 / (variance / n + epsilon).squareRoot()
-            forEachRun(layout, group: g) { start in for i in 0..<inner { xhat[start + i] = (x[start + i] - mean) * s } }
-            rstd[g] = s
-        } }
+    static func normalize(
+        _ x: UnsafePointer<Float>, layout: GroupLayout, xhat: UnsafeMutablePointer<Float>,
+        rstd: UnsafeMutablePointer<Float>, epsilon: Float
+    ) {
+        let n = Float(layout.outer * layout.inner)
+        let inner = layout.inner
+        parallelChunks(
+            layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))
+        ) { groups in
+            for g in groups {
+                var mean: Float = 0
+                forEachRun(layout, group: g) { start in mean += sum(x + start, count: inner) }
+                mean /= n
+                var variance: Float = 0
+                forEachRun(layout, group: g) { start in
+                    variance += squaredDeviations(x + start, mean: mean, count: inner)
+                }
+                let s = 1 / (variance / n + epsilon).squareRoot()
+                forEachRun(layout, group: g) { start in
+                    for i in 0..<inner { xhat[start + i] = (x[start + i] - mean) * s }
+                }
+                rstd[g] = s
+            }
+        }
     }
 
-    static func normalizeGradient(_ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
-                                  into dx: UnsafeMutablePointer<Float>, layout: GroupLayout) {
-        let n = Float(layout.outer * layout.inner), inner = layout.inner
-        parallelChunks(layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))) { groups in for g in groups {
-            var meanG: Float = 0, meanGX: Float = 0
-            forEachRun(layout, group: g) { start in
-                let (sum, dot) = sumAndDot(dxhat + start, xhat + start, count: inner)
-                meanG += sum
-                meanGX += dot
+    static func normalizeGradient(
+        _ dxhat: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+        into dx: UnsafeMutablePointer<Float>, layout: GroupLayout
+    ) {
+        let n = Float(layout.outer * layout.inner)
+        let inner = layout.inner
+        parallelChunks(
+            layout.groups, minimumChunk: max(1, (1 << 15) / max(layout.outer * inner, 1))
+        ) { groups in
+            for g in groups {
+                var meanG: Float = 0
+                var meanGX: Float = 0
+                forEachRun(layout, group: g) { start in
+                    let (sum, dot) = sumAndDot(dxhat + start, xhat + start, count: inner)
+                    meanG += sum
+                    meanGX += dot
+                }
+                meanG /= n
+                meanGX /= n
+                let s = rstd[g]
+                forEachRun(layout, group: g) { start in
+                    for i in 0..<inner {
+                        dx[start + i] = s * (dxhat[start + i] - meanG - xhat[start + i] * meanGX)
+                    }
+                }
             }
-            meanG /= n
-            meanGX /= n
-            let s = rstd[g]
-            forEachRun(layout, group: g) { start in
-                for i in 0..<inner { dx[start + i] = s * (dxhat[start + i] - meanG - xhat[start + i] * meanGX) }
-            }
-        } }
+        }
     }
 
-    static func adamStep(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                         m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
+    static func adamStep(
+        _ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+        vMax: UnsafeMutablePointer<Float>?, count: Int
+    ) {
         parallelChunks(count) { range in
             let i = range.lowerBound
-            adamEntries(s, parameter: p + i, gradient: g + i, m: m + i, v: v + i, vMax: vMax.map { $0 + i }, count: range.count)
+            adamEntries(
+                s, parameter: p + i, gradient: g + i, m: m + i, v: v + i, vMax: vMax.map { $0 + i },
+                count: range.count)
         }
     }
 
     /// Adam / AMSGrad on `count` consecutive entries: the rule optimizer.cl and gemm.cl's
     /// update epilogue apply (PyTorch's), on one core.
-    static func adamEntries(_ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                            m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, vMax: UnsafeMutablePointer<Float>?, count: Int) {
+    static func adamEntries(
+        _ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+        vMax: UnsafeMutablePointer<Float>?, count: Int
+    ) {
         // This step streams every parameter and is memory-bound once it is vectorised.
-        let (stepSize, bc2Sqrt, eps, decay) = (s.stepSize, s.biasCorrection2Sqrt, s.epsilon, s.weightDecay)
+        let (stepSize, bc2Sqrt, eps, decay) = (
+            s.stepSize, s.biasCorrection2Sqrt, s.epsilon, s.weightDecay
+        )
         let (b1, b2, c1, c2) = (s.beta1, s.beta2, 1 - s.beta1, 1 - s.beta2)
         // 16 lanes at a time with explicit SIMD (the compiler does not vectorise the scalar
         // loop: the pointers may alias), then the tail one by one.
         typealias V = SIMD16<Float>
         var i = 0
         while i + 16 <= count {
-            let load = { (pointer: UnsafePointer<Float>) in UnsafeRawPointer(pointer + i).loadUnaligned(as: V.self) }
-            let pv = load(p), grad = load(g) + decay * pv
-            let mi = b1 * load(m) + c1 * grad, vi = b2 * load(v) + c2 * grad * grad
+            let load = { (pointer: UnsafePointer<Float>) in
+                UnsafeRawPointer(pointer + i).loadUnaligned(as: V.self)
+            }
+            let pv = load(p)
+            let grad = load(g) + decay * pv
+            let mi = b1 * load(m) + c1 * grad
+            let vi = b2 * load(v) + c2 * grad * grad
             var second = vi
             if let vMax {
                 second = pointwiseMax(load(vMax), vi)
@@ -481,31 +628,43 @@ enum CPUKernels {
             }
             UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: V.self)
             UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: V.self)
-            UnsafeMutableRawPointer(p + i).storeBytes(of: pv - stepSize * mi / (second.squareRoot() / bc2Sqrt + eps), as: V.self)
+            UnsafeMutableRawPointer(p + i).storeBytes(
+                of: pv - stepSize * mi / (second.squareRoot() / bc2Sqrt + eps), as: V.self)
             i += 16
         }
         while i < count {
             let grad = g[i] + decay * p[i]
-            let mi = b1 * m[i] + c1 * grad, vi = b2 * v[i] + c2 * grad * grad
+            let mi = b1 * m[i] + c1 * grad
+            let vi = b2 * v[i] + c2 * grad * grad
             var second = vi
-            if let vMax { second = max(vMax[i], vi); vMax[i] = second }
-            m[i] = mi; v[i] = vi
+            if let vMax {
+                second = max(vMax[i], vi)
+                vMax[i] = second
+            }
+            m[i] = mi
+            v[i] = vi
             p[i] -= stepSize * mi / (second.squareRoot() / bc2Sqrt + eps)
             i += 1
         }
     }
 
-    static func sgdStep(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                        momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
+    static func sgdStep(
+        _ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+        momentum buffer: UnsafeMutablePointer<Float>?, count: Int
+    ) {
         parallelChunks(count) { range in
             let i = range.lowerBound
-            sgdEntries(s, parameter: p + i, gradient: g + i, momentum: buffer.map { $0 + i }, count: range.count)
+            sgdEntries(
+                s, parameter: p + i, gradient: g + i, momentum: buffer.map { $0 + i },
+                count: range.count)
         }
     }
 
     /// SGD on `count` consecutive entries, on one core.
-    static func sgdEntries(_ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                           momentum buffer: UnsafeMutablePointer<Float>?, count: Int) {
+    static func sgdEntries(
+        _ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+        momentum buffer: UnsafeMutablePointer<Float>?, count: Int
+    ) {
         for i in 0..<count {
             var grad = g[i] + s.weightDecay * p[i]
             if s.momentum != 0, let buffer {
@@ -526,8 +685,10 @@ enum CPUKernels {
     /// and steps those rows right away, while G is still in its caches. One share per core:
     /// smaller panels (64 rows, 256 KB) measured slower, since OpenBLAS packs all of B again
     /// for every call. `step(range of W's entries, G for them)` applies the optimizer.
-    static func updateWeights(m: Int, n: Int, pairs: [UpdatePair],
-                              step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void) {
+    static func updateWeights(
+        m: Int, n: Int, pairs: [UpdatePair],
+        step: @escaping @Sendable (Range<Int>, UnsafePointer<Float>) -> Void
+    ) {
         guard m > 0, n > 0 else { return }
         // Split like `gemm`, so the shares match its rows.
         let parts = min(m, productParts(multiplyAdds: m * n * pairs.reduce(0) { $0 + $1.rows }))
@@ -539,8 +700,11 @@ enum CPUKernels {
             defer { scratch.deallocate() }
             var beta: Float = 0
             for pair in pairs where pair.rows > 0 {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n), blasint(pair.rows),
-                            1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch, blasint(n))
+                cblas_sgemm(
+                    CblasRowMajor, CblasTrans, CblasNoTrans, blasint(rows.count), blasint(n),
+                    blasint(pair.rows),
+                    1, pair.a + rows.lowerBound, blasint(m), pair.b, blasint(n), beta, scratch,
+                    blasint(n))
                 beta = 1
             }
             if beta == 0 { scratch.update(repeating: 0, count: rows.count * n) }

@@ -69,7 +69,9 @@ final class CPUWorkers: @unchecked Sendable {
     /// that split work by its shape alone get the same numbers on any number of threads.
     func run(parts: Int, threads: Int, _ body: @escaping (Int) -> Void) {
         let seats = min(parts, threads, helpers.count + 1) - 1
-        guard seats > 0, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+        guard seats > 0,
+            busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        else {
             for part in 0..<parts { body(part) }
             return
         }
@@ -95,7 +97,9 @@ final class CPUWorkers: @unchecked Sendable {
     private func serve(_ parking: Parking) {
         var seen = 0
         while true {
-            parking.wait(spinAlways: true) { generation.load(ordering: .sequentiallyConsistent) != seen }
+            parking.wait(spinAlways: true) {
+                generation.load(ordering: .sequentiallyConsistent) != seen
+            }
             Parking.occupying { help(seen: &seen) }
         }
     }
@@ -138,7 +142,9 @@ final class Parking: @unchecked Sendable {
         defer { if !always { occupied.subtract(1, ordering: .relaxed) } }
         let start = DispatchTime.now().uptimeNanoseconds
         while !ready() {
-            guard DispatchTime.now().uptimeNanoseconds - start < spinNanoseconds else { return false }
+            guard DispatchTime.now().uptimeNanoseconds - start < spinNanoseconds else {
+                return false
+            }
             sched_yield()
         }
         return true

@@ -22,7 +22,9 @@ public struct OpenBLASKernels: Sendable, Equatable {
     public let faster: String?
 
     /// The kernels this process runs, judged against the CPU's features (`/proc/cpuinfo`).
-    public static func current(environment: [String: String] = ProcessInfo.processInfo.environment) -> OpenBLASKernels {
+    public static func current(environment: [String: String] = ProcessInfo.processInfo.environment)
+        -> OpenBLASKernels
+    {
         let core = runningCore
         guard environment[variable] == nil else { return OpenBLASKernels(core: core, faster: nil) }
         return OpenBLASKernels(core: core, faster: fasterCoreForThisCPU(than: core))
@@ -40,8 +42,10 @@ public struct OpenBLASKernels: Sendable, Equatable {
     /// The widest vectors of x86-64 kernel sets, by OpenBLAS core name (lowercased). Names not
     /// listed (other architectures, cores this table does not know) are never replaced.
     static let vectorLevels: [String: VectorLevel] = [
-        "prescott": .sse, "katmai": .sse, "coppermine": .sse, "northwood": .sse, "banias": .sse, "atom": .sse,
-        "core2": .sse, "penryn": .sse, "dunnington": .sse, "nehalem": .sse, "athlon": .sse, "opteron": .sse,
+        "prescott": .sse, "katmai": .sse, "coppermine": .sse, "northwood": .sse, "banias": .sse,
+        "atom": .sse,
+        "core2": .sse, "penryn": .sse, "dunnington": .sse, "nehalem": .sse, "athlon": .sse,
+        "opteron": .sse,
         "opteron_sse3": .sse, "barcelona": .sse, "nano": .sse, "bobcat": .sse,
         "sandybridge": .avx, "bulldozer": .avx, "piledriver": .avx,
         "haswell": .avx2, "steamroller": .avx2, "excavator": .avx2, "zen": .avx2,
@@ -64,7 +68,9 @@ public struct OpenBLASKernels: Sendable, Equatable {
 
         /// The widest level `flags` (as `/proc/cpuinfo` spells them) support.
         init(cpuFlags flags: Set<String>) {
-            if ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains) {
+            if ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(
+                flags.contains)
+            {
                 self = .avx512
             } else if flags.contains("avx2") && flags.contains("fma") {
                 self = .avx2
@@ -87,8 +93,9 @@ public struct OpenBLASKernels: Sendable, Equatable {
     /// The first processor's feature flags from `/proc/cpuinfo` (empty where there is none).
     static func cpuFlags() -> Set<String> {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
-              let colon = line.firstIndex(of: ":") else { return [] }
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+            let colon = line.firstIndex(of: ":")
+        else { return [] }
         return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
     }
 
@@ -106,13 +113,15 @@ public struct OpenBLASKernels: Sendable, Equatable {
     public static func restartWithFasterKernelsIfNeeded() {
         let kernels = current()
         guard let faster = kernels.faster else { return }
-        let note = "note: OpenBLAS chose its \(kernels.core) kernels for this CPU, which runs its \(faster) ones; "
+        let note =
+            "note: OpenBLAS chose its \(kernels.core) kernels for this CPU, which runs its \(faster) ones; "
             + "restarting with \(variable)=\(faster) (set \(variable) yourself to choose)\n"
         FileHandle.standardError.write(Data(note.utf8))
         setenv(variable, faster, 1)
         execv("/proc/self/exe", CommandLine.unsafeArgv)
         // Only reached when the exec failed; the variable stays set, so nothing loops.
-        let warning = "warning: could not restart (\(String(cString: strerror(errno)))); CPU products keep OpenBLAS's \(kernels.core) kernels\n"
+        let warning =
+            "warning: could not restart (\(String(cString: strerror(errno)))); CPU products keep OpenBLAS's \(kernels.core) kernels\n"
         FileHandle.standardError.write(Data(warning.utf8))
     }
 }

@@ -22,11 +22,15 @@ public struct Augmentation: Sendable, Equatable {
     ///
     /// `images` must hold whole images of that shape (as `Dataset.batch` returns them); a
     /// negative padding counts as 0 (the command line checks its flags before this point).
-    public func apply(images: inout [Float], channels: Int, height: Int, width: Int,
-                      using generator: inout SeededGenerator) {
+    public func apply(
+        images: inout [Float], channels: Int, height: Int, width: Int,
+        using generator: inout SeededGenerator
+    ) {
         let features = channels * height * width
-        precondition(features > 0 && images.count % features == 0,
-                     "Augmentation.apply: \(images.count) floats are not whole images of \(channels)×\(height)×\(width)")
+        precondition(
+            features > 0 && images.count % features == 0,
+            "Augmentation.apply: \(images.count) floats are not whole images of \(channels)×\(height)×\(width)"
+        )
         guard isEnabled else { return }
         let padding = max(0, randomCropPadding)
         var scratch = [Float](repeating: 0, count: features)
@@ -35,9 +39,15 @@ public struct Augmentation: Sendable, Equatable {
                 let image = UnsafeMutableBufferPointer(rebasing: all[start..<(start + features)])
                 if padding > 0 {
                     // Offsets into the padded image, 0...2p; shifting by offset − p.
-                    let dy = Int(BatchOrder.draw(below: UInt64(2 * padding + 1), using: &generator)) - padding
-                    let dx = Int(BatchOrder.draw(below: UInt64(2 * padding + 1), using: &generator)) - padding
-                    Self.shift(image, by: (dy, dx), channels: channels, height: height, width: width, scratch: &scratch)
+                    let dy =
+                        Int(BatchOrder.draw(below: UInt64(2 * padding + 1), using: &generator))
+                        - padding
+                    let dx =
+                        Int(BatchOrder.draw(below: UInt64(2 * padding + 1), using: &generator))
+                        - padding
+                    Self.shift(
+                        image, by: (dy, dx), channels: channels, height: height, width: width,
+                        scratch: &scratch)
                 }
                 if horizontalFlip, generator.next() >> 63 == 1 {
                     Self.flipHorizontally(image, channels: channels, height: height, width: width)
@@ -47,8 +57,10 @@ public struct Augmentation: Sendable, Equatable {
     }
 
     /// out[c, y, x] = in[c, y + dy, x + dx], zero where that falls outside the image.
-    static func shift(_ image: UnsafeMutableBufferPointer<Float>, by offset: (dy: Int, dx: Int),
-                      channels: Int, height: Int, width: Int, scratch: inout [Float]) {
+    static func shift(
+        _ image: UnsafeMutableBufferPointer<Float>, by offset: (dy: Int, dx: Int),
+        channels: Int, height: Int, width: Int, scratch: inout [Float]
+    ) {
         if offset == (0, 0) { return }
         scratch.withUnsafeMutableBufferPointer { out in
             for c in 0..<channels {
@@ -57,7 +69,8 @@ public struct Augmentation: Sendable, Equatable {
                     let sourceY = y + offset.dy
                     for x in 0..<width {
                         let sourceX = x + offset.dx
-                        let inside = sourceY >= 0 && sourceY < height && sourceX >= 0 && sourceX < width
+                        let inside =
+                            sourceY >= 0 && sourceY < height && sourceX >= 0 && sourceX < width
                         out[row + x] = inside ? image[(c * height + sourceY) * width + sourceX] : 0
                     }
                 }
@@ -67,9 +80,12 @@ public struct Augmentation: Sendable, Equatable {
     }
 
     /// Mirrors every row left–right; applying it twice gives the image back.
-    static func flipHorizontally(_ image: UnsafeMutableBufferPointer<Float>, channels: Int, height: Int, width: Int) {
+    static func flipHorizontally(
+        _ image: UnsafeMutableBufferPointer<Float>, channels: Int, height: Int, width: Int
+    ) {
         for row in 0..<(channels * height) {
-            var left = row * width, right = left + width - 1
+            var left = row * width
+            var right = left + width - 1
             while left < right {
                 image.swapAt(left, right)
                 left += 1

@@ -17,11 +17,13 @@ public struct BatchOrder: Sendable {
     /// full batch at all).
     public init(count: Int, batchSize: Int, seed: UInt64) throws {
         guard batchSize >= 1 else {
-            throw SigPropError.configuration("batch size \(batchSize) must be at least 1: pass a positive --batch-size")
+            throw SigPropError.configuration(
+                "batch size \(batchSize) must be at least 1: pass a positive --batch-size")
         }
         guard batchSize <= count else {
             throw SigPropError.configuration(
-                "batch size \(batchSize) is larger than the \(count) training examples, so no full batch fits (the last partial batch is dropped): pass a --batch-size of at most \(count)")
+                "batch size \(batchSize) is larger than the \(count) training examples, so no full batch fits (the last partial batch is dropped): pass a --batch-size of at most \(count)"
+            )
         }
         self.count = count
         self.batchSize = batchSize

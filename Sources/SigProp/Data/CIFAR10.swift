@@ -16,17 +16,24 @@ enum CIFAR10 {
     }
 
     /// Appends the records of one batch file.
-    static func append(_ bytes: [UInt8], path: String, images: inout [Float], labels: inout [Int32]) throws {
-        let fix = "use the CIFAR-10 binary version (cifar-10-binary.tar.gz), not the Python or MATLAB one, and download it again if a file is damaged"
+    static func append(_ bytes: [UInt8], path: String, images: inout [Float], labels: inout [Int32])
+        throws
+    {
+        let fix =
+            "use the CIFAR-10 binary version (cifar-10-binary.tar.gz), not the Python or MATLAB one, and download it again if a file is damaged"
         guard !bytes.isEmpty else {
             throw SigPropError.dataset(path: path, problem: "the file is empty", fix: fix)
         }
         guard bytes.count % recordBytes == 0 else {
             // CIFAR-100's binary records carry two label bytes.
-            let hint = bytes.count % (recordBytes + 1) == 0 ? " (it is a multiple of 3074, the CIFAR-100 record: only CIFAR-10 is supported)" : ""
+            let hint =
+                bytes.count % (recordBytes + 1) == 0
+                ? " (it is a multiple of 3074, the CIFAR-100 record: only CIFAR-10 is supported)"
+                : ""
             throw SigPropError.dataset(
                 path: path,
-                problem: "the file has \(bytes.count) bytes, not a multiple of the \(recordBytes)-byte CIFAR-10 record (1 label byte + 3×32×32 pixels)\(hint)",
+                problem:
+                    "the file has \(bytes.count) bytes, not a multiple of the \(recordBytes)-byte CIFAR-10 record (1 label byte + 3×32×32 pixels)\(hint)",
                 fix: fix)
         }
         let count = bytes.count / recordBytes
@@ -39,7 +46,10 @@ enum CIFAR10 {
                 let label = source[offset]
                 guard Int(label) < classes else {
                     throw SigPropError.dataset(
-                        path: path, problem: "label \(label) of record \(record) is not below the \(classes) classes", fix: fix)
+                        path: path,
+                        problem:
+                            "label \(label) of record \(record) is not below the \(classes) classes",
+                        fix: fix)
                 }
                 labels.append(Int32(label))
             }

@@ -32,11 +32,15 @@ enum Gzip {
     /// inputs with this.
     static func compress(_ input: [UInt8]) throws -> [UInt8] {
         var stream = z_stream()
-        let status = deflateInit2_(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY,
-                                   zlibVersion(), Int32(MemoryLayout<z_stream>.size))
-        guard status == Z_OK else { throw SigPropError.configuration("zlib's deflateInit2_ failed with status \(status)") }
+        let status = deflateInit2_(
+            &stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY,
+            zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        guard status == Z_OK else {
+            throw SigPropError.configuration("zlib's deflateInit2_ failed with status \(status)")
+        }
         defer { deflateEnd(&stream) }
-        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 64)
+        var output = [UInt8](
+            repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 64)
         var input = input
         let result = input.withUnsafeMutableBufferPointer { source in
             output.withUnsafeMutableBufferPointer { target in
@@ -47,7 +51,9 @@ enum Gzip {
                 return deflate(&stream, Z_FINISH)
             }
         }
-        guard result == Z_STREAM_END else { throw SigPropError.configuration("zlib's deflate returned \(result)") }
+        guard result == Z_STREAM_END else {
+            throw SigPropError.configuration("zlib's deflate returned \(result)")
+        }
         return Array(output[0..<Int(stream.total_out)])
     }
 
@@ -64,24 +70,33 @@ enum Gzip {
     /// gzip(1) unpacks it to both parts). Trailing zero bytes after the last member are
     /// ignored, as gzip(1) does; anything else there is reported as corrupt. More than `limit`
     /// bytes of output, over all members, is an error.
-    static func decompress(_ input: [UInt8], path: String, limit: Int = outputLimit) throws -> [UInt8] {
-        let fix = "download the file again (a partial download or a full disk leaves it damaged); `gzip -t \(path)` checks it"
+    static func decompress(_ input: [UInt8], path: String, limit: Int = outputLimit) throws
+        -> [UInt8]
+    {
+        let fix =
+            "download the file again (a partial download or a full disk leaves it damaged); `gzip -t \(path)` checks it"
         func corrupt(_ message: String) -> SigPropError {
             .dataset(path: path, problem: "gzip data is corrupt (zlib: \(message))", fix: fix)
         }
-        let truncated = corrupt("unexpected end of input: the file ends inside the compressed stream, so it is truncated")
+        let truncated = corrupt(
+            "unexpected end of input: the file ends inside the compressed stream, so it is truncated"
+        )
         guard !input.isEmpty else { throw truncated }
         let limit = max(0, limit)
         // One byte of room past the limit tells "exactly the limit" from "more".
         let ceiling = limit == Int.max ? limit : limit + 1
         let tooLarge = SigPropError.dataset(
             path: path,
-            problem: "gzip data unpacks to more than \(formatBytes(UInt64(limit))) (\(limit) bytes), the limit for one data set file",
-            fix: "check that this is a data set file (MNIST-format IDX or CIFAR-10 binary); a damaged or foreign .gz can claim any size")
+            problem:
+                "gzip data unpacks to more than \(formatBytes(UInt64(limit))) (\(limit) bytes), the limit for one data set file",
+            fix:
+                "check that this is a data set file (MNIST-format IDX or CIFAR-10 binary); a damaged or foreign .gz can claim any size"
+        )
 
         var stream = z_stream()
         // 15 + 32: the largest window, and let zlib recognise the gzip (or zlib) header itself.
-        var status = inflateInit2_(&stream, 15 + 32, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        var status = inflateInit2_(
+            &stream, 15 + 32, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
         guard status == Z_OK else { throw corrupt(zlibMessage(stream, status)) }
         defer { inflateEnd(&stream) }
 
@@ -122,7 +137,9 @@ enum Gzip {
                     let rest = source[consumed...]
                     if rest.isEmpty || rest.allSatisfy({ $0 == 0 }) { return }
                     guard rest.count >= 2, rest[consumed] == 0x1f, rest[consumed + 1] == 0x8b else {
-                        throw corrupt("\(rest.count) bytes after the end of the gzip stream are not another gzip member")
+                        throw corrupt(
+                            "\(rest.count) bytes after the end of the gzip stream are not another gzip member"
+                        )
                     }
                     status = inflateReset(&stream)
                     guard status == Z_OK else { throw corrupt(zlibMessage(stream, status)) }
@@ -142,7 +159,9 @@ enum Gzip {
         let minimum = 1 << 16
         guard input.count >= 18 else { return minimum }
         let n = input.count
-        let size = Int(input[n - 4]) | Int(input[n - 3]) << 8 | Int(input[n - 2]) << 16 | Int(input[n - 1]) << 24
+        let size =
+            Int(input[n - 4]) | Int(input[n - 3]) << 8 | Int(input[n - 2]) << 16 | Int(input[n - 1])
+            << 24
         let (bound, overflow) = n.multipliedReportingOverflow(by: 1032)
         return max(minimum, overflow ? size : min(size, bound))
     }

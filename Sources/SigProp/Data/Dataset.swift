@@ -31,11 +31,16 @@ public struct Dataset: Sendable {
     public var featureCount: Int { channels * height * width }
 
     /// Checks that the shapes agree and every label is in `0..<classes`.
-    public init(images: [Float], labels: [Int32], channels: Int, height: Int, width: Int, classes: Int,
-                format: DatasetFormat? = nil) throws {
+    public init(
+        images: [Float], labels: [Int32], channels: Int, height: Int, width: Int, classes: Int,
+        format: DatasetFormat? = nil
+    ) throws {
         guard channels > 0, height > 0, width > 0, classes > 0 else {
             throw SigPropError.shapeMismatch(
-                operation: "Dataset", detail: "channels \(channels), height \(height), width \(width) and classes \(classes) must all be positive")
+                operation: "Dataset",
+                detail:
+                    "channels \(channels), height \(height), width \(width) and classes \(classes) must all be positive"
+            )
         }
         let (perImage, o1) = channels.multipliedReportingOverflow(by: height)
         let (features, o2) = perImage.multipliedReportingOverflow(by: width)
@@ -43,23 +48,31 @@ public struct Dataset: Sendable {
         guard !o1, !o2, !o3, total == images.count else {
             throw SigPropError.shapeMismatch(
                 operation: "Dataset",
-                detail: "\(images.count) floats do not hold \(labels.count) images of \(channels)×\(height)×\(width)")
+                detail:
+                    "\(images.count) floats do not hold \(labels.count) images of \(channels)×\(height)×\(width)"
+            )
         }
         if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= classes }) {
             throw SigPropError.shapeMismatch(
-                operation: "Dataset", detail: "label \(labels[bad]) of item \(bad) is outside 0..<\(classes)")
+                operation: "Dataset",
+                detail: "label \(labels[bad]) of item \(bad) is outside 0..<\(classes)")
         }
-        self.init(unchecked: images, labels: labels, channels: channels, height: height, width: width, classes: classes, format: format)
+        self.init(
+            unchecked: images, labels: labels, channels: channels, height: height, width: width,
+            classes: classes, format: format)
     }
 
     /// The images and labels of `indices`, in that order: `indices.count × featureCount` floats.
     /// Indices come from `BatchOrder` and must lie in `0..<count`.
     public func batch(_ indices: [Int]) -> (images: [Float], labels: [Int32]) {
         let features = featureCount
-        let batchImages = [Float](unsafeUninitializedCapacity: indices.count * features) { target, initialized in
+        let batchImages = [Float](unsafeUninitializedCapacity: indices.count * features) {
+            target, initialized in
             images.withUnsafeBufferPointer { source in
                 for (row, index) in indices.enumerated() {
-                    precondition(index >= 0 && index < count, "Dataset.batch: index \(index) is outside 0..<\(count)")
+                    precondition(
+                        index >= 0 && index < count,
+                        "Dataset.batch: index \(index) is outside 0..<\(count)")
                     let from = source.baseAddress.map { $0 + index * features }
                     let to = target.baseAddress.map { $0 + row * features }
                     if let from, let to { to.update(from: from, count: features) }
@@ -73,7 +86,9 @@ public struct Dataset: Sendable {
     /// The first `n` items (all when `n >= count`): for quick runs on part of a set.
     public func prefix(_ n: Int) -> Dataset {
         let kept = max(0, min(n, count))
-        return Dataset(unchecked: Array(images[0..<(kept * featureCount)]), labels: Array(labels[0..<kept]), like: self)
+        return Dataset(
+            unchecked: Array(images[0..<(kept * featureCount)]), labels: Array(labels[0..<kept]),
+            like: self)
     }
 
     /// For transformations of an already checked data set (same shape, new values).
@@ -92,7 +107,8 @@ public struct Dataset: Sendable {
 
 extension Dataset {
     /// The fix every "not found" error ends with.
-    static let installFix = "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or the CIFAR-10 binary files"
+    static let installFix =
+        "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or the CIFAR-10 binary files"
 
     /// Reads one split from `directory`, recognising the format by the files present:
     /// MNIST-format IDX (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
@@ -132,26 +148,33 @@ extension Dataset {
         let path = directory.path
         var isDirectory: ObjCBool = false
         guard fileManager.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw SigPropError.dataset(path: path, problem: "the folder does not exist", fix: installFix)
+            throw SigPropError.dataset(
+                path: path, problem: "the folder does not exist", fix: installFix)
         }
         guard isDirectory.boolValue else {
-            throw SigPropError.dataset(path: path, problem: "this is a file, not a folder", fix: installFix)
+            throw SigPropError.dataset(
+                path: path, problem: "this is a file, not a folder", fix: installFix)
         }
         func existing(_ url: URL) -> URL? { fileManager.fileExists(atPath: url.path) ? url : nil }
 
         // IDX: the plain file wins over the .gz one (no inflating needed).
         let names = idxNames(split)
         func idxFile(_ name: String) -> URL? {
-            existing(directory.appendingPathComponent(name)) ?? existing(directory.appendingPathComponent(name + ".gz"))
+            existing(directory.appendingPathComponent(name))
+                ?? existing(directory.appendingPathComponent(name + ".gz"))
         }
         switch (idxFile(names.images), idxFile(names.labels)) {
-        case let (images?, labels?):
+        case (let images?, let labels?):
             return .idx(images: images, labels: labels)
         case (_?, nil), (nil, _?):
             let missing = idxFile(names.images) == nil ? names.images : names.labels
             throw SigPropError.dataset(
-                path: path, problem: "it has the \(split.rawValue) \(missing == names.images ? "labels" : "images") but not \(missing)[.gz]",
-                fix: "put both the images and the labels file of the \(split.rawValue) split in the folder; or " + installFix)
+                path: path,
+                problem:
+                    "it has the \(split.rawValue) \(missing == names.images ? "labels" : "images") but not \(missing)[.gz]",
+                fix:
+                    "put both the images and the labels file of the \(split.rawValue) split in the folder; or "
+                    + installFix)
         case (nil, nil):
             break
         }
@@ -163,53 +186,73 @@ extension Dataset {
             let present = urls.filter { fileManager.fileExists(atPath: $0.path) }
             if present.count == urls.count { return .cifar10(urls) }
             if !present.isEmpty {
-                let missing = zip(cifarNames, urls).filter { !fileManager.fileExists(atPath: $0.1.path) }.map(\.0)
+                let missing = zip(cifarNames, urls).filter {
+                    !fileManager.fileExists(atPath: $0.1.path)
+                }.map(\.0)
                 throw SigPropError.dataset(
-                    path: folder.path, problem: "CIFAR-10 files are missing: \(missing.joined(separator: ", "))",
-                    fix: "unpack the whole CIFAR-10 binary archive (cifar-10-binary.tar.gz) there; or " + installFix)
+                    path: folder.path,
+                    problem: "CIFAR-10 files are missing: \(missing.joined(separator: ", "))",
+                    fix:
+                        "unpack the whole CIFAR-10 binary archive (cifar-10-binary.tar.gz) there; or "
+                        + installFix)
             }
         }
 
         let contents = ((try? fileManager.contentsOfDirectory(atPath: path)) ?? []).sorted()
-        let holds = contents.isEmpty ? "it is empty"
-            : "it holds " + contents.prefix(6).joined(separator: ", ") + (contents.count > 6 ? ", … (\(contents.count) entries)" : "")
+        let holds =
+            contents.isEmpty
+            ? "it is empty"
+            : "it holds " + contents.prefix(6).joined(separator: ", ")
+                + (contents.count > 6 ? ", … (\(contents.count) entries)" : "")
         throw SigPropError.dataset(
             path: path,
-            problem: "no \(split.rawValue) files found: looked for \(names.images)[.gz] and \(names.labels)[.gz] (MNIST-format IDX) and for \(cifarNames.joined(separator: ", ")) (CIFAR-10 binary, also in \(CIFAR10.subfolder)/); \(holds)",
+            problem:
+                "no \(split.rawValue) files found: looked for \(names.images)[.gz] and \(names.labels)[.gz] (MNIST-format IDX) and for \(cifarNames.joined(separator: ", ")) (CIFAR-10 binary, also in \(CIFAR10.subfolder)/); \(holds)",
             fix: installFix)
     }
 
     static func loadIDX(images imagesURL: URL, labels labelsURL: URL) throws -> Dataset {
-        let imagesPath = imagesURL.path, labelsPath = labelsURL.path
+        let imagesPath = imagesURL.path
+        let labelsPath = labelsURL.path
         let images = try IDX.readImages(try DataFile.read(imagesURL), path: imagesPath)
         let classes = 10
-        let labels = try IDX.readLabels(try DataFile.read(labelsURL), path: labelsPath, classes: classes)
+        let labels = try IDX.readLabels(
+            try DataFile.read(labelsURL), path: labelsPath, classes: classes)
         guard images.count == labels.count else {
             throw SigPropError.dataset(
                 path: imagesPath,
-                problem: "it has \(images.count) images but \(labelsURL.lastPathComponent) has \(labels.count) labels",
+                problem:
+                    "it has \(images.count) images but \(labelsURL.lastPathComponent) has \(labels.count) labels",
                 fix: "use the images and labels files of the same split and the same data set")
         }
         guard images.count > 0 else {
-            throw SigPropError.dataset(path: imagesPath, problem: "it holds no images", fix: "download the file again")
+            throw SigPropError.dataset(
+                path: imagesPath, problem: "it holds no images", fix: "download the file again")
         }
-        return Dataset(unchecked: images.pixels, labels: labels, channels: 1, height: images.rows, width: images.columns,
-                       classes: classes, format: .idx)
+        return Dataset(
+            unchecked: images.pixels, labels: labels, channels: 1, height: images.rows,
+            width: images.columns,
+            classes: classes, format: .idx)
     }
 
     static func loadCIFAR10(_ files: [URL]) throws -> Dataset {
         var images: [Float] = []
         var labels: [Int32] = []
         for file in files {
-            try CIFAR10.append(try DataFile.read(file), path: file.path, images: &images, labels: &labels)
+            try CIFAR10.append(
+                try DataFile.read(file), path: file.path, images: &images, labels: &labels)
         }
-        return Dataset(unchecked: images, labels: labels, channels: CIFAR10.channels, height: CIFAR10.height,
-                       width: CIFAR10.width, classes: CIFAR10.classes, format: .cifar10)
+        return Dataset(
+            unchecked: images, labels: labels, channels: CIFAR10.channels, height: CIFAR10.height,
+            width: CIFAR10.width, classes: CIFAR10.classes, format: .cifar10)
     }
 
     /// For loaders that have already checked shapes and labels.
-    init(unchecked images: [Float], labels: [Int32], channels: Int, height: Int, width: Int, classes: Int,
-         format: DatasetFormat?) {
+    init(
+        unchecked images: [Float], labels: [Int32], channels: Int, height: Int, width: Int,
+        classes: Int,
+        format: DatasetFormat?
+    ) {
         self.images = images
         self.labels = labels
         self.channels = channels

@@ -14,7 +14,8 @@ public struct Normalization: Sendable, Codable, Equatable {
     // The values torchvision examples and the SigProp paper's code use.
     public static let fashionMNIST = Normalization(mean: [0.2860], std: [0.3530])
     public static let mnist = Normalization(mean: [0.1307], std: [0.3081])
-    public static let cifar10 = Normalization(mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616])
+    public static let cifar10 = Normalization(
+        mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616])
 
     /// The known values when the set is recognisable — a folder name containing "fashion"
     /// (Fashion-MNIST) or "mnist" (MNIST), or the CIFAR-10 format — else computed from
@@ -38,7 +39,11 @@ public struct Normalization: Sendable, Codable, Equatable {
         let channels = dataset.channels
         let plane = dataset.height * dataset.width
         let count = dataset.count
-        guard count > 0 else { return Normalization(mean: Array(repeating: 0, count: channels), std: Array(repeating: 1, count: channels)) }
+        guard count > 0 else {
+            return Normalization(
+                mean: Array(repeating: 0, count: channels),
+                std: Array(repeating: 1, count: channels))
+        }
         var sums = [Double](repeating: 0, count: channels)
         var squares = [Double](repeating: 0, count: channels)
         dataset.images.withUnsafeBufferPointer { pixels in
@@ -47,7 +52,8 @@ public struct Normalization: Sendable, Codable, Equatable {
             for image in 0..<count {
                 for c in 0..<channels {
                     let start = (image * channels + c) * plane
-                    var sum: Float = 0  // one plane is at most a few thousand values: Float is exact enough
+                    // One plane is at most a few thousand values: Float is exact enough.
+                    var sum: Float = 0
                     for i in start..<(start + plane) { sum += pixels[i] }
                     sums[c] += Double(sum)
                 }
@@ -59,7 +65,10 @@ public struct Normalization: Sendable, Codable, Equatable {
                     let start = (image * channels + c) * plane
                     let m = means[c]
                     var sum: Float = 0
-                    for i in start..<(start + plane) { let d = pixels[i] - m; sum += d * d }
+                    for i in start..<(start + plane) {
+                        let d = pixels[i] - m
+                        sum += d * d
+                    }
                     squares[c] += Double(sum)
                 }
             }
@@ -81,21 +90,27 @@ public struct Normalization: Sendable, Codable, Equatable {
         guard mean.count == std.count, mean.count == channels || mean.count == 1 else {
             throw SigPropError.shapeMismatch(
                 operation: "Normalization.apply",
-                detail: "\(mean.count) means and \(std.count) standard deviations for images of \(channels) channels")
+                detail:
+                    "\(mean.count) means and \(std.count) standard deviations for images of \(channels) channels"
+            )
         }
         if let bad = std.first(where: { !($0 > 0) || !$0.isFinite }) {
-            throw SigPropError.configuration("Normalization.apply: standard deviation \(bad) is not a positive number")
+            throw SigPropError.configuration(
+                "Normalization.apply: standard deviation \(bad) is not a positive number")
         }
         let plane = dataset.height * dataset.width
         let count = dataset.count
         let means = mean.count == 1 ? Array(repeating: mean[0], count: channels) : mean
-        let scales = (mean.count == 1 ? Array(repeating: std[0], count: channels) : std).map { 1 / $0 }
+        let scales = (mean.count == 1 ? Array(repeating: std[0], count: channels) : std).map {
+            1 / $0
+        }
         var images = dataset.images
         images.withUnsafeMutableBufferPointer { pixels in
             for image in 0..<count {
                 for c in 0..<channels {
                     let start = (image * channels + c) * plane
-                    let m = means[c], s = scales[c]
+                    let m = means[c]
+                    let s = scales[c]
                     for i in start..<(start + plane) { pixels[i] = (pixels[i] - m) * s }
                 }
             }

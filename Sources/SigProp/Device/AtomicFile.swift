@@ -15,32 +15,46 @@ enum AtomicFile {
     static func write(_ data: Data, to url: URL) throws(Failure) {
         let directory = url.deletingLastPathComponent()
         do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                at: directory, withIntermediateDirectories: true)
         } catch {
             throw .folder(path: directory.path, reason: error.localizedDescription)
         }
         removeStaleTemporaries(of: url)
-        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        let temporary = directory.appendingPathComponent(
+            ".\(url.lastPathComponent).tmp-\(getpid())")
         let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard descriptor >= 0 else { throw .temporary(path: temporary.path, reason: String(cString: strerror(errno))) }
+        guard descriptor >= 0 else {
+            throw .temporary(path: temporary.path, reason: String(cString: strerror(errno)))
+        }
         var failure: String?
         data.withUnsafeBytes { raw in
             var written = 0
             while written < raw.count {
-                let n = Foundation.write(descriptor, raw.baseAddress! + written, raw.count - written)
-                if n < 0 { if errno == EINTR { continue }; failure = String(cString: strerror(errno)); return }
+                let n = Foundation.write(
+                    descriptor, raw.baseAddress! + written, raw.count - written)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    failure = String(cString: strerror(errno))
+                    return
+                }
                 written += n
             }
         }
         if failure == nil, fsync(descriptor) != 0 { failure = String(cString: strerror(errno)) }
         close(descriptor)
-        if failure == nil, rename(temporary.path, url.path) != 0 { failure = String(cString: strerror(errno)) }
+        if failure == nil, rename(temporary.path, url.path) != 0 {
+            failure = String(cString: strerror(errno))
+        }
         if let failure {
             unlink(temporary.path)
             throw .write(reason: failure)
         }
         let folder = open(directory.path, O_RDONLY)
-        if folder >= 0 { fsync(folder); close(folder) }
+        if folder >= 0 {
+            fsync(folder)
+            close(folder)
+        }
     }
 
     /// Deletes temporary files of `url` left by writers that were killed mid-write (their
@@ -48,7 +62,8 @@ enum AtomicFile {
     static func removeStaleTemporaries(of url: URL) {
         let directory = url.deletingLastPathComponent()
         let prefix = ".\(url.lastPathComponent).tmp-"
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path)
+        else { return }
         for name in names where name.hasPrefix(prefix) {
             guard let pid = pid_t(name.dropFirst(prefix.count)) else { continue }
             if pid == getpid() || (kill(pid, 0) != 0 && errno == ESRCH) {

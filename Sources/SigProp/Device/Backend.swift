@@ -28,27 +28,63 @@ protocol Backend: AnyObject, Sendable {
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws
     /// Device -> host; waits for the queue's earlier work.
     func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float]
-    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws
+    func copy(
+        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue)
+        throws
 
     func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws
-    func gemm(_ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws
-    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws
-    func conv2d(_ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws
-    func conv2dWeightGradient(_ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws
-    func pool2d(_ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws
-    func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws
-    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws
-    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws
-    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws
-    func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws
-    func adamStep(_ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws
-    func sgdStep(_ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws
+    func gemm(
+        _ shape: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage,
+        bias: TensorStorage?, on queue: BackendQueue) throws
+    func activate(
+        _ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int,
+        on queue: BackendQueue) throws
+    func activationGradient(
+        _ activation: Activation, output: TensorStorage, gradient: TensorStorage,
+        result: TensorStorage, count: Int, on queue: BackendQueue) throws
+    func axpby(
+        alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int,
+        on queue: BackendQueue) throws
+    func channelSums(
+        _ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage,
+        alpha: Float, beta: Float, on queue: BackendQueue) throws
+    func conv2d(
+        _ shape: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?,
+        output: TensorStorage, activation: Activation, on queue: BackendQueue) throws
+    func conv2dWeightGradient(
+        _ shape: ConvShape, input: TensorStorage, outputGradient: TensorStorage,
+        weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float,
+        on queue: BackendQueue) throws
+    func pool2d(
+        _ kind: PoolKind, shape: PoolShape, input: TensorStorage, output: TensorStorage,
+        on queue: BackendQueue) throws
+    func multiply(
+        _ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int,
+        on queue: BackendQueue) throws
+    func normalize(
+        _ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage,
+        epsilon: Float, on queue: BackendQueue) throws
+    func normalizeGradient(
+        _ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage,
+        layout: GroupLayout, on queue: BackendQueue) throws
+    func scaleShiftChannels(
+        _ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage,
+        count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws
+    func localLossRows(
+        _ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage,
+        mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue)
+        throws
+    func adamStep(
+        _ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
+        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws
+    func sgdStep(
+        _ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage,
+        momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws
     /// `weight` [m, n] stepped by `update` with gradient Σ pairs' outputGradientᵀ · input, the
     /// step in the product's epilogue (at most two pairs: a block's two streams).
-    func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws
+    func updateWeights(
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
+        on queue: BackendQueue) throws
 }
 
 /// Backend-owned memory behind a `Tensor`.

@@ -32,7 +32,12 @@ final class BufferPool: @unchecked Sendable {
     private(set) var misses = 0
 
     /// Opens a new generation and returns it: storages freed from now on carry it.
-    func advance() -> Int { lock.withLock { generation += 1; return generation } }
+    func advance() -> Int {
+        lock.withLock {
+            generation += 1
+            return generation
+        }
+    }
 
     /// All work enqueued before generation `last` ended has completed: storages freed up to
     /// then may be reused.
@@ -40,7 +45,11 @@ final class BufferPool: @unchecked Sendable {
         lock.withLock {
             var kept: [(generation: Int, count: Int, storage: TensorStorage)] = []
             for entry in quarantine {
-                if entry.generation <= last { free[entry.count, default: []].append(entry.storage) } else { kept.append(entry) }
+                if entry.generation <= last {
+                    free[entry.count, default: []].append(entry.storage)
+                } else {
+                    kept.append(entry)
+                }
             }
             quarantine = kept
         }

@@ -43,7 +43,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     /// The same storage seen with another shape of the same element count (flatten, unflatten).
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
         guard newShape.reduce(1, *) == count, newShape.allSatisfy({ $0 >= 0 }) else {
-            throw SigPropError.shapeMismatch(operation: "reshaped", detail: "\(shape) cannot be seen as \(newShape)")
+            throw SigPropError.shapeMismatch(
+                operation: "reshaped", detail: "\(shape) cannot be seen as \(newShape)")
         }
         return Tensor(shape: newShape, device: device, buffer: buffer)
     }
@@ -112,11 +113,15 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     /// The CPU fallback (OpenBLAS for products, Swift for the rest), on every core or on
     /// `cores` of them (a share of the machine, as when `SIGPROP_SPLIT` divides it).
-    public static func cpu(cores: Int? = nil, part: String? = nil) throws -> Device { try Device(backend: CPUBackend(cores: cores, part: part)) }
+    public static func cpu(cores: Int? = nil, part: String? = nil) throws -> Device {
+        try Device(backend: CPUBackend(cores: cores, part: part))
+    }
 
     /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`, with kernel parameters
     /// from `tuningCache` where it has an entry for the device, else from the table.
-    public static func opencl(_ entry: OpenCLDeviceEntry, tuningCache: KernelTuningCache? = nil) throws -> Device {
+    public static func opencl(_ entry: OpenCLDeviceEntry, tuningCache: KernelTuningCache? = nil)
+        throws -> Device
+    {
         try Device(backend: OpenCLBackend(entry: entry, tuningCache: tuningCache))
     }
 
@@ -165,23 +170,28 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                 storage = try backend.allocate(count: count)
             }
         }
-        return Tensor(shape: shape, device: self, buffer: DeviceBuffer(storage: storage, count: count, pool: pool))
+        return Tensor(
+            shape: shape, device: self,
+            buffer: DeviceBuffer(storage: storage, count: count, pool: pool))
     }
 
     /// A new tensor, zero-filled.
     public func zeros(_ shape: [Int], on stream: Stream? = nil) throws -> Tensor {
         guard shape.allSatisfy({ $0 >= 0 }) else {
-            throw SigPropError.shapeMismatch(operation: "zeros", detail: "negative dimension in \(shape)")
+            throw SigPropError.shapeMismatch(
+                operation: "zeros", detail: "negative dimension in \(shape)")
         }
         let tensor = try allocate(shape, on: stream)
-        try backend.fill(tensor.storage, count: tensor.count, value: 0, on: try queue(stream, "zeros"))
+        try backend.fill(
+            tensor.storage, count: tensor.count, value: 0, on: try queue(stream, "zeros"))
         return tensor
     }
 
     /// A new tensor holding `values` (row-major).
     public func tensor(_ values: [Float], shape: [Int], on stream: Stream? = nil) throws -> Tensor {
         guard values.count == shape.reduce(1, *), shape.allSatisfy({ $0 >= 0 }) else {
-            throw SigPropError.shapeMismatch(operation: "tensor", detail: "\(values.count) values for shape \(shape)")
+            throw SigPropError.shapeMismatch(
+                operation: "tensor", detail: "\(values.count) values for shape \(shape)")
         }
         let tensor = try allocate(shape, on: stream)
         try backend.write(values, to: tensor.storage, on: try queue(stream, "tensor"))
@@ -193,7 +203,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public func makeUserEvent() throws -> Event { Event(try backend.makeUserEvent()) }
 
     /// Completes an event from `makeUserEvent()`; work waiting for it may start.
-    public func complete(_ event: Event) throws { try backend.completeUserEvent(event.backendEvent) }
+    public func complete(_ event: Event) throws {
+        try backend.completeUserEvent(event.backendEvent)
+    }
 
     /// `tensor` as a tensor of this device: itself when it is one, else a copy through the
     /// host (waits for the work enqueued on its device's default stream; callers order other
@@ -207,7 +219,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public func write(_ values: [Float], to tensor: Tensor, on stream: Stream? = nil) throws {
         try check("write", tensor)
         guard values.count == tensor.count else {
-            throw SigPropError.shapeMismatch(operation: "write", detail: "\(values.count) values for \(tensor.shape)")
+            throw SigPropError.shapeMismatch(
+                operation: "write", detail: "\(values.count) values for \(tensor.shape)")
         }
         try backend.write(values, to: tensor.storage, on: try queue(stream, "write"))
     }
@@ -222,12 +235,15 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public func copy(_ source: Tensor, to destination: Tensor, on stream: Stream? = nil) throws {
         try check("copy", source, destination)
         try requireCount("copy", destination, source.count)
-        try backend.copy(source.storage, to: destination.storage, count: source.count, on: try queue(stream, "copy"))
+        try backend.copy(
+            source.storage, to: destination.storage, count: source.count,
+            on: try queue(stream, "copy"))
     }
 
     public func fill(_ tensor: Tensor, with value: Float, on stream: Stream? = nil) throws {
         try check("fill", tensor)
-        try backend.fill(tensor.storage, count: tensor.count, value: value, on: try queue(stream, "fill"))
+        try backend.fill(
+            tensor.storage, count: tensor.count, value: value, on: try queue(stream, "fill"))
     }
 
     // MARK: Operations
@@ -235,7 +251,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// `c = act(alpha * op(a) op(b) + beta * c + bias)`, each tensor viewed as a matrix
     /// (`rows` x `columns`); `op` transposes when asked; `bias` (length N) is added to every row.
     public func gemm(
-        _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false, into c: Tensor,
+        _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,
+        into c: Tensor,
         alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .identity,
         on stream: Stream? = nil
     ) throws {
@@ -246,140 +263,208 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         guard k == kb, c.rows == m, c.columns == n else {
             throw SigPropError.shapeMismatch(
                 operation: "gemm",
-                detail: "op(a) is \(m)x\(k) (a \(a.shape)\(transposeA ? "ᵀ" : "")), op(b) is \(kb)x\(n) (b \(b.shape)\(transposeB ? "ᵀ" : "")), c is \(c.shape)")
+                detail:
+                    "op(a) is \(m)x\(k) (a \(a.shape)\(transposeA ? "ᵀ" : "")), op(b) is \(kb)x\(n) (b \(b.shape)\(transposeB ? "ᵀ" : "")), c is \(c.shape)"
+            )
         }
         if let bias { try requireCount("gemm bias", bias, n) }
-        let shape = GemmShape(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB, alpha: alpha, beta: beta, activation: activation)
-        try backend.gemm(shape, a: a.storage, b: b.storage, c: c.storage, bias: bias?.storage, on: try queue(stream, "gemm"))
+        let shape = GemmShape(
+            m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB, alpha: alpha,
+            beta: beta, activation: activation)
+        try backend.gemm(
+            shape, a: a.storage, b: b.storage, c: c.storage, bias: bias?.storage,
+            on: try queue(stream, "gemm"))
     }
 
     /// `output = act(input)` element-wise (`output` may be `input`).
-    public func activate(_ activation: Activation, _ input: Tensor, into output: Tensor, on stream: Stream? = nil) throws {
+    public func activate(
+        _ activation: Activation, _ input: Tensor, into output: Tensor, on stream: Stream? = nil
+    ) throws {
         try check("activate", input, output)
         try requireCount("activate", output, input.count)
-        try backend.activate(activation, input: input.storage, output: output.storage, count: input.count, on: try queue(stream, "activate"))
+        try backend.activate(
+            activation, input: input.storage, output: output.storage, count: input.count,
+            on: try queue(stream, "activate"))
     }
 
     /// `result = gradient * act'(z)` where `output = act(z)`: the derivative is read off the
     /// activation's output (exact for ReLU, LeakyReLU and tanh). `result` may alias `gradient`.
     public func activationGradient(
-        _ activation: Activation, output: Tensor, gradient: Tensor, into result: Tensor, on stream: Stream? = nil
+        _ activation: Activation, output: Tensor, gradient: Tensor, into result: Tensor,
+        on stream: Stream? = nil
     ) throws {
         try check("activationGradient", output, gradient, result)
         try requireCount("activationGradient", gradient, output.count)
         try requireCount("activationGradient", result, output.count)
-        try backend.activationGradient(activation, output: output.storage, gradient: gradient.storage, result: result.storage,
-                                       count: output.count, on: try queue(stream, "activationGradient"))
+        try backend.activationGradient(
+            activation, output: output.storage, gradient: gradient.storage, result: result.storage,
+            count: output.count, on: try queue(stream, "activationGradient"))
     }
 
     /// `y = alpha * x + beta * y` element-wise.
-    public func axpby(alpha: Float, _ x: Tensor, beta: Float, _ y: Tensor, on stream: Stream? = nil) throws {
+    public func axpby(alpha: Float, _ x: Tensor, beta: Float, _ y: Tensor, on stream: Stream? = nil)
+        throws
+    {
         try check("axpby", x, y)
         try requireCount("axpby", y, x.count)
-        try backend.axpby(alpha: alpha, x: x.storage, beta: beta, y: y.storage, count: x.count, on: try queue(stream, "axpby"))
+        try backend.axpby(
+            alpha: alpha, x: x.storage, beta: beta, y: y.storage, count: x.count,
+            on: try queue(stream, "axpby"))
     }
 
     /// `into[c] = alpha * (sum of x over every element of channel c) + beta * into[c]`, with `x`
     /// viewed as [outer, channels, inner]: column sums of a matrix (`inner` 1, the default) or
     /// per-channel sums of NCHW activations (`inner` H*W).
-    public func channelSums(_ x: Tensor, channels: Int, inner: Int = 1, into result: Tensor, alpha: Float = 1, beta: Float = 0,
-                            on stream: Stream? = nil) throws {
+    public func channelSums(
+        _ x: Tensor, channels: Int, inner: Int = 1, into result: Tensor, alpha: Float = 1,
+        beta: Float = 0,
+        on stream: Stream? = nil
+    ) throws {
         try check("channelSums", x, result)
         guard channels > 0, inner > 0, x.count % (channels * inner) == 0 else {
-            throw SigPropError.shapeMismatch(operation: "channelSums", detail: "\(x.shape) is not [outer, \(channels), \(inner)]")
+            throw SigPropError.shapeMismatch(
+                operation: "channelSums", detail: "\(x.shape) is not [outer, \(channels), \(inner)]"
+            )
         }
         try requireCount("channelSums", result, channels)
-        try backend.channelSums(x.storage, outer: x.count / (channels * inner), channels: channels, inner: inner, into: result.storage,
-                                alpha: alpha, beta: beta, on: try queue(stream, "channelSums"))
+        try backend.channelSums(
+            x.storage, outer: x.count / (channels * inner), channels: channels, inner: inner,
+            into: result.storage,
+            alpha: alpha, beta: beta, on: try queue(stream, "channelSums"))
     }
 
     /// 2-D convolution over NCHW `input` with `weight` `[O, C, kh, kw]`, optional bias `[O]`,
     /// then `activation`, into `output` `[B, O, Ho, Wo]`.
     public func conv2d(
         _ input: Tensor, weight: Tensor, bias: Tensor? = nil, into output: Tensor,
-        stride: Int = 1, padding: Int = 0, activation: Activation = .identity, on stream: Stream? = nil
+        stride: Int = 1, padding: Int = 0, activation: Activation = .identity,
+        on stream: Stream? = nil
     ) throws {
-        let shape = try convShape("conv2d", input: input, weight: weight, output: output, stride: stride, padding: padding)
-        if let bias { try check("conv2d", bias); try requireCount("conv2d bias", bias, shape.outChannels) }
-        try backend.conv2d(shape, input: input.storage, weight: weight.storage, bias: bias?.storage, output: output.storage,
-                           activation: activation, on: try queue(stream, "conv2d"))
+        let shape = try convShape(
+            "conv2d", input: input, weight: weight, output: output, stride: stride, padding: padding
+        )
+        if let bias {
+            try check("conv2d", bias)
+            try requireCount("conv2d bias", bias, shape.outChannels)
+        }
+        try backend.conv2d(
+            shape, input: input.storage, weight: weight.storage, bias: bias?.storage,
+            output: output.storage,
+            activation: activation, on: try queue(stream, "conv2d"))
     }
 
     /// `weightGradient = sum over batch and positions of outputGradient ⊗ input patches
     /// (+ beta * weightGradient)`; `biasGradient` likewise gets the sums of `outputGradient`.
     public func conv2dWeightGradient(
-        _ input: Tensor, outputGradient: Tensor, into weightGradient: Tensor, biasGradient: Tensor? = nil,
+        _ input: Tensor, outputGradient: Tensor, into weightGradient: Tensor,
+        biasGradient: Tensor? = nil,
         beta: Float = 0, stride: Int = 1, padding: Int = 0, on stream: Stream? = nil
     ) throws {
-        let shape = try convShape("conv2dWeightGradient", input: input, weight: weightGradient, output: outputGradient,
-                                  stride: stride, padding: padding)
+        let shape = try convShape(
+            "conv2dWeightGradient", input: input, weight: weightGradient, output: outputGradient,
+            stride: stride, padding: padding)
         if let biasGradient {
             try check("conv2dWeightGradient", biasGradient)
             try requireCount("conv2dWeightGradient bias", biasGradient, shape.outChannels)
         }
-        try backend.conv2dWeightGradient(shape, input: input.storage, outputGradient: outputGradient.storage,
-                                         weightGradient: weightGradient.storage, biasGradient: biasGradient?.storage,
-                                         beta: beta, on: try queue(stream, "conv2dWeightGradient"))
+        try backend.conv2dWeightGradient(
+            shape, input: input.storage, outputGradient: outputGradient.storage,
+            weightGradient: weightGradient.storage, biasGradient: biasGradient?.storage,
+            beta: beta, on: try queue(stream, "conv2dWeightGradient"))
     }
 
     /// Max or average pooling over non-overlapping `size` x `size` windows of NCHW `input`.
-    public func pool2d(_ kind: PoolKind, _ input: Tensor, size: Int = 2, into output: Tensor, on stream: Stream? = nil) throws {
+    public func pool2d(
+        _ kind: PoolKind, _ input: Tensor, size: Int = 2, into output: Tensor,
+        on stream: Stream? = nil
+    ) throws {
         try check("pool2d", input, output)
-        guard input.shape.count == 4, size >= 1, input.shape[2] >= size, input.shape[3] >= size else {
-            throw SigPropError.shapeMismatch(operation: "pool2d", detail: "input \(input.shape) must be NCHW and at least \(size)x\(size)")
+        guard input.shape.count == 4, size >= 1, input.shape[2] >= size, input.shape[3] >= size
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: "pool2d",
+                detail: "input \(input.shape) must be NCHW and at least \(size)x\(size)")
         }
-        let shape = PoolShape(planes: input.shape[0] * input.shape[1], height: input.shape[2], width: input.shape[3], size: size)
+        let shape = PoolShape(
+            planes: input.shape[0] * input.shape[1], height: input.shape[2], width: input.shape[3],
+            size: size)
         let expected = [input.shape[0], input.shape[1], shape.outHeight, shape.outWidth]
         guard output.shape == expected else {
-            throw SigPropError.shapeMismatch(operation: "pool2d", detail: "output is \(output.shape), expected \(expected)")
+            throw SigPropError.shapeMismatch(
+                operation: "pool2d", detail: "output is \(output.shape), expected \(expected)")
         }
-        try backend.pool2d(kind, shape: shape, input: input.storage, output: output.storage, on: try queue(stream, "pool2d"))
+        try backend.pool2d(
+            kind, shape: shape, input: input.storage, output: output.storage,
+            on: try queue(stream, "pool2d"))
     }
 
     /// `out = a * b` element-wise (`out` may alias either).
-    public func multiply(_ a: Tensor, _ b: Tensor, into out: Tensor, on stream: Stream? = nil) throws {
+    public func multiply(_ a: Tensor, _ b: Tensor, into out: Tensor, on stream: Stream? = nil)
+        throws
+    {
         try check("multiply", a, b, out)
         try requireCount("multiply", b, a.count)
         try requireCount("multiply", out, a.count)
-        try backend.multiply(a.storage, b.storage, into: out.storage, count: a.count, on: try queue(stream, "multiply"))
+        try backend.multiply(
+            a.storage, b.storage, into: out.storage, count: a.count,
+            on: try queue(stream, "multiply"))
     }
 
     /// Normalises each group of `x` (viewed as `layout`) to zero mean and unit biased variance:
     /// `xhat = (x - mean) / sqrt(var + epsilon)`; `rstd` (one per group) keeps
     /// `1 / sqrt(var + epsilon)` for the gradient. Layer, instance and batch norm differ only
     /// in the layout (see `GroupLayout`).
-    public func normalize(_ x: Tensor, layout: GroupLayout, into xhat: Tensor, rstd: Tensor, epsilon: Float = 1e-5, on stream: Stream? = nil) throws {
+    public func normalize(
+        _ x: Tensor, layout: GroupLayout, into xhat: Tensor, rstd: Tensor, epsilon: Float = 1e-5,
+        on stream: Stream? = nil
+    ) throws {
         try check("normalize", x, xhat, rstd)
         try requireLayout("normalize", layout, x)
         try requireCount("normalize", xhat, x.count)
         try requireCount("normalize rstd", rstd, layout.groups)
-        try backend.normalize(x.storage, layout: layout, xhat: xhat.storage, rstd: rstd.storage, epsilon: epsilon, on: try queue(stream, "normalize"))
+        try backend.normalize(
+            x.storage, layout: layout, xhat: xhat.storage, rstd: rstd.storage, epsilon: epsilon,
+            on: try queue(stream, "normalize"))
     }
 
     /// The gradient through `normalize`: `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`
     /// over each group. `dx` may alias `dxhat`.
-    public func normalizeGradient(_ dxhat: Tensor, xhat: Tensor, rstd: Tensor, layout: GroupLayout, into dx: Tensor, on stream: Stream? = nil) throws {
+    public func normalizeGradient(
+        _ dxhat: Tensor, xhat: Tensor, rstd: Tensor, layout: GroupLayout, into dx: Tensor,
+        on stream: Stream? = nil
+    ) throws {
         try check("normalizeGradient", dxhat, xhat, rstd, dx)
         try requireLayout("normalizeGradient", layout, xhat)
         try requireCount("normalizeGradient", dxhat, xhat.count)
         try requireCount("normalizeGradient", dx, xhat.count)
         try requireCount("normalizeGradient rstd", rstd, layout.groups)
-        try backend.normalizeGradient(dxhat.storage, xhat: xhat.storage, rstd: rstd.storage, into: dx.storage, layout: layout,
-                                      on: try queue(stream, "normalizeGradient"))
+        try backend.normalizeGradient(
+            dxhat.storage, xhat: xhat.storage, rstd: rstd.storage, into: dx.storage, layout: layout,
+            on: try queue(stream, "normalizeGradient"))
     }
 
     /// `out = x * scale[c] + shift[c]` with c the channel of each element, `x` viewed as
     /// [outer, channels, inner]: a norm's affine part (per feature of [B, D]: `inner` 1).
-    public func scaleShiftChannels(_ x: Tensor, scale: Tensor, shift: Tensor? = nil, inner: Int = 1, into out: Tensor, on stream: Stream? = nil) throws {
+    public func scaleShiftChannels(
+        _ x: Tensor, scale: Tensor, shift: Tensor? = nil, inner: Int = 1, into out: Tensor,
+        on stream: Stream? = nil
+    ) throws {
         try check("scaleShiftChannels", x, scale, out)
         let channels = scale.count
         guard channels > 0, inner > 0, x.count % (channels * inner) == 0 else {
-            throw SigPropError.shapeMismatch(operation: "scaleShiftChannels", detail: "\(x.shape) is not [outer, \(channels), \(inner)]")
+            throw SigPropError.shapeMismatch(
+                operation: "scaleShiftChannels",
+                detail: "\(x.shape) is not [outer, \(channels), \(inner)]")
         }
-        if let shift { try check("scaleShiftChannels", shift); try requireCount("scaleShiftChannels shift", shift, channels) }
+        if let shift {
+            try check("scaleShiftChannels", shift)
+            try requireCount("scaleShiftChannels shift", shift, channels)
+        }
         try requireCount("scaleShiftChannels", out, x.count)
-        try backend.scaleShiftChannels(x.storage, scale: scale.storage, shift: shift?.storage, into: out.storage, count: x.count,
-                                       channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
+        try backend.scaleShiftChannels(
+            x.storage, scale: scale.storage, shift: shift?.storage, into: out.storage,
+            count: x.count,
+            channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
     }
 
     /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x N: N = B for a
@@ -387,67 +472,98 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss
     /// `-sum_j M_ij log_softmax(Y_i)_j / B` (their sum is the loss).
     public func localLossRows(
-        _ loss: LocalLossKind = .maxAll, y: Tensor, yy: Tensor, mask: Tensor, dY: Tensor, rowLosses: Tensor,
+        _ loss: LocalLossKind = .maxAll, y: Tensor, yy: Tensor, mask: Tensor, dY: Tensor,
+        rowLosses: Tensor,
         on stream: Stream? = nil
     ) throws {
         try check("localLossRows", y, yy, mask, dY, rowLosses)
-        let batch = y.rows, columns = y.columns
+        let batch = y.rows
+        let columns = y.columns
         for tensor in [y, yy, mask, dY] where tensor.rows != batch || tensor.columns != columns {
-            throw SigPropError.shapeMismatch(operation: "localLossRows", detail: "expected [\(batch), \(columns)], got \(tensor.shape)")
+            throw SigPropError.shapeMismatch(
+                operation: "localLossRows",
+                detail: "expected [\(batch), \(columns)], got \(tensor.shape)")
         }
         try requireCount("localLossRows rowLosses", rowLosses, batch)
         if case .topK(let k) = loss, k < 1 {
             throw SigPropError.configuration("top-k loss needs k >= 1, got \(k)")
         }
-        try backend.localLossRows(loss, batch: batch, columns: columns, y: y.storage, yy: yy.storage, mask: mask.storage, dY: dY.storage,
-                                  rowLosses: rowLosses.storage, on: try queue(stream, "localLossRows"))
+        try backend.localLossRows(
+            loss, batch: batch, columns: columns, y: y.storage, yy: yy.storage, mask: mask.storage,
+            dY: dY.storage,
+            rowLosses: rowLosses.storage, on: try queue(stream, "localLossRows"))
     }
 
     /// One Adam step on `parameter` from `gradient`; `m`, `v` (and `vMax` for AMSGrad) are the
     /// optimizer state, updated in place.
     public func adamStep(
-        _ settings: AdamStep, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, vMax: Tensor? = nil,
+        _ settings: AdamStep, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor,
+        vMax: Tensor? = nil,
         on stream: Stream? = nil
     ) throws {
-        try step(parameter, gradient: gradient, update: .adam(settings, m: m, v: v, vMax: vMax), on: stream)
+        try step(
+            parameter, gradient: gradient, update: .adam(settings, m: m, v: v, vMax: vMax),
+            on: stream)
     }
 
     /// One SGD step (momentum buffer `momentum` is needed when `settings.momentum != 0`).
-    public func sgdStep(_ settings: SGDStep, parameter: Tensor, gradient: Tensor, momentum: Tensor? = nil, on stream: Stream? = nil) throws {
-        try step(parameter, gradient: gradient, update: .sgd(settings, momentum: momentum), on: stream)
+    public func sgdStep(
+        _ settings: SGDStep, parameter: Tensor, gradient: Tensor, momentum: Tensor? = nil,
+        on stream: Stream? = nil
+    ) throws {
+        try step(
+            parameter, gradient: gradient, update: .sgd(settings, momentum: momentum), on: stream)
     }
 
     /// `update` applied to `parameter` with `gradient` (Adam, AMSGrad or SGD as it says).
-    public func step(_ parameter: Tensor, gradient: Tensor, update: ParameterUpdate, on stream: Stream? = nil) throws {
+    public func step(
+        _ parameter: Tensor, gradient: Tensor, update: ParameterUpdate, on stream: Stream? = nil
+    ) throws {
         let operation: String
-        switch update { case .adam: operation = "adamStep"; case .sgd: operation = "sgdStep" }
+        switch update {
+        case .adam: operation = "adamStep"
+        case .sgd: operation = "sgdStep"
+        }
         try check(operation, parameter, gradient)
         try requireCount(operation, gradient, parameter.count)
         switch try storageUpdate(operation, update, count: parameter.count) {
-        case let .adam(settings, m, v, vMax):
-            try backend.adamStep(settings, parameter: parameter.storage, gradient: gradient.storage, m: m, v: v, vMax: vMax,
-                                 count: parameter.count, on: try queue(stream, operation))
-        case let .sgd(settings, momentum):
-            try backend.sgdStep(settings, parameter: parameter.storage, gradient: gradient.storage, momentum: momentum,
-                                count: parameter.count, on: try queue(stream, operation))
+        case .adam(let settings, let m, let v, let vMax):
+            try backend.adamStep(
+                settings, parameter: parameter.storage, gradient: gradient.storage, m: m, v: v,
+                vMax: vMax,
+                count: parameter.count, on: try queue(stream, operation))
+        case .sgd(let settings, let momentum):
+            try backend.sgdStep(
+                settings, parameter: parameter.storage, gradient: gradient.storage,
+                momentum: momentum,
+                count: parameter.count, on: try queue(stream, operation))
         }
     }
 
     /// `update`'s state checked against a parameter of `count` entries on this device: the
     /// checks the separate step and the fused update share.
-    private func storageUpdate(_ operation: String, _ update: ParameterUpdate, count: Int) throws -> StorageUpdate {
+    private func storageUpdate(_ operation: String, _ update: ParameterUpdate, count: Int) throws
+        -> StorageUpdate
+    {
         switch update {
-        case let .adam(settings, m, v, vMax):
+        case .adam(let settings, let m, let v, let vMax):
             for tensor in [m, v] + (vMax.map { [$0] } ?? []) {
                 try check(operation, tensor)
                 try requireCount(operation, tensor, count)
             }
-            guard settings.step >= 1 else { throw SigPropError.configuration("\(operation): step must start at 1, got \(settings.step)") }
+            guard settings.step >= 1 else {
+                throw SigPropError.configuration(
+                    "\(operation): step must start at 1, got \(settings.step)")
+            }
             return .adam(settings, m: m.storage, v: v.storage, vMax: vMax?.storage)
-        case let .sgd(settings, momentum):
-            if let momentum { try check(operation, momentum); try requireCount(operation, momentum, count) }
+        case .sgd(let settings, let momentum):
+            if let momentum {
+                try check(operation, momentum)
+                try requireCount(operation, momentum, count)
+            }
             if settings.momentum != 0 && momentum == nil {
-                throw SigPropError.configuration("\(operation): momentum \(settings.momentum) needs a momentum buffer")
+                throw SigPropError.configuration(
+                    "\(operation): momentum \(settings.momentum) needs a momentum buffer")
             }
             return .sgd(settings, momentum: momentum?.storage)
         }
@@ -458,10 +574,14 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// outputGradient is [rows, M], each input [rows, N] or [rows, ...] flattened to N). The
     /// optimizer step runs in the epilogue of the gradient's product, so the gradient is never
     /// written out. One or two pairs.
-    public func updateWeights(_ weight: Tensor, gradientPairs pairs: [(outputGradient: Tensor, input: Tensor)],
-                              update: ParameterUpdate, on stream: Stream? = nil) throws {
+    public func updateWeights(
+        _ weight: Tensor, gradientPairs pairs: [(outputGradient: Tensor, input: Tensor)],
+        update: ParameterUpdate, on stream: Stream? = nil
+    ) throws {
         guard (1...2).contains(pairs.count) else {
-            throw SigPropError.shapeMismatch(operation: "updateWeights", detail: "takes one or two (outputGradient, input) pairs, got \(pairs.count)")
+            throw SigPropError.shapeMismatch(
+                operation: "updateWeights",
+                detail: "takes one or two (outputGradient, input) pairs, got \(pairs.count)")
         }
         try check("updateWeights", weight)
         let (m, n) = (weight.rows, weight.columns)
@@ -470,12 +590,20 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             guard gradient.columns == m, input.columns == n, gradient.rows == input.rows else {
                 throw SigPropError.shapeMismatch(
                     operation: "updateWeights",
-                    detail: "weight \(weight.shape) needs outputGradient [rows, \(m)] and input [rows, \(n)] with the same rows; got \(gradient.shape) and \(input.shape)")
+                    detail:
+                        "weight \(weight.shape) needs outputGradient [rows, \(m)] and input [rows, \(n)] with the same rows; got \(gradient.shape) and \(input.shape)"
+                )
             }
         }
         let storageUpdate = try storageUpdate("updateWeights", update, count: weight.count)
-        try backend.updateWeights(m: m, n: n, pairs: pairs.map { WeightGradientPair(outputGradient: $0.outputGradient.storage, input: $0.input.storage, rows: $0.input.rows) },
-                                  weight: weight.storage, update: storageUpdate, on: try queue(stream, "updateWeights"))
+        try backend.updateWeights(
+            m: m, n: n,
+            pairs: pairs.map {
+                WeightGradientPair(
+                    outputGradient: $0.outputGradient.storage, input: $0.input.storage,
+                    rows: $0.input.rows)
+            },
+            weight: weight.storage, update: storageUpdate, on: try queue(stream, "updateWeights"))
     }
 
     // MARK: Checks
@@ -483,46 +611,76 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     private func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {
         guard let stream else { return defaultQueue }
         guard stream.device === self else {
-            throw SigPropError.deviceMismatch(operation: operation, tensorDevice: "a stream of \(stream.device.description)", device: description)
+            throw SigPropError.deviceMismatch(
+                operation: operation, tensorDevice: "a stream of \(stream.device.description)",
+                device: description)
         }
         return stream.queue
     }
 
     private func check(_ operation: String, _ tensors: Tensor...) throws {
         for tensor in tensors where tensor.device !== self {
-            throw SigPropError.deviceMismatch(operation: operation, tensorDevice: tensor.device.description, device: description)
+            throw SigPropError.deviceMismatch(
+                operation: operation, tensorDevice: tensor.device.description, device: description)
         }
     }
 
-    private func requireLayout(_ operation: String, _ layout: GroupLayout, _ tensor: Tensor) throws {
-        guard layout.outer > 0, layout.groups > 0, layout.inner > 0, layout.count == tensor.count else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "\(tensor.shape) is not [outer \(layout.outer), groups \(layout.groups), inner \(layout.inner)]")
+    private func requireLayout(_ operation: String, _ layout: GroupLayout, _ tensor: Tensor) throws
+    {
+        guard layout.outer > 0, layout.groups > 0, layout.inner > 0, layout.count == tensor.count
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail:
+                    "\(tensor.shape) is not [outer \(layout.outer), groups \(layout.groups), inner \(layout.inner)]"
+            )
         }
     }
 
     private func requireCount(_ operation: String, _ tensor: Tensor, _ count: Int) throws {
         guard tensor.count == count else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "tensor \(tensor.shape) must hold \(count) values")
+            throw SigPropError.shapeMismatch(
+                operation: operation, detail: "tensor \(tensor.shape) must hold \(count) values")
         }
     }
 
-    private func convShape(_ operation: String, input: Tensor, weight: Tensor, output: Tensor, stride: Int, padding: Int) throws -> ConvShape {
+    private func convShape(
+        _ operation: String, input: Tensor, weight: Tensor, output: Tensor, stride: Int,
+        padding: Int
+    ) throws -> ConvShape {
         try check(operation, input, weight, output)
-        guard input.shape.count == 4, weight.shape.count == 4, input.shape[1] == weight.shape[1] else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "input \(input.shape) must be [B, C, H, W] and weight \(weight.shape) [O, C, kh, kw] with the same C")
+        guard input.shape.count == 4, weight.shape.count == 4, input.shape[1] == weight.shape[1]
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail:
+                    "input \(input.shape) must be [B, C, H, W] and weight \(weight.shape) [O, C, kh, kw] with the same C"
+            )
         }
         guard stride >= 1, padding >= 0 else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "stride \(stride) must be >= 1 and padding \(padding) >= 0")
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail: "stride \(stride) must be >= 1 and padding \(padding) >= 0")
         }
-        let shape = ConvShape(batch: input.shape[0], inChannels: input.shape[1], height: input.shape[2], width: input.shape[3],
-                              outChannels: weight.shape[0], kernelHeight: weight.shape[2], kernelWidth: weight.shape[3],
-                              stride: stride, padding: padding)
-        guard input.shape[2] + 2 * padding >= shape.kernelHeight, input.shape[3] + 2 * padding >= shape.kernelWidth else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "input \(input.shape) with padding \(padding) is smaller than the kernel \(weight.shape)")
+        let shape = ConvShape(
+            batch: input.shape[0], inChannels: input.shape[1], height: input.shape[2],
+            width: input.shape[3],
+            outChannels: weight.shape[0], kernelHeight: weight.shape[2],
+            kernelWidth: weight.shape[3],
+            stride: stride, padding: padding)
+        guard input.shape[2] + 2 * padding >= shape.kernelHeight,
+            input.shape[3] + 2 * padding >= shape.kernelWidth
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail:
+                    "input \(input.shape) with padding \(padding) is smaller than the kernel \(weight.shape)"
+            )
         }
         let expected = [shape.batch, shape.outChannels, shape.outHeight, shape.outWidth]
         guard output.shape == expected else {
-            throw SigPropError.shapeMismatch(operation: operation, detail: "output is \(output.shape), expected \(expected)")
+            throw SigPropError.shapeMismatch(
+                operation: operation, detail: "output is \(output.shape), expected \(expected)")
         }
         return shape
     }

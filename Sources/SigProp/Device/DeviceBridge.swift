@@ -38,7 +38,9 @@ public final class DeviceBridge: @unchecked Sendable {
                 lock.withLock { if failure == nil { failure = error } }
             }
             // Completed even after a failure, so nothing waits forever; `check` reports it.
-            do { try target.complete(arrived) } catch { lock.withLock { if failure == nil { failure = error } } }
+            do { try target.complete(arrived) } catch {
+                lock.withLock { if failure == nil { failure = error } }
+            }
         }
         return destination
     }

@@ -22,13 +22,15 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
         case .shapeMismatch(let operation, let detail):
             return "\(operation): shapes do not fit: \(detail)"
         case .deviceMismatch(let operation, let tensorDevice, let device):
-            return "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with Device.transfer(_:) or create it on \(device)"
+            return
+                "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with Device.transfer(_:) or create it on \(device)"
         case .badGoldenFile(let path, let reason):
             return "golden file \(path): \(reason)"
         case .dataset(let path, let problem, let fix):
             return "data set \(path): \(problem). \(fix.prefix(1).uppercased() + fix.dropFirst())"
         case .outOfMemory(let device, let requested, let limit, let detail):
-            return "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
+            return
+                "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
         }
     }
 }
@@ -38,6 +40,9 @@ public func formatBytes(_ bytes: UInt64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
     var value = Double(bytes)
     var unit = 0
-    while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+    while value >= 1024, unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
 }

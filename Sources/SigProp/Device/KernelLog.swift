@@ -19,12 +19,17 @@ final class KernelLog: @unchecked Sendable {
     func add(_ name: String, times: @escaping () throws -> (start: UInt64, end: UInt64)?) {
         lock.withLock { pending.append((name, times)) }
     }
-    func add(_ name: String, start: UInt64, end: UInt64) { lock.withLock { timed.append(Entry(name: name, start: start, end: end)) } }
+    func add(_ name: String, start: UInt64, end: UInt64) {
+        lock.withLock { timed.append(Entry(name: name, start: start, end: end)) }
+    }
 
     /// Everything logged so far (waits for pending kernels), oldest first; empties the log.
     func drain() throws -> [Entry] {
         let (untimed, entries) = lock.withLock {
-            defer { pending.removeAll(); timed.removeAll() }
+            defer {
+                pending.removeAll()
+                timed.removeAll()
+            }
             return (pending, timed)
         }
         var result = entries

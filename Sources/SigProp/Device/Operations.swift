@@ -2,7 +2,9 @@ import Foundation
 
 /// Element-wise nonlinearity applied after a block's linear part (and norm).
 public enum Activation: String, CaseIterable, Sendable, Codable {
-    case identity, relu, leakyRelu = "leaky-relu", tanh
+    case identity, relu
+    case leakyRelu = "leaky-relu"
+    case tanh
 
     /// Code passed to kernels; matches the ACT_* constants in Kernels/*.cl.
     var code: Int32 {
@@ -106,7 +108,10 @@ public struct AdamStep: Sendable, Equatable {
     public var weightDecay: Float = 0
     public var step: Int
 
-    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, step: Int) {
+    public init(
+        learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
+        weightDecay: Float = 0, step: Int
+    ) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
@@ -130,7 +135,10 @@ public struct SGDStep: Sendable, Equatable {
     /// True on the first step, when the momentum buffer is initialised to the gradient.
     public var firstStep: Bool
 
-    public init(learningRate: Float, momentum: Float = 0, dampening: Float = 0, weightDecay: Float = 0, nesterov: Bool = false, firstStep: Bool) {
+    public init(
+        learningRate: Float, momentum: Float = 0, dampening: Float = 0, weightDecay: Float = 0,
+        nesterov: Bool = false, firstStep: Bool
+    ) {
         self.learningRate = learningRate
         self.momentum = momentum
         self.dampening = dampening
@@ -139,7 +147,6 @@ public struct SGDStep: Sendable, Equatable {
         self.firstStep = firstStep
     }
 }
-
 
 /// One optimizer step for one parameter: the rule with this step's settings and the
 /// parameter's state tensors. `Device.step` applies it to a gradient tensor;

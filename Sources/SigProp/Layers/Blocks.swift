@@ -33,7 +33,9 @@ public final class DropoutMasks {
     /// Entries 0 with probability `p`, else 1 / (1 - p) (inverted dropout, as PyTorch).
     func mask(_ shape: [Int], p: Float, device: Device, on stream: Stream?) throws -> Tensor {
         let keep = 1 / (1 - p)
-        let values = (0..<shape.reduce(1, *)).map { _ in Float.random(in: 0..<1, using: &generator) < p ? 0 : keep }
+        let values = (0..<shape.reduce(1, *)).map { _ in
+            Float.random(in: 0..<1, using: &generator) < p ? 0 : keep
+        }
         return try device.tensor(values, shape: shape, on: stream)
     }
 }
@@ -51,15 +53,19 @@ public enum FixedStep: Sendable, Equatable, Codable {
         case .dropout(let p):
             guard let masks, p > 0 else { return x }
             let out = try x.device.allocate(x.shape, on: stream)
-            try x.device.multiply(x, try masks.mask(x.shape, p: p, device: x.device, on: stream), into: out, on: stream)
+            try x.device.multiply(
+                x, try masks.mask(x.shape, p: p, device: x.device, on: stream), into: out,
+                on: stream)
             return out
         case .flatten:
             return try x.reshaped([x.rows, x.columns])
         case .pool(let kind):
             guard x.shape.count == 4 else {
-                throw SigPropError.shapeMismatch(operation: "pool", detail: "pooling needs NCHW activations, got \(x.shape)")
+                throw SigPropError.shapeMismatch(
+                    operation: "pool", detail: "pooling needs NCHW activations, got \(x.shape)")
             }
-            let out = try x.device.allocate([x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
+            let out = try x.device.allocate(
+                [x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
             try x.device.pool2d(kind, x, into: out, on: stream)
             return out
         }
@@ -73,7 +79,9 @@ public enum FixedStep: Sendable, Equatable, Codable {
             return [input.first ?? 1, input.dropFirst().reduce(1, *)]
         case .pool:
             guard input.count == 4, input[2] >= 2, input[3] >= 2 else {
-                throw SigPropError.shapeMismatch(operation: "pool", detail: "2x2 pooling needs NCHW activations of at least 2x2, got \(input)")
+                throw SigPropError.shapeMismatch(
+                    operation: "pool",
+                    detail: "2x2 pooling needs NCHW activations of at least 2x2, got \(input)")
             }
             return [input[0], input[1], input[2] / 2, input[3] / 2]
         }
@@ -99,14 +107,19 @@ public final class SignalBlock {
 
     /// A `fixedContext` keeps the context projection at its random initial values (the
     /// non-learned projection option); only the input part learns.
-    init(input: FeatureLayer, context: DenseLayer, after: [FixedStep], outputShape: [Int], optimizer: OptimizerSettings,
-         fixedContext: Bool = false) throws {
+    init(
+        input: FeatureLayer, context: DenseLayer, after: [FixedStep], outputShape: [Int],
+        optimizer: OptimizerSettings,
+        fixedContext: Bool = false
+    ) throws {
         self.input = input
         self.context = context
         self.after = after
         self.outputShape = outputShape
         self.fixedContext = fixedContext
-        self.optimizer = try Optimizer(settings: optimizer, parameters: input.parameters + (fixedContext ? [] : context.parameters))
+        self.optimizer = try Optimizer(
+            settings: optimizer,
+            parameters: input.parameters + (fixedContext ? [] : context.parameters))
     }
 
     public let fixedContext: Bool
@@ -119,40 +132,62 @@ public final class SignalBlock {
 
     /// `context` is onehot(c) (B rows), or with the K-row shortcut the K x K identity, with
     /// `labels` = onehot(c) to expand it.
-    public func forward(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil,
-                        on stream: Stream?) throws -> BlockForward {
+    public func forward(
+        x: Tensor, context onehot: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil,
+        on stream: Stream?
+    ) throws -> BlockForward {
         let hPass = try input.forward(x, on: stream)
         let (tPass, t) = try target(onehot, on: stream)
-        return BlockForward(h: try after.apply(to: hPass.output, dropout: dropout, on: stream), t: try after.apply(to: t, dropout: dropout, on: stream),
-                            hPass: hPass, tPass: tPass, lossTarget: t, t0: onehot, labels: labels)
+        return BlockForward(
+            h: try after.apply(to: hPass.output, dropout: dropout, on: stream),
+            t: try after.apply(to: t, dropout: dropout, on: stream),
+            hPass: hPass, tPass: tPass, lossTarget: t, t0: onehot, labels: labels)
     }
 
     /// The block's loss on `pass`, its gradients and one optimizer step.
-    public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
-        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+    public func learn(
+        _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
+    ) throws -> LocalLossOutput {
+        let out = try loss.evaluate(
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return out
     }
 
     /// One optimizer step of both parts from the loss's gradients.
-    private func step(_ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?) throws {
+    private func step(
+        _ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?
+    ) throws {
         let step = optimizer.beginStep(learningRate: learningRate)
         try input.learn(from: [(pass.hPass, out.dH)], step: step, on: stream)
         if !fixedContext {
-            try context.learn(from: [(pass.tPass, try out.dT.reshaped(pass.tPass.output.shape))], step: step, on: stream)
+            try context.learn(
+                from: [(pass.tPass, try out.dT.reshaped(pass.tPass.output.shape))], step: step,
+                on: stream)
         }
     }
 
     /// Forward and update on one stream. `storingGradients` also leaves d loss / d every
     /// parameter in its gradient tensor (for checks: training steps dense weights inside their
     /// gradient products and never stores those).
-    public func train(x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
+    public func train(
+        x: Tensor, context onehot: Tensor, labels: Tensor? = nil, loss: LocalLoss,
+        learningRate: Float,
+        dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?
+    ) throws -> BlockStep {
         let pass = try forward(x: x, context: onehot, labels: labels, dropout: dropout, on: stream)
-        guard storingGradients else { return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream)) }
-        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-        try input.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
-        try context.accumulateGradients(pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape), accumulate: false, on: stream)
+        guard storingGradients else {
+            return BlockStep(
+                h: pass.h, t: pass.t,
+                loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
+        }
+        let out = try loss.evaluate(
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try input.accumulateGradients(
+            pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try context.accumulateGradients(
+            pass.tPass, outputGradient: try out.dT.reshaped(pass.tPass.output.shape),
+            accumulate: false, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return BlockStep(h: pass.h, t: pass.t, loss: out)
     }
@@ -180,34 +215,54 @@ public final class HiddenBlock {
     }
 
     /// With `labels` (onehot(c)), `t` holds one row per class (the K-row shortcut).
-    public func forward(h: Tensor, t: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil, on stream: Stream?) throws -> BlockForward {
+    public func forward(
+        h: Tensor, t: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil,
+        on stream: Stream?
+    ) throws -> BlockForward {
         let hPass = try layer.forward(h, on: stream)
         let tPass = try layer.forward(t, on: stream)
-        return BlockForward(h: try after.apply(to: hPass.output, dropout: dropout, on: stream),
-                            t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
-                            hPass: hPass, tPass: tPass, lossTarget: tPass.output, t0: t, labels: labels)
+        return BlockForward(
+            h: try after.apply(to: hPass.output, dropout: dropout, on: stream),
+            t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
+            hPass: hPass, tPass: tPass, lossTarget: tPass.output, t0: t, labels: labels)
     }
 
     /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.
-    public func learn(_ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?) throws -> LocalLossOutput {
-        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+    public func learn(
+        _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
+    ) throws -> LocalLossOutput {
+        let out = try loss.evaluate(
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return out
     }
 
     /// One optimizer step from the loss's gradients on both streams.
-    private func step(_ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?) throws {
-        try layer.learn(from: [(pass.hPass, out.dH), (pass.tPass, out.dT)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
+    private func step(
+        _ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?
+    ) throws {
+        try layer.learn(
+            from: [(pass.hPass, out.dH), (pass.tPass, out.dT)],
+            step: optimizer.beginStep(learningRate: learningRate), on: stream)
     }
 
     /// Forward and update on one stream; `storingGradients` as in `SignalBlock.train`.
-    public func train(h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
-                      dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?) throws -> BlockStep {
+    public func train(
+        h: Tensor, t: Tensor, labels: Tensor? = nil, loss: LocalLoss, learningRate: Float,
+        dropout: DropoutMasks? = nil, storingGradients: Bool = false, on stream: Stream?
+    ) throws -> BlockStep {
         let pass = try forward(h: h, t: t, labels: labels, dropout: dropout, on: stream)
-        guard storingGradients else { return BlockStep(h: pass.h, t: pass.t, loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream)) }
-        let out = try loss.evaluate(h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
-        try layer.accumulateGradients(pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
-        try layer.accumulateGradients(pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
+        guard storingGradients else {
+            return BlockStep(
+                h: pass.h, t: pass.t,
+                loss: try learn(pass, loss: loss, learningRate: learningRate, on: stream))
+        }
+        let out = try loss.evaluate(
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+        try layer.accumulateGradients(
+            pass.hPass, outputGradient: out.dH, accumulate: false, on: stream)
+        try layer.accumulateGradients(
+            pass.tPass, outputGradient: out.dT, accumulate: true, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return BlockStep(h: pass.h, t: pass.t, loss: out)
     }
@@ -233,14 +288,20 @@ public final class OutputLayer {
     }
 
     /// One cross-entropy step; returns the per-row losses and the logits (before the step).
-    public func train(h: Tensor, onehot: Tensor, learningRate: Float, on stream: Stream?) throws -> (rowLosses: Tensor, logits: Tensor) {
+    public func train(h: Tensor, onehot: Tensor, learningRate: Float, on stream: Stream?) throws
+        -> (rowLosses: Tensor, logits: Tensor)
+    {
         let device = h.device
         let pass = try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
         let shape = pass.output.shape
-        let mask = try device.allocate(shape, on: stream), dY = try device.allocate(shape, on: stream), rows = try device.allocate([h.rows], on: stream)
+        let mask = try device.allocate(shape, on: stream)
+        let dY = try device.allocate(shape, on: stream)
+        let rows = try device.allocate([h.rows], on: stream)
         // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
-        try device.localLossRows(.maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
-        try layer.learn(from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
+        try device.localLossRows(
+            .maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
+        try layer.learn(
+            from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
         return (rows, pass.output)
     }
 }

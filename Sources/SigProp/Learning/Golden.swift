@@ -17,8 +17,10 @@ public struct GoldenCase: Sendable {
     /// residue (0 < |g| < 1e-6): noise in the reference, compared with absolute tolerance lr.
     public let adamIllConditioned: [String: [Int]]
 
-    public init(name: String, kind: String, inputs: [String: GoldenTensor], outputs: [String: GoldenTensor],
-                adamIllConditioned: [String: [Int]] = [:]) {
+    public init(
+        name: String, kind: String, inputs: [String: GoldenTensor], outputs: [String: GoldenTensor],
+        adamIllConditioned: [String: [Int]] = [:]
+    ) {
         self.name = name
         self.kind = kind
         self.inputs = inputs
@@ -30,20 +32,28 @@ public struct GoldenCase: Sendable {
         let path = url.path
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw SigPropError.badGoldenFile(path: path, reason: "cannot be read (\(error.localizedDescription))")
+            throw SigPropError.badGoldenFile(
+                path: path, reason: "cannot be read (\(error.localizedDescription))")
         }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw SigPropError.badGoldenFile(path: path, reason: "is not a JSON object")
         }
         guard let name = object["name"] as? String, let kind = object["kind"] as? String,
-              let inputs = object["inputs"] as? [String: Any], let outputs = object["outputs"] as? [String: Any] else {
-            throw SigPropError.badGoldenFile(path: path, reason: "lacks one of the fields name, kind, inputs, outputs")
+            let inputs = object["inputs"] as? [String: Any],
+            let outputs = object["outputs"] as? [String: Any]
+        else {
+            throw SigPropError.badGoldenFile(
+                path: path, reason: "lacks one of the fields name, kind, inputs, outputs")
         }
         func tensors(_ fields: [String: Any]) throws -> [String: GoldenTensor] {
             try fields.mapValues { value in
-                guard let tensor = value as? [String: Any], let shape = tensor["shape"] as? [Int], let data = tensor["data"] as? [Double],
-                      data.count == shape.reduce(1, *) else {
-                    throw SigPropError.badGoldenFile(path: path, reason: "a tensor is not {shape, dtype, data} with prod(shape) entries")
+                guard let tensor = value as? [String: Any], let shape = tensor["shape"] as? [Int],
+                    let data = tensor["data"] as? [Double],
+                    data.count == shape.reduce(1, *)
+                else {
+                    throw SigPropError.badGoldenFile(
+                        path: path,
+                        reason: "a tensor is not {shape, dtype, data} with prod(shape) entries")
                 }
                 return GoldenTensor(shape: shape, values: data.map { Float($0) })
             }
@@ -57,12 +67,16 @@ public struct GoldenCase: Sendable {
     }
 
     func input(_ key: String) throws -> GoldenTensor {
-        guard let tensor = inputs[key] else { throw SigPropError.badGoldenFile(path: name, reason: "input '\(key)' is missing") }
+        guard let tensor = inputs[key] else {
+            throw SigPropError.badGoldenFile(path: name, reason: "input '\(key)' is missing")
+        }
         return tensor
     }
 
     func output(_ key: String) throws -> GoldenTensor {
-        guard let tensor = outputs[key] else { throw SigPropError.badGoldenFile(path: name, reason: "output '\(key)' is missing") }
+        guard let tensor = outputs[key] else {
+            throw SigPropError.badGoldenFile(path: name, reason: "output '\(key)' is missing")
+        }
         return tensor
     }
 }
@@ -80,8 +94,12 @@ public struct GoldenReport: Sendable {
     public let comparisons: [GoldenComparison]
     public var passed: Bool { !comparisons.isEmpty && comparisons.allSatisfy(\.passed) }
     public var summary: String {
-        comparisons.map { String(format: "%@ %.2g%@", $0.output, $0.maxAbsoluteError, $0.passed ? "" : " (> \($0.tolerance))") }
-            .joined(separator: ", ")
+        comparisons.map {
+            String(
+                format: "%@ %.2g%@", $0.output, $0.maxAbsoluteError,
+                $0.passed ? "" : " (> \($0.tolerance))")
+        }
+        .joined(separator: ", ")
     }
 }
 
@@ -107,7 +125,11 @@ public enum GoldenCheck {
         case "signal":
             return try checkSignal(golden, on: device)
         default:
-            throw SigPropError.badGoldenFile(path: golden.name, reason: "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, layer_adam_steps, signal)")
+            throw SigPropError.badGoldenFile(
+                path: golden.name,
+                reason:
+                    "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, layer_adam_steps, signal)"
+            )
         }
     }
 
@@ -123,30 +145,44 @@ public enum GoldenCheck {
 
     /// The block the file describes (Linear or Conv2d 3x3 pad 1, optional LayerNorm, LeakyReLU),
     /// with its initial parameters; `names` are the PyTorch names in `parameters` order.
-    static func makeLayer(_ golden: GoldenCase, on device: Device) throws -> (FeatureLayer, names: [String]) {
+    static func makeLayer(_ golden: GoldenCase, on device: Device) throws -> (
+        FeatureLayer, names: [String]
+    ) {
         let weight = try golden.input("init.0.weight")
         var generator = SeededGenerator(seed: 0)
         let layer: FeatureLayer
         var names = ["0.weight", "0.bias"]
         if golden.kind == "layer_conv" {
-            layer = try ConvLayer(device: device, name: "golden", inChannels: weight.shape[1], outChannels: weight.shape[0],
-                                  kernelSize: weight.shape[2], padding: weight.shape[2] / 2, norm: .none, activation: .leakyRelu,
-                                  generator: &generator)
+            layer = try ConvLayer(
+                device: device, name: "golden", inChannels: weight.shape[1],
+                outChannels: weight.shape[0],
+                kernelSize: weight.shape[2], padding: weight.shape[2] / 2, norm: .none,
+                activation: .leakyRelu,
+                generator: &generator)
         } else {
             let norm: NormKind = golden.inputs["init.1.weight"] == nil ? .none : .layer
             if norm == .layer { names += ["1.weight", "1.bias"] }
-            layer = try DenseLayer(device: device, name: "golden", inputs: weight.shape[1], outputs: weight.shape[0], norm: norm,
-                                   activation: .leakyRelu, generator: &generator)
+            layer = try DenseLayer(
+                device: device, name: "golden", inputs: weight.shape[1], outputs: weight.shape[0],
+                norm: norm,
+                activation: .leakyRelu, generator: &generator)
         }
         try load(layer.parameters, names: names, prefix: "init.", from: golden, on: device)
         return (layer, names)
     }
 
-    static func load(_ parameters: [Parameter], names: [String], prefix: String, from golden: GoldenCase, on device: Device) throws {
+    static func load(
+        _ parameters: [Parameter], names: [String], prefix: String, from golden: GoldenCase,
+        on device: Device
+    ) throws {
         for (parameter, name) in zip(parameters, names) {
             let values = try golden.input(prefix + name)
             guard values.values.count == parameter.value.count else {
-                throw SigPropError.badGoldenFile(path: golden.name, reason: "\(prefix + name) has shape \(values.shape), the block's \(parameter.name) is \(parameter.value.shape)")
+                throw SigPropError.badGoldenFile(
+                    path: golden.name,
+                    reason:
+                        "\(prefix + name) has shape \(values.shape), the block's \(parameter.name) is \(parameter.value.shape)"
+                )
             }
             try device.write(values.values, to: parameter.value)
         }
@@ -156,7 +192,9 @@ public enum GoldenCheck {
     /// residue (|g| < 1e-6, golden README), so its sign, and the sign of its step of up to lr,
     /// is rounding noise: another summation order (a GPU's, seen on an H200) can flip it. It
     /// must only lie within one step of the reference's either way, 2 lr.
-    static func compareStep(_ output: String, _ got: [Float], _ golden: GoldenCase, learningRate: Float) throws -> GoldenComparison {
+    static func compareStep(
+        _ output: String, _ got: [Float], _ golden: GoldenCase, learningRate: Float
+    ) throws -> GoldenComparison {
         let reference = try golden.output(output)
         let skipped = Set(golden.adamIllConditioned[output] ?? [])
         guard got.count == reference.values.count else {
@@ -175,34 +213,47 @@ public enum GoldenCheck {
     }
 
     static func checkLayer(_ golden: GoldenCase, on device: Device) throws -> GoldenReport {
-        let h0 = try golden.input("h0"), t0 = try golden.input("t0")
+        let h0 = try golden.input("h0")
+        let t0 = try golden.input("t0")
         var comparisons: [GoldenComparison] = []
         for (optimizerName, settings) in [("adam", adamSettings), ("sgd", sgdSettings)] {
             let (layer, names) = try makeLayer(golden, on: device)
             let block = try HiddenBlock(layer: layer, after: [], optimizer: settings)
-            let step = try block.train(h: try device.tensor(h0.values, shape: h0.shape), t: try device.tensor(t0.values, shape: t0.shape),
-                                       loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true, on: nil)
+            let step = try block.train(
+                h: try device.tensor(h0.values, shape: h0.shape),
+                t: try device.tensor(t0.values, shape: t0.shape),
+                loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true,
+                on: nil)
             if optimizerName == "adam" {
                 comparisons += try forwardComparisons(step, golden, on: device)
                 for (parameter, name) in zip(layer.parameters, names) {
-                    comparisons.append(compare("grad." + name, try device.read(parameter.gradient), try golden.output("grad." + name)))
+                    comparisons.append(
+                        compare(
+                            "grad." + name, try device.read(parameter.gradient),
+                            try golden.output("grad." + name)))
                 }
             }
             for (parameter, name) in zip(layer.parameters, names) {
-                comparisons.append(try compareStep("\(optimizerName).\(name)", try device.read(parameter.value), golden, learningRate: settings.learningRate))
+                comparisons.append(
+                    try compareStep(
+                        "\(optimizerName).\(name)", try device.read(parameter.value), golden,
+                        learningRate: settings.learningRate))
             }
         }
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 
-    static func forwardComparisons(_ step: BlockStep, _ golden: GoldenCase, on device: Device) throws -> [GoldenComparison] {
+    static func forwardComparisons(_ step: BlockStep, _ golden: GoldenCase, on device: Device)
+        throws -> [GoldenComparison]
+    {
         [
             compare("loss", [try LocalLoss.value(of: step.loss)], try golden.output("loss")),
             compare("h1", try device.read(step.h), try golden.output("h1")),
             compare("t1", try device.read(step.t), try golden.output("t1")),
             compare("y", try device.read(step.loss.y), try golden.output("y")),
             compare("yy", try device.read(step.loss.yy), try golden.output("yy")),
-            compare("mask", try device.read(step.loss.mask), try golden.output("mask"), tolerance: 0),
+            compare(
+                "mask", try device.read(step.loss.mask), try golden.output("mask"), tolerance: 0),
         ]
     }
 
@@ -211,72 +262,118 @@ public enum GoldenCheck {
         let block = try HiddenBlock(layer: layer, after: [], optimizer: adamSettings)
         var comparisons: [GoldenComparison] = []
         for s in 0..<3 {
-            let h0 = try golden.input("step\(s).h0"), t0 = try golden.input("step\(s).t0")
-            let step = try block.train(h: try device.tensor(h0.values, shape: h0.shape), t: try device.tensor(t0.values, shape: t0.shape),
-                                       loss: LocalLoss(), learningRate: adamSettings.learningRate, storingGradients: true, on: nil)
-            comparisons.append(compare("step\(s).loss", [try LocalLoss.value(of: step.loss)], try golden.output("step\(s).loss")))
+            let h0 = try golden.input("step\(s).h0")
+            let t0 = try golden.input("step\(s).t0")
+            let step = try block.train(
+                h: try device.tensor(h0.values, shape: h0.shape),
+                t: try device.tensor(t0.values, shape: t0.shape),
+                loss: LocalLoss(), learningRate: adamSettings.learningRate, storingGradients: true,
+                on: nil)
+            comparisons.append(
+                compare(
+                    "step\(s).loss", [try LocalLoss.value(of: step.loss)],
+                    try golden.output("step\(s).loss")))
             for (parameter, name) in zip(layer.parameters, names) {
-                comparisons.append(compare("step\(s).grad.\(name)", try device.read(parameter.gradient), try golden.output("step\(s).grad.\(name)")))
-                comparisons.append(try compareStep("step\(s).\(name)", try device.read(parameter.value), golden, learningRate: adamSettings.learningRate))
+                comparisons.append(
+                    compare(
+                        "step\(s).grad.\(name)", try device.read(parameter.gradient),
+                        try golden.output("step\(s).grad.\(name)")))
+                comparisons.append(
+                    try compareStep(
+                        "step\(s).\(name)", try device.read(parameter.value), golden,
+                        learningRate: adamSettings.learningRate))
             }
         }
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 
     static func checkSignal(_ golden: GoldenCase, on device: Device) throws -> GoldenReport {
-        let x = try golden.input("x"), labels = try golden.input("labels")
-        let inputWeight = try golden.input("init.1.module_input.0.weight"), contextWeight = try golden.input("init.1.module_context.0.weight")
+        let x = try golden.input("x")
+        let labels = try golden.input("labels")
+        let inputWeight = try golden.input("init.1.module_input.0.weight")
+        let contextWeight = try golden.input("init.1.module_context.0.weight")
         let classes = contextWeight.shape[1]
         var onehotValues = [Float](repeating: 0, count: labels.values.count * classes)
-        for (row, label) in labels.values.enumerated() { onehotValues[row * classes + Int(label)] = 1 }
-        let names = ["1.module_input.0.weight", "1.module_input.0.bias", "1.module_context.0.weight", "1.module_context.1.weight", "1.module_context.1.bias"]
+        for (row, label) in labels.values.enumerated() {
+            onehotValues[row * classes + Int(label)] = 1
+        }
+        let names = [
+            "1.module_input.0.weight", "1.module_input.0.bias", "1.module_context.0.weight",
+            "1.module_context.1.weight", "1.module_context.1.bias",
+        ]
         var comparisons: [GoldenComparison] = []
         for (optimizerName, settings) in [("adam", adamSettings), ("sgd", sgdSettings)] {
             var generator = SeededGenerator(seed: 0)
-            let input = try DenseLayer(device: device, name: "input", inputs: inputWeight.shape[1], outputs: inputWeight.shape[0],
-                                       activation: .leakyRelu, generator: &generator)
-            let context = try DenseLayer(device: device, name: "context", inputs: classes, outputs: contextWeight.shape[0], bias: false,
-                                         norm: .layer, activation: .relu, generator: &generator)
-            let block = try SignalBlock(input: input, context: context, after: [], outputShape: [1, inputWeight.shape[0]], optimizer: settings)
+            let input = try DenseLayer(
+                device: device, name: "input", inputs: inputWeight.shape[1],
+                outputs: inputWeight.shape[0],
+                activation: .leakyRelu, generator: &generator)
+            let context = try DenseLayer(
+                device: device, name: "context", inputs: classes, outputs: contextWeight.shape[0],
+                bias: false,
+                norm: .layer, activation: .relu, generator: &generator)
+            let block = try SignalBlock(
+                input: input, context: context, after: [], outputShape: [1, inputWeight.shape[0]],
+                optimizer: settings)
             let parameters = block.optimizer.parameters
             try load(parameters, names: names, prefix: "init.", from: golden, on: device)
-            let step = try block.train(x: try device.tensor(x.values, shape: x.shape),
-                                       context: try device.tensor(onehotValues, shape: [labels.values.count, classes]),
-                                       loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true, on: nil)
+            let step = try block.train(
+                x: try device.tensor(x.values, shape: x.shape),
+                context: try device.tensor(onehotValues, shape: [labels.values.count, classes]),
+                loss: LocalLoss(), learningRate: settings.learningRate, storingGradients: true,
+                on: nil)
             if optimizerName == "adam" {
                 comparisons += try forwardComparisons(step, golden, on: device)
                 for (parameter, name) in zip(parameters, names) {
-                    comparisons.append(compare("grad." + name, try device.read(parameter.gradient), try golden.output("grad." + name)))
+                    comparisons.append(
+                        compare(
+                            "grad." + name, try device.read(parameter.gradient),
+                            try golden.output("grad." + name)))
                 }
             }
             for (parameter, name) in zip(parameters, names) {
-                comparisons.append(try compareStep("\(optimizerName).\(name)", try device.read(parameter.value), golden, learningRate: settings.learningRate))
+                comparisons.append(
+                    try compareStep(
+                        "\(optimizerName).\(name)", try device.read(parameter.value), golden,
+                        learningRate: settings.learningRate))
             }
         }
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 
-    static func compare(_ name: String, _ got: [Float], _ reference: GoldenTensor, tolerance: Float? = nil) -> GoldenComparison {
-        let error = got.count == reference.values.count
-            ? zip(got, reference.values).map { $0.isNaN || $1.isNaN ? Float.infinity : abs($0 - $1) }.max() ?? 0
+    static func compare(
+        _ name: String, _ got: [Float], _ reference: GoldenTensor, tolerance: Float? = nil
+    ) -> GoldenComparison {
+        let error =
+            got.count == reference.values.count
+            ? zip(got, reference.values).map {
+                $0.isNaN || $1.isNaN ? Float.infinity : abs($0 - $1)
+            }.max() ?? 0
             : .infinity
-        return GoldenComparison(output: name, maxAbsoluteError: error, tolerance: tolerance ?? Self.tolerance(reference))
+        return GoldenComparison(
+            output: name, maxAbsoluteError: error, tolerance: tolerance ?? Self.tolerance(reference)
+        )
     }
 
     static func checkLoss(_ golden: GoldenCase, on device: Device) throws -> GoldenReport {
-        let h1 = try golden.input("h1"), t1 = try golden.input("t1"), t0 = try golden.input("t0")
+        let h1 = try golden.input("h1")
+        let t1 = try golden.input("t1")
+        let t0 = try golden.input("t0")
         let output = try LocalLoss().evaluate(
             h: try device.tensor(h1.values, shape: h1.shape),
             t: try device.tensor(t1.values, shape: t1.shape),
             t0: try device.tensor(t0.values, shape: t0.shape))
         let loss = try LocalLoss.value(of: output)
-        return GoldenReport(name: golden.name, comparisons: [
-            compare("loss", [loss], try golden.output("loss")),
-            compare("y", try device.read(output.y), try golden.output("y")),
-            compare("yy", try device.read(output.yy), try golden.output("yy")),
-            compare("mask", try device.read(output.mask), try golden.output("mask"), tolerance: 0),
-            compare("dloss_dh1", try device.read(output.dH), try golden.output("dloss_dh1")),
-            compare("dloss_dt1", try device.read(output.dT), try golden.output("dloss_dt1")),
-        ])
+        return GoldenReport(
+            name: golden.name,
+            comparisons: [
+                compare("loss", [loss], try golden.output("loss")),
+                compare("y", try device.read(output.y), try golden.output("y")),
+                compare("yy", try device.read(output.yy), try golden.output("yy")),
+                compare(
+                    "mask", try device.read(output.mask), try golden.output("mask"), tolerance: 0),
+                compare("dloss_dh1", try device.read(output.dH), try golden.output("dloss_dh1")),
+                compare("dloss_dt1", try device.read(output.dT), try golden.output("dloss_dt1")),
+            ])
     }
 }

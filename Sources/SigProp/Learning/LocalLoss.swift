@@ -33,14 +33,22 @@ public struct LocalLoss: Sendable {
     /// (the K-row shortcut of SIGPROP.md): `Y = (H T_Kᵀ) onehotᵀ`, `YY = onehot (T0_K T0_Kᵀ)
     /// onehotᵀ`, and `dT` comes back per class, `dT_K = (dY onehot)ᵀ H`. Rows of one label
     /// then have bit-identical YY entries, so the max-all ties are exact.
-    public func evaluate(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, on stream: Stream? = nil) throws -> LocalLossOutput {
+    public func evaluate(
+        h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, on stream: Stream? = nil
+    ) throws -> LocalLossOutput {
         if let labels { return try evaluateByClass(h: h, t: t, t0: t0, labels: labels, on: stream) }
         let device = h.device
         guard h.shape == t.shape else {
-            throw SigPropError.shapeMismatch(operation: "LocalLoss", detail: "H \(h.shape) and T \(t.shape) must have the same shape (one target row per sample)")
+            throw SigPropError.shapeMismatch(
+                operation: "LocalLoss",
+                detail:
+                    "H \(h.shape) and T \(t.shape) must have the same shape (one target row per sample)"
+            )
         }
         guard t0.rows == h.rows else {
-            throw SigPropError.shapeMismatch(operation: "LocalLoss", detail: "T0 \(t0.shape) must have \(h.rows) rows like H \(h.shape)")
+            throw SigPropError.shapeMismatch(
+                operation: "LocalLoss",
+                detail: "T0 \(t0.shape) must have \(h.rows) rows like H \(h.shape)")
         }
         let batch = h.rows
         let scale = 1 / Float(Self.positions(h))
@@ -54,19 +62,30 @@ public struct LocalLoss: Sendable {
         let dH = try device.allocate(h.shape, on: stream)
         let dT = try device.allocate(t.shape, on: stream)
         try device.gemm(h, t, transposeB: true, into: y, alpha: scale, on: stream)
-        try device.gemm(t0, t0, transposeB: true, into: yy, alpha: 1 / Float(Self.positions(t0)), on: stream)
-        try device.localLossRows(kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
+        try device.gemm(
+            t0, t0, transposeB: true, into: yy, alpha: 1 / Float(Self.positions(t0)), on: stream)
+        try device.localLossRows(
+            kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
         try device.gemm(dY, t, into: dH, alpha: scale, on: stream)
         try device.gemm(dY, transposeA: true, h, into: dT, alpha: scale, on: stream)
-        return LocalLossOutput(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
+        return LocalLossOutput(
+            y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
     }
 
-    func evaluateByClass(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor, on stream: Stream?) throws -> LocalLossOutput {
+    func evaluateByClass(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor, on stream: Stream?)
+        throws -> LocalLossOutput
+    {
         let device = h.device
-        let batch = h.rows, classes = labels.columns
-        guard labels.rows == batch, t.rows == classes, t0.rows == classes, Array(h.shape.dropFirst()) == Array(t.shape.dropFirst()) else {
-            throw SigPropError.shapeMismatch(operation: "LocalLoss (K-row shortcut)",
-                                             detail: "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 \(t0.shape): T and T0 need one row per class")
+        let batch = h.rows
+        let classes = labels.columns
+        guard labels.rows == batch, t.rows == classes, t0.rows == classes,
+            Array(h.shape.dropFirst()) == Array(t.shape.dropFirst())
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: "LocalLoss (K-row shortcut)",
+                detail:
+                    "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 \(t0.shape): T and T0 need one row per class"
+            )
         }
         let scale = 1 / Float(Self.positions(h))
         let yByClass = try device.allocate([batch, classes], on: stream)
@@ -76,20 +95,24 @@ public struct LocalLoss: Sendable {
         let yyByClass = try device.allocate([classes, classes], on: stream)
         let yyRows = try device.allocate([batch, classes], on: stream)
         let yy = try device.allocate([batch, batch], on: stream)
-        try device.gemm(t0, t0, transposeB: true, into: yyByClass, alpha: 1 / Float(Self.positions(t0)), on: stream)
+        try device.gemm(
+            t0, t0, transposeB: true, into: yyByClass, alpha: 1 / Float(Self.positions(t0)),
+            on: stream)
         try device.gemm(labels, yyByClass, into: yyRows, on: stream)
         try device.gemm(yyRows, labels, transposeB: true, into: yy, on: stream)
         let mask = try device.allocate([batch, batch], on: stream)
         let dY = try device.allocate([batch, batch], on: stream)
         let rowLosses = try device.allocate([batch], on: stream)
-        try device.localLossRows(kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
+        try device.localLossRows(
+            kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
         let dYByClass = try device.allocate([batch, classes], on: stream)
         try device.gemm(dY, labels, into: dYByClass, on: stream)
         let dH = try device.allocate(h.shape, on: stream)
         let dT = try device.allocate(t.shape, on: stream)
         try device.gemm(dYByClass, t, into: dH, alpha: scale, on: stream)
         try device.gemm(dYByClass, transposeA: true, h, into: dT, alpha: scale, on: stream)
-        return LocalLossOutput(y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
+        return LocalLossOutput(
+            y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
     }
 
     /// The loss value: the sum of the row shares (read back to the host).

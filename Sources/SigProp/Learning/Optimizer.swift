@@ -52,14 +52,19 @@ public final class Optimizer: @unchecked Sendable {
         self.settings = settings
         self.parameters = parameters
         for parameter in parameters {
-            let device = parameter.value.device, shape = parameter.value.shape
+            let device = parameter.value.device
+            let shape = parameter.value.shape
             switch settings.kind {
             case .adam:
                 parameter.state = ["m": try device.zeros(shape), "v": try device.zeros(shape)]
             case .amsgrad:
-                parameter.state = ["m": try device.zeros(shape), "v": try device.zeros(shape), "v_max": try device.zeros(shape)]
+                parameter.state = [
+                    "m": try device.zeros(shape), "v": try device.zeros(shape),
+                    "v_max": try device.zeros(shape),
+                ]
             case .sgd:
-                parameter.state = settings.momentum == 0 ? [:] : ["momentum": try device.zeros(shape)]
+                parameter.state =
+                    settings.momentum == 0 ? [:] : ["momentum": try device.zeros(shape)]
             }
         }
     }
@@ -89,12 +94,18 @@ public struct OptimizerStep {
     public func update(for parameter: Parameter) -> ParameterUpdate {
         switch settings.kind {
         case .adam, .amsgrad:
-            let adam = AdamStep(learningRate: learningRate, beta1: settings.beta1, beta2: settings.beta2, epsilon: settings.epsilon,
-                                weightDecay: settings.weightDecay, step: step)
-            return .adam(adam, m: parameter.state["m"]!, v: parameter.state["v"]!, vMax: parameter.state["v_max"])
+            let adam = AdamStep(
+                learningRate: learningRate, beta1: settings.beta1, beta2: settings.beta2,
+                epsilon: settings.epsilon,
+                weightDecay: settings.weightDecay, step: step)
+            return .adam(
+                adam, m: parameter.state["m"]!, v: parameter.state["v"]!,
+                vMax: parameter.state["v_max"])
         case .sgd:
-            let sgd = SGDStep(learningRate: learningRate, momentum: settings.momentum, weightDecay: settings.weightDecay,
-                              nesterov: settings.nesterov, firstStep: step == 1)
+            let sgd = SGDStep(
+                learningRate: learningRate, momentum: settings.momentum,
+                weightDecay: settings.weightDecay,
+                nesterov: settings.nesterov, firstStep: step == 1)
             return .sgd(sgd, momentum: parameter.state["momentum"])
         }
     }
@@ -102,7 +113,9 @@ public struct OptimizerStep {
     /// Steps `parameters` from their gradient tensors.
     public func apply(to parameters: [Parameter], on stream: Stream?) throws {
         for parameter in parameters {
-            try parameter.value.device.step(parameter.value, gradient: parameter.gradient, update: update(for: parameter), on: stream)
+            try parameter.value.device.step(
+                parameter.value, gradient: parameter.gradient, update: update(for: parameter),
+                on: stream)
         }
     }
 }

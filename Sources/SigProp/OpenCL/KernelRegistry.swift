@@ -108,7 +108,10 @@ struct KernelParameters: Equatable, Sendable, Codable {
     func fits(_ info: OpenCLDeviceInfo) -> Bool {
         let widths = [2, 4, 8, 16]
         return widths.contains(gemmVectorWidth) && widths.contains(gemmDotVectorWidth)
-            && [gemmTile, gemmWorkPerItem, gemmTileDepth, gemmOuterRows, gemmOuterVectors, gemmDotRows, gemmDotColumns].allSatisfy { $0 >= 1 }
+            && [
+                gemmTile, gemmWorkPerItem, gemmTileDepth, gemmOuterRows, gemmOuterVectors,
+                gemmDotRows, gemmDotColumns,
+            ].allSatisfy { $0 >= 1 }
             && gemmDirectBelow >= 0 && gemmSplitBelow >= 0
             && gemmTile * gemmTile <= info.maxWorkGroupSize
             && UInt64(gemmTiledLocalBytes) <= info.localMemoryBytes
@@ -118,8 +121,11 @@ struct KernelParameters: Equatable, Sendable, Codable {
     /// ("pthread-skylake-avx512-...", "cpu-znver4-..."); other drivers get the AVX2 shape.
     private static func wide(_ info: OpenCLDeviceInfo) -> Bool {
         let name = info.name.lowercased()
-        return ["avx512", "znver4", "znver5", "skx", "cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake",
-                "sapphirerapids", "emeraldrapids", "graniterapids"].contains { name.contains($0) }
+        return [
+            "avx512", "znver4", "znver5", "skx", "cascadelake", "cooperlake", "icelake",
+            "tigerlake", "rocketlake",
+            "sapphirerapids", "emeraldrapids", "graniterapids",
+        ].contains { name.contains($0) }
     }
 
     /// The values that matter on a device of this family, e.g. for tuning progress.
@@ -143,7 +149,8 @@ struct KernelParameters: Equatable, Sendable, Codable {
         switch program {
         case "gemm":
             return registerTiles.merging([
-                "TILE_M": gemmTile * gemmWorkPerItem, "TILE_N": gemmTile * gemmWorkPerItem, "TILE_K": gemmTileDepth,
+                "TILE_M": gemmTile * gemmWorkPerItem, "TILE_N": gemmTile * gemmWorkPerItem,
+                "TILE_K": gemmTileDepth,
                 "WPT_M": gemmWorkPerItem, "WPT_N": gemmWorkPerItem,
             ]) { tile, _ in tile }
         case "conv":
@@ -171,7 +178,9 @@ enum KernelRegistry {
     /// Build options: OpenCL C 1.2 and the device's parameters. No fast-math flags: training
     /// must see NaN and Inf to stop on them.
     static func options(for program: String, parameters: KernelParameters) -> String {
-        let defines = parameters.defines(for: program).sorted { $0.key < $1.key }.map { "-D\($0.key)=\($0.value)" }
+        let defines = parameters.defines(for: program).sorted { $0.key < $1.key }.map {
+            "-D\($0.key)=\($0.value)"
+        }
         return (["-cl-std=CL1.2"] + defines).joined(separator: " ")
     }
 }

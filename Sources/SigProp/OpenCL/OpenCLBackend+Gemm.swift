@@ -1,71 +1,113 @@
 /// The OpenCL matrix product: kernel choice and launch geometry from `KernelParameters`.
 extension OpenCLBackend {
-    func gemm(_ s: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?, on queue: BackendQueue) throws {
+    func gemm(
+        _ s: GemmShape, a: TensorStorage, b: TensorStorage, c: TensorStorage, bias: TensorStorage?,
+        on queue: BackendQueue
+    ) throws {
         let plan = GemmPlan(s, parameters)
         let batch = s.batch
         // The kernels take offsets and strides as int; their products are formed in size_t.
-        let extents = [batch.offsetA + (batch.count - 1) * batch.strideA, batch.offsetB + (batch.count - 1) * batch.strideB,
-                       batch.offsetC + (batch.count - 1) * batch.strideC]
+        let extents = [
+            batch.offsetA + (batch.count - 1) * batch.strideA,
+            batch.offsetB + (batch.count - 1) * batch.strideB,
+            batch.offsetC + (batch.count - 1) * batch.strideC,
+        ]
         guard extents.allSatisfy({ $0 <= Int(Int32.max) }) else {
-            throw SigPropError.configuration("gemm: a batch of \(batch.count) products reaches element \(extents.max()!), beyond the kernels' 32-bit offsets; use smaller chunks")
+            throw SigPropError.configuration(
+                "gemm: a batch of \(batch.count) products reaches element \(extents.max()!), beyond the kernels' 32-bit offsets; use smaller chunks"
+            )
         }
         if plan.splits > 1 {
             // Partial products per slice of K into scratch, then their sum with the epilogue.
             let clQueue = queue as! OpenCLQueue
             try clQueue.sequence {
-                let partials = try clQueue.scratch(2, bytes: plan.splits * s.m * s.n * 4, context: context)
-                try launch("gemm", "gemm_tiled_partial", [
-                    .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
-                    .buffer(mem(a)), .buffer(mem(b)), .buffer(partials), .int(Int32(plan.slice)),
-                ], global: plan.global + [plan.splits], local: plan.local.map { $0 + [1] }, on: queue)
-                try launch("gemm", "gemm_splitk_sum", [
-                    .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(plan.splits)), .buffer(partials), .buffer(mem(c)),
-                    .float(s.alpha), .float(s.beta), .buffer(mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
-                ], global: [s.n, s.m], on: queue)
+                let partials = try clQueue.scratch(
+                    2, bytes: plan.splits * s.m * s.n * 4, context: context)
+                try launch(
+                    "gemm", "gemm_tiled_partial",
+                    [
+                        .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)),
+                        .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
+                        .buffer(mem(a)), .buffer(mem(b)), .buffer(partials),
+                        .int(Int32(plan.slice)),
+                    ], global: plan.global + [plan.splits], local: plan.local.map { $0 + [1] },
+                    on: queue)
+                try launch(
+                    "gemm", "gemm_splitk_sum",
+                    [
+                        .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(plan.splits)),
+                        .buffer(partials), .buffer(mem(c)),
+                        .float(s.alpha), .float(s.beta), .buffer(mem(bias ?? c)),
+                        .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
+                    ], global: [s.n, s.m], on: queue)
             }
             return
         }
-        let arguments = { (b: CLBuffer) -> [CLKernel.Argument] in [
-            .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0), .int(s.transposeB ? 1 : 0),
-            .float(s.alpha), .float(s.beta), .buffer(self.mem(a)), .buffer(b), .buffer(self.mem(c)),
-            // Without a bias the kernels never read the argument; C stands in for it.
-            .buffer(self.mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1), .int(s.activation.code),
-            .int(Int32(batch.offsetA)), .int(Int32(batch.strideA)), .int(Int32(batch.offsetB)), .int(Int32(batch.strideB)),
-            .int(Int32(batch.offsetC)), .int(Int32(batch.strideC)),
-        ] }
+        let arguments = { (b: CLBuffer) -> [CLKernel.Argument] in
+            [
+                .int(Int32(s.m)), .int(Int32(s.n)), .int(Int32(s.k)), .int(s.transposeA ? 1 : 0),
+                .int(s.transposeB ? 1 : 0),
+                .float(s.alpha), .float(s.beta), .buffer(self.mem(a)), .buffer(b),
+                .buffer(self.mem(c)),
+                // Without a bias the kernels never read the argument; C stands in for it.
+                .buffer(self.mem(bias ?? c)), .int(bias == nil ? 0 : s.biasPerRow ? 2 : 1),
+                .int(s.activation.code),
+                .int(Int32(batch.offsetA)), .int(Int32(batch.strideA)), .int(Int32(batch.offsetB)),
+                .int(Int32(batch.strideB)),
+                .int(Int32(batch.offsetC)), .int(Int32(batch.strideC)),
+            ]
+        }
         if let stride = plan.paddedStride {
             // B's rows copied `stride` floats apart into scratch, then the product from the copy.
             let clQueue = queue as! OpenCLQueue
             try clQueue.sequence {
                 let padded = try clQueue.scratch(2, bytes: s.k * stride * 4, context: context)
-                try launch("gemm", "gemm_pad_rows", [.buffer(mem(b)), .buffer(padded), .int(Int32(s.n)), .int(Int32(stride))],
-                           global: [s.n, s.k], on: queue)
-                try launch("gemm", plan.kernel, arguments(padded) + [.int(Int32(stride))],
-                           global: plan.global + [batch.count], local: plan.local.map { $0 + [1] }, on: queue)
+                try launch(
+                    "gemm", "gemm_pad_rows",
+                    [.buffer(mem(b)), .buffer(padded), .int(Int32(s.n)), .int(Int32(stride))],
+                    global: [s.n, s.k], on: queue)
+                try launch(
+                    "gemm", plan.kernel, arguments(padded) + [.int(Int32(stride))],
+                    global: plan.global + [batch.count], local: plan.local.map { $0 + [1] },
+                    on: queue)
             }
             return
         }
-        try launch("gemm", plan.kernel, arguments(mem(b)), global: plan.global + [batch.count], local: plan.local.map { $0 + [1] }, on: queue)
+        try launch(
+            "gemm", plan.kernel, arguments(mem(b)), global: plan.global + [batch.count],
+            local: plan.local.map { $0 + [1] }, on: queue)
     }
 
     /// The fused weight update: the TN product's kernel (as `GemmPlan` picks it for
     /// Wᵀ-shaped products) in its `gemm_update_*` form, the optimizer step as its epilogue.
-    func updateWeights(m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate, on queue: BackendQueue) throws {
+    func updateWeights(
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
+        on queue: BackendQueue
+    ) throws {
         let depth = pairs.reduce(0) { $0 + $1.rows }
-        let shape = GemmShape(m: m, n: n, k: depth, transposeA: true, transposeB: false, alpha: 1, beta: 0, activation: .identity)
+        let shape = GemmShape(
+            m: m, n: n, k: depth, transposeA: true, transposeB: false, alpha: 1, beta: 0,
+            activation: .identity)
         let plan = GemmPlan(shape, parameters, fusedUpdate: true)
         let kernel = plan.kernel.replacingOccurrences(of: "gemm_", with: "gemm_update_")
-        let first = pairs[0], second = pairs.count > 1 ? pairs[1] : nil
+        let first = pairs[0]
+        let second = pairs.count > 1 ? pairs[1] : nil
         let rule = UpdateRule(update)
-        try launch("gemm", kernel, [
-            .int(Int32(m)), .int(Int32(n)), .int(Int32(first.rows)), .int(Int32(second?.rows ?? 0)),
-            .buffer(mem(first.outputGradient)), .buffer(mem(first.input)),
-            // Without a second pair the kernels never read it; the first stands in.
-            .buffer(mem(second?.outputGradient ?? first.outputGradient)), .buffer(mem(second?.input ?? first.input)),
-            .buffer(mem(weight)), .buffer(mem(rule.states[0] ?? weight)), .buffer(mem(rule.states[1] ?? weight)), .buffer(mem(rule.states[2] ?? weight)),
-            .int(rule.code), .int(rule.flags), .float(rule.rate), .float(rule.beta1), .float(rule.beta2), .float(rule.epsilon),
-            .float(rule.weightDecay), .float(rule.biasCorrection2Sqrt),
-        ], global: plan.global, local: plan.local, on: queue)
+        try launch(
+            "gemm", kernel,
+            [
+                .int(Int32(m)), .int(Int32(n)), .int(Int32(first.rows)),
+                .int(Int32(second?.rows ?? 0)),
+                .buffer(mem(first.outputGradient)), .buffer(mem(first.input)),
+                // Without a second pair the kernels never read it; the first stands in.
+                .buffer(mem(second?.outputGradient ?? first.outputGradient)),
+                .buffer(mem(second?.input ?? first.input)),
+                .buffer(mem(weight)), .buffer(mem(rule.states[0] ?? weight)),
+                .buffer(mem(rule.states[1] ?? weight)), .buffer(mem(rule.states[2] ?? weight)),
+                .int(rule.code), .int(rule.flags), .float(rule.rate), .float(rule.beta1),
+                .float(rule.beta2), .float(rule.epsilon),
+                .float(rule.weightDecay), .float(rule.biasCorrection2Sqrt),
+            ], global: plan.global, local: plan.local, on: queue)
     }
 }
 
@@ -73,18 +115,21 @@ extension OpenCLBackend {
 /// Adam names reused for SGD's momentum and dampening).
 struct UpdateRule {
     var code: Int32, flags: Int32 = 0
-    var rate: Float, beta1: Float = 0, beta2: Float = 0, epsilon: Float = 0, weightDecay: Float, biasCorrection2Sqrt: Float = 1
+    var rate: Float, beta1: Float = 0, beta2: Float = 0, epsilon: Float = 0, weightDecay: Float,
+        biasCorrection2Sqrt: Float = 1
     /// Adam: m, v, v_max; SGD: the momentum buffer. Unused slots are never read.
     var states: [TensorStorage?]
 
     init(_ update: StorageUpdate) {
         switch update {
-        case let .adam(s, m, v, vMax):
+        case .adam(let s, let m, let v, let vMax):
             code = vMax == nil ? 0 : 1
             rate = s.stepSize
-            (beta1, beta2, epsilon, weightDecay, biasCorrection2Sqrt) = (s.beta1, s.beta2, s.epsilon, s.weightDecay, s.biasCorrection2Sqrt)
+            (beta1, beta2, epsilon, weightDecay, biasCorrection2Sqrt) = (
+                s.beta1, s.beta2, s.epsilon, s.weightDecay, s.biasCorrection2Sqrt
+            )
             states = [m, v, vMax]
-        case let .sgd(s, momentum):
+        case .sgd(let s, let momentum):
             code = 2
             let hasMomentum = momentum != nil && s.momentum != 0
             flags = (hasMomentum ? 1 : 0) | (s.nesterov ? 2 : 0) | (s.firstStep ? 4 : 0)
@@ -156,11 +201,17 @@ struct GemmPlan: Equatable {
             let (rows, columns) = s.transposeB ? (s.n, s.m) : (s.m, s.n)
             if rows >= p.gemmOuterRows && columns >= p.gemmVectorWidth {
                 kernel = "gemm_outer"
-                global = [divide(rows, p.gemmOuterRows), divide(columns, p.gemmOuterVectors * p.gemmVectorWidth)]
+                global = [
+                    divide(rows, p.gemmOuterRows),
+                    divide(columns, p.gemmOuterVectors * p.gemmVectorWidth),
+                ]
                 local = [1, 1]
-                if !fusedUpdate, !s.transposeB, s.batch == .single, rows >= 16 * p.gemmOuterRows, Self.panelCrowdsCache(columns: columns, depth: s.k) {
+                if !fusedUpdate, !s.transposeB, s.batch == .single, rows >= 16 * p.gemmOuterRows,
+                    Self.panelCrowdsCache(columns: columns, depth: s.k)
+                {
                     kernel = "gemm_outer_padded"
-                    paddedStride = columns + 16  // one cache line more: consecutive rows move to the next set
+                    // One cache line more: consecutive rows move to the next set.
+                    paddedStride = columns + 16
                 }
                 return
             }

@@ -39,7 +39,8 @@ final class OpenCLQueue: BackendQueue, @unchecked Sendable {
 
     func wait(for event: BackendEvent) throws {
         guard let event = event as? OpenCLEvent else {
-            throw SigPropError.configuration("an OpenCL stream cannot wait for an event of another backend")
+            throw SigPropError.configuration(
+                "an OpenCL stream cannot wait for an event of another backend")
         }
         try queue.barrier(waitingFor: [event.event])
     }
@@ -75,8 +76,10 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         // runs the epilogue's sqrt and divides on the cores the product needs), and on the one
         // GPU measured, an H200, the `local_step` benchmark ran it at 0.79x too (README, On a
         // GPU); kept on GPUs until training has been timed both ways there.
-        DeviceCapabilities(asynchronous: true, concurrentStreams: true, profiling: true, computeUnits: info.computeUnits,
-                           fusedWeightUpdate: info.kind == .gpu)
+        DeviceCapabilities(
+            asynchronous: true, concurrentStreams: true, profiling: true,
+            computeUnits: info.computeUnits,
+            fusedWeightUpdate: info.kind == .gpu)
     }
 
     /// Guards the program/kernel caches and the set-arguments-then-enqueue pair: a kernel
@@ -87,11 +90,16 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     /// Parameters from `tuningCache` where it has an entry for this device, else the table.
     convenience init(entry: OpenCLDeviceEntry, tuningCache: KernelTuningCache? = nil) throws {
-        let (parameters, origin) = tuningCache?.parameters(for: entry.info) ?? (KernelParameters.forDevice(entry.info), .table)
+        let (parameters, origin) =
+            tuningCache?.parameters(for: entry.info) ?? (
+                KernelParameters.forDevice(entry.info), .table
+            )
         try self.init(entry: entry, parameters: parameters, origin: origin)
     }
 
-    init(entry: OpenCLDeviceEntry, parameters: KernelParameters, origin: KernelParameterOrigin) throws {
+    init(entry: OpenCLDeviceEntry, parameters: KernelParameters, origin: KernelParameterOrigin)
+        throws
+    {
         info = entry.info
         self.parameters = parameters
         kernelParameterOrigin = origin
@@ -99,20 +107,28 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     /// The driver spreads each kernel over the device itself; `coreLimit` is a CPU notion.
-    func makeQueue(coreLimit: Int?) throws -> BackendQueue { OpenCLQueue(try CLQueue(context: context)) }
+    func makeQueue(coreLimit: Int?) throws -> BackendQueue {
+        OpenCLQueue(try CLQueue(context: context))
+    }
 
     var bytesInUse: Int { context.memory.value }
 
     func makeUserEvent() throws -> BackendEvent {
         var status: cl_int = 0
         let event = clCreateUserEvent(context.handle, &status)
-        guard let event, status == CL_SUCCESS else { throw OpenCLError(code: status, call: "clCreateUserEvent") }
+        guard let event, status == CL_SUCCESS else {
+            throw OpenCLError(code: status, call: "clCreateUserEvent")
+        }
         return OpenCLEvent(CLEvent(event))
     }
 
     func completeUserEvent(_ event: BackendEvent) throws {
-        guard let event = event as? OpenCLEvent else { throw SigPropError.configuration("an OpenCL user event must come from the OpenCL backend") }
-        try clCheck(clSetUserEventStatus(event.event.handle, cl_int(CL_COMPLETE)), "clSetUserEventStatus")
+        guard let event = event as? OpenCLEvent else {
+            throw SigPropError.configuration(
+                "an OpenCL user event must come from the OpenCL backend")
+        }
+        try clCheck(
+            clSetUserEventStatus(event.event.handle, cl_int(CL_COMPLETE)), "clSetUserEventStatus")
     }
 
     // MARK: Programs
@@ -127,21 +143,27 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         _ = try lock.withLock { try program(name) }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        return ProgramBuildReport(program: name, options: KernelRegistry.options(for: name, parameters: parameters), seconds: seconds)
+        return ProgramBuildReport(
+            program: name, options: KernelRegistry.options(for: name, parameters: parameters),
+            seconds: seconds)
     }
 
     /// Compiles arbitrary source for this device (tests use it to see a failing build's log).
     func compile(name: String, source: String, options: String) throws -> CLProgram {
-        try CLProgram(context: context, name: name, source: source, options: options, deviceName: info.name)
+        try CLProgram(
+            context: context, name: name, source: source, options: options, deviceName: info.name)
     }
 
     /// Caller holds `lock`.
     private func program(_ name: String) throws -> CLProgram {
         if let program = programs[name] { return program }
         guard let source = KernelRegistry.source(of: name) else {
-            throw SigPropError.configuration("no kernel program '\(name)' is embedded; add Kernels/\(name).cl")
+            throw SigPropError.configuration(
+                "no kernel program '\(name)' is embedded; add Kernels/\(name).cl")
         }
-        let program = try compile(name: name, source: source, options: KernelRegistry.options(for: name, parameters: parameters))
+        let program = try compile(
+            name: name, source: source,
+            options: KernelRegistry.options(for: name, parameters: parameters))
         programs[name] = program
         return program
     }
@@ -149,8 +171,10 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// Sets the arguments of `program`'s `kernel` and enqueues it: atomically with respect to
     /// other threads using the same kernel object.
     @discardableResult
-    func launch(_ program: String, _ kernel: String, _ arguments: [CLKernel.Argument],
-                        global: [Int], local: [Int]? = nil, on queue: BackendQueue) throws -> CLEvent? {
+    func launch(
+        _ program: String, _ kernel: String, _ arguments: [CLKernel.Argument],
+        global: [Int], local: [Int]? = nil, on queue: BackendQueue
+    ) throws -> CLEvent? {
         guard global.allSatisfy({ $0 > 0 }) else { return nil }
         let clQueue = (queue as! OpenCLQueue).queue
         let event = try lock.withLock {
@@ -167,7 +191,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
         (queue as! OpenCLQueue).kernelLog?.add(kernel) {
             try event.wait()
-            guard let start = try? event.startNanoseconds(), let end = try? event.endNanoseconds() else { return nil }
+            guard let start = try? event.startNanoseconds(), let end = try? event.endNanoseconds()
+            else { return nil }
             return (start, end)
         }
         return event
@@ -178,14 +203,23 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     func allocate(count: Int) throws -> TensorStorage {
         let bytes = count * MemoryLayout<Float>.size
         if UInt64(bytes) > info.maxAllocationBytes {
-            throw SigPropError.outOfMemory(device: info.name, requestedBytes: bytes, limitBytes: info.maxAllocationBytes,
-                                           detail: "largest single buffer (CL_DEVICE_MAX_MEM_ALLOC_SIZE); global memory \(formatBytes(info.globalMemoryBytes))")
+            throw SigPropError.outOfMemory(
+                device: info.name, requestedBytes: bytes, limitBytes: info.maxAllocationBytes,
+                detail:
+                    "largest single buffer (CL_DEVICE_MAX_MEM_ALLOC_SIZE); global memory \(formatBytes(info.globalMemoryBytes))"
+            )
         }
         do {
             return try CLBuffer(context: context, bytes: bytes)
-        } catch let error as OpenCLError where [CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_RESOURCES, CL_OUT_OF_HOST_MEMORY, CL_INVALID_BUFFER_SIZE].contains(error.code) {
-            throw SigPropError.outOfMemory(device: info.name, requestedBytes: bytes, limitBytes: info.globalMemoryBytes,
-                                           detail: "global memory; the driver answered \(error.name)")
+        } catch let error as OpenCLError
+            where [
+                CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_RESOURCES, CL_OUT_OF_HOST_MEMORY,
+                CL_INVALID_BUFFER_SIZE,
+            ].contains(error.code)
+        {
+            throw SigPropError.outOfMemory(
+                device: info.name, requestedBytes: bytes, limitBytes: info.globalMemoryBytes,
+                detail: "global memory; the driver answered \(error.name)")
         }
     }
 
@@ -194,17 +228,23 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws {
         guard !values.isEmpty else { return }
-        try values.withUnsafeBytes { try clQueue(queue).write(mem(storage), from: $0.baseAddress!, bytes: $0.count) }
+        try values.withUnsafeBytes {
+            try clQueue(queue).write(mem(storage), from: $0.baseAddress!, bytes: $0.count)
+        }
     }
 
     func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float] {
         var values = [Float](repeating: 0, count: count)
         guard count > 0 else { return values }
-        try values.withUnsafeMutableBytes { try clQueue(queue).read(mem(storage), into: $0.baseAddress!, bytes: $0.count) }
+        try values.withUnsafeMutableBytes {
+            try clQueue(queue).read(mem(storage), into: $0.baseAddress!, bytes: $0.count)
+        }
         return values
     }
 
-    func copy(_ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue) throws {
+    func copy(
+        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue
+    ) throws {
         guard count > 0 else { return }
         try clQueue(queue).copy(mem(source), to: mem(destination), bytes: count * 4)
     }
@@ -212,30 +252,57 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     // MARK: Operations
 
     func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws {
-        try launch("elementwise", "fill", [.buffer(mem(storage)), .int(Int32(count)), .float(value)], global: [count], on: queue)
+        try launch(
+            "elementwise", "fill", [.buffer(mem(storage)), .int(Int32(count)), .float(value)],
+            global: [count], on: queue)
     }
 
-    func activate(_ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int, on queue: BackendQueue) throws {
-        try launch("elementwise", "activation_forward",
-                   [.buffer(mem(input)), .buffer(mem(output)), .int(Int32(count)), .int(activation.code)], global: [count], on: queue)
+    func activate(
+        _ activation: Activation, input: TensorStorage, output: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "elementwise", "activation_forward",
+            [.buffer(mem(input)), .buffer(mem(output)), .int(Int32(count)), .int(activation.code)],
+            global: [count], on: queue)
     }
 
-    func activationGradient(_ activation: Activation, output: TensorStorage, gradient: TensorStorage, result: TensorStorage, count: Int, on queue: BackendQueue) throws {
-        try launch("elementwise", "activation_backward",
-                   [.buffer(mem(output)), .buffer(mem(gradient)), .buffer(mem(result)), .int(Int32(count)), .int(activation.code)],
-                   global: [count], on: queue)
+    func activationGradient(
+        _ activation: Activation, output: TensorStorage, gradient: TensorStorage,
+        result: TensorStorage, count: Int, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "elementwise", "activation_backward",
+            [
+                .buffer(mem(output)), .buffer(mem(gradient)), .buffer(mem(result)),
+                .int(Int32(count)), .int(activation.code),
+            ],
+            global: [count], on: queue)
     }
 
-    func axpby(alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int, on queue: BackendQueue) throws {
-        try launch("elementwise", "axpby", [.float(alpha), .buffer(mem(x)), .float(beta), .buffer(mem(y)), .int(Int32(count))],
-                   global: [count], on: queue)
+    func axpby(
+        alpha: Float, x: TensorStorage, beta: Float, y: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "elementwise", "axpby",
+            [.float(alpha), .buffer(mem(x)), .float(beta), .buffer(mem(y)), .int(Int32(count))],
+            global: [count], on: queue)
     }
 
-    func channelSums(_ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage, alpha: Float, beta: Float, on queue: BackendQueue) throws {
-        let arguments: [CLKernel.Argument] = [.buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)), .buffer(mem(into)),
-                                              .float(alpha), .float(beta)]
+    func channelSums(
+        _ x: TensorStorage, outer: Int, channels: Int, inner: Int, into: TensorStorage,
+        alpha: Float, beta: Float, on queue: BackendQueue
+    ) throws {
+        let arguments: [CLKernel.Argument] = [
+            .buffer(mem(x)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)),
+            .buffer(mem(into)),
+            .float(alpha), .float(beta),
+        ]
         if groupedReductions && inner > 1 {
-            try launch("reduce", "channel_sums_grouped", arguments, global: [channels * Self.groupSumSize], local: [Self.groupSumSize], on: queue)
+            try launch(
+                "reduce", "channel_sums_grouped", arguments, global: [channels * Self.groupSumSize],
+                local: [Self.groupSumSize], on: queue)
         } else {
             try launch("reduce", "channel_sums", arguments, global: [channels], on: queue)
         }
@@ -250,128 +317,225 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// benchmarks). GPUs keep large chunks: fewer, fuller launches.
     func convChunk(_ s: ConvShape, scratchPerImage: Int) -> Int {
         let perImage = max(1, (scratchPerImage + s.outChannels * s.outHeight * s.outWidth) * 4)
-        let budget = Int(min(UInt64(info.kind == .cpu ? 8 << 20 : 64 << 20), info.maxAllocationBytes / 2))
+        let budget = Int(
+            min(UInt64(info.kind == .cpu ? 8 << 20 : 64 << 20), info.maxAllocationBytes / 2))
         return max(1, min(s.batch, budget / perImage))
     }
 
     /// im2col's patch matrix for one image: floats.
-    private func patchMatrix(_ s: ConvShape) -> Int { s.inChannels * s.kernelHeight * s.kernelWidth * s.outHeight * s.outWidth }
+    private func patchMatrix(_ s: ConvShape) -> Int {
+        s.inChannels * s.kernelHeight * s.kernelWidth * s.outHeight * s.outWidth
+    }
 
     /// Convolution as `conv_direct` over padded planes where `DirectConvolutionPlan` allows
     /// it, else as im2col + a batch of matrix products per chunk of images, one per image (the
     /// fast gemm kernel, so conv speed follows gemm speed), each writing its image's NCHW output.
     /// Either way bias (per channel) and activation are applied in the epilogue.
-    func conv2d(_ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?, output: TensorStorage, activation: Activation, on queue: BackendQueue) throws {
+    func conv2d(
+        _ s: ConvShape, input: TensorStorage, weight: TensorStorage, bias: TensorStorage?,
+        output: TensorStorage, activation: Activation, on queue: BackendQueue
+    ) throws {
         let clQueue = queue as! OpenCLQueue
         if let plan = DirectConvolutionPlan(s, parameters) {
             let chunk = convChunk(s, scratchPerImage: s.inChannels * plan.plane)
             try clQueue.sequence {
-                let padded = try clQueue.scratch(0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
+                let padded = try clQueue.scratch(
+                    0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
                 for n0 in stride(from: 0, to: s.batch, by: chunk) {
                     let count = min(chunk, s.batch - n0)
-                    try padPlanes(s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
-                    try launch("conv", "conv_direct", [.buffer(padded), .buffer(mem(weight)), .buffer(mem(bias ?? weight)), .int(bias == nil ? 0 : 1),
-                                                       .buffer(mem(output))]
-                               + [n0, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth, plan.width, plan.plane, s.outHeight, s.outWidth,
-                                  Int(activation.code)].map { .int(Int32($0)) },
-                               global: plan.global + [count], local: [1, 1, 1], on: queue)
+                    try padPlanes(
+                        s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
+                    try launch(
+                        "conv", "conv_direct",
+                        [
+                            .buffer(padded), .buffer(mem(weight)), .buffer(mem(bias ?? weight)),
+                            .int(bias == nil ? 0 : 1),
+                            .buffer(mem(output)),
+                        ]
+                            + [
+                                n0, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth,
+                                plan.width, plan.plane, s.outHeight, s.outWidth,
+                                Int(activation.code),
+                            ].map { .int(Int32($0)) },
+                        global: plan.global + [count], local: [1, 1, 1], on: queue)
                 }
             }
             return
         }
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
         let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
         try clQueue.sequence {
-            let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
+            let columns = try clQueue.scratch(
+                0, bytes: patch * chunk * positions * 4, context: context)
             for n0 in stride(from: 0, to: s.batch, by: chunk) {
                 let count = min(chunk, s.batch - n0)
-                try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: positions, imageStride: patch * positions, on: queue)
-                let images = GemmBatch(count: count, strideB: patch * positions, offsetC: n0 * s.outChannels * positions, strideC: s.outChannels * positions)
-                try gemm(GemmShape(m: s.outChannels, n: positions, k: patch, transposeA: false, transposeB: false, alpha: 1, beta: 0,
-                                   activation: activation, biasPerRow: true, batch: images),
-                         a: weight, b: columns, c: output, bias: bias, on: queue)
+                try im2col(
+                    s, input: input, into: columns, n0: n0, count: count, rowStride: positions,
+                    imageStride: patch * positions, on: queue)
+                let images = GemmBatch(
+                    count: count, strideB: patch * positions,
+                    offsetC: n0 * s.outChannels * positions, strideC: s.outChannels * positions)
+                try gemm(
+                    GemmShape(
+                        m: s.outChannels, n: positions, k: patch, transposeA: false,
+                        transposeB: false, alpha: 1, beta: 0,
+                        activation: activation, biasPerRow: true, batch: images),
+                    a: weight, b: columns, c: output, bias: bias, on: queue)
             }
         }
     }
 
-    private func im2col(_ s: ConvShape, input: TensorStorage, into columns: CLBuffer, n0: Int, count: Int, rowStride: Int, imageStride: Int,
-                        on queue: BackendQueue) throws {
-        let arguments = [n0, count, rowStride, imageStride, s.inChannels, s.height, s.width, s.kernelHeight, s.kernelWidth, s.stride, s.padding,
-                         s.outHeight, s.outWidth].map { CLKernel.Argument.int(Int32($0)) }
-        try launch("conv", "im2col", [.buffer(mem(input)), .buffer(columns)] + arguments,
-                   global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
+    private func im2col(
+        _ s: ConvShape, input: TensorStorage, into columns: CLBuffer, n0: Int, count: Int,
+        rowStride: Int, imageStride: Int,
+        on queue: BackendQueue
+    ) throws {
+        let arguments = [
+            n0, count, rowStride, imageStride, s.inChannels, s.height, s.width, s.kernelHeight,
+            s.kernelWidth, s.stride, s.padding,
+            s.outHeight, s.outWidth,
+        ].map { CLKernel.Argument.int(Int32($0)) }
+        try launch(
+            "conv", "im2col", [.buffer(mem(input)), .buffer(columns)] + arguments,
+            global: [s.outHeight, s.inChannels * s.kernelHeight * s.kernelWidth, count], on: queue)
     }
 
     /// dW = sum over chunks of dZ times the chunk's input patches: `conv_wgrad_direct` over
     /// padded planes where `DirectConvolutionPlan` allows it, else dZ (as O x count*P) times
     /// the chunk's im2col patch matrix transposed.
-    func conv2dWeightGradient(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float, on queue: BackendQueue) throws {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+    func conv2dWeightGradient(
+        _ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage,
+        weightGradient: TensorStorage, biasGradient: TensorStorage?, beta: Float,
+        on queue: BackendQueue
+    ) throws {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
         let clQueue = queue as! OpenCLQueue
         if s.batch == 0 {
-            try axpby(alpha: 0, x: weightGradient, beta: beta, y: weightGradient, count: s.outChannels * patch, on: queue)
+            try axpby(
+                alpha: 0, x: weightGradient, beta: beta, y: weightGradient,
+                count: s.outChannels * patch, on: queue)
         }
         if let plan = DirectConvolutionPlan(s, parameters) {
-            let chunk = convChunk(s, scratchPerImage: s.inChannels * plan.plane + s.outChannels * plan.grid)
+            let chunk = convChunk(
+                s, scratchPerImage: s.inChannels * plan.plane + s.outChannels * plan.grid)
             try clQueue.sequence {
-                let padded = try clQueue.scratch(0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
-                let gradient = try clQueue.scratch(1, bytes: s.outChannels * chunk * plan.grid * 4, context: context)
+                let padded = try clQueue.scratch(
+                    0, bytes: s.inChannels * chunk * plan.plane * 4, context: context)
+                let gradient = try clQueue.scratch(
+                    1, bytes: s.outChannels * chunk * plan.grid * 4, context: context)
                 for n0 in stride(from: 0, to: s.batch, by: chunk) {
                     let count = min(chunk, s.batch - n0)
-                    try padPlanes(s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
-                    try launch("conv", "pad_gradient", [.buffer(mem(outputGradient)), .buffer(gradient)]
-                               + [n0, s.outChannels, s.outHeight, s.outWidth, plan.width, plan.grid].map { .int(Int32($0)) },
-                               global: [plan.width, (plan.grid + plan.width - 1) / plan.width, count * s.outChannels], on: queue)
-                    try launch("conv", "conv_wgrad_direct", [.buffer(padded), .buffer(gradient), .buffer(mem(weightGradient)), .float(n0 == 0 ? beta : 1)]
-                               + [count, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth, plan.width, plan.plane, plan.grid].map { .int(Int32($0)) },
-                               global: plan.gradientGlobal, local: [1, 1], on: queue)
+                    try padPlanes(
+                        s, plan, input: input, into: padded, n0: n0, count: count, on: queue)
+                    try launch(
+                        "conv", "pad_gradient",
+                        [.buffer(mem(outputGradient)), .buffer(gradient)]
+                            + [n0, s.outChannels, s.outHeight, s.outWidth, plan.width, plan.grid]
+                            .map { .int(Int32($0)) },
+                        global: [
+                            plan.width, (plan.grid + plan.width - 1) / plan.width,
+                            count * s.outChannels,
+                        ], on: queue)
+                    try launch(
+                        "conv", "conv_wgrad_direct",
+                        [
+                            .buffer(padded), .buffer(gradient), .buffer(mem(weightGradient)),
+                            .float(n0 == 0 ? beta : 1),
+                        ]
+                            + [
+                                count, s.inChannels, s.outChannels, s.kernelHeight, s.kernelWidth,
+                                plan.width, plan.plane, plan.grid,
+                            ].map { .int(Int32($0)) },
+                        global: plan.gradientGlobal, local: [1, 1], on: queue)
                 }
             }
         } else {
-            try conv2dWeightGradientByIm2col(s, input: input, outputGradient: outputGradient, weightGradient: weightGradient, beta: beta, on: queue)
+            try conv2dWeightGradientByIm2col(
+                s, input: input, outputGradient: outputGradient, weightGradient: weightGradient,
+                beta: beta, on: queue)
         }
         if let biasGradient {
-            try channelSums(outputGradient, outer: s.batch, channels: s.outChannels, inner: positions, into: biasGradient,
-                            alpha: 1, beta: beta, on: queue)
+            try channelSums(
+                outputGradient, outer: s.batch, channels: s.outChannels, inner: positions,
+                into: biasGradient,
+                alpha: 1, beta: beta, on: queue)
         }
     }
 
-    private func padPlanes(_ s: ConvShape, _ plan: DirectConvolutionPlan, input: TensorStorage, into padded: CLBuffer, n0: Int, count: Int,
-                           on queue: BackendQueue) throws {
-        try launch("conv", "pad_planes", [.buffer(mem(input)), .buffer(padded)]
-                   + [n0, s.inChannels, s.height, s.width, s.padding, plan.width, plan.rows].map { .int(Int32($0)) },
-                   global: [plan.width, plan.rows, count * s.inChannels], on: queue)
+    private func padPlanes(
+        _ s: ConvShape, _ plan: DirectConvolutionPlan, input: TensorStorage, into padded: CLBuffer,
+        n0: Int, count: Int,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "conv", "pad_planes",
+            [.buffer(mem(input)), .buffer(padded)]
+                + [n0, s.inChannels, s.height, s.width, s.padding, plan.width, plan.rows].map {
+                    .int(Int32($0))
+                },
+            global: [plan.width, plan.rows, count * s.inChannels], on: queue)
     }
 
-    private func conv2dWeightGradientByIm2col(_ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage, weightGradient: TensorStorage,
-                                              beta: Float, on queue: BackendQueue) throws {
-        let patch = s.inChannels * s.kernelHeight * s.kernelWidth, positions = s.outHeight * s.outWidth
+    private func conv2dWeightGradientByIm2col(
+        _ s: ConvShape, input: TensorStorage, outputGradient: TensorStorage,
+        weightGradient: TensorStorage,
+        beta: Float, on queue: BackendQueue
+    ) throws {
+        let patch = s.inChannels * s.kernelHeight * s.kernelWidth
+        let positions = s.outHeight * s.outWidth
         let chunk = convChunk(s, scratchPerImage: patchMatrix(s))
         let clQueue = queue as! OpenCLQueue
         try clQueue.sequence {
-            let columns = try clQueue.scratch(0, bytes: patch * chunk * positions * 4, context: context)
-            let gathered = try clQueue.scratch(1, bytes: s.outChannels * chunk * positions * 4, context: context)
+            let columns = try clQueue.scratch(
+                0, bytes: patch * chunk * positions * 4, context: context)
+            let gathered = try clQueue.scratch(
+                1, bytes: s.outChannels * chunk * positions * 4, context: context)
             for n0 in stride(from: 0, to: s.batch, by: chunk) {
                 let count = min(chunk, s.batch - n0)
-                try im2col(s, input: input, into: columns, n0: n0, count: count, rowStride: count * positions, imageStride: positions, on: queue)
-                try launch("conv", "nchw_to_channel_major",
-                           [.buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)), .int(Int32(count)), .int(Int32(s.outChannels)),
-                            .int(Int32(positions))], global: [positions, s.outChannels, count], on: queue)
-                try gemm(GemmShape(m: s.outChannels, n: patch, k: count * positions, transposeA: false, transposeB: true, alpha: 1,
-                                   beta: n0 == 0 ? beta : 1, activation: .identity),
-                         a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
+                try im2col(
+                    s, input: input, into: columns, n0: n0, count: count,
+                    rowStride: count * positions, imageStride: positions, on: queue)
+                try launch(
+                    "conv", "nchw_to_channel_major",
+                    [
+                        .buffer(mem(outputGradient)), .buffer(gathered), .int(Int32(n0)),
+                        .int(Int32(count)), .int(Int32(s.outChannels)),
+                        .int(Int32(positions)),
+                    ], global: [positions, s.outChannels, count], on: queue)
+                try gemm(
+                    GemmShape(
+                        m: s.outChannels, n: patch, k: count * positions, transposeA: false,
+                        transposeB: true, alpha: 1,
+                        beta: n0 == 0 ? beta : 1, activation: .identity),
+                    a: gathered, b: columns, c: weightGradient, bias: nil, on: queue)
             }
         }
     }
 
-    func pool2d(_ kind: PoolKind, shape s: PoolShape, input: TensorStorage, output: TensorStorage, on queue: BackendQueue) throws {
-        try launch("pool", "pool2d", [.buffer(mem(input)), .buffer(mem(output)), .int(Int32(s.planes)), .int(Int32(s.height)),
-                                      .int(Int32(s.width)), .int(Int32(s.size)), .int(kind == .max ? 0 : 1)],
-                   global: [s.planes * s.outHeight * s.outWidth], on: queue)
+    func pool2d(
+        _ kind: PoolKind, shape s: PoolShape, input: TensorStorage, output: TensorStorage,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "pool", "pool2d",
+            [
+                .buffer(mem(input)), .buffer(mem(output)), .int(Int32(s.planes)),
+                .int(Int32(s.height)),
+                .int(Int32(s.width)), .int(Int32(s.size)), .int(kind == .max ? 0 : 1),
+            ],
+            global: [s.planes * s.outHeight * s.outWidth], on: queue)
     }
 
-    func multiply(_ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int, on queue: BackendQueue) throws {
-        try launch("elementwise", "multiply", [.buffer(mem(a)), .buffer(mem(b)), .buffer(mem(into)), .int(Int32(count))], global: [count], on: queue)
+    func multiply(
+        _ a: TensorStorage, _ b: TensorStorage, into: TensorStorage, count: Int,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "elementwise", "multiply",
+            [.buffer(mem(a)), .buffer(mem(b)), .buffer(mem(into)), .int(Int32(count))],
+            global: [count], on: queue)
     }
 
     private func layoutArguments(_ layout: GroupLayout) -> [CLKernel.Argument] {
@@ -385,53 +549,100 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     /// drivers in one work-item, whose loop they vectorise.
     var groupedReductions: Bool { info.kind == .gpu && info.maxWorkGroupSize >= Self.groupSumSize }
 
-    func normalize(_ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage, epsilon: Float, on queue: BackendQueue) throws {
-        let arguments = [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd))] + layoutArguments(layout) + [.float(epsilon)]
+    func normalize(
+        _ x: TensorStorage, layout: GroupLayout, xhat: TensorStorage, rstd: TensorStorage,
+        epsilon: Float, on queue: BackendQueue
+    ) throws {
+        let arguments =
+            [.buffer(mem(x)), .buffer(mem(xhat)), .buffer(mem(rstd))] + layoutArguments(layout) + [
+                .float(epsilon)
+            ]
         if groupedReductions {
-            try launch("norm", "normalize_groups_grouped", arguments, global: [layout.groups * Self.groupSumSize], local: [Self.groupSumSize], on: queue)
+            try launch(
+                "norm", "normalize_groups_grouped", arguments,
+                global: [layout.groups * Self.groupSumSize], local: [Self.groupSumSize], on: queue)
         } else {
             try launch("norm", "normalize_groups", arguments, global: [layout.groups], on: queue)
         }
     }
 
-    func normalizeGradient(_ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage, layout: GroupLayout, on queue: BackendQueue) throws {
-        let arguments = [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into))] + layoutArguments(layout)
+    func normalizeGradient(
+        _ dxhat: TensorStorage, xhat: TensorStorage, rstd: TensorStorage, into: TensorStorage,
+        layout: GroupLayout, on queue: BackendQueue
+    ) throws {
+        let arguments =
+            [.buffer(mem(dxhat)), .buffer(mem(xhat)), .buffer(mem(rstd)), .buffer(mem(into))]
+            + layoutArguments(layout)
         if groupedReductions {
-            try launch("norm", "normalize_groups_backward_grouped", arguments, global: [layout.groups * Self.groupSumSize],
-                       local: [Self.groupSumSize], on: queue)
+            try launch(
+                "norm", "normalize_groups_backward_grouped", arguments,
+                global: [layout.groups * Self.groupSumSize],
+                local: [Self.groupSumSize], on: queue)
         } else {
-            try launch("norm", "normalize_groups_backward", arguments, global: [layout.groups], on: queue)
+            try launch(
+                "norm", "normalize_groups_backward", arguments, global: [layout.groups], on: queue)
         }
     }
 
-    func scaleShiftChannels(_ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage, count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws {
+    func scaleShiftChannels(
+        _ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage,
+        count: Int, channels: Int, inner: Int, on queue: BackendQueue
+    ) throws {
         let outer = count / (channels * inner)
-        try launch("norm", "scale_shift_channels", [.buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)), .int(shift == nil ? 0 : 1),
-                                                    .buffer(mem(into)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner))],
-                   global: inner == 1 ? [channels, outer] : [inner, outer * channels], on: queue)
+        try launch(
+            "norm", "scale_shift_channels",
+            [
+                .buffer(mem(x)), .buffer(mem(scale)), .buffer(mem(shift ?? scale)),
+                .int(shift == nil ? 0 : 1),
+                .buffer(mem(into)), .int(Int32(outer)), .int(Int32(channels)), .int(Int32(inner)),
+            ],
+            global: inner == 1 ? [channels, outer] : [inner, outer * channels], on: queue)
     }
 
-    func localLossRows(_ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage, mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue) throws {
-        try launch("local_loss", "local_loss_rows",
-                   [.buffer(mem(y)), .buffer(mem(yy)), .buffer(mem(mask)), .buffer(mem(dY)), .buffer(mem(rowLosses)),
-                    .int(Int32(batch)), .int(Int32(columns)), .int(loss.code), .int(loss.k)],
-                   global: [batch], on: queue)
+    func localLossRows(
+        _ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage,
+        mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "local_loss", "local_loss_rows",
+            [
+                .buffer(mem(y)), .buffer(mem(yy)), .buffer(mem(mask)), .buffer(mem(dY)),
+                .buffer(mem(rowLosses)),
+                .int(Int32(batch)), .int(Int32(columns)), .int(loss.code), .int(loss.k),
+            ],
+            global: [batch], on: queue)
     }
 
-    func adamStep(_ s: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws {
-        try launch("optimizer", "adam_step",
-                   [.buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(m)), .buffer(mem(v)), .buffer(mem(vMax ?? v)),
-                    .int(vMax == nil ? 0 : 1), .int(Int32(count)), .float(s.stepSize), .float(s.beta1), .float(s.beta2),
-                    .float(s.epsilon), .float(s.weightDecay), .float(s.biasCorrection2Sqrt)],
-                   global: [count], on: queue)
+    func adamStep(
+        _ s: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
+        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "optimizer", "adam_step",
+            [
+                .buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(m)), .buffer(mem(v)),
+                .buffer(mem(vMax ?? v)),
+                .int(vMax == nil ? 0 : 1), .int(Int32(count)), .float(s.stepSize), .float(s.beta1),
+                .float(s.beta2),
+                .float(s.epsilon), .float(s.weightDecay), .float(s.biasCorrection2Sqrt),
+            ],
+            global: [count], on: queue)
     }
 
-    func sgdStep(_ s: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws {
-        try launch("optimizer", "sgd_step",
-                   [.buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(momentum ?? gradient)),
-                    .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)), .float(s.learningRate), .float(s.momentum),
-                    .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0), .int(s.firstStep ? 1 : 0)],
-                   global: [count], on: queue)
+    func sgdStep(
+        _ s: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?,
+        count: Int, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "optimizer", "sgd_step",
+            [
+                .buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(momentum ?? gradient)),
+                .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)),
+                .float(s.learningRate), .float(s.momentum),
+                .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0),
+                .int(s.firstStep ? 1 : 0),
+            ],
+            global: [count], on: queue)
     }
 }
 
@@ -452,7 +663,8 @@ struct DirectConvolutionPlan: Equatable {
     var gradientGlobal: [Int]
 
     init?(_ s: ConvShape, _ p: KernelParameters) {
-        guard p.gemmKernels == .registerBlocked, s.stride == 1, s.outChannels >= p.gemmOuterRows else { return nil }
+        guard p.gemmKernels == .registerBlocked, s.stride == 1, s.outChannels >= p.gemmOuterRows
+        else { return nil }
         let divide = { (x: Int, y: Int) in (x + y - 1) / y }
         let tile = p.gemmOuterVectors * p.gemmVectorWidth
         width = s.width + 2 * s.padding
@@ -462,6 +674,9 @@ struct DirectConvolutionPlan: Equatable {
         let reach = max(tiles * tile, grid) + (s.kernelHeight - 1) * width + s.kernelWidth - 1
         rows = divide(reach, width)
         global = [divide(s.outChannels, p.gemmOuterRows), tiles]
-        gradientGlobal = [divide(s.inChannels * s.kernelHeight * s.kernelWidth, p.gemmDotColumns), divide(s.outChannels, p.gemmDotRows)]
+        gradientGlobal = [
+            divide(s.inChannels * s.kernelHeight * s.kernelWidth, p.gemmDotColumns),
+            divide(s.outChannels, p.gemmDotRows),
+        ]
     }
 }

@@ -28,9 +28,11 @@ public struct OpenCLError: Error, Equatable, CustomStringConvertible {
     static func hint(for code: Int32) -> String? {
         switch code {
         case -1001:
-            return "No OpenCL platform is installed: install a driver (apt-get install pocl-opencl-icd for the CPU) or use SIGPROP_BACKEND=cpu"
+            return
+                "No OpenCL platform is installed: install a driver (apt-get install pocl-opencl-icd for the CPU) or use SIGPROP_BACKEND=cpu"
         case CL_OUT_OF_RESOURCES, CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_HOST_MEMORY:
-            return "The device ran out of memory or resources: use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
+            return
+                "The device ran out of memory or resources: use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
         default:
             return nil
         }
@@ -117,7 +119,9 @@ public struct OpenCLBuildError: Error, CustomStringConvertible {
 
 /// Throws `OpenCLError` unless `status` is `CL_SUCCESS`.
 @inline(__always)
-func clCheck(_ status: cl_int, _ call: @autoclosure () -> String, _ context: @autoclosure () -> String? = nil) throws {
+func clCheck(
+    _ status: cl_int, _ call: @autoclosure () -> String, _ context: @autoclosure () -> String? = nil
+) throws {
     if status != CL_SUCCESS {
         throw OpenCLError(code: status, call: call(), context: context())
     }

@@ -6,7 +6,12 @@ import Foundation
 
 /// What the package needs to know about one OpenCL device.
 public struct OpenCLDeviceInfo: Sendable, CustomStringConvertible {
-    public enum Kind: String, Sendable { case gpu = "GPU", cpu = "CPU", accelerator = "accelerator", other }
+    public enum Kind: String, Sendable {
+        case gpu = "GPU"
+        case cpu = "CPU"
+        case accelerator = "accelerator"
+        case other
+    }
 
     public let platformIndex: Int
     public let deviceIndex: Int
@@ -51,39 +56,58 @@ enum OpenCLQuery {
         if status == CL_DEVICE_NOT_FOUND || count == 0 { return [] }
         try clCheck(status, "clGetDeviceIDs")
         var ids = [cl_device_id?](repeating: nil, count: Int(count))
-        try clCheck(clGetDeviceIDs(platform, cl_device_type(CL_DEVICE_TYPE_ALL), count, &ids, nil), "clGetDeviceIDs")
+        try clCheck(
+            clGetDeviceIDs(platform, cl_device_type(CL_DEVICE_TYPE_ALL), count, &ids, nil),
+            "clGetDeviceIDs")
         return ids
     }
 
     static func platformString(_ platform: cl_platform_id?, _ param: Int32) throws -> String {
         var size = 0
-        try clCheck(clGetPlatformInfo(platform, cl_platform_info(param), 0, nil, &size), "clGetPlatformInfo")
+        try clCheck(
+            clGetPlatformInfo(platform, cl_platform_info(param), 0, nil, &size), "clGetPlatformInfo"
+        )
         var bytes = [CChar](repeating: 0, count: size + 1)
-        try clCheck(clGetPlatformInfo(platform, cl_platform_info(param), size, &bytes, nil), "clGetPlatformInfo")
-        return String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        try clCheck(
+            clGetPlatformInfo(platform, cl_platform_info(param), size, &bytes, nil),
+            "clGetPlatformInfo")
+        return String(
+            decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func deviceString(_ device: cl_device_id?, _ param: Int32) throws -> String {
         var size = 0
-        try clCheck(clGetDeviceInfo(device, cl_device_info(param), 0, nil, &size), "clGetDeviceInfo")
+        try clCheck(
+            clGetDeviceInfo(device, cl_device_info(param), 0, nil, &size), "clGetDeviceInfo")
         var bytes = [CChar](repeating: 0, count: size + 1)
-        try clCheck(clGetDeviceInfo(device, cl_device_info(param), size, &bytes, nil), "clGetDeviceInfo")
-        return String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            .trimmingCharacters(in: .whitespaces)
+        try clCheck(
+            clGetDeviceInfo(device, cl_device_info(param), size, &bytes, nil), "clGetDeviceInfo")
+        return String(
+            decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self
+        )
+        .trimmingCharacters(in: .whitespaces)
     }
 
-    static func deviceValue<T: FixedWidthInteger>(_ device: cl_device_id?, _ param: Int32, as: T.Type) throws -> T {
+    static func deviceValue<T: FixedWidthInteger>(
+        _ device: cl_device_id?, _ param: Int32, as: T.Type
+    ) throws -> T {
         var value: T = 0
-        try clCheck(clGetDeviceInfo(device, cl_device_info(param), MemoryLayout<T>.size, &value, nil), "clGetDeviceInfo")
+        try clCheck(
+            clGetDeviceInfo(device, cl_device_info(param), MemoryLayout<T>.size, &value, nil),
+            "clGetDeviceInfo")
         return value
     }
 
-    static func info(platformIndex: Int, platform: cl_platform_id?, deviceIndex: Int, device: cl_device_id?) throws -> OpenCLDeviceInfo {
+    static func info(
+        platformIndex: Int, platform: cl_platform_id?, deviceIndex: Int, device: cl_device_id?
+    ) throws -> OpenCLDeviceInfo {
         let type = try deviceValue(device, CL_DEVICE_TYPE, as: cl_device_type.self)
         let kind: OpenCLDeviceInfo.Kind =
-            type & cl_device_type(CL_DEVICE_TYPE_GPU) != 0 ? .gpu
-            : type & cl_device_type(CL_DEVICE_TYPE_CPU) != 0 ? .cpu
-            : type & cl_device_type(CL_DEVICE_TYPE_ACCELERATOR) != 0 ? .accelerator : .other
+            type & cl_device_type(CL_DEVICE_TYPE_GPU) != 0
+            ? .gpu
+            : type & cl_device_type(CL_DEVICE_TYPE_CPU) != 0
+                ? .cpu
+                : type & cl_device_type(CL_DEVICE_TYPE_ACCELERATOR) != 0 ? .accelerator : .other
         return OpenCLDeviceInfo(
             platformIndex: platformIndex,
             deviceIndex: deviceIndex,
@@ -93,13 +117,19 @@ enum OpenCLQuery {
             version: try deviceString(device, CL_DEVICE_VERSION),
             driverVersion: try deviceString(device, CL_DRIVER_VERSION),
             kind: kind,
-            computeUnits: Int(try deviceValue(device, CL_DEVICE_MAX_COMPUTE_UNITS, as: cl_uint.self)),
-            globalMemoryBytes: try deviceValue(device, CL_DEVICE_GLOBAL_MEM_SIZE, as: cl_ulong.self),
+            computeUnits: Int(
+                try deviceValue(device, CL_DEVICE_MAX_COMPUTE_UNITS, as: cl_uint.self)),
+            globalMemoryBytes: try deviceValue(
+                device, CL_DEVICE_GLOBAL_MEM_SIZE, as: cl_ulong.self),
             localMemoryBytes: try deviceValue(device, CL_DEVICE_LOCAL_MEM_SIZE, as: cl_ulong.self),
-            maxAllocationBytes: try deviceValue(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, as: cl_ulong.self),
-            maxWorkGroupSize: Int(try deviceValue(device, CL_DEVICE_MAX_WORK_GROUP_SIZE, as: Int.self)),
-            extensions: try deviceString(device, CL_DEVICE_EXTENSIONS).split(separator: " ").map(String.init),
-            maxSubDevices: Int(try deviceValue(device, CL_DEVICE_PARTITION_MAX_SUB_DEVICES, as: cl_uint.self))
+            maxAllocationBytes: try deviceValue(
+                device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, as: cl_ulong.self),
+            maxWorkGroupSize: Int(
+                try deviceValue(device, CL_DEVICE_MAX_WORK_GROUP_SIZE, as: Int.self)),
+            extensions: try deviceString(device, CL_DEVICE_EXTENSIONS).split(separator: " ").map(
+                String.init),
+            maxSubDevices: Int(
+                try deviceValue(device, CL_DEVICE_PARTITION_MAX_SUB_DEVICES, as: cl_uint.self))
         )
     }
 }
@@ -122,26 +152,38 @@ public struct OpenCLDeviceEntry: @unchecked Sendable {
     /// (`clCreateSubDevices`, partition equally); `SIGPROP_SPLIT` uses it.
     public func split(into parts: Int) throws -> [OpenCLDeviceEntry] {
         guard parts >= 1, parts <= info.computeUnits else {
-            throw SigPropError.configuration("SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute units) into \(parts) equal parts: use 1...\(info.computeUnits)")
+            throw SigPropError.configuration(
+                "SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute units) into \(parts) equal parts: use 1...\(info.computeUnits)"
+            )
         }
         guard parts > 1 else { return [self] }
         guard parts <= info.maxSubDevices else {
             throw SigPropError.configuration(
-                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split into \(parts) devices (its driver offers \(info.maxSubDevices) sub-devices at most); unset SIGPROP_SPLIT.")
+                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split into \(parts) devices (its driver offers \(info.maxSubDevices) sub-devices at most); unset SIGPROP_SPLIT."
+            )
         }
         let unitsEach = info.computeUnits / parts
-        var properties: [cl_device_partition_property] = [cl_device_partition_property(CL_DEVICE_PARTITION_EQUALLY), cl_device_partition_property(unitsEach), 0]
+        var properties: [cl_device_partition_property] = [
+            cl_device_partition_property(CL_DEVICE_PARTITION_EQUALLY),
+            cl_device_partition_property(unitsEach), 0,
+        ]
         var ids = [cl_device_id?](repeating: nil, count: parts)
         var made: cl_uint = 0
         let status = clCreateSubDevices(id, &properties, cl_uint(parts), &ids, &made)
         guard status == CL_SUCCESS else {
-            let error = OpenCLError(code: status, call: "clCreateSubDevices", context: "\(parts) parts of \(unitsEach) compute units")
-            throw SigPropError.configuration("SIGPROP_SPLIT=\(parts): \(info.name) cannot be split (\(error)). Its driver may not support sub-devices; unset SIGPROP_SPLIT.")
+            let error = OpenCLError(
+                code: status, call: "clCreateSubDevices",
+                context: "\(parts) parts of \(unitsEach) compute units")
+            throw SigPropError.configuration(
+                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split (\(error)). Its driver may not support sub-devices; unset SIGPROP_SPLIT."
+            )
         }
         return ids.prefix(Int(made)).enumerated().map { index, sub in
             var part = info
             part.partition = "part \(index + 1) of \(made)"
-            part.computeUnits = (try? OpenCLQuery.deviceValue(sub, CL_DEVICE_MAX_COMPUTE_UNITS, as: cl_uint.self)).map(Int.init) ?? unitsEach
+            part.computeUnits =
+                (try? OpenCLQuery.deviceValue(sub, CL_DEVICE_MAX_COMPUTE_UNITS, as: cl_uint.self))
+                .map(Int.init) ?? unitsEach
             return OpenCLDeviceEntry(info: part, id: sub, owner: SubDeviceHandle(sub))
         }
     }
@@ -159,7 +201,8 @@ public enum OpenCLDiscovery {
         var entries: [OpenCLDeviceEntry] = []
         for (p, platform) in try OpenCLQuery.platforms().enumerated() {
             for (d, device) in try OpenCLQuery.devices(of: platform).enumerated() {
-                let info = try OpenCLQuery.info(platformIndex: p, platform: platform, deviceIndex: d, device: device)
+                let info = try OpenCLQuery.info(
+                    platformIndex: p, platform: platform, deviceIndex: d, device: device)
                 entries.append(OpenCLDeviceEntry(info: info, id: device))
             }
         }
@@ -182,8 +225,10 @@ final class CLContext: @unchecked Sendable {
         deviceOwner = owner
         var status: cl_int = 0
         var dev = device
-        guard let context = clCreateContext(nil, 1, &dev, nil, nil, &status), status == CL_SUCCESS else {
-            throw OpenCLError(code: status == CL_SUCCESS ? CL_INVALID_CONTEXT : status, call: "clCreateContext")
+        guard let context = clCreateContext(nil, 1, &dev, nil, nil, &status), status == CL_SUCCESS
+        else {
+            throw OpenCLError(
+                code: status == CL_SUCCESS ? CL_INVALID_CONTEXT : status, call: "clCreateContext")
         }
         self.handle = context
         self.device = device
@@ -199,9 +244,13 @@ final class CLQueue: @unchecked Sendable {
 
     init(context: CLContext) throws {
         var status: cl_int = 0
-        let queue = clCreateCommandQueue(context.handle, context.device, cl_command_queue_properties(CL_QUEUE_PROFILING_ENABLE), &status)
+        let queue = clCreateCommandQueue(
+            context.handle, context.device, cl_command_queue_properties(CL_QUEUE_PROFILING_ENABLE),
+            &status)
         guard let queue, status == CL_SUCCESS else {
-            throw OpenCLError(code: status == CL_SUCCESS ? CL_INVALID_COMMAND_QUEUE : status, call: "clCreateCommandQueue")
+            throw OpenCLError(
+                code: status == CL_SUCCESS ? CL_INVALID_COMMAND_QUEUE : status,
+                call: "clCreateCommandQueue")
         }
         self.handle = queue
         self.context = context
@@ -239,7 +288,8 @@ final class CLQueue: @unchecked Sendable {
     /// An event that completes when everything enqueued so far has completed.
     func marker() throws -> CLEvent {
         var event: cl_event?
-        try clCheck(clEnqueueMarkerWithWaitList(handle, 0, nil, &event), "clEnqueueMarkerWithWaitList")
+        try clCheck(
+            clEnqueueMarkerWithWaitList(handle, 0, nil, &event), "clEnqueueMarkerWithWaitList")
         return CLEvent(event)
     }
 
@@ -247,7 +297,9 @@ final class CLQueue: @unchecked Sendable {
     func barrier(waitingFor events: [CLEvent]) throws {
         guard !events.isEmpty else { return }
         var list = events.map { $0.handle }
-        try clCheck(clEnqueueBarrierWithWaitList(handle, cl_uint(list.count), &list, nil), "clEnqueueBarrierWithWaitList")
+        try clCheck(
+            clEnqueueBarrierWithWaitList(handle, cl_uint(list.count), &list, nil),
+            "clEnqueueBarrierWithWaitList")
     }
 
     /// Writes without blocking: a blocking write would make the host wait for all the queue's
@@ -258,7 +310,8 @@ final class CLQueue: @unchecked Sendable {
         let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         copy.copyMemory(from: pointer, byteCount: bytes)
         var event: cl_event?
-        let status = clEnqueueWriteBuffer(handle, buffer.handle, cl_bool(CL_FALSE), 0, bytes, copy, 0, nil, &event)
+        let status = clEnqueueWriteBuffer(
+            handle, buffer.handle, cl_bool(CL_FALSE), 0, bytes, copy, 0, nil, &event)
         guard status == CL_SUCCESS else {
             copy.deallocate()
             throw OpenCLError(code: status, call: "clEnqueueWriteBuffer", context: "\(bytes) bytes")
@@ -267,13 +320,17 @@ final class CLQueue: @unchecked Sendable {
     }
 
     func read(_ buffer: CLBuffer, into pointer: UnsafeMutableRawPointer, bytes: Int) throws {
-        try clCheck(clEnqueueReadBuffer(handle, buffer.handle, cl_bool(CL_TRUE), 0, bytes, pointer, 0, nil, nil),
-                    "clEnqueueReadBuffer", "\(bytes) bytes")
+        try clCheck(
+            clEnqueueReadBuffer(
+                handle, buffer.handle, cl_bool(CL_TRUE), 0, bytes, pointer, 0, nil, nil),
+            "clEnqueueReadBuffer", "\(bytes) bytes")
     }
 
     func copy(_ source: CLBuffer, to destination: CLBuffer, bytes: Int) throws {
-        try clCheck(clEnqueueCopyBuffer(handle, source.handle, destination.handle, 0, 0, bytes, 0, nil, nil),
-                    "clEnqueueCopyBuffer", "\(bytes) bytes")
+        try clCheck(
+            clEnqueueCopyBuffer(
+                handle, source.handle, destination.handle, 0, 0, bytes, 0, nil, nil),
+            "clEnqueueCopyBuffer", "\(bytes) bytes")
     }
 
     /// Enqueues `kernel` over `global` work-items in groups of `local` (nil: the driver picks).
@@ -283,11 +340,17 @@ final class CLQueue: @unchecked Sendable {
         var globalSizes = global
         let status: cl_int
         if var localSizes = local {
-            status = clEnqueueNDRangeKernel(handle, kernel.handle, cl_uint(global.count), nil, &globalSizes, &localSizes, 0, nil, &event)
+            status = clEnqueueNDRangeKernel(
+                handle, kernel.handle, cl_uint(global.count), nil, &globalSizes, &localSizes, 0,
+                nil, &event)
         } else {
-            status = clEnqueueNDRangeKernel(handle, kernel.handle, cl_uint(global.count), nil, &globalSizes, nil, 0, nil, &event)
+            status = clEnqueueNDRangeKernel(
+                handle, kernel.handle, cl_uint(global.count), nil, &globalSizes, nil, 0, nil, &event
+            )
         }
-        try clCheck(status, "clEnqueueNDRangeKernel", "kernel \(kernel.name), global \(global), local \(local.map { "\($0)" } ?? "auto")")
+        try clCheck(
+            status, "clEnqueueNDRangeKernel",
+            "kernel \(kernel.name), global \(global), local \(local.map { "\($0)" } ?? "auto")")
         return CLEvent(event)
     }
 }
@@ -309,7 +372,11 @@ final class CLEvent: @unchecked Sendable {
     var isComplete: Bool {
         guard let handle else { return true }
         var status: cl_int = 0
-        guard clGetEventInfo(handle, cl_event_info(CL_EVENT_COMMAND_EXECUTION_STATUS), MemoryLayout<cl_int>.size, &status, nil) == CL_SUCCESS else {
+        guard
+            clGetEventInfo(
+                handle, cl_event_info(CL_EVENT_COMMAND_EXECUTION_STATUS), MemoryLayout<cl_int>.size,
+                &status, nil) == CL_SUCCESS
+        else {
             return true
         }
         return status == CL_COMPLETE || status < 0
@@ -318,16 +385,22 @@ final class CLEvent: @unchecked Sendable {
     /// When the command started, in device nanoseconds (needs a profiling queue).
     func startNanoseconds() throws -> UInt64 {
         var value: cl_ulong = 0
-        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_START), MemoryLayout<cl_ulong>.size, &value, nil),
-                    "clGetEventProfilingInfo")
+        try clCheck(
+            clGetEventProfilingInfo(
+                handle, cl_profiling_info(CL_PROFILING_COMMAND_START), MemoryLayout<cl_ulong>.size,
+                &value, nil),
+            "clGetEventProfilingInfo")
         return UInt64(value)
     }
 
     /// When the command finished, in device nanoseconds (needs a profiling queue).
     func endNanoseconds() throws -> UInt64 {
         var value: cl_ulong = 0
-        try clCheck(clGetEventProfilingInfo(handle, cl_profiling_info(CL_PROFILING_COMMAND_END), MemoryLayout<cl_ulong>.size, &value, nil),
-                    "clGetEventProfilingInfo")
+        try clCheck(
+            clGetEventProfilingInfo(
+                handle, cl_profiling_info(CL_PROFILING_COMMAND_END), MemoryLayout<cl_ulong>.size,
+                &value, nil),
+            "clGetEventProfilingInfo")
         return UInt64(value)
     }
 }
@@ -343,7 +416,11 @@ final class CLBuffer: @unchecked Sendable {
         var status: cl_int = 0
         // A zero-size buffer is invalid in OpenCL; empty tensors get one word.
         let size = max(bytes, 4)
-        guard let mem = clCreateBuffer(context.handle, cl_mem_flags(CL_MEM_READ_WRITE), size, nil, &status), status == CL_SUCCESS else {
+        guard
+            let mem = clCreateBuffer(
+                context.handle, cl_mem_flags(CL_MEM_READ_WRITE), size, nil, &status),
+            status == CL_SUCCESS
+        else {
             throw OpenCLError(code: status, call: "clCreateBuffer", context: "\(size) bytes")
         }
         self.handle = mem
@@ -364,7 +441,9 @@ final class CLProgram: @unchecked Sendable {
     let name: String
 
     /// Compiles `source`; a compile error throws `OpenCLBuildError` with the device's log.
-    init(context: CLContext, name: String, source: String, options: String, deviceName: String) throws {
+    init(context: CLContext, name: String, source: String, options: String, deviceName: String)
+        throws
+    {
         var status: cl_int = 0
         let program: cl_program? = source.withCString { cSource in
             var pointer: UnsafePointer<CChar>? = cSource
@@ -372,18 +451,22 @@ final class CLProgram: @unchecked Sendable {
             return clCreateProgramWithSource(context.handle, 1, &pointer, &length, &status)
         }
         guard let program, status == CL_SUCCESS else {
-            throw OpenCLError(code: status, call: "clCreateProgramWithSource", context: "program \(name)")
+            throw OpenCLError(
+                code: status, call: "clCreateProgramWithSource", context: "program \(name)")
         }
         self.handle = program
         self.name = name
         var device = context.device
         let buildStatus = clBuildProgram(program, 1, &device, options, nil, nil)
         if buildStatus != CL_SUCCESS {
-            let log = (try? Self.buildLog(program, device: context.device)) ?? "(no build log available)"
+            let log =
+                (try? Self.buildLog(program, device: context.device)) ?? "(no build log available)"
             if buildStatus == CL_BUILD_PROGRAM_FAILURE || buildStatus == CL_INVALID_BUILD_OPTIONS {
-                throw OpenCLBuildError(program: name, device: deviceName, options: options, log: log)
+                throw OpenCLBuildError(
+                    program: name, device: deviceName, options: options, log: log)
             }
-            throw OpenCLError(code: buildStatus, call: "clBuildProgram", context: "program \(name): \(log)")
+            throw OpenCLError(
+                code: buildStatus, call: "clBuildProgram", context: "program \(name): \(log)")
         }
     }
 
@@ -391,10 +474,17 @@ final class CLProgram: @unchecked Sendable {
 
     static func buildLog(_ program: cl_program, device: cl_device_id?) throws -> String {
         var size = 0
-        try clCheck(clGetProgramBuildInfo(program, device, cl_program_build_info(CL_PROGRAM_BUILD_LOG), 0, nil, &size), "clGetProgramBuildInfo")
+        try clCheck(
+            clGetProgramBuildInfo(
+                program, device, cl_program_build_info(CL_PROGRAM_BUILD_LOG), 0, nil, &size),
+            "clGetProgramBuildInfo")
         var bytes = [CChar](repeating: 0, count: size + 1)
-        try clCheck(clGetProgramBuildInfo(program, device, cl_program_build_info(CL_PROGRAM_BUILD_LOG), size, &bytes, nil), "clGetProgramBuildInfo")
-        return String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        try clCheck(
+            clGetProgramBuildInfo(
+                program, device, cl_program_build_info(CL_PROGRAM_BUILD_LOG), size, &bytes, nil),
+            "clGetProgramBuildInfo")
+        return String(
+            decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
@@ -407,8 +497,11 @@ final class CLKernel: @unchecked Sendable {
 
     init(program: CLProgram, name: String) throws {
         var status: cl_int = 0
-        guard let kernel = clCreateKernel(program.handle, name, &status), status == CL_SUCCESS else {
-            throw OpenCLError(code: status, call: "clCreateKernel", context: "kernel \(name) in program \(program.name)")
+        guard let kernel = clCreateKernel(program.handle, name, &status), status == CL_SUCCESS
+        else {
+            throw OpenCLError(
+                code: status, call: "clCreateKernel",
+                context: "kernel \(name) in program \(program.name)")
         }
         self.handle = kernel
         self.name = name

@@ -19,12 +19,17 @@ public struct Checkpoint {
 
     /// Everything needed to continue training `network` after `epochs` completed epochs and
     /// `batchesDone` batches of the next (an interrupted epoch).
-    public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0) throws {
+    public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0)
+        throws
+    {
         var tensors: [String: GoldenTensor] = [:]
         for parameter in network.parameters {
-            tensors[parameter.name] = GoldenTensor(shape: parameter.value.shape, values: try parameter.value.device.read(parameter.value))
+            tensors[parameter.name] = GoldenTensor(
+                shape: parameter.value.shape,
+                values: try parameter.value.device.read(parameter.value))
             for (state, tensor) in parameter.state {
-                tensors["\(parameter.name).\(state)"] = GoldenTensor(shape: tensor.shape, values: try tensor.device.read(tensor))
+                tensors["\(parameter.name).\(state)"] = GoldenTensor(
+                    shape: tensor.shape, values: try tensor.device.read(tensor))
             }
         }
         let encoder = JSONEncoder()
@@ -42,7 +47,9 @@ public struct Checkpoint {
 
     public var epochs: Int {
         get throws {
-            guard let text = metadata["epochs"], let value = Int(text), value >= 0 else { throw Self.invalid("metadata 'epochs' is missing or not a number") }
+            guard let text = metadata["epochs"], let value = Int(text), value >= 0 else {
+                throw Self.invalid("metadata 'epochs' is missing or not a number")
+            }
             return value
         }
     }
@@ -50,7 +57,9 @@ public struct Checkpoint {
     /// Batches of epoch `epochs + 1` already trained (0 at an epoch boundary).
     public var batchesDone: Int {
         get throws {
-            guard let value = Int(metadata["batches_done"] ?? "0"), value >= 0 else { throw Self.invalid("metadata 'batches_done' is not a number") }
+            guard let value = Int(metadata["batches_done"] ?? "0"), value >= 0 else {
+                throw Self.invalid("metadata 'batches_done' is not a number")
+            }
             return value
         }
     }
@@ -64,8 +73,11 @@ public struct Checkpoint {
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ key: String) throws -> T {
-        guard let text = metadata[key], let value = try? JSONDecoder().decode(type, from: Data(text.utf8)) else {
-            throw Self.invalid("metadata '\(key)' is missing or not valid JSON for this version of SigProp")
+        guard let text = metadata[key],
+            let value = try? JSONDecoder().decode(type, from: Data(text.utf8))
+        else {
+            throw Self.invalid(
+                "metadata '\(key)' is missing or not valid JSON for this version of SigProp")
         }
         return value
     }
@@ -80,17 +92,23 @@ public struct Checkpoint {
         }
         let steps = (metadata["optimizer_steps"] ?? "").split(separator: ",").compactMap { Int($0) }
         guard steps.count == network.optimizers.count else {
-            throw Self.invalid("metadata 'optimizer_steps' has \(steps.count) entries, the model has \(network.optimizers.count) optimizers")
+            throw Self.invalid(
+                "metadata 'optimizer_steps' has \(steps.count) entries, the model has \(network.optimizers.count) optimizers"
+            )
         }
         for (optimizer, count) in zip(network.optimizers, steps) { optimizer.steps = count }
     }
 
     private func load(_ name: String, into tensor: Tensor) throws {
         guard let stored = tensors[name] else {
-            throw SigPropError.configuration("checkpoint has no tensor '\(name)': it was written for another model or optimizer; resume with the same --model and --optimizer, or start afresh")
+            throw SigPropError.configuration(
+                "checkpoint has no tensor '\(name)': it was written for another model or optimizer; resume with the same --model and --optimizer, or start afresh"
+            )
         }
         guard stored.shape == tensor.shape else {
-            throw SigPropError.configuration("checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed needs \(tensor.shape)")
+            throw SigPropError.configuration(
+                "checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed needs \(tensor.shape)"
+            )
         }
         try tensor.device.write(stored.values, to: tensor)
     }
@@ -110,7 +128,9 @@ public struct Checkpoint {
         for name in names {
             let tensor = tensors[name]!
             let bytes = tensor.values.count * 4
-            header[name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + bytes]]
+            header[name] = [
+                "dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + bytes],
+            ]
             offset += bytes
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -119,7 +139,8 @@ public struct Checkpoint {
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { data.append(contentsOf: $0) }
         data.append(json)
         for name in names {
-            tensors[name]!.values.withUnsafeBytes { data.append(contentsOf: $0) }  // x86 and ARM are little-endian
+            // X86 and ARM are little-endian.
+            tensors[name]!.values.withUnsafeBytes { data.append(contentsOf: $0) }
         }
         return data
     }
@@ -128,15 +149,26 @@ public struct Checkpoint {
     /// naming what is wrong.
     public init(safetensors data: Data, path: String) throws {
         func bad(_ reason: String) -> SigPropError {
-            SigPropError.configuration("checkpoint \(path) is not a valid safetensors file: \(reason). Use a last.safetensors written by train, or start afresh without --resume")
+            SigPropError.configuration(
+                "checkpoint \(path) is not a valid safetensors file: \(reason). Use a last.safetensors written by train, or start afresh without --resume"
+            )
         }
-        guard data.count >= 8 else { throw bad("it is \(data.count) bytes, shorter than the 8-byte header length") }
-        let headerLength = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard data.count >= 8 else {
+            throw bad("it is \(data.count) bytes, shorter than the 8-byte header length")
+        }
+        let headerLength = data.prefix(8).withUnsafeBytes {
+            UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))
+        }
         guard headerLength <= UInt64(data.count - 8) else {
-            throw bad("the header claims \(headerLength) bytes but the file has \(data.count - 8) after the length (truncated?)")
+            throw bad(
+                "the header claims \(headerLength) bytes but the file has \(data.count - 8) after the length (truncated?)"
+            )
         }
         let headerEnd = 8 + Int(headerLength)
-        guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<headerEnd)) as? [String: Any] else {
+        guard
+            let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<headerEnd))
+                as? [String: Any]
+        else {
             throw bad("the header is not a JSON object")
         }
         let payload = data.subdata(in: headerEnd..<data.count)
@@ -144,22 +176,32 @@ public struct Checkpoint {
         var metadata: [String: String] = [:]
         for (name, value) in header {
             if name == "__metadata__" {
-                guard let values = value as? [String: String] else { throw bad("__metadata__ is not a string map") }
+                guard let values = value as? [String: String] else {
+                    throw bad("__metadata__ is not a string map")
+                }
                 metadata = values
                 continue
             }
-            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String, let shape = entry["shape"] as? [Int],
-                  let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String,
+                let shape = entry["shape"] as? [Int],
+                let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
+            else {
                 throw bad("tensor '\(name)' lacks dtype, shape or data_offsets")
             }
-            guard dtype == "F32" else { throw bad("tensor '\(name)' is \(dtype); SigProp stores F32") }
+            guard dtype == "F32" else {
+                throw bad("tensor '\(name)' is \(dtype); SigProp stores F32")
+            }
             let (begin, end) = (offsets[0], offsets[1])
             let (count, overflow) = shape.reduce((1, false)) { acc, d in
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d)
                 return (p, acc.1 || o || d < 0)
             }
-            guard !overflow, begin >= 0, begin <= end, end <= payload.count, end - begin == count * 4 else {
-                throw bad("tensor '\(name)' of shape \(shape) has data offsets \(offsets) outside the \(payload.count) data bytes or of the wrong size (truncated?)")
+            guard !overflow, begin >= 0, begin <= end, end <= payload.count,
+                end - begin == count * 4
+            else {
+                throw bad(
+                    "tensor '\(name)' of shape \(shape) has data offsets \(offsets) outside the \(payload.count) data bytes or of the wrong size (truncated?)"
+                )
             }
             let values = payload.subdata(in: begin..<end).withUnsafeBytes { raw in
                 (0..<count).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
@@ -167,7 +209,8 @@ public struct Checkpoint {
             tensors[name] = GoldenTensor(shape: shape, values: values)
         }
         guard metadata["format"] == Self.formatName else {
-            throw bad("its metadata does not say format \(Self.formatName) (written by another program?)")
+            throw bad(
+                "its metadata does not say format \(Self.formatName) (written by another program?)")
         }
         self.init(tensors: tensors, metadata: metadata)
     }
@@ -175,8 +218,12 @@ public struct Checkpoint {
     public init(contentsOf url: URL) throws {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            let reason = FileManager.default.fileExists(atPath: url.path) ? "it cannot be read (check its permissions)" : "no such file"
-            throw SigPropError.configuration("cannot read checkpoint \(url.path): \(reason). Check the path given to --resume (train writes <checkpoint-dir>/last.safetensors)")
+            let reason =
+                FileManager.default.fileExists(atPath: url.path)
+                ? "it cannot be read (check its permissions)" : "no such file"
+            throw SigPropError.configuration(
+                "cannot read checkpoint \(url.path): \(reason). Check the path given to --resume (train writes <checkpoint-dir>/last.safetensors)"
+            )
         }
         try self.init(safetensors: data, path: url.path)
     }
@@ -188,11 +235,16 @@ public struct Checkpoint {
         do {
             try AtomicFile.write(data, to: url)
         } catch .folder(let path, let reason) {
-            throw SigPropError.configuration("cannot create the checkpoint folder \(path): \(reason). Pass a writable --checkpoint-dir")
+            throw SigPropError.configuration(
+                "cannot create the checkpoint folder \(path): \(reason). Pass a writable --checkpoint-dir"
+            )
         } catch .temporary(let path, let reason) {
-            throw SigPropError.configuration("cannot write \(path): \(reason). Pass a writable --checkpoint-dir")
+            throw SigPropError.configuration(
+                "cannot write \(path): \(reason). Pass a writable --checkpoint-dir")
         } catch .write(let reason) {
-            throw SigPropError.configuration("writing checkpoint \(url.path) failed: \(reason) (the previous checkpoint is untouched)")
+            throw SigPropError.configuration(
+                "writing checkpoint \(url.path) failed: \(reason) (the previous checkpoint is untouched)"
+            )
         }
     }
 }

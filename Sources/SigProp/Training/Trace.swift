@@ -22,7 +22,8 @@ public final class Trace {
     public private(set) var spans: [Span] = []
     /// The kernels (CPU: operations) inside them, each in its stage's row.
     public private(set) var kernels: [Span] = []
-    private var pending: [(name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event)] = []
+    private var pending:
+        [(name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event)] = []
 
     public init(rowNames: [String]) { self.rowNames = rowNames }
 
@@ -39,11 +40,16 @@ public final class Trace {
     public func resolve() throws {
         for entry in pending {
             try entry.end.wait()
-            guard let start = try? entry.start.completionNanoseconds(), let end = try? entry.end.completionNanoseconds() else {
+            guard let start = try? entry.start.completionNanoseconds(),
+                let end = try? entry.end.completionNanoseconds()
+            else {
                 untimed += 1
                 continue
             }
-            spans.append(Span(name: entry.name, stage: entry.stage, epoch: entry.epoch, batch: entry.batch, start: start, end: max(start, end)))
+            spans.append(
+                Span(
+                    name: entry.name, stage: entry.stage, epoch: entry.epoch, batch: entry.batch,
+                    start: start, end: max(start, end)))
         }
         pending.removeAll()
     }
@@ -55,15 +61,19 @@ public final class Trace {
         let owners = spans.filter { stages.contains($0.stage) }.sorted { $0.start < $1.start }
         for entry in entries {
             // The last span starting at or before the kernel.
-            var low = 0, high = owners.count
+            var low = 0
+            var high = owners.count
             while low < high {
                 let middle = (low + high) / 2
                 if owners[middle].start <= entry.start { low = middle + 1 } else { high = middle }
             }
             guard low > 0, owners[low - 1].end >= entry.start else { continue }
             let owner = owners[low - 1]
-            kernels.append(Span(name: entry.name, stage: owner.stage, epoch: owner.epoch, batch: owner.batch, start: entry.start,
-                                end: max(entry.start, entry.end)))
+            kernels.append(
+                Span(
+                    name: entry.name, stage: owner.stage, epoch: owner.epoch, batch: owner.batch,
+                    start: entry.start,
+                    end: max(entry.start, entry.end)))
         }
     }
 
@@ -74,14 +84,18 @@ public final class Trace {
         // Busy intervals merged per row first, so one row's adjacent spans don't count twice.
         var edges: [(time: UInt64, delta: Int)] = []
         for row in Set(spans.map(\.stage)) {
-            for (start, end) in Self.merged(spans.filter { $0.stage == row }.map { ($0.start, $0.end) }) {
+            for (start, end) in Self.merged(
+                spans.filter { $0.stage == row }.map { ($0.start, $0.end) })
+            {
                 edges.append((start, 1))
                 edges.append((end, -1))
             }
         }
         edges.sort { $0.time < $1.time || ($0.time == $1.time && $0.delta < $1.delta) }
-        var busy = 0, previous: UInt64 = 0
-        var any: UInt64 = 0, several: UInt64 = 0
+        var busy = 0
+        var previous: UInt64 = 0
+        var any: UInt64 = 0
+        var several: UInt64 = 0
         for edge in edges {
             let span = edge.time - previous
             if busy >= 1 { any += span }
@@ -113,19 +127,25 @@ public final class Trace {
         }
         for span in spans {
             events.append([
-                "name": span.name, "cat": span.name.split(separator: " ").first?.split(separator: ".").last.map(String.init) ?? "stage", "ph": "X", "pid": 1,
-                "tid": span.stage + 1, "ts": Double(span.start - origin) / 1000, "dur": Double(span.end - span.start) / 1000,
+                "name": span.name,
+                "cat": span.name.split(separator: " ").first?.split(separator: ".").last.map(
+                    String.init) ?? "stage", "ph": "X", "pid": 1,
+                "tid": span.stage + 1, "ts": Double(span.start - origin) / 1000,
+                "dur": Double(span.end - span.start) / 1000,
                 "args": ["epoch": span.epoch, "batch": span.batch],
             ])
         }
         for kernel in kernels {
             events.append([
                 "name": kernel.name, "cat": "kernel", "ph": "X", "pid": 1, "tid": kernel.stage + 1,
-                "ts": Double(kernel.start - origin) / 1000, "dur": Double(kernel.end - kernel.start) / 1000,
+                "ts": Double(kernel.start - origin) / 1000,
+                "dur": Double(kernel.end - kernel.start) / 1000,
                 "args": ["epoch": kernel.epoch, "batch": kernel.batch],
             ])
         }
-        return try JSONSerialization.data(withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [.sortedKeys])
+        return try JSONSerialization.data(
+            withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [.sortedKeys]
+        )
     }
 
     /// Writes the JSON atomically (temporary file, then rename).
@@ -133,7 +153,9 @@ public final class Trace {
         do {
             try json().write(to: url, options: .atomic)
         } catch {
-            throw SigPropError.configuration("could not write the trace to \(url.path): \(error.localizedDescription). Check that the folder exists and is writable.")
+            throw SigPropError.configuration(
+                "could not write the trace to \(url.path): \(error.localizedDescription). Check that the folder exists and is writable."
+            )
         }
     }
 }

@@ -33,7 +33,8 @@ public struct TrainingOptions: Sendable, Codable, Equatable {
 
 /// The local loss by name, for flags and checkpoints.
 public enum LossChoice: Sendable, Codable, Equatable {
-    case maxAll, maxRandom, topK(Int)
+    case maxAll, maxRandom
+    case topK(Int)
 
     public var kind: LocalLossKind {
         switch self {
@@ -50,10 +51,14 @@ public enum LossChoice: Sendable, Codable, Equatable {
         case "max-rand": self = .maxRandom
         case let other where other.hasPrefix("top-k"):
             let k = Int(other.dropFirst("top-k".count).drop { $0 == ":" || $0 == "=" }) ?? 0
-            guard k >= 1 else { throw SigPropError.configuration("--loss \(text): top-k needs k >= 1, written top-k:K (e.g. top-k:3)") }
+            guard k >= 1 else {
+                throw SigPropError.configuration(
+                    "--loss \(text): top-k needs k >= 1, written top-k:K (e.g. top-k:3)")
+            }
             self = .topK(k)
         default:
-            throw SigPropError.configuration("--loss \(text) is not a loss. Valid values: max-all (default), max-rand, top-k:K")
+            throw SigPropError.configuration(
+                "--loss \(text) is not a loss. Valid values: max-all (default), max-rand, top-k:K")
         }
     }
 
@@ -71,7 +76,9 @@ public struct AugmentationChoice: Sendable, Codable, Equatable {
     public var cropPadding = 0
     public var horizontalFlip = false
     public init() {}
-    var augmentation: Augmentation { Augmentation(randomCropPadding: cropPadding, horizontalFlip: horizontalFlip) }
+    var augmentation: Augmentation {
+        Augmentation(randomCropPadding: cropPadding, horizontalFlip: horizontalFlip)
+    }
 }
 
 /// One epoch's figures, as written to the metrics file.
@@ -93,9 +100,20 @@ public struct EpochMetrics: Sendable, Codable {
     public var residentBytes: Int
 
     enum CodingKeys: String, CodingKey {
-        case epoch, blockLosses = "block_losses", outputLoss = "output_loss", trainAccuracy = "train_accuracy",
-             testAccuracy = "test_accuracy", readoutAccuracies = "readout_accuracies", adaptiveBlock = "adaptive_block", seconds,
-             samplesPerSecond = "samples_per_second", backend, deviceBytes = "device_bytes", residentBytes = "resident_bytes"
+        case epoch
+        case blockLosses = "block_losses"
+        case outputLoss = "output_loss"
+        case trainAccuracy = "train_accuracy"
+        case
+            testAccuracy = "test_accuracy"
+        case readoutAccuracies = "readout_accuracies"
+        case adaptiveBlock = "adaptive_block"
+        case seconds
+        case
+            samplesPerSecond = "samples_per_second"
+        case backend
+        case deviceBytes = "device_bytes"
+        case residentBytes = "resident_bytes"
     }
 }
 
@@ -149,41 +167,63 @@ public final class Trainer {
     /// When set, every stage of every batch is recorded here.
     public var trace: Trace?
 
-    public init(network: Network, options: TrainingOptions, train: Dataset, test: Dataset, schedule: Schedule = Schedule()) throws {
+    public init(
+        network: Network, options: TrainingOptions, train: Dataset, test: Dataset,
+        schedule: Schedule = Schedule()
+    ) throws {
         guard options.batchSize >= 1, options.batchSize <= train.count else {
-            throw SigPropError.configuration("--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)")
+            throw SigPropError.configuration(
+                "--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)"
+            )
         }
-        guard train.featureCount == network.config.inputShape.reduce(1, *), train.classes <= network.config.classes else {
-            throw SigPropError.configuration("the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) classes) does not fit the model's input \(network.config.inputShape) with \(network.config.classes) classes")
+        guard train.featureCount == network.config.inputShape.reduce(1, *),
+            train.classes <= network.config.classes
+        else {
+            throw SigPropError.configuration(
+                "the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) classes) does not fit the model's input \(network.config.inputShape) with \(network.config.classes) classes"
+            )
         }
         self.network = network
         self.options = options
         self.train = train
         self.test = test
         guard (1...network.blockCount).contains(options.readoutBlock) else {
-            throw SigPropError.configuration("--readout-block \(options.readoutBlock) is not a block: the model has blocks 1...\(network.blockCount)")
+            throw SigPropError.configuration(
+                "--readout-block \(options.readoutBlock) is not a block: the model has blocks 1...\(network.blockCount)"
+            )
         }
-        self.order = try BatchOrder(count: train.count, batchSize: options.batchSize, seed: options.seed)
+        self.order = try BatchOrder(
+            count: train.count, batchSize: options.batchSize, seed: options.seed)
         if let depth = schedule.depth, depth < 1 {
-            throw SigPropError.configuration("--pipeline-depth \(depth) must be at least 1 (batches in flight)")
+            throw SigPropError.configuration(
+                "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
         }
         self.schedule = schedule
         let devices = network.devices
-        let pools = Dictionary(uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
+        let pools = Dictionary(
+            uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
         self.pools = pools
         func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
         switch schedule.kind {
         case .pipelined:
             // Each device's units shared among its stages doing heavy work (all but the output layer).
             stageStreams = try network.stageDevices.map { device in
-                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }.count
-                return try device.makeStream(coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)), pool: pool(device))
+                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }
+                    .count
+                return try device.makeStream(
+                    coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)),
+                    pool: pool(device))
             }
         case .sequential:
             let streams = try devices.map { try $0.makeStream(pool: pool($0)) }
-            stageStreams = network.stageDevices.map { device in streams.first { $0.device === device }! }
+            stageStreams = network.stageDevices.map { device in
+                streams.first { $0.device === device }!
+            }
         }
-        readbacks = Dictionary(uniqueKeysWithValues: try devices.map { (ObjectIdentifier($0), try $0.makeStream(pool: pool($0))) })
+        readbacks = Dictionary(
+            uniqueKeysWithValues: try devices.map {
+                (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
+            })
         bridge = devices.count > 1 ? DeviceBridge() : nil
     }
 
@@ -215,19 +255,24 @@ public final class Trainer {
     /// what an uninterrupted one would.
     func batchGenerator(_ purpose: UInt64, epoch: Int, batch: Int) -> SeededGenerator {
         var mixer = SeededGenerator(seed: options.seed ^ (purpose &* 0x9E37_79B9_7F4A_7C15))
-        return SeededGenerator(seed: mixer.next() &+ UInt64(epoch) &* 0x1_0000_0001 &+ UInt64(batch))
+        return SeededGenerator(
+            seed: mixer.next() &+ UInt64(epoch) &* 0x1_0000_0001 &+ UInt64(batch))
     }
 
     /// Trains epoch `epoch` (0-based) from batch `startBatch` on and evaluates on the test set;
     /// `shouldStop` is asked between batches (Ctrl-C). The metrics of an epoch resumed in the
     /// middle cover the batches trained in this call.
-    public func runEpoch(_ epoch: Int, startBatch: Int = 0, shouldStop: () -> Bool = { false },
-                         progress: (BatchProgress) -> Void = { _ in }) throws -> EpochOutcome {
+    public func runEpoch(
+        _ epoch: Int, startBatch: Int = 0, shouldStop: () -> Bool = { false },
+        progress: (BatchProgress) -> Void = { _ in }
+    ) throws -> EpochOutcome {
         let loss = LocalLoss(kind: options.loss.kind)
         let learningRate = options.optimizer.learningRate(epoch: epoch)
         let batches = order.batches(epoch: epoch)
         var lossSums = [Double](repeating: 0, count: network.stageCount)
-        var correct = 0, seen = 0, trained = 0
+        var correct = 0
+        var seen = 0
+        var trained = 0
         let start = Date()
         var lastReport = Date.distantPast
 
@@ -236,7 +281,9 @@ public final class Trainer {
         for device in network.devices { try device.defaultStream.synchronize() }
         for stream in stageStreams { try stream.synchronize() }
         for pool in pools.values { pool.reclaimAll() }
-        for stream in stageStreams where trace != nil && stream.queue.kernelLog == nil { stream.queue.kernelLog = KernelLog() }
+        for stream in stageStreams where trace != nil && stream.queue.kernelLog == nil {
+            stream.queue.kernelLog = KernelLog()
+        }
 
         /// A batch enqueued and not yet retired.
         struct InFlight {
@@ -253,24 +300,36 @@ public final class Trainer {
             for event in batch.result.done { try event.wait() }
             try bridge?.check()
             for (stage, rows) in batch.result.rowLosses.enumerated() {
-                let value = try rows.device.read(rows, on: readback(rows)).reduce(0) { $0 + Double($1) }
+                let value = try rows.device.read(rows, on: readback(rows)).reduce(0) {
+                    $0 + Double($1)
+                }
                 guard value.isFinite else {
-                    throw SigPropError.configuration("training stopped: the loss of \(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower --lr or check the data.")
+                    throw SigPropError.configuration(
+                        "training stopped: the loss of \(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower --lr or check the data."
+                    )
                 }
                 lossSums[stage] += value
             }
             let logits = batch.result.logits
-            let predictions = Self.argmax(try logits.device.read(logits, on: readback(logits)), columns: network.config.classes)
+            let predictions = Self.argmax(
+                try logits.device.read(logits, on: readback(logits)),
+                columns: network.config.classes)
             correct += zip(predictions, batch.labels).filter { $0 == Int($1) }.count
             seen += batch.labels.count
             trained += 1
-            for (device, generation) in batch.generations { pools[device]!.reclaim(through: generation) }
+            for (device, generation) in batch.generations {
+                pools[device]!.reclaim(through: generation)
+            }
             if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
                 lastReport = Date()
                 let elapsed = Date().timeIntervalSince(start)
-                progress(BatchProgress(epoch: epoch, batch: batch.index + 1, batches: batches.count, samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
-                                       blockLosses: lossSums.map { $0 / Double(trained) },
-                                       secondsLeft: elapsed / Double(trained) * Double(batches.count - batch.index - 1)))
+                progress(
+                    BatchProgress(
+                        epoch: epoch, batch: batch.index + 1, batches: batches.count,
+                        samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
+                        blockLosses: lossSums.map { $0 / Double(trained) },
+                        secondsLeft: elapsed / Double(trained)
+                            * Double(batches.count - batch.index - 1)))
             }
         }
 
@@ -282,20 +341,29 @@ public final class Trainer {
             var (images, labels) = train.batch(indices)
             if options.augmentation.augmentation.isEnabled {
                 var generator = batchGenerator(1, epoch: epoch, batch: index)
-                options.augmentation.augmentation.apply(images: &images, channels: train.channels, height: train.height, width: train.width,
-                                                        using: &generator)
+                options.augmentation.augmentation.apply(
+                    images: &images, channels: train.channels, height: train.height,
+                    width: train.width,
+                    using: &generator)
             }
-            let dropout = network.config.dropout > 0 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
+            let dropout =
+                network.config.dropout > 0
+                ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
             let generations = pools.mapValues { $0.advance() }
             let spans: Network.StageSpan? = trace.map { trace in
                 { [network] stage, part, begin, end in
-                    trace.add("\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage, epoch: epoch + 1, batch: index + 1, start: begin, end: end)
+                    trace.add(
+                        "\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage,
+                        epoch: epoch + 1, batch: index + 1, start: begin, end: end)
                 }
             }
-            let result = try network.trainBatch(images: images, labels: labels, loss: loss, learningRate: learningRate,
-                                                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams, bridge: bridge,
-                                                trace: spans)
-            inFlight.append(InFlight(index: index, labels: labels, result: result, generations: generations))
+            let result = try network.trainBatch(
+                images: images, labels: labels, loss: loss, learningRate: learningRate,
+                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams,
+                bridge: bridge,
+                trace: spans)
+            inFlight.append(
+                InFlight(index: index, labels: labels, result: result, generations: generations))
             while inFlight.count >= depth { try retire() }
         }
         while !inFlight.isEmpty { try retire() }
@@ -306,30 +374,39 @@ public final class Trainer {
             var seen: Set<ObjectIdentifier> = []
             for stream in stageStreams where seen.insert(ObjectIdentifier(stream.queue)).inserted {
                 guard let log = stream.queue.kernelLog else { continue }
-                let stages = Set((0..<stageStreams.count).filter { stageStreams[$0].queue === stream.queue })
+                let stages = Set(
+                    (0..<stageStreams.count).filter { stageStreams[$0].queue === stream.queue })
                 trace.addKernels(try log.drain(), stages: stages)
             }
         }
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
-        for parameter in network.parameters where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
-            throw SigPropError.configuration("training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr.")
+        for parameter in network.parameters
+        where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
+            throw SigPropError.configuration(
+                "training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr."
+            )
         }
         let adaptiveBlock = try chooseAdaptiveBlock()
         let accuracies = try evaluate(test, adaptiveBlock: adaptiveBlock)
         let means = lossSums.map { $0 / Double(max(trained, 1)) }
-        return .completed(EpochMetrics(epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
-                            trainAccuracy: Double(correct) / Double(max(seen, 1)),
-                            testAccuracy: accuracies[options.readout.rawValue] ?? 0, readoutAccuracies: accuracies,
-                            adaptiveBlock: adaptiveBlock,
-                            seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
-                            backend: network.devices.map(\.description).joined(separator: " + "),
-                            deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse }, residentBytes: Self.residentBytes()))
+        return .completed(
+            EpochMetrics(
+                epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
+                trainAccuracy: Double(correct) / Double(max(seen, 1)),
+                testAccuracy: accuracies[options.readout.rawValue] ?? 0,
+                readoutAccuracies: accuracies,
+                adaptiveBlock: adaptiveBlock,
+                seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
+                backend: network.devices.map(\.description).joined(separator: " + "),
+                deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
+                residentBytes: Self.residentBytes()))
     }
 
     /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).
     public static func residentBytes() -> Int {
         guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
-              let pages = statm.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+            let pages = statm.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+        else { return 0 }
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
@@ -346,7 +423,9 @@ public final class Trainer {
 
     /// Accuracy of every readout on `dataset`: "output", "similarity@l" for each block l (1-based),
     /// "similarity" (at `options.readoutBlock`) and "adaptive" (at `adaptiveBlock`).
-    public func evaluate(_ dataset: Dataset, adaptiveBlock: Int, batchSize: Int = 500) throws -> [String: Double] {
+    public func evaluate(_ dataset: Dataset, adaptiveBlock: Int, batchSize: Int = 500) throws
+        -> [String: Double]
+    {
         let classes = network.config.classes
         let targets = try network.classTargets()
         var correct = [String: Int]()
@@ -355,12 +434,17 @@ public final class Trainer {
             let (images, labels) = dataset.batch(indices)
             let features = try network.features(images: images, count: indices.count)
             let logits = try network.logits(features.last!)
-            var predictions = ["output": Self.argmax(try logits.device.read(logits), columns: classes)]
+            var predictions = [
+                "output": Self.argmax(try logits.device.read(logits), columns: classes)
+            ]
             for (block, (h, t)) in zip(features, targets).enumerated() {
                 let device = h.device
                 let scores = try device.zeros([indices.count, classes])
-                try device.gemm(try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]), transposeB: true, into: scores)
-                predictions["similarity@\(block + 1)"] = Self.argmax(try device.read(scores), columns: classes)
+                try device.gemm(
+                    try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
+                    transposeB: true, into: scores)
+                predictions["similarity@\(block + 1)"] = Self.argmax(
+                    try device.read(scores), columns: classes)
             }
             predictions["similarity"] = predictions["similarity@\(options.readoutBlock)"]
             predictions["adaptive"] = predictions["similarity@\(adaptiveBlock)"]
