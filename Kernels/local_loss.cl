@@ -1,4 +1,4 @@
-// The row-wise part of Signal Propagation's local loss (see shared SIGPROP.md):
+// The row-wise part of Signal Propagation's local loss (see docs/signal-propagation.md):
 // from Y and YY (B x N; N = B for a block, N = K classes for the output layer's cross entropy
 // against one-hot YY) build the target mask M, dY = (m_i softmax(Y)_ij - M_ij) / B and each
 // row's share of the loss, -sum_j M_ij log_softmax(Y_i)_j / B. One work-item per row.

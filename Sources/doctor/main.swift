@@ -16,7 +16,7 @@ struct Doctor: ParsableCommand {
     @Option(
         name: .long, parsing: .upToNextOption,
         help:
-            "Reference-vector JSON files (the format of shared/golden/README.md) to check on every device."
+            "Reference-vector JSON files (the format of docs/golden-vectors.md) to check on every device."
     )
     var golden: [String] = []
 

@@ -4,7 +4,7 @@ import Testing
 @testable import SigProp
 
 /// The local loss against vectors computed by the authors' PyTorch library (Fixtures/ holds
-/// copies of shared/golden files).
+/// the reference vectors of docs/golden-vectors.md).
 @Suite struct GoldenTests {
     static let lossCases = [
         "loss2d_onehot_B8_D16", "loss2d_hidden_B32_D64", "loss2d_distinct_B16_D24",
@@ -107,8 +107,8 @@ import Testing
         try network.parameters.flatMap { try network.device.read($0.value) }
     }
 
-    /// SIGPROP.md: with per-sample norms the target stream may run on K rows; the results are
-    /// those of the B-row computation up to float rounding.
+    /// docs/signal-propagation.md: with per-sample norms the target stream may run on K rows; the
+    /// results are those of the B-row computation up to float rounding.
     @Test(arguments: TestBackend.available, [ModelConfig.Kind.mlp, .cnn])
     func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: ModelConfig.Kind)
         throws

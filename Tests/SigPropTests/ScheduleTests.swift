@@ -3,8 +3,8 @@ import Testing
 
 @testable import SigProp
 
-/// The pipelined schedule (a stream per stage, several batches in flight) against the
-/// sequential one: SIGPROP.md's ordering rules hold in both, so the numbers must be the same.
+/// The pipelined schedule (a stream per stage, several batches in flight) against the sequential
+/// one: docs/signal-propagation.md's ordering rules hold in both, so the numbers must be the same.
 @Suite struct ScheduleTests {
     static func options(batchSize: Int = 16) -> TrainingOptions {
         var options = TrainingOptions()

@@ -133,7 +133,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// Bytes of device memory held by live tensors and the backend's scratch buffers.
     public var bytesInUse: Int { backend.bytesInUse }
 
-    /// Where the kernels' parameters came from: the table or the tuning cache (OpenCL; nil on the CPU).
+    /// Where the kernels' parameters came from: the table or the tuning cache (OpenCL; nil on the
+    /// CPU).
     public var kernelParameterOrigin: KernelParameterOrigin? { backend.kernelParameterOrigin }
 
     /// Compiles every kernel program for this device now (OpenCL) and reports build times.
@@ -467,10 +468,10 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
     }
 
-    /// The row-wise part of the local loss (SIGPROP.md): from `y` and `yy` (B x N: N = B for a
-    /// block; N = K with one-hot `yy` gives the output layer's cross entropy) builds the target
-    /// `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss
-    /// `-sum_j M_ij log_softmax(Y_i)_j / B` (their sum is the loss).
+    /// The row-wise part of the local loss (docs/signal-propagation.md): from `y` and `yy` (B x N:
+    /// N = B for a block; N = K with one-hot `yy` gives the output layer's cross entropy) builds
+    /// the target `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss `-sum_j M_ij
+    /// log_softmax(Y_i)_j / B` (their sum is the loss).
     public func localLossRows(
         _ loss: LocalLossKind = .maxAll, y: Tensor, yy: Tensor, mask: Tensor, dY: Tensor,
         rowLosses: Tensor,

@@ -76,7 +76,7 @@ public struct GroupLayout: Sendable, Equatable {
     public var count: Int { outer * groups * inner }
 }
 
-/// Which target mask the local loss builds from `YY = T0 T0ᵀ` (see SIGPROP.md).
+/// Which target mask the local loss builds from `YY = T0 T0ᵀ` (see docs/signal-propagation.md).
 public enum LocalLossKind: Sendable, Equatable {
     /// `M_ij = 1` at every maximum of row i (ties all count). The reference's default.
     case maxAll

@@ -10,7 +10,7 @@ public struct BlockStep {
 
 /// A block's forward on one batch: the outputs the next block reads (after the fixed steps)
 /// and what the block's own update needs. Splitting forward from update is what lets the next
-/// block start while this one still learns (SIGPROP.md, "When parameters change").
+/// block start while this one still learns (docs/signal-propagation.md, "When parameters change").
 public struct BlockForward {
     /// Outputs on the input and target streams, for the next block.
     public let h: Tensor

@@ -6,7 +6,7 @@ public struct GoldenTensor: Sendable {
     public let values: [Float]
 }
 
-/// One reference-vector file (format: shared/golden/README.md), computed by the authors'
+/// One reference-vector file (format: docs/golden-vectors.md), computed by the authors'
 /// PyTorch library.
 public struct GoldenCase: Sendable {
     public let name: String
@@ -189,8 +189,8 @@ public enum GoldenCheck {
     }
 
     /// Compares an optimizer result. An ill-conditioned Adam entry's gradient is a cancellation
-    /// residue (|g| < 1e-6, golden README), so its sign, and the sign of its step of up to lr,
-    /// is rounding noise: another summation order (a GPU's, seen on an H200) can flip it. It
+    /// residue (|g| < 1e-6, docs/golden-vectors.md), so its sign, and the sign of its step of up to
+    /// lr, is rounding noise: another summation order (a GPU's, seen on an H200) can flip it. It
     /// must only lie within one step of the reference's either way, 2 lr.
     static func compareStep(
         _ output: String, _ got: [Float], _ golden: GoldenCase, learningRate: Float

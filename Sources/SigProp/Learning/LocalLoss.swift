@@ -14,11 +14,11 @@ public struct LocalLossOutput {
     public let dT: Tensor
 }
 
-/// The local loss of SIGPROP.md ("input-target, max-all" by default): compares the block's
-/// outputs on the input stream H with its outputs on the target stream T, with targets from
-/// the previous target stream T0. 4-D activations `[B, C, H, W]` are flattened to
-/// `[B, C*H*W]` and the products divided by P = H*W: the mean over positions of the
-/// per-position products, as the reference forms it.
+/// The local loss of docs/signal-propagation.md ("input-target, max-all" by default): compares the
+/// block's outputs on the input stream H with its outputs on the target stream T, with targets from
+/// the previous target stream T0. 4-D activations `[B, C, H, W]` are flattened to `[B, C*H*W]` and
+/// the products divided by P = H*W: the mean over positions of the per-position products, as the
+/// reference forms it.
 public struct LocalLoss: Sendable {
     public var kind: LocalLossKind
 
@@ -29,9 +29,9 @@ public struct LocalLoss: Sendable {
         tensor.shape.count == 4 ? tensor.shape[2] * tensor.shape[3] : 1
     }
 
-    /// With `labels` (the batch's one-hot rows, B x K), `t` and `t0` hold one row per class
-    /// (the K-row shortcut of SIGPROP.md): `Y = (H T_Kᵀ) onehotᵀ`, `YY = onehot (T0_K T0_Kᵀ)
-    /// onehotᵀ`, and `dT` comes back per class, `dT_K = (dY onehot)ᵀ H`. Rows of one label
+    /// With `labels` (the batch's one-hot rows, B x K), `t` and `t0` hold one row per class (the
+    /// K-row shortcut of docs/signal-propagation.md): `Y = (H T_Kᵀ) onehotᵀ`, `YY = onehot (T0_K
+    /// T0_Kᵀ) onehotᵀ`, and `dT` comes back per class, `dT_K = (dY onehot)ᵀ H`. Rows of one label
     /// then have bit-identical YY entries, so the max-all ties are exact.
     public func evaluate(
         h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, on stream: Stream? = nil

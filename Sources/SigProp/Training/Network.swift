@@ -11,7 +11,8 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     /// `mlp`: features per dense block.
     public var width = 1024
     public var activation: Activation = .leakyRelu
-    /// Norm of the dense blocks (layer or batch or none) and of the conv blocks (instance or batch or none).
+    /// Norm of the dense blocks (layer or batch or none) and of the conv blocks (instance or batch
+    /// or none).
     public var denseNorm: NormKind = .layer
     public var convNorm: NormKind = .instance
     /// Dropout probability after every learning block but the last (0 = off).
@@ -202,7 +203,8 @@ public final class Network {
         let n = costs.count
         let k = max(1, min(groups, n))
         let prefix = costs.reduce(into: [0.0]) { $0.append($0.last! + $1) }
-        // best[j][i]: the least largest-group cost of stages 0..<i in j + 1 groups; cut[j][i] where the last group starts.
+        // best[j][i]: the least largest-group cost of stages 0..<i in j + 1 groups; cut[j][i] where
+        // the last group starts.
         var best = [[Double]](repeating: [Double](repeating: .infinity, count: n + 1), count: k)
         var cut = [[Int]](repeating: [Int](repeating: 0, count: n + 1), count: k)
         for i in 1...n { best[0][i] = prefix[i] }
@@ -262,8 +264,8 @@ public final class Network {
         stage < blockCount ? "block\(stage + 1)" : "output"
     }
 
-    /// Whether every norm is per sample, so the target stream can run on K rows (SIGPROP.md's
-    /// K-row shortcut) with results identical up to rounding.
+    /// Whether every norm is per sample, so the target stream can run on K rows
+    /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
     public var kRowShortcutIsExact: Bool {
         config.denseNorm.isPerSample && config.convNorm.isPerSample && config.dropout == 0

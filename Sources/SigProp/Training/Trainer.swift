@@ -128,7 +128,7 @@ public struct BatchProgress: Sendable {
 }
 
 /// How batches run on the device's streams. Both schedules give the same numbers (the
-/// ordering rules of SIGPROP.md hold in each); only the time differs.
+/// ordering rules of docs/signal-propagation.md hold in each); only the time differs.
 public struct Schedule: Sendable, Equatable {
     public enum Kind: String, Sendable, CaseIterable {
         /// A stream per stage, several batches in flight: block l learns while block l+1
@@ -206,7 +206,8 @@ public final class Trainer {
         func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
         switch schedule.kind {
         case .pipelined:
-            // Each device's units shared among its stages doing heavy work (all but the output layer).
+            // Each device's units shared among its stages doing heavy work (all but the output
+            // layer).
             stageStreams = try network.stageDevices.map { device in
                 let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }
                     .count
