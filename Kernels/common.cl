@@ -123,8 +123,7 @@ inline float group_sum(__local float* partial, const float value) {
 // One work-item's sums over contiguous runs (the CPU drivers' reductions, a work-item per
 // channel or group): eight partial sums in the lanes of a float8 plus one for each run's tail,
 // totalled in a fixed order. A single running sum waits on every add's latency; eight
-// independent ones let the adds overlap and vectorise (PoCL: channel sums and norms were
-// latency-bound scalar loops, README).
+// independent ones let the adds overlap and vectorise (docs/performance.md).
 typedef struct { float8 lanes; float tail; } RunSum;
 
 inline RunSum run_sum_zero(void) {

@@ -10,8 +10,8 @@
 // positions is OUTER_V vector loads, and the convolution is gemm_outer's outer products with
 // B(k, q) a shifted view of the plane (an implicit GEMM). Positions with ox >= WO (the padded
 // columns) are computed and dropped: WO / WP of the work is kept (28 / 30 for 28x28, pad 1).
-// im2col + gemm wrote and read back 9x the input per 3x3 layer and ran 1.5-2x slower on PoCL
-// (README, Session 7). The weight gradient, conv_wgrad_direct, reads the same padded planes:
+// im2col + gemm writes and reads back 9x the input per 3x3 layer (docs/performance.md,
+// kernels on a CPU). The weight gradient, conv_wgrad_direct, reads the same padded planes:
 // dW(o, tap) is the dot product over flat positions q of dZ(o, q), laid out on the same grid
 // with zeros at the dropped positions (pad_gradient), and the plane shifted by the tap.
 

@@ -16,9 +16,8 @@
 // and, with the same tiles, the fused weight update (a dense layer's gradient product with the
 // optimizer step as its epilogue): gemm_update_outer, gemm_update_tiled, gemm_update_direct.
 // On PoCL local memory is ordinary memory and barriers split a kernel into loops over
-// work-items, so the CPU kernels keep their tile in vector registers instead. Measured on
-// PoCL 3.1, 2 Zen 5 cores whose FMA peak is ~230 GFLOP/s (512-bit FMAs run at half rate):
-// gemm_outer ~205-215 GFLOP/s, gemm_dot ~170-190, the old 16 x 16 local tile ~1.
+// work-items, so the CPU kernels keep their tile in vector registers instead: a local-memory
+// tile on PoCL only adds copies (docs/performance.md, kernels on a CPU).
 
 // ---- Tunables (the host prepends -D values from its per-device table) ----
 // (gemm_outer's VW, OUTER_M, OUTER_V and gemm_dot's DOT_VW, DOT_M, DOT_N: common.cl, shared
@@ -91,8 +90,8 @@ inline void gemm_store_v(__global float* C, const size_t index, const floatV acc
 // W <- step(W, G) for G = A1ᵀ B1 + A2ᵀ B2, the gradient of a dense layer's weight over its two
 // streams (input and target rows); G lives in registers only. Rule codes match
 // `UpdateRule.code` in Sources/SigProp/OpenCL/OpenCLBackend+Gemm.swift. Training uses it on
-// GPUs only: on PoCL the epilogue ran slower inside the tiles than optimizer.cl's streaming
-// kernel after the product (README, `local_step` benchmarks).
+// GPUs only: on CPU drivers the epilogue inside the tiles is slower than optimizer.cl's
+// streaming kernel after the product (docs/performance.md, the fused weight update).
 #define RULE_ADAM 0
 #define RULE_AMSGRAD 1
 #define RULE_SGD 2
@@ -266,9 +265,8 @@ __kernel void gemm_outer(GEMM_ARGS) {
 // gemm_outer (NN, TN) reading B from a copy whose rows lie b_stride floats apart. Each
 // work-item streams a panel of B (K rows of OUTER_N floats) that the next work-items read
 // again from cache; where B's rows lie a large power of two apart (N = 1024: 4 KB) the panel
-// falls into few cache sets and is evicted first (PoCL on an Intel Emerald Rapids: 1024³ at
-// half the speed of 1000³). The host pads such rows (gemm_pad_rows; README, Kernel benchmarks).
-// B here is that copy.
+// falls into few cache sets and is evicted first (on PoCL 1024³ ran at half the speed of 1000³:
+// docs/performance.md). The host pads such rows (gemm_pad_rows); B here is that copy.
 __kernel void gemm_outer_padded(GEMM_ARGS, const int b_stride) {
     GEMM_SELECT_BATCH();
     const Epilogue store = plain_store();

@@ -28,7 +28,8 @@ __kernel void normalize_groups(__global const float* x, __global float* xhat, __
     rstd[g] = s;
 }
 
-// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) over each group. dx may alias dxhat.
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) over each group. dx may alias
+// dxhat.
 __kernel void normalize_groups_backward(__global const float* dxhat, __global const float* xhat, __global const float* rstd,
                                         __global float* dx, const int outer, const int groups, const int inner) {
     const int g = get_global_id(0);

@@ -105,7 +105,8 @@ public struct GoldenReport: Sendable {
 
 /// Runs a reference case through a device and compares every output.
 public enum GoldenCheck {
-    /// The README's tolerance for losses, products and gradients: 1e-5 * max(1, max |ref|).
+    /// The tolerance for losses, products and gradients (docs/golden-vectors.md):
+    /// 1e-5 * max(1, max |ref|).
     static func tolerance(_ reference: GoldenTensor) -> Float {
         1e-5 * max(1, reference.values.map(abs).max() ?? 0)
     }
@@ -190,7 +191,7 @@ public enum GoldenCheck {
 
     /// Compares an optimizer result. An ill-conditioned Adam entry's gradient is a cancellation
     /// residue (|g| < 1e-6, docs/golden-vectors.md), so its sign, and the sign of its step of up to
-    /// lr, is rounding noise: another summation order (a GPU's, seen on an H200) can flip it. It
+    /// lr, is rounding noise: another summation order (a GPU's) can flip it. It
     /// must only lie within one step of the reference's either way, 2 lr.
     static func compareStep(
         _ output: String, _ got: [Float], _ golden: GoldenCase, learningRate: Float

@@ -59,9 +59,9 @@ struct KernelParameters: Equatable, Sendable, Codable {
             p.gemmWorkPerItem = 4
             p.gemmTileDepth = 16
             p.gemmDirectBelow = 64 * 64 * 64
-            // A tile per compute unit. Unsplit on an H200 (132 units), products of 1 to 32
-            // tiles ran 1.3-2.3x slower than CLBlast, and a convolution's weight gradient
-            // (5 tiles, K = 100352) 18x slower than its forward pass (README, On a GPU).
+            // A tile per compute unit: a 128-row product has far fewer tiles than a large GPU
+            // has units, and a convolution's weight gradient few tiles with a deep K; unsplit,
+            // most units idle (docs/performance.md, kernels on an NVIDIA H200).
             p.gemmSplitBelow = info.computeUnits
         case .cpu:
             p.gemmKernels = .registerBlocked
@@ -70,7 +70,7 @@ struct KernelParameters: Equatable, Sendable, Codable {
             if wide(info) {
                 // AVX-512: 8 rows x 2 float16 = 16 of the 32 vector registers accumulate;
                 // 4 x 4 dot products in float16 (16 registers, 8 for loads): the tuner's pick
-                // over float8 on both AVX-512 VMs measured (README, Kernel tuning).
+                // over float8 on AVX-512 CPUs (docs/performance.md, kernels on a CPU).
                 (p.gemmVectorWidth, p.gemmOuterRows, p.gemmOuterVectors) = (16, 8, 2)
                 (p.gemmDotVectorWidth, p.gemmDotRows, p.gemmDotColumns) = (16, 4, 4)
             } else {

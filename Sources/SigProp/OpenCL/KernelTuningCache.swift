@@ -73,8 +73,9 @@ public struct KernelTuningCache: Sendable {
     }
 
     /// The cache file the environment names: `SIGPROP_TUNING_CACHE`, else
-    /// `$XDG_CACHE_HOME/sigprop/kernel-tuning.json`, else `$HOME/.cache/sigprop/kernel-tuning.json`.
-    /// nil with `SIGPROP_TUNING=off` (the table only), or when none of them is set.
+    /// `$XDG_CACHE_HOME/sigprop/kernel-tuning.json`, else
+    /// `$HOME/.cache/sigprop/kernel-tuning.json`. nil with `SIGPROP_TUNING=off` (the table only),
+    /// or when none of them is set.
     public static func file(environment: [String: String]) throws -> URL? {
         switch environment[tuningVariable]?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
         {

@@ -157,8 +157,8 @@ struct GemmPlan: Equatable {
     /// the work-items below it) falls into too few cache sets to stay cached: a cache of S sets
     /// of 64 bytes puts rows whose byte stride has the power-of-two factor f into S / (f / 64)
     /// of its sets, and K rows fill them past 16 ways (a 2 MB L2, 2048 sets of 16 ways) where
-    /// K * f exceeds 2^21 bytes; half that, for the other operands sharing the sets. Measured on
-    /// PoCL on an Intel Emerald Rapids: N = 1024, K = 1000 ran at 131 GFLOP/s, N = 1000 at 241.
+    /// K * f exceeds 2^21 bytes; half that, for the other operands sharing the sets
+    /// (docs/performance.md, kernels on a CPU).
     static func panelCrowdsCache(columns: Int, depth: Int) -> Bool {
         let stride = 4 * columns
         let factor = min(stride & -stride, 1 << 17)  // the largest power of two dividing the stride

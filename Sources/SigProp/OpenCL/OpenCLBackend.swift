@@ -71,11 +71,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     let context: CLContext
     var deviceDescription: String { info.description }
     var capabilities: DeviceCapabilities {
-        // The fused weight update on GPUs, where its epilogue was meant to hide in the product's
-        // memory traffic. On PoCL it measured slower than product + separate Adam kernel (a CPU
-        // runs the epilogue's sqrt and divides on the cores the product needs), and on the one
-        // GPU measured, an H200, the `local_step` benchmark ran it at 0.79x too (README, On a
-        // GPU); kept on GPUs until training has been timed both ways there.
+        // The fused weight update on GPUs, where its epilogue can hide in the product's memory
+        // traffic. On CPU drivers it is slower than the product and a separate optimizer
+        // kernel (the epilogue's square roots and divisions run on the cores the product
+        // needs). On GPUs it stays the default until training is timed both ways there; the
+        // kernel benchmark has not shown it to pay yet (docs/performance.md).
         DeviceCapabilities(
             asynchronous: true, concurrentStreams: true, profiling: true,
             computeUnits: info.computeUnits,
@@ -309,12 +309,10 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     /// Images per chunk of a convolution: a chunk's scratch (im2col's patch matrix, or the
-    /// direct kernels' padded planes and dZ) and its output stay within a budget. On a CPU driver the
-    /// scratch is read back from the caches right after it is written: with PoCL on an Intel VM
-    /// (2 MB of L2 per core), 8 MB chunks (7 images of the benchmark's 32 -> 64 channels at
-    /// 28x28) ran im2col's forward pass 1.5x and the weight gradient 1.5x faster than 64 MB
-    /// ones, and 2-4 MB ones paid more per launch than they gained (README, Kernel
-    /// benchmarks). GPUs keep large chunks: fewer, fuller launches.
+    /// direct kernels' padded planes and dZ) and its output stay within a budget. On a CPU
+    /// driver the scratch is read back from the caches right after it is written, so CPU devices
+    /// take chunks a few times the size of a core's L2 (8 MB); smaller ones pay more per launch
+    /// than they gain. GPUs keep large chunks: fewer, fuller launches.
     func convChunk(_ s: ConvShape, scratchPerImage: Int) -> Int {
         let perImage = max(1, (scratchPerImage + s.outChannels * s.outHeight * s.outWidth) * 4)
         let budget = Int(

@@ -268,8 +268,7 @@ final class CLQueue: @unchecked Sendable {
 
     /// Waits for the queue, then frees the host copies of completed writes. Only those: another
     /// thread sharing the queue may have enqueued a write since clFinish returned, and freeing
-    /// its copy early lets the write read freed memory (the likely cause of two tests that
-    /// started at once on an H200's shared default stream both ending with other weights).
+    /// its copy early lets the write read freed memory.
     func finish() throws {
         try clCheck(clFinish(handle), "clFinish")
         releaseStaged()
