@@ -1,5 +1,5 @@
 // Kernel microbenchmarks: SigProp's operations on both backends, with CLBlast (same OpenCL
-// device) and OpenBLAS (CPU) as anchors. Names are <op>/<impl>/<shape>; see ../../README.md.
+// device) and OpenBLAS (CPU) as anchors. Names are <op>/<impl>/<shape>; see Benchmarks/README.md.
 
 import Benchmark
 import Foundation
@@ -144,7 +144,8 @@ struct GemmCase: CustomStringConvertible {
     var bShape: [Int] { transposeB ? [n, k] : [k, n] }
 }
 
-/// A stride-1, padding-1 convolution as the CNN's blocks use it, named `b<B>_c<C>to<O>_<H>x<W>_k<k>`.
+/// A stride-1, padding-1 convolution as the CNN's blocks use it, named
+/// `b<B>_c<C>to<O>_<H>x<W>_k<k>`.
 struct ConvCase: CustomStringConvertible {
     let batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int, kernel: Int
     let padding = 1
