@@ -82,7 +82,8 @@ inline float hsum(const floatD v) {
 // one rule shared by optimizer.cl's kernels and the fused weight update in gemm.cl. The state
 // arguments are variables updated in place. Adam / AMSGrad: step_size = lr / (1 - beta1^t) and
 // bc2_sqrt = sqrt(1 - beta2^t) come from the host (in double, as PyTorch's Python floats).
-#define ADAM_UPDATE(T, p, m, v, v_max, g, amsgrad, step_size, beta1, beta2, eps, weight_decay, bc2_sqrt) do { \
+#define ADAM_UPDATE(T, p, m, v, v_max, g, amsgrad, step_size, beta1, beta2, eps,                  \
+                    weight_decay, bc2_sqrt) do {                                                  \
     const T grad_ = (g) + (weight_decay) * (p);                                                   \
     (m) = (beta1) * (m) + (1.0f - (beta1)) * grad_;                                               \
     (v) = (beta2) * (v) + (1.0f - (beta2)) * grad_ * grad_;                                       \
@@ -92,7 +93,8 @@ inline float hsum(const floatD v) {
 } while (0)
 
 // SGD with optional momentum (the buffer starts as the first gradient), dampening, Nesterov.
-#define SGD_UPDATE(T, p, buffer, g, has_momentum, lr, momentum, dampening, weight_decay, nesterov, first_step) do { \
+#define SGD_UPDATE(T, p, buffer, g, has_momentum, lr, momentum, dampening, weight_decay,          \
+                   nesterov, first_step) do {                                                     \
     T grad_ = (g) + (weight_decay) * (p);                                                         \
     if (has_momentum) {                                                                           \
         (buffer) = (first_step) ? grad_ : (momentum) * (buffer) + (1.0f - (dampening)) * grad_;   \
@@ -138,10 +140,12 @@ inline float run_sum_total(const RunSum s) {
 
 // s + sum of (a[i] - shift) * (b ? b[i] - shift : 1) for i < n: plain sums (b null, shift 0),
 // squared deviations (b = a, shift = the mean) and products (shift 0).
-inline RunSum run_sum_add(RunSum s, __global const float* a, __global const float* b, const int n, const float shift) {
+inline RunSum run_sum_add(RunSum s, __global const float* a, __global const float* b, const int n,
+                          const float shift) {
     int i = 0;
     if (b) {
-        for (; i + 8 <= n; i += 8) s.lanes += (vload8(0, a + i) - shift) * (vload8(0, b + i) - shift);
+        for (; i + 8 <= n; i += 8)
+            s.lanes += (vload8(0, a + i) - shift) * (vload8(0, b + i) - shift);
         for (; i < n; ++i) s.tail += (a[i] - shift) * (b[i] - shift);
     } else {
         for (; i + 8 <= n; i += 8) s.lanes += vload8(0, a + i) - shift;

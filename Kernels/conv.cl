@@ -18,22 +18,27 @@
 // Padded planes of images n0 .. n0+count-1: xp[(n*C + c) * plane + r * WP + col] = x at
 // (r - pad, col - pad), zero outside the image and in the rows past it up to `plane` (the
 // slack that the last tiles read, into positions they drop). Work-item (col, r, n*C + c).
-__kernel void pad_planes(__global const float* x, __global float* xp, const int n0, const int C, const int H, const int W,
+__kernel void pad_planes(__global const float* x, __global float* xp,
+                         const int n0, const int C, const int H, const int W,
                          const int pad, const int WP, const int rows) {
     const int col = get_global_id(0), r = get_global_id(1), nc = get_global_id(2);
     if (col >= WP || r >= rows) return;
     const int y = r - pad, xx = col - pad;
     const bool inside = y >= 0 && y < H && xx >= 0 && xx < W;
-    xp[((size_t)nc * rows + r) * WP + col] = inside ? x[(((size_t)n0 * C + nc) * H + y) * W + xx] : 0.0f;
+    xp[((size_t)nc * rows + r) * WP + col] =
+        inside ? x[(((size_t)n0 * C + nc) * H + y) * W + xx] : 0.0f;
 }
 
 // Outputs of image n0 + n: OUTER_M channels from o0 (shifted back to O - OUTER_M at the edge,
 // storing only its own) x OUTER_N flat positions from q0. Dimension 0 runs down the channels,
 // so consecutive work-items read the same input from cache. Requires O >= OUTER_M.
-__kernel void conv_direct(__global const float* xp, __global const float* weight, __global const float* bias, const int has_bias,
-                          __global float* out, const int n0, const int C, const int O, const int KH, const int KW,
-                          const int WP, const int plane, const int HO, const int WO, const int act) {
-    const int o0 = get_global_id(0) * OUTER_M, q0 = get_global_id(1) * OUTER_N, n = get_global_id(2);
+__kernel void conv_direct(__global const float* xp, __global const float* weight,
+                          __global const float* bias, const int has_bias,
+                          __global float* out, const int n0, const int C, const int O,
+                          const int KH, const int KW, const int WP, const int plane,
+                          const int HO, const int WO, const int act) {
+    const int o0 = get_global_id(0) * OUTER_M, q0 = get_global_id(1) * OUTER_N,
+              n = get_global_id(2);
     if (o0 >= O || q0 >= HO * WP) return;
     const int os = min(o0, O - OUTER_M); // first channel computed
     const int taps = KH * KW, patch = C * taps;
@@ -99,12 +104,14 @@ __kernel void conv_direct(__global const float* xp, __global const float* weight
 // vectorises; one work-item per entry spent its time on index arithmetic instead.
 __kernel void im2col(__global const float* x, __global float* cols, const int n0, const int count,
                      const int row_stride, const int image_stride,
-                     const int C, const int H, const int W, const int KH, const int KW, const int stride, const int pad,
+                     const int C, const int H, const int W, const int KH, const int KW,
+                     const int stride, const int pad,
                      const int HO, const int WO) {
     const int oy = get_global_id(0), row = get_global_id(1), n = get_global_id(2);
     if (oy >= HO || row >= C * KH * KW || n >= count) return;
     const int kx = row % KW, ky = (row / KW) % KH, c = row / (KW * KH);
-    __global float* out = cols + (size_t)row * row_stride + (size_t)n * image_stride + (size_t)oy * WO;
+    __global float* out =
+        cols + (size_t)row * row_stride + (size_t)n * image_stride + (size_t)oy * WO;
     const int y = oy * stride + ky - pad;
     if (y < 0 || y >= H) {
         for (int ox = 0; ox < WO; ++ox) out[ox] = 0.0f;
@@ -121,8 +128,8 @@ __kernel void im2col(__global const float* x, __global float* cols, const int n0
 
 // gathered[o, n*P + p] = dz[n0 + n, o, p]: a chunk of NCHW gradients as an O x (count*P) matrix.
 // Work-item (p, o, n).
-__kernel void nchw_to_channel_major(__global const float* dz, __global float* gathered, const int n0, const int count,
-                                    const int O, const int P) {
+__kernel void nchw_to_channel_major(__global const float* dz, __global float* gathered,
+                                    const int n0, const int count, const int O, const int P) {
     const int p = get_global_id(0), o = get_global_id(1), n = get_global_id(2);
     if (p >= P || o >= O || n >= count) return;
     gathered[(size_t)o * count * P + (size_t)n * P + p] = dz[(((size_t)(n0 + n)) * O + o) * P + p];
@@ -131,7 +138,8 @@ __kernel void nchw_to_channel_major(__global const float* dz, __global float* ga
 // dZ of images n0 .. n0+count-1 on conv_direct's grid: dzp[(n*O + o) * grid + q] = dZ at
 // (q / WP, q % WP), zero where that column is past WO and for q >= HO * WP (up to `grid`, a
 // whole number of DOT_VW vectors). Work-item (col, row, n*O + o) for q = row * WP + col.
-__kernel void pad_gradient(__global const float* dz, __global float* dzp, const int n0, const int O, const int HO, const int WO,
+__kernel void pad_gradient(__global const float* dz, __global float* dzp,
+                           const int n0, const int O, const int HO, const int WO,
                            const int WP, const int grid) {
     const int col = get_global_id(0), row = get_global_id(1), no = get_global_id(2);
     const int q = row * WP + col;
@@ -147,8 +155,10 @@ __kernel void pad_gradient(__global const float* dz, __global float* dzp, const 
 // is Inf or NaN: such an input makes the loss NaN anyway). Dimension 0 runs
 // along the taps, so consecutive work-items share their channels' dZ (in cache) and read the
 // planes, 2-3x smaller than a chunk's dZ at the training shapes, once per tile of channels.
-__kernel void conv_wgrad_direct(__global const float* xp, __global const float* dzp, __global float* dw, const float beta,
-                                const int count, const int C, const int O, const int KH, const int KW,
+__kernel void conv_wgrad_direct(__global const float* xp, __global const float* dzp,
+                                __global float* dw, const float beta,
+                                const int count, const int C, const int O,
+                                const int KH, const int KW,
                                 const int WP, const int plane, const int grid) {
     const int t0 = get_global_id(0) * DOT_N, o0 = get_global_id(1) * DOT_M;
     const int taps = KH * KW, patch = C * taps;

@@ -5,7 +5,8 @@ __kernel void fill(__global float* x, const int n, const float value) {
     if (i < n) x[i] = value;
 }
 
-__kernel void activation_forward(__global const float* x, __global float* y, const int n, const int act) {
+__kernel void activation_forward(__global const float* x, __global float* y,
+                                 const int n, const int act) {
     const int i = get_global_id(0);
     if (i < n) y[i] = activate(x[i], act);
 }
@@ -18,13 +19,15 @@ __kernel void activation_backward(__global const float* a, __global const float*
 }
 
 // y = alpha * x + beta * y; beta == 0 never reads y.
-__kernel void axpby(const float alpha, __global const float* x, const float beta, __global float* y, const int n) {
+__kernel void axpby(const float alpha, __global const float* x,
+                    const float beta, __global float* y, const int n) {
     const int i = get_global_id(0);
     if (i < n) y[i] = alpha * x[i] + (beta != 0.0f ? beta * y[i] : 0.0f);
 }
 
 // out = a * b element-wise; out may alias a or b.
-__kernel void multiply(__global const float* a, __global const float* b, __global float* out, const int n) {
+__kernel void multiply(__global const float* a, __global const float* b, __global float* out,
+                       const int n) {
     const int i = get_global_id(0);
     if (i < n) out[i] = a[i] * b[i];
 }

@@ -62,8 +62,10 @@
 #define BIAS_COLUMNS 1
 #define BIAS_ROWS 2
 
-inline void gemm_store(__global float* C, const size_t index, const float acc, const float alpha, const float beta,
-                       __global const float* bias, const int has_bias, const int row, const int col, const int act) {
+inline void gemm_store(__global float* C, const size_t index, const float acc,
+                       const float alpha, const float beta,
+                       __global const float* bias, const int has_bias,
+                       const int row, const int col, const int act) {
     float v = alpha * acc;
     if (beta != 0.0f) v += beta * C[index];
     if (has_bias) v += bias[has_bias == BIAS_ROWS ? row : col];
@@ -71,8 +73,10 @@ inline void gemm_store(__global float* C, const size_t index, const float acc, c
 }
 
 // The epilogue for VW consecutive elements of a row of C; same results as gemm_store.
-inline void gemm_store_v(__global float* C, const size_t index, const floatV acc, const float alpha, const float beta,
-                         __global const float* bias, const int has_bias, const int row, const int col, const int act) {
+inline void gemm_store_v(__global float* C, const size_t index, const floatV acc,
+                         const float alpha, const float beta,
+                         __global const float* bias, const int has_bias,
+                         const int row, const int col, const int act) {
     floatV v = alpha * acc;
     if (beta != 0.0f) v += beta * vloadV(0, C + index);
     if (has_bias == BIAS_ROWS) v += (floatV)(bias[row]);
@@ -116,10 +120,12 @@ inline Epilogue plain_store(void) {
     return e;
 }
 
-inline Epilogue optimizer_step(const int rule, const int flags, const float rate, const float beta1, const float beta2,
+inline Epilogue optimizer_step(const int rule, const int flags, const float rate,
+                               const float beta1, const float beta2,
                                const float eps, const float weight_decay, const float bc2_sqrt,
                                __global float* s1, __global float* s2, __global float* s3) {
-    const Epilogue e = {1, rule, flags, rate, beta1, beta2, eps, weight_decay, bc2_sqrt, s1, s2, s3};
+    const Epilogue e = {1, rule, flags, rate, beta1, beta2, eps, weight_decay, bc2_sqrt,
+                        s1, s2, s3};
     return e;
 }
 
@@ -129,12 +135,14 @@ inline void update_entry(__global float* W, const size_t i, const float grad, co
     if (e.rule == RULE_SGD) {
         const int momentum = e.flags & SGD_MOMENTUM;
         float b = momentum ? e.s1[i] : 0.0f;
-        SGD_UPDATE(float, w, b, grad, momentum, e.rate, e.beta1, e.beta2, e.weight_decay, e.flags & SGD_NESTEROV, e.flags & SGD_FIRST_STEP);
+        SGD_UPDATE(float, w, b, grad, momentum, e.rate, e.beta1, e.beta2, e.weight_decay,
+                   e.flags & SGD_NESTEROV, e.flags & SGD_FIRST_STEP);
         if (momentum) e.s1[i] = b;
     } else {
         const int ams = e.rule == RULE_AMSGRAD;
         float m = e.s1[i], v = e.s2[i], v_max = ams ? e.s3[i] : 0.0f;
-        ADAM_UPDATE(float, w, m, v, v_max, grad, ams, e.rate, e.beta1, e.beta2, e.eps, e.weight_decay, e.bc2_sqrt);
+        ADAM_UPDATE(float, w, m, v, v_max, grad, ams, e.rate, e.beta1, e.beta2, e.eps,
+                    e.weight_decay, e.bc2_sqrt);
         e.s1[i] = m;
         e.s2[i] = v;
         if (ams) e.s3[i] = v_max;
@@ -148,12 +156,15 @@ inline void update_entry_v(__global float* W, const size_t i, const floatV grad,
     if (e.rule == RULE_SGD) {
         const int momentum = e.flags & SGD_MOMENTUM;
         floatV b = momentum ? vloadV(0, e.s1 + i) : (floatV)(0.0f);
-        SGD_UPDATE(floatV, w, b, grad, momentum, e.rate, e.beta1, e.beta2, e.weight_decay, e.flags & SGD_NESTEROV, e.flags & SGD_FIRST_STEP);
+        SGD_UPDATE(floatV, w, b, grad, momentum, e.rate, e.beta1, e.beta2, e.weight_decay,
+                   e.flags & SGD_NESTEROV, e.flags & SGD_FIRST_STEP);
         if (momentum) GEMM_CAT(vstore, VW)(b, 0, e.s1 + i);
     } else {
         const int ams = e.rule == RULE_AMSGRAD;
-        floatV m = vloadV(0, e.s1 + i), v = vloadV(0, e.s2 + i), v_max = ams ? vloadV(0, e.s3 + i) : (floatV)(0.0f);
-        ADAM_UPDATE(floatV, w, m, v, v_max, grad, ams, e.rate, e.beta1, e.beta2, e.eps, e.weight_decay, e.bc2_sqrt);
+        floatV m = vloadV(0, e.s1 + i), v = vloadV(0, e.s2 + i),
+               v_max = ams ? vloadV(0, e.s3 + i) : (floatV)(0.0f);
+        ADAM_UPDATE(floatV, w, m, v, v_max, grad, ams, e.rate, e.beta1, e.beta2, e.eps,
+                    e.weight_decay, e.bc2_sqrt);
         GEMM_CAT(vstore, VW)(m, 0, e.s1 + i);
         GEMM_CAT(vstore, VW)(v, 0, e.s2 + i);
         if (ams) GEMM_CAT(vstore, VW)(v_max, 0, e.s3 + i);
@@ -163,9 +174,11 @@ inline void update_entry_v(__global float* W, const size_t i, const floatV grad,
 
 // The update kernels' arguments, after the shape and the operand pairs.
 #define UPDATE_ARGS __global float* W, __global float* S1, __global float* S2, __global float* S3, \
-    const int rule, const int flags, const float rate, const float beta1, const float beta2, const float eps, \
+    const int rule, const int flags, const float rate,                                            \
+    const float beta1, const float beta2, const float eps,                                        \
     const float weight_decay, const float bc2_sqrt
-#define UPDATE_EPILOGUE optimizer_step(rule, flags, rate, beta1, beta2, eps, weight_decay, bc2_sqrt, S1, S2, S3)
+#define UPDATE_EPILOGUE                                                                           \
+    optimizer_step(rule, flags, rate, beta1, beta2, eps, weight_decay, bc2_sqrt, S1, S2, S3)
 
 // ---- gemm_outer ----
 // Computes the P x Q product X Y with X(p, k) = trans_x ? X[k * P + p] : X[p * K + k] and
@@ -180,9 +193,11 @@ inline void update_entry_v(__global float* W, const size_t i, const floatV grad,
 // Y's rows lie y_stride floats apart (Q, or more in gemm_outer_padded's copy); Y2's Q.
 inline void outer_tile(const int P, const int Q, const int K, const int trans_x, const int trans_c,
                        const float alpha, const float beta,
-                       __global const float* X, __global const float* Y, const int y_stride, __global float* C,
+                       __global const float* X, __global const float* Y, const int y_stride,
+                       __global float* C,
                        __global const float* bias, const int has_bias, const int act,
-                       const int K2, __global const float* X2, __global const float* Y2, const Epilogue e) {
+                       const int K2, __global const float* X2, __global const float* Y2,
+                       const Epilogue e) {
     // Dimension 0 runs down the rows: consecutive work-items share one panel of Y (in cache).
     const int p0 = get_global_id(0) * OUTER_M;
     const int q0 = get_global_id(1) * OUTER_N;
@@ -221,14 +236,16 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
         }
     }
 
-    if (!trans_c && ps == p0 && qs[OUTER_V - 1] == q0 + (OUTER_V - 1) * VW) { // the whole tile is its own
+    // The whole tile is its own.
+    if (!trans_c && ps == p0 && qs[OUTER_V - 1] == q0 + (OUTER_V - 1) * VW) {
         #pragma unroll
         for (int i = 0; i < OUTER_M; ++i)
             #pragma unroll
             for (int v = 0; v < OUTER_V; ++v) {
                 const size_t index = (size_t)(p0 + i) * Q + qs[v];
                 if (e.update) update_entry_v(C, index, acc[i][v], e);
-                else gemm_store_v(C, index, acc[i][v], alpha, beta, bias, has_bias, p0 + i, qs[v], act);
+                else gemm_store_v(C, index, acc[i][v], alpha, beta, bias, has_bias,
+                                  p0 + i, qs[v], act);
             }
         return;
     }
@@ -246,7 +263,8 @@ inline void outer_tile(const int P, const int Q, const int K, const int trans_x,
                 if (p >= p0 && q >= q0 + v * VW) {
                     const size_t index = trans_c ? (size_t)q * P + p : (size_t)p * Q + q;
                     if (e.update) update_entry(C, index, lanes[l], e);
-                    else gemm_store(C, index, lanes[l], alpha, beta, bias, has_bias, trans_c ? q : p, trans_c ? p : q, act);
+                    else gemm_store(C, index, lanes[l], alpha, beta, bias, has_bias,
+                                    trans_c ? q : p, trans_c ? p : q, act);
                 }
             }
         }
@@ -257,9 +275,12 @@ __kernel void gemm_outer(GEMM_ARGS) {
     GEMM_SELECT_BATCH();
     // The flags pick strides and the store's layout; the K loop itself never tests them.
     const Epilogue store = plain_store();
-    if (trans_b) outer_tile(N, M, K, 0, 1, alpha, beta, B, A, M, C, bias, has_bias, act, 0, B, A, store); // TT only
-    else if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
-    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
+    if (trans_b) // TT only
+        outer_tile(N, M, K, 0, 1, alpha, beta, B, A, M, C, bias, has_bias, act, 0, B, A, store);
+    else if (trans_a)
+        outer_tile(M, N, K, 1, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
+    else
+        outer_tile(M, N, K, 0, 0, alpha, beta, A, B, N, C, bias, has_bias, act, 0, A, B, store);
 }
 
 // gemm_outer (NN, TN) reading B from a copy whose rows lie b_stride floats apart. Each
@@ -270,12 +291,17 @@ __kernel void gemm_outer(GEMM_ARGS) {
 __kernel void gemm_outer_padded(GEMM_ARGS, const int b_stride) {
     GEMM_SELECT_BATCH();
     const Epilogue store = plain_store();
-    if (trans_a) outer_tile(M, N, K, 1, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act, 0, A, B, store);
-    else outer_tile(M, N, K, 0, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act, 0, A, B, store);
+    if (trans_a)
+        outer_tile(M, N, K, 1, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act,
+                   0, A, B, store);
+    else
+        outer_tile(M, N, K, 0, 0, alpha, beta, A, B, b_stride, C, bias, has_bias, act,
+                   0, A, B, store);
 }
 
 // B (rows x columns) copied with its rows `stride` floats apart, for gemm_outer_padded.
-__kernel void gemm_pad_rows(__global const float* B, __global float* padded, const int columns, const int stride) {
+__kernel void gemm_pad_rows(__global const float* B, __global float* padded,
+                            const int columns, const int stride) {
     const int column = get_global_id(0), row = get_global_id(1);
     if (column < columns) padded[(size_t)row * stride + column] = B[(size_t)row * columns + column];
 }
@@ -284,7 +310,8 @@ __kernel void gemm_pad_rows(__global const float* B, __global float* padded, con
 __kernel void gemm_update_outer(const int M, const int N, const int K1, const int K2,
                                 __global const float* A1, __global const float* B1,
                                 __global const float* A2, __global const float* B2, UPDATE_ARGS) {
-    outer_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, N, W, W, 0, ACT_IDENTITY, K2, A2, B2, UPDATE_EPILOGUE);
+    outer_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, N, W, W, 0, ACT_IDENTITY,
+               K2, A2, B2, UPDATE_EPILOGUE);
 }
 
 // ---- gemm_dot ----
@@ -339,7 +366,8 @@ __kernel void gemm_dot(GEMM_ARGS) {
         #pragma unroll
         for (int j = 0; j < DOT_N; ++j)
             if (r0 + i < M && c0 + j < N)
-                gemm_store(C, (size_t)(r0 + i) * N + c0 + j, sum[i][j], alpha, beta, bias, has_bias, r0 + i, c0 + j, act);
+                gemm_store(C, (size_t)(r0 + i) * N + c0 + j, sum[i][j], alpha, beta,
+                           bias, has_bias, r0 + i, c0 + j, act);
 }
 
 // ---- gemm_direct ----
@@ -347,7 +375,8 @@ __kernel void gemm_dot(GEMM_ARGS) {
 // products too small or too thin for a tile, where launch cost and edge waste dominate.
 // Operands are walked by stride, so the K loop has no branch on the transposes.
 // Element (row, col) of op(A) op(B), plus that of op(A2) op(B2) (depth K2) for the fused update.
-inline float direct_element(const int row, const int col, const int M, const int N, const int K, const int trans_a, const int trans_b,
+inline float direct_element(const int row, const int col, const int M, const int N, const int K,
+                            const int trans_a, const int trans_b,
                             __global const float* A, __global const float* B,
                             const int K2, __global const float* A2, __global const float* B2) {
     // Four partial sums: one chain of dependent FMAs would wait out each one's latency.
@@ -410,7 +439,8 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
                        __global const float* A, __global const float* B, __global float* C,
                        __global const float* bias, const int has_bias, const int act,
                        const int k_begin, const int k_end,
-                       const int K2, __global const float* A2, __global const float* B2, const Epilogue e,
+                       const int K2, __global const float* A2, __global const float* B2,
+                       const Epilogue e,
                        __local float (*a_tile)[TILE_M + 1], __local float (*b_tile)[TILE_N + 1]) {
     const int ln = get_local_id(0);
     const int lm = get_local_id(1);
@@ -435,13 +465,15 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
                 const int m = trans_a ? x % TILE_M : x / TILE_K;
                 const int k = trans_a ? x / TILE_M : x % TILE_K;
                 const int gm = m0 + m, gk = k0 + k;
-                a_tile[k][m] = (gm < M && gk < k_last) ? (trans_a ? a[(size_t)gk * M + gm] : a[(size_t)gm * depth + gk]) : 0.0f;
+                a_tile[k][m] = (gm < M && gk < k_last)
+                    ? (trans_a ? a[(size_t)gk * M + gm] : a[(size_t)gm * depth + gk]) : 0.0f;
             }
             for (int x = lid; x < TILE_K * TILE_N; x += GROUP_SIZE) {
                 const int n = trans_b ? x / TILE_K : x % TILE_N;
                 const int k = trans_b ? x % TILE_K : x / TILE_N;
                 const int gn = n0 + n, gk = k0 + k;
-                b_tile[k][n] = (gn < N && gk < k_last) ? (trans_b ? b[(size_t)gn * depth + gk] : b[(size_t)gk * N + gn]) : 0.0f;
+                b_tile[k][n] = (gn < N && gk < k_last)
+                    ? (trans_b ? b[(size_t)gn * depth + gk] : b[(size_t)gk * N + gn]) : 0.0f;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
             for (int k = 0; k < TILE_K; ++k) {
@@ -467,7 +499,8 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
             const int col = n0 + ln + j * GROUP_N;
             if (row < M && col < N) {
                 if (e.update) update_entry(C, (size_t)row * N + col, acc[i][j], e);
-                else gemm_store(C, (size_t)row * N + col, acc[i][j], alpha, beta, bias, has_bias, row, col, act);
+                else gemm_store(C, (size_t)row * N + col, acc[i][j], alpha, beta, bias, has_bias,
+                                row, col, act);
             }
         }
     }
@@ -476,9 +509,11 @@ inline void tiled_tile(const int M, const int N, const int K, const int trans_a,
 __kernel __attribute__((reqd_work_group_size(GROUP_N, GROUP_M, 1)))
 void gemm_tiled(GEMM_ARGS) {
     GEMM_SELECT_BATCH();
-    __local float a_tile[TILE_K][TILE_M + 1]; // [k][m]; +1 spreads the column-wise stores over banks
-    __local float b_tile[TILE_K][TILE_N + 1]; // [k][n]
-    tiled_tile(M, N, K, trans_a, trans_b, alpha, beta, A, B, C, bias, has_bias, act, 0, K, 0, A, B, plain_store(), a_tile, b_tile);
+    // a_tile[k][m], b_tile[k][n]: +1 spreads the column-wise stores over banks.
+    __local float a_tile[TILE_K][TILE_M + 1];
+    __local float b_tile[TILE_K][TILE_N + 1];
+    tiled_tile(M, N, K, trans_a, trans_b, alpha, beta, A, B, C, bias, has_bias, act,
+               0, K, 0, A, B, plain_store(), a_tile, b_tile);
 }
 
 // Split K, for a single product whose tiles of C are too few to fill a GPU: group z of launch
@@ -487,17 +522,21 @@ void gemm_tiled(GEMM_ARGS) {
 // run) and applies the epilogue.
 __kernel __attribute__((reqd_work_group_size(GROUP_N, GROUP_M, 1)))
 void gemm_tiled_partial(const int M, const int N, const int K, const int trans_a, const int trans_b,
-                        __global const float* A, __global const float* B, __global float* P, const int slice) {
+                        __global const float* A, __global const float* B,
+                        __global float* P, const int slice) {
     __local float a_tile[TILE_K][TILE_M + 1];
     __local float b_tile[TILE_K][TILE_N + 1];
     const int z = get_group_id(2);
     const int k_begin = z * slice;
-    tiled_tile(M, N, K, trans_a, trans_b, 1.0f, 0.0f, A, B, P + (size_t)z * M * N, P, 0, ACT_IDENTITY,
-               k_begin, min(K, k_begin + slice), 0, A, B, plain_store(), a_tile, b_tile);
+    tiled_tile(M, N, K, trans_a, trans_b, 1.0f, 0.0f, A, B, P + (size_t)z * M * N,
+               P, 0, ACT_IDENTITY, k_begin, min(K, k_begin + slice),
+               0, A, B, plain_store(), a_tile, b_tile);
 }
 
-__kernel void gemm_splitk_sum(const int M, const int N, const int splits, __global const float* P, __global float* C,
-                              const float alpha, const float beta, __global const float* bias, const int has_bias, const int act) {
+__kernel void gemm_splitk_sum(const int M, const int N, const int splits,
+                              __global const float* P, __global float* C,
+                              const float alpha, const float beta,
+                              __global const float* bias, const int has_bias, const int act) {
     const int col = get_global_id(0);
     const int row = get_global_id(1);
     if (row >= M || col >= N) return;
@@ -514,5 +553,6 @@ void gemm_update_tiled(const int M, const int N, const int K1, const int K2,
                        __global const float* A2, __global const float* B2, UPDATE_ARGS) {
     __local float a_tile[TILE_K][TILE_M + 1];
     __local float b_tile[TILE_K][TILE_N + 1];
-    tiled_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, W, W, 0, ACT_IDENTITY, 0, K1, K2, A2, B2, UPDATE_EPILOGUE, a_tile, b_tile);
+    tiled_tile(M, N, K1, 1, 0, 1.0f, 0.0f, A1, B1, W, W, 0, ACT_IDENTITY,
+               0, K1, K2, A2, B2, UPDATE_EPILOGUE, a_tile, b_tile);
 }

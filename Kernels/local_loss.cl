@@ -6,8 +6,9 @@
 #define LOSS_MAX_RANDOM 1
 #define LOSS_TOP_K 2
 
-__kernel void local_loss_rows(__global const float* Y, __global const float* YY, __global float* mask,
-                              __global float* dY, __global float* row_loss, const int B, const int N, const int kind, const int top_k) {
+__kernel void local_loss_rows(__global const float* Y, __global const float* YY,
+                              __global float* mask, __global float* dY, __global float* row_loss,
+                              const int B, const int N, const int kind, const int top_k) {
     const int i = get_global_id(0);
     if (i >= B) return;
     __global const float* y = Y + (size_t)i * N;

@@ -10,12 +10,14 @@
 #define GROUP_INDEX(o, g, i) (((size_t)(o) * groups + (g)) * inner + (i))
 
 __kernel void normalize_groups(__global const float* x, __global float* xhat, __global float* rstd,
-                               const int outer, const int groups, const int inner, const float eps) {
+                               const int outer, const int groups, const int inner,
+                               const float eps) {
     const int g = get_global_id(0);
     if (g >= groups) return;
     const float n = (float)outer * (float)inner;
     RunSum sum = run_sum_zero();
-    for (int o = 0; o < outer; ++o) sum = run_sum_add(sum, x + GROUP_INDEX(o, g, 0), 0, inner, 0.0f);
+    for (int o = 0; o < outer; ++o)
+        sum = run_sum_add(sum, x + GROUP_INDEX(o, g, 0), 0, inner, 0.0f);
     const float mean = run_sum_total(sum) / n;
     RunSum squares = run_sum_zero();
     for (int o = 0; o < outer; ++o) {
@@ -24,14 +26,16 @@ __kernel void normalize_groups(__global const float* x, __global float* xhat, __
     }
     const float s = 1.0f / sqrt(run_sum_total(squares) / n + eps);
     for (int o = 0; o < outer; ++o)
-        for (int i = 0; i < inner; ++i) xhat[GROUP_INDEX(o, g, i)] = (x[GROUP_INDEX(o, g, i)] - mean) * s;
+        for (int i = 0; i < inner; ++i)
+            xhat[GROUP_INDEX(o, g, i)] = (x[GROUP_INDEX(o, g, i)] - mean) * s;
     rstd[g] = s;
 }
 
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) over each group. dx may alias
 // dxhat.
-__kernel void normalize_groups_backward(__global const float* dxhat, __global const float* xhat, __global const float* rstd,
-                                        __global float* dx, const int outer, const int groups, const int inner) {
+__kernel void normalize_groups_backward(__global const float* dxhat, __global const float* xhat,
+                                        __global const float* rstd, __global float* dx,
+                                        const int outer, const int groups, const int inner) {
     const int g = get_global_id(0);
     if (g >= groups) return;
     const float n = (float)outer * (float)inner;
@@ -57,8 +61,10 @@ __kernel void normalize_groups_backward(__global const float* dxhat, __global co
 // inner is 1, (c, o) of [channels, outer]: the first dimension always runs over contiguous
 // memory and no division happens per element (integer division does not vectorise on CPU
 // drivers).
-__kernel void scale_shift_channels(__global const float* x, __global const float* scale, __global const float* shift,
-                                   const int has_shift, __global float* y, const int outer, const int channels, const int inner) {
+__kernel void scale_shift_channels(__global const float* x, __global const float* scale,
+                                   __global const float* shift, const int has_shift,
+                                   __global float* y,
+                                   const int outer, const int channels, const int inner) {
     const int first = get_global_id(0), second = get_global_id(1);
     int c;
     size_t index;
@@ -90,15 +96,20 @@ void normalize_groups_grouped(__global const float* x, __global float* xhat, __g
     for (int j = l; j < count; j += GROUP_SUM_SIZE) sum += x[GROUP_ELEMENT(j)];
     const float mean = group_sum(partial, sum) / n;
     float var = 0.0f;
-    for (int j = l; j < count; j += GROUP_SUM_SIZE) { const float d = x[GROUP_ELEMENT(j)] - mean; var += d * d; }
+    for (int j = l; j < count; j += GROUP_SUM_SIZE) {
+        const float d = x[GROUP_ELEMENT(j)] - mean;
+        var += d * d;
+    }
     const float s = 1.0f / sqrt(group_sum(partial, var) / n + eps);
-    for (int j = l; j < count; j += GROUP_SUM_SIZE) xhat[GROUP_ELEMENT(j)] = (x[GROUP_ELEMENT(j)] - mean) * s;
+    for (int j = l; j < count; j += GROUP_SUM_SIZE)
+        xhat[GROUP_ELEMENT(j)] = (x[GROUP_ELEMENT(j)] - mean) * s;
     if (l == 0) rstd[g] = s;
 }
 
 __kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
-void normalize_groups_backward_grouped(__global const float* dxhat, __global const float* xhat, __global const float* rstd,
-                                       __global float* dx, const int outer, const int groups, const int inner) {
+void normalize_groups_backward_grouped(__global const float* dxhat, __global const float* xhat,
+                                       __global const float* rstd, __global float* dx,
+                                       const int outer, const int groups, const int inner) {
     __local float partial[GROUP_SUM_SIZE];
     const int g = get_group_id(0);
     const int l = get_local_id(0);

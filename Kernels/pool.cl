@@ -2,7 +2,8 @@
 #define POOL_MAX 0
 #define POOL_AVERAGE 1
 
-__kernel void pool2d(__global const float* x, __global float* out, const int planes, const int H, const int W,
+__kernel void pool2d(__global const float* x, __global float* out,
+                     const int planes, const int H, const int W,
                      const int size, const int kind) {
     const int HO = H / size, WO = W / size;
     const int index = get_global_id(0);
@@ -15,7 +16,8 @@ __kernel void pool2d(__global const float* x, __global float* out, const int pla
     for (int dy = 0; dy < size; ++dy) {
         for (int dx = 0; dx < size; ++dx) {
             const float v = p[(oy * size + dy) * W + ox * size + dx];
-            if (kind == POOL_MAX) acc = (v > acc || isnan(v)) ? v : acc; // NaN propagates, as in PyTorch
+            // NaN propagates, as in PyTorch.
+            if (kind == POOL_MAX) acc = (v > acc || isnan(v)) ? v : acc;
             else acc += v;
         }
     }

@@ -1,12 +1,14 @@
 // out[c] = alpha * sum_{o,i} x[o, c, i] + beta * out[c] over x viewed as [outer, channels, inner]:
 // column sums of a matrix (inner 1) or per-channel sums of NCHW activations (inner H*W).
 // One work-item per channel; with inner 1 consecutive work-items read consecutive addresses.
-__kernel void channel_sums(__global const float* x, const int outer, const int channels, const int inner,
+__kernel void channel_sums(__global const float* x,
+                           const int outer, const int channels, const int inner,
                            __global float* out, const float alpha, const float beta) {
     const int c = get_global_id(0);
     if (c >= channels) return;
     RunSum sum = run_sum_zero();
-    for (int o = 0; o < outer; ++o) sum = run_sum_add(sum, x + ((size_t)o * channels + c) * inner, 0, inner, 0.0f);
+    for (int o = 0; o < outer; ++o)
+        sum = run_sum_add(sum, x + ((size_t)o * channels + c) * inner, 0, inner, 0.0f);
     out[c] = alpha * run_sum_total(sum) + (beta != 0.0f ? beta * out[c] : 0.0f);
 }
 
@@ -15,7 +17,8 @@ __kernel void channel_sums(__global const float* x, const int outer, const int c
 // (consecutive work-items on consecutive addresses), then group_sum. The one-work-item-per-
 // channel kernel above leaves a GPU almost idle there.
 __kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
-void channel_sums_grouped(__global const float* x, const int outer, const int channels, const int inner,
+void channel_sums_grouped(__global const float* x,
+                          const int outer, const int channels, const int inner,
                           __global float* out, const float alpha, const float beta) {
     __local float partial[GROUP_SUM_SIZE];
     const int c = get_group_id(0);
