@@ -292,6 +292,56 @@ private struct TinyIDX {
         }
     }
 
+    /// A data file that is a folder, or a folder that may not be read, says so in plain words
+    /// (not "NSCocoaErrorDomain error 256", not "it is empty").
+    @Test func dataFileThatIsAFolderSaysSo() throws {
+        try withTemporaryFolder { folder in
+            try TinyIDX(count: 2).write(to: folder)
+            let images = folder.appendingPathComponent("train-images-idx3-ubyte")
+            try FileManager.default.removeItem(at: images)
+            try FileManager.default.createDirectory(at: images, withIntermediateDirectories: false)
+            let message = expectDatasetError([
+                images.path, "cannot be read: it is a folder, not a file", "--data-dir",
+            ]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
+            #expect(!message.contains("NSCocoaErrorDomain"), "\(message)")
+        }
+    }
+
+    /// Permission bits do not stop root, so this runs for other users only; the words for
+    /// each error number are checked for everyone in `fileSystemErrorsInPlainWords`.
+    @Test(.enabled(if: getuid() != 0, "root reads folders whatever their permissions"))
+    func unreadableDataFolderSaysPermissionDenied() throws {
+        try withTemporaryFolder { folder in
+            try TinyIDX(count: 2).write(to: folder)
+            chmod(folder.path, 0)
+            defer { chmod(folder.path, 0o755) }
+            let message = expectDatasetError([folder.path, "permission denied", "--data-dir"]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
+            #expect(!message.contains("empty") && !message.contains("apt-get"), "\(message)")
+        }
+    }
+
+    @Test func fileSystemErrorsInPlainWords() throws {
+        #expect(FileSystemError.reason(EACCES) == "permission denied")
+        #expect(FileSystemError.reason(EISDIR) == "it is a folder, not a file")
+        #expect(FileSystemError.reason(ENOSPC).contains("the disk is full"))
+        #expect(FileSystemError.reason(EROFS) == "the file system is read-only")
+        #expect(FileSystemError.code(of: CocoaError(.fileWriteOutOfSpace)) == ENOSPC)
+        let wrapped = NSError(
+            domain: NSCocoaErrorDomain, code: 512,
+            userInfo: [NSUnderlyingErrorKey: NSError(domain: NSPOSIXErrorDomain, code: Int(EROFS))])
+        #expect(FileSystemError.code(of: wrapped) == EROFS)
+        #expect(throws: FileSystemError(path: "/", code: EISDIR)) {
+            _ = try FileSystemError.read("/")
+        }
+        #expect(throws: FileSystemError(path: "/nonexistent", code: ENOENT)) {
+            _ = try FileSystemError.read("/nonexistent")
+        }
+    }
+
     // MARK: - CIFAR-10
 
     /// `count` records whose label is `(first + i) % 10` and whose pixels encode the record.
