@@ -216,16 +216,13 @@ public struct Checkpoint {
     }
 
     public init(contentsOf url: URL) throws {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            let reason =
-                FileManager.default.fileExists(atPath: url.path)
-                ? "it cannot be read (check its permissions)" : "no such file"
+        let bytes: [UInt8]
+        do { bytes = try FileSystemError.read(url.path) } catch {
             throw SigPropError.configuration(
-                "cannot read checkpoint \(url.path): \(reason). Check the path given to --resume (train writes <checkpoint-dir>/last.safetensors)"
-            )
+                "--resume \(url.path): cannot read the checkpoint: \(error.reason). Give --resume "
+                    + "a checkpoint file (train writes <checkpoint-dir>/last.safetensors)")
         }
-        try self.init(safetensors: data, path: url.path)
+        try self.init(safetensors: Data(bytes), path: url.path)
     }
 
     /// Writes atomically (`AtomicFile`): a crash at any moment leaves either the old
@@ -235,16 +232,17 @@ public struct Checkpoint {
         do {
             try AtomicFile.write(data, to: url)
         } catch .folder(let path, let reason) {
-            throw SigPropError.configuration(
-                "cannot create the checkpoint folder \(path): \(reason). Pass a writable --checkpoint-dir"
-            )
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: path, action: "create the folder", reason: reason)
         } catch .temporary(let path, let reason) {
-            throw SigPropError.configuration(
-                "cannot write \(path): \(reason). Pass a writable --checkpoint-dir")
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: url.deletingLastPathComponent().path,
+                action: "create \(path)", reason: reason)
         } catch .write(let reason) {
-            throw SigPropError.configuration(
-                "writing checkpoint \(url.path) failed: \(reason) (the previous checkpoint is untouched)"
-            )
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: url.deletingLastPathComponent().path,
+                action: "write the checkpoint \(url.lastPathComponent)", reason: reason,
+                fix: "The previous checkpoint there is untouched")
         }
     }
 }
