@@ -58,11 +58,13 @@ import Testing
                 Self.message { try OutputFiles.checkReplaceable(fresh, flag: "--trace") } == nil)
             #expect(!FileManager.default.fileExists(atPath: fresh), "a check leaves no file")
             #expect(try FileManager.default.contentsOfDirectory(atPath: root.path).isEmpty)
-            // Appending to a device is fine; replacing one is not.
+            // Appending to a device is fine; replacing one (or a pipe) is not.
             #expect(
                 Self.message { try OutputFiles.checkAppendable("/dev/null", flag: "--metrics") }
                     == nil)
 
+            let pipe = root.appendingPathComponent("pipe").path
+            mkfifo(pipe, 0o600)
             let missing = root.appendingPathComponent("missing/m.jsonl").path
             let cases: [(String, Bool, String)] = [
                 (root.path, false, "it is a folder, not a file"),
@@ -70,7 +72,7 @@ import Testing
                 (missing, false, "the folder \(root.path)/missing does not exist"),
                 ("/proc/version", false, "kernel interface"),
                 ("/proc/sigprop.json", true, "kernel interface"),
-                ("/dev/null", true, "not a regular file"),
+                (pipe, true, "not a regular file"),
             ]
             for (path, replaced, cause) in cases {
                 let flag = replaced ? "--trace" : "--metrics"

@@ -3,7 +3,7 @@ import Foundation
 /// A training checkpoint in the safetensors format (loadable by Python's `safetensors`):
 /// every parameter, every optimizer state tensor (`<parameter>.<state>`, e.g.
 /// `block0.weight.m`), and in the metadata the epochs done, each optimizer's step count, the
-/// model config and the training options (as JSON strings).
+/// model config, the training options and the data settings (as JSON strings).
 public struct Checkpoint {
     public var tensors: [String: GoldenTensor]
     public var metadata: [String: String]
@@ -18,10 +18,11 @@ public struct Checkpoint {
     // MARK: Network <-> checkpoint
 
     /// Everything needed to continue training `network` after `epochs` completed epochs and
-    /// `batchesDone` batches of the next (an interrupted epoch).
-    public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0)
-        throws
-    {
+    /// `batchesDone` batches of the next (an interrupted epoch), trained on `data`.
+    public init(
+        network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0,
+        data: DataSettings? = nil
+    ) throws {
         var tensors: [String: GoldenTensor] = [:]
         for parameter in network.parameters {
             tensors[parameter.name] = GoldenTensor(
@@ -43,6 +44,9 @@ public struct Checkpoint {
             "model": String(decoding: try encoder.encode(network.config), as: UTF8.self),
             "options": String(decoding: try encoder.encode(options), as: UTF8.self),
         ]
+        if let data {
+            metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self)
+        }
     }
 
     public var epochs: Int {
@@ -70,6 +74,11 @@ public struct Checkpoint {
 
     public var options: TrainingOptions {
         get throws { try decode(TrainingOptions.self, "options") }
+    }
+
+    /// The data the run trained on; nil in checkpoints written before it was stored.
+    public var data: DataSettings? {
+        get throws { metadata["data"] == nil ? nil : try decode(DataSettings.self, "data") }
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ key: String) throws -> T {
