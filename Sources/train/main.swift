@@ -351,15 +351,23 @@ struct Train: ParsableCommand {
         return (stored.directory, stored.limit)
     }
 
-    /// Every file the run writes can be written, and no earlier run's checkpoint is replaced
-    /// unasked: checked before any work, so a bad path costs a second, not an epoch.
-    func checkOutputs(resuming: Bool) throws {
-        if !resuming, !overwrite,
+    /// Every file the run writes can be written, and no other run's checkpoint is replaced
+    /// unasked: checked before any work, so a bad path costs a second, not an epoch. A resumed
+    /// run replaces the checkpoints of its own folder only.
+    func checkOutputs() throws {
+        func folder(_ path: String) -> String {
+            URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path
+        }
+        let ownFolder = resume.map {
+            folder(URL(fileURLWithPath: $0).deletingLastPathComponent().path)
+        }
+        if !overwrite, ownFolder != folder(checkpointDir),
             let existing = OutputFiles.existingCheckpoints(in: checkpointDir).first
         {
+            let run = resume == nil ? "a new run" : "this run, resumed from another folder,"
             throw UsageError(
                 "--checkpoint-dir \(checkpointDir) already holds a checkpoint, \(existing), "
-                    + "which a new run would replace. Continue that run with --resume "
+                    + "which \(run) would replace. Continue that run with --resume "
                     + "\(existing), give another --checkpoint-dir, or pass --overwrite to "
                     + "replace it")
         }
@@ -401,7 +409,7 @@ struct Train: ParsableCommand {
                 "--resume: the checkpoint has already trained \(epochsDone) epochs; pass "
                     + "--epochs N with N > \(epochsDone) to train more")
         }
-        try checkOutputs(resuming: checkpoint != nil)
+        try checkOutputs()
 
         let directory = URL(fileURLWithPath: dataDirectory)
         let loadStart = Date()

@@ -91,6 +91,18 @@ extension ProcessTests {
         #expect(refused.status == 64 && refused.output.contains(best.path), "\(refused.output)")
         #expect(try Self.run(arguments + ["--overwrite"]).status == 0)
         #expect(FileManager.default.fileExists(atPath: last.path))
+
+        // Resumed from another folder, the run would replace this folder's checkpoints too.
+        let elsewhere = data.deletingLastPathComponent().appendingPathComponent("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        let copy = elsewhere.appendingPathComponent("last.safetensors")
+        try FileManager.default.copyItem(at: last, to: copy)
+        let resumed = try Self.run(
+            ["--epochs", "2", "--checkpoint-dir", checkpoints.path, "--resume", copy.path])
+        #expect(resumed.status == 64 && resumed.output.contains(last.path), "\(resumed.output)")
+        let own = try Self.run(
+            ["--epochs", "2", "--checkpoint-dir", elsewhere.path, "--resume", copy.path])
+        #expect(own.status == 0, "\(own.output)")
     }
 
     /// Resuming with another --limit or --data-dir is refused naming the flag and both values;
@@ -117,7 +129,7 @@ extension ProcessTests {
 
         var checkpoint = try Checkpoint(contentsOf: last)
         checkpoint.metadata["batches_done"] = "8"  // 128 samples make 8 batches of 16
-        let forged = folder.appendingPathComponent("forged.safetensors")
+        let forged = checkpoints.appendingPathComponent("forged.safetensors")
         try checkpoint.serialized().write(to: forged)
         let damaged = try Self.run(resume.dropLast() + [forged.path])
         #expect(damaged.status == 1, "\(damaged.output)")
@@ -128,7 +140,7 @@ extension ProcessTests {
 
         checkpoint.metadata["batches_done"] = "0"
         checkpoint.metadata["data"] = nil
-        let old = folder.appendingPathComponent("old.safetensors")
+        let old = checkpoints.appendingPathComponent("old.safetensors")
         try checkpoint.serialized().write(to: old)
         let resumed = try Self.run(
             resume.dropLast() + [old.path, "--data-dir", data.path, "--limit", "128"])
