@@ -39,7 +39,11 @@ struct Doctor: ParsableCommand {
 
     mutating func run() throws {
         var failures = 0
-        let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
+        let environment = ProcessInfo.processInfo.environment
+        let selection = try BackendSelection(environment: environment)
+        if let note = Self.deviceVariableNote(environment: environment, tune: tune) {
+            FileHandle.standardError.write(Data("note: \(note)\n".utf8))
+        }
         let reference = try Device.cpu()
         var devices: [(label: String, device: Device)] = [("cpu", reference)]
 
@@ -127,6 +131,17 @@ struct Doctor: ParsableCommand {
 
         print(failures == 0 ? "\nAll checks passed." : "\n\(failures) check(s) failed.")
         if failures > 0 { throw ExitCode.failure }
+    }
+
+    /// Doctor checks every device, so a device choice in the environment only picks the
+    /// devices --tune tunes; said, so that nobody reads the checks as being limited to it.
+    static func deviceVariableNote(environment: [String: String], tune: Bool) -> String? {
+        let name = BackendSelection.deviceVariable
+        guard let value = environment[name], !value.isEmpty else { return nil }
+        return tune
+            ? "\(name)=\(value) picks the devices to tune; the checks cover every device"
+            : "\(name)=\(value) is ignored: doctor checks every device (with --tune, "
+                + "\(name) picks the devices to tune)"
     }
 
     /// Tunes the devices SIGPROP_DEVICE names (all without it); returns the number of failures.

@@ -22,10 +22,12 @@ struct Train: ParsableCommand {
     )
     var model: String?
 
-    @Option(help: "mlp: learning blocks (the signal block counts as the first). Default 3.")
+    @Option(
+        parsing: .unconditional,
+        help: "mlp: learning blocks (the signal block counts as the first). Default 3.")
     var hiddenLayers: Int?
 
-    @Option(help: "mlp: features per dense block. Default 1024.")
+    @Option(parsing: .unconditional, help: "mlp: features per dense block. Default 1024.")
     var width: Int?
 
     @Option(help: "Norm in dense blocks: layer, batch or none. Default layer.")
@@ -34,7 +36,9 @@ struct Train: ParsableCommand {
     @Option(help: "Norm in conv blocks: instance, batch or none. Default instance.")
     var convNorm: String?
 
-    @Option(help: "Dropout probability between learning blocks (0 = off). Default 0.")
+    @Option(
+        parsing: .unconditional,
+        help: "Dropout probability between learning blocks (0 = off). Default 0.")
     var dropout: Float?
 
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
@@ -47,19 +51,20 @@ struct Train: ParsableCommand {
     )
     var kRowShortcut: Bool?
 
-    @Option(help: "Samples per batch. Default 128.")
+    @Option(parsing: .unconditional, help: "Samples per batch. Default 128.")
     var batchSize: Int?
 
-    @Option(help: "Learning rate of every block's optimizer. Default 5e-4.")
+    @Option(
+        parsing: .unconditional, help: "Learning rate of every block's optimizer. Default 5e-4.")
     var lr: Float?
 
     @Option(help: "Optimizer of every block: adam, amsgrad or sgd. Default adam.")
     var optimizer: String?
 
-    @Option(help: "SGD momentum (with --optimizer sgd). Default 0.9.")
+    @Option(parsing: .unconditional, help: "SGD momentum (with --optimizer sgd). Default 0.9.")
     var momentum: Float?
 
-    @Option(help: "Weight decay of every optimizer. Default 0.")
+    @Option(parsing: .unconditional, help: "Weight decay of every optimizer. Default 0.")
     var weightDecay: Float?
 
     @Option(
@@ -68,23 +73,30 @@ struct Train: ParsableCommand {
     )
     var lrMilestones: String?
 
-    @Option(help: "Learning-rate decay factor at each milestone. Default 0.1.")
+    @Option(
+        parsing: .unconditional, help: "Learning-rate decay factor at each milestone. Default 0.1.")
     var lrGamma: Float?
 
     @Option(help: "Local loss: max-all (the reference's), max-rand, or top-k:K. Default max-all.")
     var loss: String?
 
-    @Option(help: "Random seed: weights, data order and augmentation. Default 1.")
+    @Option(
+        parsing: .unconditional,
+        help: "Random seed: weights, data order and augmentation. Default 1.")
     var seed: UInt64?
 
-    @Option(help: "Training augmentation: random crop with this zero padding (0 = off). Default 0.")
+    @Option(
+        parsing: .unconditional,
+        help: "Training augmentation: random crop with this zero padding (0 = off). Default 0.")
     var cropPadding: Int?
 
     @Flag(help: "Training augmentation: random horizontal flips.")
     var flip = false
 
     // Options free to change between runs.
-    @Option(help: "Epochs to train in total (a resumed run continues up to this count).")
+    @Option(
+        parsing: .unconditional,
+        help: "Epochs to train in total (a resumed run continues up to this count).")
     var epochs: Int = 5
 
     @Option(
@@ -93,14 +105,19 @@ struct Train: ParsableCommand {
     )
     var readout: String = Readout.adaptive.rawValue
 
-    @Option(help: "The block the similarity readout uses (1 = the signal block).")
+    @Option(
+        parsing: .unconditional,
+        help: "The block the similarity readout uses (1 = the signal block).")
     var readoutBlock: Int = 1
 
     @Option(
-        help: "Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files.")
-    var dataDir: String = Dataset.defaultDirectory
+        help: """
+            Data set folder: MNIST-format IDX files (gzipped or not) or CIFAR-10 binary files. \
+            Default \(Dataset.defaultDirectory).
+            """)
+    var dataDir: String?
 
-    @Option(help: "Use only the first N training samples (quick runs).")
+    @Option(parsing: .unconditional, help: "Use only the first N training samples (quick runs).")
     var limit: Int?
 
     @Option(help: "Append one JSON line of metrics per epoch to this file.")
@@ -112,8 +129,19 @@ struct Train: ParsableCommand {
     )
     var checkpointDir: String = "checkpoints"
 
-    @Option(help: "Continue from this checkpoint: the model and training options come from it.")
+    @Option(
+        help: """
+            Continue from this checkpoint: the model, the training options and the data \
+            (--data-dir, --limit, normalisation) come from it.
+            """)
     var resume: String?
+
+    @Flag(
+        help: """
+            Start a new run even though --checkpoint-dir holds a checkpoint, replacing it \
+            (without it, a new run there is refused).
+            """)
+    var overwrite = false
 
     @Option(
         help:
@@ -122,6 +150,7 @@ struct Train: ParsableCommand {
     var schedule: String = Schedule.Kind.pipelined.rawValue
 
     @Option(
+        parsing: .unconditional,
         help:
             "pipelined: batches in flight at most. Default: one per stage (blocks + output layer).")
     var pipelineDepth: Int?
@@ -136,8 +165,10 @@ struct Train: ParsableCommand {
         guard epochs >= 1 else {
             throw ValidationError("--epochs must be at least 1, got \(epochs)")
         }
-        if let batchSize, batchSize < 1 {
-            throw ValidationError("--batch-size must be at least 1, got \(batchSize)")
+        if let batchSize, batchSize < 2 {
+            throw ValidationError(
+                "--batch-size must be at least 2, got \(batchSize): the local loss compares the "
+                    + "rows of a batch, and with one row it is zero, so nothing would learn")
         }
         if let lr, !(lr.isFinite && lr > 0) {
             throw ValidationError("--lr must be a positive number, got \(lr)")
@@ -147,6 +178,25 @@ struct Train: ParsableCommand {
         }
         if let momentum, !(momentum.isFinite && momentum >= 0) {
             throw ValidationError("--momentum must be >= 0, got \(momentum)")
+        }
+        if let lrGamma, !(lrGamma.isFinite && lrGamma > 0) {
+            throw ValidationError("--lr-gamma must be a positive number, got \(lrGamma)")
+        }
+        if readoutBlock < 1 {
+            throw ValidationError("--readout-block must be at least 1, got \(readoutBlock)")
+        }
+        // Parsed again in `resolve`; checked here so that every usage error exits alike.
+        do {
+            _ = try loss.map(LossChoice.init(parsing:))
+            _ = try lrMilestones.map(parseMilestones)
+            _ = try denseNorm.map {
+                try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none])
+            }
+            _ = try convNorm.map {
+                try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none])
+            }
+        } catch let error as SigPropError {
+            throw ValidationError("\(error)")
         }
         if let model, ModelConfig.Kind(rawValue: model) == nil {
             throw ValidationError(
@@ -193,6 +243,9 @@ struct Train: ParsableCommand {
         OpenBLASKernels.restartWithFasterKernelsIfNeeded()
         do {
             try train()
+        } catch let error as UsageError {
+            printError(error.message)
+            throw ExitCode.validationFailure
         } catch let error as SigPropError {
             printError("\(error)")
             throw ExitCode.failure
@@ -253,11 +306,7 @@ struct Train: ParsableCommand {
         apply("--seed", seed, &options.seed)
         apply("--crop-padding", cropPadding, &options.augmentation.cropPadding)
         apply("--flip", flip ? true : nil, &options.augmentation.horizontalFlip)
-        if !conflicts.isEmpty {
-            throw SigPropError.configuration(
-                "--resume: these flags differ from the checkpoint, which fixes them: \(conflicts.joined(separator: "; ")). Drop them to continue the run as it was, or start a new run without --resume."
-            )
-        }
+        if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
         options.readoutBlock = readoutBlock
@@ -283,9 +332,68 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// The data settings as flags give them, on top of a checkpoint's (where giving a
+    /// different value is an error): the folder and the training samples used.
+    func resolveData(stored: DataSettings?) throws -> (directory: String, limit: Int?) {
+        guard let stored else { return (dataDir ?? Dataset.defaultDirectory, limit) }
+        var conflicts: [String] = []
+        if let dataDir,
+            URL(fileURLWithPath: dataDir).standardizedFileURL.path != stored.directory
+        {
+            conflicts.append("--data-dir \(dataDir) (checkpoint: \(stored.directory))")
+        }
+        if let limit, limit != stored.limit {
+            conflicts.append(
+                "--limit \(limit) (checkpoint: "
+                    + "\(stored.limit.map(String.init) ?? "none, every sample"))")
+        }
+        if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
+        return (stored.directory, stored.limit)
+    }
+
+    /// Every file the run writes can be written, and no other run's checkpoint is replaced
+    /// unasked: checked before any work, so a bad path costs a second, not an epoch. A resumed
+    /// run replaces the checkpoints of its own folder only.
+    func checkOutputs() throws {
+        func folder(_ path: String) -> String {
+            URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path
+        }
+        let ownFolder = resume.map {
+            folder(URL(fileURLWithPath: $0).deletingLastPathComponent().path)
+        }
+        if !overwrite, ownFolder != folder(checkpointDir),
+            let existing = OutputFiles.existingCheckpoints(in: checkpointDir).first
+        {
+            let run = resume == nil ? "a new run" : "this run, resumed from another folder,"
+            throw UsageError(
+                "--checkpoint-dir \(checkpointDir) already holds a checkpoint, \(existing), "
+                    + "which \(run) would replace. Continue that run with --resume "
+                    + "\(existing), give another --checkpoint-dir, or pass --overwrite to "
+                    + "replace it")
+        }
+        try OutputFiles.prepareFolder(checkpointDir, flag: "--checkpoint-dir")
+        if let metrics { try OutputFiles.checkAppendable(metrics, flag: "--metrics") }
+        if let trace { try OutputFiles.checkReplaceable(trace, flag: "--trace") }
+    }
+
+    /// Settings that only the data shows cannot work: refused before the network is built.
+    func checkFits(_ options: TrainingOptions, _ data: Dataset) throws {
+        if case .topK(let k) = options.loss, k >= data.classes {
+            throw UsageError(
+                "--loss top-k:\(k): K must be below the number of classes, \(data.classes) "
+                    + "here (the loss compares each sample's class with K others)")
+        }
+        let padding = options.augmentation.cropPadding
+        if padding >= min(data.height, data.width) {
+            throw UsageError(
+                "--crop-padding \(padding) must be smaller than the images, which are "
+                    + "\(data.height)x\(data.width): a larger padding crops empty images")
+        }
+    }
+
     func train() throws {
-        // First thing, so a Ctrl-C during start-up also ends in a clean stop.
-        let interrupt = InterruptFlag.installForSIGINT()
+        // First thing, so a stop during start-up also ends in a clean stop.
+        let stop = StopSignal.install()
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         var (config, options) = try resolve(
@@ -293,25 +401,33 @@ struct Train: ParsableCommand {
                 ModelConfig(), TrainingOptions()
             ),
             fromCheckpoint: checkpoint != nil)
+        let stored = try checkpoint?.data
+        let (dataDirectory, dataLimit) = try resolveData(stored: stored)
         let epochsDone = try checkpoint?.epochs ?? 0
         if epochsDone >= options.epochs {
-            throw SigPropError.configuration(
-                "--resume: the checkpoint has already trained \(epochsDone) epochs; pass --epochs N with N > \(epochsDone) to train more"
-            )
+            throw UsageError(
+                "--resume: the checkpoint has already trained \(epochsDone) epochs; pass "
+                    + "--epochs N with N > \(epochsDone) to train more")
         }
+        try checkOutputs()
 
-        let directory = URL(fileURLWithPath: dataDir)
+        let directory = URL(fileURLWithPath: dataDirectory)
         let loadStart = Date()
         var trainSet = try Dataset.load(directory: directory, split: .train)
         var testSet = try Dataset.load(directory: directory, split: .test)
-        let normalization = Normalization.standard(for: directory, dataset: trainSet)
+        let (normalization, normalizationSource) =
+            stored.map { ($0.normalization, "from the checkpoint") }
+            ?? Normalization.standard(for: trainSet)
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)
-        if let limit { trainSet = trainSet.prefix(limit) }
+        if let dataLimit { trainSet = trainSet.prefix(dataLimit) }
+        try checkFits(options, trainSet)
         if checkpoint == nil {
             config.inputShape = [trainSet.channels, trainSet.height, trainSet.width]
             config.classes = trainSet.classes
         }
+        let dataSettings = DataSettings(
+            directory: dataDirectory, limit: dataLimit, normalization: normalization)
 
         let (devices, warnings) = try selection.makeDevices()
         for warning in warnings { printError("warning: \(warning)") }
@@ -327,10 +443,12 @@ struct Train: ParsableCommand {
         emit(
             String(
                 format:
-                    "data: %@ (%d training, %d test images of %dx%dx%d, %d classes; loaded in %.1f s)",
-                dataDir, trainSet.count, testSet.count, trainSet.channels, trainSet.height,
-                trainSet.width, trainSet.classes,
-                Date().timeIntervalSince(loadStart)))
+                    "data: %@ (%@ training, %@ test images of %dx%dx%d, %d classes; loaded in "
+                    + "%.1f s)",
+                dataDirectory, ProgressText.grouped(trainSet.count),
+                ProgressText.grouped(testSet.count), trainSet.channels, trainSet.height,
+                trainSet.width, trainSet.classes, Date().timeIntervalSince(loadStart)))
+        emit("normalisation: \(normalization.summary) (\(normalizationSource))")
 
         let network = try Network(
             config: config, devices: devices, optimizer: options.optimizer, seed: options.seed)
@@ -343,22 +461,39 @@ struct Train: ParsableCommand {
             }
             emit("placement (balanced by multiply-adds): " + groups.joined(separator: "; "))
         }
-        if let checkpoint {
-            try checkpoint.restore(into: network)
-            let batches = try checkpoint.batchesDone
-            emit(
-                "resumed: \(resume!) after epoch \(epochsDone)"
-                    + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
-        }
         let trainer = try Trainer(
             network: network, options: options, train: trainSet, test: testSet,
             schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
+        if let checkpoint, let resume {
+            let batches = try checkpoint.batchesDone
+            guard batches < trainer.batchesPerEpoch else {
+                throw SigPropError.configuration(
+                    "--resume \(resume): the checkpoint is damaged: it has \(batches) batches "
+                        + "of epoch \(epochsDone + 1) done, but an epoch has "
+                        + "\(trainer.batchesPerEpoch). Resume from another checkpoint, or "
+                        + "start a new run without --resume")
+            }
+            try checkpoint.restore(into: network)
+            emit(
+                "resumed: \(resume) after epoch \(epochsDone)"
+                    + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
+        }
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil {
             trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
         }
+        let parameters = network.parameters.reduce(0) { $0 + $1.value.count }
+        let fused =
+            devices.allSatisfy(\.fusesWeightUpdates)
+            ? " (fused into the weight products)"
+            : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""
         emit(
-            "model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, \(network.parameters.reduce(0) { $0 + $1.value.count }) parameters; \(trainer.batchesPerEpoch) batches of \(options.batchSize) per epoch; loss \(options.loss.name), \(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)\(devices.allSatisfy(\.fusesWeightUpdates) ? " (fused into the weight products)" : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""); schedule \(trainer.schedule.kind.rawValue)"
+            "model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, "
+                + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
+                + "batches of \(options.batchSize) per epoch; loss \(options.loss.name), "
+                + "\(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)"
+                + "\(fused); "
+                + "schedule \(trainer.schedule.kind.rawValue)"
                 + (trainer.schedule.kind == .pipelined
                     ? " (\(trainer.depth) batches in flight)" : ""))
 
@@ -369,15 +504,10 @@ struct Train: ParsableCommand {
         for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()
             let outcome = try trainer.runEpoch(
-                epoch, startBatch: startBatch, shouldStop: { interrupt.isSet },
+                epoch, startBatch: startBatch, shouldStop: { stop.isSet },
                 progress: { progress in
-                    let line = String(
-                        format: "epoch %d/%d  batch %d/%d  %.0f samples/s  losses %@  ETA %.0f s",
-                        progress.epoch + 1, options.epochs, progress.batch, progress.batches,
-                        progress.samplesPerSecond,
-                        progress.blockLosses.map { String(format: "%.3f", $0) }.joined(
-                            separator: " "),
-                        progress.secondsLeft)
+                    let line = ProgressText.progress(
+                        progress, epochs: options.epochs, width: Terminal.columns())
                     if terminal {
                         print("\r\u{1B}[K" + line, terminator: "")
                         // All streams: stdout is not concurrency-safe to name in Swift 6.
@@ -392,19 +522,38 @@ struct Train: ParsableCommand {
             guard case .completed(let result) = outcome else {
                 if case .interrupted(let batchesDone) = outcome {
                     try Checkpoint(
-                        network: network, options: options, epochs: epoch, batchesDone: batchesDone
+                        network: network, options: options, epochs: epoch,
+                        batchesDone: batchesDone, data: dataSettings
                     ).write(to: checkpointURL)
                     emit(
-                        "interrupted after batch \(batchesDone) of epoch \(epoch + 1); checkpoint: \(checkpointURL.path). Continue with --resume \(checkpointURL.path)"
-                    )
+                        "\(stop.cause) after batch \(batchesDone) of epoch \(epoch + 1); "
+                            + "checkpoint: \(checkpointURL.path). Continue with --resume "
+                            + checkpointURL.path)
                 }
-                throw ExitCode(130)
+                throw ExitCode(stop.exitCode)
             }
             report(result, options: options)
-            if let path = metrics { try appendMetrics(result, to: path) }
-            try Checkpoint(network: network, options: options, epochs: epoch + 1).write(
-                to: checkpointURL)
-            if let traceURL, let trace = trainer.trace { try trace.write(to: traceURL) }
+            // The checkpoint first: a failure to write the other files loses no training.
+            try Checkpoint(
+                network: network, options: options, epochs: epoch + 1, data: dataSettings
+            )
+            .write(to: checkpointURL)
+            let written =
+                "The checkpoint of epoch \(epoch + 1) is written: fix this, then continue with "
+                + "--resume \(checkpointURL.path)"
+            if let path = metrics {
+                do { try appendMetrics(result, to: path) } catch let error as FileSystemError {
+                    throw OutputFiles.problem(
+                        flag: "--metrics", path: path,
+                        action: "write the metrics of epoch \(epoch + 1)", reason: error.reason,
+                        fix: written)
+                }
+            }
+            if let traceURL, let trace = trainer.trace {
+                do { try trace.write(to: traceURL) } catch let error as SigPropError {
+                    throw SigPropError.configuration("\(error). \(written)")
+                }
+            }
         }
         emit("checkpoint: \(checkpointURL.path)")
         if let traceURL, let trace = trainer.trace {
@@ -420,67 +569,51 @@ struct Train: ParsableCommand {
     }
 
     func report(_ result: EpochMetrics, options: TrainingOptions) {
-        let losses = result.blockLosses.map { String(format: "%.3f", $0) }.joined(separator: " ")
+        let width = Terminal.columns()
         emit(
             String(
                 format:
-                    "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
-                result.epoch, options.epochs, result.seconds, result.samplesPerSecond, losses,
-                result.outputLoss,
+                    "epoch %d/%d  %.1f s  %@ samples/s  train acc %.2f%%  test acc %.2f%% (%@)",
+                result.epoch, options.epochs, result.seconds,
+                ProgressText.grouped(Int(result.samplesPerSecond.rounded())),
                 100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+        let losses =
+            result.blockLosses.map { String(format: "%.3f", $0) }
+            + [String(format: "output %.3f", result.outputLoss)]
+        for line in ProgressText.wrapped("  losses", losses, width: width) { emit(line) }
         let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
-            .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
-        emit(
-            "  other readouts: " + others.joined(separator: ", ")
-                + "; adaptive uses block \(result.adaptiveBlock)")
+            .sorted { ProgressText.naturalOrder($0.key, $1.key) }
+            .map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
+        let lines = ProgressText.wrapped(
+            "  other readouts:", others + ["adaptive uses block \(result.adaptiveBlock)"],
+            separator: ", ", width: width)
+        for line in lines { emit(line) }
     }
 
+    /// One JSON line per epoch, appended.
     func appendMetrics(_ metrics: EpochMetrics, to path: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var line = try encoder.encode(metrics)
         line.append(UInt8(ascii: "\n"))
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil) else {
-                throw SigPropError.configuration(
-                    "--metrics \(path): cannot create the file; check the folder exists and is writable"
-                )
-            }
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        defer { try? handle.close() }
-        try handle.seekToEnd()
-        try handle.write(contentsOf: line)
+        try OutputFiles.append(line, to: path)
     }
 }
 
-/// Set by Ctrl-C (SIGINT): training finishes the current batch, writes a checkpoint and exits.
-/// A second Ctrl-C exits at once.
-final class InterruptFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var set = false
-    private var source: DispatchSourceSignal?
+/// A command line that cannot work as given, found after the flags were parsed (it needs the
+/// checkpoint, the data or the file system to tell). It exits with ArgumentParser's status for
+/// usage errors, 64, like the errors `validate()` finds.
+struct UsageError: Error {
+    let message: String
 
-    var isSet: Bool { lock.withLock { set } }
+    init(_ message: String) { self.message = message }
 
-    static func installForSIGINT() -> InterruptFlag {
-        let flag = InterruptFlag()
-        signal(SIGINT, SIG_IGN)  // delivered to the dispatch source instead
-        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        source.setEventHandler {
-            let again = flag.lock.withLock { () -> Bool in
-                defer { flag.set = true }
-                return flag.set
-            }
-            if again { exit(130) }
-            FileHandle.standardError.write(
-                Data(
-                    "\ninterrupt: finishing the current batch, then writing a checkpoint (Ctrl-C again to quit now)\n"
-                        .utf8))
-        }
-        source.resume()
-        flag.source = source
-        return flag
+    /// Flags of a resumed run that differ from the checkpoint, which fixes them.
+    static func conflicts(_ conflicts: [String]) -> UsageError {
+        UsageError(
+            "--resume: these flags differ from the checkpoint, which fixes them: "
+                + conflicts.joined(separator: "; ")
+                + ". Drop them to continue the run as it was, or start a new run without --resume")
     }
 }
 

@@ -292,6 +292,56 @@ private struct TinyIDX {
         }
     }
 
+    /// A data file that is a folder, or a folder that may not be read, says so in plain words
+    /// (not "NSCocoaErrorDomain error 256", not "it is empty").
+    @Test func dataFileThatIsAFolderSaysSo() throws {
+        try withTemporaryFolder { folder in
+            try TinyIDX(count: 2).write(to: folder)
+            let images = folder.appendingPathComponent("train-images-idx3-ubyte")
+            try FileManager.default.removeItem(at: images)
+            try FileManager.default.createDirectory(at: images, withIntermediateDirectories: false)
+            let message = expectDatasetError([
+                images.path, "cannot be read: it is a folder, not a file", "--data-dir",
+            ]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
+            #expect(!message.contains("NSCocoaErrorDomain"), "\(message)")
+        }
+    }
+
+    /// Permission bits do not stop root, so this runs for other users only; the words for
+    /// each error number are checked for everyone in `fileSystemErrorsInPlainWords`.
+    @Test(.enabled(if: getuid() != 0, "root reads folders whatever their permissions"))
+    func unreadableDataFolderSaysPermissionDenied() throws {
+        try withTemporaryFolder { folder in
+            try TinyIDX(count: 2).write(to: folder)
+            chmod(folder.path, 0)
+            defer { chmod(folder.path, 0o755) }
+            let message = expectDatasetError([folder.path, "permission denied", "--data-dir"]) {
+                _ = try Dataset.load(directory: folder, split: .train)
+            }
+            #expect(!message.contains("empty") && !message.contains("apt-get"), "\(message)")
+        }
+    }
+
+    @Test func fileSystemErrorsInPlainWords() throws {
+        #expect(FileSystemError.reason(EACCES) == "permission denied")
+        #expect(FileSystemError.reason(EISDIR) == "it is a folder, not a file")
+        #expect(FileSystemError.reason(ENOSPC).contains("the disk is full"))
+        #expect(FileSystemError.reason(EROFS) == "the file system is read-only")
+        #expect(FileSystemError.code(of: CocoaError(.fileWriteOutOfSpace)) == ENOSPC)
+        let wrapped = NSError(
+            domain: NSCocoaErrorDomain, code: 512,
+            userInfo: [NSUnderlyingErrorKey: NSError(domain: NSPOSIXErrorDomain, code: Int(EROFS))])
+        #expect(FileSystemError.code(of: wrapped) == EROFS)
+        #expect(throws: FileSystemError(path: "/", code: EISDIR)) {
+            _ = try FileSystemError.read("/")
+        }
+        #expect(throws: FileSystemError(path: "/nonexistent", code: ENOENT)) {
+            _ = try FileSystemError.read("/nonexistent")
+        }
+    }
+
     // MARK: - CIFAR-10
 
     /// `count` records whose label is `(first + i) % 10` and whose pixels encode the record.
@@ -363,30 +413,30 @@ private struct TinyIDX {
 
     // MARK: - Normalisation
 
-    @Test func normalizationIsPickedByFolderOrFormat() throws {
+    /// Two pixel values per channel, mean ± std: a set whose statistics are exactly `target`'s.
+    static func dataset(withStatisticsOf target: Normalization) throws -> Dataset {
+        let images = zip(target.mean, target.std).flatMap { mean, std in [mean - std, mean + std] }
+        return try Dataset(
+            images: images, labels: [0], channels: target.mean.count, height: 1, width: 2,
+            classes: 10, format: .idx)
+    }
+
+    /// The images decide, not the folder's name: a set with a published set's statistics gets
+    /// its exact values, any other set its own statistics, and the reason says which.
+    @Test func normalizationIsRecognisedByContent() throws {
+        for (name, values) in Normalization.published {
+            let (chosen, source) = Normalization.standard(
+                for: try Self.dataset(withStatisticsOf: values))
+            #expect(chosen == values, "\(name)")
+            #expect(source.contains("published \(name) values"), "\(source)")
+        }
         let gray = try Dataset(
             images: [0, 0.5, 1, 0.5], labels: [0], channels: 1, height: 2, width: 2, classes: 10,
             format: .idx)
-        let color = try Dataset(
-            images: (0..<12).map { Float($0) / 12 }, labels: [3], channels: 3, height: 2, width: 2,
-            classes: 10, format: .cifar10)
-        #expect(
-            Normalization.standard(
-                for: URL(fileURLWithPath: Dataset.defaultDirectory), dataset: gray) == .fashionMNIST
-        )
-        #expect(
-            Normalization.standard(for: URL(fileURLWithPath: "/data/MNIST"), dataset: gray)
-                == .mnist)
-        #expect(
-            Normalization.standard(for: URL(fileURLWithPath: "/data/anything"), dataset: color)
-                == .cifar10)
-        #expect(
-            Normalization.standard(for: URL(fileURLWithPath: "/data/kmnist"), dataset: gray)
-                == .compute(from: gray))
-        let computed = Normalization.standard(
-            for: URL(fileURLWithPath: "/data/digits"), dataset: gray)
+        let (computed, source) = Normalization.standard(for: gray)
         expectClose(computed.mean, [0.5], "mean")
         expectClose(computed.std, [Float(0.125).squareRoot()], "std")
+        #expect(source == "computed from the 1 training images")
         #expect(Normalization.cifar10.mean == [0.4914, 0.4822, 0.4465])
         #expect(Normalization.cifar10.std == [0.2470, 0.2435, 0.2616])
     }
@@ -537,7 +587,7 @@ private struct TinyIDX {
             #expect(set.labels.allSatisfy { (0..<10).contains($0) })
         }
         #expect(Set(test.labels).count == 10)
-        #expect(Normalization.standard(for: folder, dataset: train) == .fashionMNIST)
+        #expect(Normalization.standard(for: train).values == .fashionMNIST)
         // The published statistics are what this training set gives.
         let computed = Normalization.compute(from: train)
         expectClose(computed.mean, [0.2860], absolute: 5e-4, "Fashion-MNIST mean")

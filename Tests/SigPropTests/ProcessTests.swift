@@ -77,7 +77,7 @@ import Testing
             let process = try Self.launch([
                 "--epochs", "100000", "--width", "256", "--batch-size", "64", "--data-dir",
                 data.path,
-                "--checkpoint-dir", checkpoints.path,
+                "--checkpoint-dir", checkpoints.path, "--overwrite",
             ])
             // Once the first checkpoint exists, kill at a random moment of the writes that follow.
             if run == 0 {
@@ -138,7 +138,7 @@ import Testing
         try FileManager.default.createDirectory(at: noDrivers, withIntermediateDirectories: true)
         let arguments = [
             "--epochs", "1", "--width", "16", "--limit", "64", "--batch-size", "16", "--data-dir",
-            data.path, "--checkpoint-dir", checkpoints.path,
+            data.path, "--checkpoint-dir", checkpoints.path, "--overwrite",
         ]
         var results: [String: (status: Int32, output: String)] = [:]
         for backend in ["auto", "opencl"] {
@@ -213,7 +213,8 @@ import Testing
         let before = try Data(contentsOf: checkpoint)
 
         let errors = Pipe()
-        let exploding = try Self.launch(["--epochs", "3", "--lr", "1e30"] + common, errors: errors)
+        let exploding = try Self.launch(
+            ["--epochs", "3", "--lr", "1e30", "--overwrite"] + common, errors: errors)
         let text = String(
             decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         exploding.waitUntilExit()

@@ -243,6 +243,26 @@ import Testing
         }
     }
 
+    /// A checkpoint carries the data the run trained on; one written before it did loads with
+    /// none, and a run resumed from it works as it did then.
+    @Test func checkpointCarriesTheDataSettings() throws {
+        let network = try Self.network(try TestBackend.cpu.device())
+        let settings = DataSettings(
+            directory: "/data/./fashion/", limit: 640, normalization: .fashionMNIST)
+        #expect(settings.directory == "/data/fashion")
+        let written = try Checkpoint(
+            network: network, options: TrainingOptions(), epochs: 2, batchesDone: 3,
+            data: settings)
+        let loaded = try Checkpoint(safetensors: try written.serialized(), path: "memory")
+        #expect(try loaded.data == settings)
+        #expect(try loaded.batchesDone == 3)
+        var old = loaded
+        old.metadata["data"] = nil
+        #expect(try old.data == nil)
+        old.metadata["data"] = "{\"limit\": 3}"
+        #expect { _ = try old.data } throws: { "\($0)".contains("metadata 'data'") }
+    }
+
     @Test func checkpointWritesReplaceAtomically() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "sigprop-ckpt-\(UUID())")

@@ -9,11 +9,11 @@ enum DataFile {
         let path = url.path
         let bytes: [UInt8]
         do {
-            bytes = [UInt8](try Data(contentsOf: url))
+            bytes = try FileSystemError.read(path)
         } catch {
             throw SigPropError.dataset(
-                path: path, problem: "cannot be read (\(error.localizedDescription))",
-                fix: "check that the file exists and that you may read it")
+                path: path, problem: "cannot be read: \(error.reason)",
+                fix: "give --data-dir a folder whose data files you may read")
         }
         return try decode(bytes, path: path)
     }

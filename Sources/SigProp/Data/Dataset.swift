@@ -138,6 +138,25 @@ extension Dataset {
         case cifar10([URL])
     }
 
+    /// Why `path` cannot be read as a data folder, and the fix, or nil: a folder that may not
+    /// be listed would otherwise look empty.
+    static func folderProblem(_ path: String) -> (problem: String, fix: String)? {
+        let readable = "give --data-dir a folder you may read, or make it readable (chmod a+rx)"
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            return errno == ENOENT
+                ? ("the folder does not exist", installFix)
+                : ("the folder cannot be read: \(FileSystemError.reason(errno))", readable)
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            return ("this is a file, not a folder", installFix)
+        }
+        guard access(path, R_OK | X_OK) == 0 else {
+            return ("the folder cannot be read: \(FileSystemError.reason(errno))", readable)
+        }
+        return nil
+    }
+
     static func idxNames(_ split: Split) -> (images: String, labels: String) {
         let prefix = split == .train ? "train" : "t10k"
         return ("\(prefix)-images-idx3-ubyte", "\(prefix)-labels-idx1-ubyte")
@@ -146,14 +165,8 @@ extension Dataset {
     static func locate(directory: URL, split: Split) throws -> Location {
         let fileManager = FileManager.default
         let path = directory.path
-        var isDirectory: ObjCBool = false
-        guard fileManager.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw SigPropError.dataset(
-                path: path, problem: "the folder does not exist", fix: installFix)
-        }
-        guard isDirectory.boolValue else {
-            throw SigPropError.dataset(
-                path: path, problem: "this is a file, not a folder", fix: installFix)
+        if let (problem, fix) = folderProblem(path) {
+            throw SigPropError.dataset(path: path, problem: problem, fix: fix)
         }
         func existing(_ url: URL) -> URL? { fileManager.fileExists(atPath: url.path) ? url : nil }
 

@@ -17,20 +17,36 @@ public struct Normalization: Sendable, Codable, Equatable {
     public static let cifar10 = Normalization(
         mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616])
 
-    /// The known values when the set is recognisable — a folder name containing "fashion"
-    /// (Fashion-MNIST) or "mnist" (MNIST), or the CIFAR-10 format — else computed from
-    /// `dataset`, which should be the training split (statistics from the test split would
-    /// leak it into training).
-    public static func standard(for directory: URL, dataset: Dataset) -> Normalization {
-        let name = directory.standardizedFileURL.lastPathComponent.lowercased()
-        if dataset.format == .cifar10, dataset.channels == 3 { return .cifar10 }
-        if dataset.channels == 1 {
-            if name.contains("fashion") { return .fashionMNIST }
-            // KMNIST, EMNIST and QMNIST have other statistics than MNIST.
-            let variants = ["kmnist", "emnist", "qmnist"]
-            if name.contains("mnist"), !variants.contains(where: name.contains) { return .mnist }
+    /// The published values of the sets above, by name.
+    public static let published: [(name: String, values: Normalization)] = [
+        ("Fashion-MNIST", .fashionMNIST), ("MNIST", .mnist), ("CIFAR-10", .cifar10),
+    ]
+
+    /// The normalisation for `dataset`, which should be the whole training split (statistics
+    /// from the test split would leak it into training), and where it comes from, to show
+    /// the user. Its statistics are computed; when they match a published set's values (to
+    /// 5e-4, as the full Fashion-MNIST, MNIST and CIFAR-10 training sets do), those values are
+    /// used exactly. The files' contents decide, not the folder's name.
+    public static func standard(for dataset: Dataset) -> (values: Normalization, source: String) {
+        let computed = compute(from: dataset)
+        func matches(_ known: Normalization) -> Bool {
+            known.mean.count == computed.mean.count
+                && zip(known.mean + known.std, computed.mean + computed.std).allSatisfy {
+                    abs($0 - $1) <= 5e-4
+                }
         }
-        return compute(from: dataset)
+        if let (name, values) = published.first(where: { matches($0.values) }) {
+            return (values, "the published \(name) values, which these training images match")
+        }
+        return (computed, "computed from the \(dataset.count) training images")
+    }
+
+    /// "mean 0.2860, std 0.3530" (a value per channel, space-separated).
+    public var summary: String {
+        func list(_ values: [Float]) -> String {
+            values.map { String(format: "%.4f", $0) }.joined(separator: " ")
+        }
+        return "mean \(list(mean)), std \(list(std))"
     }
 
     /// Mean and population standard deviation of each channel over every pixel of every image,

@@ -18,14 +18,17 @@ enum AtomicFile {
             try FileManager.default.createDirectory(
                 at: directory, withIntermediateDirectories: true)
         } catch {
-            throw .folder(path: directory.path, reason: error.localizedDescription)
+            throw .folder(
+                path: directory.path,
+                reason: FileSystemError.code(of: error).map(FileSystemError.reason)
+                    ?? error.localizedDescription)
         }
         removeStaleTemporaries(of: url)
         let temporary = directory.appendingPathComponent(
             ".\(url.lastPathComponent).tmp-\(getpid())")
         let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard descriptor >= 0 else {
-            throw .temporary(path: temporary.path, reason: String(cString: strerror(errno)))
+            throw .temporary(path: temporary.path, reason: FileSystemError.reason(errno))
         }
         var failure: String?
         data.withUnsafeBytes { raw in
@@ -35,16 +38,16 @@ enum AtomicFile {
                     descriptor, raw.baseAddress! + written, raw.count - written)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    failure = String(cString: strerror(errno))
+                    failure = FileSystemError.reason(errno)
                     return
                 }
                 written += n
             }
         }
-        if failure == nil, fsync(descriptor) != 0 { failure = String(cString: strerror(errno)) }
+        if failure == nil, fsync(descriptor) != 0 { failure = FileSystemError.reason(errno) }
         close(descriptor)
         if failure == nil, rename(temporary.path, url.path) != 0 {
-            failure = String(cString: strerror(errno))
+            failure = FileSystemError.reason(errno)
         }
         if let failure {
             unlink(temporary.path)

@@ -3,7 +3,7 @@ import Foundation
 /// A training checkpoint in the safetensors format (loadable by Python's `safetensors`):
 /// every parameter, every optimizer state tensor (`<parameter>.<state>`, e.g.
 /// `block0.weight.m`), and in the metadata the epochs done, each optimizer's step count, the
-/// model config and the training options (as JSON strings).
+/// model config, the training options and the data settings (as JSON strings).
 public struct Checkpoint {
     public var tensors: [String: GoldenTensor]
     public var metadata: [String: String]
@@ -18,10 +18,11 @@ public struct Checkpoint {
     // MARK: Network <-> checkpoint
 
     /// Everything needed to continue training `network` after `epochs` completed epochs and
-    /// `batchesDone` batches of the next (an interrupted epoch).
-    public init(network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0)
-        throws
-    {
+    /// `batchesDone` batches of the next (an interrupted epoch), trained on `data`.
+    public init(
+        network: Network, options: TrainingOptions, epochs: Int, batchesDone: Int = 0,
+        data: DataSettings? = nil
+    ) throws {
         var tensors: [String: GoldenTensor] = [:]
         for parameter in network.parameters {
             tensors[parameter.name] = GoldenTensor(
@@ -43,6 +44,9 @@ public struct Checkpoint {
             "model": String(decoding: try encoder.encode(network.config), as: UTF8.self),
             "options": String(decoding: try encoder.encode(options), as: UTF8.self),
         ]
+        if let data {
+            metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self)
+        }
     }
 
     public var epochs: Int {
@@ -70,6 +74,11 @@ public struct Checkpoint {
 
     public var options: TrainingOptions {
         get throws { try decode(TrainingOptions.self, "options") }
+    }
+
+    /// The data the run trained on; nil in checkpoints written before it was stored.
+    public var data: DataSettings? {
+        get throws { metadata["data"] == nil ? nil : try decode(DataSettings.self, "data") }
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ key: String) throws -> T {
@@ -216,16 +225,13 @@ public struct Checkpoint {
     }
 
     public init(contentsOf url: URL) throws {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            let reason =
-                FileManager.default.fileExists(atPath: url.path)
-                ? "it cannot be read (check its permissions)" : "no such file"
+        let bytes: [UInt8]
+        do { bytes = try FileSystemError.read(url.path) } catch {
             throw SigPropError.configuration(
-                "cannot read checkpoint \(url.path): \(reason). Check the path given to --resume (train writes <checkpoint-dir>/last.safetensors)"
-            )
+                "--resume \(url.path): cannot read the checkpoint: \(error.reason). Give --resume "
+                    + "a checkpoint file (train writes <checkpoint-dir>/last.safetensors)")
         }
-        try self.init(safetensors: data, path: url.path)
+        try self.init(safetensors: Data(bytes), path: url.path)
     }
 
     /// Writes atomically (`AtomicFile`): a crash at any moment leaves either the old
@@ -235,16 +241,17 @@ public struct Checkpoint {
         do {
             try AtomicFile.write(data, to: url)
         } catch .folder(let path, let reason) {
-            throw SigPropError.configuration(
-                "cannot create the checkpoint folder \(path): \(reason). Pass a writable --checkpoint-dir"
-            )
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: path, action: "create the folder", reason: reason)
         } catch .temporary(let path, let reason) {
-            throw SigPropError.configuration(
-                "cannot write \(path): \(reason). Pass a writable --checkpoint-dir")
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: url.deletingLastPathComponent().path,
+                action: "create \(path)", reason: reason)
         } catch .write(let reason) {
-            throw SigPropError.configuration(
-                "writing checkpoint \(url.path) failed: \(reason) (the previous checkpoint is untouched)"
-            )
+            throw OutputFiles.problem(
+                flag: "--checkpoint-dir", path: url.deletingLastPathComponent().path,
+                action: "write the checkpoint \(url.lastPathComponent)", reason: reason,
+                fix: "The previous checkpoint there is untouched")
         }
     }
 }

@@ -148,14 +148,19 @@ public final class Trace {
         )
     }
 
-    /// Writes the JSON atomically (temporary file, then rename).
+    /// Writes the JSON atomically (`AtomicFile`): a failed or killed write keeps the old trace.
     public func write(to url: URL) throws {
+        let data = try json()
+        let reason: String
         do {
-            try json().write(to: url, options: .atomic)
-        } catch {
-            throw SigPropError.configuration(
-                "could not write the trace to \(url.path): \(error.localizedDescription). Check that the folder exists and is writable."
-            )
+            try AtomicFile.write(data, to: url)
+            return
+        } catch .folder(_, let why), .temporary(_, let why) {
+            reason = why
+        } catch .write(let why) {
+            reason = why
         }
+        throw OutputFiles.problem(
+            flag: "--trace", path: url.path, action: "write the trace", reason: reason)
     }
 }
