@@ -8,7 +8,8 @@
 
 __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
                               __global float* mask, __global float* dY, __global float* row_loss,
-                              const int B, const int N, const int kind, const int top_k) {
+                              const int B, const int N, const int kind, const int top_k,
+                              const float tie_tolerance) {
     const int i = get_global_id(0);
     if (i >= B) return;
     __global const float* y = Y + (size_t)i * N;
@@ -16,20 +17,27 @@ __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
     __global float* mrow = mask + (size_t)i * N;
     __global float* drow = dY + (size_t)i * N;
 
-    float yy_max = -INFINITY;
+    float yy_max = -INFINITY, scale = 0.0f;
+    for (int j = 0; j < N; ++j) {
+        yy_max = fmax(yy_max, yy[j]);
+        scale = fmax(scale, fabs(yy[j]));
+    }
+    // Entries within `tolerance` of each other are ties (LocalLossKind.tieTolerance: YY's
+    // entries of one label's rows can differ in their last bits).
+    const float tolerance = tie_tolerance * scale;
     int first = 0;
-    for (int j = 0; j < N; ++j) if (yy[j] > yy_max) { yy_max = yy[j]; first = j; }
+    while (first < N - 1 && yy[first] < yy_max - tolerance) ++first;
 
     float m = 0.0f;
     for (int j = 0; j < N; ++j) {
         int selected;
         if (kind == LOSS_MAX_ALL) {
-            selected = yy[j] == yy_max;
+            selected = yy[j] >= yy_max - tolerance;
         } else if (kind == LOSS_MAX_RANDOM) {
             selected = j == first;
         } else {
             int greater = 0;
-            for (int l = 0; l < N; ++l) greater += yy[l] > yy[j];
+            for (int l = 0; l < N; ++l) greater += yy[l] > yy[j] + tolerance;
             selected = greater < top_k;
         }
         mrow[j] = selected ? 1.0f : 0.0f;

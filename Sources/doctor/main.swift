@@ -31,6 +31,14 @@ struct Doctor: ParsableCommand {
             """)
     var tune = false
 
+    @Flag(
+        name: .long,
+        help: """
+            Print the OpenBLAS kernel set this process runs ("running NAME") and those this CPU \
+            runs ("runs NAME", one a line: OPENBLAS_CORETYPE values), then exit.
+            """)
+    var openblasKernels = false
+
     func validate() throws {
         if tune && cpuOnly {
             throw ValidationError("--tune tunes OpenCL devices; leave out --cpu-only")
@@ -38,6 +46,12 @@ struct Doctor: ParsableCommand {
     }
 
     mutating func run() throws {
+        if openblasKernels {
+            // Before any device: a refused OPENBLAS_CORETYPE still shows what OpenBLAS runs.
+            print("running \(OpenBLASKernels.current().core)")
+            for name in OpenBLASKernels.kernelSetsForThisCPU { print("runs \(name)") }
+            return
+        }
         var failures = 0
         let environment = ProcessInfo.processInfo.environment
         let selection = try BackendSelection(environment: environment)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import SigProp
@@ -149,6 +150,67 @@ import Testing
         // Cores this table does not know (other architectures), or no flags read: left alone.
         #expect(OpenBLASKernels.fasterCore(than: "NEOVERSEN1", cpuFlags: Self.avx512) == nil)
         #expect(OpenBLASKernels.fasterCore(than: "Prescott", cpuFlags: []) == nil)
+    }
+
+    /// An `OPENBLAS_CORETYPE` OpenBLAS did not take, or whose instructions the CPU lacks, is
+    /// refused with the kernel sets the CPU runs (OpenBLAS itself runs other kernels silently).
+    @Test func unusableCoreTypesAreRefused() throws {
+        func problem(_ requested: String, running: String, flags: Set<String>, dynamic: Bool = true)
+            -> String?
+        {
+            OpenBLASKernels.problem(
+                requested: requested, running: running, cpuFlags: flags,
+                version: "OpenBLAS 0.3.21", dynamic: dynamic)
+        }
+        let avx2 = Self.avx2.union(["pni", "ssse3", "sse4_1", "sse4_2"])
+        #expect(problem("haswell", running: "Haswell", flags: avx2) == nil)
+        #expect(problem("Zen", running: "Zen", flags: []) == nil)
+        let unknown = try #require(problem("Haswel", running: "Prescott", flags: avx2))
+        #expect(unknown.contains("OPENBLAS_CORETYPE=Haswel is not a kernel set of OpenBLAS 0.3.21"))
+        #expect(unknown.contains("runs its Prescott kernels instead"))
+        #expect(
+            unknown.contains(
+                "Kernel sets this CPU runs: Prescott, Core2, Penryn, Dunnington, Nehalem, Atom, "
+                    + "Nano, Sandybridge, Haswell, Zen."))
+        let lacking = try #require(problem("SkylakeX", running: "SkylakeX", flags: avx2))
+        #expect(lacking.contains("lacks (avx512bw, avx512cd, avx512dq, avx512f, avx512vl)"))
+        #expect(lacking.contains("Haswell, Zen."))
+        let fixed = try #require(problem("Haswell", running: "SkylakeX", flags: [], dynamic: false))
+        #expect(fixed.contains("built for its SkylakeX kernels alone"))
+    }
+
+    /// The check runs on this process's OpenBLAS: its own kernel set passes, a made-up name
+    /// does not, and `Device.cpu` makes the check.
+    @Test func thisProcesssCoreTypeIsChecked() throws {
+        let running = OpenBLASKernels.current().core
+        try OpenBLASKernels.checkChosenCore(environment: [OpenBLASKernels.variable: running])
+        try OpenBLASKernels.checkChosenCore(environment: [:])
+        #expect {
+            try OpenBLASKernels.checkChosenCore(
+                environment: [OpenBLASKernels.variable: "NoSuchCore"])
+        } throws: { "\($0)".contains("NoSuchCore is not a kernel set") }
+        if let requested = ProcessInfo.processInfo.environment[OpenBLASKernels.variable],
+            !requested.isEmpty
+        {
+            #expect(requested.lowercased() == running.lowercased(), "Device.cpu() would refuse")
+        }
+    }
+
+    /// `train` refuses to start under a core type OpenBLAS does not have, instead of training
+    /// on kernels the user did not choose.
+    @Test func trainRefusesAnUnknownCoreType() throws {
+        let (data, checkpoints) = try ProcessTests.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let errors = Pipe()
+        let process = try ProcessTests.launch(
+            ["--epochs", "1", "--data-dir", data.path, "--checkpoint-dir", checkpoints.path],
+            errors: errors, environment: [OpenBLASKernels.variable: "NoSuchCore"])
+        let text = String(
+            decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(text.contains("OPENBLAS_CORETYPE=NoSuchCore is not a kernel set"), "\(text)")
+        #expect(text.contains("Kernel sets this CPU runs:"), "\(text)")
     }
 
     @Test func aCoreTypeTheUserSetIsKept() {

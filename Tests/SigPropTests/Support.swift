@@ -5,13 +5,18 @@ import Testing
 
 /// The backends the tests run on: the CPU fallback always, OpenCL where a device exists.
 /// With SIGPROP_REQUIRE_OPENCL set, a missing OpenCL device fails `openCLIsPresentWhenRequired`
-/// instead of quietly shrinking this list.
+/// instead of quietly shrinking this list. SIGPROP_TEST_CPU_ONLY leaves OpenCL out, for runs
+/// that are about the CPU backend alone (.ci/openblas-kernels runs the CPU backend's tests under
+/// each of OpenBLAS's kernel sets; valgrind); it cannot be combined with SIGPROP_REQUIRE_OPENCL.
 enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case cpu, opencl
 
     var testDescription: String { rawValue }
 
-    static let openCLEntries: [OpenCLDeviceEntry] = (try? OpenCLDiscovery.allDevices()) ?? []
+    static let cpuOnly =
+        !(ProcessInfo.processInfo.environment["SIGPROP_TEST_CPU_ONLY"] ?? "").isEmpty
+    static let openCLEntries: [OpenCLDeviceEntry] =
+        cpuOnly ? [] : (try? OpenCLDiscovery.allDevices()) ?? []
     static let openCLRequired =
         !(ProcessInfo.processInfo.environment["SIGPROP_REQUIRE_OPENCL"] ?? "").isEmpty
 
@@ -32,6 +37,9 @@ enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
 @Test func openCLIsPresentWhenRequired() throws {
     if TestBackend.openCLRequired {
+        #expect(
+            !TestBackend.cpuOnly,
+            "SIGPROP_REQUIRE_OPENCL and SIGPROP_TEST_CPU_ONLY are both set: unset one")
         #expect(
             !TestBackend.openCLEntries.isEmpty,
             "SIGPROP_REQUIRE_OPENCL is set but no OpenCL device was found (install pocl-opencl-icd)"

@@ -489,20 +489,23 @@ enum CPUKernels {
             let mRow = mask + i * n
             let dRow = dY + i * n
             var yyMax = -Float.infinity
-            var first = 0
-            for j in 0..<n where yyRow[j] > yyMax {
-                yyMax = yyRow[j]
-                first = j
+            var scale: Float = 0
+            for j in 0..<n {
+                yyMax = max(yyMax, yyRow[j])
+                scale = max(scale, abs(yyRow[j]))
             }
+            // Entries within `tolerance` of each other are ties (`LocalLossKind.tieTolerance`).
+            let tolerance = LocalLossKind.tieTolerance * scale
+            let first = (0..<n).first { yyRow[$0] >= yyMax - tolerance } ?? 0
             var m: Float = 0
             for j in 0..<n {
                 let selected: Bool
                 switch loss {
-                case .maxAll: selected = yyRow[j] == yyMax
+                case .maxAll: selected = yyRow[j] >= yyMax - tolerance
                 case .maxRandom: selected = j == first
                 case .topK(let k):
                     var greater = 0
-                    for l in 0..<n where yyRow[l] > yyRow[j] { greater += 1 }
+                    for l in 0..<n where yyRow[l] > yyRow[j] + tolerance { greater += 1 }
                     selected = greater < k
                 }
                 mRow[j] = selected ? 1 : 0

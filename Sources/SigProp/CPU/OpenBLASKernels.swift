@@ -39,18 +39,61 @@ public struct OpenBLASKernels: Sendable, Equatable {
         return fasterCore(than: core, cpuFlags: cpuFlags())
     }
 
-    /// The widest vectors of x86-64 kernel sets, by OpenBLAS core name (lowercased). Names not
-    /// listed (other architectures, cores this table does not know) are never replaced.
-    static let vectorLevels: [String: VectorLevel] = [
-        "prescott": .sse, "katmai": .sse, "coppermine": .sse, "northwood": .sse, "banias": .sse,
-        "atom": .sse,
-        "core2": .sse, "penryn": .sse, "dunnington": .sse, "nehalem": .sse, "athlon": .sse,
-        "opteron": .sse,
-        "opteron_sse3": .sse, "barcelona": .sse, "nano": .sse, "bobcat": .sse,
-        "sandybridge": .avx, "bulldozer": .avx, "piledriver": .avx,
-        "haswell": .avx2, "steamroller": .avx2, "excavator": .avx2, "zen": .avx2,
-        "skylakex": .avx512, "cooperlake": .avx512, "sapphirerapids": .avx512,
+    /// A kernel set of a DYNAMIC_ARCH OpenBLAS on x86-64: its name as `OPENBLAS_CORETYPE` takes
+    /// it and `openblas_get_corename` returns it, its widest vectors, and the `/proc/cpuinfo`
+    /// flags of the instructions its kernels use (a CPU without them faults in the kernels).
+    struct KernelSet: Sendable {
+        let name: String
+        let vectors: VectorLevel
+        let flags: Set<String>
+    }
+
+    static let avx512Flags: Set<String> = [
+        "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
     ]
+
+    /// OpenBLAS's x86-64 kernel sets, oldest first. Names not listed (other architectures) are
+    /// never replaced, nor checked against the CPU. The AMD sets before Zen use FMA4, XOP,
+    /// SSE4a or 3DNow!, which Intel CPUs (and Zen) lack.
+    static let kernelSets: [KernelSet] = [
+        KernelSet(name: "Prescott", vectors: .sse, flags: ["pni"]),
+        KernelSet(name: "Core2", vectors: .sse, flags: ["pni", "ssse3"]),
+        KernelSet(name: "Penryn", vectors: .sse, flags: ["pni", "ssse3", "sse4_1"]),
+        KernelSet(name: "Dunnington", vectors: .sse, flags: ["pni", "ssse3", "sse4_1"]),
+        KernelSet(name: "Nehalem", vectors: .sse, flags: ["pni", "ssse3", "sse4_1", "sse4_2"]),
+        KernelSet(name: "Atom", vectors: .sse, flags: ["pni", "ssse3"]),
+        KernelSet(name: "Nano", vectors: .sse, flags: ["pni", "ssse3"]),
+        KernelSet(name: "Opteron", vectors: .sse, flags: ["3dnow"]),
+        KernelSet(name: "Opteron_SSE3", vectors: .sse, flags: ["pni", "3dnow"]),
+        KernelSet(name: "Barcelona", vectors: .sse, flags: ["pni", "sse4a"]),
+        KernelSet(name: "Bobcat", vectors: .sse, flags: ["pni", "ssse3", "sse4a"]),
+        KernelSet(name: "Sandybridge", vectors: .avx, flags: ["avx"]),
+        KernelSet(name: "Bulldozer", vectors: .avx, flags: ["avx", "fma4", "xop"]),
+        KernelSet(name: "Piledriver", vectors: .avx, flags: ["avx", "fma", "fma4", "xop"]),
+        KernelSet(name: "Steamroller", vectors: .avx, flags: ["avx", "fma", "fma4", "xop"]),
+        KernelSet(name: "Excavator", vectors: .avx2, flags: ["avx2", "fma", "fma4", "xop"]),
+        KernelSet(name: "Haswell", vectors: .avx2, flags: ["avx", "avx2", "fma"]),
+        KernelSet(name: "Zen", vectors: .avx2, flags: ["avx", "avx2", "fma"]),
+        KernelSet(name: "SkylakeX", vectors: .avx512, flags: avx512Flags),
+        KernelSet(name: "Cooperlake", vectors: .avx512, flags: avx512Flags.union(["avx512_bf16"])),
+        KernelSet(
+            name: "SapphireRapids", vectors: .avx512,
+            flags: avx512Flags.union(["avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"])),
+    ]
+
+    /// The kernel set OpenBLAS calls `name` (any case), if the table has it.
+    static func kernelSet(named name: String) -> KernelSet? {
+        kernelSets.first { $0.name.lowercased() == name.lowercased() }
+    }
+
+    /// The kernel sets whose instructions a CPU with these flags has (OPENBLAS_CORETYPE values
+    /// for it, if this OpenBLAS has them).
+    static func kernelSets(runningOn cpuFlags: Set<String>) -> [String] {
+        kernelSets.filter { $0.flags.isSubset(of: cpuFlags) }.map(\.name)
+    }
+
+    /// The kernel sets this CPU runs (`/proc/cpuinfo`), oldest first; empty off x86-64.
+    public static var kernelSetsForThisCPU: [String] { kernelSets(runningOn: cpuFlags()) }
 
     enum VectorLevel: Int, Comparable {
         case sse, avx, avx2, avx512
@@ -68,9 +111,7 @@ public struct OpenBLASKernels: Sendable, Equatable {
 
         /// The widest level `flags` (as `/proc/cpuinfo` spells them) support.
         init(cpuFlags flags: Set<String>) {
-            if ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(
-                flags.contains)
-            {
+            if avx512Flags.isSubset(of: flags) {
                 self = .avx512
             } else if flags.contains("avx2") && flags.contains("fma") {
                 self = .avx2
@@ -85,7 +126,7 @@ public struct OpenBLASKernels: Sendable, Equatable {
     /// The core type to ask for instead of `core`, or nil when `core` is unknown here or
     /// already uses the widest vectors the flags allow.
     static func fasterCore(than core: String, cpuFlags: Set<String>) -> String? {
-        guard !cpuFlags.isEmpty, let level = vectorLevels[core.lowercased()] else { return nil }
+        guard !cpuFlags.isEmpty, let level = kernelSet(named: core)?.vectors else { return nil }
         let supported = VectorLevel(cpuFlags: cpuFlags)
         return supported > level ? supported.core : nil
     }
@@ -97,6 +138,50 @@ public struct OpenBLASKernels: Sendable, Equatable {
             let colon = line.firstIndex(of: ":")
         else { return [] }
         return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }
+
+    /// Refuses an `OPENBLAS_CORETYPE` that OpenBLAS did not take (a name it does not know, or
+    /// a build that ignores the variable: either way it runs other kernels without a word) or
+    /// whose instructions this CPU lacks (its kernels would fault), naming the kernel sets this
+    /// CPU runs. Unset (or empty, which OpenBLAS ignores), there is nothing to check.
+    public static func checkChosenCore(
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws {
+        guard let requested = environment[variable], !requested.isEmpty else { return }
+        let config = String(cString: openblas_get_config())
+        if let problem = problem(
+            requested: requested, running: runningCore, cpuFlags: cpuFlags(),
+            version: config.split(separator: " ").prefix(2).joined(separator: " "),
+            dynamic: config.contains("DYNAMIC_ARCH"))
+        {
+            throw SigPropError.configuration(problem)
+        }
+    }
+
+    /// Why `requested` cannot stand when OpenBLAS (`version`) runs `running`, or nil.
+    static func problem(
+        requested: String, running: String, cpuFlags: Set<String>, version: String, dynamic: Bool
+    ) -> String? {
+        let runs = kernelSets(runningOn: cpuFlags)
+        let choices =
+            runs.isEmpty
+            ? "Unset \(variable) to keep OpenBLAS's choice."
+            : "Kernel sets this CPU runs: \(runs.joined(separator: ", ")). Set one of them or "
+                + "unset \(variable)."
+        if !cpuFlags.isEmpty, let set = kernelSet(named: requested) {
+            let missing = set.flags.subtracting(cpuFlags).sorted()
+            if !missing.isEmpty {
+                return "\(variable)=\(requested): OpenBLAS's \(set.name) kernels use instructions "
+                    + "this CPU lacks (\(missing.joined(separator: ", "))). \(choices)"
+            }
+        }
+        guard requested.lowercased() != running.lowercased() else { return nil }
+        guard dynamic else {
+            return "\(variable)=\(requested): \(version) is built for its \(running) kernels "
+                + "alone and ignores \(variable). Unset it."
+        }
+        return "\(variable)=\(requested) is not a kernel set of \(version), which runs its "
+            + "\(running) kernels instead. \(choices)"
     }
 
     /// What to tell the user when `faster` is set.

@@ -112,9 +112,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public var defaultStream: Stream { Stream(device: self, queue: defaultQueue, pool: nil) }
 
     /// The CPU fallback (OpenBLAS for products, Swift for the rest), on every core or on
-    /// `cores` of them (a share of the machine, as when `SIGPROP_SPLIT` divides it).
+    /// `cores` of them (a share of the machine, as when `SIGPROP_SPLIT` divides it). Refuses an
+    /// `OPENBLAS_CORETYPE` that OpenBLAS did not take or this CPU cannot run
+    /// (`OpenBLASKernels.checkChosenCore`).
     public static func cpu(cores: Int? = nil, part: String? = nil) throws -> Device {
-        try Device(backend: CPUBackend(cores: cores, part: part))
+        try OpenBLASKernels.checkChosenCore()
+        return try Device(backend: CPUBackend(cores: cores, part: part))
     }
 
     /// An OpenCL device as listed by `OpenCLDiscovery.allDevices()`, with kernel parameters

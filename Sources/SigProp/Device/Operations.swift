@@ -85,6 +85,14 @@ public enum LocalLossKind: Sendable, Equatable {
     /// `M_ij = 1` for the k largest entries of row i (entries tied with the k-th count too).
     case topK(Int)
 
+    /// Entries of a row of YY within this fraction of the row's largest magnitude of each other
+    /// are ties. Rows of one label carry the same target activations, but a BLAS sums rows and
+    /// columns at different places of its register tiles in different orders (OpenBLAS's
+    /// Haswell and Zen kernels do), so their YY entries can differ in the last bits: an exact
+    /// comparison would keep one entry of a tie, and the mask, hence the loss, would depend on
+    /// the CPU's kernels. Far above that rounding, far below the gaps between targets.
+    static let tieTolerance: Float = 0x1p-16
+
     var code: Int32 {
         switch self {
         case .maxAll: 0

@@ -607,6 +607,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 .buffer(mem(y)), .buffer(mem(yy)), .buffer(mem(mask)), .buffer(mem(dY)),
                 .buffer(mem(rowLosses)),
                 .int(Int32(batch)), .int(Int32(columns)), .int(loss.code), .int(loss.k),
+                .float(LocalLossKind.tieTolerance),
             ],
             global: [batch], on: queue)
     }
