@@ -83,13 +83,26 @@ struct Train: ParsableCommand {
     @Flag(help: "Training augmentation: random horizontal flips.")
     var flip = false
 
+    @Option(
+        help: """
+            Training samples held out for validation: a count (5000), a fraction (0.1), auto, or \
+            0 (none). The adaptive readout chooses on them. \
+            Default auto: 10% of the training set, at most 5000, for sets of 1000 or more; \
+            none below.
+            """)
+    var validation: String?
+
     // Options free to change between runs.
     @Option(help: "Epochs to train in total (a resumed run continues up to this count).")
     var epochs: Int = 5
 
     @Option(
-        help:
-            "Prediction: adaptive (default: similarity at the block that does best on 2000 training samples), similarity (nearest class target at --readout-block), or output (the trained output layer)."
+        help: """
+            Prediction: adaptive (default: whichever of the output layer and the similarity at \
+            each block does best on the validation split, chosen after every epoch; the output \
+            layer without a split), similarity (nearest class target at --readout-block), or \
+            output (the trained output layer).
+            """
     )
     var readout: String = Readout.adaptive.rawValue
 
@@ -253,6 +266,9 @@ struct Train: ParsableCommand {
         apply("--seed", seed, &options.seed)
         apply("--crop-padding", cropPadding, &options.augmentation.cropPadding)
         apply("--flip", flip ? true : nil, &options.augmentation.horizontalFlip)
+        apply(
+            "--validation", try validation.map(ValidationSize.parse), &options.validation,
+            shown: { $0?.description ?? "0" })
         if !conflicts.isEmpty {
             throw SigPropError.configuration(
                 "--resume: these flags differ from the checkpoint, which fixes them: \(conflicts.joined(separator: "; ")). Drop them to continue the run as it was, or start a new run without --resume."
@@ -353,6 +369,18 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(
             network: network, options: options, train: trainSet, test: testSet,
             schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
+        try checkpoint?.checkSameSplit(trainer.split)
+        if let held = trainer.validation {
+            emit(
+                "validation: \(held.count) of the \(trainSet.count) training images held out "
+                    + "(--validation \(options.validation?.description ?? "0")); readouts are "
+                    + "chosen on them")
+        } else if options.readout == .adaptive {
+            emit(
+                "validation: none (--validation \(options.validation?.description ?? "0") with "
+                    + "\(trainSet.count) training images), so the adaptive readout uses the output "
+                    + "layer; pass --validation N to choose among the readouts")
+        }
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil {
             trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
@@ -364,6 +392,12 @@ struct Train: ParsableCommand {
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")
+        /// What a checkpoint holds besides the network: the split.
+        func saving(_ checkpoint: Checkpoint) -> Checkpoint {
+            var checkpoint = checkpoint
+            checkpoint.record(trainer.split)
+            return checkpoint
+        }
         let terminal = isatty(STDOUT_FILENO) != 0
         var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
@@ -391,8 +425,10 @@ struct Train: ParsableCommand {
             if terminal { print("\r\u{1B}[K", terminator: "") }
             guard case .completed(let result) = outcome else {
                 if case .interrupted(let batchesDone) = outcome {
-                    try Checkpoint(
-                        network: network, options: options, epochs: epoch, batchesDone: batchesDone
+                    try saving(
+                        Checkpoint(
+                            network: network, options: options, epochs: epoch,
+                            batchesDone: batchesDone)
                     ).write(to: checkpointURL)
                     emit(
                         "interrupted after batch \(batchesDone) of epoch \(epoch + 1); checkpoint: \(checkpointURL.path). Continue with --resume \(checkpointURL.path)"
@@ -402,7 +438,7 @@ struct Train: ParsableCommand {
             }
             report(result, options: options)
             if let path = metrics { try appendMetrics(result, to: path) }
-            try Checkpoint(network: network, options: options, epochs: epoch + 1).write(
+            try saving(Checkpoint(network: network, options: options, epochs: epoch + 1)).write(
                 to: checkpointURL)
             if let traceURL, let trace = trainer.trace { try trace.write(to: traceURL) }
         }
@@ -427,12 +463,19 @@ struct Train: ParsableCommand {
                     "epoch %d/%d  %.1f s  %.0f samples/s  block losses %@  output loss %.3f  train acc %.2f%%  test acc %.2f%% (%@)",
                 result.epoch, options.epochs, result.seconds, result.samplesPerSecond, losses,
                 result.outputLoss,
-                100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+                100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue)
+                + (result.validationAccuracy.map {
+                    String(format: "  validation acc %.2f%%", 100 * $0)
+                } ?? ""))
         let others = result.readoutAccuracies.filter { $0.key != options.readout.rawValue }
             .sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
         emit(
             "  other readouts: " + others.joined(separator: ", ")
-                + "; adaptive uses block \(result.adaptiveBlock)")
+                + "; adaptive uses \(result.adaptiveReadout)")
+        let validated = result.validationAccuracies.filter {
+            $0.key != Readout.similarity.rawValue && $0.key != Readout.adaptive.rawValue
+        }.sorted { $0.key < $1.key }.map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
+        if !validated.isEmpty { emit("  validation: " + validated.joined(separator: ", ")) }
     }
 
     func appendMetrics(_ metrics: EpochMetrics, to path: String) throws {
