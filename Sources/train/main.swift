@@ -86,7 +86,7 @@ struct Train: ParsableCommand {
     @Option(
         help: """
             Training samples held out for validation: a count (5000), a fraction (0.1), auto, or \
-            0 (none). The adaptive readout chooses on them. \
+            0 (none). The adaptive readout, best.safetensors and --early-stop choose on them. \
             Default auto: 10% of the training set, at most 5000, for sets of 1000 or more; \
             none below.
             """)
@@ -120,10 +120,20 @@ struct Train: ParsableCommand {
     var metrics: String?
 
     @Option(
-        help:
-            "Write <folder>/last.safetensors (weights, optimizer state, progress) after every epoch."
+        help: """
+            Write <folder>/last.safetensors (weights, optimizer state, progress) after every \
+            epoch, and <folder>/best.safetensors after each epoch of a better validation accuracy.
+            """
     )
     var checkpointDir: String = "checkpoints"
+
+    @Option(
+        help: """
+            Stop after this many epochs without a better validation accuracy (needs a validation \
+            split). Default: off.
+            """
+    )
+    var earlyStop: Int?
 
     @Option(help: "Continue from this checkpoint: the model and training options come from it.")
     var resume: String?
@@ -198,6 +208,9 @@ struct Train: ParsableCommand {
         }
         if let pipelineDepth, pipelineDepth < 1 {
             throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)")
+        }
+        if let earlyStop, earlyStop < 1 {
+            throw ValidationError("--early-stop must be at least 1 epoch, got \(earlyStop)")
         }
     }
 
@@ -373,8 +386,12 @@ struct Train: ParsableCommand {
         if let held = trainer.validation {
             emit(
                 "validation: \(held.count) of the \(trainSet.count) training images held out "
-                    + "(--validation \(options.validation?.description ?? "0")); readouts are "
-                    + "chosen on them")
+                    + "(--validation \(options.validation?.description ?? "0")); readouts, "
+                    + "best.safetensors and --early-stop are chosen on them")
+        } else if earlyStop != nil {
+            throw SigPropError.configuration(
+                "--early-stop needs a validation split: pass --validation N (a count or a fraction)"
+            )
         } else if options.readout == .adaptive {
             emit(
                 "validation: none (--validation \(options.validation?.description ?? "0") with "
@@ -392,10 +409,14 @@ struct Train: ParsableCommand {
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")
-        /// What a checkpoint holds besides the network: the split.
+        let bestURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
+            "best.safetensors")
+        var best = try checkpoint?.bestEpoch
+        /// What a checkpoint holds besides the network: the split and the best epoch so far.
         func saving(_ checkpoint: Checkpoint) -> Checkpoint {
             var checkpoint = checkpoint
             checkpoint.record(trainer.split)
+            checkpoint.record(best)
             return checkpoint
         }
         let terminal = isatty(STDOUT_FILENO) != 0
@@ -438,11 +459,30 @@ struct Train: ParsableCommand {
             }
             report(result, options: options)
             if let path = metrics { try appendMetrics(result, to: path) }
-            try saving(Checkpoint(network: network, options: options, epochs: epoch + 1)).write(
-                to: checkpointURL)
+            let improved = result.validationAccuracy.map { BestEpoch.improves($0, on: best) }
+            if improved == true, let accuracy = result.validationAccuracy {
+                best = BestEpoch(epoch: epoch + 1, accuracy: accuracy)
+            }
+            let saved = saving(
+                try Checkpoint(network: network, options: options, epochs: epoch + 1))
+            // best first: a crash between the writes leaves a last that does not yet count it.
+            if improved == true { try saved.write(to: bestURL) }
+            try saved.write(to: checkpointURL)
             if let traceURL, let trace = trainer.trace { try trace.write(to: traceURL) }
+            if let earlyStop, let best, best.stops(after: epoch + 1, patience: earlyStop) {
+                emit(
+                    "early stop: no better validation accuracy in the \(earlyStop) epochs since "
+                        + "epoch \(best.epoch)")
+                break
+            }
         }
         emit("checkpoint: \(checkpointURL.path)")
+        if let best {
+            emit(
+                String(
+                    format: "best: %@ (epoch %d, validation accuracy %.2f%%)", bestURL.path,
+                    best.epoch, 100 * best.accuracy))
+        }
         if let traceURL, let trace = trainer.trace {
             emit(
                 String(
