@@ -153,13 +153,13 @@ import Testing
             let validation = Self.readouts(metrics.validationAccuracies)
             let test = Self.readouts(metrics.readoutAccuracies)
             #expect(validation.count == 4 && test.count == 4)
-            let bestOnValidation = validation.max { $0.value < $1.value }!
+            let bestOnValidation = try #require(validation.max { $0.value < $1.value })
             #expect(
                 validation[metrics.adaptiveReadout] == bestOnValidation.value,
                 "epoch \(epoch + 1): chose \(metrics.adaptiveReadout); validation \(validation)")
             #expect(metrics.validationAccuracy == bestOnValidation.value)
             #expect(metrics.testAccuracy == test[metrics.adaptiveReadout])
-            let shortfall = test.values.max()! - metrics.testAccuracy
+            let shortfall = try #require(test.values.max()) - metrics.testAccuracy
             if epoch > 0 {
                 #expect(
                     shortfall <= 0.005 + 1e-9,
@@ -204,7 +204,7 @@ import Testing
         #expect(run.status == 0, "\(run.output)")
         let epochs = try Self.metrics(metricsURL)
         let accuracies = try epochs.map { try #require($0.validationAccuracy) }
-        let best = accuracies.firstIndex(of: accuracies.max()!)! + 1
+        let best = try #require(accuracies.firstIndex(of: accuracies.max() ?? -1)) + 1
         #expect(epochs.count == best + 3, "validation accuracy per epoch: \(accuracies)")
         #expect(run.output.contains("early stop"), "\(run.output)")
         let bestCheckpoint = try Checkpoint(
