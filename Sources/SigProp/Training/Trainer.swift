@@ -163,6 +163,7 @@ public final class Trainer {
     public let schedule: Schedule
     /// The samples trained on: the training set less the validation split.
     public let train: Dataset
+    /// The held-out samples readouts are chosen on (nil: none), and which they are.
     public let validation: Dataset?
     public let split: ValidationSplit
     public let test: Dataset
