@@ -93,6 +93,15 @@ struct Train: ParsableCommand {
     @Flag(help: "Training augmentation: random horizontal flips.")
     var flip = false
 
+    @Option(
+        help: """
+            Training samples held out for validation: a count (5000), a fraction (0.1), auto, or \
+            0 (none). The adaptive readout, best.safetensors and --early-stop choose on them. \
+            Default auto: 10% of the training set, at most 5000, for sets of 1000 or more; \
+            none below.
+            """)
+    var validation: String?
+
     // Options free to change between runs.
     @Option(
         parsing: .unconditional,
@@ -100,8 +109,12 @@ struct Train: ParsableCommand {
     var epochs: Int = 5
 
     @Option(
-        help:
-            "Prediction: adaptive (default: similarity at the block that does best on 2000 training samples), similarity (nearest class target at --readout-block), or output (the trained output layer)."
+        help: """
+            Prediction: adaptive (default: whichever of the output layer and the similarity at \
+            each block does best on the validation split, chosen after every epoch; the output \
+            layer without a split), similarity (nearest class target at --readout-block), or \
+            output (the trained output layer).
+            """
     )
     var readout: String = Readout.adaptive.rawValue
 
@@ -124,10 +137,20 @@ struct Train: ParsableCommand {
     var metrics: String?
 
     @Option(
-        help:
-            "Write <folder>/last.safetensors (weights, optimizer state, progress) after every epoch."
+        help: """
+            Write <folder>/last.safetensors (weights, optimizer state, progress) after every \
+            epoch, and <folder>/best.safetensors after each epoch of a better validation accuracy.
+            """
     )
     var checkpointDir: String = "checkpoints"
+
+    @Option(
+        help: """
+            Stop after this many epochs without a better validation accuracy (needs a validation \
+            split). Default: off.
+            """
+    )
+    var earlyStop: Int?
 
     @Option(
         help: """
@@ -236,6 +259,9 @@ struct Train: ParsableCommand {
         if let pipelineDepth, pipelineDepth < 1 {
             throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)")
         }
+        if let earlyStop, earlyStop < 1 {
+            throw ValidationError("--early-stop must be at least 1 epoch, got \(earlyStop)")
+        }
     }
 
     func run() throws {
@@ -306,6 +332,9 @@ struct Train: ParsableCommand {
         apply("--seed", seed, &options.seed)
         apply("--crop-padding", cropPadding, &options.augmentation.cropPadding)
         apply("--flip", flip ? true : nil, &options.augmentation.horizontalFlip)
+        apply(
+            "--validation", try validation.map(ValidationSize.parse), &options.validation,
+            shown: { $0?.description ?? "0" })
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
@@ -478,6 +507,22 @@ struct Train: ParsableCommand {
                 "resumed: \(resume) after epoch \(epochsDone)"
                     + (batches > 0 ? " and \(batches) batches of epoch \(epochsDone + 1)" : ""))
         }
+        try checkpoint?.checkSameSplit(trainer.split)
+        if let held = trainer.validation {
+            emit(
+                "validation: \(held.count) of the \(trainSet.count) training images held out "
+                    + "(--validation \(options.validation?.description ?? "0")); readouts, "
+                    + "best.safetensors and --early-stop are chosen on them")
+        } else if earlyStop != nil {
+            throw UsageError(
+                "--early-stop needs a validation split, and this run has none: pass "
+                    + "--validation N (a count or a fraction of the training set)")
+        } else if options.readout == .adaptive {
+            emit(
+                "validation: none (--validation \(options.validation?.description ?? "0") with "
+                    + "\(trainSet.count) training images), so the adaptive readout uses the output "
+                    + "layer; pass --validation N to choose among the readouts")
+        }
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil {
             trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
@@ -499,6 +544,16 @@ struct Train: ParsableCommand {
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")
+        let bestURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
+            "best.safetensors")
+        var best = try checkpoint?.bestEpoch
+        /// What a checkpoint holds besides the network: the split and the best epoch so far.
+        func saving(_ checkpoint: Checkpoint) -> Checkpoint {
+            var checkpoint = checkpoint
+            checkpoint.record(trainer.split)
+            checkpoint.record(best)
+            return checkpoint
+        }
         let terminal = isatty(STDOUT_FILENO) != 0
         var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
@@ -521,9 +576,10 @@ struct Train: ParsableCommand {
             if terminal { print("\r\u{1B}[K", terminator: "") }
             guard case .completed(let result) = outcome else {
                 if case .interrupted(let batchesDone) = outcome {
-                    try Checkpoint(
-                        network: network, options: options, epochs: epoch,
-                        batchesDone: batchesDone, data: dataSettings
+                    try saving(
+                        Checkpoint(
+                            network: network, options: options, epochs: epoch,
+                            batchesDone: batchesDone, data: dataSettings)
                     ).write(to: checkpointURL)
                     emit(
                         "\(stop.cause) after batch \(batchesDone) of epoch \(epoch + 1); "
@@ -533,11 +589,17 @@ struct Train: ParsableCommand {
                 throw ExitCode(stop.exitCode)
             }
             report(result, options: options)
-            // The checkpoint first: a failure to write the other files loses no training.
-            try Checkpoint(
-                network: network, options: options, epochs: epoch + 1, data: dataSettings
-            )
-            .write(to: checkpointURL)
+            let improved = result.validationAccuracy.map { BestEpoch.improves($0, on: best) }
+            if improved == true, let accuracy = result.validationAccuracy {
+                best = BestEpoch(epoch: epoch + 1, accuracy: accuracy)
+            }
+            // The checkpoints first: a failure to write the other files loses no training.
+            let saved = saving(
+                try Checkpoint(
+                    network: network, options: options, epochs: epoch + 1, data: dataSettings))
+            // best first: a crash between the writes leaves a last that does not yet count it.
+            if improved == true { try saved.write(to: bestURL) }
+            try saved.write(to: checkpointURL)
             let written =
                 "The checkpoint of epoch \(epoch + 1) is written: fix this, then continue with "
                 + "--resume \(checkpointURL.path)"
@@ -554,8 +616,20 @@ struct Train: ParsableCommand {
                     throw SigPropError.configuration("\(error). \(written)")
                 }
             }
+            if let earlyStop, let best, best.stops(after: epoch + 1, patience: earlyStop) {
+                emit(
+                    "early stop: no better validation accuracy in the \(earlyStop) epochs since "
+                        + "epoch \(best.epoch)")
+                break
+            }
         }
         emit("checkpoint: \(checkpointURL.path)")
+        if let best {
+            emit(
+                String(
+                    format: "best: %@ (epoch %d, validation accuracy %.2f%%)", bestURL.path,
+                    best.epoch, 100 * best.accuracy))
+        }
         if let traceURL, let trace = trainer.trace {
             emit(
                 String(
@@ -577,6 +651,9 @@ struct Train: ParsableCommand {
                 result.epoch, options.epochs, result.seconds,
                 ProgressText.grouped(Int(result.samplesPerSecond.rounded())),
                 100 * result.trainAccuracy, 100 * result.testAccuracy, options.readout.rawValue))
+        if let validation = result.validationAccuracy {
+            emit(String(format: "  validation acc %.2f%%", 100 * validation))
+        }
         let losses =
             result.blockLosses.map { String(format: "%.3f", $0) }
             + [String(format: "output %.3f", result.outputLoss)]
@@ -585,9 +662,17 @@ struct Train: ParsableCommand {
             .sorted { ProgressText.naturalOrder($0.key, $1.key) }
             .map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
         let lines = ProgressText.wrapped(
-            "  other readouts:", others + ["adaptive uses block \(result.adaptiveBlock)"],
+            "  other readouts:", others + ["adaptive uses \(result.adaptiveReadout)"],
             separator: ", ", width: width)
         for line in lines { emit(line) }
+        let validated = result.validationAccuracies.filter {
+            $0.key != Readout.similarity.rawValue && $0.key != Readout.adaptive.rawValue
+        }.sorted { ProgressText.naturalOrder($0.key, $1.key) }
+            .map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
+        for line in ProgressText.wrapped("  validation:", validated, separator: ", ", width: width)
+        where !validated.isEmpty {
+            emit(line)
+        }
     }
 
     /// One JSON line per epoch, appended.

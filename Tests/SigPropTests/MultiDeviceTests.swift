@@ -57,7 +57,6 @@ import Testing
     static var options: TrainingOptions {
         var options = TrainingOptions()
         options.batchSize = 32
-        options.adaptiveSamples = 64
         options.optimizer.learningRate = 2e-3
         return options
     }

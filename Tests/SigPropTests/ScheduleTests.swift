@@ -10,7 +10,6 @@ import Testing
         var options = TrainingOptions()
         options.batchSize = batchSize
         options.optimizer.learningRate = 2e-3
-        options.adaptiveSamples = 64
         return options
     }
 

@@ -43,7 +43,7 @@ import Testing
         var options = TrainingOptions()
         options.batchSize = 32
         options.optimizer.learningRate = 2e-3
-        options.adaptiveSamples = 128
+        options.validation = .count(128)
         let trainer = try Trainer(
             network: try Self.network(device), options: options,
             train: try Self.syntheticData(count: 512, seed: 1),
@@ -62,7 +62,8 @@ import Testing
             last.readoutAccuracies["output"]! > 0.5,
             "output layer accuracy \(last.readoutAccuracies)")
         #expect(last.blockLosses.count == 3 && last.blockLosses.allSatisfy(\.isFinite))
-        #expect((1...3).contains(last.adaptiveBlock))
+        #expect(
+            ReadoutChoice.all(blockCount: 3).map(\.description).contains(last.adaptiveReadout))
     }
 
     /// A checkpoint restores weights, optimizer moments and step counts exactly: training on
@@ -107,7 +108,6 @@ import Testing
         options.batchSize = 32
         options.augmentation.horizontalFlip = true
         options.augmentation.cropPadding = 1
-        options.adaptiveSamples = 32
         func network() throws -> Network {
             var config = ModelConfig()
             config.inputShape = [1, 6, 6]
@@ -163,7 +163,6 @@ import Testing
             + (try TestBackend.openCLEntries.first.map { [try Device.opencl($0)] } ?? [])
         var options = TrainingOptions()
         options.batchSize = 32
-        options.adaptiveSamples = 64
         let trainers = try devices.map { device in
             try Trainer(
                 network: try Self.network(device), options: options,

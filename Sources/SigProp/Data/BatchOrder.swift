@@ -43,6 +43,11 @@ public struct BatchOrder: Sendable {
     /// All of `0..<count` in the order of `epoch`.
     public func permutation(epoch: Int) -> [Int] {
         var generator = SeededGenerator(seed: seed ^ Self.epochKey(epoch))
+        return Self.shuffled(count: count, using: &generator)
+    }
+
+    /// All of `0..<count` in an order drawn from `generator`.
+    static func shuffled(count: Int, using generator: inout SeededGenerator) -> [Int] {
         var order = Array(0..<count)
         var i = count - 1
         while i > 0 {

@@ -7,8 +7,9 @@ public enum Readout: String, Sendable, Codable, CaseIterable {
     /// The class whose target activations t_l(k) are most similar (dot product) to h_l, at
     /// the block `TrainingOptions.readoutBlock`.
     case similarity
-    /// Similarity at the block that classifies a fixed subset of the training set best,
-    /// chosen again after every epoch (no test data is used to choose).
+    /// Whichever of the output layer and the similarity at each block classifies the validation
+    /// split best, chosen again after every epoch (`ReadoutSelection`); the output layer
+    /// without a split.
     case adaptive
 }
 
@@ -22,8 +23,9 @@ public struct TrainingOptions: Sendable, Codable, Equatable {
     public var readout: Readout = .adaptive
     /// The block (1 = the signal block) the `similarity` readout uses.
     public var readoutBlock = 1
-    /// Training samples the `adaptive` readout scores each block on.
-    public var adaptiveSamples = 2000
+    /// Training samples held out for validation (`ValidationSplit`); nil: none, as in
+    /// checkpoints written before the split existed.
+    public var validation: ValidationSize? = .automatic
     public var augmentation = AugmentationChoice()
     /// Run the target stream on one row per class where that is exact (per-sample norms).
     public var kRowShortcut = true
@@ -89,8 +91,12 @@ public struct EpochMetrics: Sendable, Codable {
     public var trainAccuracy: Double
     public var testAccuracy: Double
     public var readoutAccuracies: [String: Double]
-    /// The block the adaptive readout chose this epoch (1 = the signal block).
-    public var adaptiveBlock: Int
+    /// Each readout's accuracy on the validation split (empty without one), and that of the
+    /// readout the run predicts with (nil without one).
+    public var validationAccuracies: [String: Double]
+    public var validationAccuracy: Double?
+    /// The readout `adaptive` chose this epoch (`ReadoutChoice.description`).
+    public var adaptiveReadout: String
     public var seconds: Double
     public var samplesPerSecond: Double
     public var backend: String
@@ -107,7 +113,9 @@ public struct EpochMetrics: Sendable, Codable {
         case
             testAccuracy = "test_accuracy"
         case readoutAccuracies = "readout_accuracies"
-        case adaptiveBlock = "adaptive_block"
+        case validationAccuracies = "validation_accuracies"
+        case validationAccuracy = "validation_accuracy"
+        case adaptiveReadout = "adaptive_readout"
         case seconds
         case
             samplesPerSecond = "samples_per_second"
@@ -153,7 +161,11 @@ public final class Trainer {
     public let network: Network
     public let options: TrainingOptions
     public let schedule: Schedule
+    /// The samples trained on: the training set less the validation split.
     public let train: Dataset
+    /// The held-out samples readouts are chosen on (nil: none), and which they are.
+    public let validation: Dataset?
+    public let split: ValidationSplit
     public let test: Dataset
     let order: BatchOrder
     /// One stream per stage (pipelined) or one per device (sequential), and one per device to
@@ -167,10 +179,14 @@ public final class Trainer {
     /// When set, every stage of every batch is recorded here.
     public var trace: Trace?
 
+    /// `train` is the whole training set; `options.validation` of it is held out.
     public init(
-        network: Network, options: TrainingOptions, train: Dataset, test: Dataset,
+        network: Network, options: TrainingOptions, train whole: Dataset, test: Dataset,
         schedule: Schedule = Schedule()
     ) throws {
+        split = try ValidationSplit(
+            total: whole.count, size: options.validation, seed: options.seed)
+        let (train, validation) = split.apply(to: whole)
         guard options.batchSize >= 1, options.batchSize <= train.count else {
             throw SigPropError.configuration(
                 "--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)"
@@ -186,6 +202,7 @@ public final class Trainer {
         self.network = network
         self.options = options
         self.train = train
+        self.validation = validation
         self.test = test
         guard (1...network.blockCount).contains(options.readoutBlock) else {
             throw SigPropError.configuration(
@@ -387,8 +404,12 @@ public final class Trainer {
                 "training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr."
             )
         }
-        let adaptiveBlock = try chooseAdaptiveBlock()
-        let accuracies = try evaluate(test, adaptiveBlock: adaptiveBlock)
+        let validationAccuracies = try validation.map { try evaluate($0) } ?? [:]
+        let selection = ReadoutSelection(
+            validationAccuracies: validationAccuracies, blockCount: network.blockCount,
+            similarityBlock: options.readoutBlock)
+        let accuracies = selection.naming(try evaluate(test))
+        let validated = selection.naming(validationAccuracies)
         let means = lossSums.map { $0 / Double(max(trained, 1)) }
         return .completed(
             EpochMetrics(
@@ -396,7 +417,9 @@ public final class Trainer {
                 trainAccuracy: Double(correct) / Double(max(seen, 1)),
                 testAccuracy: accuracies[options.readout.rawValue] ?? 0,
                 readoutAccuracies: accuracies,
-                adaptiveBlock: adaptiveBlock,
+                validationAccuracies: validated,
+                validationAccuracy: validated[options.readout.rawValue],
+                adaptiveReadout: selection.adaptive.description,
                 seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
@@ -411,22 +434,9 @@ public final class Trainer {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// The block (1-based) whose similarity readout is best on the first `adaptiveSamples`
-    /// training samples (the earliest block on ties).
-    public func chooseAdaptiveBlock() throws -> Int {
-        let subset = train.prefix(options.adaptiveSamples)
-        let accuracies = try evaluate(subset, adaptiveBlock: 1)
-        return (1...network.blockCount).max { a, b in
-            let (x, y) = (accuracies["similarity@\(a)"] ?? 0, accuracies["similarity@\(b)"] ?? 0)
-            return x < y || (x == y && a > b)
-        } ?? 1
-    }
-
-    /// Accuracy of every readout on `dataset`: "output", "similarity@l" for each block l (1-based),
-    /// "similarity" (at `options.readoutBlock`) and "adaptive" (at `adaptiveBlock`).
-    public func evaluate(_ dataset: Dataset, adaptiveBlock: Int, batchSize: Int = 500) throws
-        -> [String: Double]
-    {
+    /// Accuracy of every readout on `dataset`, keyed by `ReadoutChoice.description`:
+    /// "output" and "similarity@l" for each block l (1-based).
+    public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
         let classes = network.config.classes
         let targets = try network.classTargets()
         var correct = [String: Int]()
@@ -436,7 +446,8 @@ public final class Trainer {
             let features = try network.features(images: images, count: indices.count)
             let logits = try network.logits(features.last!)
             var predictions = [
-                "output": Self.argmax(try logits.device.read(logits), columns: classes)
+                ReadoutChoice.output.description: Self.argmax(
+                    try logits.device.read(logits), columns: classes)
             ]
             for (block, (h, t)) in zip(features, targets).enumerated() {
                 let device = h.device
@@ -444,11 +455,9 @@ public final class Trainer {
                 try device.gemm(
                     try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
                     transposeB: true, into: scores)
-                predictions["similarity@\(block + 1)"] = Self.argmax(
+                predictions[ReadoutChoice.similarity(block: block + 1).description] = Self.argmax(
                     try device.read(scores), columns: classes)
             }
-            predictions["similarity"] = predictions["similarity@\(options.readoutBlock)"]
-            predictions["adaptive"] = predictions["similarity@\(adaptiveBlock)"]
             for (name, predicted) in predictions {
                 correct[name, default: 0] += zip(predicted, labels).filter { $0 == Int($1) }.count
             }
