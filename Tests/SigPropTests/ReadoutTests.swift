@@ -221,7 +221,7 @@ import Testing
         }
 
         let refused = try Self.run(
-            common + ["--epochs", "2", "--early-stop", "2", "--validation", "0"])
+            common + ["--epochs", "2", "--early-stop", "2", "--validation", "0", "--overwrite"])
         #expect(refused.status != 0)
         #expect(
             refused.output.contains("--early-stop needs a validation split"), "\(refused.output)")
@@ -271,8 +271,9 @@ import Testing
         let otherData = try Self.run(
             common + ["--epochs", "3", "--resume", checkpoint, "--limit", "400"])
         #expect(otherData.status != 0)
+        // The data settings are checked first: another --limit is refused by name.
         #expect(
-            otherData.output.contains("102 of 512") && otherData.output.contains("80 of 400"),
+            otherData.output.contains("--limit 400 (checkpoint: none, every sample)"),
             "\(otherData.output)")
     }
 }
