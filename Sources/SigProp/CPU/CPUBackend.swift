@@ -129,6 +129,7 @@ final class CPUEvent: BackendEvent, @unchecked Sendable {
         completion.complete()
     }
     func wait() throws { completion.wait() }
+    var isComplete: Bool { completion.isComplete }
     func completionNanoseconds() throws -> UInt64 { nanoseconds }
 }
 

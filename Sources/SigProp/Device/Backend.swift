@@ -101,6 +101,8 @@ protocol BackendQueue: AnyObject, Sendable {
 
 protocol BackendEvent: AnyObject, Sendable {
     func wait() throws
+    /// Whether the event has completed (or failed), without waiting.
+    var isComplete: Bool { get }
     /// When the event completed, in nanoseconds of a clock shared by the device's queues
     /// (device timestamps on OpenCL, the host's monotonic clock on the CPU). After `wait()`.
     func completionNanoseconds() throws -> UInt64

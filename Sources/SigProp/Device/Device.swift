@@ -82,6 +82,9 @@ public final class Event: @unchecked Sendable {
     /// Blocks the host until the event completes.
     public func wait() throws { try backendEvent.wait() }
 
+    /// Whether the event has completed, without blocking.
+    public var isComplete: Bool { backendEvent.isComplete }
+
     /// When the event completed, in nanoseconds of the device's clock (compare only events
     /// of one device). Blocks until it completed.
     public func completionNanoseconds() throws -> UInt64 {

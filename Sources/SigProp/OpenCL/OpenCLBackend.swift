@@ -52,6 +52,7 @@ final class OpenCLEvent: BackendEvent, @unchecked Sendable {
     let event: CLEvent
     init(_ event: CLEvent) { self.event = event }
     func wait() throws { try event.wait() }
+    var isComplete: Bool { event.isComplete }
     func completionNanoseconds() throws -> UInt64 { try event.endNanoseconds() }
 }
 
