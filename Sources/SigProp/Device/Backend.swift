@@ -14,6 +14,8 @@ protocol Backend: AnyObject, Sendable {
 
     /// Bytes of tensor storage (and backend scratch) alive on the device.
     var bytesInUse: Int { get }
+    /// What new tensors may still take (read when asked: the host's figure changes).
+    var memory: DeviceMemory { get }
 
     func allocate(count: Int) throws -> TensorStorage
     /// A new queue; `coreLimit` bounds the cores one operation uses where the backend

@@ -136,6 +136,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// Bytes of device memory held by live tensors and the backend's scratch buffers.
     public var bytesInUse: Int { backend.bytesInUse }
 
+    /// What new tensors may still take on this device, and the largest one it allows.
+    public var memory: DeviceMemory { backend.memory }
+
     /// Where the kernels' parameters came from: the table or the tuning cache (OpenCL; nil on the
     /// CPU).
     public var kernelParameterOrigin: KernelParameterOrigin? { backend.kernelParameterOrigin }

@@ -114,6 +114,19 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     var bytesInUse: Int { context.memory.value }
 
+    /// Global memory less what this context holds. Sub-devices of one device share a pool.
+    var memory: DeviceMemory {
+        let used = UInt64(max(bytesInUse, 0))
+        return DeviceMemory(
+            pool: "opencl \(info.platformIndex).\(info.deviceIndex)",
+            freeBytes: info.globalMemoryBytes - min(used, info.globalMemoryBytes),
+            largestAllocationBytes: info.maxAllocationBytes,
+            source:
+                "CL_DEVICE_GLOBAL_MEM_SIZE \(formatBytes(info.globalMemoryBytes)) less "
+                + "\(formatBytes(used)) in use; single buffers up to "
+                + "\(formatBytes(info.maxAllocationBytes)) (CL_DEVICE_MAX_MEM_ALLOC_SIZE)")
+    }
+
     func makeUserEvent() throws -> BackendEvent {
         var status: cl_int = 0
         let event = clCreateUserEvent(context.handle, &status)

@@ -226,6 +226,13 @@ public final class Trainer {
                 (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
             })
         bridge = devices.count > 1 ? DeviceBridge() : nil
+        let targetRows =
+            options.kRowShortcut && network.kRowShortcutIsExact
+            ? network.config.classes : options.batchSize
+        try MemoryEstimate(network.config).checkActivations(
+            on: network.stageDevices,
+            batches: MemoryEstimate.Batches(
+                size: options.batchSize, targetRows: targetRows, inFlight: depth))
     }
 
     /// Where results of `tensor`'s device are read.
