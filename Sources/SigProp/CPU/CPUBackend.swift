@@ -9,16 +9,20 @@ final class CPUBuffer: TensorStorage, @unchecked Sendable {
     let count: Int
     let counter: MemoryCounter
 
-    /// Uninitialised: `Device` fills every new tensor on its stream.
-    init(count: Int, counter: MemoryCounter) {
+    /// Uninitialised: `Device` fills every new tensor on its stream. Nil when the host cannot
+    /// give the memory (`malloc` says so, where Swift's own allocation would trap).
+    init?(count: Int, counter: MemoryCounter) {
+        let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(
+            by: MemoryLayout<Float>.size)
+        guard !overflow, let memory = malloc(bytes) else { return nil }
         self.count = count
         self.counter = counter
-        pointer = .allocate(capacity: max(count, 1))
+        pointer = memory.bindMemory(to: Float.self, capacity: max(count, 1))
         counter.add(count * MemoryLayout<Float>.size)
     }
 
     deinit {
-        pointer.deallocate()
+        free(pointer)
         counter.add(-count * MemoryLayout<Float>.size)
     }
 }
@@ -129,6 +133,7 @@ final class CPUEvent: BackendEvent, @unchecked Sendable {
         completion.complete()
     }
     func wait() throws { completion.wait() }
+    var isComplete: Bool { completion.isComplete }
     func completionNanoseconds() throws -> UInt64 { nanoseconds }
 }
 
@@ -161,10 +166,21 @@ final class CPUBackend: Backend, @unchecked Sendable {
     func buildAllPrograms() throws -> [ProgramBuildReport] { [] }
     var kernelParameterOrigin: KernelParameterOrigin? { nil }
 
-    let memory = MemoryCounter()
-    var bytesInUse: Int { memory.value }
+    let counter = MemoryCounter()
+    var bytesInUse: Int { counter.value }
 
-    func allocate(count: Int) throws -> TensorStorage { CPUBuffer(count: count, counter: memory) }
+    var memory: DeviceMemory { DeviceMemory.host() }
+
+    func allocate(count: Int) throws -> TensorStorage {
+        guard let buffer = CPUBuffer(count: count, counter: counter) else {
+            let host = memory
+            let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Float>.size)
+            throw SigPropError.outOfMemory(
+                device: deviceDescription, requestedBytes: overflow ? Int.max : bytes,
+                limitBytes: host.freeBytes, detail: "\(host.source); malloc failed")
+        }
+        return buffer
+    }
 
     func makeQueue(coreLimit: Int?) throws -> BackendQueue {
         let limit = limited ? min(coreLimit ?? cores, cores) : coreLimit

@@ -179,6 +179,8 @@ final class Completion: @unchecked Sendable {
         group.leave()
     }
 
+    var isComplete: Bool { done.load(ordering: .acquiring) }
+
     /// While it spins, the waiting thread works on the pool's jobs too: the work it waits
     /// for may be one, and a helper may be off its core.
     func wait() {

@@ -14,6 +14,8 @@ protocol Backend: AnyObject, Sendable {
 
     /// Bytes of tensor storage (and backend scratch) alive on the device.
     var bytesInUse: Int { get }
+    /// What new tensors may still take (read when asked: the host's figure changes).
+    var memory: DeviceMemory { get }
 
     func allocate(count: Int) throws -> TensorStorage
     /// A new queue; `coreLimit` bounds the cores one operation uses where the backend
@@ -101,6 +103,8 @@ protocol BackendQueue: AnyObject, Sendable {
 
 protocol BackendEvent: AnyObject, Sendable {
     func wait() throws
+    /// Whether the event has completed (or failed), without waiting.
+    var isComplete: Bool { get }
     /// When the event completed, in nanoseconds of a clock shared by the device's queues
     /// (device timestamps on OpenCL, the host's monotonic clock on the CPU). After `wait()`.
     func completionNanoseconds() throws -> UInt64

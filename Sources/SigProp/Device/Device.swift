@@ -82,6 +82,9 @@ public final class Event: @unchecked Sendable {
     /// Blocks the host until the event completes.
     public func wait() throws { try backendEvent.wait() }
 
+    /// Whether the event has completed, without blocking.
+    public var isComplete: Bool { backendEvent.isComplete }
+
     /// When the event completed, in nanoseconds of the device's clock (compare only events
     /// of one device). Blocks until it completed.
     public func completionNanoseconds() throws -> UInt64 {
@@ -135,6 +138,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     /// Bytes of device memory held by live tensors and the backend's scratch buffers.
     public var bytesInUse: Int { backend.bytesInUse }
+
+    /// What new tensors may still take on this device, and the largest one it allows.
+    public var memory: DeviceMemory { backend.memory }
 
     /// Where the kernels' parameters came from: the table or the tuning cache (OpenCL; nil on the
     /// CPU).

@@ -14,6 +14,9 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
     case dataset(path: String, problem: String, fix: String)
     /// An allocation larger than the device allows or has free.
     case outOfMemory(device: String, requestedBytes: Int, limitBytes: UInt64, detail: String)
+    /// A model or training set-up that needs more memory than a device has, found before
+    /// anything is allocated: what needs how much where, the device's limit, the fix.
+    case doesNotFit(what: String, limit: String, fix: String)
 
     public var description: String {
         switch self {
@@ -28,9 +31,12 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
             return "golden file \(path): \(reason)"
         case .dataset(let path, let problem, let fix):
             return "data set \(path): \(problem). \(fix.prefix(1).uppercased() + fix.dropFirst())"
+        case .doesNotFit(let what, let limit, let fix):
+            return "\(what), \(limit). \(fix)"
         case .outOfMemory(let device, let requested, let limit, let detail):
-            return
-                "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), the device allows \(formatBytes(limit)) (\(detail)). Use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
+            return "out of memory on \(device): asked for \(formatBytes(UInt64(requested))), "
+                + "the device allows \(formatBytes(limit)) (\(detail)). Use a smaller "
+                + "--batch-size or model, or another device (SIGPROP_BACKEND, SIGPROP_DEVICE)"
         }
     }
 }

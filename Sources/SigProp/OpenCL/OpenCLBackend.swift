@@ -52,6 +52,7 @@ final class OpenCLEvent: BackendEvent, @unchecked Sendable {
     let event: CLEvent
     init(_ event: CLEvent) { self.event = event }
     func wait() throws { try event.wait() }
+    var isComplete: Bool { event.isComplete }
     func completionNanoseconds() throws -> UInt64 { try event.endNanoseconds() }
 }
 
@@ -112,6 +113,19 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     var bytesInUse: Int { context.memory.value }
+
+    /// Global memory less what this context holds. Sub-devices of one device share a pool.
+    var memory: DeviceMemory {
+        let used = UInt64(max(bytesInUse, 0))
+        return DeviceMemory(
+            pool: "opencl \(info.platformIndex).\(info.deviceIndex)",
+            freeBytes: info.globalMemoryBytes - min(used, info.globalMemoryBytes),
+            largestAllocationBytes: info.maxAllocationBytes,
+            source:
+                "CL_DEVICE_GLOBAL_MEM_SIZE \(formatBytes(info.globalMemoryBytes)) less "
+                + "\(formatBytes(used)) in use; single buffers up to "
+                + "\(formatBytes(info.maxAllocationBytes)) (CL_DEVICE_MAX_MEM_ALLOC_SIZE)")
+    }
 
     func makeUserEvent() throws -> BackendEvent {
         var status: cl_int = 0

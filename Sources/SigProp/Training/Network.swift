@@ -81,6 +81,9 @@ public final class Network {
         let placement = Self.placement(costs: Self.stageCosts(config), groups: devices.count)
         let stageDevices = placement.map { devices[$0] }
         self.stageDevices = stageDevices
+        // Before any allocation: a model too large for the devices fails here with the
+        // figures, not in an allocator part-way through.
+        try MemoryEstimate(config).checkParameters(on: stageDevices, optimizer: optimizer)
         var device = stageDevices[0]
         var generator = SeededGenerator(seed: seed)
         let act = config.activation

@@ -22,7 +22,8 @@ public final class Trace {
     public private(set) var spans: [Span] = []
     /// The kernels (CPU: operations) inside them, each in its stage's row.
     public private(set) var kernels: [Span] = []
-    private var pending:
+    /// Spans recorded and not yet resolved, with their events.
+    private(set) var pending:
         [(name: String, stage: Int, epoch: Int, batch: Int, start: Event, end: Event)] = []
 
     public init(rowNames: [String]) { self.rowNames = rowNames }

@@ -243,6 +243,13 @@ public final class Trainer {
                 (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
             })
         bridge = devices.count > 1 ? DeviceBridge() : nil
+        let targetRows =
+            options.kRowShortcut && network.kRowShortcutIsExact
+            ? network.config.classes : options.batchSize
+        try MemoryEstimate(network.config).checkActivations(
+            on: network.stageDevices,
+            batches: MemoryEstimate.Batches(
+                size: options.batchSize, targetRows: targetRows, inFlight: depth))
     }
 
     /// Where results of `tensor`'s device are read.
@@ -351,6 +358,12 @@ public final class Trainer {
             }
         }
 
+        // Whatever ends the epoch, no batch still runs when it returns: an error (a non-finite
+        // loss, a failed enqueue or copy) leaves later batches in flight, and the caller may
+        // then let their storage go or exit the process, which unmaps OpenBLAS's buffers
+        // under the products still running. Once every batch has retired it costs a
+        // synchronize per stream.
+        defer { finishEnqueuedWork() }
         for (index, indices) in batches.enumerated() where index >= startBatch {
             if shouldStop() {
                 while !inFlight.isEmpty { try retire() }
@@ -424,6 +437,13 @@ public final class Trainer {
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes()))
+    }
+
+    /// Waits for everything enqueued on the stage streams and the bridge, whatever their
+    /// errors (it runs while an error is on its way out).
+    func finishEnqueuedWork() {
+        for stream in stageStreams { try? stream.synchronize() }
+        bridge?.drain()
     }
 
     /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).
