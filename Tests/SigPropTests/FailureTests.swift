@@ -168,7 +168,7 @@ import Testing
         config.width = 128
         var options = TrainingOptions()
         options.batchSize = 64
-        options.adaptiveSamples = 64
+        options.validation = .count(64)
         let network = try Network(
             config: config, device: device, optimizer: options.optimizer, seed: 1)
         let trainer = try Trainer(

@@ -29,7 +29,9 @@ public final class StopSignal: @unchecked Sendable {
                     defer { flag.received = flag.received ?? number }
                     return flag.received
                 }
-                if let first { exit(128 + first) }
+                // _exit, not exit: exit's handlers shut OpenBLAS down and unmap its buffers
+                // while stage workers may still be inside a product.
+                if let first { _exit(128 + first) }
                 let name = number == SIGTERM ? "SIGTERM" : "Ctrl-C"
                 FileHandle.standardError.write(
                     Data(
