@@ -168,7 +168,8 @@ import Testing
         config.width = 128
         var options = TrainingOptions()
         options.batchSize = 64
-        options.validation = .count(64)
+        // Every sample trains, so `depth` batches of 64 are in flight at once.
+        options.validation = nil
         let network = try Network(
             config: config, device: device, optimizer: options.optimizer, seed: 1)
         let trainer = try Trainer(
@@ -220,6 +221,8 @@ import Testing
         config.width = 8
         var options = TrainingOptions()
         options.batchSize = 20_000
+        // Every sample trains: one batch of the whole set.
+        options.validation = nil
         let network = try Network(
             config: config, device: device, optimizer: options.optimizer, seed: 1)
         let data = try TrainingTests.syntheticData(count: 20_000, seed: 1)
