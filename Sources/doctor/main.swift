@@ -10,13 +10,16 @@ import SigProp
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
-            "Check the OpenCL devices and the CPU fallback: properties, kernel builds, operations, reference vectors."
+            "Check the OpenCL devices and the CPU fallback: properties, kernel builds, "
+            + "operations, reference vectors."
     )
 
     @Option(
         name: .long, parsing: .upToNextOption,
         help:
-            "Reference-vector JSON files (the format of docs/golden-vectors.md) to check on every device."
+            ArgumentHelp(
+                "Reference-vector JSON files (the format of docs/golden-vectors.md) to check on every "
+                    + "device.")
     )
     var golden: [String] = []
 
@@ -66,7 +69,8 @@ struct Doctor: ParsableCommand {
                 let entries = try OpenCLDiscovery.allDevices()
                 if entries.isEmpty {
                     print(
-                        "OpenCL: no platform or device found (apt-get install pocl-opencl-icd for a CPU driver)."
+                        "OpenCL: no platform or device found (apt-get install pocl-opencl-icd for "
+                            + "a CPU driver)."
                     )
                 }
                 if tune { failures += tuneDevices(entries, selection) }
@@ -124,7 +128,8 @@ struct Doctor: ParsableCommand {
                 }
                 failures += failed.count
                 print(
-                    "  operations: \(results.count - failed.count)/\(results.count) match the CPU fallback"
+                    "  operations: \(results.count - failed.count)/\(results.count) match the CPU "
+                        + "fallback"
                 )
             } catch {
                 failures += 1
@@ -162,7 +167,8 @@ struct Doctor: ParsableCommand {
     func tuneDevices(_ entries: [OpenCLDeviceEntry], _ selection: BackendSelection) -> Int {
         guard let cacheFile = selection.tuningCacheFile else {
             print(
-                "FAIL --tune: no tuning cache file (\(KernelTuningCache.tuningVariable)=off, or none of \(KernelTuningCache.fileVariable), XDG_CACHE_HOME, HOME is set)"
+                "FAIL --tune: no tuning cache file (\(KernelTuningCache.tuningVariable)=off, or "
+                    + "none of \(KernelTuningCache.fileVariable), XDG_CACHE_HOME, HOME is set)"
             )
             return 1
         }

@@ -18,7 +18,9 @@ struct Train: ParsableCommand {
     // different value is an error. Their defaults are in `TrainingOptions` and `ModelConfig`.
     @Option(
         help:
-            "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense 1024). Default mlp."
+            ArgumentHelp(
+                "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense "
+                    + "1024). Default mlp.")
     )
     var model: String?
 
@@ -47,7 +49,9 @@ struct Train: ParsableCommand {
     @Flag(
         inversion: .prefixedNo,
         help:
-            "Run the target stream on one row per class where that is exact (per-sample norms, no dropout); off otherwise."
+            ArgumentHelp(
+                "Run the target stream on one row per class where that is exact (per-sample norms, no "
+                    + "dropout); off otherwise.")
     )
     var kRowShortcut: Bool?
 
@@ -69,7 +73,9 @@ struct Train: ParsableCommand {
 
     @Option(
         help:
-            "Multiply the learning rate by --lr-gamma after these epochs (comma-separated: 3,4 decays after epochs 3 and 4). Default none."
+            ArgumentHelp(
+                "Multiply the learning rate by --lr-gamma after these epochs (comma-separated: 3,4 "
+                    + "decays after epochs 3 and 4). Default none.")
     )
     var lrMilestones: String?
 
@@ -168,7 +174,11 @@ struct Train: ParsableCommand {
 
     @Option(
         help:
-            "pipelined (default: a stream per block; a block learns while the next computes, and the next batch enters while later blocks work) or sequential (one block after another, one batch at a time, as the reference). Same numbers either way."
+            ArgumentHelp(
+                "pipelined (default: a stream per block; a block learns while the next computes, and "
+                    + "the next batch enters while later blocks work) or sequential (one block "
+                    + "after another, one batch at a time, as the reference). Same numbers either "
+                    + "way.")
     )
     var schedule: String = Schedule.Kind.pipelined.rawValue
 
@@ -180,7 +190,9 @@ struct Train: ParsableCommand {
 
     @Option(
         help:
-            "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or chrome://tracing) and print how much of the time blocks overlapped."
+            ArgumentHelp(
+                "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or "
+                    + "chrome://tracing) and print how much of the time blocks overlapped.")
     )
     var trace: String?
 
@@ -223,17 +235,20 @@ struct Train: ParsableCommand {
         }
         if let model, ModelConfig.Kind(rawValue: model) == nil {
             throw ValidationError(
-                "--model \(model) is not a model. Valid values: \(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+                "--model \(model) is not a model. Valid values: "
+                    + "\(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
         if let optimizer, OptimizerKind(rawValue: optimizer) == nil {
             throw ValidationError(
-                "--optimizer \(optimizer) is not an optimizer. Valid values: \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))"
+                "--optimizer \(optimizer) is not an optimizer. Valid values: "
+                    + "\(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
         guard Readout(rawValue: readout) != nil else {
             throw ValidationError(
-                "--readout \(readout) is not a readout. Valid values: \(Readout.allCases.map(\.rawValue).joined(separator: ", "))"
+                "--readout \(readout) is not a readout. Valid values: "
+                    + "\(Readout.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
         if let limit, limit < 1 {
@@ -253,7 +268,8 @@ struct Train: ParsableCommand {
         }
         guard Schedule.Kind(rawValue: schedule) != nil else {
             throw ValidationError(
-                "--schedule \(schedule) is not a schedule. Valid values: \(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+                "--schedule \(schedule) is not a schedule. Valid values: "
+                    + "\(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
         if let pipelineDepth, pipelineDepth < 1 {
@@ -345,7 +361,8 @@ struct Train: ParsableCommand {
     func parseNorm(_ text: String, flag: String, allowed: [NormKind]) throws -> NormKind {
         guard let norm = NormKind(rawValue: text), allowed.contains(norm) else {
             throw SigPropError.configuration(
-                "\(flag) \(text) is not allowed. Valid values: \(allowed.map(\.rawValue).joined(separator: ", "))"
+                "\(flag) \(text) is not allowed. Valid values: "
+                    + "\(allowed.map(\.rawValue).joined(separator: ", "))"
             )
         }
         return norm
@@ -634,10 +651,12 @@ struct Train: ParsableCommand {
             emit(
                 String(
                     format:
-                        "trace: %@ (%d stage spans, %d kernels); two or more blocks were busy at once %.0f%% of the busy time",
+                        "trace: %@ (%d stage spans, %d kernels); two or more blocks were busy at "
+                        + "once %.0f%% of the busy time",
                     traceURL.path, trace.spans.count, trace.kernels.count, 100 * trace.overlapShare)
                     + (trace.untimed > 0
-                        ? " (\(trace.untimed) spans left out: the driver gave no timestamps for them)"
+                        ? " (\(trace.untimed) spans left out: the driver gave no timestamps for "
+                            + "them)"
                         : ""))
         }
     }

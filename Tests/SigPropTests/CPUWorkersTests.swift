@@ -45,7 +45,8 @@ import Testing
             usleep(useconds_t(pause))
             let tally = Tally(parts)
             workers.run(parts: parts, threads: 4) { part in
-                // Slow parts, longer than any spin: run must wait for them, and lose or repeat none.
+                // Slow parts, longer than any spin: run must wait for them, and lose or repeat
+                // none.
                 if part == 0 || part == parts - 1 { usleep(2_000) }
                 tally.hit(part)
             }

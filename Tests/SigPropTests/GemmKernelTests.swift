@@ -369,7 +369,8 @@ import Testing
             }
         }
         let what =
-            "\(device.kind) gemm \(Self.describe(m, n, k, ta, tb)) alpha \(alpha) beta \(beta)\(withBias ? " bias" : "") \(activation)"
+            "\(device.kind) gemm \(Self.describe(m, n, k, ta, tb)) alpha \(alpha) beta "
+            + "\(beta)\(withBias ? " bias" : "") \(activation)"
         expectClose(
             try device.read(c), expected, absolute: 2e-4, relative: 1e-4, what,
             sourceLocation: sourceLocation)

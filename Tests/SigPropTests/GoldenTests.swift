@@ -22,7 +22,10 @@ import Testing
         for comparison in report.comparisons {
             #expect(
                 comparison.passed,
-                "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)"
+                Comment(
+                    rawValue:
+                        "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > "
+                        + "\(comparison.tolerance)")
             )
         }
     }
@@ -44,7 +47,10 @@ import Testing
         for comparison in report.comparisons {
             #expect(
                 comparison.passed,
-                "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > \(comparison.tolerance)"
+                Comment(
+                    rawValue:
+                        "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > "
+                        + "\(comparison.tolerance)")
             )
         }
     }

@@ -42,7 +42,9 @@ import Testing
             for p in candidates {
                 #expect(
                     p.fits(info),
-                    "\(info.name): \(p.summary) needs \(p.gemmTile)² work-items and \(p.gemmTiledLocalBytes) bytes of local memory"
+                    Comment(
+                        rawValue: "\(info.name): \(p.summary) needs \(p.gemmTile)² work-items and "
+                            + "\(p.gemmTiledLocalBytes) bytes of local memory")
                 )
                 #expect(
                     p.gemmKernels == candidates[0].gemmKernels,

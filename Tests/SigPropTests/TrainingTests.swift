@@ -199,10 +199,12 @@ import Testing
             #expect(Set(bytes).count == 1, "\(device.kind) device bytes per epoch: \(bytes)")
         }
         print(
-            "soak: relative L2 gap per epoch, CPU vs CPU one ulp apart: \(rounding.map { String(format: "%.1e", $0) })"
+            "soak: relative L2 gap per epoch, CPU vs CPU one ulp apart: "
+                + "\(rounding.map { String(format: "%.1e", $0) })"
         )
         print(
-            "soak: relative L2 gap per epoch, CPU vs OpenCL:             \(backends.map { String(format: "%.1e", $0) })"
+            "soak: relative L2 gap per epoch, CPU vs OpenCL:             "
+                + "\(backends.map { String(format: "%.1e", $0) })"
         )
         if let worst = backends.max(), let worstRounding = rounding.max() {
             #expect(

@@ -212,7 +212,9 @@ import Testing
             // panels: the same numbers bit for bit.
             #expect(
                 states[0] == states[1],
-                "fused vs unfused differ in \(zip(states[0], states[1]).filter { $0 != $1 }.count) values"
+                Comment(
+                    rawValue: "fused vs unfused differ in "
+                        + "\(zip(states[0], states[1]).filter { $0 != $1 }.count) values")
             )
         } else {
             // One register sum over both streams instead of two products: rounding differs.

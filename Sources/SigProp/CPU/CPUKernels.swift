@@ -324,7 +324,8 @@ enum CPUKernels {
     }
 
     /// Calls `body(n0, count, columns, scratch)` for each chunk of images, with the chunk's patch
-    /// matrix in `columns` ([patch, count * P]) and room for an O x (count * P) matrix in `scratch`.
+    /// matrix in `columns` ([patch, count * P]) and room for an O x (count * P) matrix in
+    /// `scratch`.
     static func forEachImageChunk(
         _ s: ConvShape, input: UnsafePointer<Float>,
         _ body: (Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void
@@ -678,7 +679,8 @@ enum CPUKernels {
         }
     }
 
-    /// Operands of the fused weight update on the CPU: `rows` rows of A (rows x M) and B (rows x N).
+    /// Operands of the fused weight update on the CPU: `rows` rows of A (rows x M) and B (rows x
+    /// N).
     struct UpdatePair {
         let a: UnsafePointer<Float>, b: UnsafePointer<Float>, rows: Int
     }

@@ -99,7 +99,8 @@ public struct OpenBLASKernels: Sendable, Equatable {
         case sse, avx, avx2, avx512
         static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 
-        /// The OpenBLAS core type whose kernels use these vectors (any CPU with the features runs them).
+        /// The OpenBLAS core type whose kernels use these vectors (any CPU with the features runs
+        /// them).
         var core: String {
             switch self {
             case .sse: "Prescott"
@@ -187,7 +188,8 @@ public struct OpenBLASKernels: Sendable, Equatable {
     /// What to tell the user when `faster` is set.
     public var advice: String? {
         faster.map {
-            "OpenBLAS runs its \(core) kernels, but this CPU runs its \($0) ones (OpenBLAS chose by CPU model and does not know this one): "
+            "OpenBLAS runs its \(core) kernels, but this CPU runs its \($0) ones (OpenBLAS chose "
+                + "by CPU model and does not know this one): "
                 + "set \(Self.variable)=\($0) for CPU products several times faster"
         }
     }
@@ -199,14 +201,16 @@ public struct OpenBLASKernels: Sendable, Equatable {
         let kernels = current()
         guard let faster = kernels.faster else { return }
         let note =
-            "note: OpenBLAS chose its \(kernels.core) kernels for this CPU, which runs its \(faster) ones; "
+            "note: OpenBLAS chose its \(kernels.core) kernels for this CPU, which runs its "
+            + "\(faster) ones; "
             + "restarting with \(variable)=\(faster) (set \(variable) yourself to choose)\n"
         FileHandle.standardError.write(Data(note.utf8))
         setenv(variable, faster, 1)
         execv("/proc/self/exe", CommandLine.unsafeArgv)
         // Only reached when the exec failed; the variable stays set, so nothing loops.
         let warning =
-            "warning: could not restart (\(String(cString: strerror(errno)))); CPU products keep OpenBLAS's \(kernels.core) kernels\n"
+            "warning: could not restart (\(String(cString: strerror(errno)))); CPU products keep "
+            + "OpenBLAS's \(kernels.core) kernels\n"
         FileHandle.standardError.write(Data(warning.utf8))
     }
 }

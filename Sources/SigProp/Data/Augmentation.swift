@@ -29,7 +29,8 @@ public struct Augmentation: Sendable, Equatable {
         let features = channels * height * width
         precondition(
             features > 0 && images.count % features == 0,
-            "Augmentation.apply: \(images.count) floats are not whole images of \(channels)×\(height)×\(width)"
+            "Augmentation.apply: \(images.count) floats are not whole images of "
+                + "\(channels)×\(height)×\(width)"
         )
         guard isEnabled else { return }
         let padding = max(0, randomCropPadding)

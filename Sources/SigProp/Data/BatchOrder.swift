@@ -22,7 +22,9 @@ public struct BatchOrder: Sendable {
         }
         guard batchSize <= count else {
             throw SigPropError.configuration(
-                "batch size \(batchSize) is larger than the \(count) training examples, so no full batch fits (the last partial batch is dropped): pass a --batch-size of at most \(count)"
+                "batch size \(batchSize) is larger than the \(count) training examples, so no "
+                    + "full batch fits (the last partial batch is dropped): pass a --batch-size "
+                    + "of at most \(count)"
             )
         }
         self.count = count

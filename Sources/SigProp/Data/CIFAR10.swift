@@ -20,7 +20,8 @@ enum CIFAR10 {
         throws
     {
         let fix =
-            "use the CIFAR-10 binary version (cifar-10-binary.tar.gz), not the Python or MATLAB one, and download it again if a file is damaged"
+            "use the CIFAR-10 binary version (cifar-10-binary.tar.gz), not the Python or MATLAB "
+            + "one, and download it again if a file is damaged"
         guard !bytes.isEmpty else {
             throw SigPropError.dataset(path: path, problem: "the file is empty", fix: fix)
         }
@@ -33,7 +34,8 @@ enum CIFAR10 {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the file has \(bytes.count) bytes, not a multiple of the \(recordBytes)-byte CIFAR-10 record (1 label byte + 3×32×32 pixels)\(hint)",
+                    "the file has \(bytes.count) bytes, not a multiple of the \(recordBytes)-byte "
+                    + "CIFAR-10 record (1 label byte + 3×32×32 pixels)\(hint)",
                 fix: fix)
         }
         let count = bytes.count / recordBytes
@@ -48,7 +50,8 @@ enum CIFAR10 {
                     throw SigPropError.dataset(
                         path: path,
                         problem:
-                            "label \(label) of record \(record) is not below the \(classes) classes",
+                            "label \(label) of record \(record) is not below the \(classes) "
+                            + "classes",
                         fix: fix)
                 }
                 labels.append(Int32(label))

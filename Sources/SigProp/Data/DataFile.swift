@@ -74,12 +74,14 @@ enum Gzip {
         -> [UInt8]
     {
         let fix =
-            "download the file again (a partial download or a full disk leaves it damaged); `gzip -t \(path)` checks it"
+            "download the file again (a partial download or a full disk leaves it damaged); `gzip "
+            + "-t \(path)` checks it"
         func corrupt(_ message: String) -> SigPropError {
             .dataset(path: path, problem: "gzip data is corrupt (zlib: \(message))", fix: fix)
         }
         let truncated = corrupt(
-            "unexpected end of input: the file ends inside the compressed stream, so it is truncated"
+            "unexpected end of input: the file ends inside the compressed stream, so it is "
+                + "truncated"
         )
         guard !input.isEmpty else { throw truncated }
         let limit = max(0, limit)
@@ -88,9 +90,11 @@ enum Gzip {
         let tooLarge = SigPropError.dataset(
             path: path,
             problem:
-                "gzip data unpacks to more than \(formatBytes(UInt64(limit))) (\(limit) bytes), the limit for one data set file",
+                "gzip data unpacks to more than \(formatBytes(UInt64(limit))) (\(limit) bytes), "
+                + "the limit for one data set file",
             fix:
-                "check that this is a data set file (MNIST-format IDX or CIFAR-10 binary); a damaged or foreign .gz can claim any size"
+                "check that this is a data set file (MNIST-format IDX or CIFAR-10 binary); a "
+                + "damaged or foreign .gz can claim any size"
         )
 
         var stream = z_stream()
@@ -138,7 +142,8 @@ enum Gzip {
                     if rest.isEmpty || rest.allSatisfy({ $0 == 0 }) { return }
                     guard rest.count >= 2, rest[consumed] == 0x1f, rest[consumed + 1] == 0x8b else {
                         throw corrupt(
-                            "\(rest.count) bytes after the end of the gzip stream are not another gzip member"
+                            "\(rest.count) bytes after the end of the gzip stream are not another "
+                                + "gzip member"
                         )
                     }
                     status = inflateReset(&stream)

@@ -39,7 +39,8 @@ public struct Dataset: Sendable {
             throw SigPropError.shapeMismatch(
                 operation: "Dataset",
                 detail:
-                    "channels \(channels), height \(height), width \(width) and classes \(classes) must all be positive"
+                    "channels \(channels), height \(height), width \(width) and classes "
+                    + "\(classes) must all be positive"
             )
         }
         let (perImage, o1) = channels.multipliedReportingOverflow(by: height)
@@ -49,7 +50,8 @@ public struct Dataset: Sendable {
             throw SigPropError.shapeMismatch(
                 operation: "Dataset",
                 detail:
-                    "\(images.count) floats do not hold \(labels.count) images of \(channels)×\(height)×\(width)"
+                    "\(images.count) floats do not hold \(labels.count) images of "
+                    + "\(channels)×\(height)×\(width)"
             )
         }
         if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= classes }) {
@@ -108,7 +110,9 @@ public struct Dataset: Sendable {
 extension Dataset {
     /// The fix every "not found" error ends with.
     static let installFix =
-        "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or the CIFAR-10 binary files"
+        "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) for the "
+        + "default \(defaultDirectory), or pass --data-dir with MNIST-format IDX files or "
+        + "the CIFAR-10 binary files"
 
     /// Reads one split from `directory`, recognising the format by the files present:
     /// MNIST-format IDX (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
@@ -184,9 +188,12 @@ extension Dataset {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "it has the \(split.rawValue) \(missing == names.images ? "labels" : "images") but not \(missing)[.gz]",
+                    "it has the \(split.rawValue) "
+                    + "\(missing == names.images ? "labels" : "images") but not "
+                    + "\(missing)[.gz]",
                 fix:
-                    "put both the images and the labels file of the \(split.rawValue) split in the folder; or "
+                    "put both the images and the labels file of the \(split.rawValue) split in "
+                    + "the folder; or "
                     + installFix)
         case (nil, nil):
             break
@@ -206,7 +213,8 @@ extension Dataset {
                     path: folder.path,
                     problem: "CIFAR-10 files are missing: \(missing.joined(separator: ", "))",
                     fix:
-                        "unpack the whole CIFAR-10 binary archive (cifar-10-binary.tar.gz) there; or "
+                        "unpack the whole CIFAR-10 binary archive (cifar-10-binary.tar.gz) there; "
+                        + "or "
                         + installFix)
             }
         }
@@ -220,7 +228,10 @@ extension Dataset {
         throw SigPropError.dataset(
             path: path,
             problem:
-                "no \(split.rawValue) files found: looked for \(names.images)[.gz] and \(names.labels)[.gz] (MNIST-format IDX) and for \(cifarNames.joined(separator: ", ")) (CIFAR-10 binary, also in \(CIFAR10.subfolder)/); \(holds)",
+                "no \(split.rawValue) files found: looked for \(names.images)[.gz] and "
+                + "\(names.labels)[.gz] (MNIST-format IDX) and for "
+                + "\(cifarNames.joined(separator: ", ")) (CIFAR-10 binary, also in "
+                + "\(CIFAR10.subfolder)/); \(holds)",
             fix: installFix)
     }
 
@@ -235,7 +246,8 @@ extension Dataset {
             throw SigPropError.dataset(
                 path: imagesPath,
                 problem:
-                    "it has \(images.count) images but \(labelsURL.lastPathComponent) has \(labels.count) labels",
+                    "it has \(images.count) images but \(labelsURL.lastPathComponent) has "
+                    + "\(labels.count) labels",
                 fix: "use the images and labels files of the same split and the same data set")
         }
         guard images.count > 0 else {

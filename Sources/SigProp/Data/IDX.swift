@@ -10,7 +10,8 @@ enum IDX {
     static let labelsMagic: UInt32 = 0x0000_0801
 
     private static let fix =
-        "pass MNIST-format IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-…; gzipped or not), or download the file again if it is damaged"
+        "pass MNIST-format IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-…; "
+        + "gzipped or not), or download the file again if it is damaged"
 
     /// Images as `count × rows × columns` floats, pixel / 255.
     static func readImages(_ bytes: [UInt8], path: String) throws -> (
@@ -30,7 +31,8 @@ enum IDX {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the header describes \(count) images of \(rows)×\(columns) pixels, more than can be addressed",
+                    "the header describes \(count) images of \(rows)×\(columns) pixels, more than "
+                    + "can be addressed",
                 fix: fix)
         }
         try checkLength(
@@ -56,9 +58,11 @@ enum IDX {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "label \(bytes[bad]) of item \(bad - headerSize) is not below the \(classes) classes",
+                    "label \(bytes[bad]) of item \(bad - headerSize) is not below the \(classes) "
+                    + "classes",
                 fix:
-                    "IDX data sets are read as \(classes)-class (MNIST, Fashion-MNIST); check that this is a labels file of such a set"
+                    "IDX data sets are read as \(classes)-class (MNIST, Fashion-MNIST); check "
+                    + "that this is a labels file of such a set"
             )
         }
         return payload.map { Int32($0) }
@@ -72,7 +76,8 @@ enum IDX {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the file has \(bytes.count) bytes, too short for an IDX header (\(headerSize) bytes)",
+                    "the file has \(bytes.count) bytes, too short for an IDX header "
+                    + "(\(headerSize) bytes)",
                 fix: fix)
         }
         let found = readUInt32(bytes, at: 0)
@@ -80,14 +85,16 @@ enum IDX {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the magic number is \(hex(found)) (\(describe(found, bytes))), expected \(hex(magic)) (\(describe(magic, [])))",
+                    "the magic number is \(hex(found)) (\(describe(found, bytes))), expected "
+                    + "\(hex(magic)) (\(describe(magic, [])))",
                 fix: fix)
         }
         guard bytes.count >= headerSize else {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the file is truncated: \(bytes.count) bytes, but the IDX header alone needs \(headerSize)",
+                    "the file is truncated: \(bytes.count) bytes, but the IDX header alone needs "
+                    + "\(headerSize)",
                 fix: fix)
         }
         return (0..<dimensions).map { Int(readUInt32(bytes, at: 4 + 4 * $0)) }
@@ -101,14 +108,17 @@ enum IDX {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the file is truncated: the header describes \(what), \(overflow ? "more than can be addressed" : "\(expected) bytes"), but the file has \(bytes.count) bytes",
+                    "the file is truncated: the header describes \(what), "
+                    + "\(overflow ? "more than can be addressed" : "\(expected) bytes"), "
+                    + "but the file has \(bytes.count) bytes",
                 fix: fix)
         }
         guard bytes.count == expected else {
             throw SigPropError.dataset(
                 path: path,
                 problem:
-                    "the file has \(bytes.count - expected) bytes more than the \(expected) its header describes (\(what))",
+                    "the file has \(bytes.count - expected) bytes more than the \(expected) its "
+                    + "header describes (\(what))",
                 fix: fix)
         }
     }

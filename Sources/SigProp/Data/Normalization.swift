@@ -107,7 +107,8 @@ public struct Normalization: Sendable, Codable, Equatable {
             throw SigPropError.shapeMismatch(
                 operation: "Normalization.apply",
                 detail:
-                    "\(mean.count) means and \(std.count) standard deviations for images of \(channels) channels"
+                    "\(mean.count) means and \(std.count) standard deviations for images of "
+                    + "\(channels) channels"
             )
         }
         if let bad = std.first(where: { !($0 > 0) || !$0.isFinite }) {

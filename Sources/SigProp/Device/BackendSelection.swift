@@ -31,7 +31,8 @@ public struct BackendSelection: Sendable {
     public let split: Int
     /// Where tuned kernel parameters are read (nil: the table only).
     public let tuningCacheFile: URL?
-    /// `SIGPROP_FUSED_UPDATE`: fused weight updates on or off on every device (nil: each device's default).
+    /// `SIGPROP_FUSED_UPDATE`: fused weight updates on or off on every device (nil: each device's
+    /// default).
     public let fusedUpdate: Bool?
 
     public static let backendVariable = "SIGPROP_BACKEND"
@@ -46,12 +47,17 @@ public struct BackendSelection: Sendable {
             ?? ""
         guard let choice = raw.isEmpty ? .auto : Choice(rawValue: raw) else {
             throw SigPropError.configuration(
-                "\(Self.backendVariable)=\(environment[Self.backendVariable] ?? "") is not a backend. Valid values: \(Choice.allCases.map(\.rawValue).joined(separator: ", ")) (default auto)."
+                "\(Self.backendVariable)=\(environment[Self.backendVariable] ?? "") is not a "
+                    + "backend. Valid values: "
+                    + "\(Choice.allCases.map(\.rawValue).joined(separator: ", ")) (default "
+                    + "auto)."
             )
         }
         if choice == .cpu, let selector = environment[Self.deviceVariable], !selector.isEmpty {
             throw SigPropError.configuration(
-                "\(Self.deviceVariable)=\(selector) selects an OpenCL device, but \(Self.backendVariable)=cpu. Unset \(Self.deviceVariable) or use \(Self.backendVariable)=opencl or auto."
+                "\(Self.deviceVariable)=\(selector) selects an OpenCL device, but "
+                    + "\(Self.backendVariable)=cpu. Unset \(Self.deviceVariable) or use "
+                    + "\(Self.backendVariable)=opencl or auto."
             )
         }
         self.choice = choice
@@ -65,14 +71,16 @@ public struct BackendSelection: Sendable {
             }
         if selectors.contains(where: \.isEmpty) {
             throw SigPropError.configuration(
-                "\(Self.deviceVariable)=\(environment[Self.deviceVariable] ?? "") has an empty entry: give indices or names separated by commas, e.g. 0,1"
+                "\(Self.deviceVariable)=\(environment[Self.deviceVariable] ?? "") has an empty "
+                    + "entry: give indices or names separated by commas, e.g. 0,1"
             )
         }
         deviceSelectors = selectors
         let splitText = environment[Self.splitVariable]?.trimmingCharacters(in: .whitespaces) ?? ""
         guard let split = splitText.isEmpty ? 1 : Int(splitText), split >= 1 else {
             throw SigPropError.configuration(
-                "\(Self.splitVariable)=\(splitText) is not a number of parts: give an integer >= 1 (2 divides each device into two equal devices)"
+                "\(Self.splitVariable)=\(splitText) is not a number of parts: give an integer >= "
+                    + "1 (2 divides each device into two equal devices)"
             )
         }
         self.split = split
@@ -84,7 +92,8 @@ public struct BackendSelection: Sendable {
         case "off": fusedUpdate = false
         default:
             throw SigPropError.configuration(
-                "\(Self.fusedUpdateVariable)=\(environment[Self.fusedUpdateVariable] ?? "") is not a choice. Valid values: auto (default: the device's), on, off."
+                "\(Self.fusedUpdateVariable)=\(environment[Self.fusedUpdateVariable] ?? "") is "
+                    + "not a choice. Valid values: auto (default: the device's), on, off."
             )
         }
         tuningCacheFile = try KernelTuningCache.file(environment: environment)
@@ -112,7 +121,9 @@ public struct BackendSelection: Sendable {
             let entries = try discover()
             guard !entries.isEmpty else {
                 throw SigPropError.configuration(
-                    "\(Self.backendVariable)=opencl but no OpenCL device was found. Install a driver (apt-get install pocl-opencl-icd runs OpenCL on the CPU) or use \(Self.backendVariable)=cpu."
+                    "\(Self.backendVariable)=opencl but no OpenCL device was found. Install a "
+                        + "driver (apt-get install pocl-opencl-icd runs OpenCL on the CPU) or "
+                        + "use \(Self.backendVariable)=cpu."
                 )
             }
             return try openCLDevices(try selected(from: entries) ?? [entries[0]])
@@ -125,14 +136,17 @@ public struct BackendSelection: Sendable {
                 }
                 return try cpuDevices()
             } catch let error as SigPropError {
-                // A bad SIGPROP_DEVICE or SIGPROP_SPLIT is the user's to fix, not a reason to fall back.
+                // A bad SIGPROP_DEVICE or SIGPROP_SPLIT is the user's to fix, not a reason to fall
+                // back.
                 throw error
             } catch {
                 let (devices, warnings) = try cpuDevices()
                 return (
                     devices,
                     [
-                        "OpenCL could not be initialised (\(error)); using the CPU fallback. Set \(Self.backendVariable)=cpu to silence this, or \(Self.backendVariable)=opencl to make it an error."
+                        "OpenCL could not be initialised (\(error)); using the CPU fallback. Set "
+                            + "\(Self.backendVariable)=cpu to silence this, or "
+                            + "\(Self.backendVariable)=opencl to make it an error."
                     ] + warnings
                 )
             }
@@ -145,7 +159,8 @@ public struct BackendSelection: Sendable {
         let chosen = try deviceSelectors.map { try Self.select($0, from: entries) }
         guard Set(chosen.map(\.id)).count == chosen.count else {
             throw SigPropError.configuration(
-                "\(Self.deviceVariable)=\(deviceSelectors.joined(separator: ",")) names a device twice; to run several parts of one device use \(Self.splitVariable)=N"
+                "\(Self.deviceVariable)=\(deviceSelectors.joined(separator: ",")) names a device "
+                    + "twice; to run several parts of one device use \(Self.splitVariable)=N"
             )
         }
         return chosen
@@ -162,7 +177,8 @@ public struct BackendSelection: Sendable {
         return (devices, warning.map { [$0] } ?? [])
     }
 
-    /// The tuning cache's contents, or nil under `SIGPROP_TUNING=off`; a warning if the file is unusable.
+    /// The tuning cache's contents, or nil under `SIGPROP_TUNING=off`; a warning if the file is
+    /// unusable.
     public func tuningCache() -> (cache: KernelTuningCache?, warning: String?) {
         guard let tuningCacheFile else { return (nil, nil) }
         return KernelTuningCache.load(tuningCacheFile)
@@ -174,7 +190,8 @@ public struct BackendSelection: Sendable {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         guard split <= cores else {
             throw SigPropError.configuration(
-                "\(Self.splitVariable)=\(split) cannot divide the CPU's \(cores) cores into \(split) devices: use 1...\(cores)"
+                "\(Self.splitVariable)=\(split) cannot divide the CPU's \(cores) cores into "
+                    + "\(split) devices: use 1...\(cores)"
             )
         }
         let devices =
@@ -186,7 +203,8 @@ public struct BackendSelection: Sendable {
         return (devices, OpenBLASKernels.current().advice.map { [$0] } ?? [])
     }
 
-    /// The entry `selector` names: an index into `entries`, or a name substring matching one device.
+    /// The entry `selector` names: an index into `entries`, or a name substring matching one
+    /// device.
     static func select(_ selector: String, from entries: [OpenCLDeviceEntry]) throws
         -> OpenCLDeviceEntry
     {
@@ -199,7 +217,8 @@ public struct BackendSelection: Sendable {
         if let index = Int(selector) {
             guard entries.indices.contains(index) else {
                 throw SigPropError.configuration(
-                    "\(deviceVariable)=\(selector) is not a device index (0..<\(entries.count)). \(listing)"
+                    "\(deviceVariable)=\(selector) is not a device index (0..<\(entries.count)). "
+                        + "\(listing)"
                 )
             }
             return entries[index]
@@ -209,11 +228,13 @@ public struct BackendSelection: Sendable {
         case 1: return matches[0]
         case 0:
             throw SigPropError.configuration(
-                "\(deviceVariable)=\(selector) matches no OpenCL device name. Give an index or part of a name. \(listing)"
+                "\(deviceVariable)=\(selector) matches no OpenCL device name. Give an index or "
+                    + "part of a name. \(listing)"
             )
         default:
             throw SigPropError.configuration(
-                "\(deviceVariable)=\(selector) matches \(matches.count) devices; give an index or a longer name. \(listing)"
+                "\(deviceVariable)=\(selector) matches \(matches.count) devices; give an index or "
+                    + "a longer name. \(listing)"
             )
         }
     }

@@ -274,7 +274,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             throw SigPropError.shapeMismatch(
                 operation: "gemm",
                 detail:
-                    "op(a) is \(m)x\(k) (a \(a.shape)\(transposeA ? "ᵀ" : "")), op(b) is \(kb)x\(n) (b \(b.shape)\(transposeB ? "ᵀ" : "")), c is \(c.shape)"
+                    "op(a) is \(m)x\(k) (a \(a.shape)\(transposeA ? "ᵀ" : "")), op(b) is "
+                    + "\(kb)x\(n) (b \(b.shape)\(transposeB ? "ᵀ" : "")), c is \(c.shape)"
             )
         }
         if let bias { try requireCount("gemm bias", bias, n) }
@@ -601,7 +602,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                 throw SigPropError.shapeMismatch(
                     operation: "updateWeights",
                     detail:
-                        "weight \(weight.shape) needs outputGradient [rows, \(m)] and input [rows, \(n)] with the same rows; got \(gradient.shape) and \(input.shape)"
+                        "weight \(weight.shape) needs outputGradient [rows, \(m)] and input "
+                        + "[rows, \(n)] with the same rows; got \(gradient.shape) and "
+                        + "\(input.shape)"
                 )
             }
         }
@@ -642,7 +645,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             throw SigPropError.shapeMismatch(
                 operation: operation,
                 detail:
-                    "\(tensor.shape) is not [outer \(layout.outer), groups \(layout.groups), inner \(layout.inner)]"
+                    "\(tensor.shape) is not [outer \(layout.outer), groups \(layout.groups), "
+                    + "inner \(layout.inner)]"
             )
         }
     }
@@ -664,7 +668,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             throw SigPropError.shapeMismatch(
                 operation: operation,
                 detail:
-                    "input \(input.shape) must be [B, C, H, W] and weight \(weight.shape) [O, C, kh, kw] with the same C"
+                    "input \(input.shape) must be [B, C, H, W] and weight \(weight.shape) [O, C, "
+                    + "kh, kw] with the same C"
             )
         }
         guard stride >= 1, padding >= 0 else {
@@ -684,7 +689,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             throw SigPropError.shapeMismatch(
                 operation: operation,
                 detail:
-                    "input \(input.shape) with padding \(padding) is smaller than the kernel \(weight.shape)"
+                    "input \(input.shape) with padding \(padding) is smaller than the kernel "
+                    + "\(weight.shape)"
             )
         }
         let expected = [shape.batch, shape.outChannels, shape.outHeight, shape.outWidth]

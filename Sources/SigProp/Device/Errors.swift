@@ -26,7 +26,8 @@ public enum SigPropError: Error, Equatable, CustomStringConvertible {
             return "\(operation): shapes do not fit: \(detail)"
         case .deviceMismatch(let operation, let tensorDevice, let device):
             return
-                "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with Device.transfer(_:) or create it on \(device)"
+                "\(operation): a tensor on \(tensorDevice) was passed to \(device); move it with "
+                + "Device.transfer(_:) or create it on \(device)"
         case .badGoldenFile(let path, let reason):
             return "golden file \(path): \(reason)"
         case .dataset(let path, let problem, let fix):

@@ -67,7 +67,8 @@ public enum SelfCheck {
                     Case(
                         operation: "gemm",
                         shape:
-                            "\(m)x\(n)x\(k)_\(ta ? "T" : "N")\(tb ? "T" : "N") \(activation.rawValue)"
+                            "\(m)x\(n)x\(k)_\(ta ? "T" : "N")\(tb ? "T" : "N") "
+                            + "\(activation.rawValue)"
                     ) { device in
                         let a = try input(device, ta ? [k, m] : [m, k], seed: 1)
                         let b = try input(device, tb ? [n, k] : [k, n], seed: 2)

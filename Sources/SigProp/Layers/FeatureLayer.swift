@@ -155,7 +155,8 @@ public final class DenseLayer: FeatureLayer {
     ) throws {
         guard norm != .instance else {
             throw SigPropError.configuration(
-                "\(name): instance norm needs a convolution's positions; dense blocks take layer or batch norm"
+                "\(name): instance norm needs a convolution's positions; dense blocks take layer "
+                    + "or batch norm"
             )
         }
         self.inputs = inputs
@@ -225,7 +226,8 @@ public final class DenseLayer: FeatureLayer {
         }
         guard (1...2).contains(passes.count), let device = passes.first?.pass.output.device else {
             throw SigPropError.configuration(
-                "DenseLayer.learn takes one or two passes (the input and target streams), got \(passes.count)"
+                "DenseLayer.learn takes one or two passes (the input and target streams), got "
+                    + "\(passes.count)"
             )
         }
         let pairs = try passes.enumerated().map { index, element in
@@ -320,7 +322,8 @@ public final class ConvLayer: FeatureLayer {
             throw SigPropError.shapeMismatch(
                 operation: "ConvLayer",
                 detail:
-                    "a \(input[2])x\(input[3]) image is smaller than the \(kernelSize)x\(kernelSize) kernel with padding \(padding)"
+                    "a \(input[2])x\(input[3]) image is smaller than the "
+                    + "\(kernelSize)x\(kernelSize) kernel with padding \(padding)"
             )
         }
         return [input[0], outChannels, height, width]

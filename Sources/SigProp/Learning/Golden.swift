@@ -129,7 +129,8 @@ public enum GoldenCheck {
             throw SigPropError.badGoldenFile(
                 path: golden.name,
                 reason:
-                    "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, layer_adam_steps, signal)"
+                    "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, "
+                    + "layer_adam_steps, signal)"
             )
         }
     }
@@ -182,7 +183,8 @@ public enum GoldenCheck {
                 throw SigPropError.badGoldenFile(
                     path: golden.name,
                     reason:
-                        "\(prefix + name) has shape \(values.shape), the block's \(parameter.name) is \(parameter.value.shape)"
+                        "\(prefix + name) has shape \(values.shape), the block's "
+                        + "\(parameter.name) is \(parameter.value.shape)"
                 )
             }
             try device.write(values.values, to: parameter.value)

@@ -42,7 +42,8 @@ public struct LocalLoss: Sendable {
             throw SigPropError.shapeMismatch(
                 operation: "LocalLoss",
                 detail:
-                    "H \(h.shape) and T \(t.shape) must have the same shape (one target row per sample)"
+                    "H \(h.shape) and T \(t.shape) must have the same shape (one target row per "
+                    + "sample)"
             )
         }
         guard t0.rows == h.rows else {
@@ -84,7 +85,8 @@ public struct LocalLoss: Sendable {
             throw SigPropError.shapeMismatch(
                 operation: "LocalLoss (K-row shortcut)",
                 detail:
-                    "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 \(t0.shape): T and T0 need one row per class"
+                    "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 "
+                    + "\(t0.shape): T and T0 need one row per class"
             )
         }
         let scale = 1 / Float(Self.positions(h))

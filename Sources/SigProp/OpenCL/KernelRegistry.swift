@@ -132,9 +132,11 @@ struct KernelParameters: Equatable, Sendable, Codable {
     var summary: String {
         switch gemmKernels {
         case .registerBlocked:
-            "gemm_outer \(gemmOuterRows)x\(gemmOuterVectors)xfloat\(gemmVectorWidth), gemm_dot \(gemmDotRows)x\(gemmDotColumns)xfloat\(gemmDotVectorWidth)"
+            "gemm_outer \(gemmOuterRows)x\(gemmOuterVectors)xfloat\(gemmVectorWidth), gemm_dot "
+                + "\(gemmDotRows)x\(gemmDotColumns)xfloat\(gemmDotVectorWidth)"
         case .localTiled:
-            "gemm_tiled group \(gemmTile)x\(gemmTile), \(gemmWorkPerItem)x\(gemmWorkPerItem) per item, depth \(gemmTileDepth)"
+            "gemm_tiled group \(gemmTile)x\(gemmTile), \(gemmWorkPerItem)x\(gemmWorkPerItem) per "
+                + "item, depth \(gemmTileDepth)"
                 + (gemmSplitBelow > 0 ? ", split K below \(gemmSplitBelow) tiles" : "")
         }
     }

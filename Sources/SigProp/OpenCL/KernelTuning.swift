@@ -123,7 +123,8 @@ public enum KernelTuning {
         }
         guard !ready.isEmpty else {
             throw SigPropError.configuration(
-                "kernel tuning of \(entry.info.name): no candidate built and matched the CPU fallback:\n  "
+                "kernel tuning of \(entry.info.name): no candidate built and matched the CPU "
+                    + "fallback:\n  "
                     + skipped.joined(separator: "\n  "))
         }
         progress("timing \(ready.count) candidates on \(shapes.count) shapes in \(rounds) rounds")
@@ -149,7 +150,8 @@ public enum KernelTuning {
             } catch {
                 skipped.append("\(combined.summary): \(error)")
                 progress(
-                    "the fastest gemm_outer with the fastest gemm_dot: \(combined.summary): skipped, \(error)"
+                    "the fastest gemm_outer with the fastest gemm_dot: \(combined.summary): "
+                        + "skipped, \(error)"
                 )
             }
         }
@@ -324,7 +326,8 @@ public enum KernelTuning {
                 throw SigPropError.configuration(
                     String(
                         format:
-                            "its fused weight update differs from the CPU fallback's (NMSE %.3g > %.0g)",
+                            "its fused weight update differs from the CPU fallback's (NMSE %.3g > "
+                            + "%.0g)",
                         updateError, SelfCheck.tolerance))
             }
             let runs = try zip(shapes, operands).map { shape, operand in

@@ -83,7 +83,8 @@ public struct KernelTuningCache: Sendable {
         case "off": return nil
         default:
             throw SigPropError.configuration(
-                "\(tuningVariable)=\(environment[tuningVariable] ?? "") is not a setting. Valid values: on, off (default on; off ignores the kernel tuning cache)"
+                "\(tuningVariable)=\(environment[tuningVariable] ?? "") is not a setting. Valid "
+                    + "values: on, off (default on; off ignores the kernel tuning cache)"
             )
         }
         func nonEmpty(_ name: String) -> String? {
@@ -107,7 +108,9 @@ public struct KernelTuningCache: Sendable {
         func unusable(_ problem: String) -> (KernelTuningCache, String?) {
             (
                 KernelTuningCache(file: file),
-                "kernel tuning cache \(file.path) \(problem); using the per-device table. Delete the file, or run `swift run -c release doctor --tune` to write it again (\(tuningVariable)=off ignores it)."
+                "kernel tuning cache \(file.path) \(problem); using the per-device table. Delete "
+                    + "the file, or run `swift run -c release doctor --tune` to write it again "
+                    + "(\(tuningVariable)=off ignores it)."
             )
         }
         let data: Data
@@ -171,14 +174,16 @@ public struct KernelTuningCache: Sendable {
             try AtomicFile.write(data, to: file)
         } catch .folder(let path, let reason) {
             throw SigPropError.configuration(
-                "cannot create the folder \(path) of the kernel tuning cache: \(reason). Set \(fileVariable) to a writable path"
+                "cannot create the folder \(path) of the kernel tuning cache: \(reason). Set "
+                    + "\(fileVariable) to a writable path"
             )
         } catch .temporary(let path, let reason) {
             throw SigPropError.configuration(
                 "cannot write \(path): \(reason). Set \(fileVariable) to a writable path")
         } catch .write(let reason) {
             throw SigPropError.configuration(
-                "writing the kernel tuning cache \(file.path) failed: \(reason) (the previous file is untouched)"
+                "writing the kernel tuning cache \(file.path) failed: \(reason) (the previous "
+                    + "file is untouched)"
             )
         }
     }

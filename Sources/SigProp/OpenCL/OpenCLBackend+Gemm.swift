@@ -14,7 +14,8 @@ extension OpenCLBackend {
         ]
         guard extents.allSatisfy({ $0 <= Int(Int32.max) }) else {
             throw SigPropError.configuration(
-                "gemm: a batch of \(batch.count) products reaches element \(extents.max()!), beyond the kernels' 32-bit offsets; use smaller chunks"
+                "gemm: a batch of \(batch.count) products reaches element \(extents.max()!), "
+                    + "beyond the kernels' 32-bit offsets; use smaller chunks"
             )
         }
         if plan.splits > 1 {

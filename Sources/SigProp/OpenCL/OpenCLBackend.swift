@@ -220,7 +220,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             throw SigPropError.outOfMemory(
                 device: info.name, requestedBytes: bytes, limitBytes: info.maxAllocationBytes,
                 detail:
-                    "largest single buffer (CL_DEVICE_MAX_MEM_ALLOC_SIZE); global memory \(formatBytes(info.globalMemoryBytes))"
+                    "largest single buffer (CL_DEVICE_MAX_MEM_ALLOC_SIZE); global memory "
+                    + "\(formatBytes(info.globalMemoryBytes))"
             )
         }
         do {

@@ -29,10 +29,12 @@ public struct OpenCLError: Error, Equatable, CustomStringConvertible {
         switch code {
         case -1001:
             return
-                "No OpenCL platform is installed: install a driver (apt-get install pocl-opencl-icd for the CPU) or use SIGPROP_BACKEND=cpu"
+                "No OpenCL platform is installed: install a driver (apt-get install "
+                + "pocl-opencl-icd for the CPU) or use SIGPROP_BACKEND=cpu"
         case CL_OUT_OF_RESOURCES, CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_HOST_MEMORY:
             return
-                "The device ran out of memory or resources: use a smaller --batch-size or model, or SIGPROP_BACKEND=cpu"
+                "The device ran out of memory or resources: use a smaller --batch-size or model, "
+                + "or SIGPROP_BACKEND=cpu"
         default:
             return nil
         }
@@ -113,7 +115,8 @@ public struct OpenCLBuildError: Error, CustomStringConvertible {
     public let log: String
 
     public var description: String {
-        "OpenCL program '\(program)' failed to build for \(device) with options '\(options)'. Build log:\n\(log)"
+        "OpenCL program '\(program)' failed to build for \(device) with options '\(options)'. "
+            + "Build log:\n\(log)"
     }
 }
 

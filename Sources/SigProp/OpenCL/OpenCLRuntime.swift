@@ -34,7 +34,8 @@ public struct OpenCLDeviceInfo: Sendable, CustomStringConvertible {
     public var partition: String?
 
     public var description: String {
-        "\(name)\(partition.map { " (\($0))" } ?? "") [\(kind.rawValue), \(platformName), \(computeUnits) compute units]"
+        "\(name)\(partition.map { " (\($0))" } ?? "") [\(kind.rawValue), \(platformName), "
+            + "\(computeUnits) compute units]"
     }
 }
 
@@ -153,13 +154,16 @@ public struct OpenCLDeviceEntry: @unchecked Sendable {
     public func split(into parts: Int) throws -> [OpenCLDeviceEntry] {
         guard parts >= 1, parts <= info.computeUnits else {
             throw SigPropError.configuration(
-                "SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute units) into \(parts) equal parts: use 1...\(info.computeUnits)"
+                "SIGPROP_SPLIT=\(parts) cannot split \(info.name) (\(info.computeUnits) compute "
+                    + "units) into \(parts) equal parts: use 1...\(info.computeUnits)"
             )
         }
         guard parts > 1 else { return [self] }
         guard parts <= info.maxSubDevices else {
             throw SigPropError.configuration(
-                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split into \(parts) devices (its driver offers \(info.maxSubDevices) sub-devices at most); unset SIGPROP_SPLIT."
+                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split into \(parts) devices (its "
+                    + "driver offers \(info.maxSubDevices) sub-devices at most); unset "
+                    + "SIGPROP_SPLIT."
             )
         }
         let unitsEach = info.computeUnits / parts
@@ -175,7 +179,8 @@ public struct OpenCLDeviceEntry: @unchecked Sendable {
                 code: status, call: "clCreateSubDevices",
                 context: "\(parts) parts of \(unitsEach) compute units")
             throw SigPropError.configuration(
-                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split (\(error)). Its driver may not support sub-devices; unset SIGPROP_SPLIT."
+                "SIGPROP_SPLIT=\(parts): \(info.name) cannot be split (\(error)). Its driver may "
+                    + "not support sub-devices; unset SIGPROP_SPLIT."
             )
         }
         return ids.prefix(Int(made)).enumerated().map { index, sub in

@@ -102,7 +102,8 @@ public struct Checkpoint {
         let steps = (metadata["optimizer_steps"] ?? "").split(separator: ",").compactMap { Int($0) }
         guard steps.count == network.optimizers.count else {
             throw Self.invalid(
-                "metadata 'optimizer_steps' has \(steps.count) entries, the model has \(network.optimizers.count) optimizers"
+                "metadata 'optimizer_steps' has \(steps.count) entries, the model has "
+                    + "\(network.optimizers.count) optimizers"
             )
         }
         for (optimizer, count) in zip(network.optimizers, steps) { optimizer.steps = count }
@@ -111,12 +112,14 @@ public struct Checkpoint {
     private func load(_ name: String, into tensor: Tensor) throws {
         guard let stored = tensors[name] else {
             throw SigPropError.configuration(
-                "checkpoint has no tensor '\(name)': it was written for another model or optimizer; resume with the same --model and --optimizer, or start afresh"
+                "checkpoint has no tensor '\(name)': it was written for another model or "
+                    + "optimizer; resume with the same --model and --optimizer, or start afresh"
             )
         }
         guard stored.shape == tensor.shape else {
             throw SigPropError.configuration(
-                "checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed needs \(tensor.shape)"
+                "checkpoint tensor '\(name)' has shape \(stored.shape), the model being resumed "
+                    + "needs \(tensor.shape)"
             )
         }
         try tensor.device.write(stored.values, to: tensor)
@@ -159,7 +162,8 @@ public struct Checkpoint {
     public init(safetensors data: Data, path: String) throws {
         func bad(_ reason: String) -> SigPropError {
             SigPropError.configuration(
-                "checkpoint \(path) is not a valid safetensors file: \(reason). Use a last.safetensors written by train, or start afresh without --resume"
+                "checkpoint \(path) is not a valid safetensors file: \(reason). Use a "
+                    + "last.safetensors written by train, or start afresh without --resume"
             )
         }
         guard data.count >= 8 else {
@@ -170,7 +174,8 @@ public struct Checkpoint {
         }
         guard headerLength <= UInt64(data.count - 8) else {
             throw bad(
-                "the header claims \(headerLength) bytes but the file has \(data.count - 8) after the length (truncated?)"
+                "the header claims \(headerLength) bytes but the file has \(data.count - 8) after "
+                    + "the length (truncated?)"
             )
         }
         let headerEnd = 8 + Int(headerLength)
@@ -209,7 +214,8 @@ public struct Checkpoint {
                 end - begin == count * 4
             else {
                 throw bad(
-                    "tensor '\(name)' of shape \(shape) has data offsets \(offsets) outside the \(payload.count) data bytes or of the wrong size (truncated?)"
+                    "tensor '\(name)' of shape \(shape) has data offsets \(offsets) outside the "
+                        + "\(payload.count) data bytes or of the wrong size (truncated?)"
                 )
             }
             let values = payload.subdata(in: begin..<end).withUnsafeBytes { raw in

@@ -94,7 +94,8 @@ public final class Network {
         case .mlp:
             guard config.hiddenLayers >= 1, config.width >= 1 else {
                 throw SigPropError.configuration(
-                    "mlp needs --hidden-layers >= 1 and --width >= 1 (got \(config.hiddenLayers), \(config.width))"
+                    "mlp needs --hidden-layers >= 1 and --width >= 1 (got \(config.hiddenLayers), "
+                        + "\(config.width))"
                 )
             }
             let features = config.inputShape.reduce(1, *)
@@ -297,7 +298,8 @@ public final class Network {
             zip(streams, stageDevices).allSatisfy({ $0.device === $1 })
         else {
             throw SigPropError.configuration(
-                "trainBatch needs \(stageCount) streams, one per stage on that stage's device (one per block and one for the output layer)"
+                "trainBatch needs \(stageCount) streams, one per stage on that stage's device "
+                    + "(one per block and one for the output layer)"
             )
         }
         let first = streams[0]

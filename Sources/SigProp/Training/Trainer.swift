@@ -189,14 +189,17 @@ public final class Trainer {
         let (train, validation) = split.apply(to: whole)
         guard options.batchSize >= 1, options.batchSize <= train.count else {
             throw SigPropError.configuration(
-                "--batch-size \(options.batchSize) must be between 1 and the training set size \(train.count)"
+                "--batch-size \(options.batchSize) must be between 1 and the training set size "
+                    + "\(train.count)"
             )
         }
         guard train.featureCount == network.config.inputShape.reduce(1, *),
             train.classes <= network.config.classes
         else {
             throw SigPropError.configuration(
-                "the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) classes) does not fit the model's input \(network.config.inputShape) with \(network.config.classes) classes"
+                "the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) "
+                    + "classes) does not fit the model's input \(network.config.inputShape) "
+                    + "with \(network.config.classes) classes"
             )
         }
         self.network = network
@@ -206,7 +209,8 @@ public final class Trainer {
         self.test = test
         guard (1...network.blockCount).contains(options.readoutBlock) else {
             throw SigPropError.configuration(
-                "--readout-block \(options.readoutBlock) is not a block: the model has blocks 1...\(network.blockCount)"
+                "--readout-block \(options.readoutBlock) is not a block: the model has blocks "
+                    + "1...\(network.blockCount)"
             )
         }
         self.order = try BatchOrder(
@@ -330,7 +334,10 @@ public final class Trainer {
                 }
                 guard value.isFinite else {
                     throw SigPropError.configuration(
-                        "training stopped: the loss of \(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became \(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower --lr or check the data."
+                        "training stopped: the loss of "
+                            + "\(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became "
+                            + "\(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower "
+                            + "--lr or check the data."
                     )
                 }
                 lossSums[stage] += value
@@ -414,7 +421,8 @@ public final class Trainer {
         for parameter in network.parameters
         where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
             throw SigPropError.configuration(
-                "training stopped: parameter \(parameter.name) holds NaN or Inf after epoch \(epoch + 1); the last good checkpoint is kept. Lower --lr."
+                "training stopped: parameter \(parameter.name) holds NaN or Inf after epoch "
+                    + "\(epoch + 1); the last good checkpoint is kept. Lower --lr."
             )
         }
         let validationAccuracies = try validation.map { try evaluate($0) } ?? [:]
