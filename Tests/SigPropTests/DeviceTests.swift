@@ -6,6 +6,28 @@ import Testing
 
 /// The device protocol's own guarantees, on every backend: streams, events, checks.
 @Suite struct DeviceTests {
+    /// Storage the caller lets go of after reading it back is gone from `bytesInUse` as soon
+    /// as the read returns: the queue's thread must not still hold it through the closures it
+    /// ran (the per-epoch device bytes of the metrics, and the leak checks, read it then).
+    @Test(arguments: TestBackend.available)
+    func storageLetGoAfterAReadIsNotCounted(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let stream = try device.makeStream()
+        let before = device.bytesInUse
+        var counted: [Int] = []
+        for round in 0..<10000 {
+            do {
+                let tensor = try device.tensor(
+                    random(64, seed: UInt64(round)), shape: [64], on: stream)
+                _ = try device.read(tensor, on: stream)
+            }
+            if device.bytesInUse != before { counted.append(device.bytesInUse - before) }
+        }
+        #expect(
+            counted.isEmpty,
+            "\(counted.count) of 10,000 reads left bytes counted: \(counted.prefix(5))")
+    }
+
     /// Threads that share one stream (parallel tests on the default stream do) may interleave
     /// their launches: an operation's multi-launch sequence through the queue's scratch buffers
     /// (im2col columns, dZ gathered for the weight gradient; on GPUs split-K partials too) must

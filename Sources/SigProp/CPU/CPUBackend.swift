@@ -53,12 +53,19 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
             var taken = 0
             while true {
                 parking.wait { posted.load(ordering: .sequentiallyConsistent) != taken }
-                let (work, count, closed) = pending.withLock { state in
+                var (work, count, closed) = pending.withLock { state in
                     defer { state.work.removeAll(keepingCapacity: true) }
                     return (state.work, state.posted, state.closed)
                 }
                 taken = count
-                for item in work { item() }
+                // Each closure is let go before the next runs: what it captured (tensor storage)
+                // is released before any later completion wakes a waiting thread, so the
+                // thread that synchronizes sees the storage it dropped gone from `bytesInUse`.
+                for index in work.indices {
+                    let item = work[index]
+                    work[index] = {}
+                    item()
+                }
                 if closed { return }
             }
         }
@@ -92,10 +99,9 @@ final class CPUQueue: BackendQueue, @unchecked Sendable {
     /// Runs `body` after the work already queued and returns its result.
     func sync<T>(_ body: @escaping @Sendable () -> T) -> T {
         let result = SyncResult<T>()
-        worker.post {
-            result.value = body()
-            result.done.complete()
-        }
+        // Two closures: `body` and what it captured are let go before the caller wakes.
+        worker.post { result.value = body() }
+        worker.post { result.done.complete() }
         result.done.wait()
         return result.value!
     }
@@ -153,7 +159,8 @@ final class CPUBackend: Backend, @unchecked Sendable {
         self.cores = max(1, min(cores ?? available, available))
         limited = self.cores < available
         deviceDescription =
-            "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, \(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+            "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, "
+            + "\(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
         // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
         // twin measured the same speed as product + Adam (README, `local_step` benchmarks).
         capabilities = DeviceCapabilities(
