@@ -110,15 +110,13 @@ public struct EpochMetrics: Sendable, Codable {
         case blockLosses = "block_losses"
         case outputLoss = "output_loss"
         case trainAccuracy = "train_accuracy"
-        case
-            testAccuracy = "test_accuracy"
+        case testAccuracy = "test_accuracy"
         case readoutAccuracies = "readout_accuracies"
         case validationAccuracies = "validation_accuracies"
         case validationAccuracy = "validation_accuracy"
         case adaptiveReadout = "adaptive_readout"
         case seconds
-        case
-            samplesPerSecond = "samples_per_second"
+        case samplesPerSecond = "samples_per_second"
         case backend
         case deviceBytes = "device_bytes"
         case residentBytes = "resident_bytes"
