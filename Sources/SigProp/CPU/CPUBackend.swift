@@ -162,7 +162,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
             "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, "
             + "\(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
         // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
-        // twin measured the same speed as product + Adam (README, `local_step` benchmarks).
+        // twin is no faster than the product and Adam (docs/performance.md, `local_step`).
         capabilities = DeviceCapabilities(
             asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
         // Products are split over the cores by CPUKernels.gemm; see there.

@@ -107,7 +107,8 @@ final class CPUWorkers: @unchecked Sendable {
 
 /// How the CPU backend's threads wait for work or for each other: spin a while (yielding the
 /// core to any other thread that wants it), then sleep until `notify()`. Waking a sleeping
-/// thread costs 20-250 µs on this VM (the idle core has halted); within the spin it is ~1 µs.
+/// thread costs tens to hundreds of µs where the idle core has halted (virtual machines); within
+/// the spin it is about 1 µs.
 /// A thread spins only while the backend's working and spinning threads leave a core free:
 /// a spinner sharing a core with a worker takes half its time.
 final class Parking: @unchecked Sendable {

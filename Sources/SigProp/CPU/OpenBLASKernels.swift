@@ -6,9 +6,8 @@ import Foundation
 ///
 /// A DYNAMIC_ARCH OpenBLAS (Debian's) picks its kernels from the CPU's model number when it
 /// loads. Debian 12's 0.3.21 does not know newer models and falls back to its SSE3 kernels
-/// ("Prescott"): on an Emerald Rapids VM (family 6, model 207) that ran a 1024³ product at
-/// 22-33 GFLOP/s against 130-290 with its AVX-512 ("SkylakeX") kernels (README, OpenBLAS's
-/// kernels). `OPENBLAS_CORETYPE` overrides the choice, but is read only while the library
+/// ("Prescott"), several times slower than its AVX-512 ("SkylakeX") kernels on such a CPU
+/// (docs/performance.md). `OPENBLAS_CORETYPE` overrides the choice, but is read only while the library
 /// loads, before any Swift code runs: so `train` restarts itself with it set
 /// (`restartWithFasterKernelsIfNeeded`), and a program using the library gets a warning from
 /// `BackendSelection.makeDevices`.
