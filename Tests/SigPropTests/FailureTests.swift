@@ -46,15 +46,11 @@ import Testing
     @Test(arguments: Setup.all)
     func anErrorMidEpochWaitsForTheBatchesInFlight(_ setup: Setup) throws {
         let devices = try setup.devices()
-        var config = ModelConfig()
-        config.inputShape = [1, 6, 6]
-        config.classes = 4
-        config.width = 128
         var options = TrainingOptions()
         options.batchSize = 32
         options.optimizer.learningRate = 1e30
-        let network = try Network(
-            config: config, devices: devices, optimizer: options.optimizer, seed: 3)
+        let network = try TestNetwork.mlp(width: 128).build(
+            devices, optimizer: options.optimizer, seed: 3)
         let trainer = try Trainer(
             network: network, options: options,
             train: try TrainingTests.syntheticData(count: 512, seed: 1),
@@ -123,29 +119,22 @@ import Testing
         }
     }
 
-    static var estimateConfigs: [ModelConfig] {
-        var mlp = ModelConfig()
-        mlp.inputShape = [1, 6, 6]
-        mlp.classes = 4
-        mlp.width = 24
-        var dropout = mlp
-        dropout.dropout = 0.2
-        dropout.fixedContext = true
-        dropout.denseNorm = .none
-        var cnn = mlp
-        cnn.kind = .cnn
-        cnn.inputShape = [3, 8, 8]
-        return [mlp, dropout, cnn]
+    static var estimateConfigs: [TestNetwork] {
+        let mlp = TestNetwork.mlp(width: 24)
+        let dropout = mlp.with {
+            $0 = $0.withDropout(0.2)
+            $0.fixedContext = true
+            $0.denseNorm = .none
+        }
+        return [mlp, dropout, .cnn([3, 8, 8])]
     }
 
     /// The estimate is worked out from the model's description, so it must follow what
     /// `Network` builds: the same parameters, tensor for tensor.
     @Test(arguments: estimateConfigs)
-    func theEstimateHasTheNetworksParameters(_ config: ModelConfig) throws {
-        let network = try Network(
-            config: config, device: try TestBackend.cpu.device(), optimizer: OptimizerSettings(),
-            seed: 1)
-        let estimate = MemoryEstimate(config)
+    func theEstimateHasTheNetworksParameters(_ config: TestNetwork) throws {
+        let network = try config.build(try TestBackend.cpu.device(), seed: 1)
+        let estimate = MemoryEstimate(try config.plan())
         #expect(estimate.stages.count == network.stageCount)
         // A fixed context keeps its tensors, out of every optimizer's parameters.
         let estimated = estimate.stages.flatMap(\.parameters).filter(\.trained).map {
@@ -158,27 +147,21 @@ import Testing
     /// What training holds on a device (parameters, optimizer state, the pool's storage for
     /// the batches in flight) against the estimate: within a quarter either way (under 1% when
     /// written), so a model is neither let through far too large nor refused while it fits.
-    @Test(arguments: [ModelConfig.Kind.mlp, .cnn], [1, 4])
-    func theEstimateIsCloseToWhatTrainingHolds(_ kind: ModelConfig.Kind, depth: Int) throws {
+    @Test(arguments: [TestNetwork.mlp(width: 128), .cnn()], [1, 4])
+    func theEstimateIsCloseToWhatTrainingHolds(_ config: TestNetwork, depth: Int) throws {
         let device = try Device.cpu()
-        var config = ModelConfig()
-        config.kind = kind
-        config.inputShape = [1, 6, 6]
-        config.classes = 4
-        config.width = 128
         var options = TrainingOptions()
         options.batchSize = 64
         // Every sample trains, so `depth` batches of 64 are in flight at once.
         options.validation = nil
-        let network = try Network(
-            config: config, device: device, optimizer: options.optimizer, seed: 1)
+        let network = try config.build(device, optimizer: options.optimizer, seed: 1)
         let trainer = try Trainer(
             network: network, options: options,
             train: try TrainingTests.syntheticData(count: 256, seed: 1),
             test: try TrainingTests.syntheticData(count: 64, seed: 2),
             schedule: Schedule(.pipelined, depth: depth))
         _ = try trainer.runEpoch(0)
-        let estimate = MemoryEstimate(config)
+        let estimate = MemoryEstimate(try config.plan())
         let batches = MemoryEstimate.Batches(
             size: options.batchSize, targetRows: config.classes, inFlight: depth)
         let expected = (0..<network.stageCount).reduce(0.0) {
@@ -196,12 +179,11 @@ import Testing
     @Test(arguments: TestBackend.available)
     func aNetworkTooLargeIsRefusedBeforeAnyAllocation(_ backend: TestBackend) throws {
         let device = try backend.device()
-        var config = ModelConfig()
-        config.width = 1_000_000
+        let config = TestNetwork(
+            description: .mlp(width: 1_000_000), inputShape: [1, 28, 28], classes: 10)
         let before = device.bytesInUse
         #expect {
-            _ = try Network(
-                config: config, device: device, optimizer: OptimizerSettings(), seed: 1)
+            _ = try config.build(device, seed: 1)
         } throws: { error in
             guard case .doesNotFit = error as? SigPropError else { return false }
             return "\(error)".contains("the model does not fit") && "\(error)".contains("--width")
@@ -215,16 +197,12 @@ import Testing
     @Test(arguments: TestBackend.available)
     func batchesTooLargeAreRefusedBeforeTraining(_ backend: TestBackend) throws {
         let device = try backend.device()
-        var config = ModelConfig()
-        config.inputShape = [1, 6, 6]
-        config.classes = 4
-        config.width = 8
         var options = TrainingOptions()
         options.batchSize = 20_000
         // Every sample trains: one batch of the whole set.
         options.validation = nil
-        let network = try Network(
-            config: config, device: device, optimizer: options.optimizer, seed: 1)
+        let network = try TestNetwork.mlp(width: 8).build(
+            device, optimizer: options.optimizer, seed: 1)
         let data = try TrainingTests.syntheticData(count: 20_000, seed: 1)
         #expect {
             _ = try Trainer(

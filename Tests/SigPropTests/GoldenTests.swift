@@ -88,25 +88,22 @@ import Testing
 
 /// Whole-network training behaviour that the reference defines.
 @Suite struct NetworkTests {
-    static func smallNetwork(_ device: Device, kind: ModelConfig.Kind, norm: NormKind? = nil) throws
+    enum Kind: Sendable, CaseIterable { case mlp, cnn }
+
+    static func smallNetwork(_ device: Device, kind: Kind, norm: NormKind? = nil) throws
         -> Network
     {
-        var config = ModelConfig()
-        config.kind = kind
-        config.inputShape = kind == .mlp ? [1, 6, 6] : [1, 8, 8]
-        config.classes = 4
-        config.hiddenLayers = 3
-        config.width = 16
+        var network = kind == .mlp ? TestNetwork.mlp() : TestNetwork.cnn([1, 8, 8])
         if let norm {
-            config.denseNorm = norm
-            config.convNorm = norm
+            network.description.denseNorm = norm
+            network.description.convNorm = norm
         }
         // SGD: the update is linear in the gradient, so rounding differences stay rounding-sized
         // (Adam's first steps are ±lr wherever a gradient entry is a cancellation residue).
         var optimizer = OptimizerSettings()
         optimizer.kind = .sgd
         optimizer.momentum = 0.9
-        return try Network(config: config, device: device, optimizer: optimizer, seed: 7)
+        return try network.build(device, optimizer: optimizer, seed: 7)
     }
 
     static func weights(_ network: Network) throws -> [Float] {
@@ -115,8 +112,8 @@ import Testing
 
     /// docs/signal-propagation.md: with per-sample norms the target stream may run on K rows; the
     /// results are those of the B-row computation up to float rounding.
-    @Test(arguments: TestBackend.available, [ModelConfig.Kind.mlp, .cnn])
-    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: ModelConfig.Kind)
+    @Test(arguments: TestBackend.available, Kind.allCases)
+    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: Kind)
         throws
     {
         let device = try backend.device()

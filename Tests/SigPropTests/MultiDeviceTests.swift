@@ -6,19 +6,20 @@ import Testing
 /// A network over several devices: placement balanced by work, only the activations cross
 /// between devices, and the same numbers as on one device.
 @Suite struct MultiDeviceTests {
-    @Test func placementIsContiguousAndBalanced() {
-        #expect(Network.placement(costs: [1, 1, 1, 1], groups: 2) == [0, 0, 1, 1])
-        #expect(Network.placement(costs: [8, 1, 1, 1, 1], groups: 2) == [0, 1, 1, 1, 1])
-        #expect(Network.placement(costs: [1, 2, 3, 4, 0.1], groups: 3) == [0, 0, 1, 2, 2])
-        #expect(Network.placement(costs: [5, 5], groups: 4) == [0, 1])
-        #expect(Network.placement(costs: [5, 5, 5], groups: 1) == [0, 0, 0])
+    @Test func placementIsContiguousAndBalanced() throws {
+        #expect(Placement.groups(costs: [1, 1, 1, 1], groups: 2) == [0, 0, 1, 1])
+        #expect(Placement.groups(costs: [8, 1, 1, 1, 1], groups: 2) == [0, 1, 1, 1, 1])
+        #expect(Placement.groups(costs: [1, 2, 3, 4, 0.1], groups: 3) == [0, 0, 1, 2, 2])
+        #expect(Placement.groups(costs: [5, 5], groups: 4) == [0, 1])
+        #expect(Placement.groups(costs: [5, 5, 5], groups: 1) == [0, 0, 0])
         // The default mlp on two devices: the signal block (784 + 10 inputs) with block 2, block 3
         // with the output layer.
-        #expect(
-            Network.placement(costs: Network.stageCosts(ModelConfig()), groups: 2) == [0, 0, 1, 1])
-        var cnn = ModelConfig()
-        cnn.kind = .cnn
-        #expect(Network.placement(costs: Network.stageCosts(cnn), groups: 2) == [0, 0, 1, 1, 1])
+        func groups(_ description: NetworkDescription) throws -> [Int] {
+            let plan = try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
+            return Placement.groups(costs: plan.stages.map(\.multiplyAdds), groups: 2)
+        }
+        #expect(try groups(.mlp()) == [0, 0, 1, 1])
+        #expect(try groups(.cnn) == [0, 0, 1, 1, 1])
     }
 
     static func splitCPU(_ parts: Int) throws -> [Device] {
@@ -35,24 +36,15 @@ import Testing
 
     /// Two epochs of the same network on `devices` under `schedule`: weights and optimizer state.
     static func trainedState(
-        _ config: ModelConfig, devices: [Device], schedule: Schedule, options: TrainingOptions
+        _ config: TestNetwork, devices: [Device], schedule: Schedule, options: TrainingOptions
     ) throws -> [Float] {
-        let network = try Network(
-            config: config, devices: devices, optimizer: options.optimizer, seed: 4)
+        let network = try config.build(devices, optimizer: options.optimizer, seed: 4)
         return try ScheduleTests.trainedState(
             network, options: options, schedule: schedule, epochs: 2)
     }
 
-    static var configs: [ModelConfig] {
-        var mlp = ModelConfig()
-        mlp.inputShape = [1, 6, 6]
-        mlp.classes = 4
-        mlp.width = 24
-        mlp.hiddenLayers = 4
-        var cnn = mlp
-        cnn.kind = .cnn
-        cnn.dropout = 0.1
-        return [mlp, cnn]
+    static var configs: [TestNetwork] {
+        [.mlp(hiddenLayers: 4, width: 24), .cnn().with { $0 = $0.withDropout(0.1) }]
     }
 
     static var options: TrainingOptions {
@@ -64,15 +56,14 @@ import Testing
 
     /// The CPU split in two (one core each): blocks on both, bit-identical to one device.
     @Test(arguments: configs)
-    func splitCPUGivesTheSameNumbers(_ config: ModelConfig) throws {
+    func splitCPUGivesTheSameNumbers(_ config: TestNetwork) throws {
         let devices = try Self.splitCPU(2)
         #expect(
             devices.count == 2
                 && devices.allSatisfy {
                     $0.capabilities.computeUnits == ProcessInfo.processInfo.activeProcessorCount / 2
                 })
-        let network = try Network(
-            config: config, devices: devices, optimizer: Self.options.optimizer, seed: 4)
+        let network = try config.build(devices, optimizer: Self.options.optimizer, seed: 4)
         #expect(network.devices.count == 2, "both devices hold blocks")
         for parameter in network.signal.optimizer.parameters {
             #expect(parameter.value.device === devices[0])
@@ -101,7 +92,7 @@ import Testing
     @Test(
         .enabled(if: (TestBackend.openCLEntries.first?.info.maxSubDevices ?? 0) >= 2),
         arguments: configs)
-    func openCLSubDevicesGiveTheSameNumbers(_ config: ModelConfig) throws {
+    func openCLSubDevicesGiveTheSameNumbers(_ config: TestNetwork) throws {
         let devices = try Self.splitOpenCL(2)
         #expect(devices.count == 2 && devices.allSatisfy { $0.kind == .opencl })
         #expect(devices[0].name.contains("part 1 of 2"))

@@ -88,14 +88,10 @@ import Testing
         let data = try Self.patterns(count: 3000, seed: 1)
         var options = TrainingOptions()
         options.batchSize = 32
-        var config = ModelConfig()
-        config.inputShape = [1, 8, 8]
-        config.classes = 10
-        config.width = 16
+        let config = TestNetwork(
+            description: .mlp(width: 16), inputShape: [1, 8, 8], classes: 10)
         let trainer = try Trainer(
-            network: try Network(
-                config: config, device: try TestBackend.cpu.device(),
-                optimizer: OptimizerSettings(), seed: 3),
+            network: try config.build(try TestBackend.cpu.device(), seed: 3),
             options: options, train: data, test: try Self.patterns(count: 100, seed: 2))
         #expect(trainer.split == split)
         let validation = try #require(trainer.validation)
@@ -132,16 +128,13 @@ import Testing
     /// CPU only: the choice is the same code on every backend, and the kernels are tested
     /// elsewhere.
     @Test func defaultReadoutIsWithinHalfAPointOfTheBestReadout() throws {
-        var config = ModelConfig()
-        config.inputShape = [1, 8, 8]
-        config.classes = 10
-        config.width = 32
+        let config = TestNetwork(
+            description: .mlp(width: 32), inputShape: [1, 8, 8], classes: 10)
         var options = TrainingOptions()
         options.batchSize = 32
         let trainer = try Trainer(
-            network: try Network(
-                config: config, device: try TestBackend.cpu.device(), optimizer: options.optimizer,
-                seed: 3),
+            network: try config.build(
+                try TestBackend.cpu.device(), optimizer: options.optimizer, seed: 3),
             options: options, train: try Self.patterns(count: 3000, seed: 1),
             test: try Self.patterns(count: 1000, seed: 2))
         #expect(trainer.validation?.count == 300, "the default holds out 10% of 3000")

@@ -58,17 +58,12 @@ import Testing
     @Test(arguments: TestBackend.available)
     func pipelinedEqualsSequentialForConvNetsWithDropout(_ backend: TestBackend) throws {
         let device = try backend.device()
-        var config = ModelConfig()
-        config.kind = .cnn
-        config.inputShape = [1, 6, 6]
-        config.classes = 4
-        config.dropout = 0.2
+        let config = TestNetwork.cnn().with { $0 = $0.withDropout(0.2) }
         var options = Self.options(batchSize: 32)
         options.loss = .maxRandom
         var states: [[Float]] = []
         for schedule in [Schedule(.sequential), Schedule(.pipelined)] {
-            let network = try Network(
-                config: config, device: device, optimizer: options.optimizer, seed: 5)
+            let network = try config.build(device, optimizer: options.optimizer, seed: 5)
             states.append(try Self.trainedState(network, options: options, schedule: schedule))
         }
         #expect(
@@ -98,15 +93,13 @@ import Testing
         #expect(device.kernelParameterOrigin != .table, "the test's parameters are in use")
         #expect(device.fusesWeightUpdates)
 
-        var cnn = ModelConfig()
-        (cnn.kind, cnn.inputShape, cnn.classes, cnn.dropout) = (.cnn, [1, 6, 6], 4, 0.2)
+        let cnn = TestNetwork.cnn().with { $0 = $0.withDropout(0.2) }
         for (name, makeNetwork) in [
             ("mlp", { try TrainingTests.network(device, width: 24) }),
             (
                 "cnn",
                 {
-                    try Network(
-                        config: cnn, device: device, optimizer: Self.options().optimizer, seed: 5)
+                    try cnn.build(device, optimizer: Self.options().optimizer, seed: 5)
                 }
             ),
         ] {

@@ -96,3 +96,48 @@ func naiveProduct(
     }
     return c
 }
+
+/// A network for tests: a description with the input shape and classes it trains on.
+struct TestNetwork: Sendable, CustomTestStringConvertible {
+    var description: NetworkDescription
+    var inputShape: [Int] = [1, 6, 6]
+    var classes = 4
+
+    var testDescription: String {
+        "\(description.summary) on \(inputShape.map(String.init).joined(separator: "x"))"
+    }
+
+    /// An mlp of `hiddenLayers` blocks of `width` on 1x6x6 input, 4 classes.
+    static func mlp(hiddenLayers: Int = 3, width: Int = 16) -> TestNetwork {
+        TestNetwork(description: .mlp(hiddenLayers: hiddenLayers, width: width))
+    }
+
+    /// The cnn preset on `inputShape`, 4 classes.
+    static func cnn(_ inputShape: [Int] = [1, 6, 6]) -> TestNetwork {
+        TestNetwork(description: .cnn, inputShape: inputShape)
+    }
+
+    func with(_ change: (inout NetworkDescription) -> Void) -> TestNetwork {
+        var copy = self
+        change(&copy.description)
+        return copy
+    }
+
+    func plan() throws -> NetworkPlan {
+        try NetworkPlan(description, inputShape: inputShape, classes: classes)
+    }
+
+    func build(
+        _ devices: [Device], optimizer: OptimizerSettings = OptimizerSettings(), seed: UInt64
+    ) throws -> Network {
+        try Network(
+            description, inputShape: inputShape, classes: classes, devices: devices,
+            optimizer: optimizer, seed: seed)
+    }
+
+    func build(
+        _ device: Device, optimizer: OptimizerSettings = OptimizerSettings(), seed: UInt64
+    ) throws -> Network {
+        try build([device], optimizer: optimizer, seed: seed)
+    }
+}

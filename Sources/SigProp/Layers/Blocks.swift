@@ -41,8 +41,9 @@ public final class DropoutMasks {
 }
 
 /// A fixed, non-learning step between blocks (after the block's loss: no gradient crosses it).
-public enum FixedStep: Sendable, Equatable, Codable {
-    case pool(PoolKind)
+enum FixedStep: Sendable, Equatable {
+    /// Max or average pooling over non-overlapping `size` x `size` windows.
+    case pool(PoolKind, size: Int)
     case flatten
     /// Zeroes each entry with this probability during training (each stream its own mask);
     /// identity at inference.
@@ -59,14 +60,9 @@ public enum FixedStep: Sendable, Equatable, Codable {
             return out
         case .flatten:
             return try x.reshaped([x.rows, x.columns])
-        case .pool(let kind):
-            guard x.shape.count == 4 else {
-                throw SigPropError.shapeMismatch(
-                    operation: "pool", detail: "pooling needs NCHW activations, got \(x.shape)")
-            }
-            let out = try x.device.allocate(
-                [x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2], on: stream)
-            try x.device.pool2d(kind, x, into: out, on: stream)
+        case .pool(let kind, let size):
+            let out = try x.device.allocate(try outputShape(for: x.shape), on: stream)
+            try x.device.pool2d(kind, x, size: size, into: out, on: stream)
             return out
         }
     }
@@ -77,13 +73,15 @@ public enum FixedStep: Sendable, Equatable, Codable {
             return input
         case .flatten:
             return [input.first ?? 1, input.dropFirst().reduce(1, *)]
-        case .pool:
-            guard input.count == 4, input[2] >= 2, input[3] >= 2 else {
+        case .pool(_, let size):
+            guard input.count == 4, input[2] >= size, input[3] >= size else {
                 throw SigPropError.shapeMismatch(
                     operation: "pool",
-                    detail: "2x2 pooling needs NCHW activations of at least 2x2, got \(input)")
+                    detail:
+                        "\(size)x\(size) pooling needs NCHW activations of at least that size, "
+                        + "got \(input)")
             }
-            return [input[0], input[1], input[2] / 2, input[3] / 2]
+            return [input[0], input[1], input[2] / size, input[3] / size]
         }
     }
 }
@@ -101,7 +99,7 @@ extension Array where Element == FixedStep {
 public final class SignalBlock {
     public let input: FeatureLayer
     public let context: DenseLayer
-    public let after: [FixedStep]
+    let after: [FixedStep]
     public let optimizer: Optimizer
     let outputShape: [Int]
 
@@ -205,7 +203,7 @@ public final class SignalBlock {
 /// previous block's target stream; its own optimizer. Fixed steps (pooling, flatten) follow.
 public final class HiddenBlock {
     public let layer: FeatureLayer
-    public let after: [FixedStep]
+    let after: [FixedStep]
     public let optimizer: Optimizer
 
     init(layer: FeatureLayer, after: [FixedStep], optimizer: OptimizerSettings) throws {

@@ -3,7 +3,8 @@ import Foundation
 /// A training checkpoint in the safetensors format (loadable by Python's `safetensors`):
 /// every parameter, every optimizer state tensor (`<parameter>.<state>`, e.g.
 /// `block0.weight.m`), and in the metadata the epochs done, each optimizer's step count, the
-/// model config, the training options and the data settings (as JSON strings).
+/// network description with its input shape and classes, the training options and the data
+/// settings (as JSON strings).
 public struct Checkpoint {
     public var tensors: [String: GoldenTensor]
     public var metadata: [String: String]
@@ -41,7 +42,9 @@ public struct Checkpoint {
             "epochs": String(epochs),
             "batches_done": String(batchesDone),
             "optimizer_steps": network.optimizers.map { String($0.steps) }.joined(separator: ","),
-            "model": String(decoding: try encoder.encode(network.config), as: UTF8.self),
+            "model": String(decoding: try encoder.encode(network.description), as: UTF8.self),
+            "input_shape": network.inputShape.map(String.init).joined(separator: ","),
+            "classes": String(network.classes),
             "options": String(decoding: try encoder.encode(options), as: UTF8.self),
         ]
         if let data {
@@ -68,8 +71,20 @@ public struct Checkpoint {
         }
     }
 
-    public var model: ModelConfig {
-        get throws { try decode(ModelConfig.self, "model") }
+    /// The network the checkpoint holds: its description, input shape and classes.
+    public var model: (description: NetworkDescription, inputShape: [Int], classes: Int) {
+        get throws {
+            if let text = metadata["model"], text.contains("\"kind\"") {
+                return try decode(LegacyModelConfig.self, "model").converted
+            }
+            let shape = (metadata["input_shape"] ?? "").split(separator: ",").compactMap {
+                Int($0)
+            }
+            guard shape.count == 3, let classes = Int(metadata["classes"] ?? "") else {
+                throw Self.invalid("metadata 'input_shape' or 'classes' is missing")
+            }
+            return (try decode(NetworkDescription.self, "model"), shape, classes)
+        }
     }
 
     public var options: TrainingOptions {

@@ -39,100 +39,36 @@ struct MemoryEstimate {
         var inFlight: Int
     }
 
-    let config: ModelConfig
+    let plan: NetworkPlan
     let stages: [Stage]
 
-    init(_ config: ModelConfig) {
-        self.config = config
-        stages = Self.stages(config)
+    init(_ plan: NetworkPlan) {
+        self.plan = plan
+        stages = plan.stages.map { stage in
+            // What the fixed steps write per sample: a pool's output, a dropout's mask and
+            // output (flatten is a view).
+            var shape = stage.outputShape
+            var written = 0
+            for step in stage.after {
+                switch step {
+                case .pool(_, let size):
+                    shape = [shape[0], shape[1] / size, shape[2] / size]
+                    written += shape.reduce(1, *)
+                case .dropout: written += 2 * shape.reduce(1, *)
+                case .flatten: break
+                }
+            }
+            return Stage(
+                parameters: stage.parameters.map {
+                    ParameterSize(name: $0.name, elements: Double($0.elements), trained: $0.trained)
+                },
+                input: Double(stage.inputShape.reduce(1, *)),
+                output: Double(stage.outputShape.reduce(1, *)), fixedSteps: Double(written),
+                norm: stage.norm != .none)
+        }
     }
 
     static let bytesPerElement = Double(MemoryLayout<Float>.size)
-
-    /// The stages of `config`'s network, as `Network` builds them.
-    static func stages(_ config: ModelConfig) -> [Stage] {
-        let classes = Double(config.classes)
-        let dense = config.denseNorm != .none
-        func layer(
-            _ name: String, inputs: Double, outputs: Double, bias: Bool = true, norm: Bool,
-            trained: Bool = true
-        ) -> [ParameterSize] {
-            [ParameterSize(name: "\(name).weight", elements: inputs * outputs, trained: trained)]
-                + (bias
-                    ? [ParameterSize(name: "\(name).bias", elements: outputs, trained: trained)]
-                    : [])
-                + (norm
-                    ? ["norm.weight", "norm.bias"].map {
-                        ParameterSize(name: "\(name).\($0)", elements: outputs, trained: trained)
-                    } : [])
-        }
-        func dropout(_ elements: Double, last: Bool) -> Double {
-            config.dropout > 0 && !last ? 2 * elements : 0
-        }
-        let trainedContext = !config.fixedContext
-        switch config.kind {
-        case .mlp:
-            let width = Double(config.width)
-            let features = Double(config.inputShape.reduce(1, *))
-            let last = config.hiddenLayers - 1
-            let first = Stage(
-                parameters: layer("block0", inputs: features, outputs: width, norm: dense)
-                    + layer(
-                        "block0.context", inputs: classes, outputs: width, bias: false, norm: true,
-                        trained: trainedContext),
-                input: features, output: width, fixedSteps: dropout(width, last: last == 0),
-                norm: dense)
-            let hidden = (0..<max(last, 0)).map { index in
-                Stage(
-                    parameters: layer(
-                        "block\(index + 1)", inputs: width, outputs: width, norm: dense),
-                    input: width, output: width,
-                    fixedSteps: dropout(width, last: index + 1 == last), norm: dense)
-            }
-            return [first] + hidden + [
-                Stage(
-                    parameters: layer("output", inputs: width, outputs: classes, norm: false),
-                    input: width, output: classes, norm: false)
-            ]
-        case .cnn:
-            let conv = config.convNorm != .none
-            var channels = Double(config.inputShape[0])
-            var (height, width) = (config.inputShape[1], config.inputShape[2])
-            var stages: [Stage] = []
-            for (index, step) in Network.cnnConvs.enumerated() {
-                let positions = Double(height * width)
-                let output = Double(step.channels) * positions
-                if step.pool { (height, width) = (height / 2, width / 2) }
-                let handedOn = Double(step.channels * height * width)
-                var stage = Stage(
-                    parameters: layer(
-                        "block\(index)", inputs: channels * 9, outputs: Double(step.channels),
-                        norm: conv),
-                    input: channels * positions, output: output,
-                    fixedSteps: (step.pool ? handedOn : 0) + dropout(handedOn, last: false),
-                    norm: conv)
-                if index == 0 {
-                    stage.parameters += layer(
-                        "block0.context", inputs: classes, outputs: output, bias: false,
-                        norm: true, trained: trainedContext)
-                }
-                stages.append(stage)
-                channels = Double(step.channels)
-            }
-            let flat = channels * Double(height * width)
-            let hidden = Double(Network.cnnDense)
-            return stages + [
-                Stage(
-                    parameters: layer(
-                        "block\(Network.cnnConvs.count)", inputs: flat, outputs: hidden,
-                        norm: dense),
-                    input: flat, output: hidden, norm: dense),
-                Stage(
-                    parameters: layer("output", inputs: hidden, outputs: classes, norm: false),
-                    input: hidden, output: classes, norm: false),
-            ]
-        }
-    }
 
     /// Tensors per trained parameter: the value, its gradient and the optimizer's state.
     static func tensorsPerParameter(_ optimizer: OptimizerSettings) -> Double {
@@ -155,7 +91,7 @@ struct MemoryEstimate {
     func activationBytes(_ index: Int, batches: Batches, crossing: Bool) -> Double {
         let stage = stages[index]
         let batch = Double(batches.size)
-        let classes = Double(config.classes)
+        let classes = Double(plan.classes)
         let copied = crossing ? stage.input : 0
         guard index < stages.count - 1 else {
             // Logits, mask, dY and the one-hot labels, each B x K, and the row losses.
@@ -202,8 +138,9 @@ struct MemoryEstimate {
         case .sgd: state = optimizer.momentum == 0 ? "no optimizer state" : "SGD's momentum"
         }
         let smaller =
-            config.kind == .mlp
-            ? "Use a smaller --width or fewer --hidden-layers" : "Use --model mlp or smaller images"
+            plan.description.preset == "mlp"
+            ? "Use a smaller --width or fewer --hidden-layers"
+            : "Use a smaller --width-multiplier or a smaller --model"
         try check(
             on: stageDevices, what: "the model",
             contents: "its parameters, with their gradients and \(state),",
@@ -226,6 +163,37 @@ struct MemoryEstimate {
         ) { index, crossing in
             activationBytes(index, batches: batches, crossing: crossing)
                 * Double(batches.inFlight)
+        }
+    }
+
+    /// Parameters and activations per memory pool, in stage order.
+    func needs(on stageDevices: [Device], optimizer: OptimizerSettings, batches: Batches)
+        -> [MemoryNeed]
+    {
+        var pools: [(memory: DeviceMemory, devices: [Device], parameters: Double, active: Double)] =
+            []
+        for (index, device) in stageDevices.enumerated() {
+            let memory = device.memory
+            let crossing = index > 0 && stageDevices[index - 1] !== device
+            var slot = pools.firstIndex { $0.memory.pool == memory.pool }
+            if slot == nil {
+                pools.append((memory, [], 0, 0))
+                slot = pools.count - 1
+            }
+            let at = slot!
+            if !pools[at].devices.contains(where: { $0 === device }) {
+                pools[at].devices.append(device)
+            }
+            pools[at].parameters += parameterBytes(stages[index], optimizer: optimizer)
+            pools[at].active +=
+                activationBytes(index, batches: batches, crossing: crossing)
+                * Double(batches.inFlight)
+        }
+        return pools.map {
+            MemoryNeed(
+                devices: $0.devices.map(\.description).joined(separator: " and "),
+                parameterBytes: $0.parameters, activationBytes: $0.active,
+                freeBytes: $0.memory.freeBytes)
         }
     }
 

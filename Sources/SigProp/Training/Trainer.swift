@@ -191,13 +191,13 @@ public final class Trainer {
                     + "\(train.count)"
             )
         }
-        guard train.featureCount == network.config.inputShape.reduce(1, *),
-            train.classes <= network.config.classes
+        guard train.featureCount == network.inputShape.reduce(1, *),
+            train.classes <= network.classes
         else {
             throw SigPropError.configuration(
                 "the data (\(train.channels)x\(train.height)x\(train.width), \(train.classes) "
-                    + "classes) does not fit the model's input \(network.config.inputShape) "
-                    + "with \(network.config.classes) classes"
+                    + "classes) does not fit the model's input \(network.inputShape) "
+                    + "with \(network.classes) classes"
             )
         }
         self.network = network
@@ -247,8 +247,8 @@ public final class Trainer {
         bridge = devices.count > 1 ? DeviceBridge() : nil
         let targetRows =
             options.kRowShortcut && network.kRowShortcutIsExact
-            ? network.config.classes : options.batchSize
-        try MemoryEstimate(network.config).checkActivations(
+            ? network.classes : options.batchSize
+        try MemoryEstimate(network.plan).checkActivations(
             on: network.stageDevices,
             batches: MemoryEstimate.Batches(
                 size: options.batchSize, targetRows: targetRows, inFlight: depth))
@@ -343,7 +343,7 @@ public final class Trainer {
             let logits = batch.result.logits
             let predictions = Self.argmax(
                 try logits.device.read(logits, on: readback(logits)),
-                columns: network.config.classes)
+                columns: network.classes)
             correct += zip(predictions, batch.labels).filter { $0 == Int($1) }.count
             seen += batch.labels.count
             trained += 1
@@ -383,7 +383,7 @@ public final class Trainer {
                     using: &generator)
             }
             let dropout =
-                network.config.dropout > 0
+                network.description.hasDropout
                 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
             let generations = pools.mapValues { $0.advance() }
             let spans: Network.StageSpan? = trace.map { trace in
@@ -463,7 +463,7 @@ public final class Trainer {
     /// Accuracy of every readout on `dataset`, keyed by `ReadoutChoice.description`:
     /// "output" and "similarity@l" for each block l (1-based).
     public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
-        let classes = network.config.classes
+        let classes = network.classes
         let targets = try network.classTargets()
         var correct = [String: Int]()
         for start in stride(from: 0, to: dataset.count, by: batchSize) {

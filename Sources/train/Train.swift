@@ -17,11 +17,12 @@ struct Train: ParsableCommand {
     // Options that define the run: taken from the checkpoint with --resume, where giving a
     // different value is an error. Their defaults are in `TrainingOptions` and `ModelConfig`.
     @Option(
-        help:
-            ArgumentHelp(
-                "Model: mlp (dense blocks) or cnn (conv 32, conv 64, pool, conv 128, pool, dense "
-                    + "1024). Default mlp.")
-    )
+        help: ArgumentHelp(
+            """
+            Model: a preset (\(NetworkDescription.presetNames.joined(separator: ", "))), a layer \
+            list (conv128,conv256,pool,dense1024) or a JSON file of a network description. \
+            Layers: \(NetworkDescription.Layer.grammar). Default mlp.
+            """, valueName: "preset|layers|file.json"))
     var model: String?
 
     @Option(
@@ -32,6 +33,18 @@ struct Train: ParsableCommand {
     @Option(parsing: .unconditional, help: "mlp: features per dense block. Default 1024.")
     var width: Int?
 
+    @Option(
+        parsing: .unconditional,
+        help: "Scale the width of every dense and conv layer of the model. Default 1.")
+    var widthMultiplier: Double?
+
+    @Flag(
+        help: """
+            Print each block of the model (shapes, parameters, multiply-adds, device) and the \
+            memory training takes on each device, then exit.
+            """)
+    var describe = false
+
     @Option(help: "Norm in dense blocks: layer, batch or none. Default layer.")
     var denseNorm: String?
 
@@ -40,7 +53,10 @@ struct Train: ParsableCommand {
 
     @Option(
         parsing: .unconditional,
-        help: "Dropout probability between learning blocks (0 = off). Default 0.")
+        help: """
+            Dropout probability after every learning block but the last (0 = off); in a layer \
+            list, dropout<P> places it. Default 0.
+            """)
     var dropout: Float?
 
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
@@ -233,11 +249,14 @@ struct Train: ParsableCommand {
         } catch let error as SigPropError {
             throw ValidationError("\(error)")
         }
-        if let model, ModelConfig.Kind(rawValue: model) == nil {
+        if let model {
+            do { _ = try ModelArgument.description(model) } catch let error as SigPropError {
+                throw ValidationError("\(error)")
+            }
+        }
+        if let widthMultiplier, !(widthMultiplier.isFinite && widthMultiplier > 0) {
             throw ValidationError(
-                "--model \(model) is not a model. Valid values: "
-                    + "\(ModelConfig.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
-            )
+                "--width-multiplier must be a positive number, got \(widthMultiplier)")
         }
         if let optimizer, OptimizerKind(rawValue: optimizer) == nil {
             throw ValidationError(
@@ -300,12 +319,12 @@ struct Train: ParsableCommand {
         }
     }
 
-    /// The options as flags give them, on top of `base` (defaults, or a checkpoint's values).
-    /// With a checkpoint, a flag that changes a value is an error.
-    func resolve(base: (ModelConfig, TrainingOptions), fromCheckpoint: Bool) throws -> (
-        ModelConfig, TrainingOptions
+    /// The model and options as flags give them, on top of `base` (defaults, or a
+    /// checkpoint's values). With a checkpoint, a flag that changes a value is an error.
+    func resolve(base: (NetworkDescription, TrainingOptions), fromCheckpoint: Bool) throws -> (
+        NetworkDescription, TrainingOptions
     ) {
-        var (config, options) = base
+        var (description, options) = base
         var conflicts: [String] = []
         func apply<T: Equatable>(
             _ flag: String, _ given: T?, _ value: inout T, shown: (T) -> String = { "\($0)" }
@@ -316,24 +335,23 @@ struct Train: ParsableCommand {
             }
             value = given
         }
+        if !fromCheckpoint, let model { description = try ModelArgument.description(model) }
         apply(
-            "--model", model.flatMap(ModelConfig.Kind.init(rawValue:)), &config.kind,
-            shown: \.rawValue)
-        apply("--hidden-layers", hiddenLayers, &config.hiddenLayers)
-        apply("--width", width, &config.width)
+            "--model/--hidden-layers/--width/--dropout", try layers(base: description),
+            &description.layers, shown: { $0.map(\.description).joined(separator: ",") })
+        apply("--width-multiplier", widthMultiplier, &description.widthMultiplier)
         apply(
             "--dense-norm",
             try denseNorm.map {
                 try parseNorm($0, flag: "--dense-norm", allowed: [.layer, .batch, .none])
-            }, &config.denseNorm, shown: \.rawValue)
+            }, &description.denseNorm, shown: \.rawValue)
         apply(
             "--conv-norm",
             try convNorm.map {
                 try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none])
-            }, &config.convNorm, shown: \.rawValue)
+            }, &description.convNorm, shown: \.rawValue)
+        apply("--fixed-context", fixedContext ? true : nil, &description.fixedContext)
         apply("--[no-]k-row-shortcut", kRowShortcut, &options.kRowShortcut)
-        apply("--dropout", dropout, &config.dropout)
-        apply("--fixed-context", fixedContext ? true : nil, &config.fixedContext)
         apply("--batch-size", batchSize, &options.batchSize)
         apply("--lr", lr, &options.optimizer.learningRate)
         apply(
@@ -355,7 +373,34 @@ struct Train: ParsableCommand {
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
         options.readoutBlock = readoutBlock
-        return (config, options)
+        return (description, options)
+    }
+
+    /// The layers that --model, --hidden-layers, --width and --dropout give (nil: none of them
+    /// is given). Without --model they shape `base`'s layers (a resumed run's) or the mlp.
+    func layers(base: NetworkDescription) throws -> [NetworkDescription.Layer]? {
+        guard model != nil || hiddenLayers != nil || width != nil || dropout != nil else {
+            return nil
+        }
+        var description = try model.map(ModelArgument.description) ?? base
+        if model == nil {
+            description.layers.removeAll { if case .dropout = $0 { true } else { false } }
+        }
+        if description.preset == "mlp" {
+            let dense = description.layers.compactMap { layer -> Int? in
+                if case .dense(let width) = layer { width } else { nil }
+            }
+            description.layers =
+                NetworkDescription.mlp(
+                    hiddenLayers: hiddenLayers ?? dense.count, width: width ?? dense.first ?? 1024
+                ).layers
+        } else if hiddenLayers != nil || width != nil {
+            throw UsageError(
+                "--hidden-layers and --width shape the mlp preset; for --model "
+                    + "\(description.summary) write the layers (--model dense512,dense512) or "
+                    + "scale them with --width-multiplier")
+        }
+        return description.withDropout(dropout ?? 0).layers
     }
 
     func parseNorm(_ text: String, flag: String, allowed: [NormKind]) throws -> NormKind {
@@ -442,20 +487,21 @@ struct Train: ParsableCommand {
         let stop = StopSignal.install()
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
-        var (config, options) = try resolve(
-            base: checkpoint.map { (try $0.model, try $0.options) } ?? (
-                ModelConfig(), TrainingOptions()
+        let storedModel = try checkpoint?.model
+        let (description, options) = try resolve(
+            base: (
+                storedModel?.description ?? .mlp(), try checkpoint?.options ?? TrainingOptions()
             ),
             fromCheckpoint: checkpoint != nil)
         let stored = try checkpoint?.data
         let (dataDirectory, dataLimit) = try resolveData(stored: stored)
         let epochsDone = try checkpoint?.epochs ?? 0
-        if epochsDone >= options.epochs {
+        if epochsDone >= options.epochs, !describe {
             throw UsageError(
                 "--resume: the checkpoint has already trained \(epochsDone) epochs; pass "
                     + "--epochs N with N > \(epochsDone) to train more")
         }
-        try checkOutputs()
+        if !describe { try checkOutputs() }
 
         let directory = URL(fileURLWithPath: dataDirectory)
         let loadStart = Date()
@@ -468,9 +514,17 @@ struct Train: ParsableCommand {
         testSet = try normalization.apply(to: testSet)
         if let dataLimit { trainSet = trainSet.prefix(dataLimit) }
         try checkFits(options, trainSet)
-        if checkpoint == nil {
-            config.inputShape = [trainSet.channels, trainSet.height, trainSet.width]
-            config.classes = trainSet.classes
+        // The input and the classes come from the data (a resumed run's from its checkpoint,
+        // which the trainer checks against the data).
+        let plan: NetworkPlan
+        do {
+            plan = try NetworkPlan(
+                description,
+                inputShape: storedModel?.inputShape
+                    ?? [trainSet.channels, trainSet.height, trainSet.width],
+                classes: storedModel?.classes ?? trainSet.classes)
+        } catch let error as SigPropError {
+            throw UsageError("--model \(description.summary): \(error)")
         }
         let dataSettings = DataSettings(
             directory: dataDirectory, limit: dataLimit, normalization: normalization)
@@ -496,8 +550,14 @@ struct Train: ParsableCommand {
                 trainSet.width, trainSet.classes, Date().timeIntervalSince(loadStart)))
         emit("normalisation: \(normalization.summary) (\(normalizationSource))")
 
+        let scheduleKind = Schedule.Kind(rawValue: schedule)!
+        if describe {
+            printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
+            return
+        }
         let network = try Network(
-            config: config, devices: devices, optimizer: options.optimizer, seed: options.seed)
+            description, inputShape: plan.inputShape, classes: plan.classes, devices: devices,
+            optimizer: options.optimizer, seed: options.seed)
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
@@ -509,7 +569,7 @@ struct Train: ParsableCommand {
         }
         let trainer = try Trainer(
             network: network, options: options, train: trainSet, test: testSet,
-            schedule: Schedule(Schedule.Kind(rawValue: schedule)!, depth: pipelineDepth))
+            schedule: Schedule(scheduleKind, depth: pipelineDepth))
         if let checkpoint, let resume {
             let batches = try checkpoint.batchesDone
             guard batches < trainer.batchesPerEpoch else {
@@ -550,7 +610,7 @@ struct Train: ParsableCommand {
             ? " (fused into the weight products)"
             : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""
         emit(
-            "model: \(config.kind.rawValue), \(network.blockCount) learning blocks + output layer, "
+            "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
                 + "batches of \(options.batchSize) per epoch; loss \(options.loss.name), "
                 + "\(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)"
@@ -658,6 +718,38 @@ struct Train: ParsableCommand {
                         ? " (\(trace.untimed) spans left out: the driver gave no timestamps for "
                             + "them)"
                         : ""))
+        }
+    }
+
+    /// `--describe`: the blocks, and the memory training takes on each device.
+    func printDescription(
+        _ plan: NetworkPlan, devices: [Device], options: TrainingOptions,
+        schedule: Schedule.Kind
+    ) {
+        let stageDevices = plan.stageDevices(on: devices)
+        let input = plan.inputShape.map(String.init).joined(separator: "x")
+        emit(
+            "model: \(plan.description.summary) on \(input) input, \(plan.classes) classes; "
+                + "\(plan.blockCount) learning blocks + output layer")
+        for line in plan.table(stageDevices: devices.count > 1 ? stageDevices : nil) {
+            emit("  " + line)
+        }
+        let inFlight = schedule == .sequential ? 1 : pipelineDepth ?? plan.stages.count
+        let targetRows =
+            options.kRowShortcut && plan.kRowShortcutIsExact ? plan.classes : options.batchSize
+        emit(
+            "memory (\(schedule.rawValue) schedule, \(inFlight) batches of \(options.batchSize) "
+                + "in flight, \(options.optimizer.kind.rawValue)):")
+        for need in plan.memory(
+            on: stageDevices, optimizer: options.optimizer, batchSize: options.batchSize,
+            targetRows: targetRows, inFlight: inFlight)
+        {
+            let total = need.parameterBytes + need.activationBytes
+            emit(
+                "  \(need.devices): \(formatBytes(UInt64(total))) (parameters and optimizer "
+                    + "state \(formatBytes(UInt64(need.parameterBytes))), activations at least "
+                    + "\(formatBytes(UInt64(need.activationBytes)))) of "
+                    + "\(formatBytes(need.freeBytes)) free")
         }
     }
 

@@ -1,0 +1,282 @@
+/// A Signal Propagation network built from a `NetworkDescription`: the signal block, the
+/// hidden blocks, the output layer, each on its device. The first learning block doubles as
+/// the signal block's input part, as in the reference. It holds blocks and their forward,
+/// learn and infer; when and on which stream they run is the `Pipeline`'s.
+public final class Network {
+    public let description: NetworkDescription
+    /// What the description became for this input and these classes.
+    public let plan: NetworkPlan
+    /// One sample's shape, [C, H, W], and the number of classes.
+    public var inputShape: [Int] { plan.inputShape }
+    public var classes: Int { plan.classes }
+    /// The device of each stage (each learning block, then the output layer).
+    public let stageDevices: [Device]
+    public let signal: SignalBlock
+    public let hidden: [HiddenBlock]
+    public let output: OutputLayer
+
+    /// The first stage's device (the only one unless the network spans several).
+    public var device: Device { stageDevices[0] }
+    /// The devices the network uses, in stage order, each once.
+    public var devices: [Device] {
+        stageDevices.reduce(into: []) { list, device in
+            if !list.contains(where: { $0 === device }) { list.append(device) }
+        }
+    }
+
+    /// Blocks with a local loss, in order (the signal block first).
+    public var blockCount: Int { 1 + hidden.count }
+
+    public convenience init(
+        _ description: NetworkDescription, inputShape: [Int], classes: Int, device: Device,
+        optimizer: OptimizerSettings, seed: UInt64
+    ) throws {
+        try self.init(
+            description, inputShape: inputShape, classes: classes, devices: [device],
+            optimizer: optimizer, seed: seed)
+    }
+
+    /// The network on `devices`: its stages in contiguous groups of balanced work, one group
+    /// per device (`placement`). The weights are the same whatever the devices: every weight
+    /// is drawn from one generator in stage order (the signal block's input part, its context
+    /// part, the hidden blocks, the output layer).
+    public init(
+        _ description: NetworkDescription, inputShape: [Int], classes: Int, devices: [Device],
+        optimizer: OptimizerSettings, seed: UInt64
+    ) throws {
+        guard !devices.isEmpty else {
+            throw SigPropError.configuration("a network needs at least one device")
+        }
+        let plan = try NetworkPlan(description, inputShape: inputShape, classes: classes)
+        self.description = description
+        self.plan = plan
+        let stageDevices = plan.stageDevices(on: devices)
+        self.stageDevices = stageDevices
+        // Before any allocation: a model too large for the devices fails here with the
+        // figures, not in an allocator part-way through.
+        try MemoryEstimate(plan).checkParameters(on: stageDevices, optimizer: optimizer)
+        var generator = SeededGenerator(seed: seed)
+        func layer(_ index: Int) throws -> FeatureLayer {
+            let stage = plan.stages[index]
+            let (device, name) = (stageDevices[index], "block\(index)")
+            switch stage.kind {
+            case .dense(let inputs, let outputs):
+                return try DenseLayer(
+                    device: device, name: name, inputs: inputs, outputs: outputs,
+                    norm: stage.norm, activation: description.activation, generator: &generator)
+            case .conv(let inChannels, let outChannels, let kernel, let stride, let padding):
+                return try ConvLayer(
+                    device: device, name: name, inChannels: inChannels, outChannels: outChannels,
+                    kernelSize: kernel, stride: stride, padding: padding, norm: stage.norm,
+                    activation: description.activation, generator: &generator)
+            case .output:
+                preconditionFailure("the output layer is not a learning block")
+            }
+        }
+        let first = plan.stages[0]
+        let input = try layer(0)
+        let context = try DenseLayer(
+            device: stageDevices[0], name: "block0.context", inputs: classes,
+            outputs: first.outputShape.reduce(1, *), bias: false, norm: .layer,
+            activation: .relu, generator: &generator)
+        signal = try SignalBlock(
+            input: input, context: context, after: first.after,
+            outputShape: [1] + first.outputShape, optimizer: optimizer,
+            fixedContext: description.fixedContext)
+        hidden = try (1..<plan.blockCount).map { index in
+            try HiddenBlock(
+                layer: try layer(index), after: plan.stages[index].after, optimizer: optimizer)
+        }
+        let last = plan.stages[plan.blockCount]
+        output = try OutputLayer(
+            layer: DenseLayer(
+                device: stageDevices[plan.blockCount], name: "output",
+                inputs: last.inputShape.reduce(1, *), outputs: classes, activation: .identity,
+                generator: &generator),
+            optimizer: optimizer)
+    }
+
+    /// Every parameter, in a fixed order (checkpoints use the names).
+    public var parameters: [Parameter] {
+        signal.optimizer.parameters + hidden.flatMap(\.optimizer.parameters)
+            + output.optimizer.parameters
+    }
+
+    public var optimizers: [Optimizer] {
+        [signal.optimizer] + hidden.map(\.optimizer) + [output.optimizer]
+    }
+
+    /// One-hot rows for `labels` on `stream`'s device (the first stage's without a stream).
+    public func onehot(_ labels: [Int32], on stream: Stream? = nil) throws -> Tensor {
+        var values = [Float](repeating: 0, count: labels.count * classes)
+        for (row, label) in labels.enumerated() { values[row * classes + Int(label)] = 1 }
+        return try (stream?.device ?? device).tensor(
+            values, shape: [labels.count, classes], on: stream)
+    }
+
+    /// What one training batch leaves on the device: per-block row losses (signal block
+    /// first, output layer last) and the output layer's logits, read back when convenient,
+    /// and one event per stage that completes when the stage (its update included) is done.
+    public struct BatchResult {
+        public let rowLosses: [Tensor]
+        public let logits: Tensor
+        public let done: [Event]
+    }
+
+    /// Stages of a batch: one per learning block (the signal block first), then the output layer.
+    public var stageCount: Int { blockCount + 1 }
+
+    /// Stage `stage`'s name in traces and messages: `block1` (the signal block) ... `output`.
+    public func stageName(_ stage: Int) -> String { plan.stageName(stage) }
+
+    /// Whether every norm is per sample, so the target stream can run on K rows
+    /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
+    /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
+    public var kRowShortcutIsExact: Bool { plan.kRowShortcutIsExact }
+
+    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update" /
+    /// "train", start, end).
+    public typealias StageSpan = (_ stage: Int, _ part: String, _ start: Event, _ end: Event) ->
+        Void
+
+    /// Enqueues one training batch without waiting for it. Stage `l` runs on `streams[l]`
+    /// (`stageCount` streams; nil: every stage on the default stream, which is the
+    /// reference's one-block-after-another order). A stage waits for its predecessor's
+    /// outputs only, not for its update, so with a stream per stage block l learns while
+    /// block l+1 computes; each block's outputs use its weights before its update, and its
+    /// update comes before its next forward (its stream is in order). With `kRowShortcut`
+    /// (ignored where it is not exact) the target stream carries one row per class.
+    public func trainBatch(
+        images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
+        kRowShortcut: Bool = true,
+        dropout: DropoutMasks? = nil, streams: [Stream]? = nil, bridge: DeviceBridge? = nil,
+        trace: StageSpan? = nil
+    ) throws -> BatchResult {
+        let streams = streams ?? stageDevices.map(\.defaultStream)
+        guard streams.count == stageCount,
+            zip(streams, stageDevices).allSatisfy({ $0.device === $1 })
+        else {
+            throw SigPropError.configuration(
+                "trainBatch needs \(stageCount) streams, one per stage on that stage's device "
+                    + "(one per block and one for the output layer)"
+            )
+        }
+        let first = streams[0]
+        let x = try device.tensor(images, shape: [labels.count] + inputShape, on: first)
+        let byClass = kRowShortcut && kRowShortcutIsExact
+        let context = try self.onehot(
+            byClass ? (0..<classes).map(Int32.init) : labels, on: first)
+        /// The batch's one-hot labels on each device, written by the host where first needed.
+        var onehots: [ObjectIdentifier: Tensor] = [:]
+        func onehot(on stream: Stream) throws -> Tensor {
+            if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
+            let tensor = try self.onehot(labels, on: stream)
+            onehots[ObjectIdentifier(stream.device)] = tensor
+            return tensor
+        }
+
+        var losses: [Tensor] = []
+        var done: [Event] = []
+        var ready: Event?
+        /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
+        /// across devices the `bridge` does it (or, without one, the host waits here and
+        /// `arrive` copies through the host).
+        func enter(_ index: Int) throws -> Stream {
+            let stream = streams[index]
+            guard index > 0, let ready else { return stream }
+            if stream.device !== streams[index - 1].device {
+                if bridge == nil { try ready.wait() }
+            } else if stream.queue !== streams[index - 1].queue {
+                try stream.wait(for: ready)
+            }
+            return stream
+        }
+        /// The previous stage's output as a tensor of `stream`'s device.
+        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor {
+            guard tensor.device !== stream.device else { return tensor }
+            if let bridge, let ready { return try bridge.copy(tensor, after: ready, to: stream) }
+            return try stream.device.transfer(tensor, on: stream)
+        }
+        /// Brings the inputs in, runs `forward`, marks its outputs ready, then runs `learn`.
+        func stage<Inputs>(
+            _ index: Int, inputs: (Stream) throws -> Inputs,
+            forward: (Inputs, Stream) throws -> BlockForward,
+            learn: (BlockForward, Stream) throws -> LocalLossOutput
+        ) throws -> BlockForward {
+            let stream = try enter(index)
+            let arrived = try inputs(stream)
+            let start = trace == nil ? nil : try stream.record()
+            let pass = try forward(arrived, stream)
+            let outputs = try stream.record()
+            ready = outputs
+            losses.append(try learn(pass, stream).rowLosses)
+            let end = try stream.record()
+            done.append(end)
+            if let trace, let start {
+                trace(index, "forward", start, outputs)
+                trace(index, "update", outputs, end)
+            }
+            return pass
+        }
+        var pass = try stage(
+            0, inputs: { _ in x },
+            forward: { x, stream in
+                try signal.forward(
+                    x: x, context: context, labels: byClass ? try onehot(on: stream) : nil,
+                    dropout: dropout, on: stream)
+            },
+            learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        for (index, block) in hidden.enumerated() {
+            let previous = pass
+            pass = try stage(
+                index + 1,
+                inputs: { stream in
+                    (try arrive(previous.h, on: stream), try arrive(previous.t, on: stream))
+                },
+                forward: { inputs, stream in
+                    try block.forward(
+                        h: inputs.0, t: inputs.1, labels: byClass ? try onehot(on: stream) : nil,
+                        dropout: dropout, on: stream)
+                },
+                learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        }
+        let last = try enter(stageCount - 1)
+        let h = try arrive(pass.h, on: last)
+        let start = trace == nil ? nil : try last.record()
+        let out = try output.train(
+            h: h, onehot: try onehot(on: last), learningRate: learningRate, on: last)
+        let end = try last.record()
+        if let trace, let start { trace(stageCount - 1, "train", start, end) }
+        return BatchResult(
+            rowLosses: losses + [out.rowLosses], logits: out.logits, done: done + [end])
+    }
+
+    /// The input stream through every block (the target stream is not used at inference);
+    /// each block's output on its own device.
+    public func features(images: [Float], count: Int) throws -> [Tensor] {
+        let x = try device.tensor(images, shape: [count] + inputShape)
+        return try throughHiddenBlocks(try signal.infer(x, on: nil))
+    }
+
+    /// Each class's target activations at every block: the context of onehot(k) through the blocks.
+    public func classTargets() throws -> [Tensor] {
+        let onehot = try self.onehot((0..<classes).map(Int32.init))
+        return try throughHiddenBlocks(try signal.inferTarget(onehot, on: nil))
+    }
+
+    /// The output layer's logits for the last block's output `h`.
+    public func logits(_ h: Tensor) throws -> Tensor {
+        try output.logits(try stageDevices[stageCount - 1].transfer(h), on: nil)
+    }
+
+    /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
+    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
+        var outputs = [first]
+        for (index, block) in hidden.enumerated() {
+            outputs.append(
+                try block.infer(
+                    try stageDevices[index + 1].transfer(outputs[outputs.count - 1]), on: nil))
+        }
+        return outputs
+    }
+}

@@ -1,0 +1,145 @@
+/// A network as data: the learning layers and the fixed steps between them, in order, with the
+/// norms and activation of the learning blocks. Every dense or conv layer is a learning block
+/// with its own loss and optimizer; the first is also the signal block's input part, and its
+/// context part (one-hot label -> the block's output shape) is derived from it. Pools and
+/// dropout follow the block before them; a conv block followed by a dense one is flattened.
+/// The output layer (dense, one unit per class) comes last and is not listed.
+///
+/// The input shape and the classes are not part of a description: they come from the data, so
+/// one description trains on any data set. Checkpoints store the description (as JSON, each
+/// layer written in the layer grammar of `Layer`), and `--resume` rebuilds the network from it.
+public struct NetworkDescription: Sendable, Equatable {
+    /// One entry of the layer list. Written and read in the grammar `train --model` takes.
+    public enum Layer: Sendable, Equatable {
+        /// A dense learning block of this many features.
+        case dense(Int)
+        /// A conv learning block: output channels, a square kernel, stride and zero padding.
+        case conv(Int, kernel: Int = 3, stride: Int = 1, padding: Int = 1)
+        /// Pooling over non-overlapping `size` x `size` windows.
+        case pool(PoolKind, size: Int = 2)
+        /// Zeroes each entry with this probability in training (each stream its own mask).
+        case dropout(Float)
+
+        /// Whether the layer is a learning block (as opposed to a fixed step).
+        public var learns: Bool {
+            switch self {
+            case .dense, .conv: true
+            case .pool, .dropout: false
+            }
+        }
+    }
+
+    public var layers: [Layer]
+    public var activation: Activation = .leakyRelu
+    /// The norm of the dense blocks (layer, batch or none) and of the conv blocks (instance,
+    /// batch or none).
+    public var denseNorm: NormKind = .layer
+    public var convNorm: NormKind = .instance
+    /// Scales the width of every dense and conv layer (rounded, at least 1); not the output
+    /// layer, whose width is the number of classes.
+    public var widthMultiplier: Double = 1
+    /// Keep the signal's context projection fixed at its random init.
+    public var fixedContext = false
+    /// The preset the layers come from, if any, for messages.
+    public var preset: String?
+
+    public init(
+        layers: [Layer], activation: Activation = .leakyRelu, denseNorm: NormKind = .layer,
+        convNorm: NormKind = .instance, widthMultiplier: Double = 1, fixedContext: Bool = false
+    ) {
+        self.layers = layers
+        self.activation = activation
+        self.denseNorm = denseNorm
+        self.convNorm = convNorm
+        self.widthMultiplier = widthMultiplier
+        self.fixedContext = fixedContext
+    }
+
+    /// The same network with dropout of probability `p` after every learning block but the
+    /// last, after that block's pooling (what `--dropout` adds to a preset).
+    public func withDropout(_ p: Float) -> NetworkDescription {
+        guard p > 0, let last = layers.lastIndex(where: \.learns) else { return self }
+        var copy = self
+        copy.layers = []
+        for (index, layer) in layers.enumerated() {
+            copy.layers.append(layer)
+            let blockEnds = index + 1 == layers.count || layers[index + 1].learns
+            if blockEnds, index < last { copy.layers.append(.dropout(p)) }
+        }
+        return copy
+    }
+
+    /// Whether any layer is a dropout (which draws a mask per sample).
+    var hasDropout: Bool {
+        layers.contains { if case .dropout = $0 { true } else { false } }
+    }
+
+    /// The width of a dense or conv layer of `width` under the width multiplier.
+    func scaled(_ width: Int) -> Int {
+        max(1, Int((Double(width) * widthMultiplier).rounded()))
+    }
+
+    /// The layer list in the grammar (`conv32,conv64,pool,dense1024`).
+    public var layerList: String { layers.map(\.description).joined(separator: ",") }
+
+    /// The preset's name, or the layer list, with the width multiplier when it is not 1.
+    public var summary: String {
+        (preset ?? layerList) + (widthMultiplier == 1 ? "" : " x\(widthMultiplier)")
+    }
+}
+
+// MARK: Presets
+
+extension NetworkDescription {
+    /// The presets `train --model` names.
+    public static let presetNames = ["mlp", "cnn", "vgg6b", "vgg8b", "vgg11b"]
+
+    /// Dense blocks: `hiddenLayers` of `width` features (the signal block counts as the first).
+    public static func mlp(hiddenLayers: Int = 3, width: Int = 1024) -> NetworkDescription {
+        var description = NetworkDescription(
+            layers: Array(repeating: .dense(width), count: hiddenLayers))
+        description.preset = "mlp"
+        return description
+    }
+
+    /// A small VGG-like net: conv 32, conv 64, pool, conv 128, pool, dense 1024.
+    public static var cnn: NetworkDescription {
+        named("cnn", "conv32,conv64,pool,conv128,pool,dense1024")
+    }
+
+    /// The VGG networks of Nøkland & Eidnes (2019), "Training neural networks with local error
+    /// signals", that the Signal Propagation paper trains.
+    public static var vgg6b: NetworkDescription {
+        named("vgg6b", "conv128,pool,conv256,pool,conv512,pool,conv512,pool,dense1024")
+    }
+    public static var vgg8b: NetworkDescription {
+        named(
+            "vgg8b",
+            "conv128,conv256,pool,conv256,conv512,pool,conv512,pool,conv512,pool,dense1024")
+    }
+    public static var vgg11b: NetworkDescription {
+        named(
+            "vgg11b",
+            "conv128,conv128,conv128,conv256,pool,conv256,conv512,pool,conv512,conv512,pool,"
+                + "conv512,pool,dense1024")
+    }
+
+    /// The preset called `name` (`presetNames`), nil if there is none.
+    public static func preset(_ name: String) -> NetworkDescription? {
+        switch name.lowercased() {
+        case "mlp": .mlp()
+        case "cnn": .cnn
+        case "vgg6b": .vgg6b
+        case "vgg8b": .vgg8b
+        case "vgg11b": .vgg11b
+        default: nil
+        }
+    }
+
+    private static func named(_ name: String, _ list: String) -> NetworkDescription {
+        // The lists above are valid by construction; the tests parse each preset.
+        var description = try! NetworkDescription(layerList: list)
+        description.preset = name
+        return description
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+
+extension NetworkPlan.Stage {
+    /// The layer as the grammar writes it, with its real width (after the width multiplier).
+    public var layerName: String {
+        switch kind {
+        case .dense(_, let outputs): NetworkDescription.Layer.dense(outputs).description
+        case .conv(_, let channels, let kernel, let stride, let padding):
+            NetworkDescription.Layer.conv(
+                channels, kernel: kernel, stride: stride, padding: padding
+            ).description
+        case .output(_, let classes): "dense\(classes)"
+        }
+    }
+
+    /// The fixed steps after the layer, as the grammar writes them.
+    public var fixedStepNames: [String] {
+        after.map { step in
+            switch step {
+            case .pool(let kind, let size):
+                NetworkDescription.Layer.pool(kind, size: size).description
+            case .dropout(let p): NetworkDescription.Layer.dropout(p).description
+            case .flatten: "flatten"
+            }
+        }
+    }
+}
+
+/// What training a network takes on one memory pool (a device, or devices sharing memory).
+public struct MemoryNeed: Sendable {
+    /// The devices drawing on the pool.
+    public let devices: String
+    /// Parameters with their gradients and optimizer state.
+    public let parameterBytes: Double
+    /// The activations of every batch in flight (a floor: convolution scratch is left out).
+    public let activationBytes: Double
+    public let freeBytes: UInt64
+}
+
+extension NetworkPlan {
+    /// The stage names of messages and traces: `block1` (the signal block) ... `output`.
+    public func stageName(_ stage: Int) -> String {
+        stage < blockCount ? "block\(stage + 1)" : "output"
+    }
+
+    /// One line per stage: its layer and fixed steps, shapes, parameters, multiply-adds per
+    /// sample and (given `stageDevices`) its device, then the totals.
+    public func table(stageDevices: [Device]? = nil) -> [String] {
+        func shape(_ dims: [Int]) -> String { dims.map(String.init).joined(separator: "x") }
+        var rows: [[String]] = [
+            ["stage", "layer", "input", "output", "handed on", "parameters", "MACs/sample"]
+                + (stageDevices == nil ? [] : ["device"])
+        ]
+        for (index, stage) in stages.enumerated() {
+            let layer = ([stage.layerName] + stage.fixedStepNames).joined(separator: " ")
+            rows.append(
+                [
+                    stageName(index) + (index == 0 ? " (signal)" : ""), layer,
+                    shape(stage.inputShape), shape(stage.outputShape), shape(stage.handedOnShape),
+                    ProgressText.grouped(stage.parameterCount),
+                    ProgressText.grouped(Int(stage.multiplyAdds)),
+                ] + (stageDevices.map { [$0[index].description] } ?? []))
+        }
+        rows.append(
+            [
+                "total", "", "", "", "",
+                ProgressText.grouped(stages.reduce(0) { $0 + $1.parameterCount }),
+                ProgressText.grouped(Int(stages.reduce(0) { $0 + $1.multiplyAdds })),
+            ] + (stageDevices == nil ? [] : [""]))
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { column, cell in
+                // Numbers align right, words left.
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                return column >= 5 && column <= 6 ? pad + cell : cell + pad
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    /// What training takes on each memory pool of `stageDevices` (one device per stage) with
+    /// `optimizer`, batches of `batchSize` (the target stream of `targetRows` rows) and
+    /// `inFlight` of them at once.
+    public func memory(
+        on stageDevices: [Device], optimizer: OptimizerSettings, batchSize: Int, targetRows: Int,
+        inFlight: Int
+    ) -> [MemoryNeed] {
+        MemoryEstimate(self).needs(
+            on: stageDevices, optimizer: optimizer,
+            batches: MemoryEstimate.Batches(
+                size: batchSize, targetRows: targetRows, inFlight: inFlight))
+    }
+}

@@ -1,0 +1,231 @@
+/// A description worked out for one input shape and number of classes: each stage's layer
+/// with its real width, its shapes, parameters and multiply-adds. Built before anything is
+/// allocated, so a description that cannot work is refused with the layer and its position;
+/// `Network` builds from it, `MemoryEstimate` sizes it and `--describe` prints it.
+public struct NetworkPlan: Sendable {
+    /// One learning block, or the output layer (the last stage).
+    public struct Stage: Sendable {
+        public enum Kind: Sendable, Equatable {
+            case dense(inputs: Int, outputs: Int)
+            case conv(inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int)
+            /// The output layer: dense to one unit per class, no norm.
+            case output(inputs: Int, classes: Int)
+        }
+
+        public let kind: Kind
+        /// The layer-list entry (1-based) it comes from; nil for the output layer.
+        public let position: Int?
+        /// Shapes of one sample: what the stage reads, what its layer writes, and what it
+        /// hands on after its fixed steps.
+        public let inputShape: [Int]
+        public let outputShape: [Int]
+        public let handedOnShape: [Int]
+        /// The fixed steps after the layer (pooling, dropout, flatten), in order.
+        let after: [FixedStep]
+        public let norm: NormKind
+        /// Parameter tensors: name and element count, and whether an optimizer steps them.
+        public let parameters: [(name: String, elements: Int, trained: Bool)]
+        /// Multiply-adds per sample of the forward pass on the input stream (the signal
+        /// block's context projection included).
+        public let multiplyAdds: Double
+
+        public var parameterCount: Int { parameters.reduce(0) { $0 + $1.elements } }
+    }
+
+    public let description: NetworkDescription
+    public let inputShape: [Int]
+    public let classes: Int
+    /// The learning blocks (the signal block first), then the output layer.
+    public let stages: [Stage]
+
+    /// Learning blocks (stages but the output layer).
+    public var blockCount: Int { stages.count - 1 }
+
+    public init(_ description: NetworkDescription, inputShape: [Int], classes: Int) throws {
+        guard inputShape.count == 3, inputShape.allSatisfy({ $0 >= 1 }) else {
+            throw SigPropError.configuration(
+                "the input shape must be [channels, height, width], got \(inputShape)")
+        }
+        guard classes >= 2 else {
+            throw SigPropError.configuration(
+                "a classifier needs at least 2 classes, got \(classes)")
+        }
+        guard description.widthMultiplier.isFinite, description.widthMultiplier > 0 else {
+            throw SigPropError.configuration(
+                "the width multiplier must be a positive number, got "
+                    + "\(description.widthMultiplier)")
+        }
+        for (kind, allowed, flag) in [
+            (description.denseNorm, [NormKind.layer, .batch, .none], "--dense-norm"),
+            (description.convNorm, [NormKind.instance, .batch, .none], "--conv-norm"),
+        ] where !allowed.contains(kind) {
+            throw SigPropError.configuration(
+                "\(flag) \(kind.rawValue) is not allowed. Valid values: "
+                    + allowed.map(\.rawValue).joined(separator: ", "))
+        }
+        self.description = description
+        self.inputShape = inputShape
+        self.classes = classes
+        let layers = description.layers
+        func refuse(_ position: Int, _ reason: String) -> SigPropError {
+            .configuration("the model's layer \(position + 1), '\(layers[position])', \(reason)")
+        }
+        guard let first = layers.firstIndex(where: \.learns) else {
+            throw SigPropError.configuration(
+                "the model has no dense or conv layer, so nothing would learn "
+                    + "(model: '\(description.layerList)'). Give at least one, e.g. dense1024")
+        }
+        if first > 0 {
+            throw refuse(
+                0,
+                "comes before any dense or conv layer: pooling and dropout follow a learning "
+                    + "block. Start the list with a dense or conv layer")
+        }
+
+        var stages: [Stage] = []
+        var shape = inputShape
+        var position = 0
+        while position < layers.count {
+            let index = stages.count
+            let name = "block\(index)"
+            let norm: NormKind
+            let kind: Stage.Kind
+            var output: [Int]
+            switch layers[position] {
+            case .dense(let width):
+                guard width >= 1 else { throw refuse(position, "has a width below 1") }
+                let outputs = description.scaled(width)
+                kind = .dense(inputs: shape.reduce(1, *), outputs: outputs)
+                norm = description.denseNorm
+                output = [outputs]
+            case .conv(let channels, let kernel, let stride, let padding):
+                guard channels >= 1 else { throw refuse(position, "has a width below 1") }
+                guard shape.count == 3 else {
+                    throw refuse(
+                        position,
+                        "follows a dense layer, whose output has no image to convolve. Put the "
+                            + "conv layers before the dense ones")
+                }
+                guard kernel >= 1, stride >= 1, padding >= 0, padding < kernel else {
+                    throw refuse(
+                        position,
+                        "needs a kernel and stride of at least 1 and a padding below the kernel")
+                }
+                let (height, width) = (shape[1] + 2 * padding, shape[2] + 2 * padding)
+                guard height >= kernel, width >= kernel else {
+                    throw refuse(
+                        position,
+                        "has a \(kernel)x\(kernel) kernel, larger than its \(shape[1])x\(shape[2]) "
+                            + "input with padding \(padding)")
+                }
+                let outChannels = description.scaled(channels)
+                kind = .conv(
+                    inChannels: shape[0], outChannels: outChannels, kernel: kernel,
+                    stride: stride, padding: padding)
+                norm = description.convNorm
+                output = [
+                    outChannels, (height - kernel) / stride + 1, (width - kernel) / stride + 1,
+                ]
+            case .pool, .dropout:
+                preconditionFailure("fixed steps are consumed with the block before them")
+            }
+            let blockPosition = position
+            // The fixed steps that follow, up to the next learning layer.
+            var after: [FixedStep] = []
+            var handedOn = output
+            position += 1
+            while position < layers.count, !layers[position].learns {
+                switch layers[position] {
+                case .pool(let poolKind, let size):
+                    guard handedOn.count == 3 else {
+                        throw refuse(
+                            position,
+                            "follows a dense layer: pooling needs an image. Pool before the "
+                                + "dense layers")
+                    }
+                    guard size >= 1, handedOn[1] >= size, handedOn[2] >= size else {
+                        throw refuse(
+                            position,
+                            "shrinks its \(handedOn[1])x\(handedOn[2]) input to nothing. "
+                                + "Remove a pool or use larger images")
+                    }
+                    after.append(.pool(poolKind, size: size))
+                    handedOn = [handedOn[0], handedOn[1] / size, handedOn[2] / size]
+                case .dropout(let p):
+                    guard p >= 0, p < 1 else {
+                        throw refuse(position, "needs a probability in 0..<1")
+                    }
+                    if p > 0 { after.append(.dropout(p)) }
+                default: break
+                }
+                position += 1
+            }
+            let nextIsDense: Bool = {
+                guard position < layers.count, case .dense = layers[position] else { return false }
+                return true
+            }()
+            if handedOn.count == 3, nextIsDense {
+                after.append(.flatten)
+            }
+            let outputElements = output.reduce(1, *)
+            var parameters = Self.parameters(name, kind: kind, norm: norm)
+            var multiplyAdds = Self.multiplyAdds(kind, output: output)
+            if index == 0 {
+                // The signal block's context part: one-hot label -> the block's output shape.
+                parameters += [
+                    ("\(name).context.weight", outputElements * classes, !description.fixedContext),
+                    ("\(name).context.norm.weight", outputElements, !description.fixedContext),
+                    ("\(name).context.norm.bias", outputElements, !description.fixedContext),
+                ]
+                multiplyAdds += Double(classes * outputElements)
+            }
+            stages.append(
+                Stage(
+                    kind: kind, position: blockPosition + 1, inputShape: shape,
+                    outputShape: output, handedOnShape: handedOn, after: after, norm: norm,
+                    parameters: parameters, multiplyAdds: multiplyAdds))
+            shape = handedOn
+        }
+        let features = shape.reduce(1, *)
+        let kind = Stage.Kind.output(inputs: features, classes: classes)
+        stages.append(
+            Stage(
+                kind: kind, position: nil, inputShape: shape, outputShape: [classes],
+                handedOnShape: [classes], after: [], norm: .none,
+                parameters: Self.parameters("output", kind: kind, norm: .none),
+                multiplyAdds: Double(features * classes)))
+        self.stages = stages
+    }
+
+    /// A layer's parameter tensors, in the order `DenseLayer` and `ConvLayer` create them.
+    static func parameters(_ name: String, kind: Stage.Kind, norm: NormKind)
+        -> [(name: String, elements: Int, trained: Bool)]
+    {
+        let (weights, outputs): (Int, Int)
+        switch kind {
+        case .dense(let inputs, let width), .output(let inputs, let width):
+            (weights, outputs) = (inputs * width, width)
+        case .conv(let inChannels, let outChannels, let kernel, _, _):
+            (weights, outputs) = (outChannels * inChannels * kernel * kernel, outChannels)
+        }
+        return [("\(name).weight", weights, true), ("\(name).bias", outputs, true)]
+            + (norm == .none
+                ? []
+                : [("\(name).norm.weight", outputs, true), ("\(name).norm.bias", outputs, true)])
+    }
+
+    static func multiplyAdds(_ kind: Stage.Kind, output: [Int]) -> Double {
+        switch kind {
+        case .dense(let inputs, let outputs), .output(let inputs, let outputs):
+            Double(inputs * outputs)
+        case .conv(let inChannels, _, let kernel, _, _):
+            Double(output.reduce(1, *) * inChannels * kernel * kernel)
+        }
+    }
+
+    /// Whether every norm is per sample and nothing draws masks per sample, so the target
+    /// stream can run on one row per class (docs/signal-propagation.md's K-row shortcut).
+    public var kRowShortcutIsExact: Bool {
+        stages.allSatisfy(\.norm.isPerSample) && !description.hasDropout
+    }
+}
