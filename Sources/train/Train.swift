@@ -602,7 +602,7 @@ struct Train: ParsableCommand {
         }
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil {
-            trainer.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
+            trainer.pipeline.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
         }
         let parameters = network.parameters.reduce(0) { $0 + $1.value.count }
         let fused =
@@ -617,7 +617,7 @@ struct Train: ParsableCommand {
                 + "\(fused); "
                 + "schedule \(trainer.schedule.kind.rawValue)"
                 + (trainer.schedule.kind == .pipelined
-                    ? " (\(trainer.depth) batches in flight)" : ""))
+                    ? " (\(trainer.pipeline.depth) batches in flight)" : ""))
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")
@@ -688,7 +688,7 @@ struct Train: ParsableCommand {
                         fix: written)
                 }
             }
-            if let traceURL, let trace = trainer.trace {
+            if let traceURL, let trace = trainer.pipeline.trace {
                 do { try trace.write(to: traceURL) } catch let error as SigPropError {
                     throw SigPropError.configuration("\(error). \(written)")
                 }
@@ -707,7 +707,7 @@ struct Train: ParsableCommand {
                     format: "best: %@ (epoch %d, validation accuracy %.2f%%)", bestURL.path,
                     best.epoch, 100 * best.accuracy))
         }
-        if let traceURL, let trace = trainer.trace {
+        if let traceURL, let trace = trainer.pipeline.trace {
             emit(
                 String(
                     format:

@@ -57,7 +57,7 @@ import Testing
             test: try TrainingTests.syntheticData(count: 64, seed: 2),
             schedule: Schedule(.pipelined, depth: 12))
         let trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
-        trainer.trace = trace
+        trainer.pipeline.trace = trace
         #expect { _ = try trainer.runEpoch(0) } throws: { error in
             "\(error)".contains("training stopped") && "\(error)".contains("Lower --lr")
         }

@@ -129,13 +129,14 @@ import Testing
             train: try TrainingTests.syntheticData(count: 256, seed: 1),
             test: try TrainingTests.syntheticData(count: 64, seed: 2))
         _ = try trainer.runEpoch(0)
-        let misses = trainer.poolMisses
+        let misses = trainer.pipeline.poolMisses
         #expect(misses > 0)
         _ = try trainer.runEpoch(1)
         #expect(
-            trainer.poolMisses == misses,
+            trainer.pipeline.poolMisses == misses,
             Comment(
-                rawValue: "epoch 2 allocated \(trainer.poolMisses - misses) new buffers for "
+                rawValue:
+                    "epoch 2 allocated \(trainer.pipeline.poolMisses - misses) new buffers for "
                     + "\(trainer.batchesPerEpoch) batches")
         )
     }
@@ -152,7 +153,7 @@ import Testing
                 train: try TrainingTests.syntheticData(count: 128, seed: 1),
                 test: try TrainingTests.syntheticData(count: 32, seed: 2), schedule: Schedule(kind))
             let trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
-            trainer.trace = trace
+            trainer.pipeline.trace = trace
             _ = try trainer.runEpoch(0)
             let batches = trainer.batchesPerEpoch
             #expect(trace.spans.count == batches * (2 * network.blockCount + 1))

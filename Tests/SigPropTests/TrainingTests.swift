@@ -74,7 +74,9 @@ import Testing
         let batches = [Array(0..<16), Array(16..<32), Array(32..<48)]
         func step(_ network: Network, _ indices: [Int]) throws {
             let (images, labels) = data.batch(indices)
-            _ = try network.trainBatch(
+            let pipeline = try Pipeline(
+                network: network, schedule: Schedule(.sequential), batchSize: indices.count)
+            _ = try pipeline.submit(
                 images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-3)
         }
         let original = try Self.network(device)

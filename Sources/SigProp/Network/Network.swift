@@ -114,15 +114,6 @@ public final class Network {
             values, shape: [labels.count, classes], on: stream)
     }
 
-    /// What one training batch leaves on the device: per-block row losses (signal block
-    /// first, output layer last) and the output layer's logits, read back when convenient,
-    /// and one event per stage that completes when the stage (its update included) is done.
-    public struct BatchResult {
-        public let rowLosses: [Tensor]
-        public let logits: Tensor
-        public let done: [Event]
-    }
-
     /// Stages of a batch: one per learning block (the signal block first), then the output layer.
     public var stageCount: Int { blockCount + 1 }
 
@@ -133,123 +124,6 @@ public final class Network {
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
     public var kRowShortcutIsExact: Bool { plan.kRowShortcutIsExact }
-
-    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update" /
-    /// "train", start, end).
-    public typealias StageSpan = (_ stage: Int, _ part: String, _ start: Event, _ end: Event) ->
-        Void
-
-    /// Enqueues one training batch without waiting for it. Stage `l` runs on `streams[l]`
-    /// (`stageCount` streams; nil: every stage on the default stream, which is the
-    /// reference's one-block-after-another order). A stage waits for its predecessor's
-    /// outputs only, not for its update, so with a stream per stage block l learns while
-    /// block l+1 computes; each block's outputs use its weights before its update, and its
-    /// update comes before its next forward (its stream is in order). With `kRowShortcut`
-    /// (ignored where it is not exact) the target stream carries one row per class.
-    public func trainBatch(
-        images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
-        kRowShortcut: Bool = true,
-        dropout: DropoutMasks? = nil, streams: [Stream]? = nil, bridge: DeviceBridge? = nil,
-        trace: StageSpan? = nil
-    ) throws -> BatchResult {
-        let streams = streams ?? stageDevices.map(\.defaultStream)
-        guard streams.count == stageCount,
-            zip(streams, stageDevices).allSatisfy({ $0.device === $1 })
-        else {
-            throw SigPropError.configuration(
-                "trainBatch needs \(stageCount) streams, one per stage on that stage's device "
-                    + "(one per block and one for the output layer)"
-            )
-        }
-        let first = streams[0]
-        let x = try device.tensor(images, shape: [labels.count] + inputShape, on: first)
-        let byClass = kRowShortcut && kRowShortcutIsExact
-        let context = try self.onehot(
-            byClass ? (0..<classes).map(Int32.init) : labels, on: first)
-        /// The batch's one-hot labels on each device, written by the host where first needed.
-        var onehots: [ObjectIdentifier: Tensor] = [:]
-        func onehot(on stream: Stream) throws -> Tensor {
-            if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
-            let tensor = try self.onehot(labels, on: stream)
-            onehots[ObjectIdentifier(stream.device)] = tensor
-            return tensor
-        }
-
-        var losses: [Tensor] = []
-        var done: [Event] = []
-        var ready: Event?
-        /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
-        /// across devices the `bridge` does it (or, without one, the host waits here and
-        /// `arrive` copies through the host).
-        func enter(_ index: Int) throws -> Stream {
-            let stream = streams[index]
-            guard index > 0, let ready else { return stream }
-            if stream.device !== streams[index - 1].device {
-                if bridge == nil { try ready.wait() }
-            } else if stream.queue !== streams[index - 1].queue {
-                try stream.wait(for: ready)
-            }
-            return stream
-        }
-        /// The previous stage's output as a tensor of `stream`'s device.
-        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor {
-            guard tensor.device !== stream.device else { return tensor }
-            if let bridge, let ready { return try bridge.copy(tensor, after: ready, to: stream) }
-            return try stream.device.transfer(tensor, on: stream)
-        }
-        /// Brings the inputs in, runs `forward`, marks its outputs ready, then runs `learn`.
-        func stage<Inputs>(
-            _ index: Int, inputs: (Stream) throws -> Inputs,
-            forward: (Inputs, Stream) throws -> BlockForward,
-            learn: (BlockForward, Stream) throws -> LocalLossOutput
-        ) throws -> BlockForward {
-            let stream = try enter(index)
-            let arrived = try inputs(stream)
-            let start = trace == nil ? nil : try stream.record()
-            let pass = try forward(arrived, stream)
-            let outputs = try stream.record()
-            ready = outputs
-            losses.append(try learn(pass, stream).rowLosses)
-            let end = try stream.record()
-            done.append(end)
-            if let trace, let start {
-                trace(index, "forward", start, outputs)
-                trace(index, "update", outputs, end)
-            }
-            return pass
-        }
-        var pass = try stage(
-            0, inputs: { _ in x },
-            forward: { x, stream in
-                try signal.forward(
-                    x: x, context: context, labels: byClass ? try onehot(on: stream) : nil,
-                    dropout: dropout, on: stream)
-            },
-            learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
-        for (index, block) in hidden.enumerated() {
-            let previous = pass
-            pass = try stage(
-                index + 1,
-                inputs: { stream in
-                    (try arrive(previous.h, on: stream), try arrive(previous.t, on: stream))
-                },
-                forward: { inputs, stream in
-                    try block.forward(
-                        h: inputs.0, t: inputs.1, labels: byClass ? try onehot(on: stream) : nil,
-                        dropout: dropout, on: stream)
-                },
-                learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
-        }
-        let last = try enter(stageCount - 1)
-        let h = try arrive(pass.h, on: last)
-        let start = trace == nil ? nil : try last.record()
-        let out = try output.train(
-            h: h, onehot: try onehot(on: last), learningRate: learningRate, on: last)
-        let end = try last.record()
-        if let trace, let start { trace(stageCount - 1, "train", start, end) }
-        return BatchResult(
-            rowLosses: losses + [out.rowLosses], logits: out.logits, done: done + [end])
-    }
 
     /// The input stream through every block (the target stream is not used at inference);
     /// each block's output on its own device.

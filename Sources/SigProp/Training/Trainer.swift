@@ -133,32 +133,10 @@ public struct BatchProgress: Sendable {
     public let secondsLeft: Double
 }
 
-/// How batches run on the device's streams. Both schedules give the same numbers (the
-/// ordering rules of docs/signal-propagation.md hold in each); only the time differs.
-public struct Schedule: Sendable, Equatable {
-    public enum Kind: String, Sendable, CaseIterable {
-        /// A stream per stage, several batches in flight: block l learns while block l+1
-        /// computes, and batch b+1 enters block 1 while later blocks work on batch b.
-        case pipelined
-        /// Every stage on one stream, one batch at a time: the reference's order.
-        case sequential
-    }
-
-    public var kind: Kind
-    /// Batches in flight at most (pipelined); nil: one per stage, enough to fill the pipeline.
-    public var depth: Int?
-
-    public init(_ kind: Kind = .pipelined, depth: Int? = nil) {
-        self.kind = kind
-        self.depth = depth
-    }
-}
-
 /// Runs epochs over a data set.
 public final class Trainer {
     public let network: Network
     public let options: TrainingOptions
-    public let schedule: Schedule
     /// The samples trained on: the training set less the validation split.
     public let train: Dataset
     /// The held-out samples readouts are chosen on (nil: none), and which they are.
@@ -166,16 +144,8 @@ public final class Trainer {
     public let split: ValidationSplit
     public let test: Dataset
     let order: BatchOrder
-    /// One stream per stage (pipelined) or one per device (sequential), and one per device to
-    /// read results on.
-    let stageStreams: [Stream]
-    let readbacks: [ObjectIdentifier: Stream]
-    /// Storage of the stages' tensors, reused from batch to batch (a pool per device).
-    let pools: [ObjectIdentifier: BufferPool]
-    /// Carries activations between devices when the network spans several.
-    let bridge: DeviceBridge?
-    /// When set, every stage of every batch is recorded here.
-    public var trace: Trace?
+    /// Where and when each batch's stages run.
+    public let pipeline: Pipeline
 
     /// `train` is the whole training set; `options.validation` of it is held out.
     public init(
@@ -213,62 +183,14 @@ public final class Trainer {
         }
         self.order = try BatchOrder(
             count: train.count, batchSize: options.batchSize, seed: options.seed)
-        if let depth = schedule.depth, depth < 1 {
-            throw SigPropError.configuration(
-                "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
-        }
-        self.schedule = schedule
-        let devices = network.devices
-        let pools = Dictionary(
-            uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
-        self.pools = pools
-        func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
-        switch schedule.kind {
-        case .pipelined:
-            // Each device's units shared among its stages doing heavy work (all but the output
-            // layer).
-            stageStreams = try network.stageDevices.map { device in
-                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }
-                    .count
-                return try device.makeStream(
-                    coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)),
-                    pool: pool(device))
-            }
-        case .sequential:
-            let streams = try devices.map { try $0.makeStream(pool: pool($0)) }
-            stageStreams = network.stageDevices.map { device in
-                streams.first { $0.device === device }!
-            }
-        }
-        readbacks = Dictionary(
-            uniqueKeysWithValues: try devices.map {
-                (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
-            })
-        bridge = devices.count > 1 ? DeviceBridge() : nil
-        let targetRows =
-            options.kRowShortcut && network.kRowShortcutIsExact
-            ? network.classes : options.batchSize
-        try MemoryEstimate(network.plan).checkActivations(
-            on: network.stageDevices,
-            batches: MemoryEstimate.Batches(
-                size: options.batchSize, targetRows: targetRows, inFlight: depth))
+        pipeline = try Pipeline(
+            network: network, schedule: schedule, batchSize: options.batchSize,
+            kRowShortcut: options.kRowShortcut)
     }
 
-    /// Where results of `tensor`'s device are read.
-    func readback(_ tensor: Tensor) -> Stream { readbacks[ObjectIdentifier(tensor.device)]! }
-
-    /// Allocations the pools could not serve from storage already there.
-    var poolMisses: Int { pools.values.reduce(0) { $0 + $1.misses } }
+    public var schedule: Schedule { pipeline.schedule }
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
-
-    /// Batches in flight at most.
-    public var depth: Int {
-        switch schedule.kind {
-        case .pipelined: schedule.depth ?? network.stageCount
-        case .sequential: 1
-        }
-    }
 
     /// How an epoch ended.
     public enum EpochOutcome {
@@ -303,53 +225,23 @@ public final class Trainer {
         let start = Date()
         var lastReport = Date.distantPast
 
-        // Storage of retired batches is reused by later ones (see BufferPool): whatever the
-        // stages' streams did before must be done first. Parameters come from the default streams.
-        for device in network.devices { try device.defaultStream.synchronize() }
-        for stream in stageStreams { try stream.synchronize() }
-        for pool in pools.values { pool.reclaimAll() }
-        for stream in stageStreams where trace != nil && stream.queue.kernelLog == nil {
-            stream.queue.kernelLog = KernelLog()
-        }
-
-        /// A batch enqueued and not yet retired.
-        struct InFlight {
-            let index: Int
-            let labels: [Int32]
-            let result: Network.BatchResult
-            /// The pools' generations when the batch was enqueued.
-            let generations: [ObjectIdentifier: Int]
-        }
-        var inFlight: [InFlight] = []
-        /// Waits for the oldest batch, reads its losses and predictions, lets its storage go.
-        func retire() throws {
-            let batch = inFlight.removeFirst()
-            for event in batch.result.done { try event.wait() }
-            try bridge?.check()
-            for (stage, rows) in batch.result.rowLosses.enumerated() {
-                let value = try rows.device.read(rows, on: readback(rows)).reduce(0) {
-                    $0 + Double($1)
-                }
+        try pipeline.begin()
+        /// Adds a retired batch's losses and predictions to the epoch's, and reports progress.
+        func account(_ batch: Pipeline.RetiredBatch) throws {
+            for (stage, value) in batch.lossSums.enumerated() {
                 guard value.isFinite else {
+                    let name =
+                        stage < network.blockCount ? "block \(stage + 1)" : "the output layer"
                     throw SigPropError.configuration(
-                        "training stopped: the loss of "
-                            + "\(stage < network.blockCount ? "block \(stage + 1)" : "the output layer") became "
-                            + "\(value) at epoch \(epoch + 1), batch \(batch.index + 1). Lower "
-                            + "--lr or check the data."
-                    )
+                        "training stopped: the loss of \(name) became \(value) at epoch "
+                            + "\(epoch + 1), batch \(batch.index + 1). Lower --lr or check the "
+                            + "data.")
                 }
                 lossSums[stage] += value
             }
-            let logits = batch.result.logits
-            let predictions = Self.argmax(
-                try logits.device.read(logits, on: readback(logits)),
-                columns: network.classes)
-            correct += zip(predictions, batch.labels).filter { $0 == Int($1) }.count
+            correct += batch.correct
             seen += batch.labels.count
             trained += 1
-            for (device, generation) in batch.generations {
-                pools[device]!.reclaim(through: generation)
-            }
             if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
                 lastReport = Date()
                 let elapsed = Date().timeIntervalSince(start)
@@ -363,15 +255,13 @@ public final class Trainer {
             }
         }
 
-        // Whatever ends the epoch, no batch still runs when it returns: an error (a non-finite
-        // loss, a failed enqueue or copy) leaves later batches in flight, and the caller may
-        // then let their storage go or exit the process, which unmaps OpenBLAS's buffers
-        // under the products still running. Once every batch has retired it costs a
-        // synchronize per stream.
-        defer { finishEnqueuedWork() }
+        // Whatever ends the epoch, no batch still runs when it returns (see
+        // `Pipeline.finishEnqueuedWork`); once every batch has retired it costs a synchronize
+        // per stream.
+        defer { pipeline.finishEnqueuedWork() }
         for (index, indices) in batches.enumerated() where index >= startBatch {
             if shouldStop() {
-                while !inFlight.isEmpty { try retire() }
+                for batch in try pipeline.drain() { try account(batch) }
                 return .interrupted(batchesDone: index)
             }
             var (images, labels) = train.batch(indices)
@@ -385,36 +275,16 @@ public final class Trainer {
             let dropout =
                 network.description.hasDropout
                 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
-            let generations = pools.mapValues { $0.advance() }
-            let spans: Network.StageSpan? = trace.map { trace in
-                { [network] stage, part, begin, end in
-                    trace.add(
-                        "\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage,
-                        epoch: epoch + 1, batch: index + 1, start: begin, end: end)
-                }
-            }
-            let result = try network.trainBatch(
+            for batch in try pipeline.submit(
                 images: images, labels: labels, loss: loss, learningRate: learningRate,
-                kRowShortcut: options.kRowShortcut, dropout: dropout, streams: stageStreams,
-                bridge: bridge,
-                trace: spans)
-            inFlight.append(
-                InFlight(index: index, labels: labels, result: result, generations: generations))
-            while inFlight.count >= depth { try retire() }
-        }
-        while !inFlight.isEmpty { try retire() }
-        let seconds = Date().timeIntervalSince(start)
-        for pool in pools.values { pool.reclaimAll() }
-        if let trace {
-            try trace.resolve()
-            var seen: Set<ObjectIdentifier> = []
-            for stream in stageStreams where seen.insert(ObjectIdentifier(stream.queue)).inserted {
-                guard let log = stream.queue.kernelLog else { continue }
-                let stages = Set(
-                    (0..<stageStreams.count).filter { stageStreams[$0].queue === stream.queue })
-                trace.addKernels(try log.drain(), stages: stages)
+                kRowShortcut: options.kRowShortcut, dropout: dropout, index: index, epoch: epoch)
+            {
+                try account(batch)
             }
         }
+        for batch in try pipeline.drain() { try account(batch) }
+        let seconds = Date().timeIntervalSince(start)
+        try pipeline.end()
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
         for parameter in network.parameters
         where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
@@ -443,13 +313,6 @@ public final class Trainer {
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes()))
-    }
-
-    /// Waits for everything enqueued on the stage streams and the bridge, whatever their
-    /// errors (it runs while an error is on its way out).
-    func finishEnqueuedWork() {
-        for stream in stageStreams { try? stream.synchronize() }
-        bridge?.drain()
     }
 
     /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).

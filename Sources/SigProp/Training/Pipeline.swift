@@ -1,0 +1,331 @@
+import Foundation
+
+/// How batches run on the devices' streams. Both schedules give the same numbers (the
+/// ordering rules of docs/signal-propagation.md hold in each); only the time differs.
+public struct Schedule: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// A stream per stage, several batches in flight: block l learns while block l+1
+        /// computes, and batch b+1 enters block 1 while later blocks work on batch b.
+        case pipelined
+        /// Every stage on one stream, one batch at a time: the reference's order.
+        case sequential
+    }
+
+    public var kind: Kind
+    /// Batches in flight at most (pipelined); nil: one per stage, enough to fill the pipeline.
+    public var depth: Int?
+
+    public init(_ kind: Kind = .pipelined, depth: Int? = nil) {
+        self.kind = kind
+        self.depth = depth
+    }
+}
+
+/// What runs where and when for one network: a stream per stage (pipelined) or per device
+/// (sequential), the storage pools, the bridge between devices, the batches in flight with
+/// their events, and the trace spans. The network holds the blocks and what they compute;
+/// the trainer holds the epoch; this holds the order.
+public final class Pipeline {
+    public let network: Network
+    public let schedule: Schedule
+    /// One stream per stage (pipelined) or one per device (sequential), and one per device to
+    /// read results on.
+    let stageStreams: [Stream]
+    let readbacks: [ObjectIdentifier: Stream]
+    /// Storage of the stages' tensors, reused from batch to batch (a pool per device).
+    let pools: [ObjectIdentifier: BufferPool]
+    /// Carries activations between devices when the network spans several.
+    let bridge: DeviceBridge?
+    /// When set, every stage of every batch is recorded here.
+    public var trace: Trace?
+    private var inFlight: [InFlight] = []
+    /// Whether `begin` ran since the last `end` (`submit` runs it when not).
+    private var begun = false
+
+    /// A batch enqueued and not yet retired.
+    private struct InFlight {
+        let index: Int
+        let epoch: Int
+        let labels: [Int32]
+        /// Per stage, the rows' losses (the signal block first, the output layer last).
+        let rowLosses: [Tensor]
+        let logits: Tensor
+        /// One event per stage, complete when the stage (its update included) is done.
+        let done: [Event]
+        /// The pools' generations when the batch was enqueued.
+        let generations: [ObjectIdentifier: Int]
+    }
+
+    /// What a batch gave once it is done: per stage the sum of its rows' losses, and the
+    /// output layer's prediction of each sample (from the logits before its update).
+    public struct RetiredBatch: Sendable {
+        public let index: Int
+        public let labels: [Int32]
+        public let lossSums: [Double]
+        public let predictions: [Int]
+        public var correct: Int { zip(predictions, labels).filter { $0 == Int($1) }.count }
+    }
+
+    /// Refuses, before any batch, batches of `batchSize` whose activations cannot fit next to
+    /// the parameters (the target stream of one row per class where `kRowShortcut` is exact).
+    public init(
+        network: Network, schedule: Schedule = Schedule(), batchSize: Int,
+        kRowShortcut: Bool = true
+    ) throws {
+        if let depth = schedule.depth, depth < 1 {
+            throw SigPropError.configuration(
+                "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
+        }
+        self.network = network
+        self.schedule = schedule
+        let devices = network.devices
+        let pools = Dictionary(
+            uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
+        self.pools = pools
+        func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
+        switch schedule.kind {
+        case .pipelined:
+            // Each device's units shared among its stages doing heavy work (all but the output
+            // layer).
+            stageStreams = try network.stageDevices.map { device in
+                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }
+                    .count
+                return try device.makeStream(
+                    coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)),
+                    pool: pool(device))
+            }
+        case .sequential:
+            let streams = try devices.map { try $0.makeStream(pool: pool($0)) }
+            stageStreams = network.stageDevices.map { device in
+                streams.first { $0.device === device }!
+            }
+        }
+        readbacks = Dictionary(
+            uniqueKeysWithValues: try devices.map {
+                (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
+            })
+        bridge = devices.count > 1 ? DeviceBridge() : nil
+        let targetRows =
+            kRowShortcut && network.kRowShortcutIsExact ? network.classes : batchSize
+        try MemoryEstimate(network.plan).checkActivations(
+            on: network.stageDevices,
+            batches: MemoryEstimate.Batches(
+                size: batchSize, targetRows: targetRows, inFlight: depth))
+    }
+
+    /// Batches in flight at most.
+    public var depth: Int {
+        switch schedule.kind {
+        case .pipelined: schedule.depth ?? network.stageCount
+        case .sequential: 1
+        }
+    }
+
+    /// Allocations the pools could not serve from storage already there.
+    var poolMisses: Int { pools.values.reduce(0) { $0 + $1.misses } }
+
+    /// Before a run of batches (the first `submit` calls it): storage of retired batches is
+    /// reused by later ones (see BufferPool), so whatever the stages' streams did before must
+    /// be done first; and parameters are written on the default streams (initialisation, a
+    /// checkpoint's values), which the stage streams do not wait for.
+    public func begin() throws {
+        begun = true
+        for device in network.devices { try device.defaultStream.synchronize() }
+        for stream in stageStreams { try stream.synchronize() }
+        for pool in pools.values { pool.reclaimAll() }
+        for stream in stageStreams where trace != nil && stream.queue.kernelLog == nil {
+            stream.queue.kernelLog = KernelLog()
+        }
+    }
+
+    /// Enqueues one training batch (`index` of `epoch`, for traces) without waiting for it,
+    /// then retires the oldest batches until fewer than `depth` remain in flight; returns the
+    /// batches retired, oldest first.
+    public func submit(
+        images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
+        kRowShortcut: Bool = true, dropout: DropoutMasks? = nil, index: Int = 0, epoch: Int = 0
+    ) throws -> [RetiredBatch] {
+        if !begun { try begin() }
+        let generations = pools.mapValues { $0.advance() }
+        let spans: StageSpan? = trace.map { trace in
+            { [network] stage, part, begin, end in
+                trace.add(
+                    "\(network.stageName(stage)).\(part) b\(index + 1)", stage: stage,
+                    epoch: epoch + 1, batch: index + 1, start: begin, end: end)
+            }
+        }
+        let (rowLosses, logits, done) = try enqueue(
+            images: images, labels: labels, loss: loss, learningRate: learningRate,
+            kRowShortcut: kRowShortcut, dropout: dropout, trace: spans)
+        inFlight.append(
+            InFlight(
+                index: index, epoch: epoch, labels: labels, rowLosses: rowLosses, logits: logits,
+                done: done, generations: generations))
+        var retired: [RetiredBatch] = []
+        while inFlight.count >= depth { retired.append(try retireOldest()) }
+        return retired
+    }
+
+    /// Waits for every batch in flight; returns them, oldest first.
+    public func drain() throws -> [RetiredBatch] {
+        var retired: [RetiredBatch] = []
+        while !inFlight.isEmpty { retired.append(try retireOldest()) }
+        return retired
+    }
+
+    /// Waits for the oldest batch, reads its losses and predictions, lets its storage go.
+    private func retireOldest() throws -> RetiredBatch {
+        let batch = inFlight.removeFirst()
+        for event in batch.done { try event.wait() }
+        try bridge?.check()
+        let sums = try batch.rowLosses.map { rows in
+            try rows.device.read(rows, on: readback(rows)).reduce(0) { $0 + Double($1) }
+        }
+        let logits = batch.logits
+        let predictions = Trainer.argmax(
+            try logits.device.read(logits, on: readback(logits)), columns: network.classes)
+        for (device, generation) in batch.generations {
+            pools[device]!.reclaim(through: generation)
+        }
+        return RetiredBatch(
+            index: batch.index, labels: batch.labels, lossSums: sums, predictions: predictions)
+    }
+
+    /// After a run of batches (all retired): the storage back to the pools, and the kernels
+    /// of the stage streams into the trace.
+    public func end() throws {
+        begun = false
+        for pool in pools.values { pool.reclaimAll() }
+        guard let trace else { return }
+        try trace.resolve()
+        var seen: Set<ObjectIdentifier> = []
+        for stream in stageStreams where seen.insert(ObjectIdentifier(stream.queue)).inserted {
+            guard let log = stream.queue.kernelLog else { continue }
+            let stages = Set(
+                (0..<stageStreams.count).filter { stageStreams[$0].queue === stream.queue })
+            trace.addKernels(try log.drain(), stages: stages)
+        }
+    }
+
+    /// Waits for everything enqueued on the stage streams and the bridge, whatever their
+    /// errors (it runs while an error is on its way out), and forgets the batches in flight.
+    /// An error leaves later batches running, and the caller may then let their storage go
+    /// or exit the process, which unmaps OpenBLAS's buffers under the products still running.
+    public func finishEnqueuedWork() {
+        for stream in stageStreams { try? stream.synchronize() }
+        bridge?.drain()
+        inFlight.removeAll()
+    }
+
+    /// Where results of `tensor`'s device are read.
+    private func readback(_ tensor: Tensor) -> Stream {
+        readbacks[ObjectIdentifier(tensor.device)]!
+    }
+
+    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update" /
+    /// "train", start, end).
+    typealias StageSpan = (_ stage: Int, _ part: String, _ start: Event, _ end: Event) -> Void
+
+    /// Enqueues one training batch. Stage `l` runs on `stageStreams[l]`. A stage waits for its predecessor's
+    /// outputs only, not for its update, so with a stream per stage block l learns while
+    /// block l+1 computes; each block's outputs use its weights before its update, and its
+    /// update comes before its next forward (its stream is in order). With `kRowShortcut`
+    /// (ignored where it is not exact) the target stream carries one row per class.
+    private func enqueue(
+        images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
+        kRowShortcut: Bool, dropout: DropoutMasks?, trace: StageSpan?
+    ) throws -> (rowLosses: [Tensor], logits: Tensor, done: [Event]) {
+        let streams = stageStreams
+        let (signal, hidden, output) = (network.signal, network.hidden, network.output)
+        let stageCount = network.stageCount
+        let classes = network.classes
+        let first = streams[0]
+        let x = try network.device.tensor(
+            images, shape: [labels.count] + network.inputShape, on: first)
+        let byClass = kRowShortcut && network.kRowShortcutIsExact
+        let context = try network.onehot(
+            byClass ? (0..<classes).map(Int32.init) : labels, on: first)
+        /// The batch's one-hot labels on each device, written by the host where first needed.
+        var onehots: [ObjectIdentifier: Tensor] = [:]
+        func onehot(on stream: Stream) throws -> Tensor {
+            if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
+            let tensor = try network.onehot(labels, on: stream)
+            onehots[ObjectIdentifier(stream.device)] = tensor
+            return tensor
+        }
+
+        var losses: [Tensor] = []
+        var done: [Event] = []
+        var ready: Event?
+        /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
+        /// across devices the `bridge` does it (or, without one, the host waits here and
+        /// `arrive` copies through the host).
+        func enter(_ index: Int) throws -> Stream {
+            let stream = streams[index]
+            guard index > 0, let ready else { return stream }
+            if stream.device !== streams[index - 1].device {
+                if bridge == nil { try ready.wait() }
+            } else if stream.queue !== streams[index - 1].queue {
+                try stream.wait(for: ready)
+            }
+            return stream
+        }
+        /// The previous stage's output as a tensor of `stream`'s device.
+        func arrive(_ tensor: Tensor, on stream: Stream) throws -> Tensor {
+            guard tensor.device !== stream.device else { return tensor }
+            if let bridge, let ready { return try bridge.copy(tensor, after: ready, to: stream) }
+            return try stream.device.transfer(tensor, on: stream)
+        }
+        /// Brings the inputs in, runs `forward`, marks its outputs ready, then runs `learn`.
+        func stage<Inputs>(
+            _ index: Int, inputs: (Stream) throws -> Inputs,
+            forward: (Inputs, Stream) throws -> BlockForward,
+            learn: (BlockForward, Stream) throws -> LocalLossOutput
+        ) throws -> BlockForward {
+            let stream = try enter(index)
+            let arrived = try inputs(stream)
+            let start = trace == nil ? nil : try stream.record()
+            let pass = try forward(arrived, stream)
+            let outputs = try stream.record()
+            ready = outputs
+            losses.append(try learn(pass, stream).rowLosses)
+            let end = try stream.record()
+            done.append(end)
+            if let trace, let start {
+                trace(index, "forward", start, outputs)
+                trace(index, "update", outputs, end)
+            }
+            return pass
+        }
+        var pass = try stage(
+            0, inputs: { _ in x },
+            forward: { x, stream in
+                try signal.forward(
+                    x: x, context: context, labels: byClass ? try onehot(on: stream) : nil,
+                    dropout: dropout, on: stream)
+            },
+            learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        for (index, block) in hidden.enumerated() {
+            let previous = pass
+            pass = try stage(
+                index + 1,
+                inputs: { stream in
+                    (try arrive(previous.h, on: stream), try arrive(previous.t, on: stream))
+                },
+                forward: { inputs, stream in
+                    try block.forward(
+                        h: inputs.0, t: inputs.1, labels: byClass ? try onehot(on: stream) : nil,
+                        dropout: dropout, on: stream)
+                },
+                learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
+        }
+        let last = try enter(stageCount - 1)
+        let h = try arrive(pass.h, on: last)
+        let start = trace == nil ? nil : try last.record()
+        let out = try output.train(
+            h: h, onehot: try onehot(on: last), learningRate: learningRate, on: last)
+        let end = try last.record()
+        if let trace, let start { trace(stageCount - 1, "train", start, end) }
+        return (losses + [out.rowLosses], out.logits, done + [end])
+    }
+}
