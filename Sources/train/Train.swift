@@ -99,6 +99,14 @@ struct Train: ParsableCommand {
         parsing: .unconditional, help: "Learning-rate decay factor at each milestone. Default 0.1.")
     var lrGamma: Float?
 
+    @Option(
+        parsing: .unconditional,
+        help: """
+            Anneal the learning rate to this value along a cosine over --epochs (PyTorch's \
+            CosineAnnealingLR, stepped each epoch). Default off.
+            """)
+    var lrCosineTo: Float?
+
     @Option(help: "Local loss: max-all (the reference's), max-rand, or top-k:K. Default max-all.")
     var loss: String?
 
@@ -230,6 +238,13 @@ struct Train: ParsableCommand {
         if let momentum, !(momentum.isFinite && momentum >= 0) {
             throw ValidationError("--momentum must be >= 0, got \(momentum)")
         }
+        if let lrCosineTo, !(lrCosineTo.isFinite && lrCosineTo >= 0) {
+            throw ValidationError("--lr-cosine-to must be >= 0, got \(lrCosineTo)")
+        }
+        if lrCosineTo != nil, lrMilestones != nil {
+            throw ValidationError(
+                "--lr-cosine-to and --lr-milestones are two schedules: choose one")
+        }
         if let lrGamma, !(lrGamma.isFinite && lrGamma > 0) {
             throw ValidationError("--lr-gamma must be a positive number, got \(lrGamma)")
         }
@@ -360,6 +375,7 @@ struct Train: ParsableCommand {
         apply("--momentum", momentum, &options.optimizer.momentum)
         apply("--weight-decay", weightDecay, &options.optimizer.weightDecay)
         apply("--lr-gamma", lrGamma, &options.optimizer.gamma)
+        apply("--lr-cosine-to", lrCosineTo.map { Optional($0) }, &options.optimizer.cosineFloor)
         apply(
             "--lr-milestones", try lrMilestones.map(parseMilestones), &options.optimizer.milestones)
         apply("--loss", try loss.map(LossChoice.init(parsing:)), &options.loss, shown: \.name)
@@ -602,7 +618,8 @@ struct Train: ParsableCommand {
         }
         let traceURL = trace.map { URL(fileURLWithPath: $0) }
         if traceURL != nil {
-            trainer.pipeline.trace = Trace(rowNames: (0..<network.stageCount).map(network.stageName))
+            trainer.pipeline.trace = Trace(
+                rowNames: (0..<network.stageCount).map(network.stageName))
         }
         let parameters = network.parameters.reduce(0) { $0 + $1.value.count }
         let fused =

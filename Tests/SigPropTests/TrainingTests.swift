@@ -65,6 +65,51 @@ import Testing
             ReadoutChoice.all(blockCount: 3).map(\.description).contains(last.adaptiveReadout))
     }
 
+    /// The schedules' rates: multi-step decay at its milestones, cosine annealing as PyTorch's
+    /// CosineAnnealingLR stepped per epoch.
+    @Test func learningRateSchedulesGiveTheirRates() {
+        var settings = OptimizerSettings()
+        settings.learningRate = 1
+        settings.milestones = [2]
+        #expect((0..<4).map { settings.learningRate(epoch: $0, of: 4) } == [1, 1, 0.1, 0.1])
+        settings.milestones = []
+        settings.cosineFloor = 0
+        expectClose(
+            (0..<4).map { settings.learningRate(epoch: $0, of: 4) },
+            [1, 0.853_553_4, 0.5, 0.146_446_6], "cosine to 0")
+        settings.cosineFloor = 0.5
+        expectClose(
+            (0..<3).map { settings.learningRate(epoch: $0, of: 3) }, [1, 0.875, 0.625],
+            "cosine to 0.5")
+    }
+
+    /// The trainer steps every block with the epoch's rate: a milestone that sets it to 0
+    /// freezes every parameter of every block for the epochs after it.
+    @Test(arguments: TestBackend.available)
+    func theScheduleStepsEveryBlock(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.epochs = 2
+        options.optimizer.milestones = [1]
+        options.optimizer.gamma = 0
+        let network = try Self.network(device)
+        let trainer = try Trainer(
+            network: network, options: options, train: try Self.syntheticData(count: 128, seed: 1),
+            test: try Self.syntheticData(count: 32, seed: 2))
+        func values() throws -> [[Float]] {
+            try network.parameters.map { try device.read($0.value) }
+        }
+        let initial = try values()
+        _ = try trainer.runEpoch(0)
+        let afterFirst = try values()
+        _ = try trainer.runEpoch(1)
+        for (index, parameter) in network.parameters.enumerated() {
+            #expect(afterFirst[index] != initial[index], "\(parameter.name) learned in epoch 1")
+        }
+        #expect(try values() == afterFirst, "a rate of 0 in epoch 2 left every parameter as it was")
+    }
+
     /// A checkpoint restores weights, optimizer moments and step counts exactly: training on
     /// from it gives bit-identical weights to training on without it.
     @Test(arguments: TestBackend.available)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A trainable tensor with its gradient and its optimizer state, all on one device.
 public final class Parameter: @unchecked Sendable {
     public let name: String
@@ -32,12 +34,23 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
     /// Multi-step decay: the rate is multiplied by `gamma` at each of these epochs (0-based).
     public var milestones: [Int] = []
     public var gamma: Float = 0.1
+    /// Cosine annealing to this rate over the run's epochs, in place of the multi-step decay
+    /// (nil: off; checkpoints written before it existed have none).
+    public var cosineFloor: Float?
 
     public init() {}
 
-    /// The learning rate in force during `epoch` (0-based).
-    public func learningRate(epoch: Int) -> Float {
-        milestones.filter { epoch >= $0 }.reduce(learningRate) { rate, _ in rate * gamma }
+    /// The learning rate in force during `epoch` (0-based) of a run of `epochs`: every block's
+    /// optimizer steps with it for the whole epoch.
+    public func learningRate(epoch: Int, of epochs: Int) -> Float {
+        guard let floor = cosineFloor else {
+            return milestones.filter { epoch >= $0 }.reduce(learningRate) { rate, _ in
+                rate * gamma
+            }
+        }
+        // PyTorch's CosineAnnealingLR stepped once per epoch with T_max = epochs.
+        let progress = Double(epoch) / Double(max(epochs, 1))
+        return floor + (learningRate - floor) * Float((1 + cos(Double.pi * progress)) / 2)
     }
 }
 

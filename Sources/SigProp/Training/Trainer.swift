@@ -216,7 +216,7 @@ public final class Trainer {
         progress: (BatchProgress) -> Void = { _ in }
     ) throws -> EpochOutcome {
         let loss = LocalLoss(kind: options.loss.kind)
-        let learningRate = options.optimizer.learningRate(epoch: epoch)
+        let learningRate = options.optimizer.learningRate(epoch: epoch, of: options.epochs)
         let batches = order.batches(epoch: epoch)
         var lossSums = [Double](repeating: 0, count: network.stageCount)
         var correct = 0
