@@ -471,10 +471,11 @@ import Testing
                 [Double](repeating: 0, count: count), [Double](repeating: 0, count: count)
             )
             for (t, grad) in grads.enumerated() {
-                let settings = AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: t + 1)
-                try device.adamStep(
-                    settings, parameter: p, gradient: try device.tensor(grad, shape: [count]), m: m,
-                    v: v, vMax: amsgrad ? vMax : nil)
+                let rule = UpdateRule(
+                    amsgrad ? .amsgrad : .adam, learningRate: 1e-2, weightDecay: 0.1, step: t + 1)
+                try device.step(
+                    p, gradient: try device.tensor(grad, shape: [count]), rule: rule,
+                    state: [m, v] + (amsgrad ? [vMax] : []))
                 for i in 0..<count {
                     let g = Double(grad[i]) + 0.1 * rp[i]
                     rm[i] = 0.9 * rm[i] + 0.1 * g
@@ -495,11 +496,12 @@ import Testing
         let buffer = try device.zeros([count])
         var (rp, rb) = (p0.map(Double.init), [Double](repeating: 0, count: count))
         for (t, grad) in grads.enumerated() {
-            try device.sgdStep(
-                SGDStep(
-                    learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01,
-                    nesterov: true, firstStep: t == 0),
-                parameter: p, gradient: try device.tensor(grad, shape: [count]), momentum: buffer)
+            try device.step(
+                p, gradient: try device.tensor(grad, shape: [count]),
+                rule: UpdateRule(
+                    .sgd, learningRate: 0.1, weightDecay: 0.01, momentum: 0.9, dampening: 0.1,
+                    nesterov: true, step: t + 1),
+                state: [buffer])
             for i in 0..<count {
                 let g = Double(grad[i]) + 0.01 * rp[i]
                 rb[i] = t == 0 ? g : 0.9 * rb[i] + 0.9 * g

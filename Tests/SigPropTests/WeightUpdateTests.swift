@@ -13,8 +13,6 @@ import Testing
         (130, 260, 128, 10),
     ]
 
-    enum Rule: String, CaseIterable { case adam, amsgrad, sgd }
-
     /// A device of its own (the shared test devices keep their backend's choice) that trains
     /// dense layers with the fused update or without it.
     static func device(_ backend: TestBackend, fused: Bool) throws -> Device {
@@ -31,7 +29,7 @@ import Testing
     func matchesTheProductThenTheStepInDouble(_ target: GemmKernelTests.Target) throws {
         let device = try target.device()
         for (index, (m, n, k1, k2)) in Self.shapes.enumerated() {
-            for rule in Rule.allCases {
+            for rule in OptimizerKind.allCases {
                 let w0 = random(m * n, seed: 40 + UInt64(index))
                 let w = try device.tensor(w0, shape: [m, n])
                 let s1 = try device.zeros([m, n])
@@ -60,16 +58,15 @@ import Testing
                                 try device.tensor(b2, shape: [k2, n])
                             ))
                     }
-                    let update: ParameterUpdate =
+                    let update =
                         rule == .sgd
-                        ? .sgd(
-                            SGDStep(
-                                learningRate: 0.1, momentum: 0.9, dampening: 0.1, weightDecay: 0.01,
-                                nesterov: true, firstStep: step == 1), momentum: s1)
-                        : .adam(
-                            AdamStep(learningRate: 1e-2, weightDecay: 0.1, step: step), m: s1,
-                            v: s2, vMax: rule == .amsgrad ? s3 : nil)
-                    try device.updateWeights(w, gradientPairs: pairs, update: update)
+                        ? UpdateRule(
+                            .sgd, learningRate: 0.1, weightDecay: 0.01, momentum: 0.9,
+                            dampening: 0.1, nesterov: true, step: step)
+                        : UpdateRule(rule, learningRate: 1e-2, weightDecay: 0.1, step: step)
+                    let state = [s1, s2, s3].prefix(update.stateNames.count)
+                    try device.updateWeights(
+                        w, gradientPairs: pairs, rule: update, state: Array(state))
 
                     let g1 = naiveProduct(
                         a1, b1, m: m, n: n, k: k1, transposeA: true, transposeB: false)
@@ -231,22 +228,25 @@ import Testing
         let w = try device.zeros([4, 3])
         let m = try device.zeros([4, 3])
         let v = try device.zeros([4, 3])
-        let update = ParameterUpdate.adam(
-            AdamStep(learningRate: 1e-3, step: 1), m: m, v: v, vMax: nil)
+        let rule = UpdateRule(.adam, learningRate: 1e-3, step: 1)
         #expect(throws: SigPropError.self) {
             try device.updateWeights(
                 w, gradientPairs: [(try device.zeros([2, 3]), try device.zeros([2, 3]))],
-                update: update)
+                rule: rule, state: [m, v])
         }
         #expect(throws: SigPropError.self) {
-            try device.updateWeights(w, gradientPairs: [], update: update)
+            try device.updateWeights(w, gradientPairs: [], rule: rule, state: [m, v])
         }
         #expect(throws: SigPropError.self) {
             try device.updateWeights(
                 w, gradientPairs: [(try device.zeros([2, 4]), try device.zeros([2, 3]))],
-                update: .adam(
-                    AdamStep(learningRate: 1e-3, step: 1), m: try device.zeros([5]), v: v, vMax: nil
-                ))
+                rule: rule, state: [try device.zeros([5]), v])
+        }
+        // The state the rule keeps, in number.
+        #expect(throws: SigPropError.self) {
+            try device.updateWeights(
+                w, gradientPairs: [(try device.zeros([2, 4]), try device.zeros([2, 3]))],
+                rule: rule, state: [m])
         }
     }
 }

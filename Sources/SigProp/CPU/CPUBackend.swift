@@ -395,55 +395,32 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
-    func adamStep(
-        _ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
-        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue
+    func step(
+        _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
+        state: [TensorStorage], count: Int, on queue: BackendQueue
     ) throws {
-        let (p, g, m, v, vMax) = (buf(parameter), buf(gradient), buf(m), buf(v), vMax.map(buf))
+        let (p, g, state) = (buf(parameter), buf(gradient), state.map(buf))
         run(queue) {
-            CPUKernels.adamStep(
-                settings, parameter: p.pointer, gradient: g.pointer, m: m.pointer, v: v.pointer,
-                vMax: vMax?.pointer, count: count)
-        }
-    }
-
-    func sgdStep(
-        _ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage,
-        momentum: TensorStorage?, count: Int, on queue: BackendQueue
-    ) throws {
-        let (p, g, buffer) = (buf(parameter), buf(gradient), momentum.map(buf))
-        run(queue) {
-            CPUKernels.sgdStep(
-                settings, parameter: p.pointer, gradient: g.pointer, momentum: buffer?.pointer,
-                count: count)
+            CPUKernels.parallelChunks(count) { range in
+                let i = range.lowerBound
+                CPUKernels.stepEntries(
+                    rule, parameter: p.pointer + i, gradient: g.pointer + i,
+                    state: state.map { $0.pointer + i }, count: range.count)
+            }
         }
     }
 
     func updateWeights(
-        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
-        on queue: BackendQueue
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, rule: UpdateRule,
+        state: [TensorStorage], on queue: BackendQueue
     ) throws {
         let operands = pairs.map { (buf($0.outputGradient), buf($0.input), $0.rows) }
-        let w = buf(weight)
-        let step: @Sendable (Range<Int>, UnsafePointer<Float>) -> Void
-        switch update {
-        case .adam(let settings, let m, let v, let vMax):
-            let (m, v, vMax) = (buf(m), buf(v), vMax.map(buf))
-            step = { range, g in
-                let i = range.lowerBound
-                CPUKernels.adamEntries(
-                    settings, parameter: w.pointer + i, gradient: g, m: m.pointer + i,
-                    v: v.pointer + i,
-                    vMax: vMax.map { $0.pointer + i }, count: range.count)
-            }
-        case .sgd(let settings, let momentum):
-            let buffer = momentum.map(buf)
-            step = { range, g in
-                let i = range.lowerBound
-                CPUKernels.sgdEntries(
-                    settings, parameter: w.pointer + i, gradient: g,
-                    momentum: buffer.map { $0.pointer + i }, count: range.count)
-            }
+        let (w, state) = (buf(weight), state.map(buf))
+        let step: @Sendable (Range<Int>, UnsafePointer<Float>) -> Void = { range, g in
+            let i = range.lowerBound
+            CPUKernels.stepEntries(
+                rule, parameter: w.pointer + i, gradient: g, state: state.map { $0.pointer + i },
+                count: range.count)
         }
         run(queue) {
             CPUKernels.updateWeights(

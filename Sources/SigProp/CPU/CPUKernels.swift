@@ -588,23 +588,25 @@ enum CPUKernels {
         }
     }
 
-    static func adamStep(
-        _ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
-        vMax: UnsafeMutablePointer<Float>?, count: Int
+    /// `rule` on `count` consecutive entries, on one core; `state` in `rule.stateNames` order.
+    static func stepEntries(
+        _ rule: UpdateRule, parameter p: UnsafeMutablePointer<Float>,
+        gradient g: UnsafePointer<Float>, state: [UnsafeMutablePointer<Float>], count: Int
     ) {
-        parallelChunks(count) { range in
-            let i = range.lowerBound
+        switch rule.kind {
+        case .adam, .amsgrad:
             adamEntries(
-                s, parameter: p + i, gradient: g + i, m: m + i, v: v + i, vMax: vMax.map { $0 + i },
-                count: range.count)
+                rule, parameter: p, gradient: g, m: state[0], v: state[1],
+                vMax: state.count > 2 ? state[2] : nil, count: count)
+        case .sgd:
+            sgdEntries(rule, parameter: p, gradient: g, momentum: state.first, count: count)
         }
     }
 
     /// Adam / AMSGrad on `count` consecutive entries: the rule optimizer.cl and gemm.cl's
     /// update epilogue apply (PyTorch's), on one core.
-    static func adamEntries(
-        _ s: AdamStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+    private static func adamEntries(
+        _ s: UpdateRule, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
         m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
         vMax: UnsafeMutablePointer<Float>?, count: Int
     ) {
@@ -652,21 +654,9 @@ enum CPUKernels {
         }
     }
 
-    static func sgdStep(
-        _ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-        momentum buffer: UnsafeMutablePointer<Float>?, count: Int
-    ) {
-        parallelChunks(count) { range in
-            let i = range.lowerBound
-            sgdEntries(
-                s, parameter: p + i, gradient: g + i, momentum: buffer.map { $0 + i },
-                count: range.count)
-        }
-    }
-
     /// SGD on `count` consecutive entries, on one core.
-    static func sgdEntries(
-        _ s: SGDStep, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+    private static func sgdEntries(
+        _ s: UpdateRule, parameter p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
         momentum buffer: UnsafeMutablePointer<Float>?, count: Int
     ) {
         for i in 0..<count {

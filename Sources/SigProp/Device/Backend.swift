@@ -76,17 +76,15 @@ protocol Backend: AnyObject, Sendable {
         _ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage,
         mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue)
         throws
-    func adamStep(
-        _ settings: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
-        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue) throws
-    func sgdStep(
-        _ settings: SGDStep, parameter: TensorStorage, gradient: TensorStorage,
-        momentum: TensorStorage?, count: Int, on queue: BackendQueue) throws
-    /// `weight` [m, n] stepped by `update` with gradient Σ pairs' outputGradientᵀ · input, the
+    /// One optimizer step; `state` in `rule.stateNames` order.
+    func step(
+        _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
+        state: [TensorStorage], count: Int, on queue: BackendQueue) throws
+    /// `weight` [m, n] stepped by `rule` with gradient Σ pairs' outputGradientᵀ · input, the
     /// step in the product's epilogue (at most two pairs: a block's two streams).
     func updateWeights(
-        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
-        on queue: BackendQueue) throws
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, rule: UpdateRule,
+        state: [TensorStorage], on queue: BackendQueue) throws
 }
 
 /// Backend-owned memory behind a `Tensor`.

@@ -505,89 +505,51 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             rowLosses: rowLosses.storage, on: try queue(stream, "localLossRows"))
     }
 
-    /// One Adam step on `parameter` from `gradient`; `m`, `v` (and `vMax` for AMSGrad) are the
-    /// optimizer state, updated in place.
-    public func adamStep(
-        _ settings: AdamStep, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor,
-        vMax: Tensor? = nil,
-        on stream: Stream? = nil
-    ) throws {
-        try step(
-            parameter, gradient: gradient, update: .adam(settings, m: m, v: v, vMax: vMax),
-            on: stream)
-    }
-
-    /// One SGD step (momentum buffer `momentum` is needed when `settings.momentum != 0`).
-    public func sgdStep(
-        _ settings: SGDStep, parameter: Tensor, gradient: Tensor, momentum: Tensor? = nil,
-        on stream: Stream? = nil
-    ) throws {
-        try step(
-            parameter, gradient: gradient, update: .sgd(settings, momentum: momentum), on: stream)
-    }
-
-    /// `update` applied to `parameter` with `gradient` (Adam, AMSGrad or SGD as it says).
+    /// One optimizer step on `parameter` from `gradient` by `rule`, with the parameter's
+    /// state tensors in `rule.stateNames` order (updated in place).
     public func step(
-        _ parameter: Tensor, gradient: Tensor, update: ParameterUpdate, on stream: Stream? = nil
+        _ parameter: Tensor, gradient: Tensor, rule: UpdateRule, state: [Tensor],
+        on stream: Stream? = nil
     ) throws {
-        let operation: String
-        switch update {
-        case .adam: operation = "adamStep"
-        case .sgd: operation = "sgdStep"
-        }
-        try check(operation, parameter, gradient)
-        try requireCount(operation, gradient, parameter.count)
-        switch try storageUpdate(operation, update, count: parameter.count) {
-        case .adam(let settings, let m, let v, let vMax):
-            try backend.adamStep(
-                settings, parameter: parameter.storage, gradient: gradient.storage, m: m, v: v,
-                vMax: vMax,
-                count: parameter.count, on: try queue(stream, operation))
-        case .sgd(let settings, let momentum):
-            try backend.sgdStep(
-                settings, parameter: parameter.storage, gradient: gradient.storage,
-                momentum: momentum,
-                count: parameter.count, on: try queue(stream, operation))
-        }
+        try check("step", parameter, gradient)
+        try requireCount("step", gradient, parameter.count)
+        try backend.step(
+            rule, parameter: parameter.storage, gradient: gradient.storage,
+            state: try stateStorage("step", rule, state, count: parameter.count),
+            count: parameter.count, on: try queue(stream, "step"))
     }
 
-    /// `update`'s state checked against a parameter of `count` entries on this device: the
+    /// `state` checked against `rule` and a parameter of `count` entries on this device: the
     /// checks the separate step and the fused update share.
-    private func storageUpdate(_ operation: String, _ update: ParameterUpdate, count: Int) throws
-        -> StorageUpdate
+    private func stateStorage(
+        _ operation: String, _ rule: UpdateRule, _ state: [Tensor], count: Int
+    )
+        throws -> [TensorStorage]
     {
-        switch update {
-        case .adam(let settings, let m, let v, let vMax):
-            for tensor in [m, v] + (vMax.map { [$0] } ?? []) {
-                try check(operation, tensor)
-                try requireCount(operation, tensor, count)
-            }
-            guard settings.step >= 1 else {
-                throw SigPropError.configuration(
-                    "\(operation): step must start at 1, got \(settings.step)")
-            }
-            return .adam(settings, m: m.storage, v: v.storage, vMax: vMax?.storage)
-        case .sgd(let settings, let momentum):
-            if let momentum {
-                try check(operation, momentum)
-                try requireCount(operation, momentum, count)
-            }
-            if settings.momentum != 0 && momentum == nil {
-                throw SigPropError.configuration(
-                    "\(operation): momentum \(settings.momentum) needs a momentum buffer")
-            }
-            return .sgd(settings, momentum: momentum?.storage)
+        guard state.count == rule.stateNames.count else {
+            throw SigPropError.configuration(
+                "\(operation): \(rule.kind.rawValue) keeps \(rule.stateNames.count) state tensors "
+                    + "(\(rule.stateNames.joined(separator: ", "))), got \(state.count)")
         }
+        for tensor in state {
+            try check(operation, tensor)
+            try requireCount(operation, tensor, count)
+        }
+        guard rule.step >= 1 else {
+            throw SigPropError.configuration(
+                "\(operation): step must start at 1, got \(rule.step)")
+        }
+        return state.map(\.storage)
     }
 
-    /// The fused weight update: `weight` [M, N] stepped by `update` with gradient
+    /// The fused weight update: `weight` [M, N] stepped by `rule` (with its `state`) with gradient
     /// Σ outputGradientᵀ · input over `pairs` (a dense layer's input and target streams: each
     /// outputGradient is [rows, M], each input [rows, N] or [rows, ...] flattened to N). The
     /// optimizer step runs in the epilogue of the gradient's product, so the gradient is never
     /// written out. One or two pairs.
     public func updateWeights(
         _ weight: Tensor, gradientPairs pairs: [(outputGradient: Tensor, input: Tensor)],
-        update: ParameterUpdate, on stream: Stream? = nil
+        rule: UpdateRule, state: [Tensor], on stream: Stream? = nil
     ) throws {
         guard (1...2).contains(pairs.count) else {
             throw SigPropError.shapeMismatch(
@@ -608,7 +570,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                 )
             }
         }
-        let storageUpdate = try storageUpdate("updateWeights", update, count: weight.count)
+        let stateStorage = try stateStorage("updateWeights", rule, state, count: weight.count)
         try backend.updateWeights(
             m: m, n: n,
             pairs: pairs.map {
@@ -616,7 +578,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
                     outputGradient: $0.outputGradient.storage, input: $0.input.storage,
                     rows: $0.input.rows)
             },
-            weight: weight.storage, update: storageUpdate, on: try queue(stream, "updateWeights"))
+            weight: weight.storage, rule: rule, state: stateStorage,
+            on: try queue(stream, "updateWeights"))
     }
 
     // MARK: Checks

@@ -107,69 +107,6 @@ public enum LocalLossKind: Sendable, Equatable {
     }
 }
 
-/// One Adam (or AMSGrad) step as PyTorch computes it, at step `t` (1-based).
-public struct AdamStep: Sendable, Equatable {
-    public var learningRate: Float
-    public var beta1: Float = 0.9
-    public var beta2: Float = 0.999
-    public var epsilon: Float = 1e-8
-    public var weightDecay: Float = 0
-    public var step: Int
-
-    public init(
-        learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
-        weightDecay: Float = 0, step: Int
-    ) {
-        self.learningRate = learningRate
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.epsilon = epsilon
-        self.weightDecay = weightDecay
-        self.step = step
-    }
-
-    // Bias corrections in double, as PyTorch forms them from Python floats.
-    var stepSize: Float { Float(Double(learningRate) / (1 - pow(Double(beta1), Double(step)))) }
-    var biasCorrection2Sqrt: Float { Float((1 - pow(Double(beta2), Double(step))).squareRoot()) }
-}
-
-/// One SGD step as PyTorch computes it (momentum buffer starts as the first gradient).
-public struct SGDStep: Sendable, Equatable {
-    public var learningRate: Float
-    public var momentum: Float = 0
-    public var dampening: Float = 0
-    public var weightDecay: Float = 0
-    public var nesterov = false
-    /// True on the first step, when the momentum buffer is initialised to the gradient.
-    public var firstStep: Bool
-
-    public init(
-        learningRate: Float, momentum: Float = 0, dampening: Float = 0, weightDecay: Float = 0,
-        nesterov: Bool = false, firstStep: Bool
-    ) {
-        self.learningRate = learningRate
-        self.momentum = momentum
-        self.dampening = dampening
-        self.weightDecay = weightDecay
-        self.nesterov = nesterov
-        self.firstStep = firstStep
-    }
-}
-
-/// One optimizer step for one parameter: the rule with this step's settings and the
-/// parameter's state tensors. `Device.step` applies it to a gradient tensor;
-/// `Device.updateWeights` applies it in the epilogue of the gradient's product.
-public enum ParameterUpdate {
-    case adam(AdamStep, m: Tensor, v: Tensor, vMax: Tensor?)
-    case sgd(SGDStep, momentum: Tensor?)
-}
-
-/// `ParameterUpdate` on backend storage.
-enum StorageUpdate {
-    case adam(AdamStep, m: TensorStorage, v: TensorStorage, vMax: TensorStorage?)
-    case sgd(SGDStep, momentum: TensorStorage?)
-}
-
 /// One operand pair of the fused weight update: `rows` rows of d loss / d the layer's output
 /// (rows x M) and the same rows of the layer's input (rows x N); the weight gradient is the
 /// sum over pairs of outputGradientᵀ · input.

@@ -249,10 +249,12 @@ public enum SelfCheck {
                     let vMax = try device.zeros([1000])
                     for step in 1...3 {
                         let g = try input(device, [1000], seed: 22 + UInt64(step))
-                        try device.adamStep(
-                            AdamStep(learningRate: 1e-3, weightDecay: 0.01, step: step),
-                            parameter: p, gradient: g,
-                            m: m, v: v, vMax: amsgrad ? vMax : nil)
+                        try device.step(
+                            p, gradient: g,
+                            rule: UpdateRule(
+                                amsgrad ? .amsgrad : .adam, learningRate: 1e-3, weightDecay: 0.01,
+                                step: step),
+                            state: [m, v] + (amsgrad ? [vMax] : []))
                     }
                     return [try device.read(p), try device.read(m), try device.read(v)]
                 })
@@ -264,11 +266,12 @@ public enum SelfCheck {
                 let buffer = try device.zeros([129])
                 for step in 1...3 {
                     let g = try input(device, [129], seed: 27 + UInt64(step))
-                    try device.sgdStep(
-                        SGDStep(
-                            learningRate: 0.1, momentum: 0.9, weightDecay: 1e-4, nesterov: true,
-                            firstStep: step == 1),
-                        parameter: p, gradient: g, momentum: buffer)
+                    try device.step(
+                        p, gradient: g,
+                        rule: UpdateRule(
+                            .sgd, learningRate: 0.1, weightDecay: 1e-4, momentum: 0.9,
+                            nesterov: true, step: step),
+                        state: [buffer])
                 }
                 return [try device.read(p), try device.read(buffer)]
             })
@@ -301,16 +304,21 @@ public enum SelfCheck {
                                     try input(device, [k2, n], seed: seed + 3)
                                 ))
                         }
-                        let update: ParameterUpdate =
+                        let (update, state): (UpdateRule, [Tensor]) =
                             rule == "sgd"
-                            ? .sgd(
-                                SGDStep(
-                                    learningRate: 0.1, momentum: 0.9, weightDecay: 1e-4,
-                                    nesterov: true, firstStep: step == 1), momentum: s1)
-                            : .adam(
-                                AdamStep(learningRate: 1e-3, weightDecay: 0.01, step: step), m: s1,
-                                v: s2, vMax: rule == "amsgrad" ? s3 : nil)
-                        try device.updateWeights(w, gradientPairs: pairs, update: update)
+                            ? (
+                                UpdateRule(
+                                    .sgd, learningRate: 0.1, weightDecay: 1e-4, momentum: 0.9,
+                                    nesterov: true, step: step), [s1]
+                            )
+                            : (
+                                UpdateRule(
+                                    rule == "amsgrad" ? .amsgrad : .adam, learningRate: 1e-3,
+                                    weightDecay: 0.01, step: step),
+                                rule == "amsgrad" ? [s1, s2, s3] : [s1, s2]
+                            )
+                        try device.updateWeights(
+                            w, gradientPairs: pairs, rule: update, state: state)
                     }
                     return [
                         try device.read(w), try device.read(s1), try device.read(s2),

@@ -104,13 +104,13 @@ public protocol FeatureLayer: AnyObject {
     /// summed), then `step` applied to every parameter. Where a layer can, its weight's step
     /// runs in the epilogue of the weight-gradient product (`Device.updateWeights`).
     func learn(
-        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep,
+        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
         on stream: Stream?) throws
 }
 
 extension FeatureLayer {
     public func learn(
-        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep,
+        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
         on stream: Stream?
     ) throws {
         try learnUnfused(from: passes, step: step, on: stream)
@@ -118,7 +118,7 @@ extension FeatureLayer {
 
     /// The unfused step: gradients into the parameters' gradient tensors, then the optimizer.
     func learnUnfused(
-        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep,
+        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
         on stream: Stream?
     ) throws {
         for (index, (pass, gradient)) in passes.enumerated() {
@@ -218,7 +218,7 @@ public final class DenseLayer: FeatureLayer {
     /// Where the device fuses weight updates: the bias and norm gradients as usual, the weight
     /// stepped by the optimizer inside its gradient product over both streams.
     public func learn(
-        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: OptimizerStep,
+        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
         on stream: Stream?
     ) throws {
         guard weight.value.device.fusesWeightUpdates else {
@@ -239,7 +239,8 @@ public final class DenseLayer: FeatureLayer {
             )
         }
         try device.updateWeights(
-            weight.value, gradientPairs: pairs, update: step.update(for: weight), on: stream)
+            weight.value, gradientPairs: pairs, rule: step, state: try step.state(of: weight),
+            on: stream)
         try step.apply(to: parameters.filter { $0 !== weight }, on: stream)
     }
 

@@ -87,48 +87,11 @@ public final class Optimizer: @unchecked Sendable {
         try beginStep(learningRate: learningRate).apply(to: parameters, on: stream)
     }
 
-    /// Counts one step and returns its settings, for layers that step their own parameters
+    /// Counts one step and returns its rule, for layers that step their own parameters
     /// (fused into their gradient products where they can). Every parameter of this
     /// optimizer must then be stepped once with it.
-    public func beginStep(learningRate: Float) -> OptimizerStep {
+    public func beginStep(learningRate: Float) -> UpdateRule {
         steps += 1
-        return OptimizerStep(settings: settings, step: steps, learningRate: learningRate)
-    }
-}
-
-/// One step of an optimizer: its rule and settings for this step, for any of its parameters.
-public struct OptimizerStep {
-    let settings: OptimizerSettings
-    /// Steps taken, this one included (Adam's t).
-    let step: Int
-    let learningRate: Float
-
-    /// The update for `parameter`: this step's rule with the parameter's state.
-    public func update(for parameter: Parameter) -> ParameterUpdate {
-        switch settings.kind {
-        case .adam, .amsgrad:
-            let adam = AdamStep(
-                learningRate: learningRate, beta1: settings.beta1, beta2: settings.beta2,
-                epsilon: settings.epsilon,
-                weightDecay: settings.weightDecay, step: step)
-            return .adam(
-                adam, m: parameter.state["m"]!, v: parameter.state["v"]!,
-                vMax: parameter.state["v_max"])
-        case .sgd:
-            let sgd = SGDStep(
-                learningRate: learningRate, momentum: settings.momentum,
-                weightDecay: settings.weightDecay,
-                nesterov: settings.nesterov, firstStep: step == 1)
-            return .sgd(sgd, momentum: parameter.state["momentum"])
-        }
-    }
-
-    /// Steps `parameters` from their gradient tensors.
-    public func apply(to parameters: [Parameter], on stream: Stream?) throws {
-        for parameter in parameters {
-            try parameter.value.device.step(
-                parameter.value, gradient: parameter.gradient, update: update(for: parameter),
-                on: stream)
-        }
+        return UpdateRule(settings, learningRate: learningRate, step: steps)
     }
 }

@@ -269,7 +269,7 @@ public enum KernelTuning {
             }
             try device.updateWeights(
                 w, gradientPairs: operands,
-                update: .sgd(SGDStep(learningRate: 1, firstStep: true), momentum: nil))
+                rule: UpdateRule(.sgd, learningRate: 1, step: 1), state: [])
             return zip(try device.read(w), weight).map { $0 - $1 }
         }
 

@@ -82,8 +82,8 @@ extension OpenCLBackend {
     /// The fused weight update: the TN product's kernel (as `GemmPlan` picks it for
     /// Wᵀ-shaped products) in its `gemm_update_*` form, the optimizer step as its epilogue.
     func updateWeights(
-        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, update: StorageUpdate,
-        on queue: BackendQueue
+        m: Int, n: Int, pairs: [WeightGradientPair], weight: TensorStorage, rule update: UpdateRule,
+        state: [TensorStorage], on queue: BackendQueue
     ) throws {
         let depth = pairs.reduce(0) { $0 + $1.rows }
         let shape = GemmShape(
@@ -93,7 +93,7 @@ extension OpenCLBackend {
         let kernel = plan.kernel.replacingOccurrences(of: "gemm_", with: "gemm_update_")
         let first = pairs[0]
         let second = pairs.count > 1 ? pairs[1] : nil
-        let rule = UpdateRule(update)
+        let rule = UpdateEpilogue(update, state: state)
         try launch(
             "gemm", kernel,
             [
@@ -112,26 +112,27 @@ extension OpenCLBackend {
     }
 }
 
-/// A `StorageUpdate` as gemm.cl's update epilogue takes it (RULE_* codes, SGD_* flags, and the
+/// An `UpdateRule` as gemm.cl's update epilogue takes it (RULE_* codes, SGD_* flags, and the
 /// Adam names reused for SGD's momentum and dampening).
-struct UpdateRule {
+struct UpdateEpilogue {
     var code: Int32, flags: Int32 = 0
     var rate: Float, beta1: Float = 0, beta2: Float = 0, epsilon: Float = 0, weightDecay: Float,
         biasCorrection2Sqrt: Float = 1
     /// Adam: m, v, v_max; SGD: the momentum buffer. Unused slots are never read.
     var states: [TensorStorage?]
 
-    init(_ update: StorageUpdate) {
-        switch update {
-        case .adam(let s, let m, let v, let vMax):
-            code = vMax == nil ? 0 : 1
+    init(_ s: UpdateRule, state: [TensorStorage]) {
+        switch s.kind {
+        case .adam, .amsgrad:
+            code = s.kind == .amsgrad ? 1 : 0
             rate = s.stepSize
             (beta1, beta2, epsilon, weightDecay, biasCorrection2Sqrt) = (
                 s.beta1, s.beta2, s.epsilon, s.weightDecay, s.biasCorrection2Sqrt
             )
-            states = [m, v, vMax]
-        case .sgd(let s, let momentum):
+            states = [state[0], state[1], state.count > 2 ? state[2] : nil]
+        case .sgd:
             code = 2
+            let momentum = state.first
             let hasMomentum = momentum != nil && s.momentum != 0
             flags = (hasMomentum ? 1 : 0) | (s.nesterov ? 2 : 0) | (s.firstStep ? 4 : 0)
             rate = s.learningRate

@@ -627,36 +627,38 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [batch], on: queue)
     }
 
-    func adamStep(
-        _ s: AdamStep, parameter: TensorStorage, gradient: TensorStorage, m: TensorStorage,
-        v: TensorStorage, vMax: TensorStorage?, count: Int, on queue: BackendQueue
+    func step(
+        _ s: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
+        state: [TensorStorage], count: Int, on queue: BackendQueue
     ) throws {
-        try launch(
-            "optimizer", "adam_step",
-            [
-                .buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(m)), .buffer(mem(v)),
-                .buffer(mem(vMax ?? v)),
-                .int(vMax == nil ? 0 : 1), .int(Int32(count)), .float(s.stepSize), .float(s.beta1),
-                .float(s.beta2),
-                .float(s.epsilon), .float(s.weightDecay), .float(s.biasCorrection2Sqrt),
-            ],
-            global: [count], on: queue)
-    }
-
-    func sgdStep(
-        _ s: SGDStep, parameter: TensorStorage, gradient: TensorStorage, momentum: TensorStorage?,
-        count: Int, on queue: BackendQueue
-    ) throws {
-        try launch(
-            "optimizer", "sgd_step",
-            [
-                .buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(momentum ?? gradient)),
-                .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)),
-                .float(s.learningRate), .float(s.momentum),
-                .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0),
-                .int(s.firstStep ? 1 : 0),
-            ],
-            global: [count], on: queue)
+        switch s.kind {
+        case .adam, .amsgrad:
+            let (m, v) = (state[0], state[1])
+            let vMax = state.count > 2 ? state[2] : nil
+            try launch(
+                "optimizer", "adam_step",
+                [
+                    .buffer(mem(parameter)), .buffer(mem(gradient)), .buffer(mem(m)),
+                    .buffer(mem(v)), .buffer(mem(vMax ?? v)),
+                    .int(vMax == nil ? 0 : 1), .int(Int32(count)), .float(s.stepSize),
+                    .float(s.beta1), .float(s.beta2),
+                    .float(s.epsilon), .float(s.weightDecay), .float(s.biasCorrection2Sqrt),
+                ],
+                global: [count], on: queue)
+        case .sgd:
+            let momentum = state.first
+            try launch(
+                "optimizer", "sgd_step",
+                [
+                    .buffer(mem(parameter)), .buffer(mem(gradient)),
+                    .buffer(mem(momentum ?? gradient)),
+                    .int(momentum != nil && s.momentum != 0 ? 1 : 0), .int(Int32(count)),
+                    .float(s.learningRate), .float(s.momentum),
+                    .float(s.dampening), .float(s.weightDecay), .int(s.nesterov ? 1 : 0),
+                    .int(s.firstStep ? 1 : 0),
+                ],
+                global: [count], on: queue)
+        }
     }
 }
 
