@@ -93,15 +93,14 @@ func sigpropLocalStep(_ device: Device, _ shape: LocalStepCase, fused: Bool) thr
     return {
         step += 1
         let out = try loss.evaluate(h: h, t: t, t0: t0)
-        let adam = AdamStep(learningRate: 5e-4, step: step)
+        let adam = UpdateRule(.adam, learningRate: 5e-4, step: step)
         if fused {
             try device.updateWeights(
-                weight, gradientPairs: [(out.dH, x), (out.dT, x0)],
-                update: .adam(adam, m: m, v: v, vMax: nil))
+                weight, gradientPairs: [(out.dH, x), (out.dT, x0)], rule: adam, state: [m, v])
         } else {
             try device.gemm(out.dH, transposeA: true, x, into: gradient)
             try device.gemm(out.dT, transposeA: true, x0, into: gradient, beta: 1)
-            try device.adamStep(adam, parameter: weight, gradient: gradient, m: m, v: v)
+            try device.step(weight, gradient: gradient, rule: adam, state: [m, v])
         }
         try device.defaultStream.synchronize()
     }
