@@ -51,6 +51,8 @@ let package = Package(
                 "SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The public API from a package's point of view: build, train, checkpoint, restore.
+        .executableTarget(name: "sigprop-example", dependencies: ["SigProp"]),
         .testTarget(
             name: "SigPropTests",
             dependencies: ["SigProp"],
