@@ -197,14 +197,13 @@ struct Train: ParsableCommand {
     var overwrite = false
 
     @Option(
-        help:
-            ArgumentHelp(
-                "pipelined (default: a stream per block; a block learns while the next computes, and "
-                    + "the next batch enters while later blocks work) or sequential (one block "
-                    + "after another, one batch at a time, as the reference). Same numbers either "
-                    + "way.")
-    )
-    var schedule: String = Schedule.Kind.pipelined.rawValue
+        help: """
+            auto (default: pipelined, except on GPUs for networks whose blocks are too short to \
+            overlap), pipelined (a stream per block; a block learns while the next computes, \
+            and the next batch enters while later blocks work) or sequential (one block after \
+            another, one batch at a time, as the reference). Same numbers either way.
+            """)
+    var schedule: String = "auto"
 
     @Option(
         parsing: .unconditional,
@@ -300,9 +299,9 @@ struct Train: ParsableCommand {
         if let dropout, !(dropout >= 0 && dropout < 1) {
             throw ValidationError("--dropout must be in 0..<1, got \(dropout)")
         }
-        guard Schedule.Kind(rawValue: schedule) != nil else {
+        guard schedule == "auto" || Schedule.Kind(rawValue: schedule) != nil else {
             throw ValidationError(
-                "--schedule \(schedule) is not a schedule. Valid values: "
+                "--schedule \(schedule) is not a schedule. Valid values: auto, "
                     + "\(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
@@ -566,7 +565,11 @@ struct Train: ParsableCommand {
                 trainSet.width, trainSet.classes, Date().timeIntervalSince(loadStart)))
         emit("normalisation: \(normalization.summary) (\(normalizationSource))")
 
-        let scheduleKind = Schedule.Kind(rawValue: schedule)!
+        let stageDevices = plan.stageDevices(on: devices)
+        let automatic = Schedule.automatic(
+            for: plan, capabilities: stageDevices.map(\.capabilities),
+            batchSize: options.batchSize)
+        let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
         if describe {
             printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
             return
@@ -634,7 +637,8 @@ struct Train: ParsableCommand {
                 + "\(fused); "
                 + "schedule \(trainer.schedule.kind.rawValue)"
                 + (trainer.schedule.kind == .pipelined
-                    ? " (\(trainer.pipeline.depth) batches in flight)" : ""))
+                    ? " (\(trainer.pipeline.depth) batches in flight)" : "")
+                + (schedule == "auto" ? "; auto: \(automatic.reason)" : ""))
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")

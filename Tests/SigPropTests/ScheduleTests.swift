@@ -29,6 +29,26 @@ import Testing
         return try TrainingTests.state(network)
     }
 
+    /// The default schedule follows the measurements: pipelined on CPUs; on a GPU, sequential
+    /// for the `mlp` (short stages) and pipelined for the `cnn`.
+    @Test func theDefaultScheduleIsTheMeasuredFaster() throws {
+        let cpu = try TestBackend.cpu.device().capabilities
+        var gpu = cpu
+        gpu.gpu = true
+        func kind(_ description: NetworkDescription, _ capabilities: DeviceCapabilities) throws
+            -> Schedule.Kind
+        {
+            let plan = try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
+            return Schedule.automatic(for: plan, capabilities: [capabilities], batchSize: 128)
+                .schedule.kind
+        }
+        #expect(try kind(.mlp(), cpu) == .pipelined)
+        #expect(try kind(.cnn, cpu) == .pipelined)
+        #expect(try kind(.mlp(), gpu) == .sequential)
+        #expect(try kind(.cnn, gpu) == .pipelined)
+        #expect(try kind(.vgg8b, gpu) == .pipelined)
+    }
+
     /// Bit-identical on both backends: each block's operations run in the same order on the
     /// same inputs in both schedules, and no kernel's result depends on timing (no atomics,
     /// no reductions ordered by arrival), so only the interleaving across blocks changes.

@@ -17,6 +17,9 @@ public struct DeviceCapabilities: Sendable, Equatable {
     /// Dense layers step their weights inside the weight-gradient product
     /// (`Device.updateWeights`) instead of storing the gradient and stepping after it.
     public var fusedWeightUpdate = false
+    /// A GPU: many units that a small kernel leaves idle, and a cost per launch and event
+    /// that the default schedule weighs (`Schedule.automatic`).
+    public var gpu = false
 }
 
 /// A tensor: a shape and float32 storage on one device. Row-major, outermost dimension first.

@@ -80,7 +80,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         DeviceCapabilities(
             asynchronous: true, concurrentStreams: true, profiling: true,
             computeUnits: info.computeUnits,
-            fusedWeightUpdate: info.kind == .gpu)
+            fusedWeightUpdate: info.kind == .gpu, gpu: info.kind == .gpu)
     }
 
     /// Guards the program/kernel caches and the set-arguments-then-enqueue pair: a kernel

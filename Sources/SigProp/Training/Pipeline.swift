@@ -21,6 +21,42 @@ public struct Schedule: Sendable, Equatable {
     }
 }
 
+extension Schedule {
+    /// Multiply-adds per batch of the heaviest stage below which a GPU runs the sequential
+    /// schedule by default: between the two networks measured on the H200.
+    public static let gpuPipelineWork = 5e8
+
+    /// The default schedule: the one that is not the slower for `plan` on devices of
+    /// `capabilities` with batches of `batchSize`, and why. Both give the same numbers.
+    ///
+    /// Full epochs alternating (docs/performance.md): on CPUs (OpenBLAS or PoCL) pipelined ran
+    /// 1.01–1.13x sequential for the `mlp` and the `cnn`. On the H200 it ran 1.39x for the `cnn`
+    /// (1.85 G multiply-adds per batch in its heaviest stage) but 0.89–0.96x for the `mlp`
+    /// (0.10 G): a batch's stages are then so short that the extra queues and events cost more
+    /// than the overlap wins.
+    public static func automatic(
+        for plan: NetworkPlan, capabilities: [DeviceCapabilities], batchSize: Int
+    ) -> (schedule: Schedule, reason: String) {
+        guard capabilities.contains(where: \.gpu) else {
+            return (Schedule(.pipelined), "on CPUs the pipeline is never the slower")
+        }
+        let heaviest = plan.stages.map(\.multiplyAdds).max() ?? 0
+        let work = heaviest * Double(batchSize)
+        let giga = String(format: "%.2f", work / 1e9)
+        if work < gpuPipelineWork {
+            return (
+                Schedule(.sequential),
+                "the heaviest stage's \(giga) G multiply-adds per batch are too short on a GPU "
+                    + "to pay for the pipeline's queues and events"
+            )
+        }
+        return (
+            Schedule(.pipelined),
+            "the heaviest stage's \(giga) G multiply-adds per batch leave a GPU room to overlap"
+        )
+    }
+}
+
 /// What runs where and when for one network: a stream per stage (pipelined) or per device
 /// (sequential), the storage pools, the bridge between devices, the batches in flight with
 /// their events, and the trace spans. The network holds the blocks and what they compute;
