@@ -568,7 +568,9 @@ struct Train: ParsableCommand {
         let stageDevices = plan.stageDevices(on: devices)
         let automatic = Schedule.automatic(
             for: plan, capabilities: stageDevices.map(\.capabilities),
-            batchSize: options.batchSize)
+            batchSize: options.batchSize,
+            targetRows: options.kRowShortcut && plan.kRowShortcutIsExact
+                ? plan.classes : options.batchSize)
         let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
         if describe {
             printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
@@ -759,7 +761,8 @@ struct Train: ParsableCommand {
         let targetRows =
             options.kRowShortcut && plan.kRowShortcutIsExact ? plan.classes : options.batchSize
         emit(
-            "memory (\(schedule.rawValue) schedule, \(inFlight) batches of \(options.batchSize) "
+            "memory (\(schedule.rawValue) schedule, \(inFlight) batch\(inFlight == 1 ? "" : "es") of "
+                + "\(options.batchSize) "
                 + "in flight, \(options.optimizer.kind.rawValue)):")
         for need in plan.memory(
             on: stageDevices, optimizer: options.optimizer, batchSize: options.batchSize,

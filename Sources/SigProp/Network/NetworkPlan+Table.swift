@@ -77,6 +77,16 @@ extension NetworkPlan {
         }
     }
 
+    /// Bytes of activations that one training batch of `batchSize` (the target stream of
+    /// `targetRows` rows) allocates over all stages on one device.
+    public func activationBytes(batchSize: Int, targetRows: Int) -> Double {
+        let estimate = MemoryEstimate(self)
+        let batches = MemoryEstimate.Batches(size: batchSize, targetRows: targetRows, inFlight: 1)
+        return stages.indices.reduce(0) {
+            $0 + estimate.activationBytes($1, batches: batches, crossing: false)
+        }
+    }
+
     /// What training takes on each memory pool of `stageDevices` (one device per stage) with
     /// `optimizer`, batches of `batchSize` (the target stream of `targetRows` rows) and
     /// `inFlight` of them at once.

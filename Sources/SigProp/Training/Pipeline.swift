@@ -25,20 +25,41 @@ extension Schedule {
     /// Multiply-adds per batch of the heaviest stage below which a GPU runs the sequential
     /// schedule by default: between the two networks measured on the H200.
     public static let gpuPipelineWork = 5e8
+    /// Bytes of activations that the pipeline's extra batches in flight may hold on a CPU by
+    /// default: beyond them the sequential schedule is chosen.
+    public static let cpuPipelineMemory = 512.0 * 1024 * 1024
 
-    /// The default schedule: the one that is not the slower for `plan` on devices of
-    /// `capabilities` with batches of `batchSize`, and why. Both give the same numbers.
+    /// The default schedule for `plan` on devices of `capabilities` with batches of
+    /// `batchSize` (the target stream of `targetRows` rows), and why. Both give the same
+    /// numbers; the choice follows full epochs measured alternating (docs/performance.md).
     ///
-    /// Full epochs alternating (docs/performance.md): on CPUs (OpenBLAS or PoCL) pipelined ran
-    /// 1.01–1.13x sequential for the `mlp` and the `cnn`. On the H200 it ran 1.39x for the `cnn`
-    /// (1.85 G multiply-adds per batch in its heaviest stage) but 0.89–0.96x for the `mlp`
-    /// (0.10 G): a batch's stages are then so short that the extra queues and events cost more
-    /// than the overlap wins.
+    /// On CPUs (OpenBLAS or PoCL) every operation already spreads over all cores, and the
+    /// pipeline ran 1.01–1.13x sequential, while each batch it keeps in flight holds that
+    /// batch's activations: 1.8 GiB against 0.6 GiB resident for the `cnn`, 12 GiB for the
+    /// full `vgg8b`. So it is chosen where its extra batches hold little memory. On the H200
+    /// it ran 1.39x for the `cnn` (1.85 G multiply-adds per batch in its heaviest stage) but
+    /// 0.89–0.96x for the `mlp` (0.10 G): a batch's stages are then so short that the extra
+    /// queues and events cost more than the overlap wins.
     public static func automatic(
-        for plan: NetworkPlan, capabilities: [DeviceCapabilities], batchSize: Int
+        for plan: NetworkPlan, capabilities: [DeviceCapabilities], batchSize: Int,
+        targetRows: Int
     ) -> (schedule: Schedule, reason: String) {
         guard capabilities.contains(where: \.gpu) else {
-            return (Schedule(.pipelined), "on CPUs the pipeline is never the slower")
+            let extra =
+                plan.activationBytes(batchSize: batchSize, targetRows: targetRows)
+                * Double(plan.stages.count - 1)
+            let held = formatBytes(UInt64(extra))
+            if extra <= cpuPipelineMemory {
+                return (
+                    Schedule(.pipelined),
+                    "on CPUs the pipeline gains a few percent for \(held) more memory"
+                )
+            }
+            return (
+                Schedule(.sequential),
+                "on CPUs the pipeline gains a few percent at most and would hold \(held) more "
+                    + "(--schedule pipelined chooses it)"
+            )
         }
         let heaviest = plan.stages.map(\.multiplyAdds).max() ?? 0
         let work = heaviest * Double(batchSize)
