@@ -75,4 +75,16 @@ import Testing
             config, devices: try MultiDeviceTests.splitCPU(2), schedule: Schedule(.pipelined))
         #expect(split == one, "\(zip(split, one).filter { $0 != $1 }.count) values differ")
     }
+
+    /// SIGPROP_SPLIT=2 on OpenCL (PoCL's sub-devices): the numbers of the whole device.
+    @Test(
+        .enabled(if: (TestBackend.openCLEntries.first?.info.maxSubDevices ?? 0) >= 2),
+        arguments: networks)
+    func aSplitOpenCLDeviceGivesTheNumbersOfTheWhole(_ config: TestNetwork) throws {
+        let whole = try Self.trainedState(
+            config, devices: [try TestBackend.opencl.device()], schedule: Schedule(.sequential))
+        let split = try Self.trainedState(
+            config, devices: try MultiDeviceTests.splitOpenCL(2), schedule: Schedule(.pipelined))
+        #expect(split == whole, "\(zip(split, whole).filter { $0 != $1 }.count) values differ")
+    }
 }
