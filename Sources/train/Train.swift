@@ -569,8 +569,8 @@ struct Train: ParsableCommand {
         let automatic = Schedule.automatic(
             for: plan, capabilities: stageDevices.map(\.capabilities),
             batchSize: options.batchSize,
-            targetRows: options.kRowShortcut && plan.kRowShortcutIsExact
-                ? plan.classes : options.batchSize)
+            targetRows: plan.targetRows(
+                batchSize: options.batchSize, kRowShortcut: options.kRowShortcut))
         let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
         if describe {
             printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
@@ -758,8 +758,8 @@ struct Train: ParsableCommand {
             emit("  " + line)
         }
         let inFlight = schedule == .sequential ? 1 : pipelineDepth ?? plan.stages.count
-        let targetRows =
-            options.kRowShortcut && plan.kRowShortcutIsExact ? plan.classes : options.batchSize
+        let targetRows = plan.targetRows(
+            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
         emit(
             "memory (\(schedule.rawValue) schedule, \(inFlight) batch\(inFlight == 1 ? "" : "es") of "
                 + "\(options.batchSize) "

@@ -228,4 +228,10 @@ public struct NetworkPlan: Sendable {
     public var kRowShortcutIsExact: Bool {
         stages.allSatisfy(\.norm.isPerSample) && !description.hasDropout
     }
+
+    /// Rows of the target stream in a batch of `batchSize`: one per class where the K-row
+    /// shortcut is asked for and exact, else the batch's.
+    public func targetRows(batchSize: Int, kRowShortcut: Bool) -> Int {
+        kRowShortcut && kRowShortcutIsExact ? classes : batchSize
+    }
 }

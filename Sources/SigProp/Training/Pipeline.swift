@@ -162,8 +162,7 @@ public final class Pipeline {
                 (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
             })
         bridge = devices.count > 1 ? DeviceBridge() : nil
-        let targetRows =
-            kRowShortcut && network.kRowShortcutIsExact ? network.classes : batchSize
+        let targetRows = network.plan.targetRows(batchSize: batchSize, kRowShortcut: kRowShortcut)
         try MemoryEstimate(network.plan).checkActivations(
             on: network.stageDevices,
             batches: MemoryEstimate.Batches(

@@ -147,10 +147,11 @@ public final class Trainer {
     /// Where and when each batch's stages run.
     public let pipeline: Pipeline
 
-    /// `train` is the whole training set; `options.validation` of it is held out.
+    /// `train` is the whole training set; `options.validation` of it is held out. Without a
+    /// `schedule`, `Schedule.automatic` chooses one for the network and its devices.
     public init(
         network: Network, options: TrainingOptions, train whole: Dataset, test: Dataset,
-        schedule: Schedule = Schedule()
+        schedule: Schedule? = nil
     ) throws {
         split = try ValidationSplit(
             total: whole.count, size: options.validation, seed: options.seed)
@@ -183,9 +184,16 @@ public final class Trainer {
         }
         self.order = try BatchOrder(
             count: train.count, batchSize: options.batchSize, seed: options.seed)
+        let targetRows = network.plan.targetRows(
+            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
         pipeline = try Pipeline(
-            network: network, schedule: schedule, batchSize: options.batchSize,
-            kRowShortcut: options.kRowShortcut)
+            network: network,
+            schedule: schedule
+                ?? Schedule.automatic(
+                    for: network.plan, capabilities: network.stageDevices.map(\.capabilities),
+                    batchSize: options.batchSize, targetRows: targetRows
+                ).schedule,
+            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
     }
 
     public var schedule: Schedule { pipeline.schedule }
