@@ -33,8 +33,40 @@ enum ModelArgument {
             throw SigPropError.configuration("--model \(path): \(error)")
         } catch {
             throw SigPropError.configuration(
-                "--model \(path) is not a network description: \(error). It needs at least "
-                    + #"{"layers": ["conv32", "pool", "dense256"]}"#)
+                "--model \(path) is not a network description: \(reason(error)). It needs at "
+                    + #"least {"layers": ["conv32", "pool", "dense256"]}"#)
+        }
+    }
+
+    /// What is wrong with a JSON file, in words rather than a DecodingError's dump.
+    static func reason(_ error: Error) -> String {
+        guard let error = error as? DecodingError else { return "\(error)" }
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+                .joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, _): return "it has no \"\(key.stringValue)\" key"
+        case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
+            let kind =
+                "\(type)".hasPrefix("Array")
+                ? "a list"
+                : type == String.self
+                    ? "a string"
+                    : type == Bool.self ? "true or false" : "a number"
+            return "\"\(path(context))\" must be \(kind)"
+        case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            return "it is not valid JSON"
+        case .dataCorrupted(let context):
+            let valid: [String: [String]] = [
+                "activation": Activation.allCases.map(\.rawValue),
+                "dense_norm": ["layer", "batch", "none"],
+                "conv_norm": ["instance", "batch", "none"],
+            ]
+            let key = path(context)
+            guard let values = valid[key] else { return "\"\(key)\": \(context.debugDescription)" }
+            return "\"\(key)\" must be one of \(values.joined(separator: ", "))"
+        @unknown default: return "\(error)"
         }
     }
 }

@@ -92,4 +92,24 @@ extension ProcessTests {
         #expect(output.contains("data:") == false || afterData, "\(output)")
         #expect(!output.contains("epoch 1"), "\(output)")
     }
+
+    /// A JSON file that is not a description: the message says what is wrong in words.
+    @Test(arguments: [
+        ("not json", "it is not valid JSON"),
+        (#"{"layer": ["conv8"]}"#, #"it has no "layers" key"#),
+        (#"{"layers": "conv8"}"#, #""layers" must be a list"#),
+        (#"{"layers": ["conv8"], "conv_norm": "group"}"#, #""conv_norm" must be one of instance"#),
+        (#"{"layers": ["conv8", "poool"]}"#, "layer 2, 'poool'"),
+    ])
+    func badJSONDescriptionsAreRefusedInWords(_ json: String, _ expected: String) throws {
+        let (data, checkpoints) = try Self.workspace()
+        let folder = data.deletingLastPathComponent()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("net.json")
+        try Data(json.utf8).write(to: file)
+        let (status, output) = try Self.run(Self.model(data, checkpoints, ["--model", file.path]))
+        #expect(status == 64, "\(output)")
+        #expect(output.contains(expected), "\(output)")
+        #expect(!output.contains("DecodingError"), "\(output)")
+    }
 }
