@@ -102,7 +102,6 @@ public final class Pipeline {
     /// A batch enqueued and not yet retired.
     private struct InFlight {
         let index: Int
-        let epoch: Int
         let labels: [Int32]
         /// Per stage, the rows' losses (the signal block first, the output layer last).
         let rowLosses: [Tensor]
@@ -125,10 +124,17 @@ public final class Pipeline {
 
     /// Refuses, before any batch, batches of `batchSize` whose activations cannot fit next to
     /// the parameters (the target stream of one row per class where `kRowShortcut` is exact).
+    /// Without a `schedule`, `Schedule.automatic` chooses one for the network and its devices.
     public init(
-        network: Network, schedule: Schedule = Schedule(), batchSize: Int,
-        kRowShortcut: Bool = true
+        network: Network, schedule: Schedule? = nil, batchSize: Int, kRowShortcut: Bool = true
     ) throws {
+        let targetRows = network.plan.targetRows(batchSize: batchSize, kRowShortcut: kRowShortcut)
+        let schedule =
+            schedule
+            ?? Schedule.automatic(
+                for: network.plan, capabilities: network.stageDevices.map(\.capabilities),
+                batchSize: batchSize, targetRows: targetRows
+            ).schedule
         if let depth = schedule.depth, depth < 1 {
             throw SigPropError.configuration(
                 "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
@@ -162,7 +168,6 @@ public final class Pipeline {
                 (ObjectIdentifier($0), try $0.makeStream(pool: pool($0)))
             })
         bridge = devices.count > 1 ? DeviceBridge() : nil
-        let targetRows = network.plan.targetRows(batchSize: batchSize, kRowShortcut: kRowShortcut)
         try MemoryEstimate(network.plan).checkActivations(
             on: network.stageDevices,
             batches: MemoryEstimate.Batches(
@@ -215,7 +220,7 @@ public final class Pipeline {
             kRowShortcut: kRowShortcut, dropout: dropout, trace: spans)
         inFlight.append(
             InFlight(
-                index: index, epoch: epoch, labels: labels, rowLosses: rowLosses, logits: logits,
+                index: index, labels: labels, rowLosses: rowLosses, logits: logits,
                 done: done, generations: generations))
         var retired: [RetiredBatch] = []
         while inFlight.count >= depth { retired.append(try retireOldest()) }

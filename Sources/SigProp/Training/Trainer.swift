@@ -184,16 +184,9 @@ public final class Trainer {
         }
         self.order = try BatchOrder(
             count: train.count, batchSize: options.batchSize, seed: options.seed)
-        let targetRows = network.plan.targetRows(
-            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
         pipeline = try Pipeline(
-            network: network,
-            schedule: schedule
-                ?? Schedule.automatic(
-                    for: network.plan, capabilities: network.stageDevices.map(\.capabilities),
-                    batchSize: options.batchSize, targetRows: targetRows
-                ).schedule,
-            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
+            network: network, schedule: schedule, batchSize: options.batchSize,
+            kRowShortcut: options.kRowShortcut)
     }
 
     public var schedule: Schedule { pipeline.schedule }
