@@ -1,5 +1,5 @@
 /// One operation run on a device and on the CPU fallback with the same inputs.
-public struct SelfCheckResult: Sendable {
+package struct SelfCheckResult: Sendable {
     public let operation: String
     public let shape: String
     /// Normalised mean squared error of every output against the CPU fallback's.
@@ -11,7 +11,7 @@ public struct SelfCheckResult: Sendable {
 /// The operation table shared by `doctor` and the tests: every operation on awkward shapes
 /// (1, 7, 129, non-multiples of tile sizes), compared with the CPU fallback by normalised
 /// mean squared error (ggml's test-backend-ops criterion).
-public enum SelfCheck {
+package enum SelfCheck {
     /// ggml's default for float32 operations.
     public static let tolerance = 1e-7
 

@@ -8,7 +8,7 @@ public struct GoldenTensor: Sendable {
 
 /// One reference-vector file (format: docs/golden-vectors.md), computed by the authors'
 /// PyTorch library.
-public struct GoldenCase: Sendable {
+package struct GoldenCase: Sendable {
     public let name: String
     public let kind: String
     public let inputs: [String: GoldenTensor]
@@ -82,14 +82,14 @@ public struct GoldenCase: Sendable {
 }
 
 /// One output compared with its reference.
-public struct GoldenComparison: Sendable {
+package struct GoldenComparison: Sendable {
     public let output: String
     public let maxAbsoluteError: Float
     public let tolerance: Float
     public var passed: Bool { maxAbsoluteError <= tolerance }
 }
 
-public struct GoldenReport: Sendable {
+package struct GoldenReport: Sendable {
     public let name: String
     public let comparisons: [GoldenComparison]
     public var passed: Bool { !comparisons.isEmpty && comparisons.allSatisfy(\.passed) }
@@ -104,7 +104,7 @@ public struct GoldenReport: Sendable {
 }
 
 /// Runs a reference case through a device and compares every output.
-public enum GoldenCheck {
+package enum GoldenCheck {
     /// The tolerance for losses, products and gradients (docs/golden-vectors.md):
     /// 1e-5 * max(1, max |ref|).
     static func tolerance(_ reference: GoldenTensor) -> Float {

@@ -5,7 +5,7 @@ import Foundation
 /// table's own value is a candidate, so the pick is never slower than the table as measured.
 /// Each candidate must first compute an awkward product like the CPU fallback; one that fails
 /// to build or to match is skipped and reported.
-public enum KernelTuning {
+package enum KernelTuning {
     /// A product timed for each candidate.
     public struct Shape: Sendable, CustomStringConvertible {
         public let m: Int, n: Int, k: Int
@@ -372,7 +372,7 @@ public enum KernelTuning {
 }
 
 /// What a tuning run found, for `doctor --tune` to print.
-public struct KernelTuningReport: Sendable {
+package struct KernelTuningReport: Sendable {
     /// One candidate's median time per shape.
     public struct Measurement: Sendable {
         let parameters: KernelParameters

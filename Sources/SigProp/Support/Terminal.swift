@@ -1,7 +1,7 @@
 import Foundation
 
 /// The terminal the command-line tools write to.
-public enum Terminal {
+package enum Terminal {
     /// Columns of the terminal on `descriptor` (TIOCGWINSZ), else $COLUMNS, else 80. Asked
     /// at every in-place update: the window may be resized while a run goes on.
     public static func columns(

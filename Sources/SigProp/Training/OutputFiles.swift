@@ -3,7 +3,7 @@ import Foundation
 /// The files a run writes (`--checkpoint-dir`, `--metrics`, `--trace`), checked before any
 /// work: a path that cannot be written costs a second at the start instead of an epoch of
 /// training, and a failure later names the file, the cause and the flag.
-public enum OutputFiles {
+package enum OutputFiles {
     /// The checkpoints `train` keeps in its folder; a new run does not replace them silently.
     public static let checkpointNames = ["last.safetensors", "best.safetensors"]
 

@@ -4,7 +4,7 @@ import Foundation
 /// wider than the terminal wraps, and every update then leaves a stale line behind. Lists that
 /// grow with the model (losses, readouts) are elided or wrapped, so a 50-block model stays
 /// readable.
-public enum ProgressText {
+package enum ProgressText {
     /// "7,316": groups of three digits, as in English.
     public static func grouped(_ value: Int) -> String {
         let digits = String(value.magnitude)

@@ -4,7 +4,7 @@ import Foundation
 /// send): training finishes the current batch, writes a checkpoint and exits with 128 + the
 /// signal's number, the shell's convention (130 for SIGINT, 143 for SIGTERM). A second signal
 /// exits at once with the same status.
-public final class StopSignal: @unchecked Sendable {
+package final class StopSignal: @unchecked Sendable {
     private let lock = NSLock()
     private var received: Int32?
     private var sources: [DispatchSourceSignal] = []
