@@ -127,7 +127,7 @@ struct Train: ParsableCommand {
         help: """
             Training samples held out for validation: a count (5000), a fraction (0.1), auto, or \
             0 (none). The adaptive readout, best.safetensors and --early-stop choose on them. \
-            Default auto: 10% of the training set, at most 5000, for sets of 1000 or more; \
+            Default auto: 10% of the training set, at most 2000, for sets of 1000 or more; \
             none below.
             """)
     var validation: String?
@@ -503,11 +503,16 @@ struct Train: ParsableCommand {
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         let storedModel = try checkpoint?.model
-        let (description, options) = try resolve(
+        var (description, options) = try resolve(
             base: (
                 storedModel?.description ?? .mlp(), try checkpoint?.options ?? TrainingOptions()
             ),
             fromCheckpoint: checkpoint != nil)
+        // A resumed run holds out the samples its checkpoint's run held out, even where `auto`
+        // has come to mean another number since.
+        if case .automatic? = options.validation, let held = checkpoint?.recordedValidationCount {
+            options.validation = held > 0 ? .count(held) : nil
+        }
         let stored = try checkpoint?.data
         let (dataDirectory, dataLimit) = try resolveData(stored: stored)
         let epochsDone = try checkpoint?.epochs ?? 0

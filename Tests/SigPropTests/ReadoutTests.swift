@@ -42,11 +42,15 @@ import Testing
                 "\($0)".contains("--validation \(bad)") && "\($0)".contains("fraction")
             }
         }
-        // auto: 10% up to 5000 from 1000 samples on, none below.
+        // auto: 10% up to 2000 from 1000 samples on, none below.
         #expect(ValidationSize.automatic.count(of: 999) == 0)
         #expect(ValidationSize.automatic.count(of: 1000) == 100)
-        #expect(ValidationSize.automatic.count(of: 30000) == 3000)
-        #expect(ValidationSize.automatic.count(of: 60000) == 5000)
+        #expect(ValidationSize.automatic.count(of: 15000) == 1500)
+        #expect(ValidationSize.automatic.count(of: 60000) == 2000)
+        // A checkpoint's recorded split fixes the count a resumed run holds out.
+        let recorded = Checkpoint(tensors: [:], metadata: ["validation_split": "5000 of 60000"])
+        #expect(recorded.recordedValidationCount == 5000)
+        #expect(Checkpoint(tensors: [:], metadata: [:]).recordedValidationCount == nil)
         #expect(ValidationSize.fraction(0.1).count(of: 512) == 51)
         #expect(ValidationSize.fraction(0.001).count(of: 512) == 1)
         #expect { _ = try ValidationSplit(total: 100, size: .count(100), seed: 1) } throws: {

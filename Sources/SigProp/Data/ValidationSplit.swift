@@ -6,7 +6,10 @@ import Foundation
 public enum ValidationSize: Sendable, Equatable, Codable, CustomStringConvertible {
     /// `automaticFraction` of the training set, at most `automaticLimit` samples, for sets of
     /// at least `automaticMinimum` samples; none below, where every sample counts for training
-    /// and a tenth is too few to choose on.
+    /// and a tenth is too few to choose on. 2,000 samples tell readouts a point or two apart
+    /// (a standard error under 0.8 points at 85%), and every sample held out is one less to
+    /// train on: on Fashion-MNIST the `mlp` ended 5 epochs 1.1 points higher with 2,000 held
+    /// out than with 5,000 (86.35% against 85.26%, the mean of three seeds).
     case automatic
     /// This many samples (at least 1).
     case count(Int)
@@ -14,7 +17,7 @@ public enum ValidationSize: Sendable, Equatable, Codable, CustomStringConvertibl
     case fraction(Double)
 
     public static let automaticFraction = 0.1
-    public static let automaticLimit = 5000
+    public static let automaticLimit = 2000
     public static let automaticMinimum = 1000
 
     /// `auto`, a count (`5000`), a fraction (`0.1`); `0` or `none` is no split (nil).
@@ -131,6 +134,13 @@ extension Checkpoint {
     /// before would be trained on, or samples trained on would be validated on. (The seed and
     /// `--validation` are fixed by the checkpoint's options; the training set size is not.)
     /// Checkpoints that record no split, and runs that hold nothing out either way, pass.
+    /// The number of samples the checkpoint's run held out, where it recorded its split: a
+    /// resumed run holds out as many, whatever `auto` means now.
+    public var recordedValidationCount: Int? {
+        metadata[Self.validationSplitKey].flatMap { $0.split(separator: " ").first }
+            .flatMap { Int($0) }
+    }
+
     public func checkSameSplit(_ split: ValidationSplit) throws {
         guard let stored = metadata[Self.validationSplitKey], stored != split.summary,
             !(stored.hasPrefix("0 of ") && split.validation.isEmpty)
