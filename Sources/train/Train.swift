@@ -15,7 +15,7 @@ struct Train: ParsableCommand {
             """)
 
     // Options that define the run: taken from the checkpoint with --resume, where giving a
-    // different value is an error. Their defaults are in `TrainingOptions` and `ModelConfig`.
+    // different value is an error. Their defaults are in `TrainingOptions` and `NetworkDescription`.
     @Option(
         help: ArgumentHelp(
             """
