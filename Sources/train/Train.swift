@@ -762,7 +762,8 @@ struct Train: ParsableCommand {
         for line in plan.table(stageDevices: devices.count > 1 ? stageDevices : nil) {
             emit("  " + line)
         }
-        let inFlight = schedule == .sequential ? 1 : pipelineDepth ?? plan.stages.count
+        let inFlight = Schedule(schedule, depth: pipelineDepth).batchesInFlight(
+            stages: plan.stages.count)
         let targetRows = plan.targetRows(
             batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
         emit(

@@ -19,6 +19,14 @@ public struct Schedule: Sendable, Equatable {
         self.kind = kind
         self.depth = depth
     }
+
+    /// Batches in flight at most for a network of `stages` stages.
+    public func batchesInFlight(stages: Int) -> Int {
+        switch kind {
+        case .pipelined: depth ?? stages
+        case .sequential: 1
+        }
+    }
 }
 
 extension Schedule {
@@ -175,12 +183,7 @@ public final class Pipeline {
     }
 
     /// Batches in flight at most.
-    public var depth: Int {
-        switch schedule.kind {
-        case .pipelined: schedule.depth ?? network.stageCount
-        case .sequential: 1
-        }
-    }
+    public var depth: Int { schedule.batchesInFlight(stages: network.stageCount) }
 
     /// Allocations the pools could not serve from storage already there.
     var poolMisses: Int { pools.values.reduce(0) { $0 + $1.misses } }
