@@ -179,11 +179,11 @@ import Testing
             trainer.pipeline.trace = trace
             _ = try trainer.runEpoch(0)
             let batches = trainer.batchesPerEpoch
-            #expect(trace.spans.count == batches * (2 * network.blockCount + 1))
+            #expect(trace.spans.count == batches * 2 * network.stageCount)
             let names = Set(trace.spans.map(\.name))
             #expect(
                 names.contains("block1.forward b1") && names.contains("block3.update b\(batches)")
-                    && names.contains("output.train b2"))
+                    && names.contains("output.update b2"))
             #expect(trace.spans.allSatisfy { $0.end >= $0.start })
             // Per row, a block's update follows its forward, and batch b+1 follows batch b.
             for stage in 0..<network.stageCount {

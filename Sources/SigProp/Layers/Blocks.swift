@@ -285,21 +285,73 @@ public final class OutputLayer {
         try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream).output
     }
 
-    /// One cross-entropy step; returns the per-row losses and the logits (before the step).
-    public func train(h: Tensor, onehot: Tensor, learningRate: Float, on stream: Stream?) throws
-        -> (rowLosses: Tensor, logits: Tensor)
+    /// One cross-entropy step from `pass` (the logits' forward); returns the per-row losses.
+    func learn(_ pass: LayerPass, onehot: Tensor, learningRate: Float, on stream: Stream?) throws
+        -> Tensor
     {
-        let device = h.device
-        let pass = try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
+        let device = pass.output.device
         let shape = pass.output.shape
         let mask = try device.allocate(shape, on: stream)
         let dY = try device.allocate(shape, on: stream)
-        let rows = try device.allocate([h.rows], on: stream)
+        let rows = try device.allocate([shape[0]], on: stream)
         // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
         try device.localLossRows(
             .maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
         try layer.learn(
             from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
-        return (rows, pass.output)
+        return rows
+    }
+}
+
+extension SignalBlock: TrainingStage {
+    /// Reads the batch's samples; the context is onehot(c), or the K x K identity with the
+    /// K-row shortcut. Hands on the input and target streams.
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let x = try batch.samples(on: stream)
+        let context = try BatchContext.onehot(
+            batch.byClass ? (0..<batch.classes).map(Int32.init) : batch.labels,
+            classes: batch.classes, on: stream)
+        let pass = try forward(
+            x: x, context: context, labels: batch.byClass ? try batch.onehot(on: stream) : nil,
+            dropout: batch.dropout, on: stream)
+        return StagePass(outputs: [pass.h, pass.t]) { stream in
+            try self.learn(
+                pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
+            ).rowLosses
+        }
+    }
+}
+
+extension HiddenBlock: TrainingStage {
+    /// Reads the previous block's input and target streams; hands on its own.
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let pass = try forward(
+            h: inputs[0], t: inputs[1],
+            labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
+            on: stream)
+        return StagePass(outputs: [pass.h, pass.t]) { stream in
+            try self.learn(
+                pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
+            ).rowLosses
+        }
+    }
+}
+
+extension OutputLayer: TrainingStage {
+    /// Reads the last block's input stream; hands on the logits (before its step).
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let h = inputs[0]
+        let pass = try layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
+        return StagePass(outputs: [pass.output]) { stream in
+            try self.learn(
+                pass, onehot: try batch.onehot(on: stream), learningRate: batch.learningRate,
+                on: stream)
+        }
     }
 }

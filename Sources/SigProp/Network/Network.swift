@@ -14,6 +14,9 @@ public final class Network {
     public let signal: SignalBlock
     public let hidden: [HiddenBlock]
     public let output: OutputLayer
+    /// What the `Pipeline` runs for each batch, in order: the learning blocks, then the output
+    /// layer.
+    public let stages: [any TrainingStage]
 
     /// The first stage's device (the only one unless the network spans several).
     public var device: Device { stageDevices[0] }
@@ -94,6 +97,7 @@ public final class Network {
                 inputs: last.inputShape.reduce(1, *), outputs: classes, activation: .identity,
                 generator: &generator),
             optimizer: optimizer)
+        stages = [signal] + hidden + [output]
     }
 
     /// Every parameter, in a fixed order (checkpoints use the names).

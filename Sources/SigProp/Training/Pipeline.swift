@@ -207,7 +207,8 @@ public final class Pipeline {
     /// batches retired, oldest first.
     public func submit(
         images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
-        kRowShortcut: Bool = true, dropout: DropoutMasks? = nil, index: Int = 0, epoch: Int = 0
+        kRowShortcut: Bool = true, dropout: DropoutMasks? = nil,
+        generator: SeededGenerator = SeededGenerator(seed: 0), index: Int = 0, epoch: Int = 0
     ) throws -> [RetiredBatch] {
         if !begun { try begin() }
         let generations = pools.mapValues { $0.advance() }
@@ -218,9 +219,11 @@ public final class Pipeline {
                     epoch: epoch + 1, batch: index + 1, start: begin, end: end)
             }
         }
-        let (rowLosses, logits, done) = try enqueue(
-            images: images, labels: labels, loss: loss, learningRate: learningRate,
-            kRowShortcut: kRowShortcut, dropout: dropout, trace: spans)
+        let batch = BatchContext(
+            images: images, labels: labels, inputShape: network.inputShape,
+            classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
+            byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
+        let (rowLosses, logits, done) = try enqueue(batch, trace: spans)
         inFlight.append(
             InFlight(
                 index: index, labels: labels, rowLosses: rowLosses, logits: logits,
@@ -286,38 +289,18 @@ public final class Pipeline {
         readbacks[ObjectIdentifier(tensor.device)]!
     }
 
-    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update" /
-    /// "train", start, end).
+    /// A span of one stage's work on its stream, for traces: (stage, "forward" / "update",
+    /// start, end).
     typealias StageSpan = (_ stage: Int, _ part: String, _ start: Event, _ end: Event) -> Void
 
-    /// Enqueues one training batch. Stage `l` runs on `stageStreams[l]`. A stage waits for its predecessor's
-    /// outputs only, not for its update, so with a stream per stage block l learns while
-    /// block l+1 computes; each block's outputs use its weights before its update, and its
-    /// update comes before its next forward (its stream is in order). With `kRowShortcut`
-    /// (ignored where it is not exact) the target stream carries one row per class.
-    private func enqueue(
-        images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
-        kRowShortcut: Bool, dropout: DropoutMasks?, trace: StageSpan?
-    ) throws -> (rowLosses: [Tensor], logits: Tensor, done: [Event]) {
+    /// Enqueues one training batch. Stage `l` runs on `stageStreams[l]`. A stage waits for its
+    /// predecessor's outputs only, not for its update, so with a stream per stage block l
+    /// learns while block l+1 computes; each block's outputs use its weights before its
+    /// update, and its update comes before its next forward (its stream is in order).
+    private func enqueue(_ batch: BatchContext, trace: StageSpan?) throws
+        -> (rowLosses: [Tensor], logits: Tensor, done: [Event])
+    {
         let streams = stageStreams
-        let (signal, hidden, output) = (network.signal, network.hidden, network.output)
-        let stageCount = network.stageCount
-        let classes = network.classes
-        let first = streams[0]
-        let x = try network.device.tensor(
-            images, shape: [labels.count] + network.inputShape, on: first)
-        let byClass = kRowShortcut && network.kRowShortcutIsExact
-        let context = try network.onehot(
-            byClass ? (0..<classes).map(Int32.init) : labels, on: first)
-        /// The batch's one-hot labels on each device, written by the host where first needed.
-        var onehots: [ObjectIdentifier: Tensor] = [:]
-        func onehot(on stream: Stream) throws -> Tensor {
-            if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
-            let tensor = try network.onehot(labels, on: stream)
-            onehots[ObjectIdentifier(stream.device)] = tensor
-            return tensor
-        }
-
         var losses: [Tensor] = []
         var done: [Event] = []
         var ready: Event?
@@ -340,56 +323,23 @@ public final class Pipeline {
             if let bridge, let ready { return try bridge.copy(tensor, after: ready, to: stream) }
             return try stream.device.transfer(tensor, on: stream)
         }
-        /// Brings the inputs in, runs `forward`, marks its outputs ready, then runs `learn`.
-        func stage<Inputs>(
-            _ index: Int, inputs: (Stream) throws -> Inputs,
-            forward: (Inputs, Stream) throws -> BlockForward,
-            learn: (BlockForward, Stream) throws -> LocalLossOutput
-        ) throws -> BlockForward {
+        var handedOn: [Tensor] = []
+        for (index, stage) in network.stages.enumerated() {
             let stream = try enter(index)
-            let arrived = try inputs(stream)
+            let inputs = try handedOn.map { try arrive($0, on: stream) }
             let start = trace == nil ? nil : try stream.record()
-            let pass = try forward(arrived, stream)
+            let pass = try stage.forward(inputs, batch: batch, on: stream)
             let outputs = try stream.record()
             ready = outputs
-            losses.append(try learn(pass, stream).rowLosses)
+            losses.append(try pass.learn(stream))
             let end = try stream.record()
             done.append(end)
             if let trace, let start {
                 trace(index, "forward", start, outputs)
                 trace(index, "update", outputs, end)
             }
-            return pass
+            handedOn = pass.outputs
         }
-        var pass = try stage(
-            0, inputs: { _ in x },
-            forward: { x, stream in
-                try signal.forward(
-                    x: x, context: context, labels: byClass ? try onehot(on: stream) : nil,
-                    dropout: dropout, on: stream)
-            },
-            learn: { try signal.learn($0, loss: loss, learningRate: learningRate, on: $1) })
-        for (index, block) in hidden.enumerated() {
-            let previous = pass
-            pass = try stage(
-                index + 1,
-                inputs: { stream in
-                    (try arrive(previous.h, on: stream), try arrive(previous.t, on: stream))
-                },
-                forward: { inputs, stream in
-                    try block.forward(
-                        h: inputs.0, t: inputs.1, labels: byClass ? try onehot(on: stream) : nil,
-                        dropout: dropout, on: stream)
-                },
-                learn: { try block.learn($0, loss: loss, learningRate: learningRate, on: $1) })
-        }
-        let last = try enter(stageCount - 1)
-        let h = try arrive(pass.h, on: last)
-        let start = trace == nil ? nil : try last.record()
-        let out = try output.train(
-            h: h, onehot: try onehot(on: last), learningRate: learningRate, on: last)
-        let end = try last.record()
-        if let trace, let start { trace(stageCount - 1, "train", start, end) }
-        return (losses + [out.rowLosses], out.logits, done + [end])
+        return (losses, handedOn[0], done)
     }
 }

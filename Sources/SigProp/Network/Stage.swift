@@ -1,0 +1,87 @@
+/// One stage of a network trained by a forward-only rule: a learning block, or the readout
+/// the network trains last. A batch goes through the stages in order; each stage reads only
+/// what the stage before it handed on, and learns from its own pass. What the tensors handed
+/// on are is the rule's: Signal Propagation hands on the input stream and the target stream
+/// (the signal S is the target's projection); Forward-Forward the positive, negative and
+/// neutral passes (S is the label written into the input). The `Pipeline` never looks inside.
+public protocol TrainingStage: AnyObject {
+    /// Enqueues this stage's forward pass of `batch` on `stream`: `inputs` are what the
+    /// previous stage handed on, on this stage's device (the first stage gets none and reads
+    /// `batch.images`). The update waits in the returned pass.
+    func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws -> StagePass
+}
+
+/// A stage's forward pass of one batch: what the next stage reads, and the stage's update
+/// from this pass. The pipeline marks `outputs` ready before it enqueues `learn`, so the next
+/// stage computes while this one learns.
+public struct StagePass {
+    /// What the next stage reads; for the last stage, the logits the batch's training
+    /// accuracy is read from.
+    public let outputs: [Tensor]
+    /// Enqueues the stage's update; returns one loss share per row (their sum is the loss).
+    public let learn: (Stream) throws -> Tensor
+
+    public init(outputs: [Tensor], learn: @escaping (Stream) throws -> Tensor) {
+        self.outputs = outputs
+        self.learn = learn
+    }
+}
+
+/// What every stage of one training batch shares: its samples, labels and random draws, the
+/// step's settings, and the labels' one-hot rows per device (written once per device).
+public final class BatchContext {
+    /// The batch's samples, flattened, as the data set holds them (after augmentation).
+    public let images: [Float]
+    public let labels: [Int32]
+    /// One sample's shape, [C, H, W], and the number of classes.
+    public let inputShape: [Int]
+    public let classes: Int
+    public let learningRate: Float
+    public let loss: LocalLoss
+    public let dropout: DropoutMasks?
+    /// Whether the target stream carries one row per class (the K-row shortcut, where exact).
+    public let byClass: Bool
+    /// The rule's own random draws for this batch (Forward-Forward's wrong labels), fixed by
+    /// (seed, epoch, batch) so a resumed run draws what an uninterrupted one would.
+    public var generator: SeededGenerator
+    private var onehots: [ObjectIdentifier: Tensor] = [:]
+
+    public init(
+        images: [Float], labels: [Int32], inputShape: [Int], classes: Int, learningRate: Float,
+        loss: LocalLoss, dropout: DropoutMasks? = nil, byClass: Bool = false,
+        generator: SeededGenerator = SeededGenerator(seed: 0)
+    ) {
+        self.images = images
+        self.labels = labels
+        self.inputShape = inputShape
+        self.classes = classes
+        self.learningRate = learningRate
+        self.loss = loss
+        self.dropout = dropout
+        self.byClass = byClass
+        self.generator = generator
+    }
+
+    public var size: Int { labels.count }
+
+    /// The batch's samples as a tensor of `stream`'s device, [B, C, H, W].
+    public func samples(on stream: Stream) throws -> Tensor {
+        try stream.device.tensor(images, shape: [labels.count] + inputShape, on: stream)
+    }
+
+    /// onehot(labels) on `stream`'s device, written by the host where first asked for.
+    public func onehot(on stream: Stream) throws -> Tensor {
+        if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
+        let tensor = try Self.onehot(labels, classes: classes, on: stream)
+        onehots[ObjectIdentifier(stream.device)] = tensor
+        return tensor
+    }
+
+    /// One row per label, 1 at the label's column, on `stream`'s device.
+    public static func onehot(_ labels: [Int32], classes: Int, on stream: Stream) throws -> Tensor
+    {
+        var values = [Float](repeating: 0, count: labels.count * classes)
+        for (row, label) in labels.enumerated() { values[row * classes + Int(label)] = 1 }
+        return try stream.device.tensor(values, shape: [labels.count, classes], on: stream)
+    }
+}
