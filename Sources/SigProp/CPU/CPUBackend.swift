@@ -395,6 +395,35 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func forwardForwardRows(
+        _ p: ForwardForwardRowShape, a: TensorStorage, normalized: TensorStorage,
+        sumSquares: TensorStorage, gradient: TensorStorage?, rowLosses: TensorStorage?,
+        peer: TensorStorage?, on queue: BackendQueue
+    ) throws {
+        let (a, out, ss) = (buf(a), buf(normalized), buf(sumSquares))
+        let (g, losses, peer) = (gradient.map(buf), rowLosses.map(buf), peer.map(buf))
+        run(queue) {
+            CPUKernels.forwardForwardRows(
+                CPUKernels.ForwardForwardRows(
+                    columns: p.columns, positives: p.positives, lossRows: p.lossRows,
+                    threshold: p.threshold, relu: p.relu, epsilon: p.epsilon),
+                rows: p.rows, a: a.pointer, normalized: out.pointer, sumSquares: ss.pointer,
+                gradient: g?.pointer, rowLosses: losses?.pointer, peer: peer?.pointer)
+        }
+    }
+
+    func forwardForwardPeer(
+        a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
+        peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue
+    ) throws {
+        let (a, mean, peer) = (buf(a), buf(runningMean), buf(peer))
+        run(queue) {
+            CPUKernels.forwardForwardPeer(
+                a: a.pointer, columns: columns, positives: positives, runningMean: mean.pointer,
+                peer: peer.pointer, momentum: momentum, weight: weight)
+        }
+    }
+
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
         state: [TensorStorage], count: Int, on queue: BackendQueue

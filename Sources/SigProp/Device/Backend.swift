@@ -76,6 +76,16 @@ protocol Backend: AnyObject, Sendable {
         _ loss: LocalLossKind, batch: Int, columns: Int, y: TensorStorage, yy: TensorStorage,
         mask: TensorStorage, dY: TensorStorage, rowLosses: TensorStorage, on queue: BackendQueue)
         throws
+    /// Forward-Forward's row pass (Kernels/forward_forward.cl): goodness, normalised rows,
+    /// and on the first `lossRows` rows the loss and its gradient.
+    func forwardForwardRows(
+        _ p: ForwardForwardRowShape, a: TensorStorage, normalized: TensorStorage,
+        sumSquares: TensorStorage, gradient: TensorStorage?, rowLosses: TensorStorage?,
+        peer: TensorStorage?, on queue: BackendQueue) throws
+    /// Forward-Forward's peer normalisation: the running mean moved, the gradient per unit.
+    func forwardForwardPeer(
+        a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
+        peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue) throws
     /// One optimizer step; `state` in `rule.stateNames` order.
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,

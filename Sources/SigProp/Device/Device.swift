@@ -587,7 +587,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     // MARK: Checks
 
-    private func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {
+    func queue(_ stream: Stream?, _ operation: String) throws -> BackendQueue {
         guard let stream else { return defaultQueue }
         guard stream.device === self else {
             throw SigPropError.deviceMismatch(
@@ -597,7 +597,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         return stream.queue
     }
 
-    private func check(_ operation: String, _ tensors: Tensor...) throws {
+    func check(_ operation: String, _ tensors: Tensor...) throws {
         for tensor in tensors where tensor.device !== self {
             throw SigPropError.deviceMismatch(
                 operation: operation, tensorDevice: tensor.device.description, device: description)
@@ -617,7 +617,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
-    private func requireCount(_ operation: String, _ tensor: Tensor, _ count: Int) throws {
+    func requireCount(_ operation: String, _ tensor: Tensor, _ count: Int) throws {
         guard tensor.count == count else {
             throw SigPropError.shapeMismatch(
                 operation: operation, detail: "tensor \(tensor.shape) must hold \(count) values")

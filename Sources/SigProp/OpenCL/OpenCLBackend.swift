@@ -627,6 +627,42 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [batch], on: queue)
     }
 
+    /// Work-items per row of the Forward-Forward kernels: a group reducing in local memory on
+    /// GPUs, one work-item on CPU drivers (as the grouped reductions).
+    private var forwardForwardGroup: Int { groupedReductions ? Self.groupSumSize : 1 }
+
+    func forwardForwardRows(
+        _ p: ForwardForwardRowShape, a: TensorStorage, normalized: TensorStorage,
+        sumSquares: TensorStorage, gradient: TensorStorage?, rowLosses: TensorStorage?,
+        peer: TensorStorage?, on queue: BackendQueue
+    ) throws {
+        // Absent outputs are never written (no loss rows), absent inputs never read: any
+        // buffer stands in for them.
+        try launch(
+            "forward_forward", "ff_rows",
+            [
+                .buffer(mem(a)), .buffer(mem(normalized)), .buffer(mem(sumSquares)),
+                .buffer(mem(gradient ?? normalized)), .buffer(mem(rowLosses ?? sumSquares)),
+                .buffer(mem(peer ?? a)), .int(Int32(p.columns)), .int(Int32(p.positives)),
+                .int(Int32(gradient == nil ? 0 : p.lossRows)), .float(p.threshold),
+                .int(p.relu ? 1 : 0), .int(peer == nil ? 0 : 1), .float(p.epsilon),
+            ],
+            global: [p.rows * forwardForwardGroup], local: [forwardForwardGroup], on: queue)
+    }
+
+    func forwardForwardPeer(
+        a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
+        peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "forward_forward", "ff_peer",
+            [
+                .buffer(mem(a)), .buffer(mem(runningMean)), .buffer(mem(peer)),
+                .int(Int32(columns)), .int(Int32(positives)), .float(momentum), .float(weight),
+            ],
+            global: [forwardForwardGroup], local: [forwardForwardGroup], on: queue)
+    }
+
     func step(
         _ s: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
         state: [TensorStorage], count: Int, on queue: BackendQueue

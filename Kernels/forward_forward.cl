@@ -1,0 +1,92 @@
+// Forward-Forward's per-layer work (docs/learning-rules.md), fused: one pass over a row
+// gives its goodness, its normalised copy for the next layer, its loss and its gradient.
+//
+// Both kernels run with any work-group size up to FF_GROUP (a power of two): GPUs launch
+// FF_GROUP work-items per row and reduce in local memory; CPU drivers launch one.
+
+#ifndef FF_GROUP
+#define FF_GROUP 128
+#endif
+
+// Sums `value` over the work-group; every work-item gets the sum.
+inline float ff_group_sum(float value, __local float* scratch) {
+    const int lid = get_local_id(0);
+    const int size = get_local_size(0);
+    scratch[lid] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int step = size / 2; step > 0; step /= 2) {
+        if (lid < step) scratch[lid] += scratch[lid + step];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float sum = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return sum;
+}
+
+// Row r of A [rows, D] (pre-activations): h = relu(A) (or A itself when `relu` is 0),
+// ss = sum h^2, normalised[r] = h / (sqrt(ss / D) + eps), sum_squares[r] = ss.
+// Rows below `loss_rows` (positives first, `positives` of them, then negatives) also get
+// the logistic loss of s = ss - threshold against 1 (positive) or 0 (negative), averaged
+// over the loss rows, and d loss / d A with ReLU's gradient taken as 1 (straight-through):
+// (sigmoid(s) - y) / loss_rows * 2 h, plus `peer[j]` on positive rows (peer normalisation).
+__kernel void ff_rows(__global const float* A, __global float* normalised,
+                      __global float* sum_squares, __global float* dA,
+                      __global float* row_loss, __global const float* peer, const int D,
+                      const int positives, const int loss_rows, const float threshold,
+                      const int relu, const int has_peer, const float eps) {
+    __local float scratch[FF_GROUP];
+    const int r = get_group_id(0);
+    const int lid = get_local_id(0);
+    const int size = get_local_size(0);
+    __global const float* a = A + (size_t)r * D;
+    float partial = 0.0f;
+    for (int j = lid; j < D; j += size) {
+        const float h = relu ? fmax(a[j], 0.0f) : a[j];
+        partial += h * h;
+    }
+    const float ss = ff_group_sum(partial, scratch);
+    const float scale = 1.0f / (sqrt(ss / (float)D) + eps);
+    __global float* out = normalised + (size_t)r * D;
+    for (int j = lid; j < D; j += size) out[j] = (relu ? fmax(a[j], 0.0f) : a[j]) * scale;
+    if (lid == 0) sum_squares[r] = ss;
+    if (r >= loss_rows) return;
+
+    const float s = ss - threshold;
+    const float y = r < positives ? 1.0f : 0.0f;
+    const float inv_rows = 1.0f / (float)loss_rows;
+    if (lid == 0) {
+        // log(1 + exp(s)) - y s, without overflow for large |s|.
+        const float softplus = fmax(s, 0.0f) + log1p(exp(-fabs(s)));
+        row_loss[r] = (softplus - y * s) * inv_rows;
+    }
+    const float coefficient = (1.0f / (1.0f + exp(-s)) - y) * inv_rows * 2.0f;
+    const int adds_peer = has_peer && r < positives;
+    __global float* d = dA + (size_t)r * D;
+    for (int j = lid; j < D; j += size) {
+        const float h = relu ? fmax(a[j], 0.0f) : a[j];
+        d[j] = coefficient * h + (adds_peer ? peer[j] : 0.0f);
+    }
+}
+
+// Peer normalisation of one layer, in one work-group: the mean activity m_j of unit j over
+// the `positives` first rows of relu(A) moves the running mean, r_j = momentum r_j +
+// (1 - momentum) m_j, and the loss weight * mean_j (mean(r) - r_j)^2 gives each positive
+// entry the gradient peer[j] = weight * 2 / D * (r_j - mean(r)) * (1 - momentum) / positives.
+__kernel void ff_peer(__global const float* A, __global float* running_mean,
+                      __global float* peer, const int D, const int positives,
+                      const float momentum, const float weight) {
+    __local float scratch[FF_GROUP];
+    const int lid = get_local_id(0);
+    const int size = get_local_size(0);
+    float partial = 0.0f;
+    for (int j = lid; j < D; j += size) {
+        float sum = 0.0f;
+        for (int i = 0; i < positives; ++i) sum += fmax(A[(size_t)i * D + j], 0.0f);
+        const float r = running_mean[j] * momentum + sum / (float)positives * (1.0f - momentum);
+        running_mean[j] = r;
+        partial += r;
+    }
+    const float mean = ff_group_sum(partial, scratch) / (float)D;
+    const float factor = weight * 2.0f / (float)D * (1.0f - momentum) / (float)positives;
+    for (int j = lid; j < D; j += size) peer[j] = factor * (running_mean[j] - mean);
+}

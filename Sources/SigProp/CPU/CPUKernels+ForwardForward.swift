@@ -1,0 +1,67 @@
+import Foundation
+
+/// Forward-Forward's per-layer work on the CPU: the same arithmetic as
+/// Kernels/forward_forward.cl (which documents it), a row per task.
+extension CPUKernels {
+    struct ForwardForwardRows {
+        var columns: Int
+        var positives: Int
+        var lossRows: Int
+        var threshold: Float
+        var relu: Bool
+        var epsilon: Float
+    }
+
+    static func forwardForwardRows(
+        _ p: ForwardForwardRows, rows: Int, a: UnsafePointer<Float>,
+        normalized: UnsafeMutablePointer<Float>, sumSquares: UnsafeMutablePointer<Float>,
+        gradient: UnsafeMutablePointer<Float>?, rowLosses: UnsafeMutablePointer<Float>?,
+        peer: UnsafePointer<Float>?
+    ) {
+        let d = p.columns
+        parallelChunks(rows, minimumChunk: max(1, (1 << 14) / max(d, 1))) { range in
+            for r in range {
+                let row = a + r * d
+                var ss: Float = 0
+                for j in 0..<d {
+                    let h = p.relu ? max(row[j], 0) : row[j]
+                    ss += h * h
+                }
+                let scale = 1 / ((ss / Float(d)).squareRoot() + p.epsilon)
+                let out = normalized + r * d
+                for j in 0..<d { out[j] = (p.relu ? max(row[j], 0) : row[j]) * scale }
+                sumSquares[r] = ss
+                guard r < p.lossRows, let gradient, let rowLosses else { continue }
+                let s = ss - p.threshold
+                let y: Float = r < p.positives ? 1 : 0
+                let inverseRows = 1 / Float(p.lossRows)
+                rowLosses[r] = (max(s, 0) + log1pf(expf(-abs(s))) - y * s) * inverseRows
+                let coefficient = (1 / (1 + expf(-s)) - y) * inverseRows * 2
+                let dRow = gradient + r * d
+                let addsPeer = peer != nil && r < p.positives
+                for j in 0..<d {
+                    let h = p.relu ? max(row[j], 0) : row[j]
+                    dRow[j] = coefficient * h + (addsPeer ? peer![j] : 0)
+                }
+            }
+        }
+    }
+
+    static func forwardForwardPeer(
+        a: UnsafePointer<Float>, columns d: Int, positives: Int,
+        runningMean: UnsafeMutablePointer<Float>, peer: UnsafeMutablePointer<Float>,
+        momentum: Float, weight: Float
+    ) {
+        var total: Float = 0
+        for j in 0..<d {
+            var sum: Float = 0
+            for i in 0..<positives { sum += max(a[i * d + j], 0) }
+            let r = runningMean[j] * momentum + sum / Float(positives) * (1 - momentum)
+            runningMean[j] = r
+            total += r
+        }
+        let mean = total / Float(d)
+        let factor = weight * 2 / Float(d) * (1 - momentum) / Float(positives)
+        for j in 0..<d { peer[j] = factor * (runningMean[j] - mean) }
+    }
+}
