@@ -2,11 +2,13 @@ import ArgumentParser
 import Foundation
 import SigProp
 
-/// Trains a network with Signal Propagation on an image classification data set.
+/// Trains a network with a forward-only rule (Signal Propagation by default) on an image
+/// classification data set.
 @main
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a network with Signal Propagation (forward-only learning).",
+        abstract:
+            "Train a network with forward-only learning: Signal Propagation or Forward-Forward.",
         discussion: """
             Backend and devices come from the environment: SIGPROP_BACKEND=auto|opencl|cpu (default auto: \
             the first OpenCL GPU, else the CPU fallback), SIGPROP_DEVICE=<index or name>[,<index or name>...] \
@@ -16,6 +18,35 @@ struct Train: ParsableCommand {
 
     // Options that define the run: taken from the checkpoint with --resume, where giving a
     // different value is an error. Their defaults are in `TrainingOptions` and `NetworkDescription`.
+    @Option(
+        help: ArgumentHelp(
+            """
+            Learning rule: sigprop (Signal Propagation, default) or ff (Forward-Forward: the \
+            label written over the first K inputs, each dense layer telling positive from \
+            negative samples by its goodness). ff changes the defaults to its paper's: model \
+            dense1000,dense1000,dense1000, batch 100, SGD lr 1e-3 momentum 0.9 weight decay \
+            3e-4 with a linear cooldown over the second half, pixels in 0...1 unstandardised, \
+            readouts output (linear classifier) and goodness.
+            """, valueName: "sigprop|ff"))
+    var rule: String?
+
+    @Option(
+        parsing: .unconditional,
+        help: "ff: goodness threshold per unit of a layer's width. Default 1.")
+    var ffThreshold: Float?
+
+    @Option(
+        parsing: .unconditional,
+        help: "ff: weight of the peer normalisation loss (0 = off). Default 0.03.")
+    var ffPeerWeight: Float?
+
+    @Option(
+        parsing: .unconditional,
+        help:
+            "ff: the linear classifier's learning rate (its schedule is the layers'). Default 0.01."
+    )
+    var ffClassifierLr: Float?
+
     @Option(
         help: ArgumentHelp(
             """
@@ -140,10 +171,11 @@ struct Train: ParsableCommand {
 
     @Option(
         help: """
-            Prediction: adaptive (default: whichever of the output layer and the similarity at \
-            each block does best on the validation split, chosen after every epoch; the output \
-            layer without a split), similarity (nearest class target at --readout-block), or \
-            output (the trained output layer).
+            Prediction: adaptive (default: whichever readout of the rule does best on the \
+            validation split, chosen after every epoch; the output layer without a split), \
+            output (the trained output layer; under ff the linear classifier), similarity \
+            (sigprop: nearest class target at --readout-block) or goodness (ff: the label of \
+            highest goodness).
             """
     )
     var readout: String = Readout.adaptive.rawValue
@@ -311,6 +343,78 @@ struct Train: ParsableCommand {
         if let earlyStop, earlyStop < 1 {
             throw ValidationError("--early-stop must be at least 1 epoch, got \(earlyStop)")
         }
+        if let rule, LearningRule.Name(rawValue: rule) == nil {
+            throw ValidationError(
+                "--rule \(rule) is not a learning rule. Valid values: "
+                    + LearningRule.Name.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        for (flag, value) in [
+            ("--ff-threshold", ffThreshold), ("--ff-classifier-lr", ffClassifierLr),
+        ] {
+            if let value, !(value.isFinite && value > 0) {
+                throw ValidationError("\(flag) must be a positive number, got \(value)")
+            }
+        }
+        if let ffPeerWeight, !(ffPeerWeight.isFinite && ffPeerWeight >= 0) {
+            throw ValidationError("--ff-peer-weight must be >= 0, got \(ffPeerWeight)")
+        }
+        if rule == LearningRule.Name.ff.rawValue, readout == Readout.similarity.rawValue {
+            throw ValidationError(
+                "--readout similarity is Signal Propagation's; --rule ff offers output, goodness "
+                    + "and adaptive")
+        }
+        if rule == nil || rule == LearningRule.Name.sigprop.rawValue, resume == nil,
+            readout == Readout.goodness.rawValue
+        {
+            throw ValidationError(
+                "--readout goodness is Forward-Forward's: add --rule ff, or choose output, "
+                    + "similarity or adaptive")
+        }
+        let ffFlags = [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil }
+        if ffFlags, rule != LearningRule.Name.ff.rawValue, resume == nil {
+            throw ValidationError(
+                "--ff-threshold, --ff-peer-weight and --ff-classifier-lr set Forward-Forward; "
+                    + "add --rule ff")
+        }
+    }
+
+    /// The rule as flags give it, on top of `base` (the default, or a checkpoint's rule, where
+    /// giving a different value is an error).
+    func resolveRule(base: LearningRule, fromCheckpoint: Bool) throws -> LearningRule {
+        var resolved = base
+        var conflicts: [String] = []
+        func apply<T: Equatable>(_ flag: String, _ given: T?, _ value: inout T) {
+            guard let given else { return }
+            if fromCheckpoint && given != value {
+                conflicts.append("\(flag) \(given) (checkpoint: \(value))")
+            }
+            value = given
+        }
+        apply("--rule", rule.flatMap(LearningRule.Name.init(rawValue:)), &resolved.name)
+        apply("--ff-threshold", ffThreshold, &resolved.forwardForward.thresholdPerUnit)
+        apply("--ff-peer-weight", ffPeerWeight, &resolved.forwardForward.peerWeight)
+        apply(
+            "--ff-classifier-lr", ffClassifierLr,
+            &resolved.forwardForward.classifierLearningRate)
+        if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
+        if resolved.name != .ff, ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
+        {
+            throw UsageError("the --ff-* options set Forward-Forward, and this run is \(resolved)")
+        }
+        return resolved
+    }
+
+    /// A fresh run's model and options before flags: the defaults, changed to the rule's own
+    /// where it has them (Forward-Forward's paper settings).
+    static func defaults(for rule: LearningRule) -> (NetworkDescription, TrainingOptions) {
+        var options = TrainingOptions()
+        guard rule.name == .ff else { return (.mlp(), options) }
+        options.optimizer = ForwardForwardSettings.layerOptimizer
+        options.batchSize = 100
+        var description = NetworkDescription(layers: [.dense(1000), .dense(1000), .dense(1000)])
+        description.denseNorm = .none
+        description.activation = .relu
+        return (description, options)
     }
 
     func run() throws {
@@ -385,6 +489,10 @@ struct Train: ParsableCommand {
             "--validation", try validation.map(ValidationSize.parse), &options.validation,
             shown: { $0?.description ?? "0" })
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
+        // Another schedule given replaces the rule's default one.
+        if !fromCheckpoint, lrCosineTo != nil || lrMilestones != nil {
+            options.optimizer.linearCooldown = nil
+        }
         options.epochs = epochs
         options.readout = Readout(rawValue: readout)!
         options.readoutBlock = readoutBlock
@@ -503,9 +611,12 @@ struct Train: ParsableCommand {
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         let storedModel = try checkpoint?.model
+        let learningRule = try resolveRule(
+            base: try checkpoint?.rule ?? .signalPropagation, fromCheckpoint: checkpoint != nil)
+        let fresh = Self.defaults(for: learningRule)
         var (description, options) = try resolve(
             base: (
-                storedModel?.description ?? .mlp(), try checkpoint?.options ?? TrainingOptions()
+                storedModel?.description ?? fresh.0, try checkpoint?.options ?? fresh.1
             ),
             fromCheckpoint: checkpoint != nil)
         // A resumed run holds out the samples its checkpoint's run held out, even where `auto`
@@ -527,9 +638,17 @@ struct Train: ParsableCommand {
         let loadStart = Date()
         var trainSet = try Dataset.load(directory: directory, split: .train)
         var testSet = try Dataset.load(directory: directory, split: .test)
+        // Forward-Forward reads pixels as they are (0...1): the label it writes into the
+        // input is on that scale.
         let (normalization, normalizationSource) =
             stored.map { ($0.normalization, "from the checkpoint") }
-            ?? Normalization.standard(for: trainSet)
+            ?? (learningRule.name == .ff
+                ? (
+                    Normalization(
+                        mean: [Float](repeating: 0, count: trainSet.channels),
+                        std: [Float](repeating: 1, count: trainSet.channels)),
+                    "none: Forward-Forward reads pixels in 0...1"
+                ) : Normalization.standard(for: trainSet))
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)
         if let dataLimit { trainSet = trainSet.prefix(dataLimit) }
@@ -581,9 +700,16 @@ struct Train: ParsableCommand {
             printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
             return
         }
-        let network = try Network(
-            description, inputShape: plan.inputShape, classes: plan.classes, devices: devices,
-            optimizer: options.optimizer, seed: options.seed)
+        let network: Network
+        do {
+            network = try Network(
+                description, inputShape: plan.inputShape, classes: plan.classes,
+                devices: devices, optimizer: options.optimizer, seed: options.seed,
+                rule: learningRule)
+        } catch SigPropError.configuration(let message) where learningRule.name == .ff {
+            // What the rule cannot train is the user's to change (--model, --rule).
+            throw UsageError(message)
+        }
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
@@ -636,6 +762,12 @@ struct Train: ParsableCommand {
             devices.allSatisfy(\.fusesWeightUpdates)
             ? " (fused into the weight products)"
             : devices.contains(where: \.fusesWeightUpdates) ? " (fused on some devices)" : ""
+        emit(
+            "rule: \(learningRule)"
+                + (learningRule.name == .ff
+                    ? " (threshold \(learningRule.forwardForward.thresholdPerUnit) x width, peer "
+                        + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
+                        + "\(learningRule.forwardForward.classifierLearningRate))" : ""))
         emit(
             "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "

@@ -4,8 +4,9 @@ import Testing
 @testable import SigProp
 
 /// Networks other than the presets: very deep and very shallow ones, strided and 5x5
-/// convolutions, average pooling, CIFAR-shaped input. Each trains on both backends and on a
-/// split CPU, with the same numbers under every schedule and placement.
+/// convolutions, average pooling, CIFAR-shaped input, and networks of the other rules. Each
+/// trains on both backends and on a split CPU, with the same numbers under every schedule and
+/// placement.
 @Suite struct ArchitectureTests {
     static let networks: [TestNetwork] = [
         // 20 learning blocks.
@@ -22,6 +23,9 @@ import Testing
             description: try! NetworkDescription(
                 layerList: "conv8k5s2p2,pool,conv8,dropout0.1,avgpool2,conv8k3s2p1,dense16"),
             inputShape: [3, 32, 32]),
+        // Forward-Forward: three layers (two readout layers), and one (its own readout).
+        .forwardForward([16, 12, 8]),
+        .forwardForward([10]),
     ]
 
     static var options: TrainingOptions {

@@ -65,10 +65,10 @@ import Testing
                 })
         let network = try config.build(devices, optimizer: Self.options.optimizer, seed: 4)
         #expect(network.devices.count == 2, "both devices hold blocks")
-        for parameter in network.signal.optimizer.parameters {
+        for parameter in try #require(network.signal).optimizer.parameters {
             #expect(parameter.value.device === devices[0])
         }
-        for parameter in network.output.optimizer.parameters {
+        for parameter in try #require(network.output).optimizer.parameters {
             #expect(parameter.value.device === devices[1])
         }
         let one = try Self.trainedState(

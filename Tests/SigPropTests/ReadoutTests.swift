@@ -107,7 +107,8 @@ import Testing
     @Test func adaptiveChoosesTheBestValidationReadoutTheOutputLayerIncluded() {
         func choice(_ accuracies: [String: Double]) -> String {
             ReadoutSelection(
-                validationAccuracies: accuracies, blockCount: 3, similarityBlock: 1
+                validationAccuracies: accuracies, choices: ReadoutChoice.all(blockCount: 3),
+                similarityBlock: 1
             ).adaptive.description
         }
         let blocks = ["similarity@1": 0.80, "similarity@2": 0.90, "similarity@3": 0.85]
@@ -121,9 +122,16 @@ import Testing
         #expect(choice([:]) == "output")
 
         let selection = ReadoutSelection(
-            validationAccuracies: blocks, blockCount: 3, similarityBlock: 3)
+            validationAccuracies: blocks, choices: ReadoutChoice.all(blockCount: 3),
+            similarityBlock: 3)
         let named = selection.naming(blocks.merging(["output": 0.7]) { $1 })
         #expect(named["adaptive"] == 0.90 && named["similarity"] == 0.85)
+        // Forward-Forward's readouts: the linear classifier and the goodness.
+        let forwardForward = ReadoutSelection(
+            validationAccuracies: ["output": 0.8, "goodness": 0.85],
+            choices: [.output, .goodness], similarityBlock: 1)
+        #expect(forwardForward.adaptive == .goodness)
+        #expect(forwardForward.naming(["output": 0.8, "goodness": 0.85])["similarity"] == nil)
     }
 
     /// The default readout on held-out data generalises: after every epoch but the first (near

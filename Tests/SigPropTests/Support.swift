@@ -102,9 +102,18 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
     var description: NetworkDescription
     var inputShape: [Int] = [1, 6, 6]
     var classes = 4
+    var rule = LearningRule.signalPropagation
 
     var testDescription: String {
         "\(description.summary) on \(inputShape.map(String.init).joined(separator: "x"))"
+            + (rule.name == .sigprop ? "" : " by \(rule.name.rawValue)")
+    }
+
+    /// Forward-Forward on dense layers of `widths`, 1x6x6 input, 4 classes.
+    static func forwardForward(_ widths: [Int]) -> TestNetwork {
+        TestNetwork(
+            description: NetworkDescription(layers: widths.map { .dense($0) }),
+            rule: LearningRule(.ff))
     }
 
     /// An mlp of `hiddenLayers` blocks of `width` on 1x6x6 input, 4 classes.
@@ -132,7 +141,7 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
     ) throws -> Network {
         try Network(
             description, inputShape: inputShape, classes: classes, devices: devices,
-            optimizer: optimizer, seed: seed)
+            optimizer: optimizer, seed: seed, rule: rule)
     }
 
     func build(

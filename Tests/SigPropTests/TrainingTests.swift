@@ -30,10 +30,12 @@ import Testing
         try TestNetwork.mlp(width: width).build(device, seed: seed)
     }
 
+    /// Every parameter with its optimizer state, then every buffer.
     static func state(_ network: Network) throws -> [Float] {
-        try network.parameters.flatMap { parameter in
-            [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
-        }.flatMap { try $0.device.read($0) }
+        try
+            (network.parameters.flatMap { parameter in
+                [parameter.value] + parameter.state.keys.sorted().map { parameter.state[$0]! }
+            } + network.buffers.map(\.value)).flatMap { try $0.device.read($0) }
     }
 
     @Test(arguments: TestBackend.available)

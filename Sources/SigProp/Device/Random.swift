@@ -1,3 +1,5 @@
+import Foundation
+
 /// A small seeded generator (SplitMix64): the same seed gives the same numbers everywhere.
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
     private var state: UInt64
@@ -15,5 +17,22 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
     /// Uniform floats in `range`.
     public mutating func uniform(_ count: Int, in range: ClosedRange<Float> = -1...1) -> [Float] {
         (0..<count).map { _ in Float.random(in: range, using: &self) }
+    }
+}
+
+extension SeededGenerator {
+    /// Normal draws with mean 0 and standard deviation `deviation` (Box-Muller, both values
+    /// of each pair used).
+    public mutating func normal(_ count: Int, deviation: Float) -> [Float] {
+        var values: [Float] = []
+        values.reserveCapacity(count + 1)
+        while values.count < count {
+            let u1 = Double.random(in: Double.ulpOfOne..<1, using: &self)
+            let u2 = Double.random(in: 0..<1, using: &self)
+            let radius = (-2 * Foundation.log(u1)).squareRoot()
+            values.append(Float(radius * Foundation.cos(2 * Double.pi * u2)) * deviation)
+            values.append(Float(radius * Foundation.sin(2 * Double.pi * u2)) * deviation)
+        }
+        return Array(values.prefix(count))
     }
 }

@@ -304,6 +304,8 @@ public final class OutputLayer {
 }
 
 extension SignalBlock: TrainingStage {
+    public var optimizers: [Optimizer] { [optimizer] }
+
     /// Reads the batch's samples; the context is onehot(c), or the K x K identity with the
     /// K-row shortcut. Hands on the input and target streams.
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
@@ -325,6 +327,8 @@ extension SignalBlock: TrainingStage {
 }
 
 extension HiddenBlock: TrainingStage {
+    public var optimizers: [Optimizer] { [optimizer] }
+
     /// Reads the previous block's input and target streams; hands on its own.
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass
@@ -342,6 +346,8 @@ extension HiddenBlock: TrainingStage {
 }
 
 extension OutputLayer: TrainingStage {
+    public var optimizers: [Optimizer] { [optimizer] }
+
     /// Reads the last block's input stream; hands on the logits (before its step).
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass

@@ -37,12 +37,21 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
     /// Cosine annealing to this rate over the run's epochs, in place of the multi-step decay
     /// (nil: off; checkpoints written before it existed have none).
     public var cosineFloor: Float?
+    /// The rate held for the first half of the run, then falling linearly towards zero (the
+    /// schedule of Forward-Forward's common reimplementation); nil or false: off.
+    public var linearCooldown: Bool?
 
     public init() {}
 
     /// The learning rate in force during `epoch` (0-based) of a run of `epochs`: every block's
     /// optimizer steps with it for the whole epoch.
     public func learningRate(epoch: Int, of epochs: Int) -> Float {
+        if linearCooldown == true {
+            // Epoch e (1-based) of E past E / 2 runs at rate * 2 (1 + E - e) / E.
+            let (e, total) = (epoch + 1, max(epochs, 1))
+            guard e > total / 2 else { return learningRate }
+            return learningRate * 2 * Float(1 + total - e) / Float(total)
+        }
         guard let floor = cosineFloor else {
             return milestones.filter { epoch >= $0 }.reduce(learningRate) { rate, _ in
                 rate * gamma

@@ -1,7 +1,9 @@
-/// A Signal Propagation network built from a `NetworkDescription`: the signal block, the
-/// hidden blocks, the output layer, each on its device. The first learning block doubles as
-/// the signal block's input part, as in the reference. It holds blocks and their forward,
-/// learn and infer; when and on which stream they run is the `Pipeline`'s.
+/// A network built from a `NetworkDescription` for a learning rule, each stage on its device.
+/// Under Signal Propagation: the signal block, the hidden blocks, the output layer (the first
+/// learning block doubles as the signal block's input part, as in the reference). Under
+/// Forward-Forward: a layer per dense layer of the description and the linear classifier.
+/// It holds blocks and their forward, learn and infer; when and on which stream they run is
+/// the `Pipeline`'s.
 public final class Network {
     public let description: NetworkDescription
     /// What the description became for this input and these classes.
@@ -11,9 +13,14 @@ public final class Network {
     public var classes: Int { plan.classes }
     /// The device of each stage (each learning block, then the output layer).
     public let stageDevices: [Device]
-    public let signal: SignalBlock
+    public let rule: LearningRule
+    /// Signal Propagation's blocks (nil and empty under other rules).
+    public let signal: SignalBlock?
     public let hidden: [HiddenBlock]
-    public let output: OutputLayer
+    public let output: OutputLayer?
+    /// Forward-Forward's layers and linear classifier (empty and nil under other rules).
+    public let forwardForward: [ForwardForwardBlock]
+    public let classifier: ForwardForwardClassifier?
     /// What the `Pipeline` runs for each batch, in order: the learning blocks, then the output
     /// layer.
     public let stages: [any TrainingStage]
@@ -28,24 +35,24 @@ public final class Network {
     }
 
     /// Blocks with a local loss, in order (the signal block first).
-    public var blockCount: Int { 1 + hidden.count }
+    public var blockCount: Int { plan.blockCount }
 
     public convenience init(
         _ description: NetworkDescription, inputShape: [Int], classes: Int, device: Device,
-        optimizer: OptimizerSettings, seed: UInt64
+        optimizer: OptimizerSettings, seed: UInt64, rule: LearningRule = .signalPropagation
     ) throws {
         try self.init(
             description, inputShape: inputShape, classes: classes, devices: [device],
-            optimizer: optimizer, seed: seed)
+            optimizer: optimizer, seed: seed, rule: rule)
     }
 
     /// The network on `devices`: its stages in contiguous groups of balanced work, one group
     /// per device (`placement`). The weights are the same whatever the devices: every weight
-    /// is drawn from one generator in stage order (the signal block's input part, its context
-    /// part, the hidden blocks, the output layer).
+    /// is drawn from one generator in stage order (under Signal Propagation the signal
+    /// block's input part, its context part, the hidden blocks, the output layer).
     public init(
         _ description: NetworkDescription, inputShape: [Int], classes: Int, devices: [Device],
-        optimizer: OptimizerSettings, seed: UInt64
+        optimizer: OptimizerSettings, seed: UInt64, rule: LearningRule = .signalPropagation
     ) throws {
         guard !devices.isEmpty else {
             throw SigPropError.configuration("a network needs at least one device")
@@ -58,7 +65,18 @@ public final class Network {
         // Before any allocation: a model too large for the devices fails here with the
         // figures, not in an allocator part-way through.
         try MemoryEstimate(plan).checkParameters(on: stageDevices, optimizer: optimizer)
+        self.rule = rule
         var generator = SeededGenerator(seed: seed)
+        if rule.name == .ff {
+            let built = try Self.forwardForward(
+                plan, devices: stageDevices, optimizer: optimizer, settings: rule.forwardForward,
+                generator: &generator)
+            (signal, hidden, output) = (nil, [], nil)
+            (forwardForward, classifier) = built
+            stages = built.layers + [built.classifier]
+            return
+        }
+        (forwardForward, classifier) = ([], nil)
         func layer(_ index: Int) throws -> FeatureLayer {
             let stage = plan.stages[index]
             let (device, name) = (stageDevices[index], "block\(index)")
@@ -82,33 +100,70 @@ public final class Network {
             device: stageDevices[0], name: "block0.context", inputs: classes,
             outputs: first.outputShape.reduce(1, *), bias: false, norm: .layer,
             activation: .relu, generator: &generator)
-        signal = try SignalBlock(
+        let signal = try SignalBlock(
             input: input, context: context, after: first.after,
             outputShape: [1] + first.outputShape, optimizer: optimizer,
             fixedContext: description.fixedContext)
-        hidden = try (1..<plan.blockCount).map { index in
+        let hidden = try (1..<plan.blockCount).map { index in
             try HiddenBlock(
                 layer: try layer(index), after: plan.stages[index].after, optimizer: optimizer)
         }
         let last = plan.stages[plan.blockCount]
-        output = try OutputLayer(
+        let output = try OutputLayer(
             layer: DenseLayer(
                 device: stageDevices[plan.blockCount], name: "output",
                 inputs: last.inputShape.reduce(1, *), outputs: classes, activation: .identity,
                 generator: &generator),
             optimizer: optimizer)
+        (self.signal, self.hidden, self.output) = (signal, hidden, output)
         stages = [signal] + hidden + [output]
     }
 
-    /// Every parameter, in a fixed order (checkpoints use the names).
-    public var parameters: [Parameter] {
-        signal.optimizer.parameters + hidden.flatMap(\.optimizer.parameters)
-            + output.optimizer.parameters
+    /// Forward-Forward's layers, one per dense layer of `plan`, and its classifier on the
+    /// readout layers (every layer but the first; the only layer of a one-layer network).
+    private static func forwardForward(
+        _ plan: NetworkPlan, devices: [Device], optimizer: OptimizerSettings,
+        settings: ForwardForwardSettings, generator: inout SeededGenerator
+    ) throws -> (layers: [ForwardForwardBlock], classifier: ForwardForwardClassifier) {
+        let features = plan.inputShape.reduce(1, *)
+        guard features > plan.classes else {
+            throw SigPropError.configuration(
+                "--rule ff writes the label over the first \(plan.classes) input values, but a "
+                    + "sample has only \(features); use another rule for this data")
+        }
+        var widths: [Int] = []
+        for (index, stage) in plan.stages.prefix(plan.blockCount).enumerated() {
+            guard case .dense(_, let outputs) = stage.kind, stage.after.isEmpty else {
+                throw SigPropError.configuration(
+                    "--rule ff trains dense layers only, but layer \(index + 1) of the model "
+                        + "(\(plan.stageName(index))) is not one, or is followed by pooling or "
+                        + "dropout; describe the network as dense layers, e.g. "
+                        + "--model dense1000,dense1000,dense1000")
+            }
+            widths.append(outputs)
+        }
+        let readout = widths.count == 1 ? [0] : Array(1..<widths.count)
+        let layers = try widths.enumerated().map { index, width in
+            try ForwardForwardBlock(
+                device: devices[index], name: "layer\(index)",
+                inputs: index == 0 ? features : widths[index - 1], outputs: width,
+                settings: settings, optimizer: optimizer, embedsLabels: index == 0,
+                isReadout: readout.contains(index), generator: &generator)
+        }
+        let classifier = try ForwardForwardClassifier(
+            device: devices[widths.count], widths: readout.map { widths[$0] },
+            classes: plan.classes, optimizer: optimizer, settings: settings,
+            generator: &generator)
+        return (layers, classifier)
     }
 
-    public var optimizers: [Optimizer] {
-        [signal.optimizer] + hidden.map(\.optimizer) + [output.optimizer]
-    }
+    /// Every parameter, in a fixed order (checkpoints use the names).
+    public var parameters: [Parameter] { optimizers.flatMap(\.parameters) }
+
+    public var optimizers: [Optimizer] { stages.flatMap(\.optimizers) }
+
+    /// State kept from batch to batch besides parameters (Forward-Forward's running means).
+    public var buffers: [Parameter] { stages.flatMap(\.buffers) }
 
     /// One-hot rows for `labels` on `stream`'s device (the first stage's without a stream).
     public func onehot(_ labels: [Int32], on stream: Stream? = nil) throws -> Tensor {
@@ -128,33 +183,4 @@ public final class Network {
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
     public var kRowShortcutIsExact: Bool { plan.kRowShortcutIsExact }
-
-    /// The input stream through every block (the target stream is not used at inference);
-    /// each block's output on its own device.
-    public func features(images: [Float], count: Int) throws -> [Tensor] {
-        let x = try device.tensor(images, shape: [count] + inputShape)
-        return try throughHiddenBlocks(try signal.infer(x, on: nil))
-    }
-
-    /// Each class's target activations at every block: the context of onehot(k) through the blocks.
-    public func classTargets() throws -> [Tensor] {
-        let onehot = try self.onehot((0..<classes).map(Int32.init))
-        return try throughHiddenBlocks(try signal.inferTarget(onehot, on: nil))
-    }
-
-    /// The output layer's logits for the last block's output `h`.
-    public func logits(_ h: Tensor) throws -> Tensor {
-        try output.logits(try stageDevices[stageCount - 1].transfer(h), on: nil)
-    }
-
-    /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
-    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
-        var outputs = [first]
-        for (index, block) in hidden.enumerated() {
-            outputs.append(
-                try block.infer(
-                    try stageDevices[index + 1].transfer(outputs[outputs.count - 1]), on: nil))
-        }
-        return outputs
-    }
 }

@@ -9,6 +9,15 @@ public protocol TrainingStage: AnyObject {
     /// previous stage handed on, on this stage's device (the first stage gets none and reads
     /// `batch.images`). The update waits in the returned pass.
     func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws -> StagePass
+    /// The stage's optimizers (their parameters are what it learns).
+    var optimizers: [Optimizer] { get }
+    /// State the stage keeps from batch to batch besides its parameters and their optimizer
+    /// state (checkpoints hold it too).
+    var buffers: [Parameter] { get }
+}
+
+extension TrainingStage {
+    public var buffers: [Parameter] { [] }
 }
 
 /// A stage's forward pass of one batch: what the next stage reads, and the stage's update
@@ -44,6 +53,9 @@ public final class BatchContext {
     /// The rule's own random draws for this batch (Forward-Forward's wrong labels), fixed by
     /// (seed, epoch, batch) so a resumed run draws what an uninterrupted one would.
     public var generator: SeededGenerator
+    /// Forward-Forward's wrong labels for the negative rows; nil: drawn from `generator`,
+    /// uniformly among the other classes.
+    public var wrongLabels: [Int32]?
     private var onehots: [ObjectIdentifier: Tensor] = [:]
 
     public init(
@@ -78,8 +90,7 @@ public final class BatchContext {
     }
 
     /// One row per label, 1 at the label's column, on `stream`'s device.
-    public static func onehot(_ labels: [Int32], classes: Int, on stream: Stream) throws -> Tensor
-    {
+    public static func onehot(_ labels: [Int32], classes: Int, on stream: Stream) throws -> Tensor {
         var values = [Float](repeating: 0, count: labels.count * classes)
         for (row, label) in labels.enumerated() { values[row * classes + Int(label)] = 1 }
         return try stream.device.tensor(values, shape: [labels.count, classes], on: stream)

@@ -2,9 +2,10 @@ import Foundation
 
 /// A training checkpoint in the safetensors format (loadable by Python's `safetensors`):
 /// every parameter, every optimizer state tensor (`<parameter>.<state>`, e.g.
-/// `block0.weight.m`), and in the metadata the epochs done, each optimizer's step count, the
-/// network description with its input shape and classes, the training options and the data
-/// settings (as JSON strings).
+/// `block0.weight.m`), every buffer (Forward-Forward's running means), and in the metadata
+/// the epochs done, each optimizer's step count, the network description with its input
+/// shape and classes, the learning rule, the training options and the data settings (as JSON
+/// strings).
 public struct Checkpoint {
     public var tensors: [String: GoldenTensor]
     public var metadata: [String: String]
@@ -34,6 +35,10 @@ public struct Checkpoint {
                     shape: tensor.shape, values: try tensor.device.read(tensor))
             }
         }
+        for buffer in network.buffers {
+            tensors[buffer.name] = GoldenTensor(
+                shape: buffer.value.shape, values: try buffer.value.device.read(buffer.value))
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         self.tensors = tensors
@@ -46,6 +51,7 @@ public struct Checkpoint {
             "input_shape": network.inputShape.map(String.init).joined(separator: ","),
             "classes": String(network.classes),
             "options": String(decoding: try encoder.encode(options), as: UTF8.self),
+            "rule": String(decoding: try encoder.encode(network.rule), as: UTF8.self),
         ]
         if let data {
             metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self)
@@ -87,6 +93,13 @@ public struct Checkpoint {
         }
     }
 
+    /// The learning rule; Signal Propagation in checkpoints written before rules were stored.
+    public var rule: LearningRule {
+        get throws {
+            metadata["rule"] == nil ? .signalPropagation : try decode(LearningRule.self, "rule")
+        }
+    }
+
     public var options: TrainingOptions {
         get throws { try decode(TrainingOptions.self, "options") }
     }
@@ -114,6 +127,7 @@ public struct Checkpoint {
                 try load("\(parameter.name).\(state)", into: tensor)
             }
         }
+        for buffer in network.buffers { try load(buffer.name, into: buffer.value) }
         let steps = (metadata["optimizer_steps"] ?? "").split(separator: ",").compactMap { Int($0) }
         guard steps.count == network.optimizers.count else {
             throw Self.invalid(

@@ -1,9 +1,12 @@
-/// One way a trained network predicts a class: its output layer, or the nearest class target
-/// at a block. Named as in the metrics: `output`, `similarity@<block>`.
+/// One way a trained network predicts a class: its output layer (Forward-Forward: the linear
+/// classifier), the nearest class target at a block (Signal Propagation), or the label of
+/// highest goodness (Forward-Forward). Named as in the metrics: `output`,
+/// `similarity@<block>`, `goodness`.
 public enum ReadoutChoice: Sendable, Hashable, CustomStringConvertible {
     case output
     /// Similarity at `block` (1 = the signal block).
     case similarity(block: Int)
+    case goodness
 
     /// Every readout of a network with `blockCount` blocks, in the order ties are settled in:
     /// the output layer, then the blocks from the first.
@@ -15,12 +18,14 @@ public enum ReadoutChoice: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .output: "output"
         case .similarity(let block): "similarity@\(block)"
+        case .goodness: "goodness"
         }
     }
 }
 
-/// The readout `adaptive` predicts with after an epoch: whichever of every readout (the output
-/// layer and the similarity at each block) is most accurate on the held-out validation split.
+/// The readout `adaptive` predicts with after an epoch: whichever of every readout of the
+/// network's rule (the output layer and the similarity at each block, or the linear
+/// classifier and the goodness) is most accurate on the held-out validation split.
 /// Scoring on data the network trains on would favour the readout that overfits most (an
 /// early block on small sets); without a split the output layer, the reference's
 /// prediction, is used.
@@ -31,12 +36,14 @@ public struct ReadoutSelection: Sendable, Equatable {
     public let similarityBlock: Int
 
     /// Chooses by `validationAccuracies` (keyed by `ReadoutChoice.description`; empty without a
-    /// validation split). A readout must be strictly more accurate to win over one listed
-    /// before it in `ReadoutChoice.all`.
-    public init(validationAccuracies: [String: Double], blockCount: Int, similarityBlock: Int) {
+    /// validation split) among `choices`. A readout must be strictly more accurate to win over
+    /// one listed before it.
+    public init(
+        validationAccuracies: [String: Double], choices: [ReadoutChoice], similarityBlock: Int
+    ) {
         var best = ReadoutChoice.output
         var bestAccuracy = -Double.infinity
-        for choice in ReadoutChoice.all(blockCount: blockCount) {
+        for choice in choices {
             if let accuracy = validationAccuracies[choice.description], accuracy > bestAccuracy {
                 (best, bestAccuracy) = (choice, accuracy)
             }
@@ -49,8 +56,11 @@ public struct ReadoutSelection: Sendable, Equatable {
     /// `similarityBlock`) and `adaptive`.
     public func naming(_ accuracies: [String: Double]) -> [String: Double] {
         var named = accuracies
-        named[Readout.similarity.rawValue] =
-            accuracies[ReadoutChoice.similarity(block: similarityBlock).description]
+        if let similarity = accuracies[
+            ReadoutChoice.similarity(block: similarityBlock).description]
+        {
+            named[Readout.similarity.rawValue] = similarity
+        }
         named[Readout.adaptive.rawValue] = accuracies[adaptive.description]
         return named
     }

@@ -7,10 +7,11 @@ public enum Readout: String, Sendable, Codable, CaseIterable {
     /// The class whose target activations t_l(k) are most similar (dot product) to h_l, at
     /// the block `TrainingOptions.readoutBlock`.
     case similarity
-    /// Whichever of the output layer and the similarity at each block classifies the validation
-    /// split best, chosen again after every epoch (`ReadoutSelection`); the output layer
-    /// without a split.
+    /// Whichever readout of the rule classifies the validation split best, chosen again
+    /// after every epoch (`ReadoutSelection`); the output layer without a split.
     case adaptive
+    /// Forward-Forward: the label whose embedding gives the highest goodness.
+    case goodness
 }
 
 /// Everything about a run that is not the model itself.
@@ -176,7 +177,21 @@ public final class Trainer {
         self.train = train
         self.validation = validation
         self.test = test
-        guard (1...network.blockCount).contains(options.readoutBlock) else {
+        let offers = network.readoutChoices.contains { choice in
+            switch (options.readout, choice) {
+            case (.output, _), (.adaptive, _), (.similarity, .similarity), (.goodness, .goodness):
+                true
+            default: false
+            }
+        }
+        guard offers else {
+            throw SigPropError.configuration(
+                "--readout \(options.readout.rawValue) is not a readout of \(network.rule), "
+                    + "which offers \(Self.readoutNames(network.readoutChoices))")
+        }
+        guard
+            network.rule.name != .sigprop || (1...network.blockCount).contains(options.readoutBlock)
+        else {
             throw SigPropError.configuration(
                 "--readout-block \(options.readoutBlock) is not a block: the model has blocks "
                     + "1...\(network.blockCount)"
@@ -278,7 +293,9 @@ public final class Trainer {
                 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
             for batch in try pipeline.submit(
                 images: images, labels: labels, loss: loss, learningRate: learningRate,
-                kRowShortcut: options.kRowShortcut, dropout: dropout, index: index, epoch: epoch)
+                kRowShortcut: options.kRowShortcut, dropout: dropout,
+                generator: batchGenerator(3, epoch: epoch, batch: index), index: index,
+                epoch: epoch)
             {
                 try account(batch)
             }
@@ -296,7 +313,7 @@ public final class Trainer {
         }
         let validationAccuracies = try validation.map { try evaluate($0) } ?? [:]
         let selection = ReadoutSelection(
-            validationAccuracies: validationAccuracies, blockCount: network.blockCount,
+            validationAccuracies: validationAccuracies, choices: network.readoutChoices,
             similarityBlock: options.readoutBlock)
         let accuracies = selection.naming(try evaluate(test))
         let validated = selection.naming(validationAccuracies)
@@ -327,32 +344,27 @@ public final class Trainer {
     /// Accuracy of every readout on `dataset`, keyed by `ReadoutChoice.description`:
     /// "output" and "similarity@l" for each block l (1-based).
     public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
-        let classes = network.classes
-        let targets = try network.classTargets()
+        let predict = try network.predictor()
         var correct = [String: Int]()
         for start in stride(from: 0, to: dataset.count, by: batchSize) {
             let indices = Array(start..<min(start + batchSize, dataset.count))
             let (images, labels) = dataset.batch(indices)
-            let features = try network.features(images: images, count: indices.count)
-            let logits = try network.logits(features.last!)
-            var predictions = [
-                ReadoutChoice.output.description: Self.argmax(
-                    try logits.device.read(logits), columns: classes)
-            ]
-            for (block, (h, t)) in zip(features, targets).enumerated() {
-                let device = h.device
-                let scores = try device.zeros([indices.count, classes])
-                try device.gemm(
-                    try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
-                    transposeB: true, into: scores)
-                predictions[ReadoutChoice.similarity(block: block + 1).description] = Self.argmax(
-                    try device.read(scores), columns: classes)
-            }
-            for (name, predicted) in predictions {
+            for (name, predicted) in try predict(images, indices.count) {
                 correct[name, default: 0] += zip(predicted, labels).filter { $0 == Int($1) }.count
             }
         }
         return correct.mapValues { Double($0) / Double(max(dataset.count, 1)) }
+    }
+
+    /// "a, b and c" of the readouts' `--readout` names.
+    static func readoutNames(_ choices: [ReadoutChoice]) -> String {
+        let names =
+            choices.map { choice -> String in
+                if case .similarity = choice { return Readout.similarity.rawValue }
+                return choice.description
+            }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+            + [Readout.adaptive.rawValue]
+        return names.dropLast().joined(separator: ", ") + " and " + names.last!
     }
 
     static func argmax(_ values: [Float], columns: Int) -> [Int] {

@@ -1,0 +1,211 @@
+import Foundation
+
+/// A Forward-Forward layer (docs/learning-rules.md): `a = z Wᵀ + b`, `h = relu(a)` on three
+/// row sets of each batch, the positives (the input with its label written in), the
+/// negatives (with a wrong label) and the neutral rows (every label at 1/K, for the linear
+/// readout). The layer learns to give positives a goodness `sum h²` above its threshold and
+/// negatives one below, with peer normalisation keeping its units equally active; it hands
+/// on each row set normalised to unit root-mean-square, so the next layer cannot read this
+/// one's goodness off the length.
+public final class ForwardForwardBlock: TrainingStage {
+    /// The product and bias; ReLU is applied by the row kernel, whose gradient passes it
+    /// unchanged (the reimplementation's straight-through ReLU).
+    public let layer: DenseLayer
+    public let optimizer: Optimizer
+    /// Each unit's running mean activity over positive rows (peer normalisation's state).
+    public let runningMean: Parameter
+    let settings: ForwardForwardSettings
+    /// Whether this is the first layer, which writes the labels into the batch's samples.
+    let embedsLabels: Bool
+    /// Whether the readouts read this layer: its neutral rows feed the linear classifier and
+    /// its goodness the goodness readout (every layer but the first, as in the paper).
+    public let isReadout: Bool
+
+    /// Weights normal with deviation 1/sqrt(outputs), biases zero (the reimplementation's).
+    init(
+        device: Device, name: String, inputs: Int, outputs: Int,
+        settings: ForwardForwardSettings, optimizer: OptimizerSettings, embedsLabels: Bool,
+        isReadout: Bool, generator: inout SeededGenerator
+    ) throws {
+        layer = try DenseLayer(
+            device: device, name: name, inputs: inputs, outputs: outputs, bias: true,
+            activation: .identity, generator: &generator)
+        try device.write(
+            generator.normal(inputs * outputs, deviation: 1 / Float(outputs).squareRoot()),
+            to: layer.weight.value)
+        if let bias = layer.bias { try device.fill(bias.value, with: 0) }
+        runningMean = try Parameter(
+            name: "\(name).running_mean",
+            value: device.tensor([Float](repeating: 0.5, count: outputs), shape: [outputs]))
+        self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
+        self.settings = settings
+        self.embedsLabels = embedsLabels
+        self.isReadout = isReadout
+    }
+
+    public var optimizers: [Optimizer] { [optimizer] }
+    public var buffers: [Parameter] { [runningMean] }
+
+    /// The goodness threshold: `thresholdPerUnit` x the layer's width.
+    public var threshold: Float { settings.thresholdPerUnit * Float(layer.outputs) }
+
+    /// Reads the positive-and-negative rows and the neutral rows (the first layer makes them
+    /// from the batch), then whatever earlier layers handed on for the classifier; hands on
+    /// its own two row sets, then the classifier's inputs with its neutral rows added if it
+    /// is a readout layer.
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let device = stream.device
+        let (pairs, neutral) =
+            embedsLabels ? try Self.embedded(batch, on: stream) : (inputs[0], inputs[1])
+        let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
+        let (rows, width) = (2 * batch.size, layer.outputs)
+        let pass = try layer.forward(pairs, on: stream)
+        var peer: Tensor?
+        if settings.peerWeight != 0 {
+            let gradient = try device.allocate([width], on: stream)
+            try device.forwardForwardPeer(
+                pass.output, positives: batch.size, runningMean: runningMean.value,
+                peer: gradient, momentum: settings.peerMomentum, weight: settings.peerWeight,
+                on: stream)
+            peer = gradient
+        }
+        let normalized = try device.allocate([rows, width], on: stream)
+        let gradient = try device.allocate([rows, width], on: stream)
+        let rowLosses = try device.allocate([rows], on: stream)
+        try device.forwardForwardRows(
+            pass.output, normalized: normalized,
+            sumSquares: try device.allocate([rows], on: stream), positives: batch.size,
+            threshold: threshold, gradient: gradient, rowLosses: rowLosses, peer: peer,
+            on: stream)
+        let neutralOut = try infer(neutral, on: stream).normalized
+        return StagePass(
+            outputs: [normalized, neutralOut] + carried + (isReadout ? [neutralOut] : [])
+        ) { stream in
+            try self.layer.learn(
+                from: [(pass, gradient)],
+                step: self.optimizer.beginStep(learningRate: batch.learningRate), on: stream)
+            return rowLosses
+        }
+    }
+
+    /// The layer on rows `z` without learning: the normalised output and each row's goodness.
+    func infer(_ z: Tensor, on stream: Stream?) throws -> (normalized: Tensor, goodness: Tensor) {
+        let device = z.device
+        let a = try layer.forward(z, on: stream).output
+        let normalized = try device.allocate(a.shape, on: stream)
+        let goodness = try device.allocate([a.rows], on: stream)
+        try device.forwardForwardRows(
+            a, normalized: normalized, sumSquares: goodness, on: stream)
+        return (normalized, goodness)
+    }
+
+    /// The first layer's inputs: the batch's samples with the true label written over their
+    /// first K entries (positives), then with a wrong label drawn uniformly from the others
+    /// (negatives; `batch.wrongLabels` where given), both [2B, D]; and with 1/K in each of
+    /// those entries (neutral, [B, D]); every row normalised to unit root-mean-square.
+    static func embedded(_ batch: BatchContext, on stream: Stream) throws -> (Tensor, Tensor) {
+        let (count, classes) = (batch.size, batch.classes)
+        let features = batch.images.count / max(count, 1)
+        var pairs = [Float](repeating: 0, count: 2 * count * features)
+        var neutral = batch.images
+        for (row, label) in batch.labels.enumerated() {
+            let wrong =
+                batch.wrongLabels.map { Int($0[row]) }
+                ?? (Int(label) + Int.random(in: 1..<classes, using: &batch.generator)) % classes
+            let sample = row * features
+            for (target, written) in [(row, Int(label)), (count + row, wrong)] {
+                let start = target * features
+                for j in 0..<features { pairs[start + j] = batch.images[sample + j] }
+                for k in 0..<classes { pairs[start + k] = k == written ? 1 : 0 }
+            }
+            for k in 0..<classes { neutral[sample + k] = 1 / Float(classes) }
+        }
+        return (
+            try normalizedRows(pairs, rows: 2 * count, device: stream.device, on: stream),
+            try normalizedRows(neutral, rows: count, device: stream.device, on: stream)
+        )
+    }
+
+    /// `values` as [rows, D] on `stream`'s device, each row scaled to unit root-mean-square.
+    static func normalizedRows(
+        _ values: [Float], rows: Int, device: Device, on stream: Stream?
+    ) throws -> Tensor {
+        let raw = try device.tensor(values, shape: [rows, values.count / rows], on: stream)
+        let normalized = try device.allocate(raw.shape, on: stream)
+        try device.forwardForwardRows(
+            raw, normalized: normalized, sumSquares: try device.allocate([rows], on: stream),
+            relu: false, on: stream)
+        return normalized
+    }
+}
+
+/// Forward-Forward's linear readout: a bias-free linear classifier on the normalised neutral
+/// rows of the readout layers (concatenated), trained with cross entropy; nothing flows back
+/// into the layers. It is split into one part per readout layer (logits = sum of the parts),
+/// which is the same linear map without copying the features side by side.
+public final class ForwardForwardClassifier: TrainingStage {
+    public let parts: [DenseLayer]
+    public let optimizer: Optimizer
+    /// The classifier's rate over the layers' (it follows their schedule in proportion).
+    let rateScale: Float
+
+    /// Zero weights, as the reimplementation's.
+    init(
+        device: Device, widths: [Int], classes: Int, optimizer: OptimizerSettings,
+        settings: ForwardForwardSettings, generator: inout SeededGenerator
+    ) throws {
+        parts = try widths.enumerated().map { index, width in
+            let part = try DenseLayer(
+                device: device, name: "classifier.part\(index)", inputs: width,
+                outputs: classes, bias: false, activation: .identity, generator: &generator)
+            try device.fill(part.weight.value, with: 0)
+            return part
+        }
+        var own = optimizer
+        own.learningRate = settings.classifierLearningRate
+        own.weightDecay = settings.classifierWeightDecay
+        self.optimizer = try Optimizer(settings: own, parameters: parts.flatMap(\.parameters))
+        rateScale = settings.classifierLearningRate / optimizer.learningRate
+    }
+
+    public var optimizers: [Optimizer] { [optimizer] }
+
+    /// The logits of the readout layers' neutral rows (the parts' outputs summed).
+    func logits(_ features: [Tensor], on stream: Stream?) throws -> (Tensor, [LayerPass]) {
+        let passes = try zip(parts, features).map { try $0.forward($1, on: stream) }
+        guard passes.count > 1 else { return (passes[0].output, passes) }
+        let device = passes[0].output.device
+        let logits = try device.allocate(passes[0].output.shape, on: stream)
+        try device.copy(passes[0].output, to: logits, on: stream)
+        for pass in passes.dropFirst() {
+            try device.axpby(alpha: 1, pass.output, beta: 1, logits, on: stream)
+        }
+        return (logits, passes)
+    }
+
+    /// Reads the classifier's inputs (after the last layer's two row sets); hands on the
+    /// logits (before its step).
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let (logits, passes) = try logits(Array(inputs.dropFirst(2)), on: stream)
+        return StagePass(outputs: [logits]) { stream in
+            let device = stream.device
+            let mask = try device.allocate(logits.shape, on: stream)
+            let dY = try device.allocate(logits.shape, on: stream)
+            let rows = try device.allocate([logits.rows], on: stream)
+            // Cross entropy: the local loss's row rule with one-hot targets.
+            try device.localLossRows(
+                .maxAll, y: logits, yy: try batch.onehot(on: stream), mask: mask, dY: dY,
+                rowLosses: rows, on: stream)
+            let step = self.optimizer.beginStep(
+                learningRate: batch.learningRate * self.rateScale)
+            for (part, pass) in zip(self.parts, passes) {
+                try part.learn(from: [(pass, dY)], step: step, on: stream)
+            }
+            return rows
+        }
+    }
+}

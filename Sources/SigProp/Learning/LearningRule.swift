@@ -1,0 +1,63 @@
+/// How a network's blocks learn in a forward pass. Every rule trains blocks that each learn
+/// from their own forward passes, with nothing flowing back between blocks; they differ in the
+/// signal S that carries the target into the network (docs/learning-rules.md):
+/// - Signal Propagation: the target's projection, a second stream through the same blocks,
+///   each block pulling a sample's activations towards its own class's.
+/// - Forward-Forward: the label written into the input; each layer tells the input with the
+///   right label (positive) from the input with a wrong one (negative) by its goodness.
+public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertible {
+    public enum Name: String, Sendable, Codable, CaseIterable {
+        /// Signal Propagation (Kohan et al. 2023), SigProp's first rule.
+        case sigprop
+        /// Forward-Forward, supervised (Hinton 2022, section 3.3).
+        case ff
+    }
+
+    public var name: Name
+    /// Forward-Forward's settings (used when `name` is `.ff`).
+    public var forwardForward: ForwardForwardSettings
+
+    public init(_ name: Name = .sigprop, forwardForward: ForwardForwardSettings = .init()) {
+        self.name = name
+        self.forwardForward = forwardForward
+    }
+
+    public static let signalPropagation = LearningRule(.sigprop)
+
+    public var description: String {
+        switch name {
+        case .sigprop: "Signal Propagation"
+        case .ff: "Forward-Forward"
+        }
+    }
+}
+
+/// Forward-Forward's settings. The defaults are those of Hinton's paper as its common PyTorch
+/// reimplementation sets them (docs/learning-rules.md).
+public struct ForwardForwardSettings: Sendable, Codable, Equatable {
+    /// A layer's goodness threshold, per unit of its width: the logistic loss is taken of
+    /// sum h^2 - `thresholdPerUnit` x width.
+    public var thresholdPerUnit: Float = 1
+    /// Peer normalisation: the weight of the loss that keeps units equally active, and the
+    /// momentum of each unit's running mean activity.
+    public var peerWeight: Float = 0.03
+    public var peerMomentum: Float = 0.9
+    /// The linear classifier's own learning rate and weight decay (its other optimizer
+    /// settings and the schedule are the layers').
+    public var classifierLearningRate: Float = 1e-2
+    public var classifierWeightDecay: Float = 3e-3
+
+    public init() {}
+
+    /// The layers' optimizer by default: SGD, momentum 0.9, rate 1e-3, weight decay 3e-4,
+    /// the rate falling linearly to zero over the second half of the run.
+    public static var layerOptimizer: OptimizerSettings {
+        var settings = OptimizerSettings()
+        settings.kind = .sgd
+        settings.learningRate = 1e-3
+        settings.momentum = 0.9
+        settings.weightDecay = 3e-4
+        settings.linearCooldown = true
+        return settings
+    }
+}

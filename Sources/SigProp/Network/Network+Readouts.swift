@@ -1,0 +1,142 @@
+/// How a trained network predicts: the readouts of its rule (`ReadoutChoice`), each sample's
+/// predicted class by each.
+extension Network {
+    /// The readouts this network's rule offers, in the order ties are settled in.
+    public var readoutChoices: [ReadoutChoice] {
+        switch rule.name {
+        case .sigprop: ReadoutChoice.all(blockCount: blockCount)
+        case .ff: [.output, .goodness]
+        }
+    }
+
+    /// A function from samples (flattened, `count` of them) to each readout's predictions,
+    /// keyed by `ReadoutChoice.description`. What every batch shares (the class targets) is
+    /// computed once, here.
+    public func predictor() throws -> (_ images: [Float], _ count: Int) throws -> [String: [Int]] {
+        switch rule.name {
+        case .sigprop:
+            let targets = try classTargets()
+            return { images, count in try self.signalPropagationPredictions(images, count, targets)
+            }
+        case .ff:
+            return { images, count in try self.forwardForwardPredictions(images, count) }
+        }
+    }
+
+    // MARK: Signal Propagation
+
+    /// The input stream through every block (the target stream is not used at inference);
+    /// each block's output on its own device.
+    public func features(images: [Float], count: Int) throws -> [Tensor] {
+        let x = try device.tensor(images, shape: [count] + inputShape)
+        return try throughHiddenBlocks(try signalBlock().infer(x, on: nil))
+    }
+
+    /// Each class's target activations at every block: the context of onehot(k) through the blocks.
+    public func classTargets() throws -> [Tensor] {
+        let onehot = try self.onehot((0..<classes).map(Int32.init))
+        return try throughHiddenBlocks(try signalBlock().inferTarget(onehot, on: nil))
+    }
+
+    /// The output layer's logits for the last block's output `h`.
+    public func logits(_ h: Tensor) throws -> Tensor {
+        guard let output else { throw Self.notSignalPropagation("the output layer's logits") }
+        return try output.logits(try stageDevices[stageCount - 1].transfer(h), on: nil)
+    }
+
+    private func signalBlock() throws -> SignalBlock {
+        guard let signal else { throw Self.notSignalPropagation("the signal block") }
+        return signal
+    }
+
+    private static func notSignalPropagation(_ what: String) -> SigPropError {
+        .configuration("\(what) exists under Signal Propagation only (--rule sigprop)")
+    }
+
+    /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
+    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
+        var outputs = [first]
+        for (index, block) in hidden.enumerated() {
+            outputs.append(
+                try block.infer(
+                    try stageDevices[index + 1].transfer(outputs[outputs.count - 1]), on: nil))
+        }
+        return outputs
+    }
+
+    /// The output layer's argmax, and at each block the class whose target is most similar
+    /// (dot product) to the sample's activations.
+    private func signalPropagationPredictions(
+        _ images: [Float], _ count: Int, _ targets: [Tensor]
+    ) throws -> [String: [Int]] {
+        let features = try self.features(images: images, count: count)
+        let logits = try self.logits(features.last!)
+        var predictions = [
+            ReadoutChoice.output.description: Trainer.argmax(
+                try logits.device.read(logits), columns: classes)
+        ]
+        for (block, (h, t)) in zip(features, targets).enumerated() {
+            let device = h.device
+            let scores = try device.zeros([count, classes])
+            try device.gemm(
+                try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
+                transposeB: true, into: scores)
+            predictions[ReadoutChoice.similarity(block: block + 1).description] = Trainer.argmax(
+                try device.read(scores), columns: classes)
+        }
+        return predictions
+    }
+
+    // MARK: Forward-Forward
+
+    /// The linear classifier on the neutral rows (`output`), and the label whose embedding
+    /// gives the readout layers the highest total goodness (`goodness`): all K labels of
+    /// every sample go through the layers as one batch of K x count rows.
+    private func forwardForwardPredictions(_ images: [Float], _ count: Int) throws
+        -> [String: [Int]]
+    {
+        guard let classifier else { throw SigPropError.configuration("no Forward-Forward layers") }
+        let features = images.count / max(count, 1)
+        var neutral = images
+        var labelled = [Float](repeating: 0, count: classes * images.count)
+        for row in 0..<count {
+            let sample = row * features
+            for k in 0..<classes {
+                neutral[sample + k] = 1 / Float(classes)
+                let start = (k * count + row) * features
+                for j in 0..<features { labelled[start + j] = images[sample + j] }
+                for c in 0..<classes { labelled[start + c] = c == k ? 1 : 0 }
+            }
+        }
+        var z = try ForwardForwardBlock.normalizedRows(
+            neutral, rows: count, device: device, on: nil)
+        var y = try ForwardForwardBlock.normalizedRows(
+            labelled, rows: classes * count, device: device, on: nil)
+        var readouts: [Tensor] = []
+        var scores = [Float](repeating: 0, count: classes * count)
+        for (index, layer) in forwardForward.enumerated() {
+            let layerDevice = stageDevices[index]
+            z = try layer.infer(try layerDevice.transfer(z), on: nil).normalized
+            let (next, goodness) = try layer.infer(try layerDevice.transfer(y), on: nil)
+            y = next
+            guard layer.isReadout else { continue }
+            readouts.append(z)
+            for (i, value) in try layerDevice.read(goodness).enumerated() { scores[i] += value }
+        }
+        let classifierDevice = stageDevices[stageCount - 1]
+        let (logits, _) = try classifier.logits(
+            try readouts.map { try classifierDevice.transfer($0) }, on: nil)
+        let byLabel = (0..<count).map { row in
+            var best = 0
+            for k in 1..<classes where scores[k * count + row] > scores[best * count + row] {
+                best = k
+            }
+            return best
+        }
+        return [
+            ReadoutChoice.output.description: Trainer.argmax(
+                try classifierDevice.read(logits), columns: classes),
+            ReadoutChoice.goodness.description: byLabel,
+        ]
+    }
+}

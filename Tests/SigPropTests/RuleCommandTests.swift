@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+
+@testable import SigProp
+
+/// `train --rule`: Forward-Forward trains, records its rule and running means, resumes without
+/// repeating the rule, and refuses what it cannot train before any training. Part of the
+/// serialized process suite.
+extension ProcessTests {
+    @Test func forwardForwardTrainsAndResumes() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let (status, output) = try Self.run(
+            Self.model(data, checkpoints, ["--rule", "ff", "--model", "dense16,dense16"]))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("rule: Forward-Forward"), "\(output)")
+        #expect(output.contains("goodness"), "\(output)")
+        #expect(output.contains("none: Forward-Forward reads pixels in 0...1"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
+        #expect(try checkpoint.rule.name == .ff)
+        #expect(checkpoint.tensors["layer1.running_mean"]?.shape == [16])
+        #expect(try checkpoint.options.optimizer.kind == .sgd)
+        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
+        #expect(resumed.status == 0, "\(resumed.output)")
+        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
+        let other = try Self.run(
+            Self.model(data, checkpoints, ["--resume", last, "--rule", "sigprop"], epochs: 3))
+        #expect(other.status == 64, "\(other.output)")
+        #expect(other.output.contains("--rule sigprop (checkpoint: ff)"), "\(other.output)")
+    }
+
+    @Test func whatForwardForwardCannotTrainIsRefused() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let refusals: [([String], String)] = [
+            (["--rule", "ff", "--model", "conv8,dense16"], "--rule ff trains dense layers only"),
+            (["--rule", "ff", "--readout", "similarity"], "--readout similarity is Signal"),
+            (["--readout", "goodness"], "--readout goodness is Forward-Forward's"),
+            (["--ff-peer-weight", "0.1"], "add --rule ff"),
+            (["--rule", "bp"], "--rule bp is not a learning rule"),
+        ]
+        for (arguments, message) in refusals {
+            let (status, output) = try Self.run(Self.model(data, checkpoints, arguments))
+            #expect(status == 64, "\(arguments): \(output)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+            #expect(!output.contains("epoch 1/"), "\(arguments) trained: \(output)")
+        }
+    }
+}
