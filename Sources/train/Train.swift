@@ -662,6 +662,7 @@ struct Train: ParsableCommand {
                 inputShape: storedModel?.inputShape
                     ?? [trainSet.channels, trainSet.height, trainSet.width],
                 classes: storedModel?.classes ?? trainSet.classes)
+            if learningRule.name == .ff { _ = try Network.forwardForwardWidths(plan) }
         } catch let error as SigPropError {
             throw UsageError("--model \(description.summary): \(error)")
         }
@@ -697,19 +698,14 @@ struct Train: ParsableCommand {
                 batchSize: options.batchSize, kRowShortcut: options.kRowShortcut))
         let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
         if describe {
-            printDescription(plan, devices: devices, options: options, schedule: scheduleKind)
+            printDescription(
+                plan, devices: devices, options: options, schedule: scheduleKind,
+                rule: learningRule)
             return
         }
-        let network: Network
-        do {
-            network = try Network(
-                description, inputShape: plan.inputShape, classes: plan.classes,
-                devices: devices, optimizer: options.optimizer, seed: options.seed,
-                rule: learningRule)
-        } catch SigPropError.configuration(let message) where learningRule.name == .ff {
-            // What the rule cannot train is the user's to change (--model, --rule).
-            throw UsageError(message)
-        }
+        let network = try Network(
+            description, inputShape: plan.inputShape, classes: plan.classes, devices: devices,
+            optimizer: options.optimizer, seed: options.seed, rule: learningRule)
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
@@ -884,14 +880,16 @@ struct Train: ParsableCommand {
     /// `--describe`: the blocks, and the memory training takes on each device.
     func printDescription(
         _ plan: NetworkPlan, devices: [Device], options: TrainingOptions,
-        schedule: Schedule.Kind
+        schedule: Schedule.Kind, rule: LearningRule
     ) {
         let stageDevices = plan.stageDevices(on: devices)
         let input = plan.inputShape.map(String.init).joined(separator: "x")
         emit(
             "model: \(plan.description.summary) on \(input) input, \(plan.classes) classes; "
-                + "\(plan.blockCount) learning blocks + output layer")
-        for line in plan.table(stageDevices: devices.count > 1 ? stageDevices : nil) {
+                + "\(plan.blockCount) learning blocks + output layer; rule: \(rule)")
+        for line in plan.table(
+            stageDevices: devices.count > 1 ? stageDevices : nil, rule: rule.name)
+        {
             emit("  " + line)
         }
         let inFlight = Schedule(schedule, depth: pipelineDepth).batchesInFlight(

@@ -28,6 +28,15 @@ extension ProcessTests {
             Self.model(data, checkpoints, ["--resume", last, "--rule", "sigprop"], epochs: 3))
         #expect(other.status == 64, "\(other.output)")
         #expect(other.output.contains("--rule sigprop (checkpoint: ff)"), "\(other.output)")
+        // --describe counts Forward-Forward's parameters: no label projection, a classifier
+        // over the second layer (16 x 10 weights).
+        let described = try Self.run(
+            Self.model(
+                data, checkpoints, ["--rule", "ff", "--model", "dense16,dense16", "--describe"]))
+        #expect(described.status == 0, "\(described.output)")
+        #expect(described.output.contains("layer1"), "\(described.output)")
+        #expect(described.output.contains("classifier"), "\(described.output)")
+        #expect(described.output.contains("160"), "\(described.output)")
     }
 
     @Test func whatForwardForwardCannotTrainIsRefused() throws {

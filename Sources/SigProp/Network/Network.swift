@@ -126,6 +126,26 @@ public final class Network {
         settings: ForwardForwardSettings, generator: inout SeededGenerator
     ) throws -> (layers: [ForwardForwardBlock], classifier: ForwardForwardClassifier) {
         let features = plan.inputShape.reduce(1, *)
+        let widths = try forwardForwardWidths(plan)
+        let readout = widths.count == 1 ? [0] : Array(1..<widths.count)
+        let layers = try widths.enumerated().map { index, width in
+            try ForwardForwardBlock(
+                device: devices[index], name: "layer\(index)",
+                inputs: index == 0 ? features : widths[index - 1], outputs: width,
+                settings: settings, optimizer: optimizer, embedsLabels: index == 0,
+                isReadout: readout.contains(index), generator: &generator)
+        }
+        let classifier = try ForwardForwardClassifier(
+            device: devices[widths.count], widths: readout.map { widths[$0] },
+            classes: plan.classes, optimizer: optimizer, settings: settings,
+            generator: &generator)
+        return (layers, classifier)
+    }
+
+    /// The widths of the layers Forward-Forward trains for `plan`, or why it cannot: it
+    /// trains dense layers only, and writes the label over the first K inputs.
+    public static func forwardForwardWidths(_ plan: NetworkPlan) throws -> [Int] {
+        let features = plan.inputShape.reduce(1, *)
         guard features > plan.classes else {
             throw SigPropError.configuration(
                 "--rule ff writes the label over the first \(plan.classes) input values, but a "
@@ -142,19 +162,7 @@ public final class Network {
             }
             widths.append(outputs)
         }
-        let readout = widths.count == 1 ? [0] : Array(1..<widths.count)
-        let layers = try widths.enumerated().map { index, width in
-            try ForwardForwardBlock(
-                device: devices[index], name: "layer\(index)",
-                inputs: index == 0 ? features : widths[index - 1], outputs: width,
-                settings: settings, optimizer: optimizer, embedsLabels: index == 0,
-                isReadout: readout.contains(index), generator: &generator)
-        }
-        let classifier = try ForwardForwardClassifier(
-            device: devices[widths.count], widths: readout.map { widths[$0] },
-            classes: plan.classes, optimizer: optimizer, settings: settings,
-            generator: &generator)
-        return (layers, classifier)
+        return widths
     }
 
     /// Every parameter, in a fixed order (checkpoints use the names).

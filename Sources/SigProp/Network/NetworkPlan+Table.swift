@@ -43,29 +43,55 @@ extension NetworkPlan {
         stage < blockCount ? "block\(stage + 1)" : "output"
     }
 
+    /// Forward-Forward's parameters of stage `index`: a layer's weights and biases (no norm,
+    /// no label projection), or the linear classifier's weights over the readout layers.
+    func forwardForwardParameters(_ index: Int) -> Int {
+        let widths = stages.prefix(blockCount).map { $0.outputShape.reduce(1, *) }
+        guard index < blockCount else {
+            return classes * (widths.count == 1 ? widths[0] : widths.dropFirst().reduce(0, +))
+        }
+        return stages[index].inputShape.reduce(1, *) * widths[index] + widths[index]
+    }
+
     /// One line per stage: its layer and fixed steps, shapes, parameters, multiply-adds per
-    /// sample and (given `stageDevices`) its device, then the totals.
-    public func table(stageDevices: [Device]? = nil) -> [String] {
+    /// sample and (given `stageDevices`) its device, then the totals; under Forward-Forward
+    /// its layers and classifier.
+    public func table(stageDevices: [Device]? = nil, rule: LearningRule.Name = .sigprop)
+        -> [String]
+    {
         func shape(_ dims: [Int]) -> String { dims.map(String.init).joined(separator: "x") }
         var rows: [[String]] = [
             ["stage", "layer", "input", "output", "handed on", "parameters", "MACs/sample"]
                 + (stageDevices == nil ? [] : ["device"])
         ]
+        let ff = rule == .ff
+        let parameters = stages.indices.map {
+            ff ? forwardForwardParameters($0) : stages[$0].parameterCount
+        }
         for (index, stage) in stages.enumerated() {
             let layer = ([stage.layerName] + stage.fixedStepNames).joined(separator: " ")
+            let name =
+                ff
+                ? (index < blockCount ? "layer\(index + 1)" : "classifier")
+                : stageName(index) + (index == 0 ? " (signal)" : "")
+            // Forward-Forward's classifier reads the readout layers side by side.
+            let classifier = ff && index == blockCount
             rows.append(
                 [
-                    stageName(index) + (index == 0 ? " (signal)" : ""), layer,
-                    shape(stage.inputShape), shape(stage.outputShape), shape(stage.handedOnShape),
-                    ProgressText.grouped(stage.parameterCount),
-                    ProgressText.grouped(Int(stage.multiplyAdds)),
+                    name, layer,
+                    classifier ? String(parameters[index] / classes) : shape(stage.inputShape),
+                    shape(stage.outputShape), shape(stage.handedOnShape),
+                    ProgressText.grouped(parameters[index]),
+                    ProgressText.grouped(classifier ? parameters[index] : Int(stage.multiplyAdds)),
                 ] + (stageDevices.map { [$0[index].description] } ?? []))
         }
         rows.append(
             [
                 "total", "", "", "", "",
-                ProgressText.grouped(stages.reduce(0) { $0 + $1.parameterCount }),
-                ProgressText.grouped(Int(stages.reduce(0) { $0 + $1.multiplyAdds })),
+                ProgressText.grouped(parameters.reduce(0, +)),
+                ProgressText.grouped(
+                    Int(stages.reduce(0) { $0 + $1.multiplyAdds })
+                        + (ff ? parameters[blockCount] - Int(stages[blockCount].multiplyAdds) : 0)),
             ] + (stageDevices == nil ? [] : [""]))
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
