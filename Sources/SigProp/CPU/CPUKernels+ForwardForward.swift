@@ -52,11 +52,15 @@ extension CPUKernels {
         runningMean: UnsafeMutablePointer<Float>, peer: UnsafeMutablePointer<Float>,
         momentum: Float, weight: Float
     ) {
+        // Row by row, so the reads run along memory; each column still sums its rows in order.
+        var sums = [Float](repeating: 0, count: d)
+        for i in 0..<positives {
+            let row = a + i * d
+            for j in 0..<d { sums[j] += max(row[j], 0) }
+        }
         var total: Float = 0
         for j in 0..<d {
-            var sum: Float = 0
-            for i in 0..<positives { sum += max(a[i * d + j], 0) }
-            let r = runningMean[j] * momentum + sum / Float(positives) * (1 - momentum)
+            let r = runningMean[j] * momentum + sums[j] / Float(positives) * (1 - momentum)
             runningMean[j] = r
             total += r
         }
