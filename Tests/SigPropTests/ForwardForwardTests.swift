@@ -9,137 +9,44 @@ import Testing
 @Suite struct ForwardForwardTests {
     static let goldenCases = ["forward_forward_B6_D12_H8_K4", "forward_forward_B5_D10_H7x6_K3"]
 
-    /// The reference's optimizer for the layers: SGD, momentum 0.9, rate 1e-3, weight decay
-    /// 3e-4, no schedule (the golden steps run at a fixed rate).
-    static var optimizer: OptimizerSettings {
-        var settings = ForwardForwardSettings.layerOptimizer
-        settings.linearCooldown = nil
-        return settings
-    }
-
-    /// `tensor`'s values for step `step` of its first dimension.
-    static func slice(_ tensor: GoldenTensor, _ step: Int) -> [Float] {
-        let size = tensor.values.count / tensor.shape[0]
-        return Array(tensor.values[(step * size)..<((step + 1) * size)])
-    }
-
-    /// Columns `range` of a row-major [rows, columns] matrix.
-    static func columns(_ values: [Float], of total: Int, _ range: Range<Int>) -> [Float] {
-        stride(from: 0, to: values.count, by: total).flatMap {
-            values[($0 + range.lowerBound)..<($0 + range.upperBound)]
-        }
-    }
+    /// The reference's optimizer for the layers, at a fixed rate.
+    static var optimizer: OptimizerSettings { GoldenCheck.forwardForwardSettings }
 
     /// Three training steps from the reference's initial weights, with its inputs and wrong
-    /// labels: every step's layer and classifier losses, then every weight, bias, running
-    /// mean and momentum buffer, and both readouts' predictions.
+    /// labels (`GoldenCheck`, as `doctor --golden` runs them): every step's layer and
+    /// classifier losses, then every weight, bias, running mean and momentum buffer, and both
+    /// readouts' predictions.
     @Test(arguments: TestBackend.available, goldenCases)
     func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
-        let device = try backend.device()
         let golden = try GoldenCase(contentsOf: try fixture(name))
-        let x = try golden.input("x")
-        let (steps, batch, features) = (x.shape[0], x.shape[1], x.shape[2])
-        let layerCount = golden.inputs.keys.filter { $0.hasSuffix(".running_mean") }.count
-        let widths = try (0..<layerCount).map {
-            try golden.input("init.layers.\($0).bias").values.count
+        let report = try GoldenCheck.run(golden, on: try backend.device())
+        let compared = golden.outputs.keys.filter {
+            $0.hasSuffix("_loss") && !$0.hasSuffix("peer_loss") || $0.hasPrefix("final.")
+                || $0.hasPrefix("predictions.")
         }
-        let classes = try golden.input("init.classifier.weight").shape[0]
-        let network = try Network(
-            NetworkDescription(layers: widths.map { NetworkDescription.Layer.dense($0) }),
-            inputShape: [1, 1, features],
-            classes: classes, device: device, optimizer: Self.optimizer, seed: 1,
-            rule: LearningRule(.ff))
-        let classifier = try #require(network.classifier)
-        let readoutWidths = classifier.parts.map { $0.inputs }
-        let offsets = readoutWidths.reduce(into: [0]) { $0.append($0.last! + $1) }
-        for (index, layer) in network.forwardForward.enumerated() {
-            try device.write(
-                try golden.input("init.layers.\(index).weight").values,
-                to: layer.layer.weight.value)
-            try device.write(
-                try golden.input("init.layers.\(index).bias").values,
-                to: try #require(layer.layer.bias).value)
-            try device.write(
-                try golden.input("init.layers.\(index).running_mean").values,
-                to: layer.runningMean.value)
+        #expect(Set(report.comparisons.map(\.output)) == Set(compared))
+        for comparison in report.comparisons {
+            #expect(
+                comparison.passed,
+                Comment(
+                    rawValue:
+                        "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > "
+                        + "\(comparison.tolerance)"))
         }
-        let initialClassifier = try golden.input("init.classifier.weight").values
-        for (index, part) in classifier.parts.enumerated() {
-            try device.write(
-                Self.columns(
-                    initialClassifier, of: offsets.last!, offsets[index]..<offsets[index + 1]),
-                to: part.weight.value)
-        }
+    }
 
-        // The weights were written on the default stream, which `stream` does not wait for.
-        try device.defaultStream.synchronize()
-        let labels = try golden.input("labels")
-        let wrong = try golden.input("negative_labels")
-        let stream = try device.makeStream()
-        for step in 0..<steps {
-            let context = BatchContext(
-                images: Self.slice(x, step), labels: Self.slice(labels, step).map { Int32($0) },
-                inputShape: [1, 1, features], classes: classes, learningRate: 1e-3,
-                loss: LocalLoss())
-            context.wrongLabels = Self.slice(wrong, step).map { Int32($0) }
-            var handedOn: [Tensor] = []
-            var losses: [Float] = []
-            for stage in network.stages {
-                let pass = try stage.forward(handedOn, batch: context, on: stream)
-                let rows = try pass.learn(stream)
-                losses.append(try device.read(rows, on: stream).reduce(0, +))
-                handedOn = pass.outputs
-            }
-            for index in 0..<layerCount {
-                expectClose(
-                    [losses[index]],
-                    try golden.output("step\(step).layers.\(index).ff_loss").values,
-                    absolute: 1e-4, "\(name) step \(step) layer \(index) loss")
-            }
-            expectClose(
-                [losses[layerCount]], try golden.output("step\(step).classifier_loss").values,
-                absolute: 1e-5, "\(name) step \(step) classifier loss")
-        }
-        try stream.synchronize()
-
-        for (index, layer) in network.forwardForward.enumerated() {
-            let bias = try #require(layer.layer.bias)
-            for (what, parameter) in [("weight", layer.layer.weight), ("bias", bias)] {
-                expectClose(
-                    try device.read(parameter.value),
-                    try golden.output("final.layers.\(index).\(what)").values,
-                    absolute: 2e-6, relative: 1e-4, "\(name) layer \(index) \(what)")
-                expectClose(
-                    try device.read(try #require(parameter.state["momentum"])),
-                    try golden.output("final.layers.\(index).\(what).momentum_buffer").values,
-                    absolute: 1e-5, relative: 1e-3, "\(name) layer \(index) \(what) momentum")
-            }
-            expectClose(
-                try device.read(layer.runningMean.value),
-                try golden.output("final.layers.\(index).running_mean").values,
-                absolute: 1e-5, "\(name) layer \(index) running mean")
-        }
-        let finalClassifier = try golden.output("final.classifier.weight").values
-        let momentum = try golden.output("final.classifier.weight.momentum_buffer").values
-        for (index, part) in classifier.parts.enumerated() {
-            let range = offsets[index]..<offsets[index + 1]
-            expectClose(
-                try device.read(part.weight.value),
-                Self.columns(finalClassifier, of: offsets.last!, range),
-                absolute: 2e-6, relative: 1e-4, "\(name) classifier part \(index)")
-            expectClose(
-                try device.read(try #require(part.weight.state["momentum"])),
-                Self.columns(momentum, of: offsets.last!, range), absolute: 1e-5,
-                relative: 1e-3, "\(name) classifier part \(index) momentum")
-        }
-
-        let predictions = try network.predictor()(Self.slice(x, steps - 1), batch)
-        #expect(
-            predictions["output"]
-                == (try golden.output("predictions.linear").values.map { Int($0) }))
-        #expect(
-            predictions["goodness"]
-                == (try golden.output("predictions.goodness").values.map { Int($0) }))
+    @Test func aWrongReferenceFails() throws {
+        let golden = try GoldenCase(contentsOf: try fixture(Self.goldenCases[0]))
+        var outputs = golden.outputs
+        let weight = try golden.output("final.layers.1.weight")
+        outputs["final.layers.1.weight"] = GoldenTensor(
+            shape: weight.shape, values: weight.values.map { $0 + 1e-3 })
+        let report = try GoldenCheck.run(
+            GoldenCase(
+                name: golden.name, kind: golden.kind, inputs: golden.inputs, outputs: outputs),
+            on: try TestBackend.cpu.device())
+        #expect(!report.passed)
+        #expect(report.comparisons.first { $0.output == "final.layers.1.weight" }?.passed == false)
     }
 
     /// d loss / d W of one layer (the row kernel's gradient through the weight product)

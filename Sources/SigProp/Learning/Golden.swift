@@ -125,12 +125,14 @@ package enum GoldenCheck {
             return try checkAdamSteps(golden, on: device)
         case "signal":
             return try checkSignal(golden, on: device)
+        case "forward_forward":
+            return try checkForwardForward(golden, on: device)
         default:
             throw SigPropError.badGoldenFile(
                 path: golden.name,
                 reason:
                     "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, "
-                    + "layer_adam_steps, signal)"
+                    + "layer_adam_steps, signal, forward_forward)"
             )
         }
     }
