@@ -21,14 +21,24 @@ struct Train: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             """
-            Learning rule: sigprop (Signal Propagation, default) or ff (Forward-Forward: the \
+            Learning rule: sigprop (Signal Propagation, default), ff (Forward-Forward: the \
             label written over the first K inputs, each dense layer telling positive from \
-            negative samples by its goodness). ff changes the defaults to its paper's: model \
-            dense1000,dense1000,dense1000, batch 100, SGD lr 1e-3 momentum 0.9 weight decay \
-            3e-4 with a linear cooldown over the second half, pixels in 0...1 unstandardised, \
-            readouts output (linear classifier) and goodness.
-            """, valueName: "sigprop|ff"))
+            negative samples by its goodness) or pepita (PEPITA: a second pass with the input \
+            modulated by the output error, each dense layer learning from the difference). \
+            ff changes the defaults to its paper's: model dense1000,dense1000,dense1000, batch \
+            100, SGD lr 1e-3 momentum 0.9 weight decay 3e-4 with a linear cooldown over the \
+            second half, pixels in 0...1 unstandardised, readouts output (linear classifier) \
+            and goodness. pepita to its: model dense1024, batch 64, SGD lr 0.01 momentum 0.9, \
+            x0.1 at epochs 60 and 90, pixels in 0...1, readout output.
+            """, valueName: "sigprop|ff|pepita"))
     var rule: String?
+
+    @Option(
+        parsing: .unconditional,
+        help:
+            "pepita: scale of the fixed feedback matrix F, uniform in ±scale·sqrt(6/inputs). Default 0.05."
+    )
+    var pepitaFeedbackScale: Float?
 
     @Option(
         parsing: .unconditional,
@@ -358,10 +368,24 @@ struct Train: ParsableCommand {
         if let ffPeerWeight, !(ffPeerWeight.isFinite && ffPeerWeight >= 0) {
             throw ValidationError("--ff-peer-weight must be >= 0, got \(ffPeerWeight)")
         }
-        if rule == LearningRule.Name.ff.rawValue, readout == Readout.similarity.rawValue {
+        if let rule, rule != LearningRule.Name.sigprop.rawValue,
+            readout == Readout.similarity.rawValue
+        {
             throw ValidationError(
-                "--readout similarity is Signal Propagation's; --rule ff offers output, goodness "
-                    + "and adaptive")
+                "--readout similarity is Signal Propagation's; --rule \(rule) offers output"
+                    + (rule == LearningRule.Name.ff.rawValue ? ", goodness" : "")
+                    + " and adaptive")
+        }
+        if rule == LearningRule.Name.pepita.rawValue, readout == Readout.goodness.rawValue {
+            throw ValidationError(
+                "--readout goodness is Forward-Forward's; --rule pepita offers output and adaptive")
+        }
+        if let pepitaFeedbackScale, !(pepitaFeedbackScale.isFinite && pepitaFeedbackScale >= 0) {
+            throw ValidationError(
+                "--pepita-feedback-scale must be >= 0, got \(pepitaFeedbackScale)")
+        }
+        if pepitaFeedbackScale != nil, rule != LearningRule.Name.pepita.rawValue, resume == nil {
+            throw ValidationError("--pepita-feedback-scale sets PEPITA; add --rule pepita")
         }
         if rule == nil || rule == LearningRule.Name.sigprop.rawValue, resume == nil,
             readout == Readout.goodness.rawValue
@@ -396,6 +420,9 @@ struct Train: ParsableCommand {
         apply(
             "--ff-classifier-lr", ffClassifierLr,
             &resolved.forwardForward.classifierLearningRate)
+        apply(
+            "--pepita-feedback-scale", pepitaFeedbackScale.map { Optional($0) },
+            &resolved.feedbackScale)
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
         if resolved.name != .ff, ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
         {
@@ -408,6 +435,14 @@ struct Train: ParsableCommand {
     /// where it has them (Forward-Forward's paper settings).
     static func defaults(for rule: LearningRule) -> (NetworkDescription, TrainingOptions) {
         var options = TrainingOptions()
+        if rule.name == .pepita {
+            options.optimizer = LearningRule.pepitaOptimizer
+            options.batchSize = 64
+            var description = NetworkDescription(layers: [.dense(1024)])
+            description.denseNorm = .none
+            description.activation = .relu
+            return (description, options)
+        }
         guard rule.name == .ff else { return (.mlp(), options) }
         options.optimizer = ForwardForwardSettings.layerOptimizer
         options.batchSize = 100
@@ -639,15 +674,15 @@ struct Train: ParsableCommand {
         var trainSet = try Dataset.load(directory: directory, split: .train)
         var testSet = try Dataset.load(directory: directory, split: .test)
         // Forward-Forward reads pixels as they are (0...1): the label it writes into the
-        // input is on that scale.
+        // input is on that scale. PEPITA's settings are its authors', on pixels in 0...1.
         let (normalization, normalizationSource) =
             stored.map { ($0.normalization, "from the checkpoint") }
-            ?? (learningRule.name == .ff
+            ?? (learningRule.name != .sigprop
                 ? (
                     Normalization(
                         mean: [Float](repeating: 0, count: trainSet.channels),
                         std: [Float](repeating: 1, count: trainSet.channels)),
-                    "none: Forward-Forward reads pixels in 0...1"
+                    "none: \(learningRule) reads pixels in 0...1"
                 ) : Normalization.standard(for: trainSet))
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)
@@ -663,6 +698,7 @@ struct Train: ParsableCommand {
                     ?? [trainSet.channels, trainSet.height, trainSet.width],
                 classes: storedModel?.classes ?? trainSet.classes)
             if learningRule.name == .ff { _ = try Network.forwardForwardWidths(plan) }
+            if learningRule.name == .pepita { _ = try Network.denseWidths(plan, rule: "pepita") }
         } catch let error as SigPropError {
             throw UsageError("--model \(description.summary): \(error)")
         }
@@ -763,7 +799,9 @@ struct Train: ParsableCommand {
                 + (learningRule.name == .ff
                     ? " (threshold \(learningRule.forwardForward.thresholdPerUnit) x width, peer "
                         + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
-                        + "\(learningRule.forwardForward.classifierLearningRate))" : ""))
+                        + "\(learningRule.forwardForward.classifierLearningRate))"
+                    : learningRule.name == .pepita
+                        ? " (feedback scale \(learningRule.feedbackScale ?? 0.05))" : ""))
         emit(
             "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "

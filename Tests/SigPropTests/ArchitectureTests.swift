@@ -26,6 +26,8 @@ import Testing
         // Forward-Forward: three layers (two readout layers), and one (its own readout).
         .forwardForward([16, 12, 8]),
         .forwardForward([10]),
+        // PEPITA: two hidden layers, each run twice per batch on one stream.
+        .pepita([16, 8]),
     ]
 
     static var options: TrainingOptions {
@@ -49,7 +51,7 @@ import Testing
         guard case .completed(let metrics) = try trainer.runEpoch(0) else {
             throw SigPropError.configuration("the epoch did not complete")
         }
-        #expect(metrics.blockLosses.count == network.blockCount)
+        #expect(metrics.blockLosses.count == network.stageCount - 1)
         #expect(metrics.blockLosses.allSatisfy(\.isFinite) && metrics.outputLoss.isFinite)
         return try TrainingTests.state(network)
     }

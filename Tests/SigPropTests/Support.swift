@@ -109,6 +109,13 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
             + (rule.name == .sigprop ? "" : " by \(rule.name.rawValue)")
     }
 
+    /// PEPITA on dense layers of `widths` and the output layer, 1x6x6 input, 4 classes.
+    static func pepita(_ widths: [Int]) -> TestNetwork {
+        TestNetwork(
+            description: NetworkDescription(layers: widths.map { .dense($0) }),
+            rule: LearningRule(.pepita))
+    }
+
     /// Forward-Forward on dense layers of `widths`, 1x6x6 input, 4 classes.
     static func forwardForward(_ widths: [Int]) -> TestNetwork {
         TestNetwork(

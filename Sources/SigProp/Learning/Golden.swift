@@ -17,15 +17,20 @@ package struct GoldenCase: Sendable {
     /// residue (0 < |g| < 1e-6): noise in the reference, compared with absolute tolerance lr.
     public let adamIllConditioned: [String: [Int]]
 
+    /// The SGD step of cases that give one in `config.sgd` (rate, momentum, weight decay).
+    public let sgd: (learningRate: Float, momentum: Float, weightDecay: Float)?
+
     public init(
         name: String, kind: String, inputs: [String: GoldenTensor], outputs: [String: GoldenTensor],
-        adamIllConditioned: [String: [Int]] = [:]
+        adamIllConditioned: [String: [Int]] = [:],
+        sgd: (learningRate: Float, momentum: Float, weightDecay: Float)? = nil
     ) {
         self.name = name
         self.kind = kind
         self.inputs = inputs
         self.outputs = outputs
         self.adamIllConditioned = adamIllConditioned
+        self.sgd = sgd
     }
 
     public init(contentsOf url: URL) throws {
@@ -64,6 +69,14 @@ package struct GoldenCase: Sendable {
         self.outputs = try tensors(outputs)
         let ill = object["adam_ill_conditioned"] as? [String: Any]
         self.adamIllConditioned = (ill?["indices"] as? [String: [Int]]) ?? [:]
+        let sgd = (object["config"] as? [String: Any])?["sgd"] as? [String: Any]
+        if let sgd, let rate = sgd["lr"] as? Double, let momentum = sgd["momentum"] as? Double {
+            self.sgd = (
+                Float(rate), Float(momentum), Float(sgd["weight_decay"] as? Double ?? 0)
+            )
+        } else {
+            self.sgd = nil
+        }
     }
 
     func input(_ key: String) throws -> GoldenTensor {
@@ -127,12 +140,14 @@ package enum GoldenCheck {
             return try checkSignal(golden, on: device)
         case "forward_forward":
             return try checkForwardForward(golden, on: device)
+        case "pepita":
+            return try checkPEPITA(golden, on: device)
         default:
             throw SigPropError.badGoldenFile(
                 path: golden.name,
                 reason:
                     "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, "
-                    + "layer_adam_steps, signal, forward_forward)"
+                    + "layer_adam_steps, signal, forward_forward, pepita)"
             )
         }
     }

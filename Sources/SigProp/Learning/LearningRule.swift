@@ -5,21 +5,44 @@
 ///   each block pulling a sample's activations towards its own class's.
 /// - Forward-Forward: the label written into the input; each layer tells the input with the
 ///   right label (positive) from the input with a wrong one (negative) by its goodness.
+/// - PEPITA: the output error projected onto the input; each layer learns from how much its
+///   activity changes when the input is modulated by the error.
 public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertible {
     public enum Name: String, Sendable, Codable, CaseIterable {
         /// Signal Propagation (Kohan et al. 2023), SigProp's first rule.
         case sigprop
         /// Forward-Forward, supervised (Hinton 2022, section 3.3).
         case ff
+        /// PEPITA (Dellaferrera & Kreiman 2022): error-driven input modulation.
+        case pepita
     }
 
     public var name: Name
     /// Forward-Forward's settings (used when `name` is `.ff`).
     public var forwardForward: ForwardForwardSettings
+    /// PEPITA's scale of the fixed feedback projection F: entries uniform in
+    /// ±scale·sqrt(6 / inputs) (used when `name` is `.pepita`; nil: 0.05, the paper's).
+    public var feedbackScale: Float?
 
-    public init(_ name: Name = .sigprop, forwardForward: ForwardForwardSettings = .init()) {
+    public init(
+        _ name: Name = .sigprop, forwardForward: ForwardForwardSettings = .init(),
+        feedbackScale: Float? = nil
+    ) {
         self.name = name
         self.forwardForward = forwardForward
+        self.feedbackScale = feedbackScale
+    }
+
+    /// PEPITA's optimizer by default (the authors' notebook): SGD, momentum 0.9, rate 0.01,
+    /// multiplied by 0.1 from epochs 61 and 91 (1-based).
+    public static var pepitaOptimizer: OptimizerSettings {
+        var settings = OptimizerSettings()
+        settings.kind = .sgd
+        settings.learningRate = 0.01
+        settings.momentum = 0.9
+        settings.milestones = [60, 90]
+        settings.gamma = 0.1
+        return settings
     }
 
     public static let signalPropagation = LearningRule(.sigprop)
@@ -28,6 +51,7 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
         switch name {
         case .sigprop: "Signal Propagation"
         case .ff: "Forward-Forward"
+        case .pepita: "PEPITA"
         }
     }
 }

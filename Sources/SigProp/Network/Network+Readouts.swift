@@ -6,6 +6,7 @@ extension Network {
         switch rule.name {
         case .sigprop: ReadoutChoice.all(blockCount: blockCount)
         case .ff: [.output, .goodness]
+        case .pepita: [.output]
         }
     }
 
@@ -20,6 +21,8 @@ extension Network {
             }
         case .ff:
             return { images, count in try self.forwardForwardPredictions(images, count) }
+        case .pepita:
+            return { images, count in try self.pepitaPredictions(images, count) }
         }
     }
 
@@ -137,6 +140,20 @@ extension Network {
             ReadoutChoice.output.description: Trainer.argmax(
                 try classifierDevice.read(logits), columns: classes),
             ReadoutChoice.goodness.description: byLabel,
+        ]
+    }
+
+    // MARK: PEPITA
+
+    /// The clean pass's argmax.
+    private func pepitaPredictions(_ images: [Float], _ count: Int) throws -> [String: [Int]] {
+        var z = try device.tensor(images, shape: [count, images.count / max(count, 1)])
+        for (index, layer) in pepita.enumerated() {
+            z = try layer.forward(try stageDevices[index].transfer(z), on: nil).1
+        }
+        return [
+            ReadoutChoice.output.description: Trainer.argmax(
+                try z.device.read(z), columns: classes)
         ]
     }
 }

@@ -21,6 +21,8 @@ public final class Network {
     /// Forward-Forward's layers and linear classifier (empty and nil under other rules).
     public let forwardForward: [ForwardForwardBlock]
     public let classifier: ForwardForwardClassifier?
+    /// PEPITA's layers, each run by a clean and a modulated stage (empty under other rules).
+    public let pepita: [PEPITALayer]
     /// What the `Pipeline` runs for each batch, in order: the learning blocks, then the output
     /// layer.
     public let stages: [any TrainingStage]
@@ -71,12 +73,22 @@ public final class Network {
             let built = try Self.forwardForward(
                 plan, devices: stageDevices, optimizer: optimizer, settings: rule.forwardForward,
                 generator: &generator)
-            (signal, hidden, output) = (nil, [], nil)
+            (signal, hidden, output, pepita) = (nil, [], nil, [])
             (forwardForward, classifier) = built
             stages = built.layers + [built.classifier]
             return
         }
         (forwardForward, classifier) = ([], nil)
+        if rule.name == .pepita {
+            let built = try Self.pepita(
+                plan, devices: stageDevices, optimizer: optimizer,
+                feedbackScale: rule.feedbackScale ?? 0.05, generator: &generator)
+            (signal, hidden, output) = (nil, [], nil)
+            pepita = built.layers
+            stages = built.stages
+            return
+        }
+        pepita = []
         func layer(_ index: Int) throws -> FeatureLayer {
             let stage = plan.stages[index]
             let (device, name) = (stageDevices[index], "block\(index)")
@@ -142,6 +154,37 @@ public final class Network {
         return (layers, classifier)
     }
 
+    /// PEPITA's layers, one per dense layer of `plan` and the output layer, and its stages:
+    /// every layer's clean pass, then every layer's modulated pass (which learns).
+    private static func pepita(
+        _ plan: NetworkPlan, devices: [Device], optimizer: OptimizerSettings,
+        feedbackScale: Float, generator: inout SeededGenerator
+    ) throws -> (layers: [PEPITALayer], stages: [any TrainingStage]) {
+        let widths = try denseWidths(plan, rule: "pepita")
+        let features = plan.inputShape.reduce(1, *)
+        let sizes = [features] + widths + [plan.classes]
+        let layers = try (0...widths.count).map { index in
+            try PEPITALayer(
+                device: devices[index], name: "layer\(index)", inputs: sizes[index],
+                outputs: sizes[index + 1], isOutput: index == widths.count, optimizer: optimizer,
+                generator: &generator)
+        }
+        let bound = feedbackScale * (6 / Float(features)).squareRoot()
+        let feedback = try Parameter(
+            name: "feedback",
+            value: devices[0].tensor(
+                generator.uniform(features * plan.classes, in: -bound...bound),
+                shape: [features, plan.classes]))
+        let clean = layers.enumerated().map {
+            PEPITACleanStage(layer: $1, isFirst: $0 == 0) as any TrainingStage
+        }
+        let modulated = layers.enumerated().map {
+            PEPITAModulatedStage(layer: $1, feedback: $0 == 0 ? feedback : nil)
+                as any TrainingStage
+        }
+        return (layers, clean + modulated)
+    }
+
     /// The widths of the layers Forward-Forward trains for `plan`, or why it cannot: it
     /// trains dense layers only, and writes the label over the first K inputs.
     public static func forwardForwardWidths(_ plan: NetworkPlan) throws -> [Int] {
@@ -151,11 +194,17 @@ public final class Network {
                 "--rule ff writes the label over the first \(plan.classes) input values, but a "
                     + "sample has only \(features); use another rule for this data")
         }
+        return try denseWidths(plan, rule: "ff")
+    }
+
+    /// The widths of `plan`'s learning layers, all dense without pooling or dropout (what
+    /// Forward-Forward and PEPITA train), or an error naming the first that is not.
+    public static func denseWidths(_ plan: NetworkPlan, rule: String) throws -> [Int] {
         var widths: [Int] = []
         for (index, stage) in plan.stages.prefix(plan.blockCount).enumerated() {
             guard case .dense(_, let outputs) = stage.kind, stage.after.isEmpty else {
                 throw SigPropError.configuration(
-                    "--rule ff trains dense layers only, but layer \(index + 1) of the model "
+                    "--rule \(rule) trains dense layers only, but layer \(index + 1) of the model "
                         + "(\(plan.stageName(index))) is not one, or is followed by pooling or "
                         + "dropout; describe the network as dense layers, e.g. "
                         + "--model dense1000,dense1000,dense1000")
@@ -181,11 +230,23 @@ public final class Network {
             values, shape: [labels.count, classes], on: stream)
     }
 
-    /// Stages of a batch: one per learning block (the signal block first), then the output layer.
-    public var stageCount: Int { blockCount + 1 }
+    /// Stages of a batch: one per learning block (the signal block first), then the output
+    /// layer; under PEPITA, every layer's clean pass, then every layer's modulated pass.
+    public var stageCount: Int { stages.count }
 
-    /// Stage `stage`'s name in traces and messages: `block1` (the signal block) ... `output`.
-    public func stageName(_ stage: Int) -> String { plan.stageName(stage) }
+    /// The layer of `plan` that stage `stage` runs: itself, but under PEPITA both passes of
+    /// a layer run its weights, so they share the layer's device and stream.
+    public func stageLayer(_ stage: Int) -> Int {
+        rule.name == .pepita ? stage % plan.stages.count : stage
+    }
+
+    /// Stage `stage`'s name in traces and messages: `block1` (the signal block) ... `output`;
+    /// under PEPITA with `.clean` or `.modulated`.
+    public func stageName(_ stage: Int) -> String {
+        guard rule.name == .pepita else { return plan.stageName(stage) }
+        return plan.stageName(stageLayer(stage))
+            + (stage < plan.stages.count ? ".clean" : ".modulated")
+    }
 
     /// Whether every norm is per sample, so the target stream can run on K rows
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.

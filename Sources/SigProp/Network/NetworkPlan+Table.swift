@@ -55,7 +55,7 @@ extension NetworkPlan {
 
     /// One line per stage: its layer and fixed steps, shapes, parameters, multiply-adds per
     /// sample and (given `stageDevices`) its device, then the totals; under Forward-Forward
-    /// its layers and classifier.
+    /// its layers and classifier, under PEPITA its layers (each run twice per batch).
     public func table(stageDevices: [Device]? = nil, rule: LearningRule.Name = .sigprop)
         -> [String]
     {
@@ -65,15 +65,23 @@ extension NetworkPlan {
                 + (stageDevices == nil ? [] : ["device"])
         ]
         let ff = rule == .ff
-        let parameters = stages.indices.map {
-            ff ? forwardForwardParameters($0) : stages[$0].parameterCount
+        // PEPITA's layers have no bias and no norm, and no label projection.
+        let parameters = stages.indices.map { index in
+            switch rule {
+            case .ff: forwardForwardParameters(index)
+            case .pepita:
+                stages[index].inputShape.reduce(1, *) * stages[index].outputShape.reduce(1, *)
+            case .sigprop: stages[index].parameterCount
+            }
         }
         for (index, stage) in stages.enumerated() {
             let layer = ([stage.layerName] + stage.fixedStepNames).joined(separator: " ")
             let name =
-                ff
-                ? (index < blockCount ? "layer\(index + 1)" : "classifier")
-                : stageName(index) + (index == 0 ? " (signal)" : "")
+                switch rule {
+                case .ff: index < blockCount ? "layer\(index + 1)" : "classifier"
+                case .pepita: stageName(index)
+                case .sigprop: stageName(index) + (index == 0 ? " (signal)" : "")
+                }
             // Forward-Forward's classifier reads the readout layers side by side.
             let classifier = ff && index == blockCount
             rows.append(
@@ -82,7 +90,9 @@ extension NetworkPlan {
                     classifier ? String(parameters[index] / classes) : shape(stage.inputShape),
                     shape(stage.outputShape), shape(stage.handedOnShape),
                     ProgressText.grouped(parameters[index]),
-                    ProgressText.grouped(classifier ? parameters[index] : Int(stage.multiplyAdds)),
+                    ProgressText.grouped(
+                        classifier || rule == .pepita
+                            ? parameters[index] : Int(stage.multiplyAdds)),
                 ] + (stageDevices.map { [$0[index].description] } ?? []))
         }
         rows.append(
@@ -90,8 +100,12 @@ extension NetworkPlan {
                 "total", "", "", "", "",
                 ProgressText.grouped(parameters.reduce(0, +)),
                 ProgressText.grouped(
-                    Int(stages.reduce(0) { $0 + $1.multiplyAdds })
-                        + (ff ? parameters[blockCount] - Int(stages[blockCount].multiplyAdds) : 0)),
+                    rule == .pepita
+                        ? parameters.reduce(0, +)
+                        : Int(stages.reduce(0) { $0 + $1.multiplyAdds })
+                            + (ff
+                                ? parameters[blockCount] - Int(stages[blockCount].multiplyAdds) : 0)
+                ),
             ] + (stageDevices == nil ? [] : [""]))
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in

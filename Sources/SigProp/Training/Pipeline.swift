@@ -154,21 +154,24 @@ public final class Pipeline {
             uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
         self.pools = pools
         func pool(_ device: Device) -> BufferPool { pools[ObjectIdentifier(device)]! }
+        // A stage runs on its layer's stream: under PEPITA a layer's two passes share one, so
+        // batch b+1's clean pass follows batch b's update there, as in the sequential order.
+        let layerDevices = network.stageDevices
         switch schedule.kind {
         case .pipelined:
             // Each device's units shared among its stages doing heavy work (all but the output
             // layer).
-            stageStreams = try network.stageDevices.map { device in
-                let heavy = (0..<network.blockCount).filter { network.stageDevices[$0] === device }
-                    .count
+            let layerStreams = try layerDevices.map { device in
+                let heavy = (0..<network.blockCount).filter { layerDevices[$0] === device }.count
                 return try device.makeStream(
                     coreLimit: max(1, device.capabilities.computeUnits / max(1, heavy)),
                     pool: pool(device))
             }
+            stageStreams = (0..<network.stageCount).map { layerStreams[network.stageLayer($0)] }
         case .sequential:
             let streams = try devices.map { try $0.makeStream(pool: pool($0)) }
-            stageStreams = network.stageDevices.map { device in
-                streams.first { $0.device === device }!
+            stageStreams = (0..<network.stageCount).map { stage in
+                streams.first { $0.device === layerDevices[network.stageLayer(stage)] }!
             }
         }
         readbacks = Dictionary(

@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+
+@testable import SigProp
+
+/// PEPITA against its PyTorch implementation (Benchmarks/reference/pepita.py, golden vectors
+/// from pepita_golden.py), its checkpoints and what it learns.
+@Suite struct PEPITATests {
+    static let goldenCases = ["pepita_B6_D12_H8_K4", "pepita_B5_D10_H7x6_K3"]
+
+    /// Three training steps from the reference's weights and feedback matrix (`GoldenCheck`,
+    /// as `doctor --golden` runs them): every step's error and cross entropy, then every
+    /// weight and momentum buffer, and the predictions.
+    @Test(arguments: TestBackend.available, goldenCases)
+    func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
+        let golden = try GoldenCase(contentsOf: try fixture(name))
+        let report = try GoldenCheck.run(golden, on: try backend.device())
+        let compared = golden.outputs.keys.filter { !$0.hasSuffix(".delta") }
+        #expect(Set(report.comparisons.map(\.output)) == Set(compared))
+        for comparison in report.comparisons {
+            #expect(
+                comparison.passed,
+                Comment(
+                    rawValue:
+                        "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > "
+                        + "\(comparison.tolerance)"))
+        }
+    }
+
+    /// A checkpoint holds the feedback matrix with the weights: training on from it gives the
+    /// numbers of training on without it.
+    @Test(arguments: TestBackend.available)
+    func checkpointResumesExactly(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let config = TestNetwork.pepita([12])
+        let data = try TrainingTests.syntheticData(count: 64, seed: 4)
+        func step(_ network: Network, _ indices: [Int]) throws {
+            let (images, labels) = data.batch(indices)
+            let pipeline = try Pipeline(
+                network: network, schedule: Schedule(.sequential), batchSize: indices.count)
+            _ = try pipeline.submit(
+                images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-2)
+            _ = try pipeline.drain()
+        }
+        let settings = LearningRule.pepitaOptimizer
+        let original = try config.build(device, optimizer: settings, seed: 5)
+        try step(original, Array(0..<16))
+        try step(original, Array(16..<32))
+        let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1)
+            .serialized()
+        let loaded = try Checkpoint(safetensors: bytes, path: "memory")
+        #expect(try loaded.rule == original.rule)
+        #expect(loaded.tensors["feedback"]?.shape == [36, 4])
+        let resumed = try config.build(device, optimizer: settings, seed: 77)
+        try loaded.restore(into: resumed)
+        #expect(try TrainingTests.state(resumed) == TrainingTests.state(original))
+        try step(original, Array(32..<48))
+        try step(resumed, Array(32..<48))
+        #expect(try TrainingTests.state(resumed) == TrainingTests.state(original))
+    }
+
+    /// On a learnable problem the clean pass beats chance after a few epochs.
+    @Test(arguments: TestBackend.available)
+    func itLearns(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        var options = TrainingOptions()
+        options.optimizer = LearningRule.pepitaOptimizer
+        options.optimizer.learningRate = 0.05
+        options.batchSize = 32
+        options.validation = nil
+        options.epochs = 6
+        let network = try TestNetwork.pepita([32]).build(
+            device, optimizer: options.optimizer, seed: 2)
+        let trainer = try Trainer(
+            network: network, options: options,
+            train: try TrainingTests.syntheticData(count: 512, seed: 1),
+            test: try TrainingTests.syntheticData(count: 256, seed: 2))
+        var last: EpochMetrics?
+        for epoch in 0..<options.epochs {
+            guard case .completed(let metrics) = try trainer.runEpoch(epoch) else { return }
+            last = metrics
+        }
+        let metrics = try #require(last)
+        #expect(metrics.testAccuracy > 0.5, "\(metrics.readoutAccuracies)")
+        #expect(metrics.outputLoss > 0 && metrics.outputLoss.isFinite)
+    }
+}
