@@ -28,8 +28,8 @@ struct Train: ParsableCommand {
             ff changes the defaults to its paper's: model dense1000,dense1000,dense1000, batch \
             100, SGD lr 1e-3 momentum 0.9 weight decay 3e-4 with a linear cooldown over the \
             second half, pixels in 0...1 unstandardised, readouts output (linear classifier) \
-            and goodness. pepita to its: model dense1024, batch 64, SGD lr 0.01 momentum 0.9, \
-            x0.1 at epochs 60 and 90, pixels in 0...1, readout output.
+            and goodness. pepita to its: model dense1024,dropout0.1, batch 64, SGD lr 0.01 \
+            momentum 0.9, x0.1 at epochs 60 and 90, pixels in 0...1, readout output.
             """, valueName: "sigprop|ff|pepita"))
     var rule: String?
 
@@ -438,7 +438,7 @@ struct Train: ParsableCommand {
         if rule.name == .pepita {
             options.optimizer = LearningRule.pepitaOptimizer
             options.batchSize = 64
-            var description = NetworkDescription(layers: [.dense(1024)])
+            var description = NetworkDescription(layers: [.dense(1024), .dropout(0.1)])
             description.denseNorm = .none
             description.activation = .relu
             return (description, options)

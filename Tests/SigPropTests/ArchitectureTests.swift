@@ -26,8 +26,11 @@ import Testing
         // Forward-Forward: three layers (two readout layers), and one (its own readout).
         .forwardForward([16, 12, 8]),
         .forwardForward([10]),
-        // PEPITA: two hidden layers, each run twice per batch on one stream.
-        .pepita([16, 8]),
+        // PEPITA: two hidden layers, each run twice per batch on one stream, one dropout mask
+        // serving both passes.
+        TestNetwork(
+            description: try! NetworkDescription(layerList: "dense16,dropout0.2,dense8"),
+            rule: LearningRule(.pepita)),
     ]
 
     static var options: TrainingOptions {

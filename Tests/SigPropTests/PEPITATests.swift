@@ -59,6 +59,30 @@ import Testing
         #expect(try TrainingTests.state(resumed) == TrainingTests.state(original))
     }
 
+    /// Both passes drop the same units: with no feedback (F = 0) the modulated input equals
+    /// the clean one, so the hidden layers see no difference and keep their weights, dropout
+    /// or not; the output layer still learns.
+    @Test(arguments: TestBackend.available)
+    func bothPassesShareTheDropoutMask(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let network = try TestNetwork(
+            description: try NetworkDescription(layerList: "dense16,dropout0.5"),
+            rule: LearningRule(.pepita, feedbackScale: 0)
+        ).build(device, optimizer: LearningRule.pepitaOptimizer, seed: 3)
+        let before = try network.pepita.map { try device.read($0.layer.weight.value) }
+        let data = try TrainingTests.syntheticData(count: 32, seed: 4)
+        let (images, labels) = data.batch(Array(0..<32))
+        let pipeline = try Pipeline(
+            network: network, schedule: Schedule(.sequential), batchSize: 32)
+        _ = try pipeline.submit(
+            images: images, labels: labels, loss: LocalLoss(), learningRate: 0.1,
+            dropout: DropoutMasks(generator: SeededGenerator(seed: 9)))
+        _ = try pipeline.drain()
+        let after = try network.pepita.map { try device.read($0.layer.weight.value) }
+        #expect(after[0] == before[0], "the hidden layer changed: its two passes differed")
+        #expect(after[1] != before[1], "the output layer did not learn")
+    }
+
     /// On a learnable problem the clean pass beats chance after a few epochs.
     @Test(arguments: TestBackend.available)
     func itLearns(_ backend: TestBackend) throws {

@@ -8,10 +8,15 @@ public final class PEPITALayer {
     public let layer: DenseLayer
     public let optimizer: Optimizer
     public let isOutput: Bool
+    /// The probability that dropout zeroes a unit in training; one mask per batch serves both
+    /// passes, so the two passes compare the same units.
+    public let dropout: Float
+    /// Where the clean pass leaves its mask for the modulated pass of the same batch.
+    var maskKey: String { "\(layer.weight.name).dropout" }
 
     /// Weights uniform in ±sqrt(6 / inputs) (He-uniform, as the authors' code).
     init(
-        device: Device, name: String, inputs: Int, outputs: Int, isOutput: Bool,
+        device: Device, name: String, inputs: Int, outputs: Int, isOutput: Bool, dropout: Float,
         optimizer: OptimizerSettings, generator: inout SeededGenerator
     ) throws {
         layer = try DenseLayer(
@@ -22,15 +27,30 @@ public final class PEPITALayer {
             generator.uniform(inputs * outputs, in: -bound...bound), to: layer.weight.value)
         self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
         self.isOutput = isOutput
+        self.dropout = dropout
     }
 
-    /// The layer on `z`: its pass (the product before ReLU) and its output.
-    func forward(_ z: Tensor, on stream: Stream?) throws -> (LayerPass, Tensor) {
+    /// The layer on `z`: its pass (the product before ReLU) and its output, times `mask`
+    /// where given (dropout in training).
+    func forward(_ z: Tensor, mask: Tensor? = nil, on stream: Stream?) throws -> (
+        LayerPass, Tensor
+    ) {
         let pass = try layer.forward(try z.reshaped([z.rows, z.columns]), on: stream)
         guard !isOutput else { return (pass, pass.output) }
         let h = try z.device.allocate(pass.output.shape, on: stream)
         try z.device.activate(.relu, pass.output, into: h, on: stream)
+        if let mask { try z.device.multiply(h, mask, into: h, on: stream) }
         return (pass, h)
+    }
+
+    /// This batch's dropout mask: drawn by the clean pass, found again by the modulated one.
+    func mask(_ batch: BatchContext, rows: Int, on stream: Stream) throws -> Tensor? {
+        guard dropout > 0, !isOutput, let masks = batch.dropout else { return nil }
+        if let mask = batch.shared[maskKey] { return mask }
+        let mask = try masks.mask(
+            [rows, layer.outputs], p: dropout, device: stream.device, on: stream)
+        batch.shared[maskKey] = mask
+        return mask
     }
 }
 
@@ -56,7 +76,8 @@ public final class PEPITACleanStage: TrainingStage {
         let x = isFirst ? try batch.samples(on: stream) : inputs[1]
         let z = isFirst ? x : inputs[0]
         let clean = isFirst ? [] : Array(inputs.dropFirst(2))
-        let (_, h) = try layer.forward(z, on: stream)
+        let (_, h) = try layer.forward(
+            z, mask: try layer.mask(batch, rows: batch.size, on: stream), on: stream)
         guard layer.isOutput else {
             let rows = try device.zeros([batch.size], on: stream)
             return StagePass(outputs: [h, x] + clean + [h]) { _ in rows }
@@ -137,7 +158,8 @@ public final class PEPITAModulatedStage: TrainingStage {
         step: (LayerPass, Tensor) -> (Stream) throws -> Tensor
     ) throws -> StagePass {
         let device = stream.device
-        let (pass, modulated) = try layer.forward(z, on: stream)
+        let (pass, modulated) = try layer.forward(
+            z, mask: try layer.mask(batch, rows: batch.size, on: stream), on: stream)
         let difference = try device.allocate(modulated.shape, on: stream)
         try device.copy(clean, to: difference, on: stream)
         try device.axpby(

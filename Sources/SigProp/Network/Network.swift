@@ -160,13 +160,14 @@ public final class Network {
         _ plan: NetworkPlan, devices: [Device], optimizer: OptimizerSettings,
         feedbackScale: Float, generator: inout SeededGenerator
     ) throws -> (layers: [PEPITALayer], stages: [any TrainingStage]) {
-        let widths = try denseWidths(plan, rule: "pepita")
+        let hidden = try denseLayers(plan, rule: "pepita", dropout: true)
         let features = plan.inputShape.reduce(1, *)
-        let sizes = [features] + widths + [plan.classes]
-        let layers = try (0...widths.count).map { index in
+        let sizes = [features] + hidden.map(\.width) + [plan.classes]
+        let layers = try (0...hidden.count).map { index in
             try PEPITALayer(
                 device: devices[index], name: "layer\(index)", inputs: sizes[index],
-                outputs: sizes[index + 1], isOutput: index == widths.count, optimizer: optimizer,
+                outputs: sizes[index + 1], isOutput: index == hidden.count,
+                dropout: index < hidden.count ? hidden[index].dropout : 0, optimizer: optimizer,
                 generator: &generator)
         }
         let bound = feedbackScale * (6 / Float(features)).squareRoot()
@@ -200,18 +201,31 @@ public final class Network {
     /// The widths of `plan`'s learning layers, all dense without pooling or dropout (what
     /// Forward-Forward and PEPITA train), or an error naming the first that is not.
     public static func denseWidths(_ plan: NetworkPlan, rule: String) throws -> [Int] {
-        var widths: [Int] = []
-        for (index, stage) in plan.stages.prefix(plan.blockCount).enumerated() {
-            guard case .dense(_, let outputs) = stage.kind, stage.after.isEmpty else {
+        try denseLayers(plan, rule: rule, dropout: false).map(\.width)
+    }
+
+    /// `plan`'s learning layers, all dense, with the dropout after each (where `dropout`
+    /// allows it), or an error naming the first layer that is not dense or is followed by
+    /// what the rule cannot train.
+    static func denseLayers(_ plan: NetworkPlan, rule: String, dropout: Bool) throws
+        -> [(width: Int, dropout: Float)]
+    {
+        try plan.stages.prefix(plan.blockCount).enumerated().map { index, stage in
+            let rates = stage.after.compactMap { step -> Float? in
+                if case .dropout(let p) = step { p } else { nil }
+            }
+            guard case .dense(_, let outputs) = stage.kind,
+                rates.count == stage.after.count, dropout || rates.isEmpty
+            else {
                 throw SigPropError.configuration(
                     "--rule \(rule) trains dense layers only, but layer \(index + 1) of the model "
-                        + "(\(plan.stageName(index))) is not one, or is followed by pooling or "
-                        + "dropout; describe the network as dense layers, e.g. "
+                        + "(\(plan.stageName(index))) is not one, or is followed by pooling"
+                        + (dropout ? "" : " or dropout")
+                        + "; describe the network as dense layers, e.g. "
                         + "--model dense1000,dense1000,dense1000")
             }
-            widths.append(outputs)
+            return (outputs, rates.reduce(0) { 1 - (1 - $0) * (1 - $1) })
         }
-        return widths
     }
 
     /// Every parameter, in a fixed order (checkpoints use the names).

@@ -56,6 +56,9 @@ public final class BatchContext {
     /// Forward-Forward's wrong labels for the negative rows; nil: drawn from `generator`,
     /// uniformly among the other classes.
     public var wrongLabels: [Int32]?
+    /// Tensors one stage leaves for a later stage of the same batch on the same stream
+    /// (PEPITA's dropout mask, drawn by the clean pass and reused by the modulated one).
+    public var shared: [String: Tensor] = [:]
     private var onehots: [ObjectIdentifier: Tensor] = [:]
 
     public init(
