@@ -697,8 +697,7 @@ struct Train: ParsableCommand {
                 inputShape: storedModel?.inputShape
                     ?? [trainSet.channels, trainSet.height, trainSet.width],
                 classes: storedModel?.classes ?? trainSet.classes)
-            if learningRule.name == .ff { _ = try Network.forwardForwardWidths(plan) }
-            if learningRule.name == .pepita { _ = try Network.denseWidths(plan, rule: "pepita") }
+            try Network.check(plan, for: learningRule.name)
         } catch let error as SigPropError {
             throw UsageError("--model \(description.summary): \(error)")
         }

@@ -43,13 +43,14 @@ extension ProcessTests {
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
         let (status, output) = try Self.run(
-            Self.model(data, checkpoints, ["--rule", "pepita", "--model", "dense16"]))
+            Self.model(data, checkpoints, ["--rule", "pepita", "--model", "dense16,dropout0.1"]))
         #expect(status == 0, "\(output)")
         #expect(output.contains("rule: PEPITA (feedback scale 0.05)"), "\(output)")
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
         #expect(try checkpoint.rule.name == .pepita)
         #expect(checkpoint.tensors["feedback"]?.shape == [64, 10])
+        #expect(try checkpoint.model.description.hasDropout)
         #expect(try checkpoint.options.optimizer.milestones == [60, 90])
         let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
         #expect(resumed.status == 0, "\(resumed.output)")

@@ -186,6 +186,15 @@ public final class Network {
         return (layers, clean + modulated)
     }
 
+    /// Refuses a `plan` that `rule` cannot train, naming the layer (before anything is built).
+    public static func check(_ plan: NetworkPlan, for rule: LearningRule.Name) throws {
+        switch rule {
+        case .sigprop: break
+        case .ff: _ = try forwardForwardWidths(plan)
+        case .pepita: _ = try denseLayers(plan, rule: "pepita", dropout: true)
+        }
+    }
+
     /// The widths of the layers Forward-Forward trains for `plan`, or why it cannot: it
     /// trains dense layers only, and writes the label over the first K inputs.
     public static func forwardForwardWidths(_ plan: NetworkPlan) throws -> [Int] {
