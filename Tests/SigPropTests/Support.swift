@@ -67,6 +67,19 @@ func expectClose(
     }
 }
 
+/// Every comparison of a golden check within its tolerance, naming each that is not.
+func expectPassed(
+    _ report: GoldenReport, _ name: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    for comparison in report.comparisons where !comparison.passed {
+        let message =
+            "\(name) \(comparison.output): max error \(comparison.maxAbsoluteError) > "
+            + "\(comparison.tolerance)"
+        Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation)
+    }
+    #expect(!report.comparisons.isEmpty, "\(name): nothing was compared")
+}
+
 func random(_ count: Int, seed: UInt64, in range: ClosedRange<Float> = -1...1) -> [Float] {
     var generator = SeededGenerator(seed: seed)
     return generator.uniform(count, in: range)

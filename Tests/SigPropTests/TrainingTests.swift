@@ -146,6 +146,46 @@ import Testing
         #expect(try Self.state(resumed) == Self.state(original))
     }
 
+    /// Under the other rules too: a checkpoint holds the rule and the state they keep besides
+    /// weights (Forward-Forward's running means, PEPITA's feedback matrix), and training on
+    /// from it gives the numbers of training on without it.
+    @Test(
+        arguments: TestBackend.available,
+        [TestNetwork.forwardForward([12, 8]), TestNetwork.pepita([12])])
+    func checkpointResumesExactlyUnderEveryRule(_ backend: TestBackend, _ config: TestNetwork)
+        throws
+    {
+        let device = try backend.device()
+        let data = try Self.syntheticData(count: 64, seed: 4)
+        let settings = LearningRule.pepitaOptimizer
+        func step(_ network: Network, _ indices: [Int]) throws {
+            let (images, labels) = data.batch(indices)
+            let pipeline = try Pipeline(
+                network: network, schedule: Schedule(.sequential), batchSize: indices.count)
+            _ = try pipeline.submit(
+                images: images, labels: labels, loss: LocalLoss(), learningRate: 1e-2,
+                generator: SeededGenerator(seed: UInt64(indices[0])))
+            _ = try pipeline.drain()
+        }
+        let original = try config.build(device, optimizer: settings, seed: 5)
+        #expect(!original.buffers.isEmpty)
+        try step(original, Array(0..<16))
+        try step(original, Array(16..<32))
+        let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1)
+            .serialized()
+        let loaded = try Checkpoint(safetensors: bytes, path: "memory")
+        #expect(try loaded.rule == original.rule)
+        for buffer in original.buffers {
+            #expect(loaded.tensors[buffer.name]?.shape == buffer.value.shape)
+        }
+        let resumed = try config.build(device, optimizer: settings, seed: 77)
+        try loaded.restore(into: resumed)
+        #expect(try Self.state(resumed) == Self.state(original))
+        try step(original, Array(32..<48))
+        try step(resumed, Array(32..<48))
+        #expect(try Self.state(resumed) == Self.state(original))
+    }
+
     /// Ctrl-C in the middle of an epoch: the checkpoint then written, resumed, ends the epoch
     /// with the weights of an uninterrupted run (augmentation and dropout draws included).
     @Test(arguments: TestBackend.available)

@@ -404,10 +404,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
         let (g, losses, peer) = (gradient.map(buf), rowLosses.map(buf), peer.map(buf))
         run(queue) {
             CPUKernels.forwardForwardRows(
-                CPUKernels.ForwardForwardRows(
-                    columns: p.columns, positives: p.positives, lossRows: p.lossRows,
-                    threshold: p.threshold, relu: p.relu, epsilon: p.epsilon),
-                rows: p.rows, a: a.pointer, normalized: out.pointer, sumSquares: ss.pointer,
+                p, a: a.pointer, normalized: out.pointer, sumSquares: ss.pointer,
                 gradient: g?.pointer, rowLosses: losses?.pointer, peer: peer?.pointer)
         }
     }

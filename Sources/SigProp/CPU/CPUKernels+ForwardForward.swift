@@ -3,23 +3,14 @@ import Foundation
 /// Forward-Forward's per-layer work on the CPU: the same arithmetic as
 /// Kernels/forward_forward.cl (which documents it), a row per task.
 extension CPUKernels {
-    struct ForwardForwardRows {
-        var columns: Int
-        var positives: Int
-        var lossRows: Int
-        var threshold: Float
-        var relu: Bool
-        var epsilon: Float
-    }
-
     static func forwardForwardRows(
-        _ p: ForwardForwardRows, rows: Int, a: UnsafePointer<Float>,
+        _ p: ForwardForwardRowShape, a: UnsafePointer<Float>,
         normalized: UnsafeMutablePointer<Float>, sumSquares: UnsafeMutablePointer<Float>,
         gradient: UnsafeMutablePointer<Float>?, rowLosses: UnsafeMutablePointer<Float>?,
         peer: UnsafePointer<Float>?
     ) {
         let d = p.columns
-        parallelChunks(rows, minimumChunk: max(1, (1 << 14) / max(d, 1))) { range in
+        parallelChunks(p.rows, minimumChunk: max(1, (1 << 14) / max(d, 1))) { range in
             for r in range {
                 let row = a + r * d
                 var ss: Float = 0

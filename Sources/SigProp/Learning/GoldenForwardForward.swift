@@ -12,6 +12,12 @@ extension GoldenCheck {
         return settings
     }
 
+    /// Entry `step` of `tensor`'s first dimension (a training step's batch), flattened.
+    static func slice(_ tensor: GoldenTensor, _ step: Int) -> [Float] {
+        let size = tensor.values.count / tensor.shape[0]
+        return Array(tensor.values[(step * size)..<((step + 1) * size)])
+    }
+
     /// Columns `range` of a row-major matrix with `total` columns.
     static func columns(_ values: [Float], of total: Int, _ range: Range<Int>) -> [Float] {
         stride(from: 0, to: values.count, by: total).flatMap {
@@ -56,10 +62,6 @@ extension GoldenCheck {
                 to: part.weight.value)
         }
 
-        func slice(_ tensor: GoldenTensor, _ step: Int) -> [Float] {
-            let size = tensor.values.count / tensor.shape[0]
-            return Array(tensor.values[(step * size)..<((step + 1) * size)])
-        }
         // The parameters were written on the default stream, which `stream` does not wait for.
         try device.defaultStream.synchronize()
         let stream = try device.makeStream()

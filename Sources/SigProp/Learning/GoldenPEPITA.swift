@@ -31,10 +31,6 @@ extension GoldenCheck {
         }
         try load(network.buffers, names: ["F"], prefix: "", from: golden, on: device)
 
-        func slice(_ tensor: GoldenTensor, _ step: Int) -> [Float] {
-            let size = tensor.values.count / tensor.shape[0]
-            return Array(tensor.values[(step * size)..<((step + 1) * size)])
-        }
         // The parameters were written on the default stream, which `stream` does not wait for.
         try device.defaultStream.synchronize()
         let stream = try device.makeStream()
