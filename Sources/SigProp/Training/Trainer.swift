@@ -341,8 +341,9 @@ public final class Trainer {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// Accuracy of every readout on `dataset`, keyed by `ReadoutChoice.description`:
-    /// "output" and "similarity@l" for each block l (1-based).
+    /// Accuracy of every readout of the network's rule on `dataset`, keyed by
+    /// `ReadoutChoice.description`: "output", "similarity@l" for each block l (1-based) under
+    /// Signal Propagation, "goodness" under Forward-Forward.
     public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
         let predict = try network.predictor()
         var correct = [String: Int]()
