@@ -90,25 +90,10 @@ import Testing
     /// On a learnable problem both readouts beat chance after a few epochs.
     @Test(arguments: TestBackend.available)
     func bothReadoutsLearn(_ backend: TestBackend) throws {
-        let device = try backend.device()
-        var options = TrainingOptions()
-        options.optimizer = Self.optimizer
-        options.optimizer.learningRate = 0.05
-        options.batchSize = 32
-        options.validation = nil
-        options.epochs = 8
-        let network = try TestNetwork.forwardForward([32, 32]).build(
-            device, optimizer: options.optimizer, seed: 2)
-        let trainer = try Trainer(
-            network: network, options: options,
-            train: try TrainingTests.syntheticData(count: 512, seed: 1),
-            test: try TrainingTests.syntheticData(count: 256, seed: 2))
-        var last: EpochMetrics?
-        for epoch in 0..<options.epochs {
-            guard case .completed(let metrics) = try trainer.runEpoch(epoch) else { return }
-            last = metrics
-        }
-        let accuracies = try #require(last).readoutAccuracies
+        let metrics = try TrainingTests.lastEpoch(
+            of: .forwardForward([32, 32]), optimizer: Self.optimizer, epochs: 8,
+            on: try backend.device())
+        let accuracies = metrics.readoutAccuracies
         #expect((accuracies["output"] ?? 0) > 0.5, "\(accuracies)")
         #expect((accuracies["goodness"] ?? 0) > 0.5, "\(accuracies)")
     }

@@ -47,25 +47,9 @@ import Testing
     /// On a learnable problem the clean pass beats chance after a few epochs.
     @Test(arguments: TestBackend.available)
     func itLearns(_ backend: TestBackend) throws {
-        let device = try backend.device()
-        var options = TrainingOptions()
-        options.optimizer = LearningRule.pepitaOptimizer
-        options.optimizer.learningRate = 0.05
-        options.batchSize = 32
-        options.validation = nil
-        options.epochs = 6
-        let network = try TestNetwork.pepita([32]).build(
-            device, optimizer: options.optimizer, seed: 2)
-        let trainer = try Trainer(
-            network: network, options: options,
-            train: try TrainingTests.syntheticData(count: 512, seed: 1),
-            test: try TrainingTests.syntheticData(count: 256, seed: 2))
-        var last: EpochMetrics?
-        for epoch in 0..<options.epochs {
-            guard case .completed(let metrics) = try trainer.runEpoch(epoch) else { return }
-            last = metrics
-        }
-        let metrics = try #require(last)
+        let metrics = try TrainingTests.lastEpoch(
+            of: .pepita([32]), optimizer: LearningRule.pepitaOptimizer, epochs: 6,
+            on: try backend.device())
         #expect(metrics.testAccuracy > 0.5, "\(metrics.readoutAccuracies)")
         #expect(metrics.outputLoss > 0 && metrics.outputLoss.isFinite)
     }

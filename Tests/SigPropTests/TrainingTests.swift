@@ -30,6 +30,32 @@ import Testing
         try TestNetwork.mlp(width: width).build(device, seed: seed)
     }
 
+    /// The metrics of the last of `epochs` epochs of `config` on 512 synthetic samples
+    /// (batch 32, rate 0.05 of `optimizer`, no validation split), tested on 256 others.
+    static func lastEpoch(
+        of config: TestNetwork, optimizer: OptimizerSettings, epochs: Int, on device: Device
+    ) throws -> EpochMetrics {
+        var options = TrainingOptions()
+        options.optimizer = optimizer
+        options.optimizer.learningRate = 0.05
+        options.batchSize = 32
+        options.validation = nil
+        options.epochs = epochs
+        let network = try config.build(device, optimizer: options.optimizer, seed: 2)
+        let trainer = try Trainer(
+            network: network, options: options,
+            train: try syntheticData(count: 512, seed: 1),
+            test: try syntheticData(count: 256, seed: 2))
+        var last: EpochMetrics?
+        for epoch in 0..<epochs {
+            guard case .completed(let metrics) = try trainer.runEpoch(epoch) else {
+                throw SigPropError.configuration("epoch \(epoch + 1) did not complete")
+            }
+            last = metrics
+        }
+        return try #require(last)
+    }
+
     /// Every parameter with its optimizer state, then every buffer.
     static func state(_ network: Network) throws -> [Float] {
         try

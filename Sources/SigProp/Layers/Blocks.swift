@@ -314,7 +314,7 @@ extension SignalBlock: TrainingStage {
         let x = try batch.samples(on: stream)
         let context = try BatchContext.onehot(
             batch.byClass ? (0..<batch.classes).map(Int32.init) : batch.labels,
-            classes: batch.classes, on: stream)
+            classes: batch.classes, device: stream.device, on: stream)
         let pass = try forward(
             x: x, context: context, labels: batch.byClass ? try batch.onehot(on: stream) : nil,
             dropout: batch.dropout, on: stream)

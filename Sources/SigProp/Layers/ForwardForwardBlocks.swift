@@ -107,25 +107,36 @@ public final class ForwardForwardBlock: TrainingStage {
     /// those entries (neutral, [B, D]); every row normalised to unit root-mean-square.
     static func embedded(_ batch: BatchContext, on stream: Stream) throws -> (Tensor, Tensor) {
         let (count, classes) = (batch.size, batch.classes)
-        let features = batch.images.count / max(count, 1)
-        var pairs = [Float](repeating: 0, count: 2 * count * features)
-        var neutral = batch.images
-        for (row, label) in batch.labels.enumerated() {
-            let wrong =
-                batch.wrongLabels.map { Int($0[row]) }
+        let wrong = batch.labels.enumerated().map { row, label in
+            batch.wrongLabels.map { Int($0[row]) }
                 ?? (Int(label) + Int.random(in: 1..<classes, using: &batch.generator)) % classes
-            let sample = row * features
-            for (target, written) in [(row, Int(label)), (count + row, wrong)] {
-                let start = target * features
-                for j in 0..<features { pairs[start + j] = batch.images[sample + j] }
-                for k in 0..<classes { pairs[start + k] = k == written ? 1 : 0 }
-            }
-            for k in 0..<classes { neutral[sample + k] = 1 / Float(classes) }
         }
+        let pairs = labelled(
+            batch.images, count: count, classes: classes,
+            labels: batch.labels.map { Int($0) } + wrong)
+        let neutral = labelled(
+            batch.images, count: count, classes: classes,
+            labels: [Int?](repeating: nil, count: count))
         return (
             try normalizedRows(pairs, rows: 2 * count, device: stream.device, on: stream),
             try normalizedRows(neutral, rows: count, device: stream.device, on: stream)
         )
+    }
+
+    /// Rows of `count` samples (`images`, flattened) with a label written over their first K
+    /// values: row i is sample i mod `count` with onehot(`labels[i]`), or with 1/K in each of
+    /// those values where the label is nil (a neutral row).
+    static func labelled(_ images: [Float], count: Int, classes: Int, labels: [Int?]) -> [Float] {
+        let features = images.count / max(count, 1)
+        var rows = [Float](repeating: 0, count: labels.count * features)
+        for (row, label) in labels.enumerated() {
+            let (start, sample) = (row * features, (row % count) * features)
+            for j in 0..<features { rows[start + j] = images[sample + j] }
+            for k in 0..<classes {
+                rows[start + k] = label.map { k == $0 ? 1 : 0 } ?? 1 / Float(classes)
+            }
+        }
+        return rows
     }
 
     /// `values` as [rows, D] on `stream`'s device, each row scaled to unit root-mean-square.

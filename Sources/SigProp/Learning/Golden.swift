@@ -375,6 +375,46 @@ package enum GoldenCheck {
         )
     }
 
+    /// A parameter's value and its momentum buffer against `final.<name>` and
+    /// `final.<name>.momentum_buffer`. A momentum buffer sums every step's gradient, each with
+    /// its float rounding: 1e-4 * max(1, max |ref|).
+    static func compareWithMomentum(
+        _ name: String, value: [Float], momentum: [Float], _ golden: GoldenCase
+    ) throws -> [GoldenComparison] {
+        let buffer = try golden.output(name + ".momentum_buffer")
+        return [
+            compare(name, value, try golden.output(name)),
+            compare(
+                name + ".momentum_buffer", momentum, buffer,
+                tolerance: 1e-4 * max(1, buffer.values.map(abs).max() ?? 0)),
+        ]
+    }
+
+    /// `parameter`'s value and momentum buffer, as above.
+    static func compareWithMomentum(
+        _ name: String, _ parameter: Parameter, _ golden: GoldenCase
+    ) throws -> [GoldenComparison] {
+        let device = parameter.value.device
+        return try compareWithMomentum(
+            name, value: try device.read(parameter.value),
+            momentum: try device.read(parameter.state["momentum"] ?? parameter.value), golden)
+    }
+
+    /// One training step of `batch` through every stage of `network` on `stream`, as the
+    /// pipeline runs it; `each` sees every stage's pass and the sum of its row losses.
+    static func trainStep(
+        _ network: Network, _ batch: BatchContext, on stream: Stream,
+        each: (_ stage: Int, _ pass: StagePass, _ loss: Float) throws -> Void
+    ) throws {
+        var handedOn: [Tensor] = []
+        for (index, stage) in network.stages.enumerated() {
+            let pass = try stage.forward(handedOn, batch: batch, on: stream)
+            let loss = try stream.device.read(try pass.learn(stream), on: stream).reduce(0, +)
+            try each(index, pass, loss)
+            handedOn = pass.outputs
+        }
+    }
+
     static func checkLoss(_ golden: GoldenCase, on device: Device) throws -> GoldenReport {
         let h1 = try golden.input("h1")
         let t1 = try golden.input("t1")

@@ -73,10 +73,7 @@ extension GoldenCheck {
                 inputShape: [1, 1, features], classes: classes, learningRate: 1e-3,
                 loss: LocalLoss())
             context.wrongLabels = slice(wrong, step).map { Int32($0) }
-            var handedOn: [Tensor] = []
-            for (index, stage) in network.stages.enumerated() {
-                let pass = try stage.forward(handedOn, batch: context, on: stream)
-                let loss = try device.read(try pass.learn(stream), on: stream).reduce(0, +)
+            try trainStep(network, context, on: stream) { index, _, loss in
                 let name =
                     index < layerCount
                     ? "step\(step).layers.\(index).ff_loss" : "step\(step).classifier_loss"
@@ -86,26 +83,14 @@ extension GoldenCheck {
                     compare(
                         name, [loss], reference, tolerance: 1e-4 * max(1, abs(reference.values[0])))
                 )
-                handedOn = pass.outputs
             }
         }
         try stream.synchronize()
 
-        /// A momentum buffer sums every step's gradient, each with its float rounding.
-        func momentumTolerance(_ reference: GoldenTensor) -> Float {
-            1e-4 * max(1, reference.values.map(abs).max() ?? 0)
-        }
         for (index, layer) in network.forwardForward.enumerated() {
             for (name, parameter) in zip(["weight", "bias"], layer.layer.parameters) {
-                let prefix = "final.layers.\(index).\(name)"
-                comparisons.append(
-                    compare(prefix, try device.read(parameter.value), try golden.output(prefix)))
-                let buffer = try golden.output(prefix + ".momentum_buffer")
-                comparisons.append(
-                    compare(
-                        prefix + ".momentum_buffer",
-                        try device.read(parameter.state["momentum"] ?? parameter.value), buffer,
-                        tolerance: momentumTolerance(buffer)))
+                comparisons += try compareWithMomentum(
+                    "final.layers.\(index).\(name)", parameter, golden)
             }
             let name = "final.layers.\(index).running_mean"
             comparisons.append(
@@ -127,14 +112,8 @@ extension GoldenCheck {
                 }
             }
         }
-        let classifierBuffer = try golden.output("final.classifier.weight.momentum_buffer")
-        comparisons += [
-            compare(
-                "final.classifier.weight", weights, try golden.output("final.classifier.weight")),
-            compare(
-                "final.classifier.weight.momentum_buffer", buffers, classifierBuffer,
-                tolerance: momentumTolerance(classifierBuffer)),
-        ]
+        comparisons += try compareWithMomentum(
+            "final.classifier.weight", value: weights, momentum: buffers, golden)
         let predictions = try network.predictor()(slice(x, steps - 1), batch)
         for (readout, name) in [
             ("output", "predictions.linear"), ("goodness", "predictions.goodness"),

@@ -41,11 +41,9 @@ extension GoldenCheck {
                 images: slice(x, step), labels: slice(labels, step).map { Int32($0) },
                 inputShape: [1, 1, features], classes: classes,
                 learningRate: sgd.learningRate, loss: LocalLoss())
-            var handedOn: [Tensor] = []
             var loss: Float = 0
-            for (index, stage) in network.stages.enumerated() {
-                let pass = try stage.forward(handedOn, batch: context, on: stream)
-                loss += try device.read(try pass.learn(stream), on: stream).reduce(0, +)
+            try trainStep(network, context, on: stream) { index, pass, stageLoss in
+                loss += stageLoss
                 if index == layerCount - 1 {
                     // The clean output stage hands on e / B first.
                     let error = try device.read(pass.outputs[0], on: stream).map {
@@ -54,23 +52,14 @@ extension GoldenCheck {
                     let name = "step\(step).error"
                     comparisons.append(compare(name, error, try golden.output(name)))
                 }
-                handedOn = pass.outputs
             }
             let name = "step\(step).loss"
             comparisons.append(compare(name, [loss], try golden.output(name)))
         }
         try stream.synchronize()
         for (index, layer) in network.pepita.enumerated() {
-            let name = "final.layers.\(index).weight"
-            let weight = layer.layer.weight
-            comparisons.append(
-                compare(name, try device.read(weight.value), try golden.output(name)))
-            let buffer = try golden.output(name + ".momentum_buffer")
-            comparisons.append(
-                compare(
-                    name + ".momentum_buffer",
-                    try device.read(weight.state["momentum"] ?? weight.value), buffer,
-                    tolerance: 1e-4 * max(1, buffer.values.map(abs).max() ?? 0)))
+            comparisons += try compareWithMomentum(
+                "final.layers.\(index).weight", layer.layer.weight, golden)
         }
         let predictions = try network.predictor()(slice(x, steps - 1), batch)
         comparisons.append(

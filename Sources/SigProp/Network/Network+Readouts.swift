@@ -99,18 +99,11 @@ extension Network {
         -> [String: [Int]]
     {
         guard let classifier else { throw SigPropError.configuration("no Forward-Forward layers") }
-        let features = images.count / max(count, 1)
-        var neutral = images
-        var labelled = [Float](repeating: 0, count: classes * images.count)
-        for row in 0..<count {
-            let sample = row * features
-            for k in 0..<classes {
-                neutral[sample + k] = 1 / Float(classes)
-                let start = (k * count + row) * features
-                for j in 0..<features { labelled[start + j] = images[sample + j] }
-                for c in 0..<classes { labelled[start + c] = c == k ? 1 : 0 }
-            }
-        }
+        let neutral = ForwardForwardBlock.labelled(
+            images, count: count, classes: classes, labels: [Int?](repeating: nil, count: count))
+        let labelled = ForwardForwardBlock.labelled(
+            images, count: count, classes: classes,
+            labels: (0..<classes).flatMap { [Int?](repeating: $0, count: count) })
         var z = try ForwardForwardBlock.normalizedRows(
             neutral, rows: count, device: device, on: nil)
         var y = try ForwardForwardBlock.normalizedRows(

@@ -197,20 +197,14 @@ public final class Network {
 
     /// The widths of the layers Forward-Forward trains for `plan`, or why it cannot: it
     /// trains dense layers only, and writes the label over the first K inputs.
-    public static func forwardForwardWidths(_ plan: NetworkPlan) throws -> [Int] {
+    static func forwardForwardWidths(_ plan: NetworkPlan) throws -> [Int] {
         let features = plan.inputShape.reduce(1, *)
         guard features > plan.classes else {
             throw SigPropError.configuration(
                 "--rule ff writes the label over the first \(plan.classes) input values, but a "
                     + "sample has only \(features); use another rule for this data")
         }
-        return try denseWidths(plan, rule: "ff")
-    }
-
-    /// The widths of `plan`'s learning layers, all dense without pooling or dropout (what
-    /// Forward-Forward and PEPITA train), or an error naming the first that is not.
-    public static func denseWidths(_ plan: NetworkPlan, rule: String) throws -> [Int] {
-        try denseLayers(plan, rule: rule, dropout: false).map(\.width)
+        return try denseLayers(plan, rule: "ff", dropout: false).map(\.width)
     }
 
     /// `plan`'s learning layers, all dense, with the dropout after each (where `dropout`
@@ -247,10 +241,8 @@ public final class Network {
 
     /// One-hot rows for `labels` on `stream`'s device (the first stage's without a stream).
     public func onehot(_ labels: [Int32], on stream: Stream? = nil) throws -> Tensor {
-        var values = [Float](repeating: 0, count: labels.count * classes)
-        for (row, label) in labels.enumerated() { values[row * classes + Int(label)] = 1 }
-        return try (stream?.device ?? device).tensor(
-            values, shape: [labels.count, classes], on: stream)
+        try BatchContext.onehot(
+            labels, classes: classes, device: stream?.device ?? device, on: stream)
     }
 
     /// Stages of a batch: one per learning block (the signal block first), then the output

@@ -87,15 +87,17 @@ public final class BatchContext {
     /// onehot(labels) on `stream`'s device, written by the host where first asked for.
     public func onehot(on stream: Stream) throws -> Tensor {
         if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
-        let tensor = try Self.onehot(labels, classes: classes, on: stream)
+        let tensor = try Self.onehot(labels, classes: classes, device: stream.device, on: stream)
         onehots[ObjectIdentifier(stream.device)] = tensor
         return tensor
     }
 
-    /// One row per label, 1 at the label's column, on `stream`'s device.
-    public static func onehot(_ labels: [Int32], classes: Int, on stream: Stream) throws -> Tensor {
+    /// One row per label, 1 at the label's column, written to `device` on `stream`.
+    public static func onehot(
+        _ labels: [Int32], classes: Int, device: Device, on stream: Stream? = nil
+    ) throws -> Tensor {
         var values = [Float](repeating: 0, count: labels.count * classes)
         for (row, label) in labels.enumerated() { values[row * classes + Int(label)] = 1 }
-        return try stream.device.tensor(values, shape: [labels.count, classes], on: stream)
+        return try device.tensor(values, shape: [labels.count, classes], on: stream)
     }
 }
