@@ -27,7 +27,6 @@ Usage (pip install torch numpy):
   python3 Benchmarks/reference/forward_forward.py --epochs 25 --threads 2
 """
 import argparse
-import gzip
 import json
 import math
 import os
@@ -39,10 +38,11 @@ import time
 # slower. An OMP_WAIT_POLICY set by the caller wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import reference_io  # noqa: E402
 
 RMS_EPS = 1e-8
 PEER_WEIGHT = 0.03
@@ -179,21 +179,6 @@ def negative_labels_for(labels, num_classes, generator):
     return (labels + offset) % num_classes
 
 
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_split(data_dir, prefix):
-    images = read_idx(os.path.join(data_dir, prefix + "-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(data_dir, prefix + "-labels-idx1-ubyte.gz"))
-    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-
 def evaluate(model, x, y, batch_size=1000):
     good = lin = 0
     for i in range(0, len(x), batch_size):
@@ -225,9 +210,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    x_train, y_train = load_split(args.data_dir, "train")
+    x_train, y_train = reference_io.load_split(args.data_dir, "train")
     x_train, y_train = x_train[:args.train_count], y_train[:args.train_count]
-    x_test, y_test = load_split(args.data_dir, "t10k")
+    x_test, y_test = reference_io.load_split(args.data_dir, "t10k")
     num_classes = 10
 
     model = ForwardForwardNet([x_train.shape[1]] + [args.hidden] * args.layers, num_classes)

@@ -10,15 +10,14 @@ Usage (pip install torch numpy):
   python3 Benchmarks/reference/forward_forward_golden.py
 writes Tests/SigPropTests/Fixtures/forward_forward_*.json.
 """
-import json
 import math
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import forward_forward as ff  # noqa: E402
+import reference_io  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,17 +117,6 @@ def readout_margins(model, x):
     return {"goodness": gap(score.view(k, n).t()), "linear": gap(logits)}
 
 
-def tensor_json(t):
-    t = t.detach()
-    if t.dtype == torch.int64:
-        data = [int(v) for v in t.reshape(-1).tolist()]
-        dtype = "int64"
-    else:
-        data = [float(v) for v in t.to(torch.float32).reshape(-1).numpy().astype(np.float32)]
-        dtype = "float32"
-    return {"shape": list(t.shape), "dtype": dtype, "data": data}
-
-
 def config_for(case):
     widths, k = case["widths"], case["classes"]
     return {
@@ -179,26 +167,11 @@ def main():
             assert torch.equal(out32[name], out64[name]), name
         for readout, margin in margins32.items():
             assert margin > 1e-4, (case["name"], readout, margin)
-        diffs = {name: float((out32[name].double() - out64[name]).abs().max())
-                 for name in out32}
         param_names = [name for name, _ in
                        ff.ForwardForwardNet(case["widths"], case["classes"]).named_parameters()]
-        doc = {
-            "name": case["name"],
-            "kind": "forward_forward",
-            "description": description_for(case),
-            "config": config_for(case),
-            "inputs": {name: tensor_json(t) for name, t in inputs.items()},
-            "outputs": {name: tensor_json(t) for name, t in out32.items()},
-            "f64_max_abs_diff": diffs,
-            "parameter_names": param_names,
-            "reference": {"script": "Benchmarks/reference/forward_forward_golden.py",
-                          "torch": torch.__version__},
-            "seed": case["seed"],
-        }
-        path = os.path.join(FIXTURES, case["name"] + ".json")
-        with open(path, "w") as f:
-            f.write(json.dumps(doc, separators=(",", ":")))
+        path, diffs = reference_io.write_golden(
+            FIXTURES, case, "forward_forward", description_for(case), config_for(case), inputs,
+            out32, out64, param_names, "Benchmarks/reference/forward_forward_golden.py")
         worst = max(diffs.values())
         print(f"{path}: {len(out32)} outputs, max f64 diff {worst:.3g}, "
               f"readout margins {margins32}")

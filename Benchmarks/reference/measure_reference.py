@@ -17,7 +17,6 @@ Usage (pip install torch numpy; SIGPROP_REFERENCE_LIB=<clone of the library>):
   python3 measure_reference.py --model cnn --batches 20    # 20 timed batches after 5 warm-up batches
 """
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -32,6 +31,8 @@ import torch.optim as optim
 # https://github.com/amassivek/signalpropagation) and point SIGPROP_REFERENCE_LIB at the clone.
 sys.path.insert(0, os.environ.get("SIGPROP_REFERENCE_LIB", os.path.join(os.path.dirname(os.path.abspath(__file__)), "signalpropagation")))
 import sigprop  # noqa: E402
+
+import reference_io  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
@@ -51,17 +52,9 @@ NEG_SLOPE = 0.01  # examples.py: --nonlin leakyrelu (default and examples.sh) ->
 
 
 # ---------------------------------------------------------------- data
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load(split):
-    x = read_idx(os.path.join(args.data_dir, f"{split}-images-idx3-ubyte.gz"))
-    y = read_idx(os.path.join(args.data_dir, f"{split}-labels-idx1-ubyte.gz"))
+    x = reference_io.read_idx(os.path.join(args.data_dir, f"{split}-images-idx3-ubyte.gz"))
+    y = reference_io.read_idx(os.path.join(args.data_dir, f"{split}-labels-idx1-ubyte.gz"))
     x = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
     x = (x - 0.2860) / 0.3530
     return x.contiguous(), torch.from_numpy(y.astype(np.int64))

@@ -32,7 +32,6 @@ Usage (pip install torch numpy):
   python3 Benchmarks/reference/pepita.py --epochs 100 --threads 2
 """
 import argparse
-import gzip
 import json
 import math
 import os
@@ -44,10 +43,11 @@ import time
 # An OMP_WAIT_POLICY set by the caller wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import reference_io  # noqa: E402
 
 FEEDBACK_SCALE = 0.05
 
@@ -132,21 +132,6 @@ class PepitaNet(nn.Module):
         return self.forward_pass(x)[1].argmax(dim=1)
 
 
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_split(data_dir, prefix):
-    images = read_idx(os.path.join(data_dir, prefix + "-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(data_dir, prefix + "-labels-idx1-ubyte.gz"))
-    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-
 def evaluate(model, x, y, batch_size=1000):
     correct = 0
     for i in range(0, len(x), batch_size):
@@ -185,10 +170,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    x_train, y_train = load_split(args.data_dir, "train")
+    x_train, y_train = reference_io.load_split(args.data_dir, "train")
     if args.limit > 0:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_test, y_test = load_split(args.data_dir, "t10k")
+    x_test, y_test = reference_io.load_split(args.data_dir, "t10k")
     num_classes = 10
     milestones = parse_ints(args.milestones)
 

@@ -12,14 +12,13 @@ Usage (pip install torch numpy):
   python3 Benchmarks/reference/pepita_golden.py
 writes Tests/SigPropTests/Fixtures/pepita_*.json.
 """
-import json
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pepita  # noqa: E402
+import reference_io  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,17 +83,6 @@ def run_case(case, inputs, dtype):
     return out, margin
 
 
-def tensor_json(t):
-    t = t.detach()
-    if t.dtype == torch.int64:
-        data = [int(v) for v in t.reshape(-1).tolist()]
-        dtype = "int64"
-    else:
-        data = [float(v) for v in t.to(torch.float32).reshape(-1).numpy().astype(np.float32)]
-        dtype = "float32"
-    return {"shape": list(t.shape), "dtype": dtype, "data": data}
-
-
 def config_for(case):
     widths = case["widths"]
     return {
@@ -141,25 +129,10 @@ def main():
         out64, _ = run_case(case, inputs, torch.float64)
         assert torch.equal(out32["predictions"], out64["predictions"])
         assert margin > 1e-4, (case["name"], margin)
-        diffs = {name: float((out32[name].double() - out64[name]).abs().max())
-                 for name in out32}
         param_names = [name for name, _ in pepita.PepitaNet(case["widths"]).named_parameters()]
-        doc = {
-            "name": case["name"],
-            "kind": "pepita",
-            "description": description_for(case),
-            "config": config_for(case),
-            "inputs": {name: tensor_json(t) for name, t in inputs.items()},
-            "outputs": {name: tensor_json(t) for name, t in out32.items()},
-            "f64_max_abs_diff": diffs,
-            "parameter_names": param_names,
-            "reference": {"script": "Benchmarks/reference/pepita_golden.py",
-                          "torch": torch.__version__},
-            "seed": case["seed"],
-        }
-        path = os.path.join(FIXTURES, case["name"] + ".json")
-        with open(path, "w") as f:
-            f.write(json.dumps(doc, separators=(",", ":")))
+        path, diffs = reference_io.write_golden(
+            FIXTURES, case, "pepita", description_for(case), config_for(case), inputs, out32,
+            out64, param_names, "Benchmarks/reference/pepita_golden.py")
         worst = max(diffs.values())
         print(f"{path}: {len(out32)} outputs, max f64 diff {worst:.3g}, "
               f"prediction margin {margin:.3g}")
