@@ -289,14 +289,8 @@ public final class OutputLayer {
     func learn(_ pass: LayerPass, onehot: Tensor, learningRate: Float, on stream: Stream?) throws
         -> Tensor
     {
-        let device = pass.output.device
-        let shape = pass.output.shape
-        let mask = try device.allocate(shape, on: stream)
-        let dY = try device.allocate(shape, on: stream)
-        let rows = try device.allocate([shape[0]], on: stream)
-        // Cross entropy is the local loss's row rule with one-hot targets: M = onehot, m_i = 1.
-        try device.localLossRows(
-            .maxAll, y: pass.output, yy: onehot, mask: mask, dY: dY, rowLosses: rows, on: stream)
+        let (dY, rows) = try LocalLoss.crossEntropy(
+            logits: pass.output, onehot: onehot, on: stream)
         try layer.learn(
             from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
         return rows

@@ -203,14 +203,8 @@ public final class ForwardForwardClassifier: TrainingStage {
     {
         let (logits, passes) = try logits(Array(inputs.dropFirst(2)), on: stream)
         return StagePass(outputs: [logits]) { stream in
-            let device = stream.device
-            let mask = try device.allocate(logits.shape, on: stream)
-            let dY = try device.allocate(logits.shape, on: stream)
-            let rows = try device.allocate([logits.rows], on: stream)
-            // Cross entropy: the local loss's row rule with one-hot targets.
-            try device.localLossRows(
-                .maxAll, y: logits, yy: try batch.onehot(on: stream), mask: mask, dY: dY,
-                rowLosses: rows, on: stream)
+            let (dY, rows) = try LocalLoss.crossEntropy(
+                logits: logits, onehot: try batch.onehot(on: stream), on: stream)
             let step = self.optimizer.beginStep(
                 learningRate: batch.learningRate * self.rateScale)
             for (part, pass) in zip(self.parts, passes) {

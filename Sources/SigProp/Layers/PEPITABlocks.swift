@@ -84,12 +84,8 @@ public final class PEPITACleanStage: TrainingStage {
         }
         // Cross entropy's gradient by the logits is (softmax - onehot) / B: PEPITA's error,
         // averaged over the batch as its updates are.
-        let mask = try device.allocate(h.shape, on: stream)
-        let error = try device.allocate(h.shape, on: stream)
-        let losses = try device.allocate([batch.size], on: stream)
-        try device.localLossRows(
-            .maxAll, y: h, yy: try batch.onehot(on: stream), mask: mask, dY: error,
-            rowLosses: losses, on: stream)
+        let (error, losses) = try LocalLoss.crossEntropy(
+            logits: h, onehot: try batch.onehot(on: stream), on: stream)
         let rows = try device.zeros([batch.size], on: stream)
         return StagePass(outputs: [error, x, h] + clean + [losses]) { _ in rows }
     }

@@ -117,6 +117,22 @@ public struct LocalLoss: Sendable {
             y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
     }
 
+    /// Cross entropy of `logits` [B, K] against one-hot rows: the local loss's row rule with
+    /// M = onehot, m_i = 1. Returns d loss / d logits, (softmax − onehot) / B, and each row's
+    /// share of the mean loss.
+    public static func crossEntropy(logits: Tensor, onehot: Tensor, on stream: Stream?) throws
+        -> (gradient: Tensor, rowLosses: Tensor)
+    {
+        let device = logits.device
+        let mask = try device.allocate(logits.shape, on: stream)
+        let gradient = try device.allocate(logits.shape, on: stream)
+        let rows = try device.allocate([logits.rows], on: stream)
+        try device.localLossRows(
+            .maxAll, y: logits, yy: onehot, mask: mask, dY: gradient, rowLosses: rows,
+            on: stream)
+        return (gradient, rows)
+    }
+
     /// The loss value: the sum of the row shares (read back to the host).
     public static func value(of output: LocalLossOutput, on stream: Stream? = nil) throws -> Float {
         try output.rowLosses.device.read(output.rowLosses, on: stream).reduce(0, +)
