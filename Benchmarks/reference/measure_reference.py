@@ -12,6 +12,12 @@ Block layout follows examples.py BlockLinear/BlockConv with --norm instance_norm
 (instance_norm => LayerNorm in dense blocks, InstanceNorm2d(affine) in conv blocks; biases on).
 Context projection follows examples.py signal_modules_lpi: Linear(10, numel, bias=False), LayerNorm, ReLU.
 
+Error Forward-Propagation (--loop-back predict|learn): the library's models.LoopBack (a first
+pass without the target, no learning) or models.ForwardLoopBack (a first pass that learns with
+the target), with error(output, context) = softmax(output) - onehot(c). The signal then takes
+one-hot rows as its context (LabelNumberToOnehot cannot take the error), so the context is
+onehot(c) and the output layer's cross entropy still reads the label numbers.
+
 Usage (pip install torch numpy; SIGPROP_REFERENCE_LIB=<clone of the library>):
   python3 measure_reference.py --model mlp --epochs 1     # samples/s of the training loop, test accuracy
   python3 measure_reference.py --model cnn --batches 20    # 20 timed batches after 5 warm-up batches
@@ -43,6 +49,8 @@ p.add_argument("--lr", type=float, default=5e-4)
 p.add_argument("--seed", type=int, default=1)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+p.add_argument("--loop-back", default="none", choices=["none", "predict", "learn"],
+               help="Error Forward-Propagation: LoopBack (predict) or ForwardLoopBack (learn)")
 args = p.parse_args()
 
 torch.set_num_threads(args.threads)
@@ -106,11 +114,20 @@ def context_module(input_shape, output_shape):  # examples.py signal_modules_lpi
     )
 
 
+def output_error(output, context):  # the error the loop-back models feed to the signal
+    return F.softmax(output, 1) - context
+
+
 def build_model(kind):
     num_classes = 10
     loss = sigprop.loss.v9_input_target_max_all
+    model_cls = {
+        "none": sigprop.models.Forward,
+        "predict": sigprop.models.LoopBack,
+        "learn": sigprop.models.ForwardLoopBack,
+    }[args.loop_back]
     sp_manager = sigprop.managers.Preset(
-        sigprop.models.Forward,
+        model_cls,
         sigprop.propagators.Loss,
         sigprop.propagators.signals.Loss,
         build_optimizer,
@@ -126,7 +143,8 @@ def build_model(kind):
     sp_signal = sigprop.signals.ProjectionContextInput(
         context_module(input_shape, output_shape), input_module, input_shape, output_shape
     )
-    sp_signal = nn.Sequential(sigprop.signals.LabelNumberToOnehot(num_classes), sp_signal)
+    if args.loop_back == "none":
+        sp_signal = nn.Sequential(sigprop.signals.LabelNumberToOnehot(num_classes), sp_signal)
     sp_manager.set_signal(sp_signal, loss=loss)
 
     P = sp_manager.add_propagator
@@ -146,7 +164,10 @@ def build_model(kind):
             P(BlockLinear(128 * 7 * 7, 1024)),
             P(nn.Linear(1024, num_classes, bias=True), sigprop.propagators.Identity),
         ]
-    model = sp_manager.set_model(nn.Sequential(*layers))
+    if args.loop_back == "none":
+        model = sp_manager.set_model(nn.Sequential(*layers))
+    else:
+        model = sp_manager.set_model(nn.Sequential(*layers), error=output_error)
     # examples.py ModelWrapper/OptimizerWrapper: optimizer over model.parameters(),
     # which for sigprop.models.Model is only the Identity-wrapped output layer.
     out_optimizer = build_optimizer(model)
@@ -161,7 +182,8 @@ print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.
 def train_batch(x, y):
     # examples.py Runner.train_batch with args.sigprop: output = model((x, y)); CE on output.
     model.train()
-    output = model((x, y))
+    context = y if args.loop_back == "none" else F.one_hot(y, 10).float()
+    output = model((x, context))
     loss = F.cross_entropy(output, y)
     out_opt.zero_grad()
     loss.backward()

@@ -21,17 +21,28 @@ struct Train: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             """
-            Learning rule: sigprop (Signal Propagation, default), ff (Forward-Forward: the \
-            label written over the first K inputs, each dense layer telling positive from \
-            negative samples by its goodness) or pepita (PEPITA: a second pass with the input \
-            modulated by the output error, each dense layer learning from the difference). \
-            ff changes the defaults to its paper's: model dense1000,dense1000,dense1000, batch \
+            Learning rule: sigprop (Signal Propagation, default), efp (Error \
+            Forward-Propagation: Signal Propagation's blocks learning in a second pass whose \
+            target stream is the output error of a first pass, see --efp-first-pass), ff \
+            (Forward-Forward: the label written over the first K inputs, each dense layer \
+            telling positive from negative samples by its goodness) or pepita (PEPITA: a \
+            second pass with the input modulated by the output error, each dense layer \
+            learning from the difference). efp keeps sigprop's defaults. ff changes the defaults to its paper's: model dense1000,dense1000,dense1000, batch \
             100, SGD lr 1e-3 momentum 0.9 weight decay 3e-4 with a linear cooldown over the \
             second half, pixels in 0...1 unstandardised, readouts output (linear classifier) \
             and goodness. pepita to its: model dense1024,dropout0.1, batch 64, SGD lr 0.01 \
             momentum 0.9, x0.1 at epochs 60 and 90, pixels in 0...1, readout output.
-            """, valueName: "sigprop|ff|pepita"))
+            """, valueName: "sigprop|efp|ff|pepita"))
     var rule: String?
+
+    @Option(
+        help: ArgumentHelp(
+            """
+            efp: the first pass of a batch. predict (default): the input stream only, no \
+            learning, as the authors' LoopBack model; learn: a Signal Propagation pass with \
+            the target whose blocks learn, as their ForwardLoopBack.
+            """, valueName: "predict|learn"))
+    var efpFirstPass: String?
 
     @Option(
         parsing: .unconditional,
@@ -368,8 +379,16 @@ struct Train: ParsableCommand {
         if let ffPeerWeight, !(ffPeerWeight.isFinite && ffPeerWeight >= 0) {
             throw ValidationError("--ff-peer-weight must be >= 0, got \(ffPeerWeight)")
         }
+        if let efpFirstPass, LearningRule.ErrorFirstPass(rawValue: efpFirstPass) == nil {
+            throw ValidationError(
+                "--efp-first-pass \(efpFirstPass) is not a first pass. Valid values: "
+                    + LearningRule.ErrorFirstPass.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        if efpFirstPass != nil, rule != LearningRule.Name.efp.rawValue, resume == nil {
+            throw ValidationError("--efp-first-pass sets Error Forward-Propagation; add --rule efp")
+        }
         if let rule, rule != LearningRule.Name.sigprop.rawValue,
-            readout == Readout.similarity.rawValue
+            rule != LearningRule.Name.efp.rawValue, readout == Readout.similarity.rawValue
         {
             throw ValidationError(
                 "--readout similarity is Signal Propagation's; --rule \(rule) offers output"
@@ -387,7 +406,8 @@ struct Train: ParsableCommand {
         if pepitaFeedbackScale != nil, rule != LearningRule.Name.pepita.rawValue, resume == nil {
             throw ValidationError("--pepita-feedback-scale sets PEPITA; add --rule pepita")
         }
-        if rule == nil || rule == LearningRule.Name.sigprop.rawValue, resume == nil,
+        if rule == nil || rule == LearningRule.Name.sigprop.rawValue
+            || rule == LearningRule.Name.efp.rawValue, resume == nil,
             readout == Readout.goodness.rawValue
         {
             throw ValidationError(
@@ -420,13 +440,23 @@ struct Train: ParsableCommand {
         apply(
             "--ff-classifier-lr", ffClassifierLr,
             &resolved.forwardForward.classifierLearningRate)
+        // nil in a rule is the default value: giving that value on resume is no change.
+        var feedbackScale = resolved.feedbackScale ?? 0.05
+        apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
+        if pepitaFeedbackScale != nil { resolved.feedbackScale = feedbackScale }
+        var firstPass = resolved.errorFirstPass ?? .predict
         apply(
-            "--pepita-feedback-scale", pepitaFeedbackScale.map { Optional($0) },
-            &resolved.feedbackScale)
+            "--efp-first-pass", efpFirstPass.flatMap(LearningRule.ErrorFirstPass.init(rawValue:)),
+            &firstPass)
+        if efpFirstPass != nil { resolved.errorFirstPass = firstPass }
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
         if resolved.name != .ff, ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
         {
             throw UsageError("the --ff-* options set Forward-Forward, and this run is \(resolved)")
+        }
+        if resolved.name != .efp, efpFirstPass != nil {
+            throw UsageError(
+                "--efp-first-pass sets Error Forward-Propagation, and this run is \(resolved)")
         }
         return resolved
     }
@@ -675,9 +705,10 @@ struct Train: ParsableCommand {
         var testSet = try Dataset.load(directory: directory, split: .test)
         // Forward-Forward reads pixels as they are (0...1): the label it writes into the
         // input is on that scale. PEPITA's settings are its authors', on pixels in 0...1.
+        // Error Forward-Propagation trains Signal Propagation's network, on its input.
         let (normalization, normalizationSource) =
             stored.map { ($0.normalization, "from the checkpoint") }
-            ?? (learningRule.name != .sigprop
+            ?? (learningRule.name == .ff || learningRule.name == .pepita
                 ? (
                     Normalization(
                         mean: [Float](repeating: 0, count: trainSet.channels),
@@ -744,7 +775,7 @@ struct Train: ParsableCommand {
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
-                    + (0..<network.stageCount).filter { network.stageDevices[$0] === device }.map(
+                    + (0..<network.stageCount).filter { network.stageDevice($0) === device }.map(
                         network.stageName
                     ).joined(separator: ", ")
             }
@@ -800,7 +831,10 @@ struct Train: ParsableCommand {
                         + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
                         + "\(learningRule.forwardForward.classifierLearningRate))"
                     : learningRule.name == .pepita
-                        ? " (feedback scale \(learningRule.feedbackScale ?? 0.05))" : ""))
+                        ? " (feedback scale \(learningRule.feedbackScale ?? 0.05))"
+                        : learningRule.name == .efp
+                            ? " (first pass: \((learningRule.errorFirstPass ?? .predict).rawValue))"
+                            : ""))
         emit(
             "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "

@@ -3,8 +3,8 @@ import Testing
 
 @testable import SigProp
 
-/// `train --rule`: Forward-Forward trains, records its rule and running means, resumes without
-/// repeating the rule, and refuses what it cannot train before any training. Part of the
+/// `train --rule`: each rule trains, records its rule and its state besides weights, resumes
+/// without repeating the rule, and refuses what it cannot train before any training. Part of the
 /// serialized process suite.
 extension ProcessTests {
     @Test func forwardForwardTrainsAndResumes() throws {
@@ -58,6 +58,45 @@ extension ProcessTests {
         let refused = try Self.run(
             Self.model(data, checkpoints, ["--rule", "pepita", "--readout", "goodness"]))
         #expect(refused.status == 64, "\(refused.output)")
+    }
+
+    @Test func errorForwardPropagationTrainsAndResumes() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let (status, output) = try Self.run(
+            Self.model(
+                data, checkpoints,
+                ["--rule", "efp", "--efp-first-pass", "learn", "--model", "dense16,dense16"]))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("rule: Error Forward-Propagation (first pass: learn)"), "\(output)")
+        // Signal Propagation's network on its input: standardised pixels, every readout.
+        #expect(!output.contains("reads pixels in 0...1"), "\(output)")
+        #expect(output.contains("similarity@2"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
+        #expect(try checkpoint.rule == LearningRule(.efp, errorFirstPass: .learn))
+        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
+        #expect(resumed.status == 0, "\(resumed.output)")
+        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
+        let other = try Self.run(
+            Self.model(data, checkpoints, ["--resume", last, "--efp-first-pass", "predict"]))
+        #expect(other.status == 64, "\(other.output)")
+        #expect(
+            other.output.contains("--efp-first-pass predict (checkpoint: learn)"), "\(other.output)"
+        )
+        let refusals: [([String], String)] = [
+            (["--efp-first-pass", "learn"], "add --rule efp"),
+            (["--rule", "efp", "--efp-first-pass", "twice"], "Valid values: predict, learn"),
+            (
+                ["--rule", "efp", "--readout", "goodness"],
+                "--readout goodness is Forward-Forward's"
+            ),
+        ]
+        for (arguments, message) in refusals {
+            let (status, output) = try Self.run(Self.model(data, checkpoints, arguments))
+            #expect(status == 64, "\(arguments): \(output)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
     }
 
     @Test func whatForwardForwardCannotTrainIsRefused() throws {

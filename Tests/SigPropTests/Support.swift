@@ -152,6 +152,12 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
         return copy
     }
 
+    func with(rule: LearningRule) -> TestNetwork {
+        var copy = self
+        copy.rule = rule
+        return copy
+    }
+
     func plan() throws -> NetworkPlan {
         try NetworkPlan(description, inputShape: inputShape, classes: classes)
     }

@@ -68,6 +68,7 @@ public final class PEPITACleanStage: TrainingStage {
     }
 
     public var optimizers: [Optimizer] { [] }
+    public var reportsLoss: Bool { false }
 
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass
@@ -108,6 +109,8 @@ public final class PEPITAModulatedStage: TrainingStage {
 
     public var optimizers: [Optimizer] { [layer.optimizer] }
     public var buffers: [Parameter] { feedback.map { [$0] } ?? [] }
+    /// The output layer's pass reports the cross entropy; the hidden layers have no loss.
+    public var reportsLoss: Bool { layer.isOutput }
 
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass

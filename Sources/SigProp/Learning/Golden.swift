@@ -142,12 +142,14 @@ package enum GoldenCheck {
             return try checkForwardForward(golden, on: device)
         case "pepita":
             return try checkPEPITA(golden, on: device)
+        case "efp":
+            return try checkErrorForward(golden, on: device)
         default:
             throw SigPropError.badGoldenFile(
                 path: golden.name,
                 reason:
                     "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, "
-                    + "layer_adam_steps, signal, forward_forward, pepita)"
+                    + "layer_adam_steps, signal, forward_forward, pepita, efp)"
             )
         }
     }

@@ -7,6 +7,8 @@
 ///   right label (positive) from the input with a wrong one (negative) by its goodness.
 /// - PEPITA: the output error projected onto the input; each layer learns from how much its
 ///   activity changes when the input is modulated by the error.
+/// - Error Forward-Propagation: the output error of a first pass, projected by the signal
+///   block's context part, as the target stream of a second Signal Propagation pass.
 public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertible {
     public enum Name: String, Sendable, Codable, CaseIterable {
         /// Signal Propagation (Kohan et al. 2023), SigProp's first rule.
@@ -15,6 +17,19 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
         case ff
         /// PEPITA (Dellaferrera & Kreiman 2022): error-driven input modulation.
         case pepita
+        /// Error Forward-Propagation (Kohan, Rietman & Siegelmann 2018): Signal Propagation's
+        /// blocks learning from the output error of a first pass.
+        case efp
+    }
+
+    /// What Error Forward-Propagation's first pass is, as the authors' library offers it.
+    public enum ErrorFirstPass: String, Sendable, Codable, CaseIterable {
+        /// The input stream only, no learning: the output it gives is what the error is taken
+        /// of (the library's `LoopBack`).
+        case predict
+        /// A Signal Propagation pass with the target, whose blocks learn (the library's
+        /// `ForwardLoopBack`); the error is taken of its output.
+        case learn
     }
 
     public var name: Name
@@ -23,15 +38,22 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// PEPITA's scale of the fixed feedback projection F: entries uniform in
     /// ±scale·sqrt(6 / inputs) (used when `name` is `.pepita`; nil: 0.05, the paper's).
     public var feedbackScale: Float?
+    /// Error Forward-Propagation's first pass (used when `name` is `.efp`; nil: `.predict`).
+    public var errorFirstPass: ErrorFirstPass?
 
     public init(
         _ name: Name = .sigprop, forwardForward: ForwardForwardSettings = .init(),
-        feedbackScale: Float? = nil
+        feedbackScale: Float? = nil, errorFirstPass: ErrorFirstPass? = nil
     ) {
         self.name = name
         self.forwardForward = forwardForward
         self.feedbackScale = feedbackScale
+        self.errorFirstPass = errorFirstPass
     }
+
+    /// Whether a batch runs through the network twice, each layer's two passes on the layer's
+    /// stream (PEPITA, Error Forward-Propagation).
+    public var passes: Int { name == .pepita || name == .efp ? 2 : 1 }
 
     /// PEPITA's optimizer by default (the authors' notebook): SGD, momentum 0.9, rate 0.01,
     /// multiplied by 0.1 from epochs 61 and 91 (1-based).
@@ -52,6 +74,7 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
         case .sigprop: "Signal Propagation"
         case .ff: "Forward-Forward"
         case .pepita: "PEPITA"
+        case .efp: "Error Forward-Propagation"
         }
     }
 }

@@ -4,7 +4,7 @@ extension Network {
     /// The readouts this network's rule offers, in the order ties are settled in.
     public var readoutChoices: [ReadoutChoice] {
         switch rule.name {
-        case .sigprop: ReadoutChoice.all(blockCount: blockCount)
+        case .sigprop, .efp: ReadoutChoice.all(blockCount: blockCount)
         case .ff: [.output, .goodness]
         case .pepita: [.output]
         }
@@ -15,7 +15,7 @@ extension Network {
     /// computed once, here.
     public func predictor() throws -> (_ images: [Float], _ count: Int) throws -> [String: [Int]] {
         switch rule.name {
-        case .sigprop:
+        case .sigprop, .efp:
             let targets = try classTargets()
             return { images, count in try self.signalPropagationPredictions(images, count, targets)
             }
@@ -35,16 +35,26 @@ extension Network {
         return try throughHiddenBlocks(try signalBlock().infer(x, on: nil))
     }
 
-    /// Each class's target activations at every block: the context of onehot(k) through the blocks.
+    /// Each class's target activations at every block: the context of onehot(k) through the
+    /// blocks. Under Error Forward-Propagation the context is an error, so class k's is the
+    /// error of a prediction that knows nothing: `1/K − onehot(k)` (the uniform prediction's).
     public func classTargets() throws -> [Tensor] {
-        let onehot = try self.onehot((0..<classes).map(Int32.init))
-        return try throughHiddenBlocks(try signalBlock().inferTarget(onehot, on: nil))
+        let labels = (0..<classes).map(Int32.init)
+        var context = try BatchContext.onehot(labels, classes: classes, device: device)
+        if rule.name == .efp {
+            let uniform = try device.tensor(
+                [Float](repeating: 1 / Float(classes), count: classes * classes),
+                shape: [classes, classes])
+            try device.axpby(alpha: -1, context, beta: 1, uniform)
+            context = uniform
+        }
+        return try throughHiddenBlocks(try signalBlock().inferTarget(context, on: nil))
     }
 
     /// The output layer's logits for the last block's output `h`.
     public func logits(_ h: Tensor) throws -> Tensor {
         guard let output else { throw Self.notSignalPropagation("the output layer's logits") }
-        return try output.logits(try stageDevices[stageCount - 1].transfer(h), on: nil)
+        return try output.logits(try stageDevices[plan.blockCount].transfer(h), on: nil)
     }
 
     private func signalBlock() throws -> SignalBlock {

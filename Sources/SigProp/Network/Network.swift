@@ -1,7 +1,8 @@
 /// A network built from a `NetworkDescription` for a learning rule, each stage on its device.
 /// Under Signal Propagation: the signal block, the hidden blocks, the output layer (the first
-/// learning block doubles as the signal block's input part, as in the reference). Under
-/// Forward-Forward: a layer per dense layer of the description and the linear classifier.
+/// learning block doubles as the signal block's input part, as in the reference); Error
+/// Forward-Propagation runs the same blocks twice per batch. Under Forward-Forward: a layer
+/// per dense layer of the description and the linear classifier.
 /// It holds blocks and their forward, learn and infer; when and on which stream they run is
 /// the `Pipeline`'s.
 public final class Network {
@@ -14,7 +15,8 @@ public final class Network {
     /// The device of each stage (each learning block, then the output layer).
     public let stageDevices: [Device]
     public let rule: LearningRule
-    /// Signal Propagation's blocks (nil and empty under other rules).
+    /// Signal Propagation's blocks, which Error Forward-Propagation trains too (nil and empty
+    /// under other rules).
     public let signal: SignalBlock?
     public let hidden: [HiddenBlock]
     public let output: OutputLayer?
@@ -24,7 +26,7 @@ public final class Network {
     /// PEPITA's layers, each run by a clean and a modulated stage (empty under other rules).
     public let pepita: [PEPITALayer]
     /// What the `Pipeline` runs for each batch, in order: the learning blocks, then the output
-    /// layer.
+    /// layer (under PEPITA and Error Forward-Propagation, twice: the first pass, the second).
     public let stages: [any TrainingStage]
 
     /// The first stage's device (the only one unless the network spans several).
@@ -128,7 +130,20 @@ public final class Network {
                 generator: &generator),
             optimizer: optimizer)
         (self.signal, self.hidden, self.output) = (signal, hidden, output)
-        stages = [signal] + hidden + [output]
+        let blocks: [any TrainingStage] = [signal] + hidden + [output]
+        guard rule.name == .efp else {
+            stages = blocks
+            return
+        }
+        // The output layer learns once per batch, from the second pass (in the reference the
+        // training loop's cross entropy reads the loop-back model's final output only).
+        let firstPass: [any TrainingStage] =
+            (rule.errorFirstPass == .learn
+                ? [signal] + hidden
+                : [ErrorForwardPredictStage(.signal(signal))]
+                    + hidden.map { ErrorForwardPredictStage(.hidden($0)) })
+            + [ErrorForwardPredictStage(.output(output))]
+        stages = firstPass + [ErrorForwardSignalStage(signal)] + hidden + [output]
     }
 
     /// Forward-Forward's layers, one per dense layer of `plan`, and its classifier on the
@@ -189,7 +204,7 @@ public final class Network {
     /// Refuses a `plan` that `rule` cannot train, naming the layer (before anything is built).
     public static func check(_ plan: NetworkPlan, for rule: LearningRule.Name) throws {
         switch rule {
-        case .sigprop: break
+        case .sigprop, .efp: break
         case .ff: _ = try forwardForwardWidths(plan)
         case .pepita: _ = try denseLayers(plan, rule: "pepita", dropout: true)
         }
@@ -234,10 +249,18 @@ public final class Network {
     /// Every parameter, in a fixed order (checkpoints use the names).
     public var parameters: [Parameter] { optimizers.flatMap(\.parameters) }
 
-    public var optimizers: [Optimizer] { stages.flatMap(\.optimizers) }
+    /// Every stage's optimizers in stage order, each once (under Error Forward-Propagation a
+    /// block's two passes may both name its optimizer).
+    public var optimizers: [Optimizer] { Self.unique(stages.flatMap(\.optimizers)) }
 
-    /// State kept from batch to batch besides parameters (Forward-Forward's running means).
-    public var buffers: [Parameter] { stages.flatMap(\.buffers) }
+    /// State kept from batch to batch besides parameters (Forward-Forward's running means,
+    /// PEPITA's feedback matrix).
+    public var buffers: [Parameter] { Self.unique(stages.flatMap(\.buffers)) }
+
+    private static func unique<T: AnyObject>(_ objects: [T]) -> [T] {
+        var seen = Set<ObjectIdentifier>()
+        return objects.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }
 
     /// One-hot rows for `labels` on `stream`'s device (the first stage's without a stream).
     public func onehot(_ labels: [Int32], on stream: Stream? = nil) throws -> Tensor {
@@ -246,25 +269,36 @@ public final class Network {
     }
 
     /// Stages of a batch: one per learning block (the signal block first), then the output
-    /// layer; under PEPITA, every layer's clean pass, then every layer's modulated pass.
+    /// layer; under PEPITA and Error Forward-Propagation, every layer's first pass, then every
+    /// layer's second pass.
     public var stageCount: Int { stages.count }
 
-    /// The layer of `plan` that stage `stage` runs: itself, but under PEPITA both passes of
-    /// a layer run its weights, so they share the layer's device and stream.
+    /// The layer of `plan` that stage `stage` runs: itself, but where a batch makes two passes
+    /// both passes of a layer run its weights, so they share the layer's device and stream.
     public func stageLayer(_ stage: Int) -> Int {
-        rule.name == .pepita ? stage % plan.stages.count : stage
+        rule.passes == 2 ? stage % plan.stages.count : stage
     }
 
+    /// The device stage `stage` runs on.
+    public func stageDevice(_ stage: Int) -> Device { stageDevices[stageLayer(stage)] }
+
     /// Stage `stage`'s name in traces and messages: `block1` (the signal block) ... `output`;
-    /// under PEPITA with `.clean` or `.modulated`.
+    /// where a batch makes two passes, with the pass: PEPITA's `.clean` or `.modulated`, Error
+    /// Forward-Propagation's `.predict` or `.target` (the first), `.error` (the second).
     public func stageName(_ stage: Int) -> String {
-        guard rule.name == .pepita else { return plan.stageName(stage) }
-        return plan.stageName(stageLayer(stage))
-            + (stage < plan.stages.count ? ".clean" : ".modulated")
+        guard rule.passes == 2 else { return plan.stageName(stage) }
+        let first = stage < plan.stages.count
+        let pass =
+            switch rule.name {
+            case .pepita: first ? "clean" : "modulated"
+            default: first ? (rule.errorFirstPass == .learn ? "target" : "predict") : "error"
+            }
+        return plan.stageName(stageLayer(stage)) + "." + pass
     }
 
     /// Whether every norm is per sample, so the target stream can run on K rows
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
-    public var kRowShortcutIsExact: Bool { plan.kRowShortcutIsExact }
+    /// (Error Forward-Propagation's target stream differs per sample, so never there.)
+    public var kRowShortcutIsExact: Bool { rule.name != .efp && plan.kRowShortcutIsExact }
 }

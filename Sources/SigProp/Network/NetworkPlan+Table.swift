@@ -71,7 +71,7 @@ extension NetworkPlan {
             case .ff: forwardForwardParameters(index)
             case .pepita:
                 stages[index].inputShape.reduce(1, *) * stages[index].outputShape.reduce(1, *)
-            case .sigprop: stages[index].parameterCount
+            case .sigprop, .efp: stages[index].parameterCount
             }
         }
         for (index, stage) in stages.enumerated() {
@@ -80,7 +80,7 @@ extension NetworkPlan {
                 switch rule {
                 case .ff: index < blockCount ? "layer\(index + 1)" : "classifier"
                 case .pepita: stageName(index)
-                case .sigprop: stageName(index) + (index == 0 ? " (signal)" : "")
+                case .sigprop, .efp: stageName(index) + (index == 0 ? " (signal)" : "")
                 }
             // Forward-Forward's classifier reads the readout layers side by side.
             let classifier = ff && index == blockCount

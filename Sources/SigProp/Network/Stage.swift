@@ -14,10 +14,14 @@ public protocol TrainingStage: AnyObject {
     /// State the stage keeps from batch to batch besides its parameters and their optimizer
     /// state (checkpoints hold it too).
     var buffers: [Parameter] { get }
+    /// Whether the losses `learn` returns are a loss of the rule (false: zeros from a stage
+    /// that only computes, such as a first pass; progress and metrics leave them out).
+    var reportsLoss: Bool { get }
 }
 
 extension TrainingStage {
     public var buffers: [Parameter] { [] }
+    public var reportsLoss: Bool { true }
 }
 
 /// A stage's forward pass of one batch: what the next stage reads, and the stage's update

@@ -235,6 +235,8 @@ public final class Trainer {
         let learningRate = options.optimizer.learningRate(epoch: epoch, of: options.epochs)
         let batches = order.batches(epoch: epoch)
         var lossSums = [Double](repeating: 0, count: network.stageCount)
+        // Stages whose losses are the rule's (not a first pass's zeros), in order.
+        let reported = network.stages.indices.filter { network.stages[$0].reportsLoss }
         var correct = 0
         var seen = 0
         var trained = 0
@@ -246,8 +248,7 @@ public final class Trainer {
         func account(_ batch: Pipeline.RetiredBatch) throws {
             for (stage, value) in batch.lossSums.enumerated() {
                 guard value.isFinite else {
-                    let name =
-                        stage < network.blockCount ? "block \(stage + 1)" : "the output layer"
+                    let name = network.stageName(stage)
                     throw SigPropError.configuration(
                         "training stopped: the loss of \(name) became \(value) at epoch "
                             + "\(epoch + 1), batch \(batch.index + 1). Lower --lr or check the "
@@ -265,7 +266,7 @@ public final class Trainer {
                     BatchProgress(
                         epoch: epoch, batch: batch.index + 1, batches: batches.count,
                         samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
-                        blockLosses: lossSums.map { $0 / Double(trained) },
+                        blockLosses: reported.map { lossSums[$0] / Double(trained) },
                         secondsLeft: elapsed / Double(trained)
                             * Double(batches.count - batch.index - 1)))
             }
@@ -317,7 +318,7 @@ public final class Trainer {
             similarityBlock: options.readoutBlock)
         let accuracies = selection.naming(try evaluate(test))
         let validated = selection.naming(validationAccuracies)
-        let means = lossSums.map { $0 / Double(max(trained, 1)) }
+        let means = reported.map { lossSums[$0] / Double(max(trained, 1)) }
         return .completed(
             EpochMetrics(
                 epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
