@@ -189,7 +189,8 @@ def evaluate(model, x, y, batch_size=1000):
 
 
 def cooldown_lr(base_lr, epoch, epochs):
-    """Constant for the first half, then linear decay; epoch is 1-based."""
+    """Constant for the first half, then linear decay; epoch is 0-based, as the common
+    reimplementation counts it (its last epoch runs at 4 / epochs of the rate)."""
     if epoch > epochs // 2:
         return base_lr * 2 * (1 + epochs - epoch) / epochs
     return base_lr
@@ -221,7 +222,7 @@ def main():
     batches = len(x_train) // args.batch_size
     for epoch in range(1, args.epochs + 1):
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = cooldown_lr(base, epoch, args.epochs)
+            group["lr"] = cooldown_lr(base, epoch - 1, args.epochs)
         start = time.perf_counter()
         order = torch.randperm(len(x_train), generator=generator)
         negatives = negative_labels_for(y_train, num_classes, generator)

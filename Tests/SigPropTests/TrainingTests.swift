@@ -94,7 +94,8 @@ import Testing
     }
 
     /// The schedules' rates: multi-step decay at its milestones, cosine annealing as PyTorch's
-    /// CosineAnnealingLR stepped per epoch.
+    /// CosineAnnealingLR stepped per epoch, and Forward-Forward's linear cooldown as its
+    /// reimplementation counts epochs (from 0).
     @Test func learningRateSchedulesGiveTheirRates() {
         var settings = OptimizerSettings()
         settings.learningRate = 1
@@ -109,6 +110,11 @@ import Testing
         expectClose(
             (0..<3).map { settings.learningRate(epoch: $0, of: 3) }, [1, 0.875, 0.625],
             "cosine to 0.5")
+        settings.cosineFloor = nil
+        settings.linearCooldown = true
+        expectClose(
+            (0..<5).map { settings.learningRate(epoch: $0, of: 5) }, [1, 1, 1, 1.2, 0.8],
+            "linear cooldown")
     }
 
     /// The trainer steps every block with the epoch's rate: a milestone that sets it to 0

@@ -47,10 +47,11 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
     /// optimizer steps with it for the whole epoch.
     public func learningRate(epoch: Int, of epochs: Int) -> Float {
         if linearCooldown == true {
-            // Epoch e (1-based) of E past E / 2 runs at rate * 2 (1 + E - e) / E.
-            let (e, total) = (epoch + 1, max(epochs, 1))
-            guard e > total / 2 else { return learningRate }
-            return learningRate * 2 * Float(1 + total - e) / Float(total)
+            // Epoch e (0-based, as the reimplementation counts) of E past E / 2 runs at
+            // rate * 2 (1 + E - e) / E: the last epoch at 4 / E of the rate.
+            let total = max(epochs, 1)
+            guard epoch > total / 2 else { return learningRate }
+            return learningRate * 2 * Float(1 + total - epoch) / Float(total)
         }
         guard let floor = cosineFloor else {
             return milestones.filter { epoch >= $0 }.reduce(learningRate) { rate, _ in
