@@ -67,6 +67,39 @@ let benchmarks: @Sendable () -> Void = {
             try sigpropLocalStep(try Device.cpu(), shape, fused: false)
         }
     }
+    // Forward-Forward's row pass as one kernel (`ff_rows`) and as the device's generic
+    // operations (`ff_rows_unfused`, which first checks that both give the same numbers).
+    for shape in ForwardForwardCase.all {
+        register("ff_rows/opencl/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardRows(try openCLDevice(), shape, fused: true)
+        }
+        register("ff_rows/cpu/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardRows(try Device.cpu(), shape, fused: true)
+        }
+        register("ff_rows_unfused/opencl/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardRows(try openCLDevice(), shape, fused: false)
+        }
+        register("ff_rows_unfused/cpu/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardRows(try Device.cpu(), shape, fused: false)
+        }
+    }
+    // A PEPITA hidden layer's step with (clean - modulated) / B in one operation, as the
+    // library forms it (`pepita_step`), and as a subtraction and a scaling
+    // (`pepita_step_unfused`).
+    for shape in PEPITAStepCase.all {
+        register("pepita_step/opencl/\(shape)", flops: shape.flops) {
+            try sigpropPEPITAStep(try openCLDevice(), shape, fused: true)
+        }
+        register("pepita_step/cpu/\(shape)", flops: shape.flops) {
+            try sigpropPEPITAStep(try Device.cpu(), shape, fused: true)
+        }
+        register("pepita_step_unfused/opencl/\(shape)", flops: shape.flops) {
+            try sigpropPEPITAStep(try openCLDevice(), shape, fused: false)
+        }
+        register("pepita_step_unfused/cpu/\(shape)", flops: shape.flops) {
+            try sigpropPEPITAStep(try Device.cpu(), shape, fused: false)
+        }
+    }
 }
 
 // MARK: Registration
@@ -182,6 +215,39 @@ struct LocalStepCase: CustomStringConvertible {
         let (b, n, i) = (Double(batch), Double(outputs), Double(inputs))
         return 4 * 2 * b * b * n + 2 * 2 * n * i * b
     }
+}
+
+/// One Forward-Forward layer's row pass, `b<B>_<D>`: its pre-activations for a batch of B as
+/// the layer holds them, 3·B rows of width D (B positives, B negatives, B neutral rows), the
+/// loss and its gradient on the first 2·B rows, the peer term on the positives.
+struct ForwardForwardCase: CustomStringConvertible {
+    let batch: Int, width: Int
+
+    /// A layer of `train --rule ff`'s default network (three dense layers of 1000), batch 100.
+    static let all: [ForwardForwardCase] = [ForwardForwardCase(batch: 100, width: 1000)]
+
+    var description: String { "b\(batch)_\(width)" }
+    var rows: Int { 3 * batch }
+    var lossRows: Int { 2 * batch }
+    /// The fused kernel's arithmetic per entry, the per-row terms left out: ReLU, square and
+    /// sum, and the normalising product on every row (4); the gradient's product on the loss
+    /// rows (1) and the peer term's sum on the positives (1).
+    var flops: Double { Double(width) * Double(4 * rows + lossRows + batch) }
+}
+
+/// A PEPITA hidden layer's step, `b<B>_<in>to<out>`: the difference of the clean and the
+/// modulated pass scaled by 1/B, then the weight's SGD step from its product with the
+/// modulated input.
+struct PEPITAStepCase: CustomStringConvertible {
+    let batch: Int, inputs: Int, outputs: Int
+
+    /// The hidden layer of `train --rule pepita`'s default 784-1024-10 network at batch 64 (the
+    /// output layer steps from the error directly, without a difference).
+    static let all: [PEPITAStepCase] = [PEPITAStepCase(batch: 64, inputs: 784, outputs: 1024)]
+
+    var description: String { "b\(batch)_\(inputs)to\(outputs)" }
+    /// The weight-gradient product only (the difference is O(B·out) element-wise work).
+    var flops: Double { 2 * Double(outputs) * Double(inputs) * Double(batch) }
 }
 
 // MARK: Data
