@@ -402,6 +402,17 @@ package enum GoldenCheck {
             momentum: try device.read(parameter.state["momentum"] ?? parameter.value), golden)
     }
 
+    /// The output readout's predictions for the last step's samples of `x` ([steps, B, D])
+    /// against the reference's `predictions`, exactly.
+    static func compareOutputPredictions(
+        _ network: Network, _ x: GoldenTensor, _ golden: GoldenCase
+    ) throws -> GoldenComparison {
+        let predictions = try network.predictor()(slice(x, x.shape[0] - 1), x.shape[1])
+        return compare(
+            "predictions", (predictions["output"] ?? []).map(Float.init),
+            try golden.output("predictions"), tolerance: 0)
+    }
+
     /// One training step of `batch` through every stage of `network` on `stream`, as the
     /// pipeline runs it; `each` sees every stage's pass and the sum of its row losses.
     static func trainStep(

@@ -9,7 +9,7 @@ extension GoldenCheck {
     /// step's samples.
     static func checkErrorForward(_ golden: GoldenCase, on device: Device) throws -> GoldenReport {
         let x = try golden.input("x")
-        let (steps, batch, features) = (x.shape[0], x.shape[1], x.shape[2])
+        let (steps, features) = (x.shape[0], x.shape[2])
         let hiddenCount = golden.inputs.keys.filter {
             $0.hasPrefix("init.hidden.") && $0.hasSuffix(".0.weight")
         }.count
@@ -84,11 +84,7 @@ extension GoldenCheck {
         for (name, parameter) in named {
             comparisons += try compareWithMomentum("final." + name, parameter, golden)
         }
-        let predictions = try network.predictor()(slice(x, steps - 1), batch)
-        comparisons.append(
-            compare(
-                "predictions", (predictions["output"] ?? []).map(Float.init),
-                try golden.output("predictions"), tolerance: 0))
+        comparisons.append(try compareOutputPredictions(network, x, golden))
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 

@@ -61,11 +61,7 @@ extension GoldenCheck {
             comparisons += try compareWithMomentum(
                 "final.layers.\(index).weight", layer.layer.weight, golden)
         }
-        let predictions = try network.predictor()(slice(x, steps - 1), batch)
-        comparisons.append(
-            compare(
-                "predictions", (predictions["output"] ?? []).map(Float.init),
-                try golden.output("predictions"), tolerance: 0))
+        comparisons.append(try compareOutputPredictions(network, x, golden))
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 }
