@@ -27,9 +27,10 @@ struct Train: ParsableCommand {
             (Forward-Forward: the label written over the first K inputs, each dense layer \
             telling positive from negative samples by its goodness) or pepita (PEPITA: a \
             second pass with the input modulated by the output error, each dense layer \
-            learning from the difference). efp keeps sigprop's defaults. ff changes the defaults to its paper's: model dense1000,dense1000,dense1000, batch \
-            100, SGD lr 1e-3 momentum 0.9 weight decay 3e-4 with a linear cooldown over the \
-            second half, pixels in 0...1 unstandardised, readouts output (linear classifier) \
+            learning from the difference). efp keeps sigprop's defaults. ff changes the \
+            defaults to its paper's: model dense1000,dense1000,dense1000, batch 100, SGD lr \
+            1e-3 momentum 0.9 weight decay 3e-4 with a linear cooldown over the second half, \
+            pixels in 0...1 unstandardised, readouts output (linear classifier) \
             and goodness. pepita to its: model dense1024,dropout0.1, batch 64, SGD lr 0.01 \
             momentum 0.9, x0.1 at epochs 60 and 90, pixels in 0...1, readout output.
             """, valueName: "sigprop|efp|ff|pepita"))
@@ -441,10 +442,10 @@ struct Train: ParsableCommand {
             "--ff-classifier-lr", ffClassifierLr,
             &resolved.forwardForward.classifierLearningRate)
         // nil in a rule is the default value: giving that value on resume is no change.
-        var feedbackScale = resolved.feedbackScale ?? 0.05
+        var feedbackScale = resolved.feedbackScaleInForce
         apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
         if pepitaFeedbackScale != nil { resolved.feedbackScale = feedbackScale }
-        var firstPass = resolved.errorFirstPass ?? .predict
+        var firstPass = resolved.errorFirstPassInForce
         apply(
             "--efp-first-pass", efpFirstPass.flatMap(LearningRule.ErrorFirstPass.init(rawValue:)),
             &firstPass)
@@ -831,9 +832,9 @@ struct Train: ParsableCommand {
                         + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
                         + "\(learningRule.forwardForward.classifierLearningRate))"
                     : learningRule.name == .pepita
-                        ? " (feedback scale \(learningRule.feedbackScale ?? 0.05))"
+                        ? " (feedback scale \(learningRule.feedbackScaleInForce))"
                         : learningRule.name == .efp
-                            ? " (first pass: \((learningRule.errorFirstPass ?? .predict).rawValue))"
+                            ? " (first pass: \(learningRule.errorFirstPassInForce.rawValue))"
                             : ""))
         emit(
             "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "

@@ -51,6 +51,12 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
         self.errorFirstPass = errorFirstPass
     }
 
+    /// The scale of PEPITA's feedback matrix in force: the given one, or the paper's 0.05.
+    public var feedbackScaleInForce: Float { feedbackScale ?? 0.05 }
+
+    /// Error Forward-Propagation's first pass in force: the given one, or `.predict`.
+    public var errorFirstPassInForce: ErrorFirstPass { errorFirstPass ?? .predict }
+
     /// Whether a batch runs through the network twice, each layer's two passes on the layer's
     /// stream (PEPITA, Error Forward-Propagation).
     public var passes: Int { name == .pepita || name == .efp ? 2 : 1 }

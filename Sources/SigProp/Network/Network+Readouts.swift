@@ -40,7 +40,7 @@ extension Network {
     /// error of a prediction that knows nothing: `1/K − onehot(k)` (the uniform prediction's).
     public func classTargets() throws -> [Tensor] {
         let labels = (0..<classes).map(Int32.init)
-        var context = try BatchContext.onehot(labels, classes: classes, device: device)
+        var context = try onehot(labels)
         if rule.name == .efp {
             let uniform = try device.tensor(
                 [Float](repeating: 1 / Float(classes), count: classes * classes),

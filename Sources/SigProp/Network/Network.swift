@@ -84,7 +84,7 @@ public final class Network {
         if rule.name == .pepita {
             let built = try Self.pepita(
                 plan, devices: stageDevices, optimizer: optimizer,
-                feedbackScale: rule.feedbackScale ?? 0.05, generator: &generator)
+                feedbackScale: rule.feedbackScaleInForce, generator: &generator)
             (signal, hidden, output) = (nil, [], nil)
             pepita = built.layers
             stages = built.stages
@@ -138,7 +138,7 @@ public final class Network {
         // The output layer learns once per batch, from the second pass (in the reference the
         // training loop's cross entropy reads the loop-back model's final output only).
         let firstPass: [any TrainingStage] =
-            (rule.errorFirstPass == .learn
+            (rule.errorFirstPassInForce == .learn
                 ? [signal] + hidden
                 : [ErrorForwardPredictStage(.signal(signal))]
                     + hidden.map { ErrorForwardPredictStage(.hidden($0)) })
@@ -291,7 +291,7 @@ public final class Network {
         let pass =
             switch rule.name {
             case .pepita: first ? "clean" : "modulated"
-            default: first ? (rule.errorFirstPass == .learn ? "target" : "predict") : "error"
+            default: first ? (rule.errorFirstPassInForce == .learn ? "target" : "predict") : "error"
             }
         return plan.stageName(stageLayer(stage)) + "." + pass
     }
