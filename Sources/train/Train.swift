@@ -762,7 +762,8 @@ struct Train: ParsableCommand {
             for: plan, capabilities: stageDevices.map(\.capabilities),
             batchSize: options.batchSize,
             targetRows: plan.targetRows(
-                batchSize: options.batchSize, kRowShortcut: options.kRowShortcut))
+                batchSize: options.batchSize,
+                kRowShortcut: options.kRowShortcut && learningRule.allowsKRowShortcut))
         let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
         if describe {
             printDescription(
@@ -967,7 +968,8 @@ struct Train: ParsableCommand {
         let inFlight = Schedule(schedule, depth: pipelineDepth).batchesInFlight(
             stages: plan.stages.count)
         let targetRows = plan.targetRows(
-            batchSize: options.batchSize, kRowShortcut: options.kRowShortcut)
+            batchSize: options.batchSize,
+            kRowShortcut: options.kRowShortcut && rule.allowsKRowShortcut)
         emit(
             "memory (\(schedule.rawValue) schedule, \(inFlight) batch\(inFlight == 1 ? "" : "es") of "
                 + "\(options.batchSize) "

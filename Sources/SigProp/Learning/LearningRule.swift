@@ -57,6 +57,10 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// Error Forward-Propagation's first pass in force: the given one, or `.predict`.
     public var errorFirstPassInForce: ErrorFirstPass { errorFirstPass ?? .predict }
 
+    /// Whether the target stream may run on one row per class where the norms allow it: not
+    /// under Error Forward-Propagation, whose target is each sample's own error.
+    public var allowsKRowShortcut: Bool { name != .efp }
+
     /// Whether a batch runs through the network twice, each layer's two passes on the layer's
     /// stream (PEPITA, Error Forward-Propagation).
     public var passes: Int { name == .pepita || name == .efp ? 2 : 1 }

@@ -300,5 +300,5 @@ public final class Network {
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
     /// (Error Forward-Propagation's target stream differs per sample, so never there.)
-    public var kRowShortcutIsExact: Bool { rule.name != .efp && plan.kRowShortcutIsExact }
+    public var kRowShortcutIsExact: Bool { rule.allowsKRowShortcut && plan.kRowShortcutIsExact }
 }

@@ -136,7 +136,8 @@ public final class Pipeline {
     public init(
         network: Network, schedule: Schedule? = nil, batchSize: Int, kRowShortcut: Bool = true
     ) throws {
-        let targetRows = network.plan.targetRows(batchSize: batchSize, kRowShortcut: kRowShortcut)
+        let targetRows = network.plan.targetRows(
+            batchSize: batchSize, kRowShortcut: kRowShortcut && network.rule.allowsKRowShortcut)
         let schedule =
             schedule
             ?? Schedule.automatic(
