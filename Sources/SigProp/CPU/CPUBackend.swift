@@ -238,10 +238,13 @@ final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     func copy(
-        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue
+        _ source: TensorStorage, at sourceOffset: Int, to destination: TensorStorage,
+        at destinationOffset: Int, count: Int, on queue: BackendQueue
     ) throws {
         let (s, d) = (buf(source), buf(destination))
-        run(queue) { d.pointer.update(from: s.pointer, count: count) }
+        run(queue) {
+            (d.pointer + destinationOffset).update(from: s.pointer + sourceOffset, count: count)
+        }
     }
 
     func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws {
@@ -418,6 +421,37 @@ final class CPUBackend: Backend, @unchecked Sendable {
             CPUKernels.forwardForwardPeer(
                 a: a.pointer, columns: columns, positives: positives, runningMean: mean.pointer,
                 peer: peer.pointer, momentum: momentum, weight: weight)
+        }
+    }
+
+    func lifForward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
+        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
+    ) throws {
+        let (current, membrane, spikes) = (buf(current), buf(membrane), buf(spikes))
+        let (representation, rate) = (buf(representation), buf(rate))
+        let steps = stepRepresentation.map(buf)
+        run(queue) {
+            CPUKernels.lifForward(
+                dynamics, plane: plane, constantCurrent: constantCurrent,
+                current: current.pointer, membrane: membrane.pointer, spikes: spikes.pointer,
+                representation: representation.pointer, rate: rate.pointer,
+                stepRepresentation: steps?.pointer)
+        }
+    }
+
+    func lifBackward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
+        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
+        on queue: BackendQueue
+    ) throws {
+        let (membrane, gradient, result) = (buf(membrane), buf(gradient), buf(currentGradient))
+        run(queue) {
+            CPUKernels.lifBackward(
+                dynamics, plane: plane, constantCurrent: constantCurrent, perStep: perStep,
+                membrane: membrane.pointer, gradient: gradient.pointer,
+                currentGradient: result.pointer)
         }
     }
 

@@ -30,9 +30,11 @@ protocol Backend: AnyObject, Sendable {
     func write(_ values: [Float], to storage: TensorStorage, on queue: BackendQueue) throws
     /// Device -> host; waits for the queue's earlier work.
     func read(_ storage: TensorStorage, count: Int, on queue: BackendQueue) throws -> [Float]
+    /// `count` values from `source` at `sourceOffset` to `destination` at
+    /// `destinationOffset` (offsets in values).
     func copy(
-        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue)
-        throws
+        _ source: TensorStorage, at sourceOffset: Int, to destination: TensorStorage,
+        at destinationOffset: Int, count: Int, on queue: BackendQueue) throws
 
     func fill(_ storage: TensorStorage, count: Int, value: Float, on queue: BackendQueue) throws
     func gemm(
@@ -86,6 +88,18 @@ protocol Backend: AnyObject, Sendable {
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue) throws
+    /// A leaky integrate-and-fire time loop over `plane` (sample, unit) entries
+    /// (Kernels/spiking.cl); `constantCurrent`: one plane of current for every step.
+    func lifForward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
+        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue) throws
+    /// Its gradient: d loss / d current from d loss / d representation (`perStep`: a plane per
+    /// step); `constantCurrent`: summed over steps into one plane.
+    func lifBackward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
+        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
+        on queue: BackendQueue) throws
     /// One optimizer step; `state` in `rule.stateNames` order.
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,

@@ -249,8 +249,31 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         try check("copy", source, destination)
         try requireCount("copy", destination, source.count)
         try backend.copy(
-            source.storage, to: destination.storage, count: source.count,
+            source.storage, at: 0, to: destination.storage, at: 0, count: source.count,
             on: try queue(stream, "copy"))
+    }
+
+    /// Rows `rows` of `source` into `destination` from row `destinationRow` on (both tensors
+    /// taken as rows of their first dimension, of equal width).
+    public func copyRows(
+        _ source: Tensor, _ rows: Range<Int>, into destination: Tensor, at destinationRow: Int,
+        on stream: Stream? = nil
+    ) throws {
+        try check("copyRows", source, destination)
+        let width = source.columns
+        guard destination.columns == width, rows.lowerBound >= 0, rows.upperBound <= source.rows,
+            destinationRow >= 0, destinationRow + rows.count <= destination.rows
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: "copyRows",
+                detail:
+                    "rows \(rows) of \(source.shape) do not fit \(destination.shape) from row "
+                    + "\(destinationRow)")
+        }
+        try backend.copy(
+            source.storage, at: rows.lowerBound * width, to: destination.storage,
+            at: destinationRow * width, count: rows.count * width,
+            on: try queue(stream, "copyRows"))
     }
 
     public func fill(_ tensor: Tensor, with value: Float, on stream: Stream? = nil) throws {

@@ -258,10 +258,13 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     func copy(
-        _ source: TensorStorage, to destination: TensorStorage, count: Int, on queue: BackendQueue
+        _ source: TensorStorage, at sourceOffset: Int, to destination: TensorStorage,
+        at destinationOffset: Int, count: Int, on queue: BackendQueue
     ) throws {
         guard count > 0 else { return }
-        try clQueue(queue).copy(mem(source), to: mem(destination), bytes: count * 4)
+        try clQueue(queue).copy(
+            mem(source), at: sourceOffset * 4, to: mem(destination), at: destinationOffset * 4,
+            bytes: count * 4)
     }
 
     // MARK: Operations
@@ -661,6 +664,47 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 .int(Int32(columns)), .int(Int32(positives)), .float(momentum), .float(weight),
             ],
             global: [forwardForwardGroup], local: [forwardForwardGroup], on: queue)
+    }
+
+    /// The neuron's kernel arguments after the shape: beta, threshold, reset, surrogate.
+    private func neuronArguments(_ d: LIFDynamics) -> [CLKernel.Argument] {
+        [
+            .float(d.neuron.beta), .float(d.neuron.threshold),
+            .int(d.neuron.reset == .zero ? 1 : 0), .int(d.surrogate?.code ?? 0),
+            .float(d.slope),
+        ]
+    }
+
+    func lifForward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
+        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "spiking", "lif_forward",
+            [
+                .buffer(mem(current)), .buffer(mem(membrane)), .buffer(mem(spikes)),
+                .buffer(mem(representation)), .buffer(mem(rate)),
+                .buffer(mem(stepRepresentation ?? membrane)),
+                .int(stepRepresentation == nil ? 0 : 1), .int(Int32(dynamics.steps)),
+                .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
+            ] + neuronArguments(dynamics),
+            global: [plane], on: queue)
+    }
+
+    func lifBackward(
+        _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
+        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
+        on queue: BackendQueue
+    ) throws {
+        try launch(
+            "spiking", "lif_backward",
+            [
+                .buffer(mem(membrane)), .buffer(mem(gradient)), .buffer(mem(currentGradient)),
+                .int(Int32(dynamics.steps)), .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
+                .int(perStep ? 1 : 0),
+            ] + neuronArguments(dynamics),
+            global: [plane], on: queue)
     }
 
     func step(

@@ -330,10 +330,14 @@ final class CLQueue: @unchecked Sendable {
             "clEnqueueReadBuffer", "\(bytes) bytes")
     }
 
-    func copy(_ source: CLBuffer, to destination: CLBuffer, bytes: Int) throws {
+    func copy(
+        _ source: CLBuffer, at sourceOffset: Int = 0, to destination: CLBuffer,
+        at destinationOffset: Int = 0, bytes: Int
+    ) throws {
         try clCheck(
             clEnqueueCopyBuffer(
-                handle, source.handle, destination.handle, 0, 0, bytes, 0, nil, nil),
+                handle, source.handle, destination.handle, sourceOffset, destinationOffset,
+                bytes, 0, nil, nil),
             "clEnqueueCopyBuffer", "\(bytes) bytes")
     }
 

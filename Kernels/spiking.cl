@@ -1,0 +1,95 @@
+// Leaky integrate-and-fire neurons over a sample's whole time loop (docs/spiking.md): one
+// work-item per (sample, unit) keeps the membrane in a register across the T steps, so a
+// block's dynamics are one launch per batch whatever T is.
+//
+// Layout: time-major planes. A plane is a batch's B x N values (sample-major, as any
+// [B, N] tensor); step t's plane starts at t * plane. A constant current (direct encoding,
+// the context) is one plane read at every step.
+//
+// Dynamics (snnTorch's Leaky, reset from the previous step's spike, which is detached):
+//   subtract: U[t] = beta U[t-1] + I[t] - threshold S[t-1]
+//   zero:     U[t] = (1 - S[t-1]) (beta U[t-1] + I[t])
+//   S[t] = U[t] > threshold,  U[-1] = S[-1] = 0.
+// The block learns from its representation R = mean over t of r(U[t]): the membrane itself
+// (r(u) = u, `surrogate` 0), or a smooth spike before the threshold: fast sigmoid (1)
+// r = 1/2 (1 + k x / (1 + k |x|)), arctan (2) r = 1/2 + atan(pi/2 k x) / pi, x = u - threshold.
+
+#define SURROGATE_NONE 0
+#define SURROGATE_FAST_SIGMOID 1
+#define SURROGATE_ARCTAN 2
+
+#define LIF_PI 3.14159265358979f
+
+inline float lif_surrogate(const float x, const int kind, const float k) {
+    if (kind == SURROGATE_FAST_SIGMOID) return 0.5f * (1.0f + k * x / (1.0f + k * fabs(x)));
+    return 0.5f + atan(0.5f * LIF_PI * k * x) / LIF_PI;
+}
+
+// d r / d u for the surrogate kinds (snnTorch's surrogate gradients, the fast sigmoid's
+// scaled by k / 2 so that r spans 0...1 like a spike).
+inline float lif_surrogate_slope(const float x, const int kind, const float k) {
+    if (kind == SURROGATE_FAST_SIGMOID) {
+        const float d = 1.0f + k * fabs(x);
+        return 0.5f * k / (d * d);
+    }
+    const float a = 0.5f * LIF_PI * k * x;
+    return 0.5f * k / (1.0f + a * a);
+}
+
+// The forward pass: membrane and spikes of every step, the representation R and the firing
+// rate (spikes / T) of each (sample, unit), and with `write_steps` r(U[t]) of every step (for
+// a loss at every step).
+__kernel void lif_forward(__global const float* current, __global float* membrane,
+                          __global float* spikes, __global float* representation,
+                          __global float* rate, __global float* step_representation,
+                          const int write_steps, const int steps, const int plane,
+                          const int constant_current, const float beta, const float threshold,
+                          const int reset_zero, const int surrogate, const float slope) {
+    const int i = get_global_id(0);
+    if (i >= plane) return;
+    float u = 0.0f, s = 0.0f, sum = 0.0f, count = 0.0f;
+    for (int t = 0; t < steps; ++t) {
+        const size_t at = (size_t)t * plane + i;
+        const float in = current[constant_current ? (size_t)i : at];
+        u = reset_zero ? (1.0f - s) * (beta * u + in) : beta * u + in - threshold * s;
+        s = u > threshold ? 1.0f : 0.0f;
+        membrane[at] = u;
+        spikes[at] = s;
+        const float r =
+            surrogate == SURROGATE_NONE ? u : lif_surrogate(u - threshold, surrogate, slope);
+        if (write_steps) step_representation[at] = r;
+        sum += r;
+        count += s;
+    }
+    representation[i] = sum / (float)steps;
+    rate[i] = count / (float)steps;
+}
+
+// d loss / d current from d loss / d R (one plane; T planes with `per_step`, one per step's
+// loss, each weighing 1/T): a reverse scan of the membrane recurrence with the reset held
+// constant. V[t] = d loss / d U[t] = g[t] + a[t+1] V[t+1], a[t] = dU[t]/dU[t-1] (beta, or
+// beta (1 - S[t-1]) under a zero reset), and d loss / d I[t] = c[t] V[t] with c[t] = 1, or
+// 1 - S[t-1] under a zero reset. A constant current gets the sum over steps.
+__kernel void lif_backward(__global const float* membrane, __global const float* gradient,
+                           __global float* current_gradient, const int steps, const int plane,
+                           const int constant_current, const int per_step, const float beta,
+                           const float threshold, const int reset_zero, const int surrogate,
+                           const float slope) {
+    const int i = get_global_id(0);
+    if (i >= plane) return;
+    const float inv_steps = 1.0f / (float)steps;
+    float v = 0.0f, next_factor = 0.0f, total = 0.0f;
+    for (int t = steps - 1; t >= 0; --t) {
+        const size_t at = (size_t)t * plane + i;
+        const float u = membrane[at];
+        float g = gradient[per_step ? at : (size_t)i] * inv_steps;
+        if (surrogate != SURROGATE_NONE) g *= lif_surrogate_slope(u - threshold, surrogate, slope);
+        v = g + next_factor * v;
+        const float s_prev = t > 0 && membrane[at - plane] > threshold ? 1.0f : 0.0f;
+        const float keep = reset_zero ? 1.0f - s_prev : 1.0f;
+        if (constant_current) total += keep * v;
+        else current_gradient[at] = keep * v;
+        next_factor = beta * keep;
+    }
+    if (constant_current) current_gradient[i] = total;
+}

@@ -1,0 +1,95 @@
+import Foundation
+
+/// A leaky integrate-and-fire neuron (snnTorch's `Leaky`): the membrane decays by `beta` each
+/// step, integrates its input current, and spikes when it exceeds `threshold`; the spike
+/// resets it at the next step (docs/spiking.md).
+public struct LIFNeuron: Sendable, Codable, Equatable {
+    /// What a spike does to the membrane at the next step.
+    public enum Reset: String, Sendable, Codable, CaseIterable {
+        /// The threshold is subtracted: U[t] = beta U[t-1] + I[t] - threshold S[t-1].
+        case subtract
+        /// The membrane restarts from zero: U[t] = (1 - S[t-1]) (beta U[t-1] + I[t]).
+        case zero
+    }
+
+    /// Membrane decay per step, in 0...1.
+    public var beta: Float = 0.95
+    public var threshold: Float = 1
+    public var reset: Reset = .subtract
+
+    public init(beta: Float = 0.95, threshold: Float = 1, reset: Reset = .subtract) {
+        self.beta = beta
+        self.threshold = threshold
+        self.reset = reset
+    }
+}
+
+/// A smooth stand-in for the spike, a sigmoid of u - threshold in 0...1 whose slope is the
+/// surrogate gradient of snnTorch's function of that name. Signal Propagation attaches the
+/// learning signal to it before the spike: the spike itself is never differentiated.
+public enum Surrogate: String, Sendable, Codable, CaseIterable {
+    /// r = 1/2 (1 + k x / (1 + k |x|)): slope k/2 / (1 + k |x|)^2 (k/2 times snnTorch's).
+    case fastSigmoid = "fast-sigmoid"
+    /// r = 1/2 + atan(pi/2 k x) / pi: slope k/2 / (1 + (pi/2 k x)^2), snnTorch's.
+    case arctan
+
+    /// snnTorch's default sharpness k: 25 for the fast sigmoid, 2 for arctan.
+    public var defaultSlope: Float { self == .fastSigmoid ? 25 : 2 }
+
+    /// The value (kernel code) `Kernels/spiking.cl` names it by.
+    var code: Int32 { self == .fastSigmoid ? 1 : 2 }
+
+    /// r(x) for x = u - threshold.
+    func value(_ x: Float, slope k: Float) -> Float {
+        switch self {
+        case .fastSigmoid: 0.5 * (1 + k * x / (1 + k * abs(x)))
+        case .arctan: 0.5 + atanf(0.5 * .pi * k * x) / .pi
+        }
+    }
+
+    /// dr/dx.
+    func slope(_ x: Float, slope k: Float) -> Float {
+        switch self {
+        case .fastSigmoid:
+            let d = 1 + k * abs(x)
+            return 0.5 * k / (d * d)
+        case .arctan:
+            let a = 0.5 * .pi * k * x
+            return 0.5 * k / (1 + a * a)
+        }
+    }
+}
+
+/// A block's time loop: its neurons, the number of steps, and what its local loss reads, the
+/// time mean of the membrane or of a surrogate of the spike.
+public struct LIFDynamics: Sendable, Equatable {
+    public var neuron: LIFNeuron
+    public var steps: Int
+    /// nil: the membrane (learning from the voltage alone).
+    public var surrogate: Surrogate?
+    public var slope: Float
+    /// Whether the local loss is taken at every step (each step's values kept) rather than
+    /// once on the time mean.
+    public var lossAtEveryStep: Bool
+
+    public init(
+        neuron: LIFNeuron, steps: Int, surrogate: Surrogate? = nil, slope: Float? = nil,
+        lossAtEveryStep: Bool = false
+    ) {
+        self.neuron = neuron
+        self.steps = steps
+        self.surrogate = surrogate
+        self.slope = slope ?? surrogate?.defaultSlope ?? 0
+        self.lossAtEveryStep = lossAtEveryStep
+    }
+
+    /// The representation's value for a membrane `u`.
+    func represent(_ u: Float) -> Float {
+        surrogate.map { $0.value(u - neuron.threshold, slope: slope) } ?? u
+    }
+
+    /// d representation / d membrane at `u`.
+    func representationSlope(_ u: Float) -> Float {
+        surrogate.map { $0.slope(u - neuron.threshold, slope: slope) } ?? 1
+    }
+}
