@@ -115,6 +115,52 @@ struct Train: ParsableCommand {
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
     var fixedContext = false
 
+    @Option(
+        parsing: .unconditional,
+        help: "Spiking models: time steps each image is shown for (as a current). Default 25.")
+    var timesteps: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            """
+            Spiking models: what each block's local loss reads, averaged over the steps: \
+            voltage (default: the membrane alone, no surrogate) or surrogate (a smooth spike \
+            taken from the membrane before the spike, see --surrogate).
+            """, valueName: "voltage|surrogate"))
+    var spikeLearning: String?
+
+    @Option(
+        help: ArgumentHelp(
+            """
+            Spiking models: when each block's local loss is taken: mean (default: once, on \
+            the time mean) or step (at every step on that step's values, averaged).
+            """, valueName: "mean|step"))
+    var spikeLoss: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Spiking models, --spike-learning surrogate: arctan (default) or fast-sigmoid.",
+            valueName: "arctan|fast-sigmoid"))
+    var surrogate: String?
+
+    @Option(
+        parsing: .unconditional,
+        help: "Spiking models: the surrogate's sharpness k. Default 2 (arctan), 25 (fast-sigmoid).")
+    var surrogateSlope: Float?
+
+    @Option(
+        parsing: .unconditional, help: "Spiking models: membrane decay per step. Default 0.95.")
+    var beta: Float?
+
+    @Option(parsing: .unconditional, help: "Spiking models: firing threshold. Default 1.")
+    var spikeThreshold: Float?
+
+    @Option(
+        help: ArgumentHelp(
+            "Spiking models: a spike subtracts the threshold (default) or zeroes the membrane.",
+            valueName: "subtract|zero"))
+    var reset: String?
+
     @Flag(
         inversion: .prefixedNo,
         help:
@@ -535,6 +581,31 @@ struct Train: ParsableCommand {
                 try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none])
             }, &description.convNorm, shown: \.rawValue)
         apply("--fixed-context", fixedContext ? true : nil, &description.fixedContext)
+        apply("--timesteps", timesteps, &description.spiking.timesteps)
+        apply(
+            "--spike-learning", try choice("--spike-learning", spikeLearning),
+            &description.spiking.learning, shown: \.rawValue)
+        apply(
+            "--spike-loss", try choice("--spike-loss", spikeLoss),
+            &description.spiking.lossTiming, shown: \.rawValue)
+        apply(
+            "--surrogate", try choice("--surrogate", surrogate), &description.spiking.surrogate,
+            shown: \.rawValue)
+        apply(
+            "--surrogate-slope", surrogateSlope.map { Optional($0) }, &description.spiking.slope,
+            shown: { $0.map { "\($0)" } ?? "default" })
+        apply("--beta", beta, &description.spiking.neuron.beta)
+        apply("--spike-threshold", spikeThreshold, &description.spiking.neuron.threshold)
+        apply(
+            "--reset", try choice("--reset", reset), &description.spiking.neuron.reset,
+            shown: \.rawValue)
+        if givesSpikingFlags, !description.isSpiking {
+            throw UsageError(
+                "--timesteps, --spike-learning, --spike-loss, --surrogate, --surrogate-slope, "
+                    + "--beta, --spike-threshold and --reset set spiking layers, and the model "
+                    + "\(description.summary) has none: use --model snn-mlp, snn-cnn or lif<N> "
+                    + "layers")
+        }
         apply("--[no-]k-row-shortcut", kRowShortcut, &options.kRowShortcut)
         apply("--batch-size", batchSize, &options.batchSize)
         apply("--lr", lr, &options.optimizer.learningRate)
@@ -563,6 +634,25 @@ struct Train: ParsableCommand {
         options.readout = Readout(rawValue: readout)!
         options.readoutBlock = readoutBlock
         return (description, options)
+    }
+
+    /// `text` as a value of `T`, or a usage error listing the values.
+    func choice<T: RawRepresentable & CaseIterable>(_ flag: String, _ text: String?) throws -> T?
+    where T.RawValue == String {
+        guard let text else { return nil }
+        guard let value = T(rawValue: text) else {
+            throw UsageError(
+                "\(flag) \(text) is not one of "
+                    + T.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return value
+    }
+
+    /// Whether any flag of the spiking layers is given.
+    var givesSpikingFlags: Bool {
+        timesteps != nil || spikeLearning != nil || spikeLoss != nil || surrogate != nil
+            || surrogateSlope != nil
+            || beta != nil || spikeThreshold != nil || reset != nil
     }
 
     /// The layers that --model, --hidden-layers, --width and --dropout give (nil: none of them
@@ -709,7 +799,7 @@ struct Train: ParsableCommand {
         // Error Forward-Propagation trains Signal Propagation's network, on its input.
         let (normalization, normalizationSource) =
             stored.map { ($0.normalization, "from the checkpoint") }
-            ?? (learningRule.name == .ff || learningRule.name == .pepita
+            ?? (learningRule.name == .ff || learningRule.name == .pepita || description.isSpiking
                 ? (
                     Normalization(
                         mean: [Float](repeating: 0, count: trainSet.channels),
@@ -1016,6 +1106,15 @@ struct Train: ParsableCommand {
             .map { String(format: "%@ %.2f%%", $0.key, 100 * $0.value) }
         for line in ProgressText.wrapped("  validation:", validated, separator: ", ", width: width)
         where !validated.isEmpty {
+            emit(line)
+        }
+        // Spiking networks: how often each block's units fire, and how many never did.
+        let spikes = zip(result.spikeRates, result.deadFractions).enumerated().map {
+            String(format: "block%d %.1f%% (%.1f%% dead)", $0 + 1, 100 * $1.0, 100 * $1.1)
+        }
+        for line in ProgressText.wrapped(
+            "  spikes per step:", spikes, separator: ", ", width: width)
+        {
             emit(line)
         }
     }

@@ -146,6 +146,22 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
         TestNetwork(description: .cnn, inputShape: inputShape)
     }
 
+    /// A spiking network of `layers` (lif<N>, lifconv<N>, pools) shown for `steps` steps.
+    static func spiking(
+        _ layers: String, learning: SpikingSettings.Learning = .voltage,
+        reset: LIFNeuron.Reset = .subtract, steps: Int = 4,
+        lossTiming: SpikingSettings.LossTiming = .mean
+    ) -> TestNetwork {
+        var description = try! NetworkDescription(layerList: layers)
+        description.spiking.learning = learning
+        description.spiking.lossTiming = lossTiming
+        description.spiking.neuron.reset = reset
+        description.spiking.timesteps = steps
+        // Inputs in -1...1 at a low threshold: the neurons of these small nets fire.
+        description.spiking.neuron.threshold = 0.5
+        return TestNetwork(description: description)
+    }
+
     func with(_ change: (inout NetworkDescription) -> Void) -> TestNetwork {
         var copy = self
         change(&copy.description)

@@ -187,6 +187,7 @@ import Testing
             TestNetwork.forwardForward([12, 8]), TestNetwork.pepita([12]),
             TestNetwork.mlp(hiddenLayers: 2, width: 12).with(
                 rule: LearningRule(.efp, errorFirstPass: .learn)),
+            TestNetwork.spiking("lif12,lif8", learning: .surrogate),
         ])
     func checkpointResumesExactlyUnderEveryRule(_ backend: TestBackend, _ config: TestNetwork)
         throws
@@ -204,13 +205,15 @@ import Testing
             _ = try pipeline.drain()
         }
         let original = try config.build(device, optimizer: settings, seed: 5)
-        #expect(!original.buffers.isEmpty || config.rule.name == .efp)
+        #expect(
+            !original.buffers.isEmpty || config.rule.name == .efp || config.description.isSpiking)
         try step(original, Array(0..<16))
         try step(original, Array(16..<32))
         let bytes = try Checkpoint(network: original, options: TrainingOptions(), epochs: 1)
             .serialized()
         let loaded = try Checkpoint(safetensors: bytes, path: "memory")
         #expect(try loaded.rule == original.rule)
+        #expect(try loaded.model.description == original.description)
         for buffer in original.buffers {
             #expect(loaded.tensors[buffer.name]?.shape == buffer.value.shape)
         }

@@ -19,6 +19,8 @@ package struct GoldenCase: Sendable {
 
     /// The SGD step of cases that give one in `config.sgd` (rate, momentum, weight decay).
     public let sgd: (learningRate: Float, momentum: Float, weightDecay: Float)?
+    /// The file's `config` object as JSON, for the checks that read more of it.
+    public let config: Data?
 
     public init(
         name: String, kind: String, inputs: [String: GoldenTensor], outputs: [String: GoldenTensor],
@@ -31,6 +33,7 @@ package struct GoldenCase: Sendable {
         self.outputs = outputs
         self.adamIllConditioned = adamIllConditioned
         self.sgd = sgd
+        config = nil
     }
 
     public init(contentsOf url: URL) throws {
@@ -69,6 +72,9 @@ package struct GoldenCase: Sendable {
         self.outputs = try tensors(outputs)
         let ill = object["adam_ill_conditioned"] as? [String: Any]
         self.adamIllConditioned = (ill?["indices"] as? [String: [Int]]) ?? [:]
+        config = try (object["config"] as? [String: Any]).map {
+            try JSONSerialization.data(withJSONObject: $0)
+        }
         let sgd = (object["config"] as? [String: Any])?["sgd"] as? [String: Any]
         if let sgd, let rate = sgd["lr"] as? Double, let momentum = sgd["momentum"] as? Double {
             self.sgd = (
@@ -144,12 +150,14 @@ package enum GoldenCheck {
             return try checkPEPITA(golden, on: device)
         case "efp":
             return try checkErrorForward(golden, on: device)
+        case "snn":
+            return try checkSpiking(golden, on: device)
         default:
             throw SigPropError.badGoldenFile(
                 path: golden.name,
                 reason:
                     "unknown kind '\(golden.kind)' (known: loss, layer_linear, layer_conv, "
-                    + "layer_adam_steps, signal, forward_forward, pepita, efp)"
+                    + "layer_adam_steps, signal, forward_forward, pepita, efp, snn)"
             )
         }
     }

@@ -6,14 +6,17 @@ import Foundation
 /// - `conv<N>` with options `k<K>` (kernel, default 3), `s<S>` (stride, default 1) and `p<P>`
 ///   (zero padding, default K/2): `conv128`, `conv64k5s2p2`;
 /// - `pool` (2x2 max), `maxpool<K>`, `avgpool<K>`: pooling over K x K windows;
-/// - `dropout<P>`: dropout of probability P (`dropout0.2`).
+/// - `dropout<P>`: dropout of probability P (`dropout0.2`);
+/// - `lif<N>`, `lifconv<N>` (with conv's options): spiking blocks of leaky integrate-and-fire
+///   neurons fed by a dense or conv synapse (`lif1000`, `lifconv12k5p0`).
 ///
 /// A list separates tokens with commas: `conv128,conv256,pool,dense1024`.
 extension NetworkDescription.Layer: CustomStringConvertible, LosslessStringConvertible {
     /// The help text's statement of the grammar.
     public static let grammar = """
         dense<N>; conv<N> with options k<K> (kernel, default 3), s<S> (stride, 1), p<P> \
-        (padding, K/2), e.g. conv64k5s2p2; pool (2x2 max), maxpool<K>, avgpool<K>; dropout<P>
+        (padding, K/2), e.g. conv64k5s2p2; pool (2x2 max), maxpool<K>, avgpool<K>; dropout<P>; \
+        spiking: lif<N>, lifconv<N> (conv's options)
         """
 
     public var description: String {
@@ -21,14 +24,23 @@ extension NetworkDescription.Layer: CustomStringConvertible, LosslessStringConve
         case .dense(let width):
             return "dense\(width)"
         case .conv(let channels, let kernel, let stride, let padding):
-            return "conv\(channels)" + (kernel == 3 ? "" : "k\(kernel)")
-                + (stride == 1 ? "" : "s\(stride)") + (padding == kernel / 2 ? "" : "p\(padding)")
+            return "conv\(channels)" + Self.convOptions(kernel, stride, padding)
+        case .lif(let width):
+            return "lif\(width)"
+        case .lifConv(let channels, let kernel, let stride, let padding):
+            return "lifconv\(channels)" + Self.convOptions(kernel, stride, padding)
         case .pool(let kind, let size):
             if kind == .max && size == 2 { return "pool" }
             return (kind == .max ? "maxpool" : "avgpool") + "\(size)"
         case .dropout(let p):
             return "dropout\(p)"
         }
+    }
+
+    /// `k<K>s<S>p<P>`, each left out where it is the default.
+    private static func convOptions(_ kernel: Int, _ stride: Int, _ padding: Int) -> String {
+        (kernel == 3 ? "" : "k\(kernel)") + (stride == 1 ? "" : "s\(stride)")
+            + (padding == kernel / 2 ? "" : "p\(padding)")
     }
 
     public init?(_ description: String) {
@@ -67,10 +79,13 @@ extension NetworkDescription.Layer: CustomStringConvertible, LosslessStringConve
             self = .pool(kind, size: size)
         } else if let rest = text.stripping("dense") {
             self = .dense(try width(rest, "dense", example: "dense1024"))
-        } else if let rest = text.stripping("conv") {
+        } else if !text.hasPrefix("lifconv"), let rest = text.stripping("lif") {
+            self = .lif(try width(rest, "lif", example: "lif1000"))
+        } else if let rest = text.stripping("conv") ?? text.stripping("lifconv") {
             // conv<N> then any of k<K>, s<S>, p<P>, each once.
+            let name = text.hasPrefix("lifconv") ? "lifconv" : "conv"
             let digits = rest.prefix(while: \.isNumber)
-            let channels = try width(digits, "conv", example: "conv128")
+            let channels = try width(digits, name, example: name + "128")
             var options: [Character: Int] = [:]
             var tail = rest.dropFirst(digits.count)
             while let letter = tail.first {
@@ -94,8 +109,11 @@ extension NetworkDescription.Layer: CustomStringConvertible, LosslessStringConve
             guard kernel >= 1, stride >= 1 else {
                 throw LayerGrammarError("a conv kernel and stride must be at least 1")
             }
-            self = .conv(
-                channels, kernel: kernel, stride: stride, padding: options["p"] ?? kernel / 2)
+            let padding = options["p"] ?? kernel / 2
+            self =
+                name == "conv"
+                ? .conv(channels, kernel: kernel, stride: stride, padding: padding)
+                : .lifConv(channels, kernel: kernel, stride: stride, padding: padding)
         } else if let rest = text.stripping("dropout") {
             let p: Float = try number(rest, "the probability of dropout")
             guard p >= 0, p < 1 else {
@@ -146,7 +164,7 @@ extension String {
 /// "fixed_context": false}`; every key but `layers` may be left out.
 extension NetworkDescription: Codable {
     enum CodingKeys: String, CodingKey {
-        case layers, activation, preset
+        case layers, activation, preset, spiking
         case denseNorm = "dense_norm"
         case convNorm = "conv_norm"
         case widthMultiplier = "width_multiplier"
@@ -166,6 +184,7 @@ extension NetworkDescription: Codable {
             try container.decodeIfPresent(Double.self, forKey: .widthMultiplier) ?? 1
         fixedContext = try container.decodeIfPresent(Bool.self, forKey: .fixedContext) ?? false
         preset = try container.decodeIfPresent(String.self, forKey: .preset)
+        spiking = try container.decodeIfPresent(SpikingSettings.self, forKey: .spiking) ?? spiking
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -177,5 +196,7 @@ extension NetworkDescription: Codable {
         try container.encode(widthMultiplier, forKey: .widthMultiplier)
         try container.encode(fixedContext, forKey: .fixedContext)
         try container.encodeIfPresent(preset, forKey: .preset)
+        // Only spiking networks carry the key, so other descriptions read as they always have.
+        if isSpiking { try container.encode(spiking, forKey: .spiking) }
     }
 }

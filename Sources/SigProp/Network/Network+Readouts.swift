@@ -3,7 +3,10 @@
 extension Network {
     /// The readouts this network's rule offers, in the order ties are settled in.
     public var readoutChoices: [ReadoutChoice] {
-        switch rule.name {
+        if spiking != nil {
+            return [.output, .membrane] + (1...blockCount).map { .similarity(block: $0) }
+        }
+        return switch rule.name {
         case .sigprop, .efp: ReadoutChoice.all(blockCount: blockCount)
         case .ff: [.output, .goodness]
         case .pepita: [.output]
@@ -14,6 +17,12 @@ extension Network {
     /// keyed by `ReadoutChoice.description`. What every batch shares (the class targets) is
     /// computed once, here.
     public func predictor() throws -> (_ images: [Float], _ count: Int) throws -> [String: [Int]] {
+        if let spiking {
+            let targets = try spikingClassTargets(spiking)
+            return { images, count in
+                try self.spikingPredictions(spiking, images, count, targets)
+            }
+        }
         switch rule.name {
         case .sigprop, .efp:
             let targets = try classTargets()
@@ -89,15 +98,64 @@ extension Network {
                 try logits.device.read(logits), columns: classes)
         ]
         for (block, (h, t)) in zip(features, targets).enumerated() {
-            let device = h.device
-            let scores = try device.zeros([count, classes])
-            try device.gemm(
-                try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
-                transposeB: true, into: scores)
-            predictions[ReadoutChoice.similarity(block: block + 1).description] = Trainer.argmax(
-                try device.read(scores), columns: classes)
+            predictions[ReadoutChoice.similarity(block: block + 1).description] =
+                try similarityArgmax(h, t)
         }
         return predictions
+    }
+
+    // MARK: Spiking networks
+
+    /// Each class's target representation at every block: the context of onehot(k) through
+    /// the blocks' spiking neurons.
+    func spikingClassTargets(_ blocks: SpikingBlocks) throws -> [Tensor] {
+        var (spikes, representation) = try blocks.signal.inferTarget(
+            try onehot((0..<classes).map(Int32.init)), on: nil)
+        var targets = [representation]
+        for (index, block) in blocks.hidden.enumerated() {
+            (spikes, representation) = try block.infer(
+                try stageDevices[index + 1].transfer(spikes), samples: classes, on: nil)
+            targets.append(representation)
+        }
+        return targets
+    }
+
+    /// The output layer's spike count (`output`) and mean membrane (`membrane`), and at each
+    /// block the class whose target representation is most similar to the sample's.
+    private func spikingPredictions(
+        _ blocks: SpikingBlocks, _ images: [Float], _ count: Int, _ targets: [Tensor]
+    ) throws -> [String: [Int]] {
+        let x = try device.tensor(images, shape: [count] + inputShape)
+        var (spikes, representation) = try blocks.signal.infer(x, on: nil)
+        var representations = [representation]
+        for (index, block) in blocks.hidden.enumerated() {
+            (spikes, representation) = try block.infer(
+                try stageDevices[index + 1].transfer(spikes), samples: count, on: nil)
+            representations.append(representation)
+        }
+        let out = try blocks.output.forward(
+            try stageDevices[plan.blockCount].transfer(spikes), samples: count, on: nil)
+        var predictions = [
+            ReadoutChoice.output.description: Trainer.argmax(
+                try out.rate.device.read(out.rate), columns: classes),
+            ReadoutChoice.membrane.description: Trainer.argmax(
+                try out.representation.device.read(out.representation), columns: classes),
+        ]
+        for (block, (h, t)) in zip(representations, targets).enumerated() {
+            predictions[ReadoutChoice.similarity(block: block + 1).description] =
+                try similarityArgmax(h, t)
+        }
+        return predictions
+    }
+
+    /// Per row of `h`, the row of `t` (one per class) of the largest dot product.
+    private func similarityArgmax(_ h: Tensor, _ t: Tensor) throws -> [Int] {
+        let device = h.device
+        let scores = try device.zeros([h.rows, classes])
+        try device.gemm(
+            try h.reshaped([h.rows, h.columns]), try t.reshaped([t.rows, t.columns]),
+            transposeB: true, into: scores)
+        return Trainer.argmax(try device.read(scores), columns: classes)
     }
 
     // MARK: Forward-Forward

@@ -25,6 +25,8 @@ public final class Network {
     public let classifier: ForwardForwardClassifier?
     /// PEPITA's layers, each run by a clean and a modulated stage (empty under other rules).
     public let pepita: [PEPITALayer]
+    /// The blocks of a spiking network (nil for any other).
+    public let spiking: SpikingBlocks?
     /// What the `Pipeline` runs for each batch, in order: the learning blocks, then the output
     /// layer (under PEPITA and Error Forward-Propagation, twice: the first pass, the second).
     public let stages: [any TrainingStage]
@@ -71,6 +73,18 @@ public final class Network {
         try MemoryEstimate(plan).checkParameters(on: stageDevices, optimizer: optimizer)
         self.rule = rule
         var generator = SeededGenerator(seed: seed)
+        try Self.check(plan, for: rule.name)
+        if plan.isSpiking {
+            let built = try SpikingBlocks(
+                plan, devices: stageDevices, optimizer: optimizer, generator: &generator)
+            (signal, hidden, output, pepita, forwardForward, classifier) = (
+                nil, [], nil, [], [], nil
+            )
+            spiking = built
+            stages = built.stages
+            return
+        }
+        spiking = nil
         if rule.name == .ff {
             let built = try Self.forwardForward(
                 plan, devices: stageDevices, optimizer: optimizer, settings: rule.forwardForward,
@@ -203,6 +217,11 @@ public final class Network {
 
     /// Refuses a `plan` that `rule` cannot train, naming the layer (before anything is built).
     public static func check(_ plan: NetworkPlan, for rule: LearningRule.Name) throws {
+        if plan.isSpiking, rule != .sigprop {
+            throw SigPropError.configuration(
+                "spiking networks (lif<N>, lifconv<N>) learn with Signal Propagation; --rule "
+                    + "\(rule.rawValue) trains non-spiking layers only. Leave --rule out")
+        }
         switch rule {
         case .sigprop, .efp: break
         case .ff: _ = try forwardForwardWidths(plan)

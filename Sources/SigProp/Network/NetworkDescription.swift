@@ -19,12 +19,24 @@ public struct NetworkDescription: Sendable, Equatable {
         case pool(PoolKind, size: Int = 2)
         /// Zeroes each entry with this probability in training (each stream its own mask).
         case dropout(Float)
+        /// A spiking block: leaky integrate-and-fire neurons fed by a dense synapse.
+        case lif(Int)
+        /// A spiking block fed by a convolution (options as `conv`).
+        case lifConv(Int, kernel: Int = 3, stride: Int = 1, padding: Int = 1)
 
         /// Whether the layer is a learning block (as opposed to a fixed step).
         public var learns: Bool {
             switch self {
-            case .dense, .conv: true
+            case .dense, .conv, .lif, .lifConv: true
             case .pool, .dropout: false
+            }
+        }
+
+        /// Whether the layer is a block of spiking neurons.
+        public var spikes: Bool {
+            switch self {
+            case .lif, .lifConv: true
+            default: false
             }
         }
     }
@@ -42,6 +54,11 @@ public struct NetworkDescription: Sendable, Equatable {
     public var fixedContext = false
     /// The preset the layers come from, if any, for messages.
     public var preset: String?
+    /// The neurons, time steps and learning of the spiking layers (used where there are any).
+    public var spiking = SpikingSettings()
+
+    /// Whether the network is made of spiking layers (`lif<N>`, `lifconv<N>`).
+    public var isSpiking: Bool { layers.contains(where: \.spikes) }
 
     public init(
         layers: [Layer], activation: Activation = .leakyRelu, denseNorm: NormKind = .layer,
@@ -92,7 +109,9 @@ public struct NetworkDescription: Sendable, Equatable {
 
 extension NetworkDescription {
     /// The presets `train --model` names.
-    public static let presetNames = ["mlp", "cnn", "vgg6b", "vgg8b", "vgg11b"]
+    public static let presetNames = [
+        "mlp", "cnn", "vgg6b", "vgg8b", "vgg11b", "snn-mlp", "snn-cnn",
+    ]
 
     /// Dense blocks: `hiddenLayers` of `width` features (the signal block counts as the first).
     public static func mlp(hiddenLayers: Int = 3, width: Int = 1024) -> NetworkDescription {
@@ -124,6 +143,17 @@ extension NetworkDescription {
                 + "conv512,pool,dense1024")
     }
 
+    /// snnTorch's tutorial network: 1,000 leaky integrate-and-fire neurons (beta 0.95,
+    /// threshold 1, reset by subtraction) on the image for 25 steps, then the spiking output
+    /// layer.
+    public static var snnMLP: NetworkDescription { named("snn-mlp", "lif1000") }
+
+    /// A convolutional spiking network after snnTorch's convolutional tutorial: 12 and 64
+    /// 5x5 spiking feature maps, each max-pooled, then the spiking output layer.
+    public static var snnCNN: NetworkDescription {
+        named("snn-cnn", "lifconv12k5p0,pool,lifconv64k5p0,pool")
+    }
+
     /// The preset called `name` (`presetNames`), nil if there is none.
     public static func preset(_ name: String) -> NetworkDescription? {
         switch name.lowercased() {
@@ -132,6 +162,8 @@ extension NetworkDescription {
         case "vgg6b": .vgg6b
         case "vgg8b": .vgg8b
         case "vgg11b": .vgg11b
+        case "snn-mlp": .snnMLP
+        case "snn-cnn": .snnCNN
         default: nil
         }
     }

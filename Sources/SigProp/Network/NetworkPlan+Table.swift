@@ -4,12 +4,14 @@ extension NetworkPlan.Stage {
     /// The layer as the grammar writes it, with its real width (after the width multiplier).
     public var layerName: String {
         switch kind {
-        case .dense(_, let outputs): NetworkDescription.Layer.dense(outputs).description
+        case .dense(_, let outputs):
+            (spiking ? .lif(outputs) : NetworkDescription.Layer.dense(outputs)).description
         case .conv(_, let channels, let kernel, let stride, let padding):
-            NetworkDescription.Layer.conv(
-                channels, kernel: kernel, stride: stride, padding: padding
-            ).description
-        case .output(_, let classes): "dense\(classes)"
+            (spiking
+                ? .lifConv(channels, kernel: kernel, stride: stride, padding: padding)
+                : NetworkDescription.Layer.conv(
+                    channels, kernel: kernel, stride: stride, padding: padding)).description
+        case .output(_, let classes): (spiking ? "lif" : "dense") + "\(classes)"
         }
     }
 

@@ -23,10 +23,14 @@ public struct NetworkPlan: Sendable {
         /// The fixed steps after the layer (pooling, dropout, flatten), in order.
         let after: [FixedStep]
         public let norm: NormKind
+        /// Whether the stage is a layer of spiking neurons (the output layer of a spiking
+        /// network is one too).
+        public let spiking: Bool
         /// Parameter tensors: name and element count, and whether an optimizer steps them.
         public let parameters: [(name: String, elements: Int, trained: Bool)]
         /// Multiply-adds per sample of the forward pass on the input stream (the signal
-        /// block's context projection included).
+        /// block's context projection included; a spiking stage's synapse runs at every time
+        /// step but on the image, which is the same at every step).
         public let multiplyAdds: Double
 
         public var parameterCount: Int { parameters.reduce(0) { $0 + $1.elements } }
@@ -40,6 +44,9 @@ public struct NetworkPlan: Sendable {
 
     /// Learning blocks (stages but the output layer).
     public var blockCount: Int { stages.count - 1 }
+
+    /// Whether the network is made of spiking layers.
+    public var isSpiking: Bool { stages[0].spiking }
 
     public init(_ description: NetworkDescription, inputShape: [Int], classes: Int) throws {
         guard inputShape.count == 3, inputShape.allSatisfy({ $0 >= 1 }) else {
@@ -81,6 +88,18 @@ public struct NetworkPlan: Sendable {
                 "comes before any dense or conv layer: pooling and dropout follow a learning "
                     + "block. Start the list with a dense or conv layer")
         }
+        let spiking = layers[first].spikes
+        if let mixed = layers.firstIndex(where: { $0.learns && $0.spikes != spiking }) {
+            let mismatch =
+                spiking
+                ? "is not spiking, while the first layer is"
+                : "is spiking, while the first layer is not"
+            throw refuse(
+                mixed,
+                mismatch + ": a network is spiking throughout (lif<N>, lifconv<N>) or not at all")
+        }
+        if spiking { try description.spiking.validate() }
+        let steps = spiking ? description.spiking.timesteps : 1
 
         var stages: [Stage] = []
         var shape = inputShape
@@ -92,13 +111,14 @@ public struct NetworkPlan: Sendable {
             let kind: Stage.Kind
             var output: [Int]
             switch layers[position] {
-            case .dense(let width):
+            case .dense(let width), .lif(let width):
                 guard width >= 1 else { throw refuse(position, "has a width below 1") }
                 let outputs = description.scaled(width)
                 kind = .dense(inputs: shape.reduce(1, *), outputs: outputs)
-                norm = description.denseNorm
+                norm = spiking ? .none : description.denseNorm
                 output = [outputs]
-            case .conv(let channels, let kernel, let stride, let padding):
+            case .conv(let channels, let kernel, let stride, let padding),
+                .lifConv(let channels, let kernel, let stride, let padding):
                 guard channels >= 1 else { throw refuse(position, "has a width below 1") }
                 guard shape.count == 3 else {
                     throw refuse(
@@ -122,7 +142,7 @@ public struct NetworkPlan: Sendable {
                 kind = .conv(
                     inChannels: shape[0], outChannels: outChannels, kernel: kernel,
                     stride: stride, padding: padding)
-                norm = description.convNorm
+                norm = spiking ? .none : description.convNorm
                 output = [
                     outChannels, (height - kernel) / stride + 1, (width - kernel) / stride + 1,
                 ]
@@ -161,29 +181,37 @@ public struct NetworkPlan: Sendable {
                 position += 1
             }
             let nextIsDense: Bool = {
-                guard position < layers.count, case .dense = layers[position] else { return false }
-                return true
+                guard position < layers.count else { return false }
+                switch layers[position] {
+                case .dense, .lif: return true
+                default: return false
+                }
             }()
             if handedOn.count == 3, nextIsDense {
                 after.append(.flatten)
             }
             let outputElements = output.reduce(1, *)
             var parameters = Self.parameters(name, kind: kind, norm: norm)
-            var multiplyAdds = Self.multiplyAdds(kind, output: output)
+            var multiplyAdds =
+                Self.multiplyAdds(kind, output: output) * Double(index == 0 ? 1 : steps)
             if index == 0 {
-                // The signal block's context part: one-hot label -> the block's output shape.
-                parameters += [
-                    ("\(name).context.weight", outputElements * classes, !description.fixedContext),
-                    ("\(name).context.norm.weight", outputElements, !description.fixedContext),
-                    ("\(name).context.norm.bias", outputElements, !description.fixedContext),
-                ]
+                // The signal block's context part: one-hot label -> the block's output shape
+                // (a spiking one has no norm: its neurons follow).
+                let trained = !description.fixedContext
+                parameters.append(("\(name).context.weight", outputElements * classes, trained))
+                if !spiking {
+                    parameters += [
+                        ("\(name).context.norm.weight", outputElements, trained),
+                        ("\(name).context.norm.bias", outputElements, trained),
+                    ]
+                }
                 multiplyAdds += Double(classes * outputElements)
             }
             stages.append(
                 Stage(
                     kind: kind, position: blockPosition + 1, inputShape: shape,
                     outputShape: output, handedOnShape: handedOn, after: after, norm: norm,
-                    parameters: parameters, multiplyAdds: multiplyAdds))
+                    spiking: spiking, parameters: parameters, multiplyAdds: multiplyAdds))
             shape = handedOn
         }
         let features = shape.reduce(1, *)
@@ -191,9 +219,9 @@ public struct NetworkPlan: Sendable {
         stages.append(
             Stage(
                 kind: kind, position: nil, inputShape: shape, outputShape: [classes],
-                handedOnShape: [classes], after: [], norm: .none,
+                handedOnShape: [classes], after: [], norm: .none, spiking: spiking,
                 parameters: Self.parameters("output", kind: kind, norm: .none),
-                multiplyAdds: Double(features * classes)))
+                multiplyAdds: Double(features * classes * steps)))
         self.stages = stages
     }
 

@@ -44,7 +44,8 @@ struct MemoryEstimate {
 
     init(_ plan: NetworkPlan) {
         self.plan = plan
-        stages = plan.stages.map { stage in
+        let steps = plan.isSpiking ? Double(plan.description.spiking.timesteps) : 1
+        stages = plan.stages.enumerated().map { index, stage in
             // What the fixed steps write per sample: a pool's output, a dropout's mask and
             // output (flatten is a view).
             var shape = stage.outputShape
@@ -58,12 +59,19 @@ struct MemoryEstimate {
                 case .flatten: break
                 }
             }
+            // A spiking stage reads a spike train (every stage but the first, whose image is
+            // the same at every step) and writes its membrane and spikes at every step, its
+            // current at every step (or once) and two planes: about (3T + 4) / 3 planes for
+            // the 3 this estimate counts per output.
+            let (reads, writes) =
+                stage.spiking ? (index == 0 ? 1 : steps, (3 * steps + 4) / 3) : (1, 1)
             return Stage(
                 parameters: stage.parameters.map {
                     ParameterSize(name: $0.name, elements: Double($0.elements), trained: $0.trained)
                 },
-                input: Double(stage.inputShape.reduce(1, *)),
-                output: Double(stage.outputShape.reduce(1, *)), fixedSteps: Double(written),
+                input: Double(stage.inputShape.reduce(1, *)) * reads,
+                output: Double(stage.outputShape.reduce(1, *)) * writes,
+                fixedSteps: Double(written) * (stage.spiking ? steps : 1),
                 norm: stage.norm != .none)
         }
     }

@@ -7,6 +7,8 @@ public enum ReadoutChoice: Sendable, Hashable, CustomStringConvertible {
     /// Similarity at `block` (1 = the signal block).
     case similarity(block: Int)
     case goodness
+    /// A spiking network's output layer by its mean membrane (`output`: by spike count).
+    case membrane
 
     /// Every readout of a network with `blockCount` blocks, in the order ties are settled in:
     /// the output layer, then the blocks from the first.
@@ -19,6 +21,7 @@ public enum ReadoutChoice: Sendable, Hashable, CustomStringConvertible {
         case .output: "output"
         case .similarity(let block): "similarity@\(block)"
         case .goodness: "goodness"
+        case .membrane: "membrane"
         }
     }
 }

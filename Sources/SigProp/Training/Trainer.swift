@@ -12,6 +12,8 @@ public enum Readout: String, Sendable, Codable, CaseIterable {
     case adaptive
     /// Forward-Forward: the label whose embedding gives the highest goodness.
     case goodness
+    /// Spiking networks: the output layer's mean membrane (`output` is its spike count).
+    case membrane
 }
 
 /// Everything about a run that is not the model itself.
@@ -105,6 +107,11 @@ public struct EpochMetrics: Sendable, Codable {
     /// and the process's resident set (0 where /proc is missing). The soak tests read them.
     public var deviceBytes: Int
     public var residentBytes: Int
+    /// Spiking networks, per block (the signal block first), over the epoch's training
+    /// samples on the input stream: spikes per unit per step, and the fraction of units that
+    /// never fired (dead). Empty for other networks.
+    public var spikeRates: [Double] = []
+    public var deadFractions: [Double] = []
 
     enum CodingKeys: String, CodingKey {
         case epoch
@@ -121,6 +128,8 @@ public struct EpochMetrics: Sendable, Codable {
         case backend
         case deviceBytes = "device_bytes"
         case residentBytes = "resident_bytes"
+        case spikeRates = "spike_rates"
+        case deadFractions = "dead_fractions"
     }
 }
 
@@ -179,7 +188,8 @@ public final class Trainer {
         self.test = test
         let offers = network.readoutChoices.contains { choice in
             switch (options.readout, choice) {
-            case (.output, _), (.adaptive, _), (.similarity, .similarity), (.goodness, .goodness):
+            case (.output, _), (.adaptive, _), (.similarity, .similarity), (.goodness, .goodness),
+                (.membrane, .membrane):
                 true
             default: false
             }
@@ -243,6 +253,8 @@ public final class Trainer {
         let start = Date()
         var lastReport = Date.distantPast
 
+        let activities = network.spiking?.activities ?? []
+        for activity in activities { try activity.reset() }
         try pipeline.begin()
         /// Adds a retired batch's losses and predictions to the epoch's, and reports progress.
         func account(_ batch: Pipeline.RetiredBatch) throws {
@@ -319,6 +331,7 @@ public final class Trainer {
         let accuracies = selection.naming(try evaluate(test))
         let validated = selection.naming(validationAccuracies)
         let means = reported.map { lossSums[$0] / Double(max(trained, 1)) }
+        let spiking = try activities.compactMap { try $0.read() }
         return .completed(
             EpochMetrics(
                 epoch: epoch + 1, blockLosses: Array(means.dropLast()), outputLoss: means.last ?? 0,
@@ -331,7 +344,8 @@ public final class Trainer {
                 seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
-                residentBytes: Self.residentBytes()))
+                residentBytes: Self.residentBytes(), spikeRates: spiking.map(\.rate),
+                deadFractions: spiking.map(\.deadFraction)))
     }
 
     /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).

@@ -1,0 +1,101 @@
+/// What a spiking layer's forward pass keeps: its synapse's pass (the input and the current),
+/// the membrane of every step for the gradient, and what it gives out.
+public struct SpikingPass {
+    let synapse: LayerPass
+    /// [T·B, ...]: step t's spikes are rows t·B ..< (t+1)·B, for the next layer.
+    public let spikes: Tensor
+    let membrane: Tensor
+    /// [B, ...]: the time mean of the membrane (or of its surrogate): what the local loss
+    /// and the readouts read.
+    public let representation: Tensor
+    /// [B, ...]: spikes per step of each unit.
+    public let rate: Tensor
+    /// [T·B, ...]: each step's value of what the representation averages, where the local
+    /// loss is taken at every step.
+    public let stepRepresentation: Tensor?
+}
+
+/// A layer of leaky integrate-and-fire neurons fed by a dense or conv synapse: the synapse
+/// turns each step's input into a current, the neurons integrate it over T steps. The
+/// synapse is an ordinary `FeatureLayer` (no norm, identity activation) run once over all
+/// T·B rows of a spike train, or once over B rows of an input held for every step (direct
+/// encoding, the label's context). Learning goes from the representation's gradient through
+/// the membrane's own recurrence to the current, never through a spike
+/// (`Device.lifBackward`), then into the synapse as into any layer.
+public final class SpikingLayer {
+    public let synapse: FeatureLayer
+    public let dynamics: LIFDynamics
+    public var parameters: [Parameter] { synapse.parameters }
+
+    init(synapse: FeatureLayer, dynamics: LIFDynamics) {
+        self.synapse = synapse
+        self.dynamics = dynamics
+    }
+
+    /// The layer's T steps for `samples` samples: `input` holds `samples` rows (the same
+    /// input at every step) or T·`samples` (a spike train, step-major).
+    public func forward(_ input: Tensor, samples: Int, on stream: Stream?) throws -> SpikingPass {
+        let steps = dynamics.steps
+        guard input.rows == samples || input.rows == steps * samples else {
+            throw SigPropError.shapeMismatch(
+                operation: "SpikingLayer",
+                detail:
+                    "an input of \(input.rows) rows is neither \(samples) samples nor \(steps) "
+                    + "steps of them")
+        }
+        let pass = try synapse.forward(input, on: stream)
+        let device = input.device
+        let units = Array(pass.output.shape.dropFirst())
+        let trains = try (0..<2).map { _ in
+            try device.allocate([steps * samples] + units, on: stream)
+        }
+        let perSample = try (0..<2).map { _ in try device.allocate([samples] + units, on: stream) }
+        let stepValues =
+            dynamics.lossAtEveryStep
+            ? try device.allocate([steps * samples] + units, on: stream) : nil
+        try device.lifForward(
+            pass.output, dynamics: dynamics, membrane: trains[0], spikes: trains[1],
+            representation: perSample[0], rate: perSample[1], stepRepresentation: stepValues,
+            on: stream)
+        return SpikingPass(
+            synapse: pass, spikes: trains[1], membrane: trains[0], representation: perSample[0],
+            rate: perSample[1], stepRepresentation: stepValues)
+    }
+
+    /// d loss / d the synapse's current for `pass`, from d loss / d its representation.
+    func currentGradient(_ pass: SpikingPass, _ gradient: Tensor, on stream: Stream?) throws
+        -> Tensor
+    {
+        let device = pass.membrane.device
+        let current = try device.allocate(pass.synapse.output.shape, on: stream)
+        try device.lifBackward(
+            membrane: pass.membrane, representationGradient: gradient, dynamics: dynamics,
+            into: current, on: stream)
+        return current
+    }
+
+    /// One learning step from the representation's gradient of every pass (the input and
+    /// target streams, summed).
+    func learn(
+        from passes: [(pass: SpikingPass, representationGradient: Tensor)], step: UpdateRule,
+        on stream: Stream?
+    ) throws {
+        try synapse.learn(
+            from: try passes.map {
+                (
+                    $0.pass.synapse,
+                    try currentGradient($0.pass, $0.representationGradient, on: stream)
+                )
+            }, step: step, on: stream)
+    }
+
+    /// d loss / d parameters for `pass` (`accumulate` false: set), without a step: for checks.
+    func accumulateGradients(
+        _ pass: SpikingPass, representationGradient: Tensor, accumulate: Bool, on stream: Stream?
+    ) throws {
+        try synapse.accumulateGradients(
+            pass.synapse,
+            outputGradient: try currentGradient(pass, representationGradient, on: stream),
+            accumulate: accumulate, on: stream)
+    }
+}

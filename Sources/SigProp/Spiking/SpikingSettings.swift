@@ -1,0 +1,98 @@
+/// How the spiking layers of a network (`lif<N>`, `lifconv<N>`) run and learn: the neuron,
+/// the number of time steps a sample is shown for, and what each block's local loss reads.
+/// Part of the network description (checkpoints store it); used only where the description
+/// has spiking layers.
+public struct SpikingSettings: Sendable, Equatable {
+    /// What a block's local loss reads, averaged over the time steps (docs/spiking.md).
+    public enum Learning: String, Sendable, Codable, CaseIterable {
+        /// The membrane voltage itself: no surrogate, no change to the neuron.
+        case voltage
+        /// A surrogate of the spike taken from the membrane before the spike (`surrogate`).
+        case surrogate
+    }
+
+    /// When a block's local loss is taken (docs/spiking.md).
+    public enum LossTiming: String, Sendable, Codable, CaseIterable {
+        /// Once per batch, on the time mean of what the loss reads.
+        case mean
+        /// At every step, on that step's values; the block's loss is the mean of the T.
+        case step
+    }
+
+    /// Steps each sample is shown for (the image as the input current at every step).
+    public var timesteps = 25
+    public var neuron = LIFNeuron()
+    public var learning: Learning = .voltage
+    public var surrogate: Surrogate = .arctan
+    /// The surrogate's sharpness; nil: the surrogate's default (`Surrogate.defaultSlope`).
+    public var slope: Float?
+    public var lossTiming: LossTiming = .mean
+
+    public init() {}
+
+    /// The blocks' time loop: the representation is the membrane or the surrogate.
+    var blockDynamics: LIFDynamics {
+        LIFDynamics(
+            neuron: neuron, steps: timesteps,
+            surrogate: learning == .surrogate ? surrogate : nil, slope: slope,
+            lossAtEveryStep: lossTiming == .step)
+    }
+
+    /// The output layer's: its logits are always the mean membrane.
+    var outputDynamics: LIFDynamics { LIFDynamics(neuron: neuron, steps: timesteps) }
+
+    /// Refuses settings no network can run, naming the setting and the fix.
+    func validate() throws {
+        guard timesteps >= 1 else {
+            throw SigPropError.configuration(
+                "--timesteps \(timesteps): a spiking network needs at least 1 time step")
+        }
+        guard neuron.beta.isFinite, (0...1).contains(neuron.beta) else {
+            throw SigPropError.configuration(
+                "--beta \(neuron.beta): the membrane decay must be in 0...1")
+        }
+        guard neuron.threshold.isFinite, neuron.threshold > 0 else {
+            throw SigPropError.configuration(
+                "--spike-threshold \(neuron.threshold): the threshold must be above 0")
+        }
+        if let slope, !(slope.isFinite && slope > 0) {
+            throw SigPropError.configuration(
+                "--surrogate-slope \(slope): the surrogate's sharpness must be above 0")
+        }
+    }
+}
+
+/// In JSON descriptions: `"spiking": {"timesteps": 25, "beta": 0.95, "threshold": 1,
+/// "reset": "subtract", "learning": "voltage", "surrogate": "arctan", "slope": 2,
+/// "loss_timing": "mean"}`, every key optional.
+extension SpikingSettings: Codable {
+    enum CodingKeys: String, CodingKey {
+        case timesteps, beta, threshold, reset, learning, surrogate, slope
+        case lossTiming = "loss_timing"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        timesteps = try c.decodeIfPresent(Int.self, forKey: .timesteps) ?? timesteps
+        neuron.beta = try c.decodeIfPresent(Float.self, forKey: .beta) ?? neuron.beta
+        neuron.threshold = try c.decodeIfPresent(Float.self, forKey: .threshold) ?? 1
+        neuron.reset = try c.decodeIfPresent(LIFNeuron.Reset.self, forKey: .reset) ?? .subtract
+        learning = try c.decodeIfPresent(Learning.self, forKey: .learning) ?? .voltage
+        surrogate = try c.decodeIfPresent(Surrogate.self, forKey: .surrogate) ?? .arctan
+        slope = try c.decodeIfPresent(Float.self, forKey: .slope)
+        lossTiming = try c.decodeIfPresent(LossTiming.self, forKey: .lossTiming) ?? .mean
+        try validate()
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(timesteps, forKey: .timesteps)
+        try c.encode(neuron.beta, forKey: .beta)
+        try c.encode(neuron.threshold, forKey: .threshold)
+        try c.encode(neuron.reset, forKey: .reset)
+        try c.encode(learning, forKey: .learning)
+        try c.encode(surrogate, forKey: .surrogate)
+        try c.encodeIfPresent(slope, forKey: .slope)
+        try c.encode(lossTiming, forKey: .lossTiming)
+    }
+}

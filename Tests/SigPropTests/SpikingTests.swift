@@ -1,0 +1,214 @@
+import Foundation
+import Testing
+
+@testable import SigProp
+
+/// Spiking networks: the neurons' time loop against plain loops, its gradient against finite
+/// differences, whole training steps against a PyTorch implementation with autograd (golden
+/// vectors from Benchmarks/reference/snn_golden.py), the description, and learning.
+@Suite struct SpikingTests {
+    static let goldenCases = [
+        "snn_voltage_B6_D12_H9x7_K3_T5", "snn_surrogate_B5_D10_H8x6_K4_T6",
+        "snn_step_B6_D9_H7x5_K3_T4",
+    ]
+
+    /// The dynamics of every (reset, learning) pair, as plain loops over one (sample, unit)
+    /// at a time, in double precision: membrane and spikes of every step, representation and
+    /// rate.
+    static func plainForward(
+        _ current: [Float], constant: Bool, plane: Int, _ d: LIFDynamics
+    ) -> (membrane: [Float], spikes: [Float], representation: [Float], rate: [Float]) {
+        var membrane = [Float](repeating: 0, count: d.steps * plane)
+        var spikes = membrane
+        var representation = [Float](repeating: 0, count: plane)
+        var rate = representation
+        let (beta, threshold) = (Double(d.neuron.beta), Double(d.neuron.threshold))
+        for i in 0..<plane {
+            var (u, s, sum, count) = (0.0, 0.0, 0.0, 0.0)
+            for t in 0..<d.steps {
+                let input = Double(current[constant ? i : t * plane + i])
+                u =
+                    d.neuron.reset == .zero
+                    ? (1 - s) * (beta * u + input) : beta * u + input - threshold * s
+                s = u > threshold ? 1 : 0
+                membrane[t * plane + i] = Float(u)
+                spikes[t * plane + i] = Float(s)
+                if let surrogate = d.surrogate {
+                    let x = Double(Float(u) - d.neuron.threshold)
+                    let k = Double(d.slope)
+                    sum +=
+                        surrogate == .arctan
+                        ? 0.5 + atan(0.5 * .pi * k * x) / .pi
+                        : 0.5 * (1 + k * x / (1 + k * abs(x)))
+                } else {
+                    sum += u
+                }
+                count += s
+            }
+            representation[i] = Float(sum / Double(d.steps))
+            rate[i] = Float(count / Double(d.steps))
+        }
+        return (membrane, spikes, representation, rate)
+    }
+
+    static let dynamics: [LIFDynamics] = [
+        LIFDynamics(neuron: LIFNeuron(beta: 0.9, threshold: 0.6), steps: 7),
+        LIFDynamics(neuron: LIFNeuron(beta: 0.8, threshold: 0.5, reset: .zero), steps: 5),
+        LIFDynamics(neuron: LIFNeuron(beta: 0.95), steps: 9, surrogate: .arctan),
+        LIFDynamics(
+            neuron: LIFNeuron(beta: 0.7, threshold: 0.4, reset: .zero), steps: 3,
+            surrogate: .fastSigmoid),
+    ]
+
+    @Test(arguments: TestBackend.available, [true, false])
+    func dynamicsMatchPlainLoops(_ backend: TestBackend, _ constant: Bool) throws {
+        let device = try backend.device()
+        let plane = 37 * 3
+        for d in Self.dynamics {
+            var generator = SeededGenerator(seed: UInt64(d.steps))
+            let current = generator.uniform((constant ? 1 : d.steps) * plane, in: -0.5...1.5)
+            let membrane = try device.zeros([d.steps * 37, 3])
+            let spikes = try device.zeros([d.steps * 37, 3])
+            let representation = try device.zeros([37, 3])
+            let rate = try device.zeros([37, 3])
+            try device.lifForward(
+                try device.tensor(current, shape: [current.count / 3, 3]), dynamics: d,
+                membrane: membrane, spikes: spikes, representation: representation, rate: rate)
+            let expected = Self.plainForward(current, constant: constant, plane: plane, d)
+            let gotSpikes = try device.read(spikes)
+            #expect(gotSpikes == expected.spikes, "\(d)")
+            #expect(gotSpikes.contains(1) && gotSpikes.contains(0), "\(d): some spikes, not all")
+            #expect(try device.read(rate) == expected.rate, "\(d)")
+            for (name, got, want) in [
+                ("membrane", try device.read(membrane), expected.membrane),
+                ("representation", try device.read(representation), expected.representation),
+            ] {
+                let error = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
+                #expect(error < 1e-5, "\(d) \(name): \(error)")
+            }
+        }
+    }
+
+    /// The gradient of sum(g · representation) by the current, against central differences
+    /// of the plain loop in double precision. With the threshold out of reach no neuron
+    /// spikes, so the representation is smooth in the current (the golden cases cover
+    /// spikes and resets, where the reset is held constant).
+    @Test(arguments: TestBackend.available, [true, false])
+    func gradientMatchesFiniteDifferences(_ backend: TestBackend, _ constant: Bool) throws {
+        let device = try backend.device()
+        let plane = 5 * 7
+        for var d in Self.dynamics {
+            d.neuron.threshold = 50
+            var generator = SeededGenerator(seed: 3)
+            let current = generator.uniform((constant ? 1 : d.steps) * plane, in: -1...1)
+            let g = generator.uniform(plane, in: -1...1)
+            // The surrogate at 50 - u is flat; centre it on this current's membrane instead.
+            if d.surrogate != nil { d.slope = 0.05 }
+            func objective(_ current: [Float]) -> Double {
+                let r = Self.plainForward(current, constant: constant, plane: plane, d)
+                return zip(r.representation, g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+            }
+            let input = try device.tensor(current, shape: [current.count / 7, 7])
+            let membrane = try device.zeros([d.steps * 5, 7])
+            try device.lifForward(
+                input, dynamics: d, membrane: membrane, spikes: try device.zeros([d.steps * 5, 7]),
+                representation: try device.zeros([5, 7]), rate: try device.zeros([5, 7]))
+            let result = try device.zeros(input.shape)
+            try device.lifBackward(
+                membrane: membrane, representationGradient: try device.tensor(g, shape: [5, 7]),
+                dynamics: d, into: result)
+            let got = try device.read(result)
+            for index in stride(from: 0, to: current.count, by: 3) {
+                var (up, down) = (current, current)
+                up[index] += 1e-2
+                down[index] -= 1e-2
+                let numeric = (objective(up) - objective(down)) / 2e-2
+                #expect(
+                    abs(Double(got[index]) - numeric) < 2e-3 * max(1, abs(numeric)),
+                    "\(d) entry \(index): \(got[index]) vs \(numeric)")
+            }
+        }
+    }
+
+    @Test(arguments: TestBackend.available, goldenCases)
+    func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
+        let golden = try GoldenCase(contentsOf: try fixture(name))
+        let report = try GoldenCheck.run(golden, on: try backend.device())
+        #expect(Set(report.comparisons.map(\.output)) == Set(golden.outputs.keys))
+        expectPassed(report, name)
+    }
+
+    /// Both ways of learning beat chance on a learnable problem, and the metrics carry each
+    /// block's spike rate and dead fraction.
+    @Test(
+        arguments: TestBackend.available,
+        [
+            (SpikingSettings.Learning.voltage, SpikingSettings.LossTiming.mean),
+            (.surrogate, .mean), (.surrogate, .step),
+        ])
+    func itLearns(
+        _ backend: TestBackend, _ settings: (SpikingSettings.Learning, SpikingSettings.LossTiming)
+    ) throws {
+        let metrics = try TrainingTests.lastEpoch(
+            of: .spiking("lif24,lif16", learning: settings.0, steps: 6, lossTiming: settings.1),
+            optimizer: OptimizerSettings(), epochs: 4, on: try backend.device())
+        #expect(metrics.testAccuracy > 0.5, "\(metrics.readoutAccuracies)")
+        #expect(metrics.spikeRates.count == 2 && metrics.deadFractions.count == 2)
+        #expect(metrics.spikeRates.allSatisfy { $0 > 0 && $0 < 1 }, "\(metrics.spikeRates)")
+        #expect(metrics.deadFractions.allSatisfy { (0...1).contains($0) })
+        #expect(
+            Set(metrics.readoutAccuracies.keys).isSuperset(of: [
+                "output", "membrane", "similarity@1", "similarity@2",
+            ]))
+    }
+
+    @Test func descriptionsOfSpikingNetworks() throws {
+        var description = try NetworkDescription(layerList: "lifconv12k5p0,pool,lif100")
+        #expect(
+            description.layers == [.lifConv(12, kernel: 5, padding: 0), .pool(.max), .lif(100)])
+        #expect(description.layerList == "lifconv12k5p0,pool,lif100")
+        #expect(description.isSpiking)
+        description.spiking.timesteps = 10
+        description.spiking.learning = .surrogate
+        let decoded = try JSONDecoder().decode(
+            NetworkDescription.self, from: try JSONEncoder().encode(description))
+        #expect(decoded == description)
+        let plan = try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
+        #expect(plan.isSpiking && plan.stages.allSatisfy(\.spiking))
+        #expect(
+            plan.stages[1].after.isEmpty
+                && plan.stages[0].after == [.pool(.max, size: 2), .flatten])
+        // The second block reads a spike train: its multiply-adds count every step.
+        #expect(plan.stages[1].multiplyAdds == Double(12 * 12 * 12 * 100 * 10))
+        // A description without spiking layers writes no spiking settings.
+        let plain = String(
+            decoding: try JSONEncoder().encode(NetworkDescription.cnn), as: UTF8.self)
+        #expect(!plain.contains("spiking"))
+        for (layers, message) in [
+            ("lif16,dense8", "layer 2, 'dense8', is not spiking, while the first layer is"),
+            ("conv8,lifconv8", "layer 2, 'lifconv8', is spiking, while the first layer is not"),
+        ] {
+            #expect(throws: SigPropError.self, "\(layers)") {
+                try NetworkPlan(
+                    try NetworkDescription(layerList: layers), inputShape: [1, 8, 8], classes: 3)
+            }
+            do {
+                _ = try NetworkPlan(
+                    try NetworkDescription(layerList: layers), inputShape: [1, 8, 8], classes: 3)
+            } catch {
+                #expect("\(error)".contains(message), "\(error)")
+            }
+        }
+        var bad = NetworkDescription(layers: [.lif(8)])
+        bad.spiking.timesteps = 0
+        #expect(throws: SigPropError.self) {
+            try NetworkPlan(bad, inputShape: [1, 8, 8], classes: 3)
+        }
+        #expect(throws: SigPropError.self) {
+            try Network(
+                NetworkDescription(layers: [.lif(8)]), inputShape: [1, 8, 8], classes: 3,
+                device: try TestBackend.cpu.device(), optimizer: OptimizerSettings(), seed: 1,
+                rule: LearningRule(.ff))
+        }
+    }
+}
