@@ -797,6 +797,7 @@ struct Train: ParsableCommand {
         // Forward-Forward reads pixels as they are (0...1): the label it writes into the
         // input is on that scale. PEPITA's settings are its authors', on pixels in 0...1.
         // Error Forward-Propagation trains Signal Propagation's network, on its input.
+        // Spiking networks take the image as their current, as snnTorch's tutorials do.
         let (normalization, normalizationSource) =
             stored.map { ($0.normalization, "from the checkpoint") }
             ?? (learningRule.name == .ff || learningRule.name == .pepita || description.isSpiking
@@ -804,7 +805,10 @@ struct Train: ParsableCommand {
                     Normalization(
                         mean: [Float](repeating: 0, count: trainSet.channels),
                         std: [Float](repeating: 1, count: trainSet.channels)),
-                    "none: \(learningRule) reads pixels in 0...1"
+                    "none: "
+                        + (description.isSpiking
+                            ? "spiking networks read" : "\(learningRule) reads")
+                        + " pixels in 0...1"
                 ) : Normalization.standard(for: trainSet))
         trainSet = try normalization.apply(to: trainSet)
         testSet = try normalization.apply(to: testSet)

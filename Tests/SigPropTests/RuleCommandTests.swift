@@ -60,6 +60,48 @@ extension ProcessTests {
         #expect(refused.status == 64, "\(refused.output)")
     }
 
+    @Test func spikingNetworksTrainAndResume() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let (status, output) = try Self.run(
+            Self.model(
+                data, checkpoints,
+                [
+                    "--model", "lif16,lif12", "--timesteps", "5", "--spike-learning", "surrogate",
+                    "--spike-loss", "step", "--reset", "zero",
+                ]))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("none: spiking networks read pixels in 0...1"), "\(output)")
+        #expect(output.contains("spikes per step: block1"), "\(output)")
+        #expect(output.contains("membrane"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
+        let settings = try checkpoint.model.description.spiking
+        #expect(settings.timesteps == 5 && settings.learning == .surrogate)
+        #expect(settings.lossTiming == .step && settings.neuron.reset == .zero)
+        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
+        #expect(resumed.status == 0, "\(resumed.output)")
+        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
+        let other = try Self.run(
+            Self.model(data, checkpoints, ["--resume", last, "--timesteps", "9"], epochs: 3))
+        #expect(other.status == 64, "\(other.output)")
+        #expect(other.output.contains("--timesteps 9 (checkpoint: 5)"), "\(other.output)")
+        let refusals: [([String], String)] = [
+            (["--timesteps", "5"], "set spiking layers, and the model mlp has none"),
+            (["--model", "lif16", "--spike-learning", "current"], "is not one of voltage"),
+            (["--model", "lif16", "--timesteps", "0"], "at least 1 time step"),
+            (["--model", "lif16,dense8"], "is not spiking, while the first layer is"),
+            (["--model", "snn-mlp", "--rule", "pepita"], "learn with Signal Propagation"),
+        ]
+        // A folder of its own, so that the refusals that need the data's shape are reached.
+        let fresh = checkpoints.appendingPathComponent("refused")
+        for (arguments, message) in refusals {
+            let (status, output) = try Self.run(Self.model(data, fresh, arguments))
+            #expect(status != 0, "\(arguments): \(output)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
+    }
+
     @Test func errorForwardPropagationTrainsAndResumes() throws {
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }

@@ -324,11 +324,16 @@ public final class Trainer {
                     + "\(epoch + 1); the last good checkpoint is kept. Lower --lr."
             )
         }
-        let validationAccuracies = try validation.map { try evaluate($0) } ?? [:]
+        // A spiking network holds every time step's membrane and spikes of a batch, so it
+        // evaluates in batches no larger than its training's: evaluation never raises the
+        // training's peak memory.
+        let evaluationBatch = network.description.isSpiking ? options.batchSize : 500
+        let validationAccuracies =
+            try validation.map { try evaluate($0, batchSize: evaluationBatch) } ?? [:]
         let selection = ReadoutSelection(
             validationAccuracies: validationAccuracies, choices: network.readoutChoices,
             similarityBlock: options.readoutBlock)
-        let accuracies = selection.naming(try evaluate(test))
+        let accuracies = selection.naming(try evaluate(test, batchSize: evaluationBatch))
         let validated = selection.naming(validationAccuracies)
         let means = reported.map { lossSums[$0] / Double(max(trained, 1)) }
         let spiking = try activities.compactMap { try $0.read() }
