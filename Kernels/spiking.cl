@@ -93,3 +93,44 @@ __kernel void lif_backward(__global const float* membrane, __global const float*
     }
     if (constant_current) current_gradient[i] = total;
 }
+
+// Input encodings: the image (pixels in 0...1, clamped) as a spike train of T planes.
+// Unfused arithmetic, so that a latency's step is the CPU fallback's on every device.
+#pragma OPENCL FP_CONTRACT OFF
+#define ENCODE_RATE 1
+#define ENCODE_LATENCY 2
+
+// Wellons' lowbias32 integer hash: the same 32 bits for the same input on every device.
+inline uint spike_hash(uint x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+// rate: S[t] = 1 with probability x, from a uniform u[t] in [0, 1) (24 bits) drawn by
+// hashing (seed, t, pixel), so a seeded train is the same on every backend and independent
+// of the launch. latency: one spike at step round((1 - x)(T - 1)) (the brightest pixels
+// first), none where x = 0.
+__kernel void spike_encode(__global const float* images, __global float* trains,
+                           const int steps, const int plane, const int kind, const int seed) {
+    const int i = get_global_id(0);
+    if (i >= plane) return;
+    const float x = clamp(images[i], 0.0f, 1.0f);
+    const float delay = (1.0f - x) * (float)(steps - 1);
+    const int fire_at = x > 0.0f ? (int)(delay + 0.5f) : -1;
+    const uint stream = spike_hash((uint)seed);
+    for (int t = 0; t < steps; ++t) {
+        const uint index = (uint)t * (uint)plane + (uint)i;
+        float s;
+        if (kind == ENCODE_RATE) {
+            const uint h = spike_hash(spike_hash(index) + stream);
+            s = (float)(h >> 8) * (1.0f / 16777216.0f) < x ? 1.0f : 0.0f;
+        } else {
+            s = t == fire_at ? 1.0f : 0.0f;
+        }
+        trains[(size_t)t * plane + i] = s;
+    }
+}

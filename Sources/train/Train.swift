@@ -117,8 +117,18 @@ struct Train: ParsableCommand {
 
     @Option(
         parsing: .unconditional,
-        help: "Spiking models: time steps each image is shown for (as a current). Default 25.")
+        help: "Spiking models: time steps each image is shown for. Default 25.")
     var timesteps: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            """
+            Spiking models: how the image reaches the first block over the steps: direct \
+            (default: the pixels as the current at every step), rate (Bernoulli spikes of \
+            the pixels' probability, seeded) or latency (one spike per pixel, the brightest \
+            first).
+            """, valueName: "direct|rate|latency"))
+    var spikeEncoding: String?
 
     @Option(
         help: ArgumentHelp(
@@ -583,6 +593,9 @@ struct Train: ParsableCommand {
         apply("--fixed-context", fixedContext ? true : nil, &description.fixedContext)
         apply("--timesteps", timesteps, &description.spiking.timesteps)
         apply(
+            "--spike-encoding", try choice("--spike-encoding", spikeEncoding),
+            &description.spiking.encoding, shown: \.rawValue)
+        apply(
             "--spike-learning", try choice("--spike-learning", spikeLearning),
             &description.spiking.learning, shown: \.rawValue)
         apply(
@@ -601,8 +614,9 @@ struct Train: ParsableCommand {
             shown: \.rawValue)
         if givesSpikingFlags, !description.isSpiking {
             throw UsageError(
-                "--timesteps, --spike-learning, --spike-loss, --surrogate, --surrogate-slope, "
-                    + "--beta, --spike-threshold and --reset set spiking layers, and the model "
+                "--timesteps, --spike-encoding, --spike-learning, --spike-loss, --surrogate, "
+                    + "--surrogate-slope, --beta, --spike-threshold and --reset set spiking "
+                    + "layers, and the model "
                     + "\(description.summary) has none: use --model snn-mlp, snn-cnn or lif<N> "
                     + "layers")
         }
@@ -650,8 +664,8 @@ struct Train: ParsableCommand {
 
     /// Whether any flag of the spiking layers is given.
     var givesSpikingFlags: Bool {
-        timesteps != nil || spikeLearning != nil || spikeLoss != nil || surrogate != nil
-            || surrogateSlope != nil
+        timesteps != nil || spikeEncoding != nil || spikeLearning != nil || spikeLoss != nil
+            || surrogate != nil || surrogateSlope != nil
             || beta != nil || spikeThreshold != nil || reset != nil
     }
 
@@ -941,6 +955,7 @@ struct Train: ParsableCommand {
                 + (trainer.schedule.kind == .pipelined
                     ? " (\(trainer.pipeline.depth) batches in flight)" : "")
                 + (schedule == "auto" ? "; auto: \(automatic.reason)" : ""))
+        if description.isSpiking { emit("spiking: \(description.spiking)") }
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
             "last.safetensors")
@@ -1054,6 +1069,7 @@ struct Train: ParsableCommand {
         emit(
             "model: \(plan.description.summary) on \(input) input, \(plan.classes) classes; "
                 + "\(plan.blockCount) learning blocks + output layer; rule: \(rule)")
+        if plan.isSpiking { emit("spiking: \(plan.description.spiking)") }
         for line in plan.table(
             stageDevices: devices.count > 1 ? stageDevices : nil, rule: rule.name)
         {

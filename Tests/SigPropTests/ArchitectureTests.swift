@@ -39,10 +39,11 @@ import Testing
         TestNetwork(
             description: try! NetworkDescription(layerList: "conv4,pool,conv6,dense8"),
             rule: LearningRule(.efp, errorFirstPass: .learn)),
-        // Spiking networks: dense spiking blocks learning from a surrogate at every step, and
-        // spiking conv blocks with pooling learning from the mean membrane, reset to zero.
-        .spiking("lif16,lif8", learning: .surrogate, lossTiming: .step),
-        .spiking("lifconv4,pool,lifconv6,lif8", reset: .zero),
+        // Spiking networks: dense spiking blocks learning from a surrogate at every step on
+        // rate-encoded images, and spiking conv blocks with pooling learning from the mean
+        // membrane, reset to zero, on latency-encoded images.
+        .spiking("lif16,lif8", learning: .surrogate, lossTiming: .step, encoding: .rate),
+        .spiking("lifconv4,pool,lifconv6,lif8", reset: .zero, encoding: .latency),
     ]
 
     static var options: TrainingOptions {

@@ -73,6 +73,10 @@ extension ProcessTests {
         #expect(status == 0, "\(output)")
         #expect(output.contains("none: spiking networks read pixels in 0...1"), "\(output)")
         #expect(output.contains("spikes per step: block1"), "\(output)")
+        #expect(
+            output.contains(
+                "spiking: 5 steps, direct encoding, surrogate learning (arctan, k 2.0), loss at "
+                    + "every step, beta 0.95, threshold 1.0, zero reset"), "\(output)")
         #expect(output.contains("membrane"), "\(output)")
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
@@ -90,6 +94,7 @@ extension ProcessTests {
             (["--timesteps", "5"], "set spiking layers, and the model mlp has none"),
             (["--model", "lif16", "--spike-learning", "current"], "is not one of voltage"),
             (["--model", "lif16", "--timesteps", "0"], "at least 1 time step"),
+            (["--model", "lif16", "--spike-encoding", "poisson"], "is not one of direct"),
             (["--model", "lif16,dense8"], "is not spiking, while the first layer is"),
             (["--model", "snn-mlp", "--rule", "pepita"], "learn with Signal Propagation"),
         ]

@@ -130,6 +130,63 @@ import Testing
         }
     }
 
+    /// The encodings against a plain loop over (pixel, step): the same trains on every
+    /// backend for a seed; a rate train's spike frequency is its pixel's value (pixels
+    /// clamped to 0...1), a latency train has one spike per lit pixel, the brightest first.
+    @Test(arguments: TestBackend.available)
+    func encodingsMatchPlainLoops(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let (samples, pixels, steps) = (3, 37, 400)
+        var generator = SeededGenerator(seed: 8)
+        var values = generator.uniform(samples * pixels - 4, in: -0.2...1.2)
+        values += [0, 1, 0.5, 1e-3]
+        let plane = values.count
+        let images = try device.tensor(values, shape: [samples, pixels])
+        func encode(_ encoding: SpikeEncoding, seed: UInt32) throws -> [Float] {
+            let trains = try device.zeros([steps * samples, pixels])
+            try device.spikeEncode(
+                images, encoding: encoding, steps: steps, seed: seed, into: trains)
+            return try device.read(trains)
+        }
+        let rate = try encode(.rate, seed: 11)
+        var expected = [Float](repeating: 0, count: steps * plane)
+        let stream = CPUKernels.spikeHash(11)
+        for t in 0..<steps {
+            for i in 0..<plane {
+                let u = CPUKernels.spikeHash(CPUKernels.spikeHash(UInt32(t * plane + i)) &+ stream)
+                expected[t * plane + i] = Double(u >> 8) / 16_777_216 < Double(values[i]) ? 1 : 0
+            }
+        }
+        #expect(rate == expected)
+        #expect(try encode(.rate, seed: 11) == rate, "a seed fixes the train")
+        #expect(try encode(.rate, seed: 12) != rate, "another seed draws another train")
+        for i in 0..<plane {
+            let x = Double(min(max(values[i], 0), 1))
+            let frequency = (0..<steps).reduce(0.0) { $0 + Double(rate[$1 * plane + i]) }
+            // Four standard deviations of a binomial frequency over the steps.
+            let bound = 4 * (x * (1 - x) / Double(steps)).squareRoot() + 1e-9
+            #expect(abs(frequency / Double(steps) - x) <= bound, "pixel \(values[i])")
+        }
+        let latency = try encode(.latency, seed: 11)
+        for i in 0..<plane {
+            let fired = (0..<steps).filter { latency[$0 * plane + i] == 1 }
+            let x = min(max(Double(values[i]), 0), 1)
+            let want = x > 0 ? [Int(((1 - x) * Double(steps - 1)).rounded())] : []
+            #expect(fired == want, "pixel \(values[i])")
+        }
+        #expect(throws: SigPropError.self) { _ = try encode(.direct, seed: 0) }
+    }
+
+    /// Both encodings that turn the image into spikes learn, and the signal block's synapse
+    /// then runs at every step.
+    @Test(arguments: TestBackend.available, [SpikeEncoding.rate, .latency])
+    func itLearnsFromEncodedImages(_ backend: TestBackend, _ encoding: SpikeEncoding) throws {
+        let metrics = try TrainingTests.lastEpoch(
+            of: .spiking("lif24", steps: 8, encoding: encoding), optimizer: OptimizerSettings(),
+            epochs: 4, on: try backend.device())
+        #expect(metrics.testAccuracy > 0.5, "\(encoding): \(metrics.readoutAccuracies)")
+    }
+
     @Test(arguments: TestBackend.available, goldenCases)
     func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
         let golden = try GoldenCase(contentsOf: try fixture(name))
@@ -180,6 +237,16 @@ import Testing
                 && plan.stages[0].after == [.pool(.max, size: 2), .flatten])
         // The second block reads a spike train: its multiply-adds count every step.
         #expect(plan.stages[1].multiplyAdds == Double(12 * 12 * 12 * 100 * 10))
+        // An image encoded as spikes is a spike train too.
+        let direct = plan.stages[0].multiplyAdds
+        description.spiking.encoding = .rate
+        let encoded = try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
+        let context = Double(10 * 12 * 24 * 24)
+        #expect(encoded.stages[0].multiplyAdds - context == 10 * (direct - context))
+        #expect(
+            try JSONDecoder().decode(
+                NetworkDescription.self, from: try JSONEncoder().encode(description)
+            ).spiking.encoding == .rate)
         // A description without spiking layers writes no spiking settings.
         let plain = String(
             decoding: try JSONEncoder().encode(NetworkDescription.cnn), as: UTF8.self)

@@ -150,9 +150,10 @@ struct TestNetwork: Sendable, CustomTestStringConvertible {
     static func spiking(
         _ layers: String, learning: SpikingSettings.Learning = .voltage,
         reset: LIFNeuron.Reset = .subtract, steps: Int = 4,
-        lossTiming: SpikingSettings.LossTiming = .mean
+        lossTiming: SpikingSettings.LossTiming = .mean, encoding: SpikeEncoding = .direct
     ) -> TestNetwork {
         var description = try! NetworkDescription(layerList: layers)
+        description.spiking.encoding = encoding
         description.spiking.learning = learning
         description.spiking.lossTiming = lossTiming
         description.spiking.neuron.reset = reset

@@ -187,7 +187,7 @@ import Testing
             TestNetwork.forwardForward([12, 8]), TestNetwork.pepita([12]),
             TestNetwork.mlp(hiddenLayers: 2, width: 12).with(
                 rule: LearningRule(.efp, errorFirstPass: .learn)),
-            TestNetwork.spiking("lif12,lif8", learning: .surrogate),
+            TestNetwork.spiking("lif12,lif8", learning: .surrogate, encoding: .rate),
         ])
     func checkpointResumesExactlyUnderEveryRule(_ backend: TestBackend, _ config: TestNetwork)
         throws

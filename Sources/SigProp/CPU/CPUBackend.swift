@@ -455,6 +455,18 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func spikeEncode(
+        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
+        trains: TensorStorage, on queue: BackendQueue
+    ) throws {
+        let (images, trains) = (buf(images), buf(trains))
+        run(queue) {
+            CPUKernels.spikeEncode(
+                encoding, steps: steps, plane: plane, seed: seed, images: images.pointer,
+                trains: trains.pointer)
+        }
+    }
+
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
         state: [TensorStorage], count: Int, on queue: BackendQueue

@@ -72,4 +72,41 @@ extension CPUKernels {
             }
         }
     }
+
+    /// Kernels/spiking.cl's spike_encode: `plane` pixels as `steps` planes of spikes.
+    static func spikeEncode(
+        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32,
+        images: UnsafePointer<Float>, trains: UnsafeMutablePointer<Float>
+    ) {
+        let stream = spikeHash(seed)
+        parallelChunks(plane, minimumChunk: 1 << 12) { range in
+            for i in range {
+                let x = min(max(images[i], 0), 1)
+                let delay = (1 - x) * Float(steps - 1)
+                let fireAt = x > 0 ? Int(delay + 0.5) : -1
+                for t in 0..<steps {
+                    let fires: Bool
+                    if encoding == .rate {
+                        let index = UInt32(truncatingIfNeeded: t &* plane &+ i)
+                        let h = spikeHash(spikeHash(index) &+ stream)
+                        fires = Float(h >> 8) * (1 / 16_777_216) < x
+                    } else {
+                        fires = t == fireAt
+                    }
+                    trains[t * plane + i] = fires ? 1 : 0
+                }
+            }
+        }
+    }
+
+    /// Kernels/spiking.cl's spike_hash (Wellons' lowbias32).
+    static func spikeHash(_ value: UInt32) -> UInt32 {
+        var x = value
+        x ^= x >> 16
+        x &*= 0x7feb_352d
+        x ^= x >> 15
+        x &*= 0x846c_a68b
+        x ^= x >> 16
+        return x
+    }
 }

@@ -100,6 +100,10 @@ protocol Backend: AnyObject, Sendable {
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
         on queue: BackendQueue) throws
+    /// `plane` pixels as `steps` planes of spikes (Kernels/spiking.cl's spike_encode).
+    func spikeEncode(
+        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
+        trains: TensorStorage, on queue: BackendQueue) throws
     /// One optimizer step; `state` in `rule.stateNames` order.
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,

@@ -68,6 +68,26 @@ extension Device {
             currentGradient: currentGradient.storage, on: try queue(stream, operation))
     }
 
+    /// The images [B, ...] (pixels in 0...1) as `steps` planes of spikes into `trains`
+    /// ([T·B, ...], step-major) by `encoding` (Kernels/spiking.cl's spike_encode); `seed`
+    /// fixes a rate encoding's draws, the same on every backend.
+    public func spikeEncode(
+        _ images: Tensor, encoding: SpikeEncoding, steps: Int, seed: UInt32, into trains: Tensor,
+        on stream: Stream? = nil
+    ) throws {
+        let operation = "spikeEncode"
+        try check(operation, images, trains)
+        try requireSteps(operation, steps)
+        guard encoding != .direct else {
+            throw SigPropError.configuration(
+                "\(operation): the direct encoding feeds the image itself; nothing to encode")
+        }
+        try requireCount(operation, trains, steps * images.count)
+        try backend.spikeEncode(
+            encoding, steps: steps, plane: images.count, seed: seed, images: images.storage,
+            trains: trains.storage, on: try queue(stream, operation))
+    }
+
     private func requireSteps(_ operation: String, _ steps: Int) throws {
         guard steps >= 1 else {
             throw SigPropError.configuration("\(operation): \(steps) time steps; give at least 1")

@@ -19,8 +19,12 @@ extension Network {
     public func predictor() throws -> (_ images: [Float], _ count: Int) throws -> [String: [Int]] {
         if let spiking {
             let targets = try spikingClassTargets(spiking)
+            // A rate encoding draws each batch's trains from the batch's number: one
+            // predictor's predictions are reproducible.
+            var batches: UInt32 = 0
             return { images, count in
-                try self.spikingPredictions(spiking, images, count, targets)
+                batches &+= 1
+                return try self.spikingPredictions(spiking, images, count, targets, batches)
             }
         }
         switch rule.name {
@@ -123,10 +127,12 @@ extension Network {
     /// The output layer's spike count (`output`) and mean membrane (`membrane`), and at each
     /// block the class whose target representation is most similar to the sample's.
     private func spikingPredictions(
-        _ blocks: SpikingBlocks, _ images: [Float], _ count: Int, _ targets: [Tensor]
+        _ blocks: SpikingBlocks, _ images: [Float], _ count: Int, _ targets: [Tensor],
+        _ encodingSeed: UInt32
     ) throws -> [String: [Int]] {
         let x = try device.tensor(images, shape: [count] + inputShape)
-        var (spikes, representation) = try blocks.signal.infer(x, on: nil)
+        var (spikes, representation) = try blocks.signal.infer(
+            x, encodingSeed: encodingSeed, on: nil)
         var representations = [representation]
         for (index, block) in blocks.hidden.enumerated() {
             (spikes, representation) = try block.infer(

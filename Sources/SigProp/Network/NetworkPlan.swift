@@ -100,6 +100,9 @@ public struct NetworkPlan: Sendable {
         }
         if spiking { try description.spiking.validate() }
         let steps = spiking ? description.spiking.timesteps : 1
+        // The first synapse runs once per sample on a directly encoded image, at every step
+        // on a spike train.
+        let firstSteps = spiking && description.spiking.encoding != .direct ? steps : 1
 
         var stages: [Stage] = []
         var shape = inputShape
@@ -193,7 +196,7 @@ public struct NetworkPlan: Sendable {
             let outputElements = output.reduce(1, *)
             var parameters = Self.parameters(name, kind: kind, norm: norm)
             var multiplyAdds =
-                Self.multiplyAdds(kind, output: output) * Double(index == 0 ? 1 : steps)
+                Self.multiplyAdds(kind, output: output) * Double(index == 0 ? firstSteps : steps)
             if index == 0 {
                 // The signal block's context part: one-hot label -> the block's output shape
                 // (a spiking one has no norm: its neurons follow).

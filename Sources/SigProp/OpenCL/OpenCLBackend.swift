@@ -707,6 +707,20 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [plane], on: queue)
     }
 
+    func spikeEncode(
+        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
+        trains: TensorStorage, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "spiking", "spike_encode",
+            [
+                .buffer(mem(images)), .buffer(mem(trains)), .int(Int32(steps)),
+                .int(Int32(plane)), .int(encoding.code ?? 0),
+                .int(Int32(bitPattern: seed)),
+            ],
+            global: [plane], on: queue)
+    }
+
     func step(
         _ s: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,
         state: [TensorStorage], count: Int, on queue: BackendQueue

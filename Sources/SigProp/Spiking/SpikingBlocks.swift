@@ -1,6 +1,6 @@
 /// Signal Propagation's blocks made of spiking layers (docs/spiking.md). Both streams are
 /// spike trains through the same neurons: the input stream from the image (the same current
-/// at every step), the target stream from the label's context. Each block's local loss reads
+/// at every step, or its rate or latency spike train), the target stream from the label's context. Each block's local loss reads
 /// the time mean of its membrane (or of a surrogate of its spike) on both streams, so a block
 /// learns whether or not its neurons fire, and nothing crosses back to an earlier block or an
 /// earlier step's spike.
@@ -109,11 +109,16 @@ public final class SpikingSignalBlock {
     /// Whether the context part keeps its random initial weights.
     public let fixedContext: Bool
 
+    /// How the image reaches the input part over the steps.
+    public let encoding: SpikeEncoding
+
     init(
         input: SpikingLayer, context: SpikingLayer, after: [FixedStep], units: [Int],
-        optimizer: OptimizerSettings, fixedContext: Bool, device: Device
+        encoding: SpikeEncoding, optimizer: OptimizerSettings, fixedContext: Bool,
+        device: Device
     ) throws {
         self.input = input
+        self.encoding = encoding
         self.context = context
         self.after = after
         self.units = units
@@ -124,13 +129,25 @@ public final class SpikingSignalBlock {
         activity = try SpikeActivity(units: units.reduce(1, *), device: device)
     }
 
-    /// `x` is the batch's images (direct encoding: the same current at every step); `context`
-    /// onehot(c), or the K x K identity with `labels` = onehot(c) (the K-row shortcut).
+    /// The images `x` as the input part reads them: `x` itself (direct encoding: the same
+    /// current at every step), or their spike trains drawn with `seed`.
+    func encode(_ x: Tensor, seed: UInt32, on stream: Stream?) throws -> Tensor {
+        guard encoding != .direct else { return x }
+        let steps = input.dynamics.steps
+        let trains = try x.device.allocate([steps * x.rows] + x.shape.dropFirst(), on: stream)
+        try x.device.spikeEncode(
+            x, encoding: encoding, steps: steps, seed: seed, into: trains, on: stream)
+        return trains
+    }
+
+    /// `x` is the batch's images, encoded with `encodingSeed`; `context` onehot(c), or the
+    /// K x K identity with `labels` = onehot(c) (the K-row shortcut).
     public func forward(
-        x: Tensor, context onehot: Tensor, labels: Tensor? = nil, dropout: DropoutMasks? = nil,
-        on stream: Stream?
+        x: Tensor, encodingSeed: UInt32 = 0, context onehot: Tensor, labels: Tensor? = nil,
+        dropout: DropoutMasks? = nil, on stream: Stream?
     ) throws -> SpikingBlockForward {
-        let hPass = try input.forward(x, samples: x.rows, on: stream)
+        let hPass = try input.forward(
+            try encode(x, seed: encodingSeed, on: stream), samples: x.rows, on: stream)
         let tPass = try context.forward(onehot, samples: onehot.rows, on: stream)
         let t = try tPass.spikes.reshaped([tPass.spikes.rows] + units)
         let target = try tPass.representation.reshaped([onehot.rows] + units)
@@ -153,8 +170,11 @@ public final class SpikingSignalBlock {
     }
 
     /// The input stream's spikes and representation at inference.
-    public func infer(_ x: Tensor, on stream: Stream?) throws -> (spikes: Tensor, rep: Tensor) {
-        let pass = try input.forward(x, samples: x.rows, on: stream)
+    public func infer(_ x: Tensor, encodingSeed: UInt32 = 0, on stream: Stream?) throws
+        -> (spikes: Tensor, rep: Tensor)
+    {
+        let pass = try input.forward(
+            try encode(x, seed: encodingSeed, on: stream), samples: x.rows, on: stream)
         return (
             try after.apply(to: pass.spikes, dropout: nil, on: stream), pass.representation
         )
@@ -274,7 +294,8 @@ public struct SpikingBlocks {
             dynamics: dynamics)
         signal = try SpikingSignalBlock(
             input: input, context: context, after: first.after, units: first.outputShape,
-            optimizer: optimizer, fixedContext: plan.description.fixedContext, device: devices[0])
+            encoding: settings.encoding, optimizer: optimizer,
+            fixedContext: plan.description.fixedContext, device: devices[0])
         hidden = try (1..<plan.blockCount).map { index in
             try SpikingHiddenBlock(
                 layer: SpikingLayer(synapse: try synapse(index, &generator), dynamics: dynamics),
@@ -331,8 +352,11 @@ extension SpikingSignalBlock: TrainingStage {
         let context = try BatchContext.onehot(
             batch.byClass ? (0..<batch.classes).map(Int32.init) : batch.labels,
             classes: batch.classes, device: stream.device, on: stream)
+        // A rate encoding's draws are the batch's, so a resumed run draws what an
+        // uninterrupted one would.
+        let seed = encoding == .rate ? UInt32(truncatingIfNeeded: batch.generator.next()) : 0
         let pass = try forward(
-            x: try batch.samples(on: stream), context: context,
+            x: try batch.samples(on: stream), encodingSeed: seed, context: context,
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
         try activity.record(pass.hPass.rate, on: stream)

@@ -19,8 +19,10 @@ public struct SpikingSettings: Sendable, Equatable {
         case step
     }
 
-    /// Steps each sample is shown for (the image as the input current at every step).
+    /// Steps each sample is shown for.
     public var timesteps = 25
+    /// How the first block sees the image over the steps.
+    public var encoding: SpikeEncoding = .direct
     public var neuron = LIFNeuron()
     public var learning: Learning = .voltage
     public var surrogate: Surrogate = .arctan
@@ -62,18 +64,34 @@ public struct SpikingSettings: Sendable, Equatable {
     }
 }
 
-/// In JSON descriptions: `"spiking": {"timesteps": 25, "beta": 0.95, "threshold": 1,
-/// "reset": "subtract", "learning": "voltage", "surrogate": "arctan", "slope": 2,
-/// "loss_timing": "mean"}`, every key optional.
+extension SpikingSettings: CustomStringConvertible {
+    /// "25 steps, direct encoding, voltage learning, loss on the time mean, beta 0.95,
+    /// threshold 1, subtract reset": what `train` prints before a spiking run.
+    public var description: String {
+        let learned =
+            learning == .voltage
+            ? "voltage learning"
+            : "surrogate learning (\(surrogate.rawValue), k "
+                + "\(slope ?? surrogate.defaultSlope))"
+        return "\(timesteps) steps, \(encoding.rawValue) encoding, \(learned), loss "
+            + (lossTiming == .mean ? "on the time mean" : "at every step")
+            + ", beta \(neuron.beta), threshold \(neuron.threshold), \(neuron.reset.rawValue) reset"
+    }
+}
+
+/// In JSON descriptions: `"spiking": {"timesteps": 25, "encoding": "direct", "beta": 0.95,
+/// "threshold": 1, "reset": "subtract", "learning": "voltage", "surrogate": "arctan",
+/// "slope": 2, "loss_timing": "mean"}`, every key optional.
 extension SpikingSettings: Codable {
     enum CodingKeys: String, CodingKey {
-        case timesteps, beta, threshold, reset, learning, surrogate, slope
+        case timesteps, encoding, beta, threshold, reset, learning, surrogate, slope
         case lossTiming = "loss_timing"
     }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         timesteps = try c.decodeIfPresent(Int.self, forKey: .timesteps) ?? timesteps
+        encoding = try c.decodeIfPresent(SpikeEncoding.self, forKey: .encoding) ?? .direct
         neuron.beta = try c.decodeIfPresent(Float.self, forKey: .beta) ?? neuron.beta
         neuron.threshold = try c.decodeIfPresent(Float.self, forKey: .threshold) ?? 1
         neuron.reset = try c.decodeIfPresent(LIFNeuron.Reset.self, forKey: .reset) ?? .subtract
@@ -87,6 +105,7 @@ extension SpikingSettings: Codable {
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(timesteps, forKey: .timesteps)
+        try c.encode(encoding, forKey: .encoding)
         try c.encode(neuron.beta, forKey: .beta)
         try c.encode(neuron.threshold, forKey: .threshold)
         try c.encode(neuron.reset, forKey: .reset)
