@@ -2,6 +2,10 @@
 /// (which documents it), each task a run of (sample, unit) entries swept step by step so the
 /// inner loop runs along memory.
 extension CPUKernels {
+    /// Units swept together through the T steps: their state stays in L1 while the inner
+    /// loops, free of branches, vectorise.
+    static let lifTile = 256
+
     static func lifForward(
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, current: UnsafePointer<Float>,
         membrane: UnsafeMutablePointer<Float>, spikes: UnsafeMutablePointer<Float>,
@@ -10,32 +14,47 @@ extension CPUKernels {
     ) {
         let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            var u = [Float](repeating: 0, count: range.count)
-            var s = u
-            var sum = u
-            var count = u
-            for t in 0..<d.steps {
-                let input = current + (constantCurrent ? 0 : t * plane) + range.lowerBound
-                let (m, spike) = (membrane + t * plane + range.lowerBound, spikes + t * plane)
-                for j in 0..<range.count {
-                    let next =
-                        zero
-                        ? (1 - s[j]) * (beta * u[j] + input[j])
-                        : beta * u[j] + input[j] - threshold * s[j]
-                    u[j] = next
-                    s[j] = next > threshold ? 1 : 0
-                    m[j] = next
-                    spike[range.lowerBound + j] = s[j]
-                    let r = d.represent(next)
-                    stepRepresentation?[t * plane + range.lowerBound + j] = r
-                    sum[j] += r
-                    count[j] += s[j]
+            let state = UnsafeMutablePointer<Float>.allocate(capacity: 5 * lifTile)
+            defer { state.deallocate() }
+            let (u, s, sum, count, r) = (
+                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile,
+                state + 4 * lifTile
+            )
+            for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
+                let n = min(lifTile, range.upperBound - tile)
+                state.initialize(repeating: 0, count: 4 * lifTile)
+                for t in 0..<d.steps {
+                    let input = current + (constantCurrent ? 0 : t * plane) + tile
+                    let (m, spike) = (membrane + t * plane + tile, spikes + t * plane + tile)
+                    if zero {
+                        for j in 0..<n { m[j] = (1 - s[j]) * (beta * u[j] + input[j]) }
+                    } else {
+                        for j in 0..<n { m[j] = beta * u[j] + input[j] - threshold * s[j] }
+                    }
+                    for j in 0..<n {
+                        u[j] = m[j]
+                        s[j] = m[j] > threshold ? 1 : 0
+                        spike[j] = s[j]
+                        count[j] += s[j]
+                    }
+                    if let surrogate = d.surrogate {
+                        for j in 0..<n {
+                            r[j] = surrogate.value(m[j] - threshold, slope: d.slope)
+                        }
+                        for j in 0..<n { sum[j] += r[j] }
+                        stepRepresentation?.advanced(by: t * plane + tile).update(
+                            from: r, count: n)
+                    } else {
+                        for j in 0..<n { sum[j] += m[j] }
+                        stepRepresentation?.advanced(by: t * plane + tile).update(
+                            from: m, count: n)
+                    }
                 }
-            }
-            let steps = Float(d.steps)
-            for j in 0..<range.count {
-                representation[range.lowerBound + j] = sum[j] / steps
-                rate[range.lowerBound + j] = count[j] / steps
+                let steps = Float(d.steps)
+                for j in 0..<n {
+                    representation[tile + j] = sum[j] / steps
+                    rate[tile + j] = count[j] / steps
+                }
             }
         }
     }
@@ -48,27 +67,44 @@ extension CPUKernels {
         let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
         let inverseSteps = 1 / Float(d.steps)
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            var v = [Float](repeating: 0, count: range.count)
-            var factor = v
-            var total = v
-            for t in stride(from: d.steps - 1, through: 0, by: -1) {
-                let m = membrane + t * plane + range.lowerBound
-                let g = gradient + (perStep ? t * plane : 0) + range.lowerBound
-                for j in 0..<range.count {
-                    let u = m[j]
-                    v[j] = g[j] * inverseSteps * d.representationSlope(u) + factor[j] * v[j]
-                    let previousSpike: Float = t > 0 && (m - plane)[j] > threshold ? 1 : 0
-                    let keep: Float = zero ? 1 - previousSpike : 1
-                    if constantCurrent {
-                        total[j] += keep * v[j]
+            let state = UnsafeMutablePointer<Float>.allocate(capacity: 4 * lifTile)
+            defer { state.deallocate() }
+            let (v, factor, total, g) = (
+                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
+            )
+            for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
+                let n = min(lifTile, range.upperBound - tile)
+                state.initialize(repeating: 0, count: 3 * lifTile)
+                for t in stride(from: d.steps - 1, through: 0, by: -1) {
+                    let m = membrane + t * plane + tile
+                    let stepGradient = gradient + (perStep ? t * plane : 0) + tile
+                    if let surrogate = d.surrogate {
+                        for j in 0..<n {
+                            g[j] =
+                                stepGradient[j] * inverseSteps
+                                * surrogate.slope(m[j] - threshold, slope: d.slope)
+                        }
                     } else {
-                        currentGradient[t * plane + range.lowerBound + j] = keep * v[j]
+                        for j in 0..<n { g[j] = stepGradient[j] * inverseSteps }
                     }
-                    factor[j] = beta * keep
+                    for j in 0..<n { v[j] = g[j] + factor[j] * v[j] }
+                    // d loss / d I[t] = keep · V[t]; keep = 1 − S[t−1] under a zero reset.
+                    let out = constantCurrent ? total : currentGradient + t * plane + tile
+                    if zero && t > 0 {
+                        let previous = m - plane
+                        for j in 0..<n {
+                            let keep: Float = previous[j] > threshold ? 0 : 1
+                            out[j] = (constantCurrent ? out[j] : 0) + keep * v[j]
+                            factor[j] = beta * keep
+                        }
+                    } else {
+                        for j in 0..<n {
+                            out[j] = (constantCurrent ? out[j] : 0) + v[j]
+                            factor[j] = beta
+                        }
+                    }
                 }
-            }
-            if constantCurrent {
-                for j in 0..<range.count { currentGradient[range.lowerBound + j] = total[j] }
+                if constantCurrent { (currentGradient + tile).update(from: total, count: n) }
             }
         }
     }
