@@ -36,13 +36,15 @@ inline float lif_surrogate_slope(const float x, const int kind, const float k) {
     return 0.5f * k / (1.0f + a * a);
 }
 
-// The forward pass: membrane and spikes of every step, the representation R and the firing
-// rate (spikes / T) of each (sample, unit), and with `write_steps` r(U[t]) of every step (for
-// a loss at every step).
+// The forward pass: spikes of every step, the representation R and the firing rate
+// (spikes / T) of each (sample, unit); with `write_membrane` the membrane of every step (what
+// a surrogate's gradient reads), with `write_steps` r(U[t]) of every step (for a loss at
+// every step).
 __kernel void lif_forward(__global const float* current, __global float* membrane,
                           __global float* spikes, __global float* representation,
                           __global float* rate, __global float* step_representation,
-                          const int write_steps, const int steps, const int plane,
+                          const int write_membrane, const int write_steps, const int steps,
+                          const int plane,
                           const int constant_current, const float beta, const float threshold,
                           const int reset_zero, const int surrogate, const float slope) {
     const int i = get_global_id(0);
@@ -53,7 +55,7 @@ __kernel void lif_forward(__global const float* current, __global float* membran
         const float in = current[constant_current ? (size_t)i : at];
         u = reset_zero ? (1.0f - s) * (beta * u + in) : beta * u + in - threshold * s;
         s = u > threshold ? 1.0f : 0.0f;
-        membrane[at] = u;
+        if (write_membrane) membrane[at] = u;
         spikes[at] = s;
         const float r =
             surrogate == SURROGATE_NONE ? u : lif_surrogate(u - threshold, surrogate, slope);
@@ -69,9 +71,11 @@ __kernel void lif_forward(__global const float* current, __global float* membran
 // loss, each weighing 1/T): a reverse scan of the membrane recurrence with the reset held
 // constant. V[t] = d loss / d U[t] = g[t] + a[t+1] V[t+1], a[t] = dU[t]/dU[t-1] (beta, or
 // beta (1 - S[t-1]) under a zero reset), and d loss / d I[t] = c[t] V[t] with c[t] = 1, or
-// 1 - S[t-1] under a zero reset. A constant current gets the sum over steps.
-__kernel void lif_backward(__global const float* membrane, __global const float* gradient,
-                           __global float* current_gradient, const int steps, const int plane,
+// 1 - S[t-1] under a zero reset. A constant current gets the sum over steps. The membrane
+// is read only for a surrogate's slope.
+__kernel void lif_backward(__global const float* membrane, __global const float* spikes,
+                           __global const float* gradient, __global float* current_gradient,
+                           const int steps, const int plane,
                            const int constant_current, const int per_step, const float beta,
                            const float threshold, const int reset_zero, const int surrogate,
                            const float slope) {
@@ -81,11 +85,11 @@ __kernel void lif_backward(__global const float* membrane, __global const float*
     float v = 0.0f, next_factor = 0.0f, total = 0.0f;
     for (int t = steps - 1; t >= 0; --t) {
         const size_t at = (size_t)t * plane + i;
-        const float u = membrane[at];
         float g = gradient[per_step ? at : (size_t)i] * inv_steps;
-        if (surrogate != SURROGATE_NONE) g *= lif_surrogate_slope(u - threshold, surrogate, slope);
+        if (surrogate != SURROGATE_NONE)
+            g *= lif_surrogate_slope(membrane[at] - threshold, surrogate, slope);
         v = g + next_factor * v;
-        const float s_prev = t > 0 && membrane[at - plane] > threshold ? 1.0f : 0.0f;
+        const float s_prev = t > 0 ? spikes[at - plane] : 0.0f;
         const float keep = reset_zero ? 1.0f - s_prev : 1.0f;
         if (constant_current) total += keep * v;
         else current_gradient[at] = keep * v;

@@ -86,6 +86,24 @@ import Testing
                 let error = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
                 #expect(error < 1e-5, "\(d) \(name): \(error)")
             }
+            // Without the membrane: the same spikes and representation.
+            let (alone, aloneRepresentation) = (
+                try device.zeros([d.steps * 37, 3]), try device.zeros([37, 3])
+            )
+            try device.lifForward(
+                try device.tensor(current, shape: [current.count / 3, 3]), dynamics: d,
+                spikes: alone, representation: aloneRepresentation, rate: try device.zeros([37, 3]))
+            #expect(try device.read(alone) == gotSpikes, "\(d)")
+            #expect(try device.read(aloneRepresentation) == device.read(representation), "\(d)")
+            if d.gradientReadsMembrane {
+                #expect(
+                    throws: SigPropError.self, "\(d): a surrogate's gradient needs the membrane"
+                ) {
+                    try device.lifBackward(
+                        spikes: spikes, representationGradient: representation, dynamics: d,
+                        into: try device.zeros([37, 3]))
+                }
+            }
         }
     }
 
@@ -109,14 +127,18 @@ import Testing
                 return zip(r.representation, g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
             }
             let input = try device.tensor(current, shape: [current.count / 7, 7])
-            let membrane = try device.zeros([d.steps * 5, 7])
+            let (membrane, spikes) = (
+                try device.zeros([d.steps * 5, 7]), try device.zeros([d.steps * 5, 7])
+            )
             try device.lifForward(
-                input, dynamics: d, membrane: membrane, spikes: try device.zeros([d.steps * 5, 7]),
+                input, dynamics: d, membrane: membrane, spikes: spikes,
                 representation: try device.zeros([5, 7]), rate: try device.zeros([5, 7]))
             let result = try device.zeros(input.shape)
+            // The voltage's gradient reads the spikes alone.
             try device.lifBackward(
-                membrane: membrane, representationGradient: try device.tensor(g, shape: [5, 7]),
-                dynamics: d, into: result)
+                membrane: d.gradientReadsMembrane ? membrane : nil, spikes: spikes,
+                representationGradient: try device.tensor(g, shape: [5, 7]), dynamics: d,
+                into: result)
             let got = try device.read(result)
             for index in stride(from: 0, to: current.count, by: 3) {
                 var (up, down) = (current, current)

@@ -426,16 +426,16 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
-        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
     ) throws {
-        let (current, membrane, spikes) = (buf(current), buf(membrane), buf(spikes))
+        let (current, membrane, spikes) = (buf(current), membrane.map(buf), buf(spikes))
         let (representation, rate) = (buf(representation), buf(rate))
         let steps = stepRepresentation.map(buf)
         run(queue) {
             CPUKernels.lifForward(
                 dynamics, plane: plane, constantCurrent: constantCurrent,
-                current: current.pointer, membrane: membrane.pointer, spikes: spikes.pointer,
+                current: current.pointer, membrane: membrane?.pointer, spikes: spikes.pointer,
                 representation: representation.pointer, rate: rate.pointer,
                 stepRepresentation: steps?.pointer)
         }
@@ -443,14 +443,15 @@ final class CPUBackend: Backend, @unchecked Sendable {
 
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
-        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
-        on queue: BackendQueue
+        membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
+        currentGradient: TensorStorage, on queue: BackendQueue
     ) throws {
-        let (membrane, gradient, result) = (buf(membrane), buf(gradient), buf(currentGradient))
+        let (membrane, spikes) = (membrane.map(buf), buf(spikes))
+        let (gradient, result) = (buf(gradient), buf(currentGradient))
         run(queue) {
             CPUKernels.lifBackward(
                 dynamics, plane: plane, constantCurrent: constantCurrent, perStep: perStep,
-                membrane: membrane.pointer, gradient: gradient.pointer,
+                membrane: membrane?.pointer, spikes: spikes.pointer, gradient: gradient.pointer,
                 currentGradient: result.pointer)
         }
     }

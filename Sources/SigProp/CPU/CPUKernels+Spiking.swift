@@ -8,24 +8,24 @@ extension CPUKernels {
 
     static func lifForward(
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, current: UnsafePointer<Float>,
-        membrane: UnsafeMutablePointer<Float>, spikes: UnsafeMutablePointer<Float>,
+        membrane: UnsafeMutablePointer<Float>?, spikes: UnsafeMutablePointer<Float>,
         representation: UnsafeMutablePointer<Float>, rate: UnsafeMutablePointer<Float>,
         stepRepresentation: UnsafeMutablePointer<Float>?
     ) {
         let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            let state = UnsafeMutablePointer<Float>.allocate(capacity: 5 * lifTile)
+            let state = UnsafeMutablePointer<Float>.allocate(capacity: 6 * lifTile)
             defer { state.deallocate() }
-            let (u, s, sum, count, r) = (
-                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile,
-                state + 4 * lifTile
+            let (u, s, sum, count) = (
+                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
             )
+            let (m, r) = (state + 4 * lifTile, state + 5 * lifTile)
             for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
                 let n = min(lifTile, range.upperBound - tile)
                 state.initialize(repeating: 0, count: 4 * lifTile)
                 for t in 0..<d.steps {
                     let input = current + (constantCurrent ? 0 : t * plane) + tile
-                    let (m, spike) = (membrane + t * plane + tile, spikes + t * plane + tile)
+                    let spike = spikes + t * plane + tile
                     if zero {
                         for j in 0..<n { m[j] = (1 - s[j]) * (beta * u[j] + input[j]) }
                     } else {
@@ -37,6 +37,7 @@ extension CPUKernels {
                         spike[j] = s[j]
                         count[j] += s[j]
                     }
+                    membrane?.advanced(by: t * plane + tile).update(from: m, count: n)
                     if let surrogate = d.surrogate {
                         for j in 0..<n {
                             r[j] = surrogate.value(m[j] - threshold, slope: d.slope)
@@ -59,10 +60,12 @@ extension CPUKernels {
         }
     }
 
+    /// `membrane` is read for a surrogate's slope only (`Device.lifBackward` requires it
+    /// there).
     static func lifBackward(
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
-        membrane: UnsafePointer<Float>, gradient: UnsafePointer<Float>,
-        currentGradient: UnsafeMutablePointer<Float>
+        membrane: UnsafePointer<Float>?, spikes: UnsafePointer<Float>,
+        gradient: UnsafePointer<Float>, currentGradient: UnsafeMutablePointer<Float>
     ) {
         let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
         let inverseSteps = 1 / Float(d.steps)
@@ -76,9 +79,9 @@ extension CPUKernels {
                 let n = min(lifTile, range.upperBound - tile)
                 state.initialize(repeating: 0, count: 3 * lifTile)
                 for t in stride(from: d.steps - 1, through: 0, by: -1) {
-                    let m = membrane + t * plane + tile
                     let stepGradient = gradient + (perStep ? t * plane : 0) + tile
-                    if let surrogate = d.surrogate {
+                    if let surrogate = d.surrogate, let membrane {
+                        let m = membrane + t * plane + tile
                         for j in 0..<n {
                             g[j] =
                                 stepGradient[j] * inverseSteps
@@ -91,9 +94,9 @@ extension CPUKernels {
                     // d loss / d I[t] = keep · V[t]; keep = 1 − S[t−1] under a zero reset.
                     let out = constantCurrent ? total : currentGradient + t * plane + tile
                     if zero && t > 0 {
-                        let previous = m - plane
+                        let previous = spikes + (t - 1) * plane + tile
                         for j in 0..<n {
-                            let keep: Float = previous[j] > threshold ? 0 : 1
+                            let keep = 1 - previous[j]
                             out[j] = (constantCurrent ? out[j] : 0) + keep * v[j]
                             factor[j] = beta * keep
                         }

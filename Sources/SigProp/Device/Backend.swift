@@ -89,17 +89,19 @@ protocol Backend: AnyObject, Sendable {
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue) throws
     /// A leaky integrate-and-fire time loop over `plane` (sample, unit) entries
-    /// (Kernels/spiking.cl); `constantCurrent`: one plane of current for every step.
+    /// (Kernels/spiking.cl); `constantCurrent`: one plane of current for every step; the
+    /// membrane of every step is written where `membrane` is given.
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
-        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue) throws
     /// Its gradient: d loss / d current from d loss / d representation (`perStep`: a plane per
-    /// step); `constantCurrent`: summed over steps into one plane.
+    /// step); `constantCurrent`: summed over steps into one plane. `membrane` is read for a
+    /// surrogate's slope only.
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
-        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
-        on queue: BackendQueue) throws
+        membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
+        currentGradient: TensorStorage, on queue: BackendQueue) throws
     /// `plane` pixels as `steps` planes of spikes (Kernels/spiking.cl's spike_encode).
     func spikeEncode(
         _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,

@@ -1,17 +1,18 @@
 extension Device {
     /// A block's leaky integrate-and-fire time loop (Kernels/spiking.cl), one launch:
     /// `current` is one plane [B, ...] fed at every step (direct input, the context) or T
-    /// planes [T·B, ...], step-major; writes the membrane and spikes of every step
-    /// ([T·B, ...]), and per (sample, unit) the representation the local loss reads (time
-    /// mean of the membrane or of its surrogate) and the firing rate (spikes / T), [B, ...];
-    /// with `stepRepresentation` ([T·B, ...]) also each step's value of what is averaged.
+    /// planes [T·B, ...], step-major; writes the spikes of every step ([T·B, ...]), and per
+    /// (sample, unit) the representation the local loss reads (time mean of the membrane or
+    /// of its surrogate) and the firing rate (spikes / T), [B, ...]; with `membrane`
+    /// ([T·B, ...]) also the membrane of every step, with `stepRepresentation` ([T·B, ...])
+    /// each step's value of what is averaged.
     public func lifForward(
-        _ current: Tensor, dynamics: LIFDynamics, membrane: Tensor, spikes: Tensor,
+        _ current: Tensor, dynamics: LIFDynamics, membrane: Tensor? = nil, spikes: Tensor,
         representation: Tensor, rate: Tensor, stepRepresentation: Tensor? = nil,
         on stream: Stream? = nil
     ) throws {
         let operation = "lifForward"
-        try check(operation, current, membrane, spikes, representation, rate)
+        try check(operation, current, spikes, representation, rate)
         let plane = representation.count
         let steps = dynamics.steps
         try requireSteps(operation, steps)
@@ -23,33 +24,45 @@ extension Device {
                     + "\(steps) of them")
         }
         try requireCount(operation, rate, plane)
-        try requireCount(operation, membrane, steps * plane)
         try requireCount(operation, spikes, steps * plane)
+        if let membrane {
+            try check(operation, membrane)
+            try requireCount(operation, membrane, steps * plane)
+        }
         if let stepRepresentation {
             try check(operation, stepRepresentation)
             try requireCount(operation, stepRepresentation, steps * plane)
         }
         try backend.lifForward(
             dynamics, plane: plane, constantCurrent: current.count == plane && steps > 1,
-            current: current.storage, membrane: membrane.storage, spikes: spikes.storage,
+            current: current.storage, membrane: membrane?.storage, spikes: spikes.storage,
             representation: representation.storage, rate: rate.storage,
             stepRepresentation: stepRepresentation?.storage, on: try queue(stream, operation))
     }
 
     /// d loss / d current from d loss / d representation (one plane, or one per step for a
-    /// loss at every step), given `membrane` from `lifForward`: the reverse scan of the
+    /// loss at every step), given the `spikes` of `lifForward` and, where the gradient reads
+    /// it (`LIFDynamics.gradientReadsMembrane`), its `membrane`: the reverse scan of the
     /// membrane recurrence with the reset held constant. A one-plane `currentGradient`
     /// (a constant current) gets the sum over steps.
     public func lifBackward(
-        membrane: Tensor, representationGradient: Tensor, dynamics: LIFDynamics,
-        into currentGradient: Tensor, on stream: Stream? = nil
+        membrane: Tensor? = nil, spikes: Tensor, representationGradient: Tensor,
+        dynamics: LIFDynamics, into currentGradient: Tensor, on stream: Stream? = nil
     ) throws {
         let operation = "lifBackward"
-        try check(operation, membrane, representationGradient, currentGradient)
+        try check(operation, spikes, representationGradient, currentGradient)
         let steps = dynamics.steps
         try requireSteps(operation, steps)
-        let plane = membrane.count / steps
-        try requireCount(operation, membrane, steps * plane)
+        let plane = spikes.count / steps
+        try requireCount(operation, spikes, steps * plane)
+        if let membrane {
+            try check(operation, membrane)
+            try requireCount(operation, membrane, steps * plane)
+        } else if dynamics.gradientReadsMembrane {
+            throw SigPropError.configuration(
+                "\(operation): a surrogate's gradient reads every step's membrane; pass the "
+                    + "membrane lifForward wrote")
+        }
         for (tensor, what) in [
             (representationGradient, "representation gradient"),
             (currentGradient, "current gradient"),
@@ -64,7 +77,8 @@ extension Device {
             dynamics, plane: plane,
             constantCurrent: currentGradient.count == plane && steps > 1,
             perStep: representationGradient.count == steps * plane && steps > 1,
-            membrane: membrane.storage, gradient: representationGradient.storage,
+            membrane: membrane?.storage, spikes: spikes.storage,
+            gradient: representationGradient.storage,
             currentGradient: currentGradient.storage, on: try queue(stream, operation))
     }
 

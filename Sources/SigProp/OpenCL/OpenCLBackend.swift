@@ -677,15 +677,15 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
-        membrane: TensorStorage, spikes: TensorStorage, representation: TensorStorage,
+        membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "lif_forward",
             [
-                .buffer(mem(current)), .buffer(mem(membrane)), .buffer(mem(spikes)),
+                .buffer(mem(current)), .buffer(mem(membrane ?? spikes)), .buffer(mem(spikes)),
                 .buffer(mem(representation)), .buffer(mem(rate)),
-                .buffer(mem(stepRepresentation ?? membrane)),
+                .buffer(mem(stepRepresentation ?? spikes)), .int(membrane == nil ? 0 : 1),
                 .int(stepRepresentation == nil ? 0 : 1), .int(Int32(dynamics.steps)),
                 .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
             ] + neuronArguments(dynamics),
@@ -694,13 +694,14 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
-        membrane: TensorStorage, gradient: TensorStorage, currentGradient: TensorStorage,
-        on queue: BackendQueue
+        membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
+        currentGradient: TensorStorage, on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "lif_backward",
             [
-                .buffer(mem(membrane)), .buffer(mem(gradient)), .buffer(mem(currentGradient)),
+                .buffer(mem(membrane ?? spikes)), .buffer(mem(spikes)), .buffer(mem(gradient)),
+                .buffer(mem(currentGradient)),
                 .int(Int32(dynamics.steps)), .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
                 .int(perStep ? 1 : 0),
             ] + neuronArguments(dynamics),

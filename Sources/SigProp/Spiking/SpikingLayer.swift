@@ -1,10 +1,13 @@
 /// What a spiking layer's forward pass keeps: its synapse's pass (the input and the current),
-/// the membrane of every step for the gradient, and what it gives out.
+/// the spikes of every step (and, for a surrogate's gradient, the membrane), and what it
+/// gives out.
 public struct SpikingPass {
     let synapse: LayerPass
-    /// [T·B, ...]: step t's spikes are rows t·B ..< (t+1)·B, for the next layer.
+    /// [T·B, ...]: step t's spikes are rows t·B ..< (t+1)·B, for the next layer and for the
+    /// gradient's resets.
     public let spikes: Tensor
-    let membrane: Tensor
+    /// [T·B, ...]; nil where the gradient does not read it (learning from the voltage).
+    let membrane: Tensor?
     /// [B, ...]: the time mean of the membrane (or of its surrogate): what the local loss
     /// and the readouts read.
     public let representation: Tensor
@@ -46,19 +49,20 @@ public final class SpikingLayer {
         let pass = try synapse.forward(input, on: stream)
         let device = input.device
         let units = Array(pass.output.shape.dropFirst())
-        let trains = try (0..<2).map { _ in
-            try device.allocate([steps * samples] + units, on: stream)
-        }
+        let spikes = try device.allocate([steps * samples] + units, on: stream)
+        let membrane =
+            dynamics.gradientReadsMembrane
+            ? try device.allocate([steps * samples] + units, on: stream) : nil
         let perSample = try (0..<2).map { _ in try device.allocate([samples] + units, on: stream) }
         let stepValues =
             dynamics.lossAtEveryStep
             ? try device.allocate([steps * samples] + units, on: stream) : nil
         try device.lifForward(
-            pass.output, dynamics: dynamics, membrane: trains[0], spikes: trains[1],
+            pass.output, dynamics: dynamics, membrane: membrane, spikes: spikes,
             representation: perSample[0], rate: perSample[1], stepRepresentation: stepValues,
             on: stream)
         return SpikingPass(
-            synapse: pass, spikes: trains[1], membrane: trains[0], representation: perSample[0],
+            synapse: pass, spikes: spikes, membrane: membrane, representation: perSample[0],
             rate: perSample[1], stepRepresentation: stepValues)
     }
 
@@ -66,11 +70,11 @@ public final class SpikingLayer {
     func currentGradient(_ pass: SpikingPass, _ gradient: Tensor, on stream: Stream?) throws
         -> Tensor
     {
-        let device = pass.membrane.device
+        let device = pass.spikes.device
         let current = try device.allocate(pass.synapse.output.shape, on: stream)
         try device.lifBackward(
-            membrane: pass.membrane, representationGradient: gradient, dynamics: dynamics,
-            into: current, on: stream)
+            membrane: pass.membrane, spikes: pass.spikes, representationGradient: gradient,
+            dynamics: dynamics, into: current, on: stream)
         return current
     }
 

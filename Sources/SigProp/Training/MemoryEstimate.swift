@@ -45,7 +45,8 @@ struct MemoryEstimate {
     init(_ plan: NetworkPlan) {
         self.plan = plan
         let steps = plan.isSpiking ? Double(plan.description.spiking.timesteps) : 1
-        let encoded = plan.isSpiking && plan.description.spiking.encoding != .direct
+        let spiking = plan.description.spiking
+        let encoded = plan.isSpiking && spiking.encoding != .direct
         stages = plan.stages.enumerated().map { index, stage in
             // What the fixed steps write per sample: a pool's output, a dropout's mask and
             // output (flatten is a view).
@@ -61,12 +62,22 @@ struct MemoryEstimate {
                 }
             }
             // A spiking stage reads a spike train (every stage but the first, whose image is
-            // the same at every step unless it is encoded as spikes) and writes its membrane
-            // and spikes at every step, its current at every step (or once) and two planes:
-            // about (3T + 4) / 3 planes for the 3 this estimate counts per output.
+            // the same at every step unless it is encoded as spikes) and writes its spikes
+            // at every step, its membrane too where the gradient reads it (a block's
+            // surrogate), each step's values where the loss is taken at every step, its
+            // current at every step (or once) and four planes: the representation, the rate
+            // and their gradients; in all, a count of planes over the 3 this estimate counts
+            // per output.
+            let constantCurrent = index == 0 && !encoded
+            let trains =
+                (index < plan.blockCount && spiking.learning == .surrogate ? 2.0 : 1.0)
+                + (spiking.lossTiming == .step ? 1 : 0)
             let (reads, writes) =
                 stage.spiking
-                ? (index == 0 && !encoded ? 1 : steps, (3 * steps + 4) / 3) : (1, 1)
+                ? (
+                    constantCurrent ? 1 : steps,
+                    (trains * steps + (constantCurrent ? 1 : steps) + 4) / 3
+                ) : (1, 1)
             return Stage(
                 parameters: stage.parameters.map {
                     ParameterSize(name: $0.name, elements: Double($0.elements), trained: $0.trained)
