@@ -39,8 +39,17 @@ extension CPUKernels {
                     }
                     membrane?.advanced(by: t * plane + tile).update(from: m, count: n)
                     if let surrogate = d.surrogate {
-                        for j in 0..<n {
-                            r[j] = surrogate.value(m[j] - threshold, slope: d.slope)
+                        // One loop per surrogate, so that each inlines into a vector loop.
+                        switch surrogate {
+                        case .arctan:
+                            for j in 0..<n {
+                                r[j] = Surrogate.arctan.value(m[j] - threshold, slope: d.slope)
+                            }
+                        case .fastSigmoid:
+                            for j in 0..<n {
+                                r[j] = Surrogate.fastSigmoid.value(
+                                    m[j] - threshold, slope: d.slope)
+                            }
                         }
                         for j in 0..<n { sum[j] += r[j] }
                         stepRepresentation?.advanced(by: t * plane + tile).update(
