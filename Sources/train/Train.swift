@@ -650,6 +650,11 @@ struct Train: ParsableCommand {
         return (description, options)
     }
 
+    /// "1 learning block", "3 learning blocks".
+    static func learningBlocks(_ count: Int) -> String {
+        "\(count) learning block" + (count == 1 ? "" : "s")
+    }
+
     /// `text` as a value of `T`, or a usage error listing the values.
     func choice<T: RawRepresentable & CaseIterable>(_ flag: String, _ text: String?) throws -> T?
     where T.RawValue == String {
@@ -946,7 +951,7 @@ struct Train: ParsableCommand {
                             ? " (first pass: \(learningRule.errorFirstPassInForce.rawValue))"
                             : ""))
         emit(
-            "model: \(description.summary), \(network.blockCount) learning blocks + output layer, "
+            "model: \(description.summary), \(Self.learningBlocks(network.blockCount)) + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
                 + "batches of \(options.batchSize) per epoch; loss \(options.loss.name), "
                 + "\(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)"
@@ -1068,7 +1073,7 @@ struct Train: ParsableCommand {
         let input = plan.inputShape.map(String.init).joined(separator: "x")
         emit(
             "model: \(plan.description.summary) on \(input) input, \(plan.classes) classes; "
-                + "\(plan.blockCount) learning blocks + output layer; rule: \(rule)")
+                + "\(Self.learningBlocks(plan.blockCount)) + output layer; rule: \(rule)")
         if plan.isSpiking { emit("spiking: \(plan.description.spiking)") }
         for line in plan.table(
             stageDevices: devices.count > 1 ? stageDevices : nil, rule: rule.name)
