@@ -80,6 +80,20 @@ func expectPassed(
     #expect(!report.comparisons.isEmpty, "\(name): nothing was compared")
 }
 
+/// Runs the reference case `name` on `backend` (`GoldenCheck`, as `doctor --golden` does)
+/// and expects every reference output compared (none left out by accident) and within its
+/// tolerance.
+func expectMatchesReference(
+    _ name: String, on backend: TestBackend, sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    let golden = try GoldenCase(contentsOf: try fixture(name))
+    let report = try GoldenCheck.run(golden, on: try backend.device())
+    #expect(
+        Set(report.comparisons.map(\.output)) == Set(golden.outputs.keys),
+        sourceLocation: sourceLocation)
+    expectPassed(report, name, sourceLocation: sourceLocation)
+}
+
 func random(_ count: Int, seed: UInt64, in range: ClosedRange<Float> = -1...1) -> [Float] {
     var generator = SeededGenerator(seed: seed)
     return generator.uniform(count, in: range)
