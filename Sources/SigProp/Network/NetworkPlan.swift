@@ -30,7 +30,7 @@ public struct NetworkPlan: Sendable {
         public let parameters: [(name: String, elements: Int, trained: Bool)]
         /// Multiply-adds per sample of the forward pass on the input stream (the signal
         /// block's context projection included; a spiking stage's synapse runs at every time
-        /// step but on the image, which is the same at every step).
+        /// step but on a directly encoded image, which is the same at every step).
         public let multiplyAdds: Double
 
         public var parameterCount: Int { parameters.reduce(0) { $0 + $1.elements } }
