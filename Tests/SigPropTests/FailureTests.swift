@@ -126,7 +126,9 @@ import Testing
             $0.fixedContext = true
             $0.denseNorm = .none
         }
-        return [mlp, dropout, .cnn([3, 8, 8])]
+        return [
+            mlp, dropout, .cnn([3, 8, 8]), .spiking("lifconv4,pool,lif16", learning: .surrogate),
+        ]
     }
 
     /// The estimate is worked out from the model's description, so it must follow what
@@ -147,7 +149,11 @@ import Testing
     /// What training holds on a device (parameters, optimizer state, the pool's storage for
     /// the batches in flight) against the estimate: within a quarter either way (under 1% when
     /// written), so a model is neither let through far too large nor refused while it fits.
-    @Test(arguments: [TestNetwork.mlp(width: 128), .cnn()], [1, 4])
+    @Test(
+        arguments: [
+            TestNetwork.mlp(width: 128), .cnn(), .spiking("lif128,lif64", steps: 20),
+            .spiking("lif128", learning: .surrogate, steps: 20, encoding: .rate),
+        ], [1, 4])
     func theEstimateIsCloseToWhatTrainingHolds(_ config: TestNetwork, depth: Int) throws {
         let device = try Device.cpu()
         var options = TrainingOptions()

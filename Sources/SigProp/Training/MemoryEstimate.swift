@@ -61,23 +61,21 @@ struct MemoryEstimate {
                 case .flatten: break
                 }
             }
-            // A spiking stage reads a spike train (every stage but the first, whose image is
-            // the same at every step unless it is encoded as spikes) and writes its spikes
-            // at every step, its membrane too where the gradient reads it (a block's
-            // surrogate), each step's values where the loss is taken at every step, its
-            // current at every step (or once) and four planes: the representation, the rate
-            // and their gradients; in all, a count of planes over the 3 this estimate counts
-            // per output.
+            // A spiking block reads a spike train (every block but the first, whose image is
+            // the same at every step unless it is encoded as spikes). Per output it writes,
+            // at every step, its spikes, its membrane where the gradient reads it (a
+            // surrogate), each step's values and their gradient where the loss is taken at
+            // every step; its current and the current's gradient at every step (once for a
+            // constant current); and four planes: the representation, the rate and their
+            // gradients. In all, a count of planes over the 3 this estimate counts per output.
             let constantCurrent = index == 0 && !encoded
             let trains =
-                (index < plan.blockCount && spiking.learning == .surrogate ? 2.0 : 1.0)
-                + (spiking.lossTiming == .step ? 1 : 0)
+                1 + (spiking.learning == .surrogate ? 1.0 : 0)
+                + (spiking.lossTiming == .step ? 2 : 0)
+            let currents = constantCurrent ? 2 : 2 * steps
             let (reads, writes) =
-                stage.spiking
-                ? (
-                    constantCurrent ? 1 : steps,
-                    (trains * steps + (constantCurrent ? 1 : steps) + 4) / 3
-                ) : (1, 1)
+                stage.spiking && index < plan.blockCount
+                ? (constantCurrent ? 1 : steps, (trains * steps + currents + 4) / 3) : (1, 1)
             return Stage(
                 parameters: stage.parameters.map {
                     ParameterSize(name: $0.name, elements: Double($0.elements), trained: $0.trained)
@@ -115,8 +113,13 @@ struct MemoryEstimate {
         let classes = Double(plan.classes)
         let copied = crossing ? stage.input : 0
         guard index < stages.count - 1 else {
-            // Logits, mask, dY and the one-hot labels, each B x K, and the row losses.
-            return (batch * (copied + 4 * classes) + batch) * Self.bytesPerElement
+            // Logits, mask, dY and the one-hot labels, each B x K, and the row losses; a
+            // spiking output layer's current, spikes and current gradient at every step, and
+            // its rate.
+            let steps = plan.isSpiking ? Double(plan.description.spiking.timesteps) : 0
+            let spikingPlanes = plan.isSpiking ? 3 * steps + 1 : 0
+            return (batch * (copied + (4 + spikingPlanes) * classes) + batch)
+                * Self.bytesPerElement
         }
         let rows = batch + Double(batches.targetRows)
         // Per stream: the layer's output, d output, d loss / d output, and with a norm its
