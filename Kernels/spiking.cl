@@ -44,11 +44,14 @@ __kernel void lif_forward(__global const float* current, __global float* membran
                           __global float* spikes, __global float* representation,
                           __global float* rate, __global float* step_representation,
                           const int write_membrane, const int write_steps, const int steps,
-                          const int plane,
-                          const int constant_current, const float beta, const float threshold,
+                          const int plane, const int constant_current,
+                          __global const float* beta_value, __global const float* threshold_value,
                           const int reset_zero, const int surrogate, const float slope) {
     const int i = get_global_id(0);
     if (i >= plane) return;
+    // beta and the threshold live on the device, where a block may learn them; beta is
+    // clamped to 0...1 as snnTorch clamps it.
+    const float beta = clamp(beta_value[0], 0.0f, 1.0f), threshold = threshold_value[0];
     float u = 0.0f, s = 0.0f, sum = 0.0f, count = 0.0f;
     for (int t = 0; t < steps; ++t) {
         const size_t at = (size_t)t * plane + i;
@@ -72,30 +75,50 @@ __kernel void lif_forward(__global const float* current, __global float* membran
 // constant. V[t] = d loss / d U[t] = g[t] + a[t+1] V[t+1], a[t] = dU[t]/dU[t-1] (beta, or
 // beta (1 - S[t-1]) under a zero reset), and d loss / d I[t] = c[t] V[t] with c[t] = 1, or
 // 1 - S[t-1] under a zero reset. A constant current gets the sum over steps. The membrane
-// is read only for a surrogate's slope.
+// is read for a surrogate's slope and for beta's gradient only.
+//
+// With `learn_neuron`, each (sample, unit) also writes its share of d loss / d beta and
+// d loss / d threshold into neuron_partials[2i], [2i+1] (summed over the batch by the
+// caller): dU[t]/dbeta = (1 - S[t-1] under a zero reset) U[t-1]; the threshold enters the
+// subtracting reset, -S[t-1] (the spike held constant, the threshold not), and a surrogate's
+// r(U - threshold), whose slope it takes with the opposite sign.
 __kernel void lif_backward(__global const float* membrane, __global const float* spikes,
                            __global const float* gradient, __global float* current_gradient,
-                           const int steps, const int plane,
-                           const int constant_current, const int per_step, const float beta,
-                           const float threshold, const int reset_zero, const int surrogate,
-                           const float slope) {
+                           __global float* neuron_partials, const int learn_neuron,
+                           const int steps, const int plane, const int constant_current,
+                           const int per_step, __global const float* beta_value,
+                           __global const float* threshold_value, const int reset_zero,
+                           const int surrogate, const float slope) {
     const int i = get_global_id(0);
     if (i >= plane) return;
+    const float raw_beta = beta_value[0], threshold = threshold_value[0];
+    const float beta = clamp(raw_beta, 0.0f, 1.0f);
     const float inv_steps = 1.0f / (float)steps;
-    float v = 0.0f, next_factor = 0.0f, total = 0.0f;
+    float v = 0.0f, next_factor = 0.0f, total = 0.0f, d_beta = 0.0f, d_threshold = 0.0f;
     for (int t = steps - 1; t >= 0; --t) {
         const size_t at = (size_t)t * plane + i;
         float g = gradient[per_step ? at : (size_t)i] * inv_steps;
-        if (surrogate != SURROGATE_NONE)
+        if (surrogate != SURROGATE_NONE) {
             g *= lif_surrogate_slope(membrane[at] - threshold, surrogate, slope);
+            d_threshold -= g;
+        }
         v = g + next_factor * v;
         const float s_prev = t > 0 ? spikes[at - plane] : 0.0f;
         const float keep = reset_zero ? 1.0f - s_prev : 1.0f;
         if (constant_current) total += keep * v;
         else current_gradient[at] = keep * v;
+        if (learn_neuron && t > 0) {
+            d_beta += v * keep * membrane[at - plane];
+            if (!reset_zero) d_threshold -= v * s_prev;
+        }
         next_factor = beta * keep;
     }
     if (constant_current) current_gradient[i] = total;
+    if (learn_neuron) {
+        // torch.clamp's gradient: none outside 0...1.
+        neuron_partials[2 * (size_t)i] = raw_beta >= 0.0f && raw_beta <= 1.0f ? d_beta : 0.0f;
+        neuron_partials[2 * (size_t)i + 1] = d_threshold;
+    }
 }
 
 // Input encodings: the image (pixels in 0...1, clamped) as a spike train of T planes.

@@ -54,6 +54,9 @@ CASES = [
     dict(name="snn_step_B6_D9_H7x5_K3_T4", batch=6, features=9, widths=[7, 5], classes=3,
          timesteps=4, beta=0.85, threshold=0.8, reset="subtract", learning="surrogate",
          slope=2.0, loss_timing="step", scale=2.5, seed=7201),
+    dict(name="snn_learned_B5_D10_H8x6_K3_T5", batch=5, features=10, widths=[8, 6], classes=3,
+         timesteps=5, beta=0.9, threshold=0.9, reset="subtract", learning="surrogate",
+         slope=2.0, learned=True, scale=2.5, seed=7301),
 ]
 
 
@@ -66,10 +69,21 @@ class LIF(nn.Module):
         self.synapse = nn.Linear(n_in, n_out, bias=bias)
         self.case = case
         self.output = output
+        if case.get("learned"):
+            # snnTorch's learn_beta and learn_threshold: one scalar each per layer.
+            self.beta = nn.Parameter(torch.tensor(case["beta"]))
+            self.threshold = nn.Parameter(torch.tensor(case["threshold"]))
+
+    def neuron(self):
+        """beta (clamped to 0...1, as snnTorch clamps it) and the threshold."""
+        if self.case.get("learned"):
+            return self.beta.clamp(0, 1), self.threshold
+        return self.case["beta"], self.case["threshold"]
 
     def forward(self, x):
         c = self.case
         steps = c["timesteps"]
+        beta, threshold = self.neuron()
         current = self.synapse(x)
         u = torch.zeros_like(current[0] if x.dim() == 3 else current)
         s = torch.zeros_like(u)
@@ -77,14 +91,15 @@ class LIF(nn.Module):
         for t in range(steps):
             i = current[t] if x.dim() == 3 else current
             if c["reset"] == "zero":
-                u = (1 - s) * (c["beta"] * u + i)
+                u = (1 - s) * (beta * u + i)
             else:
-                u = c["beta"] * u + i - c["threshold"] * s
-            s = (u > c["threshold"]).to(u.dtype)
+                # The spike is held constant (no gradient), the threshold is not.
+                u = beta * u + i - threshold * s
+            s = (u > threshold).to(u.dtype).detach()
             spikes.append(s)
-            membranes.append(u.detach())
+            membranes.append((u - threshold).detach())
             if c["learning"] == "surrogate" and not self.output:
-                x_ = u - c["threshold"]
+                x_ = u - threshold
                 reps.append(0.5 + torch.atan(0.5 * math.pi * c["slope"] * x_) / math.pi)
             else:
                 reps.append(u)
@@ -102,9 +117,15 @@ class Net(nn.Module):
         self.context = LIF(classes, widths[0], case, bias=False)
         self.hidden = nn.ModuleList(LIF(a, b, case) for a, b in zip(widths, widths[1:]))
         self.output = LIF(widths[-1], classes, case, output=True)
+        if case.get("learned"):
+            # The context part feeds the input part's neurons.
+            self.context.beta = self.input.beta
+            self.context.threshold = self.input.threshold
 
     def optimizers(self):
-        groups = [list(self.input.parameters()) + list(self.context.parameters())]
+        signal = list(self.input.parameters())
+        signal += [p for p in self.context.parameters() if all(p is not q for q in signal)]
+        groups = [signal]
         groups += [list(h.parameters()) for h in self.hidden] + [list(self.output.parameters())]
         return [torch.optim.SGD(g, lr=LR, momentum=MOMENTUM) for g in groups]
 
@@ -140,7 +161,7 @@ def step(optimizer, loss):
     optimizer.step()
 
 
-def train_step(net, optimizers, x, onehot, labels, threshold):
+def train_step(net, optimizers, x, onehot, labels):
     losses, gaps, margins = [], [], []
     (h, hr, hm), (t, tr, tm) = net.input(x), net.context(onehot)
     loss, gap, target = block_loss(hr, tr, onehot)
@@ -162,7 +183,7 @@ def train_step(net, optimizers, x, onehot, labels, threshold):
     step(optimizers[-1], loss)
     losses.append(loss.detach())
     margins.append(om)
-    margin = min((m - threshold).abs().min().item() for m in margins)
+    margin = min(m.abs().min().item() for m in margins)
     return losses, min(gaps), margin
 
 
@@ -174,7 +195,7 @@ def predict(net, x, case):
             h, _, m = block(h)
             margins.append(m)
         spikes, membrane, m = net.output(h)
-        margin = min((m_ - case["threshold"]).abs().min().item() for m_ in margins + [m])
+        margin = min(m_.abs().min().item() for m_ in margins + [m])
         return spikes.sum(0), membrane, margin
 
 
@@ -201,7 +222,7 @@ def run_case(case, inputs, dtype):
     for s in range(STEPS):
         x, labels = inputs["x"][s].to(dtype), inputs["labels"][s]
         onehot = F.one_hot(labels, case["classes"]).to(dtype)
-        losses, gap, margin = train_step(net, optimizers, x, onehot, labels, case["threshold"])
+        losses, gap, margin = train_step(net, optimizers, x, onehot, labels)
         out[f"step{s}.losses"] = torch.stack(losses)
         gaps.append(gap)
         margins.append(margin)
@@ -243,6 +264,8 @@ def main():
             "features", "widths", "classes", "batch", "timesteps", "beta", "threshold", "reset",
             "learning", "slope")}
         config["loss_timing"] = case.get("loss_timing", "mean")
+        if case.get("learned"):
+            config.update({"learn_beta": True, "learn_threshold": True})
         config.update({
             "steps": STEPS,
             "blocks": "Linear then LIF neurons; context Linear(K, H1, no bias) then LIF; "

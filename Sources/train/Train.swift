@@ -171,6 +171,12 @@ struct Train: ParsableCommand {
             valueName: "subtract|zero"))
     var reset: String?
 
+    @Flag(help: "Spiking models: every spiking layer learns its membrane decay (one per layer).")
+    var learnBeta = false
+
+    @Flag(help: "Spiking models: every spiking layer learns its threshold (one per layer).")
+    var learnThreshold = false
+
     @Flag(
         inversion: .prefixedNo,
         help:
@@ -612,11 +618,14 @@ struct Train: ParsableCommand {
         apply(
             "--reset", try choice("--reset", reset), &description.spiking.neuron.reset,
             shown: \.rawValue)
+        apply("--learn-beta", learnBeta ? true : nil, &description.spiking.learnBeta)
+        apply(
+            "--learn-threshold", learnThreshold ? true : nil, &description.spiking.learnThreshold)
         if givesSpikingFlags, !description.isSpiking {
             throw UsageError(
                 "--timesteps, --spike-encoding, --spike-learning, --spike-loss, --surrogate, "
-                    + "--surrogate-slope, --beta, --spike-threshold and --reset set spiking "
-                    + "layers, and the model "
+                    + "--surrogate-slope, --beta, --spike-threshold, --reset, --learn-beta and "
+                    + "--learn-threshold set spiking layers, and the model "
                     + "\(description.summary) has none: use --model snn-mlp, snn-cnn or lif<N> "
                     + "layers")
         }
@@ -671,7 +680,8 @@ struct Train: ParsableCommand {
     var givesSpikingFlags: Bool {
         timesteps != nil || spikeEncoding != nil || spikeLearning != nil || spikeLoss != nil
             || surrogate != nil || surrogateSlope != nil
-            || beta != nil || spikeThreshold != nil || reset != nil
+            || beta != nil || spikeThreshold != nil || reset != nil || learnBeta
+            || learnThreshold
     }
 
     /// The layers that --model, --hidden-layers, --width and --dropout give (nil: none of them

@@ -41,9 +41,13 @@ import Testing
             rule: LearningRule(.efp, errorFirstPass: .learn)),
         // Spiking networks: dense spiking blocks learning from a surrogate at every step on
         // rate-encoded images, and spiking conv blocks with pooling learning from the mean
-        // membrane, reset to zero, on latency-encoded images.
+        // membrane, reset to zero, on latency-encoded images, with learned betas and
+        // thresholds.
         .spiking("lif16,lif8", learning: .surrogate, lossTiming: .step, encoding: .rate),
-        .spiking("lifconv4,pool,lifconv6,lif8", reset: .zero, encoding: .latency),
+        .spiking("lifconv4,pool,lifconv6,lif8", reset: .zero, encoding: .latency).with {
+            $0.spiking.learnBeta = true
+            $0.spiking.learnThreshold = true
+        },
     ]
 
     static var options: TrainingOptions {

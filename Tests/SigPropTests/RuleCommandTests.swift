@@ -68,7 +68,7 @@ extension ProcessTests {
                 data, checkpoints,
                 [
                     "--model", "lif16,lif12", "--timesteps", "5", "--spike-learning", "surrogate",
-                    "--spike-loss", "step", "--reset", "zero",
+                    "--spike-loss", "step", "--reset", "zero", "--learn-beta",
                 ]))
         #expect(status == 0, "\(output)")
         #expect(output.contains("none: spiking networks read pixels in 0...1"), "\(output)")
@@ -76,13 +76,18 @@ extension ProcessTests {
         #expect(
             output.contains(
                 "spiking: 5 steps, direct encoding, surrogate learning (arctan, k 2.0), loss at "
-                    + "every step, beta 0.95, threshold 1.0, zero reset"), "\(output)")
+                    + "every step, beta 0.95 (learned), threshold 1.0, zero reset"), "\(output)")
         #expect(output.contains("membrane"), "\(output)")
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
         let settings = try checkpoint.model.description.spiking
         #expect(settings.timesteps == 5 && settings.learning == .surrogate)
         #expect(settings.lossTiming == .step && settings.neuron.reset == .zero)
+        #expect(settings.learnBeta && !settings.learnThreshold)
+        #expect(
+            checkpoint.tensors.keys.contains { $0.hasSuffix("block0.beta") }
+                && !checkpoint.tensors.keys.contains { $0.contains("threshold") },
+            "\(checkpoint.tensors.keys.sorted())")
         let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
         #expect(resumed.status == 0, "\(resumed.output)")
         #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")

@@ -9,7 +9,7 @@ import Testing
 @Suite struct SpikingTests {
     static let goldenCases = [
         "snn_voltage_B6_D12_H9x7_K3_T5", "snn_surrogate_B5_D10_H8x6_K4_T6",
-        "snn_step_B6_D9_H7x5_K3_T4",
+        "snn_step_B6_D9_H7x5_K3_T4", "snn_learned_B5_D10_H8x6_K3_T5",
     ]
 
     /// The dynamics of every (reset, learning) pair, as plain loops over one (sample, unit)
@@ -67,13 +67,15 @@ import Testing
         for d in Self.dynamics {
             var generator = SeededGenerator(seed: UInt64(d.steps))
             let current = generator.uniform((constant ? 1 : d.steps) * plane, in: -0.5...1.5)
+            let neuron = try Self.neuron(d, on: device)
             let membrane = try device.zeros([d.steps * 37, 3])
             let spikes = try device.zeros([d.steps * 37, 3])
             let representation = try device.zeros([37, 3])
             let rate = try device.zeros([37, 3])
             try device.lifForward(
                 try device.tensor(current, shape: [current.count / 3, 3]), dynamics: d,
-                membrane: membrane, spikes: spikes, representation: representation, rate: rate)
+                neuron: neuron, membrane: membrane, spikes: spikes, representation: representation,
+                rate: rate)
             let expected = Self.plainForward(current, constant: constant, plane: plane, d)
             let gotSpikes = try device.read(spikes)
             #expect(gotSpikes == expected.spikes, "\(d)")
@@ -92,7 +94,8 @@ import Testing
             )
             try device.lifForward(
                 try device.tensor(current, shape: [current.count / 3, 3]), dynamics: d,
-                spikes: alone, representation: aloneRepresentation, rate: try device.zeros([37, 3]))
+                neuron: neuron, spikes: alone, representation: aloneRepresentation,
+                rate: try device.zeros([37, 3]))
             #expect(try device.read(alone) == gotSpikes, "\(d)")
             #expect(try device.read(aloneRepresentation) == device.read(representation), "\(d)")
             if d.gradientReadsMembrane {
@@ -101,10 +104,19 @@ import Testing
                 ) {
                     try device.lifBackward(
                         spikes: spikes, representationGradient: representation, dynamics: d,
-                        into: try device.zeros([37, 3]))
+                        neuron: neuron, into: try device.zeros([37, 3]))
                 }
             }
         }
+    }
+
+    /// `d`'s beta and threshold on `device`; `learned`: as parameters a block learns.
+    static func neuron(_ d: LIFDynamics, learned: Bool = false, on device: Device) throws
+        -> NeuronParameters
+    {
+        try NeuronParameters(
+            name: "block0", neuron: d.neuron, learnBeta: learned, learnThreshold: learned,
+            device: device)
     }
 
     /// The CPU's branch-free arctangent against the double-precision one, over a dense grid
@@ -121,9 +133,9 @@ import Testing
         )
     }
 
-    /// The gradient of sum(g · representation) by the current, against central differences
-    /// of the plain loop in double precision. With the threshold out of reach no neuron
-    /// spikes, so the representation is smooth in the current (the golden cases cover
+    /// The gradient of sum(g · representation) by the current, beta and the threshold,
+    /// against central differences of the plain loop in double precision. With the threshold
+    /// out of reach no neuron spikes, so the representation is smooth (the golden cases cover
     /// spikes and resets, where the reset is held constant).
     @Test(arguments: TestBackend.available, [true, false])
     func gradientMatchesFiniteDifferences(_ backend: TestBackend, _ constant: Bool) throws {
@@ -136,7 +148,7 @@ import Testing
             let g = generator.uniform(plane, in: -1...1)
             // The surrogate at 50 - u is flat; centre it on this current's membrane instead.
             if d.surrogate != nil { d.slope = 0.05 }
-            func objective(_ current: [Float]) -> Double {
+            func objective(_ current: [Float], _ d: LIFDynamics) -> Double {
                 let r = Self.plainForward(current, constant: constant, plane: plane, d)
                 return zip(r.representation, g).reduce(0) { $0 + Double($1.0) * Double($1.1) }
             }
@@ -144,21 +156,52 @@ import Testing
             let (membrane, spikes) = (
                 try device.zeros([d.steps * 5, 7]), try device.zeros([d.steps * 5, 7])
             )
+            let (fixed, learned) = (
+                try Self.neuron(d, on: device), try Self.neuron(d, learned: true, on: device)
+            )
             try device.lifForward(
-                input, dynamics: d, membrane: membrane, spikes: spikes,
+                input, dynamics: d, neuron: fixed, membrane: membrane, spikes: spikes,
                 representation: try device.zeros([5, 7]), rate: try device.zeros([5, 7]))
             let result = try device.zeros(input.shape)
             // The voltage's gradient reads the spikes alone.
             try device.lifBackward(
                 membrane: d.gradientReadsMembrane ? membrane : nil, spikes: spikes,
                 representationGradient: try device.tensor(g, shape: [5, 7]), dynamics: d,
-                into: result)
+                neuron: fixed, into: result)
             let got = try device.read(result)
+            // The same scan with the neuron's own gradients: the same current gradient, and
+            // beta's and the threshold's shares, summed over the entries.
+            let partials = try device.zeros([plane, 2])
+            let again = try device.zeros(input.shape)
+            try device.lifBackward(
+                membrane: membrane, spikes: spikes,
+                representationGradient: try device.tensor(g, shape: [5, 7]), dynamics: d,
+                neuron: learned, into: again, neuronPartials: partials)
+            #expect(try device.read(again) == got, "\(d)")
+            let shares = try device.read(partials)
+            for (index, name) in ["beta", "threshold"].enumerated() {
+                var (up, down) = (d, d)
+                if index == 0 {
+                    up.neuron.beta += 1e-3
+                    down.neuron.beta -= 1e-3
+                } else {
+                    up.neuron.threshold += 1e-2
+                    down.neuron.threshold -= 1e-2
+                }
+                let h = index == 0 ? 1e-3 : 1e-2
+                let numeric = (objective(current, up) - objective(current, down)) / (2 * h)
+                let analytic = stride(from: index, to: shares.count, by: 2).reduce(0.0) {
+                    $0 + Double(shares[$1])
+                }
+                #expect(
+                    abs(analytic - numeric) < 5e-3 * max(1, abs(numeric)),
+                    "\(d) \(name): \(analytic) vs \(numeric)")
+            }
             for index in stride(from: 0, to: current.count, by: 3) {
                 var (up, down) = (current, current)
                 up[index] += 1e-2
                 down[index] -= 1e-2
-                let numeric = (objective(up) - objective(down)) / 2e-2
+                let numeric = (objective(up, d) - objective(down, d)) / 2e-2
                 #expect(
                     abs(Double(got[index]) - numeric) < 2e-3 * max(1, abs(numeric)),
                     "\(d) entry \(index): \(got[index]) vs \(numeric)")
@@ -211,6 +254,18 @@ import Testing
             #expect(fired == want, "pixel \(values[i])")
         }
         #expect(throws: SigPropError.self) { _ = try encode(.direct, seed: 0) }
+    }
+
+    /// Layers that learn their beta and threshold as well learn.
+    @Test(arguments: TestBackend.available)
+    func itLearnsWithLearnedNeurons(_ backend: TestBackend) throws {
+        let config = TestNetwork.spiking("lif24,lif16", learning: .surrogate, steps: 6).with {
+            $0.spiking.learnBeta = true
+            $0.spiking.learnThreshold = true
+        }
+        let metrics = try TrainingTests.lastEpoch(
+            of: config, optimizer: OptimizerSettings(), epochs: 4, on: try backend.device())
+        #expect(metrics.testAccuracy > 0.5, "\(metrics.readoutAccuracies)")
     }
 
     /// Both encodings that turn the image into spikes learn, and the signal block's synapse

@@ -187,7 +187,10 @@ import Testing
             TestNetwork.forwardForward([12, 8]), TestNetwork.pepita([12]),
             TestNetwork.mlp(hiddenLayers: 2, width: 12).with(
                 rule: LearningRule(.efp, errorFirstPass: .learn)),
-            TestNetwork.spiking("lif12,lif8", learning: .surrogate, encoding: .rate),
+            TestNetwork.spiking("lif12,lif8", learning: .surrogate, encoding: .rate).with {
+                $0.spiking.learnBeta = true
+                $0.spiking.learnThreshold = true
+            },
         ])
     func checkpointResumesExactlyUnderEveryRule(_ backend: TestBackend, _ config: TestNetwork)
         throws

@@ -427,32 +427,40 @@ final class CPUBackend: Backend, @unchecked Sendable {
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
-        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
+        rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
+        on queue: BackendQueue
     ) throws {
         let (current, membrane, spikes) = (buf(current), membrane.map(buf), buf(spikes))
         let (representation, rate) = (buf(representation), buf(rate))
         let steps = stepRepresentation.map(buf)
+        let (beta, threshold) = (buf(neuron.beta), buf(neuron.threshold))
         run(queue) {
             CPUKernels.lifForward(
                 dynamics, plane: plane, constantCurrent: constantCurrent,
                 current: current.pointer, membrane: membrane?.pointer, spikes: spikes.pointer,
                 representation: representation.pointer, rate: rate.pointer,
-                stepRepresentation: steps?.pointer)
+                stepRepresentation: steps?.pointer, betaValue: beta.pointer,
+                thresholdValue: threshold.pointer)
         }
     }
 
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
-        currentGradient: TensorStorage, on queue: BackendQueue
+        currentGradient: TensorStorage, neuron: NeuronStorage, neuronPartials: TensorStorage?,
+        on queue: BackendQueue
     ) throws {
         let (membrane, spikes) = (membrane.map(buf), buf(spikes))
         let (gradient, result) = (buf(gradient), buf(currentGradient))
+        let (beta, threshold, partials) = (
+            buf(neuron.beta), buf(neuron.threshold), neuronPartials.map(buf)
+        )
         run(queue) {
             CPUKernels.lifBackward(
                 dynamics, plane: plane, constantCurrent: constantCurrent, perStep: perStep,
                 membrane: membrane?.pointer, spikes: spikes.pointer, gradient: gradient.pointer,
-                currentGradient: result.pointer)
+                currentGradient: result.pointer, betaValue: beta.pointer,
+                thresholdValue: threshold.pointer, neuronPartials: partials?.pointer)
         }
     }
 

@@ -10,9 +10,11 @@ extension CPUKernels {
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, current: UnsafePointer<Float>,
         membrane: UnsafeMutablePointer<Float>?, spikes: UnsafeMutablePointer<Float>,
         representation: UnsafeMutablePointer<Float>, rate: UnsafeMutablePointer<Float>,
-        stepRepresentation: UnsafeMutablePointer<Float>?
+        stepRepresentation: UnsafeMutablePointer<Float>?, betaValue: UnsafePointer<Float>,
+        thresholdValue: UnsafePointer<Float>
     ) {
-        let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
+        let (beta, threshold) = (min(max(betaValue[0], 0), 1), thresholdValue[0])
+        let zero = d.neuron.reset == .zero
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
             let state = UnsafeMutablePointer<Float>.allocate(capacity: 6 * lifTile)
             defer { state.deallocate() }
@@ -69,24 +71,30 @@ extension CPUKernels {
         }
     }
 
-    /// `membrane` is read for a surrogate's slope only (`Device.lifBackward` requires it
-    /// there).
+    /// `membrane` is read for a surrogate's slope and beta's gradient only
+    /// (`Device.lifBackward` requires it there); `neuronPartials` ([plane, 2]): each entry's
+    /// share of d loss / d beta and d loss / d threshold, where the neuron learns.
     static func lifBackward(
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: UnsafePointer<Float>?, spikes: UnsafePointer<Float>,
-        gradient: UnsafePointer<Float>, currentGradient: UnsafeMutablePointer<Float>
+        gradient: UnsafePointer<Float>, currentGradient: UnsafeMutablePointer<Float>,
+        betaValue: UnsafePointer<Float>, thresholdValue: UnsafePointer<Float>,
+        neuronPartials: UnsafeMutablePointer<Float>?
     ) {
-        let (beta, threshold, zero) = (d.neuron.beta, d.neuron.threshold, d.neuron.reset == .zero)
+        let (rawBeta, threshold) = (betaValue[0], thresholdValue[0])
+        let beta = min(max(rawBeta, 0), 1)
+        let zero = d.neuron.reset == .zero
         let inverseSteps = 1 / Float(d.steps)
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            let state = UnsafeMutablePointer<Float>.allocate(capacity: 4 * lifTile)
+            let state = UnsafeMutablePointer<Float>.allocate(capacity: 6 * lifTile)
             defer { state.deallocate() }
             let (v, factor, total, g) = (
                 state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
             )
+            let (dBeta, dThreshold) = (state + 4 * lifTile, state + 5 * lifTile)
             for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
                 let n = min(lifTile, range.upperBound - tile)
-                state.initialize(repeating: 0, count: 3 * lifTile)
+                state.initialize(repeating: 0, count: 6 * lifTile)
                 for t in stride(from: d.steps - 1, through: 0, by: -1) {
                     let stepGradient = gradient + (perStep ? t * plane : 0) + tile
                     if let surrogate = d.surrogate, let membrane {
@@ -96,10 +104,23 @@ extension CPUKernels {
                                 stepGradient[j] * inverseSteps
                                 * surrogate.slope(m[j] - threshold, slope: d.slope)
                         }
+                        // r(U - threshold): the threshold takes the slope's opposite.
+                        if neuronPartials != nil { for j in 0..<n { dThreshold[j] -= g[j] } }
                     } else {
                         for j in 0..<n { g[j] = stepGradient[j] * inverseSteps }
                     }
                     for j in 0..<n { v[j] = g[j] + factor[j] * v[j] }
+                    if neuronPartials != nil, t > 0, let membrane {
+                        // dU[t]/dbeta = keep U[t-1]; dU[t]/dthreshold = -S[t-1] (subtract).
+                        let (previous, spiked) = (
+                            membrane + (t - 1) * plane + tile, spikes + (t - 1) * plane + tile
+                        )
+                        for j in 0..<n {
+                            let keep = zero ? 1 - spiked[j] : 1
+                            dBeta[j] += v[j] * keep * previous[j]
+                            if !zero { dThreshold[j] -= v[j] * spiked[j] }
+                        }
+                    }
                     // d loss / d I[t] = keep · V[t]; keep = 1 − S[t−1] under a zero reset.
                     let out = constantCurrent ? total : currentGradient + t * plane + tile
                     if zero && t > 0 {
@@ -117,6 +138,14 @@ extension CPUKernels {
                     }
                 }
                 if constantCurrent { (currentGradient + tile).update(from: total, count: n) }
+                if let neuronPartials {
+                    // torch.clamp's gradient: none outside 0...1.
+                    let inside: Float = rawBeta >= 0 && rawBeta <= 1 ? 1 : 0
+                    for j in 0..<n {
+                        neuronPartials[2 * (tile + j)] = inside * dBeta[j]
+                        neuronPartials[2 * (tile + j) + 1] = dThreshold[j]
+                    }
+                }
             }
         }
     }

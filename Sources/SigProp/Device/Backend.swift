@@ -94,14 +94,16 @@ protocol Backend: AnyObject, Sendable {
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
-        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue) throws
+        rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
+        on queue: BackendQueue) throws
     /// Its gradient: d loss / d current from d loss / d representation (`perStep`: a plane per
     /// step); `constantCurrent`: summed over steps into one plane. `membrane` is read for a
     /// surrogate's slope only.
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
-        currentGradient: TensorStorage, on queue: BackendQueue) throws
+        currentGradient: TensorStorage, neuron: NeuronStorage, neuronPartials: TensorStorage?,
+        on queue: BackendQueue) throws
     /// `plane` pixels as `steps` planes of spikes (Kernels/spiking.cl's spike_encode).
     func spikeEncode(
         _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
@@ -119,6 +121,12 @@ protocol Backend: AnyObject, Sendable {
 
 /// Backend-owned memory behind a `Tensor`.
 protocol TensorStorage: AnyObject, Sendable {}
+
+/// A spiking layer's beta and threshold, one value each on the device.
+struct NeuronStorage {
+    let beta: TensorStorage
+    let threshold: TensorStorage
+}
 
 /// An ordered stream of work on a device.
 protocol BackendQueue: AnyObject, Sendable {

@@ -5,11 +5,12 @@ extension Device {
     /// (sample, unit) the representation the local loss reads (time mean of the membrane or
     /// of its surrogate) and the firing rate (spikes / T), [B, ...]; with `membrane`
     /// ([T·B, ...]) also the membrane of every step, with `stepRepresentation` ([T·B, ...])
-    /// each step's value of what is averaged.
+    /// each step's value of what is averaged. The neurons' beta and threshold are `neuron`'s
+    /// values on the device (`dynamics` gives the reset and the representation).
     public func lifForward(
-        _ current: Tensor, dynamics: LIFDynamics, membrane: Tensor? = nil, spikes: Tensor,
-        representation: Tensor, rate: Tensor, stepRepresentation: Tensor? = nil,
-        on stream: Stream? = nil
+        _ current: Tensor, dynamics: LIFDynamics, neuron: NeuronParameters,
+        membrane: Tensor? = nil, spikes: Tensor, representation: Tensor, rate: Tensor,
+        stepRepresentation: Tensor? = nil, on stream: Stream? = nil
     ) throws {
         let operation = "lifForward"
         try check(operation, current, spikes, representation, rate)
@@ -37,17 +38,21 @@ extension Device {
             dynamics, plane: plane, constantCurrent: current.count == plane && steps > 1,
             current: current.storage, membrane: membrane?.storage, spikes: spikes.storage,
             representation: representation.storage, rate: rate.storage,
-            stepRepresentation: stepRepresentation?.storage, on: try queue(stream, operation))
+            stepRepresentation: stepRepresentation?.storage, neuron: try storage(operation, neuron),
+            on: try queue(stream, operation))
     }
 
     /// d loss / d current from d loss / d representation (one plane, or one per step for a
     /// loss at every step), given the `spikes` of `lifForward` and, where the gradient reads
     /// it (`LIFDynamics.gradientReadsMembrane`), its `membrane`: the reverse scan of the
     /// membrane recurrence with the reset held constant. A one-plane `currentGradient`
-    /// (a constant current) gets the sum over steps.
+    /// (a constant current) gets the sum over steps. With `neuronPartials` ([entries, 2],
+    /// which needs the membrane) also each (sample, unit)'s share of d loss / d beta and
+    /// d loss / d threshold.
     public func lifBackward(
         membrane: Tensor? = nil, spikes: Tensor, representationGradient: Tensor,
-        dynamics: LIFDynamics, into currentGradient: Tensor, on stream: Stream? = nil
+        dynamics: LIFDynamics, neuron: NeuronParameters, into currentGradient: Tensor,
+        neuronPartials: Tensor? = nil, on stream: Stream? = nil
     ) throws {
         let operation = "lifBackward"
         try check(operation, spikes, representationGradient, currentGradient)
@@ -58,10 +63,14 @@ extension Device {
         if let membrane {
             try check(operation, membrane)
             try requireCount(operation, membrane, steps * plane)
-        } else if dynamics.gradientReadsMembrane {
+        } else if dynamics.gradientReadsMembrane || neuronPartials != nil {
             throw SigPropError.configuration(
-                "\(operation): a surrogate's gradient reads every step's membrane; pass the "
-                    + "membrane lifForward wrote")
+                "\(operation): a surrogate's gradient and beta's read every step's membrane; "
+                    + "pass the membrane lifForward wrote")
+        }
+        if let neuronPartials {
+            try check(operation, neuronPartials)
+            try requireCount(operation, neuronPartials, 2 * plane)
         }
         for (tensor, what) in [
             (representationGradient, "representation gradient"),
@@ -78,8 +87,9 @@ extension Device {
             constantCurrent: currentGradient.count == plane && steps > 1,
             perStep: representationGradient.count == steps * plane && steps > 1,
             membrane: membrane?.storage, spikes: spikes.storage,
-            gradient: representationGradient.storage,
-            currentGradient: currentGradient.storage, on: try queue(stream, operation))
+            gradient: representationGradient.storage, currentGradient: currentGradient.storage,
+            neuron: try storage(operation, neuron), neuronPartials: neuronPartials?.storage,
+            on: try queue(stream, operation))
     }
 
     /// The images [B, ...] (pixels in 0...1) as `steps` planes of spikes into `trains`
@@ -100,6 +110,13 @@ extension Device {
         try backend.spikeEncode(
             encoding, steps: steps, plane: images.count, seed: seed, images: images.storage,
             trains: trains.storage, on: try queue(stream, operation))
+    }
+
+    private func storage(_ operation: String, _ neuron: NeuronParameters) throws
+        -> NeuronStorage
+    {
+        try check(operation, neuron.beta, neuron.threshold)
+        return NeuronStorage(beta: neuron.beta.storage, threshold: neuron.threshold.storage)
     }
 
     private func requireSteps(_ operation: String, _ steps: Int) throws {

@@ -29,15 +29,23 @@ extension GoldenCheck {
             throw SigPropError.configuration("the network has no spiking blocks")
         }
         var named: [(String, Parameter)] = []
-        func add(_ prefix: String, _ parameters: [Parameter]) {
-            named += zip(["synapse.weight", "synapse.bias"], parameters).map { (prefix + $0, $1) }
+        /// A layer's synapse and, where they are learned, its neurons' beta and threshold
+        /// (the context part's are the input part's).
+        func add(_ prefix: String, _ layer: SpikingLayer, neurons: Bool = true) {
+            named += zip(["synapse.weight", "synapse.bias"], layer.parameters).map {
+                (prefix + $0, $1)
+            }
+            guard neurons else { return }
+            named += layer.neuron.parameters.map {
+                (prefix + ($0.value === layer.neuron.beta ? "beta" : "threshold"), $0)
+            }
         }
-        add("input.", blocks.signal.input.parameters)
-        add("context.", blocks.signal.context.parameters)
+        add("input.", blocks.signal.input)
+        add("context.", blocks.signal.context, neurons: false)
         for (index, block) in blocks.hidden.enumerated() {
-            add("hidden.\(index).", block.layer.parameters)
+            add("hidden.\(index).", block.layer)
         }
-        add("output.", blocks.output.layer.parameters)
+        add("output.", blocks.output.layer)
         for (name, parameter) in named {
             try load([parameter], names: [name], prefix: "init.", from: golden, on: device)
         }

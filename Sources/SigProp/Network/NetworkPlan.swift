@@ -194,7 +194,9 @@ public struct NetworkPlan: Sendable {
                 after.append(.flatten)
             }
             let outputElements = output.reduce(1, *)
-            var parameters = Self.parameters(name, kind: kind, norm: norm)
+            var parameters =
+                Self.parameters(name, kind: kind, norm: norm)
+                + Self.neuronParameters(name, spiking ? description.spiking : nil)
             var multiplyAdds =
                 Self.multiplyAdds(kind, output: output) * Double(index == 0 ? firstSteps : steps)
             if index == 0 {
@@ -223,7 +225,8 @@ public struct NetworkPlan: Sendable {
             Stage(
                 kind: kind, position: nil, inputShape: shape, outputShape: [classes],
                 handedOnShape: [classes], after: [], norm: .none, spiking: spiking,
-                parameters: Self.parameters("output", kind: kind, norm: .none),
+                parameters: Self.parameters("output", kind: kind, norm: .none)
+                    + Self.neuronParameters("output", spiking ? description.spiking : nil),
                 multiplyAdds: Double(features * classes * steps)))
         self.stages = stages
     }
@@ -243,6 +246,15 @@ public struct NetworkPlan: Sendable {
             + (norm == .none
                 ? []
                 : [("\(name).norm.weight", outputs, true), ("\(name).norm.bias", outputs, true)])
+    }
+
+    /// A spiking layer's learned beta and threshold (one value each; none where fixed).
+    static func neuronParameters(_ name: String, _ settings: SpikingSettings?)
+        -> [(name: String, elements: Int, trained: Bool)]
+    {
+        guard let settings else { return [] }
+        return (settings.learnBeta ? [("\(name).beta", 1, true)] : [])
+            + (settings.learnThreshold ? [("\(name).threshold", 1, true)] : [])
     }
 
     static func multiplyAdds(_ kind: Stage.Kind, output: [Int]) -> Double {

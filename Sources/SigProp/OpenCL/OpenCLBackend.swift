@@ -667,9 +667,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     /// The neuron's kernel arguments after the shape: beta, threshold, reset, surrogate.
-    private func neuronArguments(_ d: LIFDynamics) -> [CLKernel.Argument] {
+    private func neuronArguments(_ d: LIFDynamics, _ neuron: NeuronStorage)
+        -> [CLKernel.Argument]
+    {
         [
-            .float(d.neuron.beta), .float(d.neuron.threshold),
+            .buffer(mem(neuron.beta)), .buffer(mem(neuron.threshold)),
             .int(d.neuron.reset == .zero ? 1 : 0), .int(d.surrogate?.code ?? 0),
             .float(d.slope),
         ]
@@ -678,7 +680,8 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     func lifForward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
-        rate: TensorStorage, stepRepresentation: TensorStorage?, on queue: BackendQueue
+        rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
+        on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "lif_forward",
@@ -688,23 +691,24 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 .buffer(mem(stepRepresentation ?? spikes)), .int(membrane == nil ? 0 : 1),
                 .int(stepRepresentation == nil ? 0 : 1), .int(Int32(dynamics.steps)),
                 .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
-            ] + neuronArguments(dynamics),
+            ] + neuronArguments(dynamics, neuron),
             global: [plane], on: queue)
     }
 
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,
-        currentGradient: TensorStorage, on queue: BackendQueue
+        currentGradient: TensorStorage, neuron: NeuronStorage, neuronPartials: TensorStorage?,
+        on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "lif_backward",
             [
                 .buffer(mem(membrane ?? spikes)), .buffer(mem(spikes)), .buffer(mem(gradient)),
-                .buffer(mem(currentGradient)),
-                .int(Int32(dynamics.steps)), .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
-                .int(perStep ? 1 : 0),
-            ] + neuronArguments(dynamics),
+                .buffer(mem(currentGradient)), .buffer(mem(neuronPartials ?? currentGradient)),
+                .int(neuronPartials == nil ? 0 : 1), .int(Int32(dynamics.steps)),
+                .int(Int32(plane)), .int(constantCurrent ? 1 : 0), .int(perStep ? 1 : 0),
+            ] + neuronArguments(dynamics, neuron),
             global: [plane], on: queue)
     }
 

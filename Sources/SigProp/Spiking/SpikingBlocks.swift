@@ -125,7 +125,8 @@ public final class SpikingSignalBlock {
         self.fixedContext = fixedContext
         self.optimizer = try Optimizer(
             settings: optimizer,
-            parameters: input.parameters + (fixedContext ? [] : context.parameters))
+            parameters: input.parameters + (fixedContext ? [] : context.parameters)
+                + input.neuron.parameters)
         activity = try SpikeActivity(units: units.reduce(1, *), device: device)
     }
 
@@ -165,7 +166,13 @@ public final class SpikingSignalBlock {
         let (dH, dT, rowLosses) = try pass.localLoss(loss, on: stream)
         let step = optimizer.beginStep(learningRate: learningRate)
         try input.learn(from: [(pass.hPass, dH)], step: step, on: stream)
-        if !fixedContext { try context.learn(from: [(pass.tPass, dT)], step: step, on: stream) }
+        if !fixedContext {
+            try context.learn(from: [(pass.tPass, dT)], step: step, on: stream)
+        } else if input.neuron.learns {
+            // The target stream runs through the same neurons: its share of their gradient.
+            _ = try context.currentGradient(pass.tPass, dT, on: stream)
+        }
+        try input.neuron.step(step, on: stream)
         return rowLosses
     }
 
@@ -208,7 +215,8 @@ public final class SpikingHiddenBlock {
     ) throws {
         self.layer = layer
         self.after = after
-        self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
+        self.optimizer = try Optimizer(
+            settings: optimizer, parameters: layer.parameters + layer.neuron.parameters)
         activity = try SpikeActivity(units: units, device: device)
     }
 
@@ -232,9 +240,9 @@ public final class SpikingHiddenBlock {
         _ pass: SpikingBlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
     ) throws -> Tensor {
         let (dH, dT, rowLosses) = try pass.localLoss(loss, on: stream)
-        try layer.learn(
-            from: [(pass.hPass, dH), (pass.tPass, dT)],
-            step: optimizer.beginStep(learningRate: learningRate), on: stream)
+        let step = optimizer.beginStep(learningRate: learningRate)
+        try layer.learn(from: [(pass.hPass, dH), (pass.tPass, dT)], step: step, on: stream)
+        try layer.neuron.step(step, on: stream)
         return rowLosses
     }
 
@@ -284,21 +292,31 @@ public struct SpikingBlocks {
             }
         }
         let dynamics = settings.blockDynamics
+        func neuron(_ name: String, _ device: Device) throws -> NeuronParameters {
+            try NeuronParameters(
+                name: name, neuron: settings.neuron, learnBeta: settings.learnBeta,
+                learnThreshold: settings.learnThreshold, device: device)
+        }
         let first = plan.stages[0]
-        let input = SpikingLayer(synapse: try synapse(0, &generator), dynamics: dynamics)
+        // The input and the context part feed the same neurons.
+        let signalNeuron = try neuron("block0", devices[0])
+        let input = SpikingLayer(
+            synapse: try synapse(0, &generator), dynamics: dynamics, neuron: signalNeuron)
         let context = SpikingLayer(
             synapse: try DenseLayer(
                 device: devices[0], name: "block0.context", inputs: plan.classes,
                 outputs: first.outputShape.reduce(1, *), bias: false, activation: .identity,
                 generator: &generator),
-            dynamics: dynamics)
+            dynamics: dynamics, neuron: signalNeuron)
         signal = try SpikingSignalBlock(
             input: input, context: context, after: first.after, units: first.outputShape,
             encoding: settings.encoding, optimizer: optimizer,
             fixedContext: plan.description.fixedContext, device: devices[0])
         hidden = try (1..<plan.blockCount).map { index in
             try SpikingHiddenBlock(
-                layer: SpikingLayer(synapse: try synapse(index, &generator), dynamics: dynamics),
+                layer: SpikingLayer(
+                    synapse: try synapse(index, &generator), dynamics: dynamics,
+                    neuron: try neuron("block\(index)", devices[index])),
                 after: plan.stages[index].after,
                 units: plan.stages[index].outputShape.reduce(1, *), optimizer: optimizer,
                 device: devices[index])
@@ -306,7 +324,8 @@ public struct SpikingBlocks {
         output = try SpikingOutputLayer(
             layer: SpikingLayer(
                 synapse: try synapse(plan.blockCount, &generator),
-                dynamics: settings.outputDynamics),
+                dynamics: settings.outputDynamics,
+                neuron: try neuron("output", devices[plan.blockCount])),
             optimizer: optimizer)
     }
 
@@ -322,7 +341,8 @@ public final class SpikingOutputLayer {
 
     init(layer: SpikingLayer, optimizer: OptimizerSettings) throws {
         self.layer = layer
-        self.optimizer = try Optimizer(settings: optimizer, parameters: layer.parameters)
+        self.optimizer = try Optimizer(
+            settings: optimizer, parameters: layer.parameters + layer.neuron.parameters)
     }
 
     public func forward(_ spikes: Tensor, samples: Int, on stream: Stream?) throws -> SpikingPass {
@@ -336,8 +356,9 @@ public final class SpikingOutputLayer {
     {
         let (dY, rows) = try LocalLoss.crossEntropy(
             logits: pass.representation, onehot: onehot, on: stream)
-        try layer.learn(
-            from: [(pass, dY)], step: optimizer.beginStep(learningRate: learningRate), on: stream)
+        let step = optimizer.beginStep(learningRate: learningRate)
+        try layer.learn(from: [(pass, dY)], step: step, on: stream)
+        try layer.neuron.step(step, on: stream)
         return rows
     }
 }

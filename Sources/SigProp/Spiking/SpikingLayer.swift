@@ -24,15 +24,21 @@ public struct SpikingPass {
 /// T·B rows of a spike train, or once over B rows of an input held for every step (direct
 /// encoding, the label's context). Learning goes from the representation's gradient through
 /// the membrane's own recurrence to the current, never through a spike
-/// (`Device.lifBackward`), then into the synapse as into any layer.
+/// (`Device.lifBackward`), then into the synapse as into any layer; where the neurons learn
+/// their beta and threshold, the same scan gives their gradients (`NeuronParameters`, which
+/// the block steps).
 public final class SpikingLayer {
     public let synapse: FeatureLayer
     public let dynamics: LIFDynamics
+    /// Beta and the threshold, shared with the layers of the same neurons.
+    public let neuron: NeuronParameters
+    /// The synapse's parameters (the block adds `neuron`'s once).
     public var parameters: [Parameter] { synapse.parameters }
 
-    init(synapse: FeatureLayer, dynamics: LIFDynamics) {
+    init(synapse: FeatureLayer, dynamics: LIFDynamics, neuron: NeuronParameters) {
         self.synapse = synapse
         self.dynamics = dynamics
+        self.neuron = neuron
     }
 
     /// The layer's T steps for `samples` samples: `input` holds `samples` rows (the same
@@ -51,14 +57,14 @@ public final class SpikingLayer {
         let units = Array(pass.output.shape.dropFirst())
         let spikes = try device.allocate([steps * samples] + units, on: stream)
         let membrane =
-            dynamics.gradientReadsMembrane
+            dynamics.gradientReadsMembrane || neuron.learns
             ? try device.allocate([steps * samples] + units, on: stream) : nil
         let perSample = try (0..<2).map { _ in try device.allocate([samples] + units, on: stream) }
         let stepValues =
             dynamics.lossAtEveryStep
             ? try device.allocate([steps * samples] + units, on: stream) : nil
         try device.lifForward(
-            pass.output, dynamics: dynamics, membrane: membrane, spikes: spikes,
+            pass.output, dynamics: dynamics, neuron: neuron, membrane: membrane, spikes: spikes,
             representation: perSample[0], rate: perSample[1], stepRepresentation: stepValues,
             on: stream)
         return SpikingPass(
@@ -66,15 +72,21 @@ public final class SpikingLayer {
             rate: perSample[1], stepRepresentation: stepValues)
     }
 
-    /// d loss / d the synapse's current for `pass`, from d loss / d its representation.
+    /// d loss / d the synapse's current for `pass`, from d loss / d its representation;
+    /// where the neurons learn, their gradients are added to `neuron`'s.
     func currentGradient(_ pass: SpikingPass, _ gradient: Tensor, on stream: Stream?) throws
         -> Tensor
     {
         let device = pass.spikes.device
         let current = try device.allocate(pass.synapse.output.shape, on: stream)
+        let partials =
+            neuron.learns
+            ? try device.allocate([pass.representation.count, 2], on: stream) : nil
         try device.lifBackward(
             membrane: pass.membrane, spikes: pass.spikes, representationGradient: gradient,
-            dynamics: dynamics, into: current, on: stream)
+            dynamics: dynamics, neuron: neuron, into: current, neuronPartials: partials,
+            on: stream)
+        if let partials { try neuron.accumulate(partials, on: stream) }
         return current
     }
 

@@ -29,6 +29,10 @@ public struct SpikingSettings: Sendable, Equatable {
     /// The surrogate's sharpness; nil: the surrogate's default (`Surrogate.defaultSlope`).
     public var slope: Float?
     public var lossTiming: LossTiming = .mean
+    /// Whether every spiking layer learns its beta, its threshold (one scalar each per layer,
+    /// as snnTorch's `learn_beta` and `learn_threshold`), starting from `neuron`'s.
+    public var learnBeta = false
+    public var learnThreshold = false
 
     public init() {}
 
@@ -75,17 +79,22 @@ extension SpikingSettings: CustomStringConvertible {
                 + "\(slope ?? surrogate.defaultSlope))"
         return "\(timesteps) steps, \(encoding.rawValue) encoding, \(learned), loss "
             + (lossTiming == .mean ? "on the time mean" : "at every step")
-            + ", beta \(neuron.beta), threshold \(neuron.threshold), \(neuron.reset.rawValue) reset"
+            + ", beta \(neuron.beta)\(learnBeta ? " (learned)" : ""), threshold "
+            + "\(neuron.threshold)\(learnThreshold ? " (learned)" : ""), "
+            + "\(neuron.reset.rawValue) reset"
     }
 }
 
 /// In JSON descriptions: `"spiking": {"timesteps": 25, "encoding": "direct", "beta": 0.95,
 /// "threshold": 1, "reset": "subtract", "learning": "voltage", "surrogate": "arctan",
-/// "slope": 2, "loss_timing": "mean"}`, every key optional.
+/// "slope": 2, "loss_timing": "mean", "learn_beta": false, "learn_threshold": false}`, every key
+/// optional.
 extension SpikingSettings: Codable {
     enum CodingKeys: String, CodingKey {
         case timesteps, encoding, beta, threshold, reset, learning, surrogate, slope
         case lossTiming = "loss_timing"
+        case learnBeta = "learn_beta"
+        case learnThreshold = "learn_threshold"
     }
 
     public init(from decoder: Decoder) throws {
@@ -99,6 +108,8 @@ extension SpikingSettings: Codable {
         surrogate = try c.decodeIfPresent(Surrogate.self, forKey: .surrogate) ?? .arctan
         slope = try c.decodeIfPresent(Float.self, forKey: .slope)
         lossTiming = try c.decodeIfPresent(LossTiming.self, forKey: .lossTiming) ?? .mean
+        learnBeta = try c.decodeIfPresent(Bool.self, forKey: .learnBeta) ?? false
+        learnThreshold = try c.decodeIfPresent(Bool.self, forKey: .learnThreshold) ?? false
         try validate()
     }
 
@@ -113,5 +124,7 @@ extension SpikingSettings: Codable {
         try c.encode(surrogate, forKey: .surrogate)
         try c.encodeIfPresent(slope, forKey: .slope)
         try c.encode(lossTiming, forKey: .lossTiming)
+        if learnBeta { try c.encode(learnBeta, forKey: .learnBeta) }
+        if learnThreshold { try c.encode(learnThreshold, forKey: .learnThreshold) }
     }
 }
