@@ -17,6 +17,10 @@ implementation with autograd (the reference for SigProp's hand-written reverse s
 * With loss_timing "step" a block's loss is the mean over steps of the max-all loss of that
   step's values (T0 the same at every step: onehot(c), or the previous block's time-mean
   target representation).
+* With "learned", every layer's beta and threshold are parameters (one scalar each, as
+  snnTorch's learn_beta and learn_threshold; beta clamped to 0...1), the signal block's
+  context part sharing its input part's; the threshold in the subtracting reset's
+  threshold S[t-1] keeps its gradient, the spike does not.
 
 Each block its own torch.optim.SGD (lr 0.1, momentum 0.9). Each case runs 3 steps, in
 float32 (stored) and float64 (for f64_max_abs_diff); a case is refused when a membrane comes
