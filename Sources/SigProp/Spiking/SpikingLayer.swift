@@ -90,8 +90,9 @@ public final class SpikingLayer {
         return current
     }
 
-    /// One learning step from the representation's gradient of every pass (the input and
-    /// target streams, summed).
+    /// The synapse's learning step from the representation's gradient of every pass (the
+    /// input and target streams, summed); the neurons' gradients go to `neuron`, which the
+    /// block steps once for all the layers that share it.
     func learn(
         from passes: [(pass: SpikingPass, representationGradient: Tensor)], step: UpdateRule,
         on stream: Stream?
@@ -103,15 +104,5 @@ public final class SpikingLayer {
                     try currentGradient($0.pass, $0.representationGradient, on: stream)
                 )
             }, step: step, on: stream)
-    }
-
-    /// d loss / d parameters for `pass` (`accumulate` false: set), without a step: for checks.
-    func accumulateGradients(
-        _ pass: SpikingPass, representationGradient: Tensor, accumulate: Bool, on stream: Stream?
-    ) throws {
-        try synapse.accumulateGradients(
-            pass.synapse,
-            outputGradient: try currentGradient(pass, representationGradient, on: stream),
-            accumulate: accumulate, on: stream)
     }
 }
