@@ -40,6 +40,17 @@ import Testing
         }
     }
 
+    /// A spiking network's line shows each block's spikes per step before the losses where
+    /// they leave the losses room, and leaves them out where they do not.
+    @Test func spikeRatesComeBeforeTheLosses() {
+        var progress = Self.progress(blocks: 2)
+        progress.spikeRates = [0.0743, 0.051]
+        let line = ProgressText.progress(progress, epochs: 5, width: 120)
+        #expect(line.contains("ETA 41s  spikes 7.4% 5.1%  loss 0.500"), "\(line)")
+        let narrow = ProgressText.progress(progress, epochs: 5, width: 70)
+        #expect(!narrow.contains("spikes") && narrow.count < 70, "\(narrow)")
+    }
+
     @Test func durationsAreShort() {
         #expect(ProgressText.duration(41.2) == "41s")
         #expect(ProgressText.duration(205) == "3m25s")

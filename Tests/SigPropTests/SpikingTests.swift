@@ -256,6 +256,31 @@ import Testing
         #expect(throws: SigPropError.self) { _ = try encode(.direct, seed: 0) }
     }
 
+    /// The progress reports carry each block's spikes per step over the epoch so far; the
+    /// last one equals the epoch's metrics.
+    @Test(arguments: TestBackend.available)
+    func progressReportsSpikeRates(_ backend: TestBackend) throws {
+        var options = TrainingOptions()
+        options.batchSize = 32
+        options.validation = nil
+        let config = TestNetwork.spiking("lif24,lif16", steps: 5)
+        let trainer = try Trainer(
+            network: try config.build(try backend.device(), seed: 2), options: options,
+            train: try TrainingTests.syntheticData(count: 256, seed: 1),
+            test: try TrainingTests.syntheticData(count: 64, seed: 2))
+        var last: BatchProgress?
+        guard case .completed(let metrics) = try trainer.runEpoch(0, progress: { last = $0 })
+        else { throw SigPropError.configuration("the epoch did not complete") }
+        let reported = try #require(last)
+        #expect(reported.batch == reported.batches)
+        #expect(reported.spikeRates.count == 2)
+        for (got, want) in zip(reported.spikeRates, metrics.spikeRates) {
+            #expect(
+                abs(got - want) < 1e-6 && want > 0,
+                "\(reported.spikeRates) vs \(metrics.spikeRates)")
+        }
+    }
+
     /// Layers that learn their beta and threshold as well learn.
     @Test(arguments: TestBackend.available)
     func itLearnsWithLearnedNeurons(_ backend: TestBackend) throws {

@@ -381,7 +381,9 @@ extension SpikingSignalBlock: TrainingStage {
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
         try activity.record(pass.hPass.rate, on: stream)
-        return StagePass(outputs: [pass.h, pass.t, pass.targetRepresentation]) { stream in
+        return StagePass(
+            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRates: pass.hPass.rate
+        ) { stream in
             try self.learn(pass, loss: batch.loss, learningRate: batch.learningRate, on: stream)
         }
     }
@@ -398,7 +400,9 @@ extension SpikingHiddenBlock: TrainingStage {
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
         try activity.record(pass.hPass.rate, on: stream)
-        return StagePass(outputs: [pass.h, pass.t, pass.targetRepresentation]) { stream in
+        return StagePass(
+            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRates: pass.hPass.rate
+        ) { stream in
             try self.learn(pass, loss: batch.loss, learningRate: batch.learningRate, on: stream)
         }
     }

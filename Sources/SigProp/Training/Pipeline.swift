@@ -113,6 +113,8 @@ public final class Pipeline {
         let labels: [Int32]
         /// Per stage, the rows' losses (the signal block first, the output layer last).
         let rowLosses: [Tensor]
+        /// Per spiking block, each unit's spikes per step.
+        let spikeRates: [Tensor]
         let logits: Tensor
         /// One event per stage, complete when the stage (its update included) is done.
         let done: [Event]
@@ -120,13 +122,15 @@ public final class Pipeline {
         let generations: [ObjectIdentifier: Int]
     }
 
-    /// What a batch gave once it is done: per stage the sum of its rows' losses, and the
-    /// output layer's prediction of each sample (from the logits before its update).
+    /// What a batch gave once it is done: per stage the sum of its rows' losses, the output
+    /// layer's prediction of each sample (from the logits before its update), and per
+    /// spiking block the mean of its units' spikes per step.
     public struct RetiredBatch: Sendable {
         public let index: Int
         public let labels: [Int32]
         public let lossSums: [Double]
         public let predictions: [Int]
+        public let spikeRates: [Double]
         public var correct: Int { zip(predictions, labels).filter { $0 == Int($1) }.count }
     }
 
@@ -227,10 +231,11 @@ public final class Pipeline {
             images: images, labels: labels, inputShape: network.inputShape,
             classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
             byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
-        let (rowLosses, logits, done) = try enqueue(batch, trace: spans)
+        let (rowLosses, spikeRates, logits, done) = try enqueue(batch, trace: spans)
         inFlight.append(
             InFlight(
-                index: index, labels: labels, rowLosses: rowLosses, logits: logits,
+                index: index, labels: labels, rowLosses: rowLosses, spikeRates: spikeRates,
+                logits: logits,
                 done: done, generations: generations))
         var retired: [RetiredBatch] = []
         while inFlight.count >= depth { retired.append(try retireOldest()) }
@@ -255,11 +260,16 @@ public final class Pipeline {
         let logits = batch.logits
         let predictions = Trainer.argmax(
             try logits.device.read(logits, on: readback(logits)), columns: network.classes)
+        let spikeRates = try batch.spikeRates.map { rates in
+            try rates.device.read(rates, on: readback(rates)).reduce(0) { $0 + Double($1) }
+                / Double(max(rates.count, 1))
+        }
         for (device, generation) in batch.generations {
             pools[device]!.reclaim(through: generation)
         }
         return RetiredBatch(
-            index: batch.index, labels: batch.labels, lossSums: sums, predictions: predictions)
+            index: batch.index, labels: batch.labels, lossSums: sums, predictions: predictions,
+            spikeRates: spikeRates)
     }
 
     /// After a run of batches (all retired): the storage back to the pools, and the kernels
@@ -302,10 +312,11 @@ public final class Pipeline {
     /// learns while block l+1 computes; each block's outputs use its weights before its
     /// update, and its update comes before its next forward (its stream is in order).
     private func enqueue(_ batch: BatchContext, trace: StageSpan?) throws
-        -> (rowLosses: [Tensor], logits: Tensor, done: [Event])
+        -> (rowLosses: [Tensor], spikeRates: [Tensor], logits: Tensor, done: [Event])
     {
         let streams = stageStreams
         var losses: [Tensor] = []
+        var spikeRates: [Tensor] = []
         var done: [Event] = []
         var ready: Event?
         /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
@@ -335,6 +346,7 @@ public final class Pipeline {
             let pass = try stage.forward(inputs, batch: batch, on: stream)
             let outputs = try stream.record()
             ready = outputs
+            if let rates = pass.spikeRates { spikeRates.append(rates) }
             losses.append(try pass.learn(stream))
             let end = try stream.record()
             done.append(end)
@@ -344,6 +356,6 @@ public final class Pipeline {
             }
             handedOn = pass.outputs
         }
-        return (losses, handedOn[0], done)
+        return (losses, spikeRates, handedOn[0], done)
     }
 }

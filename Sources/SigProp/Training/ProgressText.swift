@@ -23,20 +23,32 @@ package enum ProgressText {
     /// "epoch 1/5  batch 12/468  7,316 samples/s  ETA 41s  loss 0.123 0.456 … 1.234", in
     /// fewer than `width` characters (writing the last column makes some terminals wrap):
     /// the losses to three decimals when they all fit, else to two, else the first ones to
-    /// three, "…" and the output layer's.
+    /// three, "…" and the output layer's. A spiking network's blocks' spikes per step come
+    /// before the losses ("spikes 7.4% 5.1%") where they leave the losses room.
     public static func progress(_ progress: BatchProgress, epochs: Int, width: Int) -> String {
         let head =
             "epoch \(progress.epoch + 1)/\(epochs)  batch \(grouped(progress.batch))/"
             + "\(grouped(progress.batches))  \(grouped(Int(progress.samplesPerSecond.rounded())))"
             + " samples/s  ETA \(duration(progress.secondsLeft))"
         let width = max(20, width - 1)
-        let losses = progress.blockLosses.map { String(format: "%.3f", $0) }
-        let line = fit(head: head, label: "loss", items: losses, width: width)
-        guard line.contains("…") else { return line }
-        // Every loss to two decimals beats some of them to three.
-        let shorter = progress.blockLosses.map { String(format: "%.2f", $0) }
-        let all = fit(head: head, label: "loss", items: shorter, width: width)
-        return all.contains("…") ? line : all
+        func withLosses(_ head: String) -> String {
+            let losses = progress.blockLosses.map { String(format: "%.3f", $0) }
+            let line = fit(head: head, label: "loss", items: losses, width: width)
+            guard line.contains("…") else { return line }
+            // Every loss to two decimals beats some of them to three.
+            let shorter = progress.blockLosses.map { String(format: "%.2f", $0) }
+            let all = fit(head: head, label: "loss", items: shorter, width: width)
+            return all.contains("…") ? line : all
+        }
+        let plain = withLosses(head)
+        guard !progress.spikeRates.isEmpty else { return plain }
+        let spiking = withLosses(
+            head + "  spikes "
+                + progress.spikeRates.map { String(format: "%.1f%%", 100 * $0) }.joined(
+                    separator: " "))
+        // The spikes only where every loss the line would show without them still shows.
+        let fits = spiking.contains("loss") && (!spiking.contains("…") || plain.contains("…"))
+        return fits ? spiking : plain
     }
 
     /// "41s", "3m25s", "2h05m": short, as the progress line has little room.

@@ -141,6 +141,9 @@ public struct BatchProgress: Sendable {
     public let samplesPerSecond: Double
     public let blockLosses: [Double]
     public let secondsLeft: Double
+    /// Spiking networks, per block: spikes per unit per step over the epoch's batches so far
+    /// (empty for other networks).
+    public var spikeRates: [Double] = []
 }
 
 /// Runs epochs over a data set.
@@ -250,6 +253,8 @@ public final class Trainer {
         var correct = 0
         var seen = 0
         var trained = 0
+        // Per spiking block, the batches' spike rates weighted by their samples.
+        var rateSums: [Double] = []
         let start = Date()
         var lastReport = Date.distantPast
 
@@ -271,6 +276,10 @@ public final class Trainer {
             correct += batch.correct
             seen += batch.labels.count
             trained += 1
+            if rateSums.isEmpty { rateSums = batch.spikeRates.map { _ in 0 } }
+            for (block, rate) in batch.spikeRates.enumerated() {
+                rateSums[block] += rate * Double(batch.labels.count)
+            }
             if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
                 lastReport = Date()
                 let elapsed = Date().timeIntervalSince(start)
@@ -280,7 +289,8 @@ public final class Trainer {
                         samplesPerSecond: Double(seen) / max(elapsed, 1e-9),
                         blockLosses: reported.map { lossSums[$0] / Double(trained) },
                         secondsLeft: elapsed / Double(trained)
-                            * Double(batches.count - batch.index - 1)))
+                            * Double(batches.count - batch.index - 1),
+                        spikeRates: rateSums.map { $0 / Double(max(seen, 1)) }))
             }
         }
 
