@@ -38,8 +38,8 @@ inline float lif_surrogate_slope(const float x, const int kind, const float k) {
 
 // The forward pass: spikes of every step, the representation R and the firing rate
 // (spikes / T) of each (sample, unit); with `write_membrane` the membrane of every step (what
-// a surrogate's gradient reads), with `write_steps` r(U[t]) of every step (for a loss at
-// every step).
+// the gradient of a surrogate or of a learned beta reads), with `write_steps` r(U[t]) of
+// every step (for a loss at every step).
 __kernel void lif_forward(__global const float* current, __global float* membrane,
                           __global float* spikes, __global float* representation,
                           __global float* rate, __global float* step_representation,
