@@ -98,7 +98,8 @@ protocol Backend: AnyObject, Sendable {
         on queue: BackendQueue) throws
     /// Its gradient: d loss / d current from d loss / d representation (`perStep`: a plane per
     /// step); `constantCurrent`: summed over steps into one plane. `membrane` is read for a
-    /// surrogate's slope only.
+    /// surrogate's slope and a learned beta's gradient only; `neuronPartials`, where given,
+    /// gets each entry's share of d loss / d (beta, threshold).
     func lifBackward(
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, perStep: Bool,
         membrane: TensorStorage?, spikes: TensorStorage, gradient: TensorStorage,

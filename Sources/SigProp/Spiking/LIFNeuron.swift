@@ -107,14 +107,4 @@ public struct LIFDynamics: Sendable, Equatable {
     /// Whether the gradient reads each step's membrane (a surrogate's slope); the voltage's
     /// gradient needs only the spikes.
     public var gradientReadsMembrane: Bool { surrogate != nil }
-
-    /// The representation's value for a membrane `u`.
-    func represent(_ u: Float) -> Float {
-        surrogate.map { $0.value(u - neuron.threshold, slope: slope) } ?? u
-    }
-
-    /// d representation / d membrane at `u`.
-    func representationSlope(_ u: Float) -> Float {
-        surrogate.map { $0.slope(u - neuron.threshold, slope: slope) } ?? 1
-    }
 }

@@ -1,9 +1,9 @@
 /// Signal Propagation's blocks made of spiking layers (docs/spiking.md). Both streams are
 /// spike trains through the same neurons: the input stream from the image (the same current
-/// at every step, or its rate or latency spike train), the target stream from the label's context. Each block's local loss reads
-/// the time mean of its membrane (or of a surrogate of its spike) on both streams, so a block
-/// learns whether or not its neurons fire, and nothing crosses back to an earlier block or an
-/// earlier step's spike.
+/// at every step, or its rate or latency spike train), the target stream from the label's
+/// context. Each block's local loss reads the time mean of its membrane (or of a surrogate of
+/// its spike) on both streams, so a block learns whether or not its neurons fire, and nothing
+/// crosses back to an earlier block or an earlier step's spike.
 
 /// A spiking block's forward on one batch: the spike trains the next block reads, the target
 /// stream's representation (the next block's T0) and what the block's own update needs.
