@@ -6,6 +6,20 @@ extension CPUKernels {
     /// loops, free of branches, vectorise.
     static let lifTile = 256
 
+    /// Walks `range` in tiles of `lifTile` units: `body` gets a tile's first unit, its length
+    /// and `planes` scratch planes of `lifTile` values each, zeroed for every tile.
+    static func forEachLIFTile(
+        _ range: Range<Int>, scratchPlanes planes: Int,
+        _ body: (_ tile: Int, _ count: Int, _ scratch: UnsafeMutablePointer<Float>) -> Void
+    ) {
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: planes * lifTile)
+        defer { scratch.deallocate() }
+        for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
+            scratch.initialize(repeating: 0, count: planes * lifTile)
+            body(tile, min(lifTile, range.upperBound - tile), scratch)
+        }
+    }
+
     static func lifForward(
         _ d: LIFDynamics, plane: Int, constantCurrent: Bool, current: UnsafePointer<Float>,
         membrane: UnsafeMutablePointer<Float>?, spikes: UnsafeMutablePointer<Float>,
@@ -16,15 +30,11 @@ extension CPUKernels {
         let (beta, threshold) = (min(max(betaValue[0], 0), 1), thresholdValue[0])
         let zero = d.neuron.reset == .zero
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            let state = UnsafeMutablePointer<Float>.allocate(capacity: 6 * lifTile)
-            defer { state.deallocate() }
-            let (u, s, sum, count) = (
-                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
-            )
-            let (m, r) = (state + 4 * lifTile, state + 5 * lifTile)
-            for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
-                let n = min(lifTile, range.upperBound - tile)
-                state.initialize(repeating: 0, count: 4 * lifTile)
+            forEachLIFTile(range, scratchPlanes: 6) { tile, n, state in
+                let (u, s, sum, count) = (
+                    state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
+                )
+                let (m, r) = (state + 4 * lifTile, state + 5 * lifTile)
                 for t in 0..<d.steps {
                     let input = current + (constantCurrent ? 0 : t * plane) + tile
                     let spike = spikes + t * plane + tile
@@ -86,15 +96,11 @@ extension CPUKernels {
         let zero = d.neuron.reset == .zero
         let inverseSteps = 1 / Float(d.steps)
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
-            let state = UnsafeMutablePointer<Float>.allocate(capacity: 6 * lifTile)
-            defer { state.deallocate() }
-            let (v, factor, total, g) = (
-                state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
-            )
-            let (dBeta, dThreshold) = (state + 4 * lifTile, state + 5 * lifTile)
-            for tile in stride(from: range.lowerBound, to: range.upperBound, by: lifTile) {
-                let n = min(lifTile, range.upperBound - tile)
-                state.initialize(repeating: 0, count: 6 * lifTile)
+            forEachLIFTile(range, scratchPlanes: 6) { tile, n, state in
+                let (v, factor, total, g) = (
+                    state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
+                )
+                let (dBeta, dThreshold) = (state + 4 * lifTile, state + 5 * lifTile)
                 for t in stride(from: d.steps - 1, through: 0, by: -1) {
                     let stepGradient = gradient + (perStep ? t * plane : 0) + tile
                     if let surrogate = d.surrogate, let membrane {
