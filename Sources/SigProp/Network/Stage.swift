@@ -33,16 +33,15 @@ public struct StagePass {
     public let outputs: [Tensor]
     /// Enqueues the stage's update; returns one loss share per row (their sum is the loss).
     public let learn: (Stream) throws -> Tensor
-    /// A spiking block's spikes per step of each of the batch's units on the input stream
-    /// ([B, ...]), for the progress line; nil for other stages.
-    public let spikeRates: Tensor?
+    /// A spiking block's mean spikes per unit per step over the batch's input stream ([1]),
+    /// for the progress line; nil for other stages.
+    public let spikeRate: Tensor?
 
     public init(
-        outputs: [Tensor], spikeRates: Tensor? = nil,
-        learn: @escaping (Stream) throws -> Tensor
+        outputs: [Tensor], spikeRate: Tensor? = nil, learn: @escaping (Stream) throws -> Tensor
     ) {
         self.outputs = outputs
-        self.spikeRates = spikeRates
+        self.spikeRate = spikeRate
         self.learn = learn
     }
 }

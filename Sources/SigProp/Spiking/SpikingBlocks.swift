@@ -68,10 +68,16 @@ public final class SpikeActivity {
 
     init(units: Int, device: Device) throws { counts = try device.zeros([units]) }
 
-    func record(_ rate: Tensor, on stream: Stream?) throws {
-        try rate.device.channelSums(
-            rate, channels: counts.count, into: counts, beta: 1, on: stream)
+    /// Adds a batch's rates ([B, units]) to the epoch's; returns the batch's mean spikes per
+    /// unit per step ([1]), for the progress line.
+    func record(_ rate: Tensor, on stream: Stream?) throws -> Tensor {
+        let device = rate.device
+        try device.channelSums(rate, channels: counts.count, into: counts, beta: 1, on: stream)
         samples += rate.rows
+        let mean = try device.allocate([1], on: stream)
+        try device.channelSums(
+            rate, channels: 1, into: mean, alpha: 1 / Float(rate.count), on: stream)
+        return mean
     }
 
     /// Starts a new epoch's count.
@@ -380,9 +386,9 @@ extension SpikingSignalBlock: TrainingStage {
             x: try batch.samples(on: stream), encodingSeed: seed, context: context,
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
-        try activity.record(pass.hPass.rate, on: stream)
+        let spikeRate = try activity.record(pass.hPass.rate, on: stream)
         return StagePass(
-            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRates: pass.hPass.rate
+            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRate: spikeRate
         ) { stream in
             try self.learn(pass, loss: batch.loss, learningRate: batch.learningRate, on: stream)
         }
@@ -399,9 +405,9 @@ extension SpikingHiddenBlock: TrainingStage {
             h: inputs[0], t: inputs[1], t0: inputs[2], samples: batch.size,
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
-        try activity.record(pass.hPass.rate, on: stream)
+        let spikeRate = try activity.record(pass.hPass.rate, on: stream)
         return StagePass(
-            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRates: pass.hPass.rate
+            outputs: [pass.h, pass.t, pass.targetRepresentation], spikeRate: spikeRate
         ) { stream in
             try self.learn(pass, loss: batch.loss, learningRate: batch.learningRate, on: stream)
         }

@@ -113,7 +113,7 @@ public final class Pipeline {
         let labels: [Int32]
         /// Per stage, the rows' losses (the signal block first, the output layer last).
         let rowLosses: [Tensor]
-        /// Per spiking block, each unit's spikes per step.
+        /// Per spiking block, the batch's mean spikes per unit per step ([1]).
         let spikeRates: [Tensor]
         let logits: Tensor
         /// One event per stage, complete when the stage (its update included) is done.
@@ -260,9 +260,8 @@ public final class Pipeline {
         let logits = batch.logits
         let predictions = Trainer.argmax(
             try logits.device.read(logits, on: readback(logits)), columns: network.classes)
-        let spikeRates = try batch.spikeRates.map { rates in
-            try rates.device.read(rates, on: readback(rates)).reduce(0) { $0 + Double($1) }
-                / Double(max(rates.count, 1))
+        let spikeRates = try batch.spikeRates.map { rate in
+            Double(try rate.device.read(rate, on: readback(rate))[0])
         }
         for (device, generation) in batch.generations {
             pools[device]!.reclaim(through: generation)
@@ -346,7 +345,7 @@ public final class Pipeline {
             let pass = try stage.forward(inputs, batch: batch, on: stream)
             let outputs = try stream.record()
             ready = outputs
-            if let rates = pass.spikeRates { spikeRates.append(rates) }
+            if let rate = pass.spikeRate { spikeRates.append(rate) }
             losses.append(try pass.learn(stream))
             let end = try stream.record()
             done.append(end)
