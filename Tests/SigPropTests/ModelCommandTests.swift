@@ -16,6 +16,25 @@ extension ProcessTests {
         ]
     }
 
+    /// Resumes the checkpoint `last` for a second epoch, which must complete; then, where
+    /// `conflicting` flags are given, with them for a third, which must be refused as a usage
+    /// error naming `conflict`.
+    static func expectResumes(
+        _ data: URL, _ checkpoints: URL, from last: String, refusing conflicting: [String] = [],
+        naming conflict: String = "", sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        let resumed = try run(model(data, checkpoints, ["--resume", last], epochs: 2))
+        #expect(resumed.status == 0, "\(resumed.output)", sourceLocation: sourceLocation)
+        #expect(
+            resumed.output.contains("epoch 2/2"), "\(resumed.output)",
+            sourceLocation: sourceLocation)
+        guard !conflicting.isEmpty else { return }
+        let other = try run(
+            model(data, checkpoints, ["--resume", last] + conflicting, epochs: 3))
+        #expect(other.status == 64, "\(other.output)", sourceLocation: sourceLocation)
+        #expect(other.output.contains(conflict), "\(other.output)", sourceLocation: sourceLocation)
+    }
+
     /// A layer list trains and resumes from its checkpoint without repeating it; another list
     /// on resume is a conflict.
     @Test func aLayerListTrainsAndResumes() throws {
@@ -26,13 +45,9 @@ extension ProcessTests {
         #expect(status == 0, "\(output)")
         #expect(output.contains("model: conv8k5s2,conv8,avgpool2,dense16, 3 learning blocks"))
         let last = checkpoints.appendingPathComponent("last.safetensors").path
-        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
-        #expect(resumed.status == 0, "\(resumed.output)")
-        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
-        let other = try Self.run(
-            Self.model(data, checkpoints, ["--resume", last, "--model", "dense16"], epochs: 3))
-        #expect(other.status == 64, "\(other.output)")
-        #expect(other.output.contains("--model/--hidden-layers/--width/--dropout dense16"))
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--model", "dense16"],
+            naming: "--model/--hidden-layers/--width/--dropout dense16")
     }
 
     /// A JSON description with its own norms and width multiplier.

@@ -21,13 +21,9 @@ extension ProcessTests {
         #expect(try checkpoint.rule.name == .ff)
         #expect(checkpoint.tensors["layer1.running_mean"]?.shape == [16])
         #expect(try checkpoint.options.optimizer.kind == .sgd)
-        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
-        #expect(resumed.status == 0, "\(resumed.output)")
-        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
-        let other = try Self.run(
-            Self.model(data, checkpoints, ["--resume", last, "--rule", "sigprop"], epochs: 3))
-        #expect(other.status == 64, "\(other.output)")
-        #expect(other.output.contains("--rule sigprop (checkpoint: ff)"), "\(other.output)")
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--rule", "sigprop"],
+            naming: "--rule sigprop (checkpoint: ff)")
         // --describe counts Forward-Forward's parameters: no label projection, a classifier
         // over the second layer (16 x 10 weights).
         let described = try Self.run(
@@ -52,9 +48,7 @@ extension ProcessTests {
         #expect(checkpoint.tensors["feedback"]?.shape == [64, 10])
         #expect(try checkpoint.model.description.hasDropout)
         #expect(try checkpoint.options.optimizer.milestones == [60, 90])
-        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
-        #expect(resumed.status == 0, "\(resumed.output)")
-        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
+        try Self.expectResumes(data, checkpoints, from: last)
         let refused = try Self.run(
             Self.model(data, checkpoints, ["--rule", "pepita", "--readout", "goodness"]))
         #expect(refused.status == 64, "\(refused.output)")
@@ -88,13 +82,9 @@ extension ProcessTests {
             checkpoint.tensors.keys.contains { $0.hasSuffix("block0.beta") }
                 && !checkpoint.tensors.keys.contains { $0.contains("threshold") },
             "\(checkpoint.tensors.keys.sorted())")
-        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
-        #expect(resumed.status == 0, "\(resumed.output)")
-        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
-        let other = try Self.run(
-            Self.model(data, checkpoints, ["--resume", last, "--timesteps", "9"], epochs: 3))
-        #expect(other.status == 64, "\(other.output)")
-        #expect(other.output.contains("--timesteps 9 (checkpoint: 5)"), "\(other.output)")
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--timesteps", "9"],
+            naming: "--timesteps 9 (checkpoint: 5)")
         let refusals: [([String], String)] = [
             (["--timesteps", "5"], "set spiking layers, and the model mlp has none"),
             (["--model", "lif16", "--spike-learning", "current"], "is not one of voltage"),
@@ -127,15 +117,9 @@ extension ProcessTests {
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
         #expect(try checkpoint.rule == LearningRule(.efp, errorFirstPass: .learn))
-        let resumed = try Self.run(Self.model(data, checkpoints, ["--resume", last], epochs: 2))
-        #expect(resumed.status == 0, "\(resumed.output)")
-        #expect(resumed.output.contains("epoch 2/2"), "\(resumed.output)")
-        let other = try Self.run(
-            Self.model(data, checkpoints, ["--resume", last, "--efp-first-pass", "predict"]))
-        #expect(other.status == 64, "\(other.output)")
-        #expect(
-            other.output.contains("--efp-first-pass predict (checkpoint: learn)"), "\(other.output)"
-        )
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--efp-first-pass", "predict"],
+            naming: "--efp-first-pass predict (checkpoint: learn)")
         let refusals: [([String], String)] = [
             (["--efp-first-pass", "learn"], "add --rule efp"),
             (["--rule", "efp", "--efp-first-pass", "twice"], "Valid values: predict, learn"),
