@@ -128,6 +128,10 @@ import Testing
         }
         return [
             mlp, dropout, .cnn([3, 8, 8]), .spiking("lifconv4,pool,lif16", learning: .surrogate),
+            .spiking("lif16,lif8").with {
+                $0.spiking.learnBeta = true
+                $0.spiking.learnThreshold = true
+            },
         ]
     }
 
@@ -153,6 +157,7 @@ import Testing
         arguments: [
             TestNetwork.mlp(width: 128), .cnn(), .spiking("lif128,lif64", steps: 20),
             .spiking("lif128", learning: .surrogate, steps: 20, encoding: .rate),
+            .spiking("lif128,lif64", steps: 20).with { $0.spiking.learnBeta = true },
         ], [1, 4])
     func theEstimateIsCloseToWhatTrainingHolds(_ config: TestNetwork, depth: Int) throws {
         let device = try Device.cpu()

@@ -64,13 +64,15 @@ struct MemoryEstimate {
             // A spiking block reads a spike train (every block but the first, whose image is
             // the same at every step unless it is encoded as spikes). Per output it writes,
             // at every step, its spikes, its membrane where the gradient reads it (a
-            // surrogate), each step's values and their gradient where the loss is taken at
+            // surrogate, learned neurons), each step's values and their gradient where the loss is taken at
             // every step; its current and the current's gradient at every step (once for a
             // constant current); and four planes: the representation, the rate and their
             // gradients. In all, a count of planes over the 3 this estimate counts per output.
             let constantCurrent = index == 0 && !encoded
             let trains =
-                1 + (spiking.learning == .surrogate ? 1.0 : 0)
+                1
+                + (spiking.learning == .surrogate || spiking.learnBeta || spiking.learnThreshold
+                    ? 1.0 : 0)
                 + (spiking.lossTiming == .step ? 2 : 0)
             let currents = constantCurrent ? 2 : 2 * steps
             let (reads, writes) =
