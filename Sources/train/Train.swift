@@ -1147,6 +1147,7 @@ struct Train: ParsableCommand {
         let spikes = zip(result.spikeRates, result.deadFractions).enumerated().map {
             String(format: "block%d %.1f%% (%.1f%% dead)", $0 + 1, 100 * $1.0, 100 * $1.1)
         }
+        guard !spikes.isEmpty else { return }
         for line in ProgressText.wrapped(
             "  spikes per step:", spikes, separator: ", ", width: width)
         {
