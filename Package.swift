@@ -5,6 +5,7 @@ let package = Package(
     name: "SigProp",
     products: [
         .library(name: "SigProp", targets: ["SigProp"]),
+        .library(name: "SigPropMPI", targets: ["SigPropMPI"]),
         .executable(name: "train", targets: ["train"]),
         .executable(name: "doctor", targets: ["doctor"]),
     ],
@@ -27,6 +28,12 @@ let package = Package(
             name: "CZlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // Open MPI, for training over several processes and machines (`SigPropMPI`).
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
 
         // Kernels/*.cl -> Swift string constants, so binaries need no resource files.
         .executableTarget(name: "EmbedKernelsTool"),
@@ -41,10 +48,12 @@ let package = Package(
             dependencies: ["COpenCL", "CBLAS", "CZlib"],
             plugins: ["EmbedKernels"]
         ),
+        // The library's `ProcessGroup` on MPI: `train --distributed`.
+        .target(name: "SigPropMPI", dependencies: ["SigProp", "CMPI"]),
         .executableTarget(
             name: "train",
             dependencies: [
-                "SigProp", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "SigProp", "SigPropMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SigProp
+import SigPropMPI
 
 /// Trains a network with a forward-only rule (Signal Propagation by default) on an image
 /// classification data set.
@@ -328,6 +329,16 @@ struct Train: ParsableCommand {
     var pipelineDepth: Int?
 
     @Option(
+        help: """
+            Train as one rank of several started by mpirun (mpirun -np N train --distributed \
+            pipeline ...): pipeline (the stages spread over the ranks, only activations cross; \
+            the weights are those of one process) or data (every rank trains on its share of \
+            each batch and the blocks' gradients are averaged). Rank 0 prints and writes the \
+            checkpoints and metrics.
+            """)
+    var distributed: Distribution.Mode?
+
+    @Option(
         help:
             ArgumentHelp(
                 "Write a Chrome trace-event file of every stage of every batch (open in Perfetto or "
@@ -548,8 +559,32 @@ struct Train: ParsableCommand {
     func run() throws {
         // Before anything else: the process may start over with faster OpenBLAS kernels.
         OpenBLASKernels.restartWithFasterKernelsIfNeeded()
+        let group: MPIProcessGroup?
         do {
-            try train()
+            group = try distributed.map { _ in try MPIProcessGroup() }
+        } catch let error as SigPropError {
+            printError("--distributed: \(error)")
+            throw ExitCode.failure
+        }
+        guard let group, let distributed else { return try runAndReport { try train() } }
+        // Rank 0 speaks for the run; an error on any rank stops every rank (MPI_Abort, which
+        // mpirun reports with the rank), and the checkpoint on disk stays the last whole one.
+        Output.isQuiet = group.rank != 0
+        Output.rankPrefix = group.size > 1 ? "rank \(group.rank): " : ""
+        do {
+            try runAndReport { try train(distribution: Distribution(distributed, group: group)) }
+        } catch {
+            if group.size > 1 { group.abort(code: (error as? ExitCode)?.rawValue ?? 1) }
+            group.finalize()
+            throw error
+        }
+        group.finalize()
+    }
+
+    /// Runs `body`, printing its error as the user's mistake or the run's failure.
+    func runAndReport(_ body: () throws -> Void) throws {
+        do {
+            try body()
         } catch let error as UsageError {
             printError(error.message)
             throw ExitCode.validationFailure
@@ -790,9 +825,12 @@ struct Train: ParsableCommand {
         }
     }
 
-    func train() throws {
-        // First thing, so a stop during start-up also ends in a clean stop.
-        let stop = StopSignal.install()
+    func train(distribution: Distribution? = nil) throws {
+        // First thing, so a stop during start-up also ends in a clean stop. Ranks stop together
+        // only by ending: mpirun's Ctrl-C ends every rank, and the run resumes from the last
+        // epoch's checkpoint.
+        let stop = distribution == nil ? StopSignal.install() : nil
+        let isRoot = distribution?.isRoot ?? true
         let selection = try BackendSelection(environment: ProcessInfo.processInfo.environment)
         let checkpoint = try resume.map { try Checkpoint(contentsOf: URL(fileURLWithPath: $0)) }
         let storedModel = try checkpoint?.model
@@ -817,7 +855,7 @@ struct Train: ParsableCommand {
                 "--resume: the checkpoint has already trained \(epochsDone) epochs; pass "
                     + "--epochs N with N > \(epochsDone) to train more")
         }
-        if !describe { try checkOutputs() }
+        if !describe, isRoot { try checkOutputs() }
 
         let directory = URL(fileURLWithPath: dataDirectory)
         let loadStart = Date()
@@ -880,7 +918,13 @@ struct Train: ParsableCommand {
                 trainSet.width, trainSet.classes, Date().timeIntervalSince(loadStart)))
         emit("normalisation: \(normalization.summary) (\(normalizationSource))")
 
-        let stageDevices = plan.stageDevices(on: devices)
+        // In a pipeline over ranks, this rank's stages spread over its devices.
+        let stageDevices =
+            try distribution.flatMap { distribution in
+                guard distribution.mode == .pipeline else { return nil }
+                return try plan.stageDevices(
+                    on: devices, rank: distribution.rank, ranks: distribution.ranks)
+            } ?? plan.stageDevices(on: devices)
         let automatic = Schedule.automatic(
             for: plan, capabilities: stageDevices.map(\.capabilities),
             batchSize: options.batchSize,
@@ -896,7 +940,8 @@ struct Train: ParsableCommand {
         }
         let network = try Network(
             description, inputShape: plan.inputShape, classes: plan.classes, devices: devices,
-            optimizer: options.optimizer, seed: options.seed, rule: learningRule)
+            stageDevices: stageDevices, optimizer: options.optimizer, seed: options.seed,
+            rule: learningRule)
         if devices.count > 1 {
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
@@ -906,9 +951,13 @@ struct Train: ParsableCommand {
             }
             emit("placement (balanced by multiply-adds): " + groups.joined(separator: "; "))
         }
+        if let distribution {
+            try checkDistributable(network, distribution: distribution)
+            emit(Self.rankPlacement(network, distribution: distribution))
+        }
         let trainer = try Trainer(
             network: network, options: options, train: trainSet, test: testSet,
-            schedule: Schedule(scheduleKind, depth: pipelineDepth))
+            schedule: Schedule(scheduleKind, depth: pipelineDepth), distribution: distribution)
         if let checkpoint, let resume {
             let batches = try checkpoint.batchesDone
             guard batches < trainer.batchesPerEpoch else {
@@ -984,12 +1033,12 @@ struct Train: ParsableCommand {
             checkpoint.record(best)
             return checkpoint
         }
-        let terminal = isatty(STDOUT_FILENO) != 0
+        let terminal = isatty(STDOUT_FILENO) != 0 && !Output.isQuiet
         var startBatch = try checkpoint?.batchesDone ?? 0
         for epoch in epochsDone..<options.epochs {
             var lastPlainReport = Date()
             let outcome = try trainer.runEpoch(
-                epoch, startBatch: startBatch, shouldStop: { stop.isSet },
+                epoch, startBatch: startBatch, shouldStop: { stop?.isSet ?? false },
                 progress: { progress in
                     let line = ProgressText.progress(
                         progress, epochs: options.epochs, width: Terminal.columns())
@@ -1005,7 +1054,7 @@ struct Train: ParsableCommand {
             startBatch = 0
             if terminal { print("\r\u{1B}[K", terminator: "") }
             guard case .completed(let result) = outcome else {
-                if case .interrupted(let batchesDone) = outcome {
+                if case .interrupted(let batchesDone) = outcome, let stop {
                     try saving(
                         Checkpoint(
                             network: network, options: options, epochs: epoch,
@@ -1016,7 +1065,7 @@ struct Train: ParsableCommand {
                             + "checkpoint: \(checkpointURL.path). Continue with --resume "
                             + checkpointURL.path)
                 }
-                throw ExitCode(stop.exitCode)
+                throw ExitCode(stop?.exitCode ?? 1)
             }
             report(result, options: options)
             let improved = result.validationAccuracy.map { BestEpoch.improves($0, on: best) }
@@ -1028,12 +1077,14 @@ struct Train: ParsableCommand {
                 try Checkpoint(
                     network: network, options: options, epochs: epoch + 1, data: dataSettings))
             // best first: a crash between the writes leaves a last that does not yet count it.
-            if improved == true { try saved.write(to: bestURL) }
-            try saved.write(to: checkpointURL)
+            if isRoot {
+                if improved == true { try saved.write(to: bestURL) }
+                try saved.write(to: checkpointURL)
+            }
             let written =
                 "The checkpoint of epoch \(epoch + 1) is written: fix this, then continue with "
                 + "--resume \(checkpointURL.path)"
-            if let path = metrics {
+            if let path = metrics, isRoot {
                 do { try appendMetrics(result, to: path) } catch let error as FileSystemError {
                     throw OutputFiles.problem(
                         flag: "--metrics", path: path,
@@ -1041,7 +1092,7 @@ struct Train: ParsableCommand {
                         fix: written)
                 }
             }
-            if let traceURL, let trace = trainer.pipeline.trace {
+            if let traceURL, let trace = trainer.pipeline.trace, isRoot {
                 do { try trace.write(to: traceURL) } catch let error as SigPropError {
                     throw SigPropError.configuration("\(error). \(written)")
                 }
@@ -1143,6 +1194,16 @@ struct Train: ParsableCommand {
         where !validated.isEmpty {
             emit(line)
         }
+        // Over several ranks: what each sent and how long it waited on the others.
+        let ranks = zip(result.rankBytesPerBatch, result.rankSecondsWaiting).enumerated().map {
+            String(
+                format: "rank %d sent %@ per batch, waited %.1f s", $0,
+                formatBytes(UInt64($1.0.rounded())), $1.1)
+        }
+        for line in ProgressText.wrapped("  ranks:", ranks, separator: "; ", width: width)
+        where !ranks.isEmpty {
+            emit(line)
+        }
         // Spiking networks: how often each block's units fire, and how many never did.
         let spikes = zip(result.spikeRates, result.deadFractions).enumerated().map {
             String(format: "block%d %.1f%% (%.1f%% dead)", $0 + 1, 100 * $1.0, 100 * $1.1)
@@ -1182,15 +1243,26 @@ struct UsageError: Error {
     }
 }
 
+/// Where the run's lines go: one process, or rank 0 of several.
+enum Output {
+    /// Ranks other than 0 print errors only.
+    nonisolated(unsafe) static var isQuiet = false
+    /// Before each error of a run over several ranks: which rank met it.
+    nonisolated(unsafe) static var rankPrefix = ""
+}
+
 /// Prints a line and flushes, so progress shows at once when stdout is a pipe or a file.
 func emit(_ line: String) {
+    guard !Output.isQuiet else { return }
     print(line)
     fflush(nil)
 }
 
 func printError(_ message: String) {
+    let line = "error: \(Output.rankPrefix)\(message)\n"
     FileHandle.standardError.write(
         Data(
-            "error: \(message)\n".replacingOccurrences(of: "error: warning: ", with: "warning: ")
-                .utf8))
+            line.replacingOccurrences(
+                of: "error: \(Output.rankPrefix)warning: ", with: "warning: \(Output.rankPrefix)"
+            ).utf8))
 }

@@ -11,6 +11,15 @@ import Testing
             blockLosses: (0...blocks).map { 0.5 + Double($0) / 1000 }, secondsLeft: 41.2)
     }
 
+    /// Over several MPI ranks the line says how many train together; one process says nothing.
+    @Test func progressLineNamesTheRanks() {
+        var progress = Self.progress(blocks: 3)
+        #expect(!ProgressText.progress(progress, epochs: 5, width: 120).contains("ranks"))
+        progress.ranks = 3
+        let line = ProgressText.progress(progress, epochs: 5, width: 120)
+        #expect(line.hasPrefix("epoch 1/5  batch 123/468  3 ranks  7,316 samples/s"), "\(line)")
+    }
+
     @Test func numbersAreGroupedInThousands() {
         #expect(ProgressText.grouped(7316) == "7,316")
         #expect(ProgressText.grouped(1_234_567) == "1,234,567")

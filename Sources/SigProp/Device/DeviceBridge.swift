@@ -1,16 +1,10 @@
-import Dispatch
-import Foundation
-
 /// Copies activations between devices without blocking the host. `copy` returns at once with
 /// the destination tensor and makes the destination stream wait for a user event; a worker
 /// thread waits for the source's event, reads the values through the host, writes them on a
 /// copy stream of the destination device, waits for that write and completes the event. One
 /// worker per bridge keeps the copies in the order they were asked for.
 public final class DeviceBridge: @unchecked Sendable {
-    private let worker = DispatchQueue(label: "sigprop.bridge")
-    private let lock = NSLock()
-    private var failure: (any Error)?
-    private var copyStreams: [ObjectIdentifier: Stream] = [:]
+    private let worker = HostWorker(label: "sigprop.bridge")
 
     public init() {}
 
@@ -22,34 +16,19 @@ public final class DeviceBridge: @unchecked Sendable {
         guard tensor.device !== target else { return tensor }
         let destination = try target.allocate(tensor.shape, on: stream)
         let arrived = try target.makeUserEvent()
-        let copyStream = try lock.withLock {
-            if let existing = copyStreams[ObjectIdentifier(target)] { return existing }
-            let created = try target.makeStream()
-            copyStreams[ObjectIdentifier(target)] = created
-            return created
-        }
+        let copyStream = try worker.copyStream(on: target)
         try stream.wait(for: arrived)
-        worker.async { [self] in
-            do {
-                try ready.wait()
-                try target.write(try tensor.device.read(tensor), to: destination, on: copyStream)
-                try copyStream.synchronize()
-            } catch {
-                lock.withLock { if failure == nil { failure = error } }
-            }
-            // Completed even after a failure, so nothing waits forever; `check` reports it.
-            do { try target.complete(arrived) } catch {
-                lock.withLock { if failure == nil { failure = error } }
-            }
+        worker.async(completing: arrived, of: target) {
+            try ready.wait()
+            try target.write(try tensor.device.read(tensor), to: destination, on: copyStream)
+            try copyStream.synchronize()
         }
         return destination
     }
 
     /// Throws the first error a copy met.
-    public func check() throws {
-        if let failure = lock.withLock({ failure }) { throw failure }
-    }
+    public func check() throws { try worker.check() }
 
     /// Waits for every copy asked for so far.
-    public func drain() { worker.sync {} }
+    public func drain() { worker.drain() }
 }

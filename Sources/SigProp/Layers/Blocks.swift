@@ -22,6 +22,9 @@ public struct BlockForward {
     /// The previous target stream T0, and the one-hot labels with the K-row shortcut.
     let t0: Tensor
     let labels: Tensor?
+    /// With the K-row shortcut, the one-hot labels of the samples each row is compared with
+    /// when they are not the rows' own (a rank's share of a batch against the whole batch).
+    var columnLabels: Tensor? = nil
 }
 
 /// Random dropout masks for one batch, drawn on the host from the run's seeded generator (so
@@ -147,7 +150,8 @@ public final class SignalBlock {
         _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
     ) throws -> LocalLossOutput {
         let out = try loss.evaluate(
-            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels,
+            columns: pass.columnLabels, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return out
     }
@@ -230,7 +234,8 @@ public final class HiddenBlock {
         _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
     ) throws -> LocalLossOutput {
         let out = try loss.evaluate(
-            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels, on: stream)
+            h: pass.hPass.output, t: pass.lossTarget, t0: pass.t0, labels: pass.labels,
+            columns: pass.columnLabels, on: stream)
         try step(pass, out, learningRate: learningRate, on: stream)
         return out
     }
@@ -309,9 +314,10 @@ extension SignalBlock: TrainingStage {
         let context = try BatchContext.onehot(
             batch.byClass ? (0..<batch.classes).map(Int32.init) : batch.labels,
             classes: batch.classes, device: stream.device, on: stream)
-        let pass = try forward(
+        var pass = try forward(
             x: x, context: context, labels: batch.byClass ? try batch.onehot(on: stream) : nil,
             dropout: batch.dropout, on: stream)
+        pass.columnLabels = try batch.columnOnehot(on: stream)
         return StagePass(outputs: [pass.h, pass.t]) { stream in
             try self.learn(
                 pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
@@ -327,10 +333,11 @@ extension HiddenBlock: TrainingStage {
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass
     {
-        let pass = try forward(
+        var pass = try forward(
             h: inputs[0], t: inputs[1],
             labels: batch.byClass ? try batch.onehot(on: stream) : nil, dropout: batch.dropout,
             on: stream)
+        pass.columnLabels = try batch.columnOnehot(on: stream)
         return StagePass(outputs: [pass.h, pass.t]) { stream in
             try self.learn(
                 pass, loss: batch.loss, learningRate: batch.learningRate, on: stream

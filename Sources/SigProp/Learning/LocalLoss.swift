@@ -32,11 +32,19 @@ public struct LocalLoss: Sendable {
     /// With `labels` (the batch's one-hot rows, B x K), `t` and `t0` hold one row per class (the
     /// K-row shortcut of docs/signal-propagation.md): `Y = (H T_Kᵀ) onehotᵀ`, `YY = onehot (T0_K
     /// T0_Kᵀ) onehotᵀ`, and `dT` comes back per class, `dT_K = (dY onehot)ᵀ H`. Rows of one label
-    /// then have bit-identical YY entries, so the max-all ties are exact.
+    /// then have bit-identical YY entries, so the max-all ties are exact. `columns` (one-hot
+    /// rows, C x K) compares each row with other samples than the rows themselves: Y and YY are
+    /// then B x C. A rank training on a share of a batch passes the whole batch's, so that its
+    /// rows' losses and gradients are those of the whole batch's rows, up to the 1/B factor
+    /// (here 1/its rows).
     public func evaluate(
-        h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, on stream: Stream? = nil
+        h: Tensor, t: Tensor, t0: Tensor, labels: Tensor? = nil, columns: Tensor? = nil,
+        on stream: Stream? = nil
     ) throws -> LocalLossOutput {
-        if let labels { return try evaluateByClass(h: h, t: t, t0: t0, labels: labels, on: stream) }
+        if let labels {
+            return try evaluateByClass(
+                h: h, t: t, t0: t0, labels: labels, columns: columns ?? labels, on: stream)
+        }
         let device = h.device
         guard h.shape == t.shape else {
             throw SigPropError.shapeMismatch(
@@ -73,42 +81,44 @@ public struct LocalLoss: Sendable {
             y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, dH: dH, dT: dT)
     }
 
-    func evaluateByClass(h: Tensor, t: Tensor, t0: Tensor, labels: Tensor, on stream: Stream?)
-        throws -> LocalLossOutput
-    {
+    func evaluateByClass(
+        h: Tensor, t: Tensor, t0: Tensor, labels: Tensor, columns: Tensor, on stream: Stream?
+    ) throws -> LocalLossOutput {
         let device = h.device
         let batch = h.rows
+        let compared = columns.rows
         let classes = labels.columns
-        guard labels.rows == batch, t.rows == classes, t0.rows == classes,
+        guard labels.rows == batch, columns.columns == classes, t.rows == classes,
+            t0.rows == classes,
             Array(h.shape.dropFirst()) == Array(t.shape.dropFirst())
         else {
             throw SigPropError.shapeMismatch(
                 operation: "LocalLoss (K-row shortcut)",
                 detail:
-                    "H \(h.shape), one-hot labels \(labels.shape), T \(t.shape) and T0 "
-                    + "\(t0.shape): T and T0 need one row per class"
+                    "H \(h.shape), one-hot labels \(labels.shape) and \(columns.shape), T "
+                    + "\(t.shape) and T0 \(t0.shape): T and T0 need one row per class"
             )
         }
         let scale = 1 / Float(Self.positions(h))
         let yByClass = try device.allocate([batch, classes], on: stream)
-        let y = try device.allocate([batch, batch], on: stream)
+        let y = try device.allocate([batch, compared], on: stream)
         try device.gemm(h, t, transposeB: true, into: yByClass, alpha: scale, on: stream)
-        try device.gemm(yByClass, labels, transposeB: true, into: y, on: stream)
+        try device.gemm(yByClass, columns, transposeB: true, into: y, on: stream)
         let yyByClass = try device.allocate([classes, classes], on: stream)
         let yyRows = try device.allocate([batch, classes], on: stream)
-        let yy = try device.allocate([batch, batch], on: stream)
+        let yy = try device.allocate([batch, compared], on: stream)
         try device.gemm(
             t0, t0, transposeB: true, into: yyByClass, alpha: 1 / Float(Self.positions(t0)),
             on: stream)
         try device.gemm(labels, yyByClass, into: yyRows, on: stream)
-        try device.gemm(yyRows, labels, transposeB: true, into: yy, on: stream)
-        let mask = try device.allocate([batch, batch], on: stream)
-        let dY = try device.allocate([batch, batch], on: stream)
+        try device.gemm(yyRows, columns, transposeB: true, into: yy, on: stream)
+        let mask = try device.allocate([batch, compared], on: stream)
+        let dY = try device.allocate([batch, compared], on: stream)
         let rowLosses = try device.allocate([batch], on: stream)
         try device.localLossRows(
             kind, y: y, yy: yy, mask: mask, dY: dY, rowLosses: rowLosses, on: stream)
         let dYByClass = try device.allocate([batch, classes], on: stream)
-        try device.gemm(dY, labels, into: dYByClass, on: stream)
+        try device.gemm(dY, columns, into: dYByClass, on: stream)
         let dH = try device.allocate(h.shape, on: stream)
         let dT = try device.allocate(t.shape, on: stream)
         try device.gemm(dYByClass, t, into: dH, alpha: scale, on: stream)

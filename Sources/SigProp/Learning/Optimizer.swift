@@ -7,6 +7,8 @@ public final class Parameter: @unchecked Sendable {
     public let gradient: Tensor
     /// Optimizer state (Adam: m, v and for AMSGrad v_max; SGD: the momentum buffer).
     public internal(set) var state: [String: Tensor] = [:]
+    /// Data parallelism: what averages the gradient over the ranks before each step.
+    var gradientExchange: GradientExchange?
 
     public init(name: String, value: Tensor) throws {
         self.name = name

@@ -70,8 +70,12 @@ public struct UpdateRule: Sendable, Equatable {
         }
     }
 
-    /// Steps `parameters` from their gradient tensors.
+    /// Steps `parameters` from their gradient tensors (under data parallelism, the gradients
+    /// averaged over the ranks first).
     public func apply(to parameters: [Parameter], on stream: Stream?) throws {
+        if let exchange = parameters.first?.gradientExchange {
+            try exchange.average(parameters.map(\.gradient), on: stream)
+        }
         for parameter in parameters {
             try parameter.value.device.step(
                 parameter.value, gradient: parameter.gradient, rule: self,

@@ -53,12 +53,15 @@ public final class Network {
     }
 
     /// The network on `devices`: its stages in contiguous groups of balanced work, one group
-    /// per device (`placement`). The weights are the same whatever the devices: every weight
-    /// is drawn from one generator in stage order (under Signal Propagation the signal
-    /// block's input part, its context part, the hidden blocks, the output layer).
+    /// per device (`placement`), or each stage on its device of `stageDevices` (one per stage
+    /// of the plan: its blocks, then the output layer). The weights are the same whatever the
+    /// devices: every weight is drawn from one generator in stage order (under Signal
+    /// Propagation the signal block's input part, its context part, the hidden blocks, the
+    /// output layer).
     public init(
         _ description: NetworkDescription, inputShape: [Int], classes: Int, devices: [Device],
-        optimizer: OptimizerSettings, seed: UInt64, rule: LearningRule = .signalPropagation
+        stageDevices placed: [Device]? = nil, optimizer: OptimizerSettings, seed: UInt64,
+        rule: LearningRule = .signalPropagation
     ) throws {
         guard !devices.isEmpty else {
             throw SigPropError.configuration("a network needs at least one device")
@@ -66,7 +69,12 @@ public final class Network {
         let plan = try NetworkPlan(description, inputShape: inputShape, classes: classes)
         self.description = description
         self.plan = plan
-        let stageDevices = plan.stageDevices(on: devices)
+        let stageDevices = placed ?? plan.stageDevices(on: devices)
+        guard stageDevices.count == plan.stages.count else {
+            throw SigPropError.configuration(
+                "the network has \(plan.stages.count) stages, but \(stageDevices.count) devices "
+                    + "were given for them")
+        }
         self.stageDevices = stageDevices
         // Before any allocation: a model too large for the devices fails here with the
         // figures, not in an allocator part-way through.

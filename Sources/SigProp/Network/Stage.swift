@@ -69,7 +69,11 @@ public final class BatchContext {
     /// Tensors one stage leaves for a later stage of the same batch on the same stream
     /// (PEPITA's dropout mask, drawn by the clean pass and reused by the modulated one).
     public var shared: [String: Tensor] = [:]
+    /// The whole batch's labels when this process trains on a share of it (data parallelism):
+    /// the K-row shortcut's loss compares each of its rows with every sample of the batch.
+    public var columnLabels: [Int32]?
     private var onehots: [ObjectIdentifier: Tensor] = [:]
+    private var columnOnehots: [ObjectIdentifier: Tensor] = [:]
 
     public init(
         images: [Float], labels: [Int32], inputShape: [Int], classes: Int, learningRate: Float,
@@ -99,6 +103,16 @@ public final class BatchContext {
         if let tensor = onehots[ObjectIdentifier(stream.device)] { return tensor }
         let tensor = try Self.onehot(labels, classes: classes, device: stream.device, on: stream)
         onehots[ObjectIdentifier(stream.device)] = tensor
+        return tensor
+    }
+
+    /// onehot(`columnLabels`) on `stream`'s device; nil without them.
+    public func columnOnehot(on stream: Stream) throws -> Tensor? {
+        guard let columnLabels else { return nil }
+        if let tensor = columnOnehots[ObjectIdentifier(stream.device)] { return tensor }
+        let tensor = try Self.onehot(
+            columnLabels, classes: classes, device: stream.device, on: stream)
+        columnOnehots[ObjectIdentifier(stream.device)] = tensor
         return tensor
     }
 

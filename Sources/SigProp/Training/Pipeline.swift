@@ -101,6 +101,12 @@ public final class Pipeline {
     let pools: [ObjectIdentifier: BufferPool]
     /// Carries activations between devices when the network spans several.
     let bridge: DeviceBridge?
+    /// When the network's stages spread over several processes: which rank runs each stage,
+    /// and the link that carries activations between them.
+    let ranks: (placement: RankPlacement, link: RankLink)?
+    /// When every rank trains a replica on its share of each batch: the averaging of the
+    /// gradients.
+    let replicas: GradientExchange?
     /// When set, every stage of every batch is recorded here.
     public var trace: Trace?
     private var inFlight: [InFlight] = []
@@ -111,34 +117,46 @@ public final class Pipeline {
     private struct InFlight {
         let index: Int
         let labels: [Int32]
-        /// Per stage, the rows' losses (the signal block first, the output layer last).
-        let rowLosses: [Tensor]
-        /// Per spiking block, the batch's mean spikes per unit per step ([1]).
-        let spikeRates: [Tensor]
-        let logits: Tensor
+        /// The batch's samples over all ranks, and this rank's share of them.
+        let samples: Int
+        let share: Double
+        /// Per stage, the rows' losses (the signal block first, the output layer last); nil
+        /// for a stage another rank runs.
+        let rowLosses: [Tensor?]
+        /// Per spiking block this process runs, its stage and the batch's mean spikes per unit
+        /// per step ([1]).
+        let spikeRates: [(stage: Int, rate: Tensor)]
+        /// The output's logits; nil where another rank runs the last stage.
+        let logits: Tensor?
         /// One event per stage, complete when the stage (its update included) is done.
         let done: [Event]
         /// The pools' generations when the batch was enqueued.
         let generations: [ObjectIdentifier: Int]
     }
 
-    /// What a batch gave once it is done: per stage the sum of its rows' losses, the output
-    /// layer's prediction of each sample (from the logits before its update), and per
-    /// spiking block the mean of its units' spikes per step.
+    /// What a batch gave once it is done: per stage the sum of its rows' losses, how many of
+    /// its samples the output layer predicted right (from the logits before its update), and
+    /// per spiking block the mean of its units' spikes per step. In a pipeline over ranks,
+    /// rank 0 has every rank's figures; another rank, its own stages' (zeros elsewhere).
     public struct RetiredBatch: Sendable {
         public let index: Int
-        public let labels: [Int32]
+        /// The batch's samples (over all ranks under data parallelism).
+        public let samples: Int
         public let lossSums: [Double]
-        public let predictions: [Int]
+        public let correct: Int
         public let spikeRates: [Double]
-        public var correct: Int { zip(predictions, labels).filter { $0 == Int($1) }.count }
     }
 
     /// Refuses, before any batch, batches of `batchSize` whose activations cannot fit next to
     /// the parameters (the target stream of one row per class where `kRowShortcut` is exact).
     /// Without a `schedule`, `Schedule.automatic` chooses one for the network and its devices.
+    /// With a `distribution` in `pipeline` mode, this process runs the stages of its rank
+    /// (`NetworkPlan.stageRanks`) and exchanges activations with the other ranks; in `data`
+    /// mode it trains every stage on its share of each batch and averages the gradients (the
+    /// weights then learn unfused: the sum sits between a gradient and its step).
     public init(
-        network: Network, schedule: Schedule? = nil, batchSize: Int, kRowShortcut: Bool = true
+        network: Network, schedule: Schedule? = nil, batchSize: Int, kRowShortcut: Bool = true,
+        distribution: Distribution? = nil
     ) throws {
         let targetRows = network.plan.targetRows(
             batchSize: batchSize, kRowShortcut: kRowShortcut && network.rule.allowsKRowShortcut)
@@ -154,6 +172,25 @@ public final class Pipeline {
         }
         self.network = network
         self.schedule = schedule
+        ranks =
+            try distribution.flatMap { distribution in
+                guard distribution.mode == .pipeline else { return nil }
+                return (
+                    try RankPlacement(
+                        network: network, rank: distribution.rank, ranks: distribution.ranks),
+                    RankLink(group: distribution.group)
+                )
+            }
+        replicas = try distribution.flatMap { distribution in
+            guard distribution.mode == .data else { return nil }
+            try Self.checkReplicable(
+                network, batchSize: batchSize, ranks: distribution.ranks,
+                kRowShortcut: kRowShortcut)
+            let exchange = GradientExchange(group: distribution.group)
+            for device in network.devices { device.fusesWeightUpdates = false }
+            for parameter in network.parameters { parameter.gradientExchange = exchange }
+            return exchange
+        }
         let devices = network.devices
         let pools = Dictionary(
             uniqueKeysWithValues: devices.map { (ObjectIdentifier($0), BufferPool()) })
@@ -190,8 +227,37 @@ public final class Pipeline {
                 size: batchSize, targetRows: targetRows, inFlight: depth))
     }
 
-    /// Batches in flight at most.
-    public var depth: Int { schedule.batchesInFlight(stages: network.stageCount) }
+    /// Batches in flight at most. A pipeline over ranks keeps one per stage under either
+    /// schedule: rank 0 retires a batch once the last rank has, so with fewer the ranks would
+    /// take turns instead of working at once.
+    public var depth: Int {
+        guard ranks != nil else { return schedule.batchesInFlight(stages: network.stageCount) }
+        return schedule.depth ?? network.stageCount
+    }
+
+    /// The processes training the network together (nil: this one alone).
+    var group: (any ProcessGroup)? { ranks?.link.group ?? replicas?.group }
+
+    /// How many processes train the network together.
+    public var rankCount: Int { group?.size ?? 1 }
+
+    /// Since the pipeline began: the bytes this process sent to other ranks (a pipeline's
+    /// activations; replicas' gradients, each float once) and the seconds it waited on them (a
+    /// pipeline's host for activations; replicas' worker in the sums, which overlap compute).
+    public var communication: (bytesSent: Int, secondsWaiting: Double) {
+        if let link = ranks?.link {
+            link.drain()
+            return (link.bytesSent, link.secondsWaiting)
+        }
+        if let replicas {
+            replicas.drain()
+            return (4 * replicas.valuesExchanged, replicas.secondsSumming)
+        }
+        return (0, 0)
+    }
+
+    /// Whether this process runs stage `stage` (every stage, but in a pipeline over ranks).
+    public func runsStage(_ stage: Int) -> Bool { ranks?.placement.isLocal(stage) ?? true }
 
     /// Allocations the pools could not serve from storage already there.
     var poolMisses: Int { pools.values.reduce(0) { $0 + $1.misses } }
@@ -219,6 +285,16 @@ public final class Pipeline {
         generator: SeededGenerator = SeededGenerator(seed: 0), index: Int = 0, epoch: Int = 0
     ) throws -> [RetiredBatch] {
         if !begun { try begin() }
+        let samples = labels.count
+        let wholeBatch = labels
+        var (images, labels) = (images, labels)
+        if let replicas {
+            let rows = shareOfBatch(samples, group: replicas.group)
+            let features = images.count / samples
+            images = Array(images[(rows.lowerBound * features)..<(rows.upperBound * features)])
+            labels = Array(labels[rows])
+            replicas.share = Float(rows.count) / Float(samples)
+        }
         let generations = pools.mapValues { $0.advance() }
         let spans: StageSpan? = trace.map { trace in
             { [network] stage, part, begin, end in
@@ -231,10 +307,13 @@ public final class Pipeline {
             images: images, labels: labels, inputShape: network.inputShape,
             classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
             byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
+        if replicas != nil { batch.columnLabels = wholeBatch }
         let (rowLosses, spikeRates, logits, done) = try enqueue(batch, trace: spans)
         inFlight.append(
             InFlight(
-                index: index, labels: labels, rowLosses: rowLosses, spikeRates: spikeRates,
+                index: index, labels: labels, samples: samples,
+                share: Double(labels.count) / Double(samples), rowLosses: rowLosses,
+                spikeRates: spikeRates,
                 logits: logits,
                 done: done, generations: generations))
         var retired: [RetiredBatch] = []
@@ -254,21 +333,36 @@ public final class Pipeline {
         let batch = inFlight.removeFirst()
         for event in batch.done { try event.wait() }
         try bridge?.check()
-        let sums = try batch.rowLosses.map { rows in
-            try rows.device.read(rows, on: readback(rows)).reduce(0) { $0 + Double($1) }
+        try ranks?.link.check()
+        try replicas?.check()
+        var figures = BatchFigures(stages: network.stageCount)
+        for (stage, rows) in batch.rowLosses.enumerated() {
+            guard let rows else { continue }
+            figures.lossSums[stage] = try rows.device.read(rows, on: readback(rows)).reduce(0) {
+                $0 + Double($1)
+            }
         }
-        let logits = batch.logits
-        let predictions = Trainer.argmax(
-            try logits.device.read(logits, on: readback(logits)), columns: network.classes)
-        let spikeRates = try batch.spikeRates.map { rate in
-            Double(try rate.device.read(rate, on: readback(rate))[0])
+        if let logits = batch.logits {
+            let predictions = Trainer.argmax(
+                try logits.device.read(logits, on: readback(logits)), columns: network.classes)
+            figures.correct = Double(zip(predictions, batch.labels).filter { $0 == Int($1) }.count)
+        }
+        for (stage, rate) in batch.spikeRates {
+            figures.spikeRates[stage] = Double(try rate.device.read(rate, on: readback(rate))[0])
         }
         for (device, generation) in batch.generations {
             pools[device]!.reclaim(through: generation)
         }
+        if let link = ranks?.link { try figures.gather(over: link.group) }
+        if let replicas {
+            // Each rank's losses are means over its rows: weighted by its share, they add up
+            // to the batch's.
+            figures.lossSums = figures.lossSums.map { $0 * batch.share }
+            try figures.gather(over: replicas.group)
+        }
         return RetiredBatch(
-            index: batch.index, labels: batch.labels, lossSums: sums, predictions: predictions,
-            spikeRates: spikeRates)
+            index: batch.index, samples: batch.samples, lossSums: figures.lossSums,
+            correct: Int(figures.correct), spikeRates: figures.spikeRates.compactMap { $0 })
     }
 
     /// After a run of batches (all retired): the storage back to the pools, and the kernels
@@ -294,6 +388,8 @@ public final class Pipeline {
     public func finishEnqueuedWork() {
         for stream in stageStreams { try? stream.synchronize() }
         bridge?.drain()
+        ranks?.link.drain()
+        replicas?.drain()
         inFlight.removeAll()
     }
 
@@ -310,12 +406,18 @@ public final class Pipeline {
     /// predecessor's outputs only, not for its update, so with a stream per stage block l
     /// learns while block l+1 computes; each block's outputs use its weights before its
     /// update, and its update comes before its next forward (its stream is in order).
+    ///
+    /// In a pipeline over ranks only this rank's stages run: the first of a run of them
+    /// receives what the previous rank's stage handed on, and the last sends its outputs on.
     private func enqueue(_ batch: BatchContext, trace: StageSpan?) throws
-        -> (rowLosses: [Tensor], spikeRates: [Tensor], logits: Tensor, done: [Event])
+        -> (
+            rowLosses: [Tensor?], spikeRates: [(stage: Int, rate: Tensor)], logits: Tensor?,
+            done: [Event]
+        )
     {
         let streams = stageStreams
-        var losses: [Tensor] = []
-        var spikeRates: [Tensor] = []
+        var losses: [Tensor?] = []
+        var spikeRates: [(stage: Int, rate: Tensor)] = []
         var done: [Event] = []
         var ready: Event?
         /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
@@ -338,14 +440,29 @@ public final class Pipeline {
             return try stream.device.transfer(tensor, on: stream)
         }
         var handedOn: [Tensor] = []
+        let last = network.stageCount - 1
         for (index, stage) in network.stages.enumerated() {
+            if let (placement, link) = ranks {
+                guard placement.isLocal(index) else {
+                    losses.append(nil)
+                    continue
+                }
+                if index > 0, !placement.isLocal(index - 1) {
+                    handedOn = try link.receive(
+                        from: placement.stageRanks[index - 1], on: streams[index])
+                    ready = nil
+                }
+            }
             let stream = try enter(index)
             let inputs = try handedOn.map { try arrive($0, on: stream) }
             let start = trace == nil ? nil : try stream.record()
             let pass = try stage.forward(inputs, batch: batch, on: stream)
             let outputs = try stream.record()
             ready = outputs
-            if let rate = pass.spikeRate { spikeRates.append(rate) }
+            if let (placement, link) = ranks, index < last, !placement.isLocal(index + 1) {
+                link.send(pass.outputs, after: outputs, to: placement.stageRanks[index + 1])
+            }
+            if let rate = pass.spikeRate { spikeRates.append((index, rate)) }
             losses.append(try pass.learn(stream))
             let end = try stream.record()
             done.append(end)
@@ -355,6 +472,50 @@ public final class Pipeline {
             }
             handedOn = pass.outputs
         }
-        return (losses, spikeRates, handedOn[0], done)
+        return (losses, spikeRates, runsStage(last) ? handedOn[0] : nil, done)
+    }
+}
+
+/// One batch's figures as a pipeline over ranks gathers them on rank 0: per stage the sum of
+/// its rows' losses and its spikes per unit per step (nil: not a spiking stage), and the
+/// output layer's right predictions. Each rank fills in its own stages.
+struct BatchFigures {
+    var lossSums: [Double]
+    var spikeRates: [Double?]
+    var correct = 0.0
+
+    init(stages: Int) {
+        lossSums = [Double](repeating: 0, count: stages)
+        spikeRates = [Double?](repeating: nil, count: stages)
+    }
+
+    /// Every rank's figures added up on rank 0 (the other ranks send theirs and keep them).
+    mutating func gather(over group: any ProcessGroup) throws {
+        let stages = lossSums.count
+        guard group.rank == 0 else {
+            let values =
+                lossSums + [correct] + spikeRates.map { $0 ?? 0 }
+                + spikeRates.map { $0 == nil ? 0 : 1 }
+            try group.send(
+                values.withUnsafeBytes { Array($0) }, to: 0, tag: ProcessGroupTag.batchFigures)
+            return
+        }
+        for peer in 1..<group.size {
+            let bytes = try group.receive(from: peer, tag: ProcessGroupTag.batchFigures)
+            var values = [Double](repeating: 0, count: 3 * stages + 1)
+            guard bytes.count == values.count * MemoryLayout<Double>.stride else {
+                throw SigPropError.configuration(
+                    "rank \(peer) sent a batch's figures of \(bytes.count) bytes for a model of "
+                        + "\(stages) stages: the ranks run different models")
+            }
+            values.withUnsafeMutableBytes { $0.copyBytes(from: bytes) }
+            for stage in 0..<stages {
+                lossSums[stage] += values[stage]
+                if values[2 * stages + 1 + stage] != 0 {
+                    spikeRates[stage] = (spikeRates[stage] ?? 0) + values[stages + 1 + stage]
+                }
+            }
+            correct += values[stages]
+        }
     }
 }

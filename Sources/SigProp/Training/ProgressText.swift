@@ -20,7 +20,8 @@ package enum ProgressText {
         return (value < 0 ? "-" : "") + groups.joined(separator: ",")
     }
 
-    /// "epoch 1/5  batch 12/468  7,316 samples/s  ETA 41s  loss 0.123 0.456 … 1.234", in
+    /// "epoch 1/5  batch 12/468  7,316 samples/s  ETA 41s  loss 0.123 0.456 … 1.234" ("batch
+    /// 12/468  2 ranks  7,316 samples/s" over several MPI ranks), in
     /// fewer than `width` characters (writing the last column makes some terminals wrap):
     /// the losses to three decimals when they all fit, else to two, else the first ones to
     /// three, "…" and the output layer's. A spiking network's blocks' spikes per step come
@@ -28,7 +29,9 @@ package enum ProgressText {
     public static func progress(_ progress: BatchProgress, epochs: Int, width: Int) -> String {
         let head =
             "epoch \(progress.epoch + 1)/\(epochs)  batch \(grouped(progress.batch))/"
-            + "\(grouped(progress.batches))  \(grouped(Int(progress.samplesPerSecond.rounded())))"
+            + "\(grouped(progress.batches))  "
+            + (progress.ranks > 1 ? "\(progress.ranks) ranks  " : "")
+            + "\(grouped(Int(progress.samplesPerSecond.rounded())))"
             + " samples/s  ETA \(duration(progress.secondsLeft))"
         let width = max(20, width - 1)
         func withLosses(_ head: String) -> String {

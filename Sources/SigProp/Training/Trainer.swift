@@ -112,6 +112,11 @@ public struct EpochMetrics: Sendable, Codable {
     /// never fired (dead). Empty for other networks.
     public var spikeRates: [Double] = []
     public var deadFractions: [Double] = []
+    /// Training over several ranks, per rank over the epoch's batches: bytes sent to other
+    /// ranks per batch, and seconds spent waiting on them (`Pipeline.communication`). Empty
+    /// for one process.
+    public var rankBytesPerBatch: [Double] = []
+    public var rankSecondsWaiting: [Double] = []
 
     enum CodingKeys: String, CodingKey {
         case epoch
@@ -130,6 +135,8 @@ public struct EpochMetrics: Sendable, Codable {
         case residentBytes = "resident_bytes"
         case spikeRates = "spike_rates"
         case deadFractions = "dead_fractions"
+        case rankBytesPerBatch = "rank_bytes_per_batch"
+        case rankSecondsWaiting = "rank_seconds_waiting"
     }
 }
 
@@ -144,6 +151,8 @@ public struct BatchProgress: Sendable {
     /// Spiking networks, per block: spikes per unit per step over the epoch's batches so far
     /// (empty for other networks).
     public var spikeRates: [Double] = []
+    /// How many processes (MPI ranks) train together.
+    public var ranks = 1
 }
 
 /// Runs epochs over a data set.
@@ -161,10 +170,12 @@ public final class Trainer {
     public let pipeline: Pipeline
 
     /// `train` is the whole training set; `options.validation` of it is held out. Without a
-    /// `schedule`, `Schedule.automatic` chooses one for the network and its devices.
+    /// `schedule`, `Schedule.automatic` chooses one for the network and its devices. With a
+    /// `distribution`, this process is one rank of several that train the network together
+    /// (every rank builds the same network from the same seed and calls the same methods).
     public init(
         network: Network, options: TrainingOptions, train whole: Dataset, test: Dataset,
-        schedule: Schedule? = nil
+        schedule: Schedule? = nil, distribution: Distribution? = nil
     ) throws {
         split = try ValidationSplit(
             total: whole.count, size: options.validation, seed: options.seed)
@@ -214,7 +225,7 @@ public final class Trainer {
             count: train.count, batchSize: options.batchSize, seed: options.seed)
         pipeline = try Pipeline(
             network: network, schedule: schedule, batchSize: options.batchSize,
-            kRowShortcut: options.kRowShortcut)
+            kRowShortcut: options.kRowShortcut, distribution: distribution)
     }
 
     public var schedule: Schedule { pipeline.schedule }
@@ -261,6 +272,7 @@ public final class Trainer {
         let activities = network.spiking?.activities ?? []
         for activity in activities { try activity.reset() }
         try pipeline.begin()
+        let communicationBefore = pipeline.communication
         /// Adds a retired batch's losses and predictions to the epoch's, and reports progress.
         func account(_ batch: Pipeline.RetiredBatch) throws {
             for (stage, value) in batch.lossSums.enumerated() {
@@ -274,11 +286,11 @@ public final class Trainer {
                 lossSums[stage] += value
             }
             correct += batch.correct
-            seen += batch.labels.count
+            seen += batch.samples
             trained += 1
             if rateSums.isEmpty { rateSums = batch.spikeRates.map { _ in 0 } }
             for (block, rate) in batch.spikeRates.enumerated() {
-                rateSums[block] += rate * Double(batch.labels.count)
+                rateSums[block] += rate * Double(batch.samples)
             }
             if Date().timeIntervalSince(lastReport) > 0.25 || batch.index == batches.count - 1 {
                 lastReport = Date()
@@ -290,7 +302,8 @@ public final class Trainer {
                         blockLosses: reported.map { lossSums[$0] / Double(trained) },
                         secondsLeft: elapsed / Double(trained)
                             * Double(batches.count - batch.index - 1),
-                        spikeRates: rateSums.map { $0 / Double(max(seen, 1)) }))
+                        spikeRates: rateSums.map { $0 / Double(max(seen, 1)) },
+                        ranks: pipeline.rankCount))
             }
         }
 
@@ -326,6 +339,9 @@ public final class Trainer {
         for batch in try pipeline.drain() { try account(batch) }
         let seconds = Date().timeIntervalSince(start)
         try pipeline.end()
+        let (rankBytes, rankWaiting) = try rankCommunication(
+            since: communicationBefore, batches: trained)
+        try pipeline.shareState()
         // The checkpoint written after this epoch must not hold NaN or Inf weights.
         for parameter in network.parameters
         where try parameter.value.device.read(parameter.value).contains(where: { !$0.isFinite }) {
@@ -360,7 +376,22 @@ public final class Trainer {
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes(), spikeRates: spiking.map(\.rate),
-                deadFractions: spiking.map(\.deadFraction)))
+                deadFractions: spiking.map(\.deadFraction), rankBytesPerBatch: rankBytes,
+                rankSecondsWaiting: rankWaiting))
+    }
+
+    /// Every rank's bytes sent per batch and seconds waiting since `before` (collective; empty
+    /// lists for one process).
+    private func rankCommunication(
+        since before: (bytesSent: Int, secondsWaiting: Double), batches: Int
+    ) throws -> (bytesPerBatch: [Double], secondsWaiting: [Double]) {
+        guard let group = pipeline.group else { return ([], []) }
+        let now = pipeline.communication
+        var figures = [Double](repeating: 0, count: 2 * group.size)
+        figures[group.rank] = Double(now.bytesSent - before.bytesSent) / Double(max(batches, 1))
+        figures[group.size + group.rank] = now.secondsWaiting - before.secondsWaiting
+        try group.sum(&figures)
+        return (Array(figures[..<group.size]), Array(figures[group.size...]))
     }
 
     /// The process's resident set size in bytes (Linux /proc; 0 elsewhere).
