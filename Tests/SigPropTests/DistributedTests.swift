@@ -243,3 +243,40 @@ extension ProcessTests {
         #expect(!run.output.contains("epoch 1/"), "\(run.output)")
     }
 }
+
+extension ProcessTests {
+    /// A process bound to one core (`taskset`, as `mpirun` binds its ranks) runs the CPU
+    /// fallback on one core, and trains the weights of an unbound run, bit for bit.
+    @Test func boundToOneCoreTrainsTheWeightsOfTheWholeMachine() throws {
+        try #require(
+            ProcessInfo.processInfo.activeProcessorCount >= 2, "needs a machine of 2 cores or more")
+        let (data, checkpoints) = try Self.workspace()
+        let root = data.deletingLastPathComponent()
+        defer { try? FileManager.default.removeItem(at: root) }
+        // Products of this width split over the cores.
+        let wide = ["--width", "256"]
+        let whole = try Self.run(Self.distributedRun(data, checkpoints, epochs: 1, model: wide))
+        #expect(whole.status == 0, "\(whole.output)")
+        let bound = root.appendingPathComponent("bound")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
+        process.arguments =
+            ["-c", "0", try Self.trainBinary().path]
+            + Self.distributedRun(data, bound, epochs: 1, model: wide)
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "SIGPROP_BACKEND": "cpu"
+        ]) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(
+            decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(output)")
+        #expect(
+            output.contains("1 of \(ProcessInfo.processInfo.activeProcessorCount) cores"),
+            "\(output)")
+        #expect(try Self.checkpointBytes(bound) == Self.checkpointBytes(checkpoints))
+    }
+}

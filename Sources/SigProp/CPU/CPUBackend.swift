@@ -154,19 +154,37 @@ final class CPUBackend: Backend, @unchecked Sendable {
     private let limited: Bool
 
     /// `part`: which share of a split CPU this device is, for its name (e.g. "part 1 of 2").
+    /// A process bound to some of the cores (`taskset`, `mpirun`'s binding of ranks) uses as
+    /// many threads as it has cores; the numbers stay those of the whole machine.
     init(cores: Int? = nil, part: String? = nil) {
-        let available = ProcessInfo.processInfo.activeProcessorCount
+        let machine = ProcessInfo.processInfo.activeProcessorCount
+        let available = Self.allowedCores
         self.cores = max(1, min(cores ?? available, available))
-        limited = self.cores < available
+        limited = self.cores < machine
         deviceDescription =
             "CPU\(part.map { " \($0)" } ?? "") (OpenBLAS \(OpenBLASKernels.runningCore) kernels, "
-            + "\(limited ? "\(self.cores) of \(available)" : "\(available)") cores)"
+            + "\(limited ? "\(self.cores) of \(machine)" : "\(machine)") cores)"
         // No fused weight update by default: OpenBLAS has no epilogue, and its panel-wise
         // twin is no faster than the product and Adam (docs/performance.md, `local_step`).
         capabilities = DeviceCapabilities(
             asynchronous: true, concurrentStreams: true, profiling: false, computeUnits: self.cores)
         // Products are split over the cores by CPUKernels.gemm; see there.
         openblas_set_num_threads(1)
+    }
+
+    /// The cores this process may run on: its CPU affinity (Linux's `Cpus_allowed` mask, in
+    /// hexadecimal groups), at most the machine's cores (all of them where it cannot be read).
+    static var allowedCores: Int {
+        let machine = ProcessInfo.processInfo.activeProcessorCount
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: {
+                $0.hasPrefix("Cpus_allowed:")
+            })
+        else { return machine }
+        let count = line.dropFirst("Cpus_allowed:".count).reduce(0) { count, digit in
+            count + (digit.hexDigitValue ?? 0).nonzeroBitCount
+        }
+        return max(1, min(count, machine))
     }
 
     /// Nothing to compile: the CPU operations are Swift and OpenBLAS.

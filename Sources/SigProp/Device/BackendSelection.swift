@@ -187,7 +187,7 @@ public struct BackendSelection: Sendable {
     /// The CPU devices, and the advice of `OpenBLASKernels` if OpenBLAS runs slower kernels
     /// than the CPU allows.
     func cpuDevices() throws -> (devices: [Device], warnings: [String]) {
-        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let cores = CPUBackend.allowedCores
         guard split <= cores else {
             throw SigPropError.configuration(
                 "\(Self.splitVariable)=\(split) cannot divide the CPU's \(cores) cores into "
