@@ -47,41 +47,56 @@ public final class MPIProcessGroup: ProcessGroup, @unchecked Sendable {
         exit(code)
     }
 
+    // Every call starts a non-blocking operation and waits for it by polling with short
+    // sleeps: MPI's blocking calls spin on their core, and a rank's host thread or send worker
+    // spinning there while the messages are late takes the core from the rank's own compute
+    // (ranks bound to a core each ran at half speed).
+
     public func send(_ bytes: [UInt8], to rank: Int, tag: Int) throws {
         try checkCount(bytes.count, "a message to rank \(rank)")
-        try check(
-            bytes.withUnsafeBytes { buffer in
-                MPI_Send(
+        try bytes.withUnsafeBytes { buffer in
+            var request: MPI_Request? = sigprop_mpi_request_null()
+            try check(
+                MPI_Isend(
                     buffer.baseAddress, Int32(buffer.count), sigprop_mpi_byte(), Int32(rank),
-                    Int32(tag), sigprop_mpi_comm_world())
-            }, "MPI_Send to rank \(rank)")
+                    Int32(tag), sigprop_mpi_comm_world(), &request), "MPI_Isend to rank \(rank)")
+            try wait(for: &request, "sending to rank \(rank)")
+        }
     }
 
     public func receive(from rank: Int, tag: Int) throws -> [UInt8] {
         var status = MPI_Status()
-        try check(
-            MPI_Probe(Int32(rank), Int32(tag), sigprop_mpi_comm_world(), &status),
-            "MPI_Probe from rank \(rank)")
+        var arrived: Int32 = 0
+        try poll("waiting for a message from rank \(rank)") {
+            try check(
+                MPI_Iprobe(Int32(rank), Int32(tag), sigprop_mpi_comm_world(), &arrived, &status),
+                "MPI_Iprobe from rank \(rank)")
+            return arrived != 0
+        }
         var count: Int32 = 0
         try check(MPI_Get_count(&status, sigprop_mpi_byte(), &count), "MPI_Get_count")
         var bytes = [UInt8](repeating: 0, count: Int(count))
-        try check(
-            bytes.withUnsafeMutableBytes { buffer in
-                MPI_Recv(
+        try bytes.withUnsafeMutableBytes { buffer in
+            var request: MPI_Request? = sigprop_mpi_request_null()
+            try check(
+                MPI_Irecv(
                     buffer.baseAddress, count, sigprop_mpi_byte(), Int32(rank), Int32(tag),
-                    sigprop_mpi_comm_world(), sigprop_mpi_status_ignore())
-            }, "MPI_Recv from rank \(rank)")
+                    sigprop_mpi_comm_world(), &request), "MPI_Irecv from rank \(rank)")
+            try wait(for: &request, "receiving from rank \(rank)")
+        }
         return bytes
     }
 
     public func broadcast(_ values: inout [Float], from root: Int) throws {
         try checkCount(values.count, "a broadcast")
-        try check(
-            values.withUnsafeMutableBytes { buffer in
-                MPI_Bcast(
+        try values.withUnsafeMutableBytes { buffer in
+            var request: MPI_Request? = sigprop_mpi_request_null()
+            try check(
+                MPI_Ibcast(
                     buffer.baseAddress, Int32(buffer.count / 4), sigprop_mpi_float(), Int32(root),
-                    sigprop_mpi_comm_world())
-            }, "MPI_Bcast from rank \(root)")
+                    sigprop_mpi_comm_world(), &request), "MPI_Ibcast from rank \(root)")
+            try wait(for: &request, "a broadcast from rank \(root)")
+        }
     }
 
     public func sum(_ values: inout [Double]) throws {
@@ -97,10 +112,31 @@ public final class MPIProcessGroup: ProcessGroup, @unchecked Sendable {
         throws
     {
         try checkCount(count, "a sum")
+        var request: MPI_Request? = sigprop_mpi_request_null()
         try check(
-            MPI_Allreduce(
+            MPI_Iallreduce(
                 sigprop_mpi_in_place(), buffer.baseAddress, Int32(count), type, sigprop_mpi_sum(),
-                sigprop_mpi_comm_world()), "MPI_Allreduce")
+                sigprop_mpi_comm_world(), &request), "MPI_Iallreduce")
+        try wait(for: &request, "a sum over the ranks")
+    }
+
+    /// Waits for `request` to complete (MPI_Test drives the transfer along).
+    private func wait(for request: inout MPI_Request?, _ what: String) throws {
+        var done: Int32 = 0
+        try poll(what) {
+            try check(MPI_Test(&request, &done, sigprop_mpi_status_ignore()), "MPI_Test: \(what)")
+            return done != 0
+        }
+    }
+
+    /// Calls `ready` until it says so, sleeping between calls: 10 µs at first, doubling to
+    /// 200 µs, a short delay beside a batch's milliseconds of compute.
+    private func poll(_ what: String, _ ready: () throws -> Bool) throws {
+        var pause: UInt32 = 10
+        while try !ready() {
+            usleep(pause)
+            pause = min(pause * 2, 200)
+        }
     }
 
     /// MPI counts elements in a C int.
