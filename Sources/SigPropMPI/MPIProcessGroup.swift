@@ -16,6 +16,10 @@ public final class MPIProcessGroup: ProcessGroup, @unchecked Sendable {
     }
 
     public init() throws {
+        // Gradient sums are large: libnbc's ring sends each value about twice over the links,
+        // where its default for fewer than 4 ranks (a reduce, then a broadcast) sends it
+        // twice per rank and serialises the two. A value set by the user is kept.
+        setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "ring", 0)
         var provided: Int32 = 0
         let status = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_MULTIPLE), &provided)
         guard status == MPI_SUCCESS else {
@@ -112,12 +116,16 @@ public final class MPIProcessGroup: ProcessGroup, @unchecked Sendable {
         throws
     {
         try checkCount(count, "a sum")
+        // From a copy, not in place: libnbc takes its binomial algorithm for sums in place.
+        let values = Array(buffer)
         var request: MPI_Request? = sigprop_mpi_request_null()
-        try check(
-            MPI_Iallreduce(
-                sigprop_mpi_in_place(), buffer.baseAddress, Int32(count), type, sigprop_mpi_sum(),
-                sigprop_mpi_comm_world(), &request), "MPI_Iallreduce")
-        try wait(for: &request, "a sum over the ranks")
+        try values.withUnsafeBytes { source in
+            try check(
+                MPI_Iallreduce(
+                    source.baseAddress, buffer.baseAddress, Int32(count), type,
+                    sigprop_mpi_sum(), sigprop_mpi_comm_world(), &request), "MPI_Iallreduce")
+            try wait(for: &request, "a sum over the ranks")
+        }
     }
 
     /// Waits for `request` to complete (MPI_Test drives the transfer along).

@@ -931,7 +931,15 @@ struct Train: ParsableCommand {
             targetRows: plan.targetRows(
                 batchSize: options.batchSize,
                 kRowShortcut: options.kRowShortcut && learningRule.allowsKRowShortcut))
-        let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automatic.schedule.kind
+        // Replicas overlap each block's gradient sum with the later blocks' compute only
+        // where the blocks have streams of their own.
+        let (automaticKind, automaticReason) =
+            distribution?.mode == .data
+            ? (
+                Schedule.Kind.pipelined,
+                "data parallelism sums each block's gradients while the later blocks compute"
+            ) : (automatic.schedule.kind, automatic.reason)
+        let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automaticKind
         if describe {
             printDescription(
                 plan, devices: devices, options: options, schedule: scheduleKind,
@@ -1018,7 +1026,7 @@ struct Train: ParsableCommand {
                 + "schedule \(trainer.schedule.kind.rawValue)"
                 + (trainer.schedule.kind == .pipelined
                     ? " (\(trainer.pipeline.depth) batches in flight)" : "")
-                + (schedule == "auto" ? "; auto: \(automatic.reason)" : ""))
+                + (schedule == "auto" ? "; auto: \(automaticReason)" : ""))
         if description.isSpiking { emit("spiking: \(description.spiking)") }
 
         let checkpointURL = URL(fileURLWithPath: checkpointDir).appendingPathComponent(
