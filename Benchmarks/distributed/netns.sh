@@ -34,8 +34,8 @@
 # maps an address 10.77.0.I to `ip netns exec sigprop-nsI sh -c "<command>"`. The processes
 # of namespace I also get a UTS namespace with hostname sigprop-nsI, so that host names (in
 # Open MPI's messages, its session folders in /tmp) tell the "machines" apart. Open MPI is
-# held to TCP over 10.77.0.0/24 for both its runtime (oob) and the messages (pml ob1, btl tcp,self: no vader shared memory, no UCX), so nothing takes a
-# shortcut through memory. Every rank gets SIGPROP_BACKEND=cpu (unless the caller sets
+# held to TCP over 10.77.0.0/24 for both its runtime (oob) and the messages (pml ob1, btl
+# tcp,self: no vader shared memory, no UCX), so nothing takes a shortcut through memory. Every rank gets SIGPROP_BACKEND=cpu (unless the caller sets
 # another) and every SIGPROP_* and OPENBLAS_* variable of the caller's environment.
 #
 # Environment:
