@@ -53,7 +53,8 @@ let package = Package(
         .executableTarget(
             name: "train",
             dependencies: [
-                "SigProp", "SigPropMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "SigProp", "SigPropMPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

@@ -21,13 +21,19 @@ final class RankLink: @unchecked Sendable {
     }
 
     /// Sends `tensors` to `rank` once `ready` (an event after which they are final) completes.
-    func send(_ tensors: [Tensor], after ready: Event, to rank: Int) {
+    /// The returned group is left once the tensors were read (or the send failed): until then
+    /// their storage must not be reused.
+    func send(_ tensors: [Tensor], after ready: Event, to rank: Int) -> DispatchGroup {
+        let read = DispatchGroup()
+        read.enter()
         worker.async { [self] in
+            defer { read.leave() }
             try ready.wait()
             let message = Self.pack(try tensors.map { ($0.shape, try $0.device.read($0)) })
             try group.send(message, to: rank, tag: ProcessGroupTag.activations)
             lock.withLock { bytesSent += message.count }
         }
+        return read
     }
 
     /// The tensors `rank` handed on for the next batch, as tensors of `stream`'s device

@@ -130,6 +130,8 @@ public final class Pipeline {
         let logits: Tensor?
         /// One event per stage, complete when the stage (its update included) is done.
         let done: [Event]
+        /// Sends of its activations to other ranks, left once they were read.
+        let sends: [DispatchGroup]
         /// The pools' generations when the batch was enqueued.
         let generations: [ObjectIdentifier: Int]
     }
@@ -308,14 +310,13 @@ public final class Pipeline {
             classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
             byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
         if replicas != nil { batch.columnLabels = wholeBatch }
-        let (rowLosses, spikeRates, logits, done) = try enqueue(batch, trace: spans)
+        let (rowLosses, spikeRates, logits, done, sends) = try enqueue(batch, trace: spans)
         inFlight.append(
             InFlight(
                 index: index, labels: labels, samples: samples,
                 share: Double(labels.count) / Double(samples), rowLosses: rowLosses,
                 spikeRates: spikeRates,
-                logits: logits,
-                done: done, generations: generations))
+                logits: logits, done: done, sends: sends, generations: generations))
         var retired: [RetiredBatch] = []
         while inFlight.count >= depth { retired.append(try retireOldest()) }
         return retired
@@ -332,6 +333,9 @@ public final class Pipeline {
     private func retireOldest() throws -> RetiredBatch {
         let batch = inFlight.removeFirst()
         for event in batch.done { try event.wait() }
+        // A send may still be reading what the batch hands on (the next rank takes it when
+        // it is ready): the storage goes back to the pool after.
+        for send in batch.sends { send.wait() }
         try bridge?.check()
         try ranks?.link.check()
         try replicas?.check()
@@ -412,13 +416,14 @@ public final class Pipeline {
     private func enqueue(_ batch: BatchContext, trace: StageSpan?) throws
         -> (
             rowLosses: [Tensor?], spikeRates: [(stage: Int, rate: Tensor)], logits: Tensor?,
-            done: [Event]
+            done: [Event], sends: [DispatchGroup]
         )
     {
         let streams = stageStreams
         var losses: [Tensor?] = []
         var spikeRates: [(stage: Int, rate: Tensor)] = []
         var done: [Event] = []
+        var sends: [DispatchGroup] = []
         var ready: Event?
         /// Orders stage `index` after its predecessor's outputs: by an event on the same device;
         /// across devices the `bridge` does it (or, without one, the host waits here and
@@ -460,7 +465,8 @@ public final class Pipeline {
             let outputs = try stream.record()
             ready = outputs
             if let (placement, link) = ranks, index < last, !placement.isLocal(index + 1) {
-                link.send(pass.outputs, after: outputs, to: placement.stageRanks[index + 1])
+                sends.append(
+                    link.send(pass.outputs, after: outputs, to: placement.stageRanks[index + 1]))
             }
             if let rate = pass.spikeRate { spikeRates.append((index, rate)) }
             losses.append(try pass.learn(stream))
@@ -472,7 +478,7 @@ public final class Pipeline {
             }
             handedOn = pass.outputs
         }
-        return (losses, spikeRates, runsStage(last) ? handedOn[0] : nil, done)
+        return (losses, spikeRates, runsStage(last) ? handedOn[0] : nil, done, sends)
     }
 }
 
