@@ -1100,8 +1100,13 @@ struct Train: ParsableCommand {
                         fix: written)
                 }
             }
-            if let traceURL, let trace = trainer.pipeline.trace, isRoot {
-                do { try trace.write(to: traceURL) } catch let error as SigPropError {
+            if let traceURL {
+                // Every rank's spans, in one file that rank 0 writes.
+                do {
+                    if let data = try trainer.pipeline.traceOverRanks() {
+                        try Trace.write(data, to: traceURL)
+                    }
+                } catch let error as SigPropError {
                     throw SigPropError.configuration("\(error). \(written)")
                 }
             }

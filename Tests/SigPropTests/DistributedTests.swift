@@ -78,9 +78,12 @@ extension ProcessTests {
         let expected = try Self.checkpointBytes(checkpoints)
         for ranks in [2, 3] {
             let folder = root.appendingPathComponent("ranks\(ranks)")
+            let trace = root.appendingPathComponent("trace\(ranks).json")
             let run = try Self.mpirun(
                 ranks,
-                Self.distributedRun(data, folder, model: model) + ["--distributed", "pipeline"])
+                Self.distributedRun(data, folder, model: model) + [
+                    "--distributed", "pipeline", "--trace", trace.path,
+                ])
             #expect(run.status == 0, "\(run.output)")
             #expect(
                 run.output.contains("distributed: pipeline over \(ranks) ranks")
@@ -89,6 +92,22 @@ extension ProcessTests {
             #expect(
                 run.output.components(separatedBy: "other readouts").count == 3, "\(run.output)")
             #expect(try Self.checkpointBytes(folder) == expected, "\(ranks) ranks")
+            // One trace: a process per rank, each with the spans of its own stages.
+            let events =
+                try #require(
+                    try JSONSerialization.jsonObject(with: Data(contentsOf: trace))
+                        as? [String: Any]
+                )["traceEvents"] as? [[String: Any]]
+            let processes = Set(
+                (events ?? []).filter { $0["name"] as? String == "process_name" }.compactMap {
+                    ($0["args"] as? [String: Any])?["name"] as? String
+                })
+            #expect(processes == Set((0..<ranks).map { "rank \($0)" }), "\(processes)")
+            let spanProcesses = Set(
+                (events ?? []).filter { $0["ph"] as? String == "X" }.compactMap {
+                    $0["pid"] as? Int
+                })
+            #expect(spanProcesses == Set(1...ranks), "\(spanProcesses)")
         }
     }
 

@@ -28,4 +28,6 @@ enum ProcessGroupTag {
     static let activations = 1
     /// A batch's losses and correct predictions, for rank 0's progress and metrics.
     static let batchFigures = 2
+    /// A rank's trace, for the one rank 0 writes.
+    static let trace = 3
 }

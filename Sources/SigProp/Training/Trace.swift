@@ -122,36 +122,58 @@ public final class Trace {
     /// The trace-event JSON: complete events ("ph": "X") in microseconds from the first span,
     /// and thread-name metadata naming each row.
     public func json() throws -> Data {
-        let origin = (spans + kernels).map(\.start).min() ?? 0
+        try Self.json(events(origin: origin ?? 0))
+    }
+
+    /// Where the spans begin, in nanoseconds of the device's clock (nil: no span yet).
+    var origin: UInt64? { (spans + kernels).map(\.start).min() }
+
+    /// The spans and kernels as trace events of process `pid` (a row per stage; with a
+    /// `processName`, metadata naming the process), in microseconds from `origin`.
+    func events(origin: UInt64, pid: Int = 1, processName: String? = nil) -> [[String: Any]] {
         var events: [[String: Any]] = rowNames.enumerated().map { index, name in
-            ["name": "thread_name", "ph": "M", "pid": 1, "tid": index + 1, "args": ["name": name]]
+            [
+                "name": "thread_name", "ph": "M", "pid": pid, "tid": index + 1,
+                "args": ["name": name],
+            ]
+        }
+        if let processName {
+            events.append([
+                "name": "process_name", "ph": "M", "pid": pid, "args": ["name": processName],
+            ])
+        }
+        func microseconds(_ time: UInt64) -> Double {
+            (Double(time) - Double(origin)) / 1000
         }
         for span in spans {
             events.append([
                 "name": span.name,
                 "cat": span.name.split(separator: " ").first?.split(separator: ".").last.map(
-                    String.init) ?? "stage", "ph": "X", "pid": 1,
-                "tid": span.stage + 1, "ts": Double(span.start - origin) / 1000,
+                    String.init) ?? "stage", "ph": "X", "pid": pid,
+                "tid": span.stage + 1, "ts": microseconds(span.start),
                 "dur": Double(span.end - span.start) / 1000,
                 "args": ["epoch": span.epoch, "batch": span.batch],
             ])
         }
         for kernel in kernels {
             events.append([
-                "name": kernel.name, "cat": "kernel", "ph": "X", "pid": 1, "tid": kernel.stage + 1,
-                "ts": Double(kernel.start - origin) / 1000,
+                "name": kernel.name, "cat": "kernel", "ph": "X", "pid": pid,
+                "tid": kernel.stage + 1, "ts": microseconds(kernel.start),
                 "dur": Double(kernel.end - kernel.start) / 1000,
                 "args": ["epoch": kernel.epoch, "batch": kernel.batch],
             ])
         }
-        return try JSONSerialization.data(
+        return events
+    }
+
+    static func json(_ events: [[String: Any]]) throws -> Data {
+        try JSONSerialization.data(
             withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [.sortedKeys]
         )
     }
 
-    /// Writes the JSON atomically (`AtomicFile`): a failed or killed write keeps the old trace.
-    public func write(to url: URL) throws {
-        let data = try json()
+    /// Writes `data` atomically (`AtomicFile`): a failed or killed write keeps the old trace.
+    public static func write(_ data: Data, to url: URL) throws {
         let reason: String
         do {
             try AtomicFile.write(data, to: url)
@@ -163,5 +185,10 @@ public final class Trace {
         }
         throw OutputFiles.problem(
             flag: "--trace", path: url.path, action: "write the trace", reason: reason)
+    }
+
+    /// Writes the JSON atomically (`AtomicFile`): a failed or killed write keeps the old trace.
+    public func write(to url: URL) throws {
+        try Self.write(try json(), to: url)
     }
 }
