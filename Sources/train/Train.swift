@@ -951,11 +951,18 @@ struct Train: ParsableCommand {
             stageDevices: stageDevices, optimizer: options.optimizer, seed: options.seed,
             rule: learningRule)
         if devices.count > 1 {
+            // Over ranks, the stages this rank runs (it holds the others on its first device).
+            let layerRanks = try distribution.flatMap { distribution in
+                distribution.mode == .pipeline ? try plan.stageRanks(distribution.ranks) : nil
+            }
+            let runs = { (stage: Int) in
+                layerRanks.map { $0[network.stageLayer(stage)] == distribution?.rank } ?? true
+            }
             let groups = devices.enumerated().map { index, device in
                 "device \(index): "
-                    + (0..<network.stageCount).filter { network.stageDevice($0) === device }.map(
-                        network.stageName
-                    ).joined(separator: ", ")
+                    + (0..<network.stageCount).filter {
+                        runs($0) && network.stageDevice($0) === device
+                    }.map(network.stageName).joined(separator: ", ")
             }
             emit("placement (balanced by multiply-adds): " + groups.joined(separator: "; "))
         }
