@@ -28,7 +28,8 @@ let package = Package(
             name: "CZlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
-        // Open MPI, for training over several processes and machines (`SigPropMPI`).
+        // Open MPI, for training over several processes and machines (`SigPropMPI`); its
+        // headers sit outside the compiler's search path, which pkg-config (pkgconf) gives.
         .systemLibrary(
             name: "CMPI",
             pkgConfig: "ompi-c",
