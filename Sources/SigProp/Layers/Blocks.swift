@@ -145,6 +145,18 @@ public final class SignalBlock {
             hPass: hPass, tPass: tPass, lossTarget: t, t0: onehot, labels: labels)
     }
 
+    /// The forward of the target stream only, beside an input stream already through the
+    /// block with the same weights (`first`: Error Forward-Propagation's first pass).
+    func forward(
+        reusing first: ErrorFirstPassOutput, context onehot: Tensor, dropout: DropoutMasks?,
+        on stream: Stream?
+    ) throws -> BlockForward {
+        let (tPass, t) = try target(onehot, on: stream)
+        return BlockForward(
+            h: first.h, t: try after.apply(to: t, dropout: dropout, on: stream),
+            hPass: first.pass, tPass: tPass, lossTarget: t, t0: onehot, labels: nil)
+    }
+
     /// The block's loss on `pass`, its gradients and one optimizer step.
     public func learn(
         _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
@@ -227,6 +239,17 @@ public final class HiddenBlock {
             h: try after.apply(to: hPass.output, dropout: dropout, on: stream),
             t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
             hPass: hPass, tPass: tPass, lossTarget: tPass.output, t0: t, labels: labels)
+    }
+
+    /// The forward of the target stream `t` only, beside an input stream already through the
+    /// block with the same weights (`first`: Error Forward-Propagation's first pass).
+    func forward(
+        reusing first: ErrorFirstPassOutput, t: Tensor, dropout: DropoutMasks?, on stream: Stream?
+    ) throws -> BlockForward {
+        let tPass = try layer.forward(t, on: stream)
+        return BlockForward(
+            h: first.h, t: try after.apply(to: tPass.output, dropout: dropout, on: stream),
+            hPass: first.pass, tPass: tPass, lossTarget: tPass.output, t0: t, labels: nil)
     }
 
     /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.

@@ -5,10 +5,35 @@
 /// `T0 = e`) and whose output layer learns with cross entropy, as under Signal Propagation.
 /// Both passes of a block run on the block's stream, so a batch's second pass follows its
 /// first, and the next batch's first pass follows this batch's update.
+///
+/// With the first pass that only predicts, nothing learns between a block's two passes, so the
+/// input stream would come out of the second pass as it came out of the first: the second
+/// pass reuses it (`ErrorFirstPassOutput`) and runs the target stream alone.
+
+/// A block's input stream through the first pass: the layer's pass (what the block's update
+/// reads) and its output after the block's fixed steps (what the next block reads).
+struct ErrorFirstPassOutput {
+    let pass: LayerPass
+    let h: Tensor
+
+    /// Where a block's first pass leaves this for its second pass (`BatchContext.shared`).
+    static func key(_ layer: any FeatureLayer) -> String {
+        "\(layer.parameters[0].name).first-pass"
+    }
+
+    static func take(_ layer: any FeatureLayer, from batch: BatchContext) throws -> Self {
+        guard let first = batch.shared.removeValue(forKey: key(layer)) as? Self else {
+            throw SigPropError.configuration(
+                "Error Forward-Propagation's second pass of \(layer.parameters[0].name) found "
+                    + "no first pass of its batch")
+        }
+        return first
+    }
+}
 
 /// A block in the first pass without the target (`ErrorFirstPass.predict`): the input
 /// stream only, through the weights as they are; nothing learns. Hands on `[h]`, the output
-/// layer `[logits]`.
+/// layer `[logits]`. With `keepsPass`, leaves its pass for the block's second pass.
 public final class ErrorForwardPredictStage: TrainingStage {
     public enum Block {
         case signal(SignalBlock)
@@ -17,8 +42,12 @@ public final class ErrorForwardPredictStage: TrainingStage {
     }
 
     public let block: Block
+    let keepsPass: Bool
 
-    init(_ block: Block) { self.block = block }
+    init(_ block: Block, keepsPass: Bool) {
+        self.block = block
+        self.keepsPass = keepsPass
+    }
 
     public var optimizers: [Optimizer] { [] }
     public var reportsLoss: Bool { false }
@@ -27,19 +56,27 @@ public final class ErrorForwardPredictStage: TrainingStage {
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass
     {
-        let output: Tensor
+        let (layer, pass, output): (any FeatureLayer, LayerPass, Tensor)
         switch block {
         case .signal(let signal):
-            let x = try batch.samples(on: stream)
-            output = try signal.after.apply(
-                to: try signal.input.forward(x, on: stream).output, dropout: batch.dropout,
-                on: stream)
+            (layer, pass) = (
+                signal.input, try signal.input.forward(try batch.samples(on: stream), on: stream)
+            )
+            output = try signal.after.apply(to: pass.output, dropout: batch.dropout, on: stream)
         case .hidden(let hidden):
-            output = try hidden.after.apply(
-                to: try hidden.layer.forward(inputs[0], on: stream).output,
-                dropout: batch.dropout, on: stream)
-        case .output(let layer):
-            output = try layer.logits(inputs[0], on: stream)
+            (layer, pass) = (hidden.layer, try hidden.layer.forward(inputs[0], on: stream))
+            output = try hidden.after.apply(to: pass.output, dropout: batch.dropout, on: stream)
+        case .output(let outputLayer):
+            let h = inputs[0]
+            (layer, pass) = (
+                outputLayer.layer,
+                try outputLayer.layer.forward(try h.reshaped([h.rows, h.columns]), on: stream)
+            )
+            output = pass.output
+        }
+        if keepsPass {
+            batch.shared[ErrorFirstPassOutput.key(layer)] = ErrorFirstPassOutput(
+                pass: pass, h: output)
         }
         let rows = try stream.device.zeros([batch.size], on: stream)
         return StagePass(outputs: [output]) { _ in rows }
@@ -48,11 +85,16 @@ public final class ErrorForwardPredictStage: TrainingStage {
 
 /// The signal block in the second pass: reads the first pass's logits, and runs with the
 /// error of their prediction as its context (one row per sample, so no K-row shortcut).
-/// Hands on the input and target streams, as under Signal Propagation.
+/// With `reusesFirstPass` it takes its input stream from the first pass and hands on the
+/// target stream only; otherwise the input and target streams, as under Signal Propagation.
 public final class ErrorForwardSignalStage: TrainingStage {
     public let signal: SignalBlock
+    let reusesFirstPass: Bool
 
-    init(_ signal: SignalBlock) { self.signal = signal }
+    init(_ signal: SignalBlock, reusesFirstPass: Bool) {
+        self.signal = signal
+        self.reusesFirstPass = reusesFirstPass
+    }
 
     public var optimizers: [Optimizer] { signal.optimizers }
 
@@ -65,13 +107,62 @@ public final class ErrorForwardSignalStage: TrainingStage {
             logits: inputs[0], onehot: try batch.onehot(on: stream), on: stream)
         let error = try device.allocate(scaled.shape, on: stream)
         try device.axpby(alpha: Float(batch.size), scaled, beta: 0, error, on: stream)
-        let pass = try signal.forward(
-            x: try batch.samples(on: stream), context: error, dropout: batch.dropout,
-            on: stream)
-        return StagePass(outputs: [pass.h, pass.t]) { stream in
+        let pass =
+            reusesFirstPass
+            ? try signal.forward(
+                reusing: try ErrorFirstPassOutput.take(signal.input, from: batch), context: error,
+                dropout: batch.dropout, on: stream)
+            : try signal.forward(
+                x: try batch.samples(on: stream), context: error, dropout: batch.dropout,
+                on: stream)
+        return StagePass(outputs: reusesFirstPass ? [pass.t] : [pass.h, pass.t]) { stream in
             try self.signal.learn(
                 pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
             ).rowLosses
+        }
+    }
+}
+
+/// A hidden block in the second pass after the first pass that only predicts: its input
+/// stream is the first pass's; reads and hands on the target stream only.
+public final class ErrorForwardHiddenStage: TrainingStage {
+    public let hidden: HiddenBlock
+
+    init(_ hidden: HiddenBlock) { self.hidden = hidden }
+
+    public var optimizers: [Optimizer] { hidden.optimizers }
+
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let pass = try hidden.forward(
+            reusing: try ErrorFirstPassOutput.take(hidden.layer, from: batch), t: inputs[0],
+            dropout: batch.dropout, on: stream)
+        return StagePass(outputs: [pass.t]) { stream in
+            try self.hidden.learn(
+                pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
+            ).rowLosses
+        }
+    }
+}
+
+/// The output layer in the second pass after the first pass that only predicts: its logits
+/// are the first pass's; learns with their cross entropy.
+public final class ErrorForwardOutputStage: TrainingStage {
+    public let output: OutputLayer
+
+    init(_ output: OutputLayer) { self.output = output }
+
+    public var optimizers: [Optimizer] { output.optimizers }
+
+    public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
+        -> StagePass
+    {
+        let first = try ErrorFirstPassOutput.take(output.layer, from: batch)
+        return StagePass(outputs: [first.h]) { stream in
+            try self.output.learn(
+                first.pass, onehot: try batch.onehot(on: stream),
+                learningRate: batch.learningRate, on: stream)
         }
     }
 }

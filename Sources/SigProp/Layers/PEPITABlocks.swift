@@ -46,7 +46,7 @@ public final class PEPITALayer {
     /// This batch's dropout mask: drawn by the clean pass, found again by the modulated one.
     func mask(_ batch: BatchContext, rows: Int, on stream: Stream) throws -> Tensor? {
         guard dropout > 0, !isOutput, let masks = batch.dropout else { return nil }
-        if let mask = batch.shared[maskKey] { return mask }
+        if let mask = batch.shared[maskKey] as? Tensor { return mask }
         let mask = try masks.mask(
             [rows, layer.outputs], p: dropout, device: stream.device, on: stream)
         batch.shared[maskKey] = mask

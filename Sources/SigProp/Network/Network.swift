@@ -159,13 +159,19 @@ public final class Network {
         }
         // The output layer learns once per batch, from the second pass (in the reference the
         // training loop's cross entropy reads the loop-back model's final output only).
-        let firstPass: [any TrainingStage] =
-            (rule.errorFirstPassInForce == .learn
-                ? [signal] + hidden
-                : [ErrorForwardPredictStage(.signal(signal))]
-                    + hidden.map { ErrorForwardPredictStage(.hidden($0)) })
-            + [ErrorForwardPredictStage(.output(output))]
-        stages = firstPass + [ErrorForwardSignalStage(signal)] + hidden + [output]
+        switch rule.errorFirstPassInForce {
+        case .learn:
+            stages =
+                [signal] + hidden + [ErrorForwardPredictStage(.output(output), keepsPass: false)]
+                + [ErrorForwardSignalStage(signal, reusesFirstPass: false)] + hidden + [output]
+        case .predict:
+            let firstPass: [ErrorForwardPredictStage.Block] =
+                [.signal(signal)] + hidden.map { .hidden($0) } + [.output(output)]
+            stages =
+                firstPass.map { ErrorForwardPredictStage($0, keepsPass: true) }
+                + [ErrorForwardSignalStage(signal, reusesFirstPass: true)]
+                + hidden.map { ErrorForwardHiddenStage($0) } + [ErrorForwardOutputStage(output)]
+        }
     }
 
     /// Forward-Forward's layers, one per dense layer of `plan`, and its classifier on the

@@ -66,9 +66,10 @@ public final class BatchContext {
     /// Forward-Forward's wrong labels for the negative rows; nil: drawn from `generator`,
     /// uniformly among the other classes.
     public var wrongLabels: [Int32]?
-    /// Tensors one stage leaves for a later stage of the same batch on the same stream
-    /// (PEPITA's dropout mask, drawn by the clean pass and reused by the modulated one).
-    public var shared: [String: Tensor] = [:]
+    /// What one stage leaves for a later stage of the same batch on the same stream
+    /// (PEPITA's dropout mask, drawn by the clean pass and reused by the modulated one; Error
+    /// Forward-Propagation's first pass of a block, which its second pass reuses).
+    public var shared: [String: Any] = [:]
     /// The whole batch's labels when this process trains on a share of it (data parallelism):
     /// the K-row shortcut's loss compares each of its rows with every sample of the batch.
     public var columnLabels: [Int32]?
