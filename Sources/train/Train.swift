@@ -926,7 +926,7 @@ struct Train: ParsableCommand {
                     on: devices, rank: distribution.rank, ranks: distribution.ranks)
             } ?? plan.stageDevices(on: devices)
         let automatic = Schedule.automatic(
-            for: plan, capabilities: stageDevices.map(\.capabilities),
+            for: plan, rule: learningRule, capabilities: stageDevices.map(\.capabilities),
             batchSize: options.batchSize,
             targetRows: plan.targetRows(
                 batchSize: options.batchSize,

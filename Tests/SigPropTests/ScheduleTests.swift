@@ -30,21 +30,30 @@ import Testing
     }
 
     /// The default schedule follows the measurements: on CPUs pipelined where its extra batches
-    /// hold little memory (the `mlp`), else sequential (the `cnn`, `vgg8b`); on a GPU,
-    /// sequential for the `mlp` (short stages) and pipelined for the `cnn`.
+    /// hold little memory (the `mlp`), else sequential (the `cnn`, `vgg8b`), and sequential
+    /// where the blocks learn only once the output is known (PEPITA, Error
+    /// Forward-Propagation's `predict`); on a GPU, sequential for the `mlp` (short stages) and
+    /// pipelined for the `cnn`.
     @Test func theDefaultScheduleIsTheMeasuredFaster() throws {
         let cpu = try TestBackend.cpu.device().capabilities
         var gpu = cpu
         gpu.gpu = true
-        func kind(_ description: NetworkDescription, _ capabilities: DeviceCapabilities) throws
-            -> Schedule.Kind
-        {
+        func kind(
+            _ description: NetworkDescription, _ capabilities: DeviceCapabilities,
+            rule: LearningRule = LearningRule()
+        ) throws -> Schedule.Kind {
             let plan = try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
             return Schedule.automatic(
-                for: plan, capabilities: [capabilities], batchSize: 128, targetRows: 10
+                for: plan, rule: rule, capabilities: [capabilities], batchSize: 128,
+                targetRows: 10
             ).schedule.kind
         }
         #expect(try kind(.mlp(), cpu) == .pipelined)
+        #expect(try kind(.mlp(), cpu, rule: LearningRule(.efp)) == .sequential)
+        #expect(
+            try kind(.mlp(), cpu, rule: LearningRule(.efp, errorFirstPass: .learn)) == .pipelined)
+        #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.pepita)) == .sequential)
+        #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.ff)) == .pipelined)
         #expect(try kind(.cnn, cpu) == .sequential)
         #expect(try kind(.vgg8b, cpu) == .sequential)
         #expect(try kind(.mlp(), gpu) == .sequential)

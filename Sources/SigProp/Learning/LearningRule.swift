@@ -65,6 +65,17 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// stream (PEPITA, Error Forward-Propagation).
     public var passes: Int { name == .pepita || name == .efp ? 2 : 1 }
 
+    /// Whether no block learns from a batch before the network's output for it is known: a
+    /// first pass that only predicts (PEPITA's clean pass, Error Forward-Propagation's
+    /// `predict`). A block's next batch then waits for this batch's whole first pass.
+    public var learnsAfterOutput: Bool {
+        switch name {
+        case .pepita: true
+        case .efp: errorFirstPassInForce == .predict
+        case .sigprop, .ff: false
+        }
+    }
+
     /// PEPITA's optimizer by default (the authors' notebook): SGD, momentum 0.9, rate 0.01,
     /// multiplied by 0.1 from epochs 61 and 91 (1-based).
     public static var pepitaOptimizer: OptimizerSettings {

@@ -37,22 +37,33 @@ extension Schedule {
     /// default: beyond them the sequential schedule is chosen.
     public static let cpuPipelineMemory = 512.0 * 1024 * 1024
 
-    /// The default schedule for `plan` on devices of `capabilities` with batches of
-    /// `batchSize` (the target stream of `targetRows` rows), and why. Both give the same
-    /// numbers; the choice follows full epochs measured alternating (docs/performance.md).
+    /// The default schedule for `plan` trained by `rule` on devices of `capabilities` with
+    /// batches of `batchSize` (the target stream of `targetRows` rows), and why. Both give the
+    /// same numbers; the choice follows full epochs measured alternating (docs/performance.md).
     ///
     /// On CPUs (OpenBLAS or PoCL) every operation already spreads over all cores, and the
     /// pipeline ran 1.01–1.13x sequential, while each batch it keeps in flight holds that
     /// batch's activations: 1.8 GiB against 0.6 GiB resident for the `cnn`, 12 GiB for the
-    /// full `vgg8b`. So it is chosen where its extra batches hold little memory. On the H200
+    /// full `vgg8b`. So it is chosen where its extra batches hold little memory, unless the
+    /// rule's blocks learn only once the output is known: block 1's next batch then waits for
+    /// the whole first pass, and the pipeline ran 0.92x (Error Forward-Propagation's `predict`)
+    /// and 0.95x (PEPITA) sequential. On the H200
     /// it ran 1.39x for the `cnn` (1.85 G multiply-adds per batch in its heaviest stage) but
     /// 0.89–0.96x for the `mlp` (0.10 G): a batch's stages are then so short that the extra
     /// queues and events cost more than the overlap wins.
     public static func automatic(
-        for plan: NetworkPlan, capabilities: [DeviceCapabilities], batchSize: Int,
-        targetRows: Int
+        for plan: NetworkPlan, rule: LearningRule = LearningRule(),
+        capabilities: [DeviceCapabilities],
+        batchSize: Int, targetRows: Int
     ) -> (schedule: Schedule, reason: String) {
         guard capabilities.contains(where: \.gpu) else {
+            if rule.learnsAfterOutput {
+                return (
+                    Schedule(.sequential),
+                    "under \(rule) the blocks learn once the output is known, so on CPUs the "
+                        + "pipeline has little to overlap (--schedule pipelined chooses it)"
+                )
+            }
             let extra =
                 plan.activationBytes(batchSize: batchSize, targetRows: targetRows)
                 * Double(plan.stages.count - 1)
@@ -165,7 +176,8 @@ public final class Pipeline {
         let schedule =
             schedule
             ?? Schedule.automatic(
-                for: network.plan, capabilities: network.stageDevices.map(\.capabilities),
+                for: network.plan, rule: network.rule,
+                capabilities: network.stageDevices.map(\.capabilities),
                 batchSize: batchSize, targetRows: targetRows
             ).schedule
         if let depth = schedule.depth, depth < 1 {
