@@ -46,11 +46,11 @@ extension Schedule {
     /// batch's activations: 1.8 GiB against 0.6 GiB resident for the `cnn`, 12 GiB for the
     /// full `vgg8b`. So it is chosen where its extra batches hold little memory, unless the
     /// rule's blocks learn only once the output is known: block 1's next batch then waits for
-    /// the whole first pass, and the pipeline ran 0.92x (Error Forward-Propagation's `predict`)
-    /// and 0.95x (PEPITA) sequential. On the H200
-    /// it ran 1.39x for the `cnn` (1.85 G multiply-adds per batch in its heaviest stage) but
-    /// 0.89–0.96x for the `mlp` (0.10 G): a batch's stages are then so short that the extra
-    /// queues and events cost more than the overlap wins.
+    /// the whole first pass, and the pipeline ran 0.93x (Error Forward-Propagation's `predict`)
+    /// and 0.94x (PEPITA) sequential. On the H200 it ran 1.39x for the `cnn` (1.85 G
+    /// multiply-adds per batch in its heaviest stage) but 0.89–0.96x for the `mlp` (0.10 G): a
+    /// batch's stages are then so short that the extra queues and events cost more than the
+    /// overlap wins.
     public static func automatic(
         for plan: NetworkPlan, rule: LearningRule = LearningRule(),
         capabilities: [DeviceCapabilities],
