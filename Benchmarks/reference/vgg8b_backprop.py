@@ -3,8 +3,9 @@ networks with local error signals"): the same networks SigProp trains forward-on
 here with ordinary backpropagation of the output's cross entropy, CPU only.
 
 The blocks match SigProp's: conv 3x3 stride 1 padding 1 (bias) -> InstanceNorm2d(affine) ->
-LeakyReLU(0.01); dense Linear -> LayerNorm -> LeakyReLU(0.01); 2x2 max pools; then the output
-Linear. The comparison is therefore of the learning rule, not of the layers.
+LeakyReLU(0.01); dense Linear -> LayerNorm -> LeakyReLU(0.01); 2x2 max pools that pool the
+edge of a side they do not divide (ceil_mode, as SigProp's presets; --floor-pools drops it);
+then the output Linear. The comparison is therefore of the learning rule, not of the layers.
 
 Data: Fashion-MNIST IDX files (gzipped or not) or CIFAR-10 binary batches (data_batch_1.bin ...
 test_batch.bin) in --data-dir, normalised per channel by the whole training split's mean and std.
@@ -110,7 +111,7 @@ def augment(x, padding, flip):
 
 # ---------------------------------------------------------------- model
 def build_network(preset, in_shape, classes, width=1.0, conv_norm="instance",
-                  dense_norm="layer"):
+                  dense_norm="layer", ceil_pools=True):
     """Returns (nn.Sequential, [(layer, output shape), ...]); raises ValueError when a pool
     would shrink a side below 1."""
     def scaled(n):
@@ -120,11 +121,11 @@ def build_network(preset, in_shape, classes, width=1.0, conv_norm="instance",
     layers, shapes = [], []
     for i, spec in enumerate(PRESETS[preset]):
         if spec == "pool":
-            if h // 2 < 1 or w // 2 < 1:
+            if h < 2 or w < 2:
                 raise ValueError(f"{preset}: the pool at position {i + 1} of its layer list "
                                  f"would shrink {h}x{w} below 1x1; the input is too small")
-            layers.append(nn.MaxPool2d(2, 2))
-            h, w = h // 2, w // 2
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=ceil_pools))
+            h, w = ((h + 1) // 2, (w + 1) // 2) if ceil_pools else (h // 2, w // 2)
             shapes.append(("pool", (c, h, w)))
         elif isinstance(spec, int):
             out = scaled(spec)
@@ -158,6 +159,8 @@ def main():
     p.add_argument("--width-multiplier", type=float, default=1.0)
     p.add_argument("--conv-norm", default="instance", choices=["instance", "batch", "none"])
     p.add_argument("--dense-norm", default="layer", choices=["layer", "batch", "none"])
+    p.add_argument("--floor-pools", action="store_true",
+                   help="drop a pool's partial edge window (train --no-ceil-pools)")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--limit", type=int, default=0, help="first N training samples (0: all)")
     p.add_argument("--crop-padding", type=int, default=0)
@@ -186,12 +189,13 @@ def main():
     classes = int(max(y_train.max(), y_test.max())) + 1
     try:
         model, shapes = build_network(args.model, in_shape, classes, args.width_multiplier,
-                                      args.conv_norm, args.dense_norm)
+                                      args.conv_norm, args.dense_norm, not args.floor_pools)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(json.dumps({
         "model": args.model, "width_multiplier": args.width_multiplier,
         "conv_norm": args.conv_norm, "dense_norm": args.dense_norm, "input": in_shape,
+        "ceil_pools": not args.floor_pools,
         "parameters": sum(q.numel() for q in model.parameters()),
         "layers": [{"layer": name, "output": shape} for name, shape in shapes],
         "train_samples": x_train.shape[0], "test_samples": x_test.shape[0],

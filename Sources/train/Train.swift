@@ -116,6 +116,15 @@ struct Train: ParsableCommand {
     @Flag(help: "Keep the signal's context projection fixed at its random init (not learned).")
     var fixedContext = false
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: """
+            Pool the partial window at the edge of an image that a pool does not divide (7x7 \
+            to 4x4), as PyTorch's ceil_mode, instead of dropping it (7x7 to 3x3). Default on \
+            for the vgg presets, off otherwise.
+            """)
+    var ceilPools: Bool?
+
     @Option(
         parsing: .unconditional,
         help: "Spiking models: time steps each image is shown for. Default 25.")
@@ -632,6 +641,7 @@ struct Train: ParsableCommand {
                 try parseNorm($0, flag: "--conv-norm", allowed: [.instance, .batch, .none])
             }, &description.convNorm, shown: \.rawValue)
         apply("--fixed-context", fixedContext ? true : nil, &description.fixedContext)
+        apply("--[no-]ceil-pools", ceilPools, &description.ceilPools)
         apply("--timesteps", timesteps, &description.spiking.timesteps)
         apply(
             "--spike-encoding", try choice("--spike-encoding", spikeEncoding),
@@ -893,6 +903,11 @@ struct Train: ParsableCommand {
             try Network.check(plan, for: learningRule.name)
         } catch let error as SigPropError {
             throw UsageError("--model \(description.summary): \(error)")
+        }
+        for pool in plan.poolsDroppingEdges {
+            printError(
+                "warning: \(pool) drops the edge its window does not divide, which the block "
+                    + "before it learns from; --ceil-pools pools it")
         }
         let dataSettings = DataSettings(
             directory: dataDirectory, limit: dataLimit, normalization: normalization)

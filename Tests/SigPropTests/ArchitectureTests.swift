@@ -23,6 +23,15 @@ import Testing
             description: try! NetworkDescription(
                 layerList: "conv8k5s2p2,pool,conv8,dropout0.1,avgpool2,conv8k3s2p1,dense16"),
             inputShape: [3, 32, 32]),
+        // Pools that keep the edges their size does not divide: 8x8 to 3x3 to 2x2, a partial
+        // window at each edge.
+        TestNetwork(
+            description: {
+                var description = try! NetworkDescription(
+                    layerList: "conv6,maxpool3,conv6,avgpool2,dense8")
+                description.ceilPools = true
+                return description
+            }(), inputShape: [1, 8, 8]),
         // Forward-Forward: three layers (two readout layers), and one (its own readout).
         .forwardForward([16, 12, 8]),
         .forwardForward([10]),

@@ -50,6 +50,30 @@ extension ProcessTests {
             naming: "--model/--hidden-layers/--width/--dropout dense16")
     }
 
+    /// A pool that drops an edge is warned of; `--ceil-pools` pools it, is stored in the
+    /// checkpoint, and changing it on resume is a conflict.
+    @Test func ceilPoolsKeepTheEdgesAndAreStored() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let list = ["--model", "conv4,maxpool3,dense8"]
+        let described = try Self.run(Self.model(data, checkpoints, list + ["--describe"]))
+        #expect(described.status == 0, "\(described.output)")
+        #expect(
+            described.output.contains(
+                "warning: layer 2, 'maxpool3' (8x8 to 2x2) drops the edge"), "\(described.output)")
+        let (status, output) = try Self.run(Self.model(data, checkpoints, list + ["--ceil-pools"]))
+        #expect(status == 0 && !output.contains("warning"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let model = try Checkpoint(contentsOf: URL(fileURLWithPath: last)).model
+        #expect(model.description.ceilPools)
+        #expect(
+            try NetworkPlan(model.description, inputShape: model.inputShape, classes: model.classes)
+                .stages[0].handedOnShape == [4, 3, 3])
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--no-ceil-pools"],
+            naming: "--[no-]ceil-pools false (checkpoint: true)")
+    }
+
     /// A JSON description with its own norms and width multiplier.
     @Test func aJSONDescriptionTrains() throws {
         let (data, checkpoints) = try Self.workspace()

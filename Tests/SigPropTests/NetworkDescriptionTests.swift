@@ -112,6 +112,29 @@ import Testing
         }
     }
 
+    /// On 28x28 images the vgg presets' pools keep the edges (7x7 to 4x4 to 2x2); without
+    /// `ceilPools`, as in descriptions written before it, they drop them (7x7 to 3x3 to 1x1).
+    @Test func theVGGPresetsPoolTheEdgesOfImagesTheirPoolsDoNotDivide() throws {
+        let handedOn = { (description: NetworkDescription) in
+            try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10).stages.map(
+                \.handedOnShape)
+        }
+        let vgg8b = NetworkDescription.vgg8b
+        #expect(vgg8b.ceilPools)
+        #expect(try handedOn(vgg8b)[4...5] == [[512, 4, 4], [512, 2, 2]])
+        var floor = vgg8b
+        floor.ceilPools = false
+        #expect(try handedOn(floor)[4...5] == [[512, 3, 3], [512, 1, 1]])
+        let written = try JSONEncoder().encode(floor)
+        #expect(!String(decoding: written, as: UTF8.self).contains("ceil_pools"))
+        #expect(try JSONDecoder().decode(NetworkDescription.self, from: written) == floor)
+        // 32x32 images: both modes pool alike.
+        #expect(
+            try NetworkPlan(vgg8b, inputShape: [3, 32, 32], classes: 10).stages.map(\.handedOnShape)
+                == NetworkPlan(floor, inputShape: [3, 32, 32], classes: 10).stages.map(
+                    \.handedOnShape))
+    }
+
     @Test func aDescriptionRoundTripsThroughJSON() throws {
         var description = NetworkDescription.vgg6b.withDropout(0.2)
         description.widthMultiplier = 0.5

@@ -352,25 +352,40 @@ import Testing
         }
     }
 
+    /// 2x2 and 3x3 windows over 7x5 planes, whose edges either size leaves partial: dropped
+    /// (floor), or pooled over the entries they cover (ceil: an average divides by their count).
     @Test(arguments: TestBackend.available)
     func poolingMatchesPlainLoops(_ backend: TestBackend) throws {
         let device = try backend.device()
         let x = random(2 * 7 * 5, seed: 13)
         for kind in PoolKind.allCases {
-            let y = try device.zeros([1, 2, 3, 2])
-            try device.pool2d(kind, try device.tensor(x, shape: [1, 2, 7, 5]), into: y)
-            var expected: [Float] = []
-            for plane in 0..<2 {
-                for oy in 0..<3 {
-                    for ox in 0..<2 {
-                        let window = [(0, 0), (0, 1), (1, 0), (1, 1)].map {
-                            x[plane * 35 + (oy * 2 + $0.0) * 5 + ox * 2 + $0.1]
+            for (size, ceil) in [(2, false), (2, true), (3, false), (3, true)] {
+                let (ho, wo) =
+                    ceil ? ((7 + size - 1) / size, (5 + size - 1) / size) : (7 / size, 5 / size)
+                let y = try device.zeros([1, 2, ho, wo])
+                try device.pool2d(
+                    kind, try device.tensor(x, shape: [1, 2, 7, 5]), size: size, ceil: ceil,
+                    into: y)
+                var expected: [Float] = []
+                for plane in 0..<2 {
+                    for oy in 0..<ho {
+                        for ox in 0..<wo {
+                            var window: [Float] = []
+                            for dy in 0..<size where oy * size + dy < 7 {
+                                for dx in 0..<size where ox * size + dx < 5 {
+                                    window.append(
+                                        x[plane * 35 + (oy * size + dy) * 5 + ox * size + dx])
+                                }
+                            }
+                            expected.append(
+                                kind == .max
+                                    ? window.max()! : window.reduce(0, +) / Float(window.count))
                         }
-                        expected.append(kind == .max ? window.max()! : window.reduce(0, +) / 4)
                     }
                 }
+                expectClose(
+                    try device.read(y), expected, "pool \(kind) \(size)x\(size) ceil \(ceil)")
             }
-            expectClose(try device.read(y), expected, "pool \(kind)")
         }
     }
 

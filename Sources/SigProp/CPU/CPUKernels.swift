@@ -431,8 +431,9 @@ enum CPUKernels {
         output: UnsafeMutablePointer<Float>
     ) {
         let (ho, wo) = (s.outHeight, s.outWidth)
-        if s.size == 2 {
-            // The training nets' 2x2 windows: two rows at a time, no inner window loops.
+        if s.size == 2, !s.ceil || (s.height % 2 == 0 && s.width % 2 == 0) {
+            // The training nets' 2x2 windows: two rows at a time, no inner window loops (whole
+            // windows only: a ceil-mode edge takes the loop below).
             parallelChunks(s.planes, minimumChunk: max(1, (1 << 14) / max(ho * wo, 1))) { planes in
                 for plane in planes {
                     let x = input + plane * s.height * s.width
@@ -463,15 +464,18 @@ enum CPUKernels {
             for oy in 0..<ho {
                 for ox in 0..<wo {
                     var acc: Float = kind == .max ? -.infinity : 0
-                    for dy in 0..<s.size {
-                        for dx in 0..<s.size {
+                    // A ceil-mode window at the edge covers fewer rows and columns.
+                    let rows = min(s.size, s.height - oy * s.size)
+                    let columns = min(s.size, s.width - ox * s.size)
+                    for dy in 0..<rows {
+                        for dx in 0..<columns {
                             let v = x[(oy * s.size + dy) * s.width + ox * s.size + dx]
                             // NaN propagates through max, as in PyTorch.
                             acc = kind == .max ? ((v > acc || v.isNaN) ? v : acc) : acc + v
                         }
                     }
                     output[(plane * ho + oy) * wo + ox] =
-                        kind == .max ? acc : acc / Float(s.size * s.size)
+                        kind == .max ? acc : acc / Float(rows * columns)
                 }
             }
         }

@@ -410,9 +410,10 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             beta: beta, on: try queue(stream, "conv2dWeightGradient"))
     }
 
-    /// Max or average pooling over non-overlapping `size` x `size` windows of NCHW `input`.
+    /// Max or average pooling over non-overlapping `size` x `size` windows of NCHW `input`; a
+    /// partial window at the edge is dropped, or with `ceil` pooled over what it covers.
     public func pool2d(
-        _ kind: PoolKind, _ input: Tensor, size: Int = 2, into output: Tensor,
+        _ kind: PoolKind, _ input: Tensor, size: Int = 2, ceil: Bool = false, into output: Tensor,
         on stream: Stream? = nil
     ) throws {
         try check("pool2d", input, output)
@@ -424,7 +425,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
         }
         let shape = PoolShape(
             planes: input.shape[0] * input.shape[1], height: input.shape[2], width: input.shape[3],
-            size: size)
+            size: size, ceil: ceil)
         let expected = [input.shape[0], input.shape[1], shape.outHeight, shape.outWidth]
         guard output.shape == expected else {
             throw SigPropError.shapeMismatch(

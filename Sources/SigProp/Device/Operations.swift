@@ -55,12 +55,20 @@ public struct ConvShape: Sendable, Equatable {
 
 public enum PoolKind: String, Sendable, Codable, CaseIterable { case max, average }
 
-/// Non-overlapping pooling windows of `size` x `size` over NCHW input; a partial window at
-/// the edge is dropped (PyTorch's floor mode).
+/// Non-overlapping pooling windows of `size` x `size` over NCHW input. Where `size` does not
+/// divide the input, the partial window at the edge is dropped (PyTorch's floor mode) or, with
+/// `ceil`, pooled over the entries it covers (PyTorch's `ceil_mode`: an average divides by
+/// those entries' count).
 struct PoolShape: Sendable, Equatable {
     var planes: Int, height: Int, width: Int, size: Int
-    var outHeight: Int { height / size }
-    var outWidth: Int { width / size }
+    var ceil = false
+    var outHeight: Int { Self.outputLength(height, size: size, ceil: ceil) }
+    var outWidth: Int { Self.outputLength(width, size: size, ceil: ceil) }
+
+    /// The windows along a side of `length`.
+    static func outputLength(_ length: Int, size: Int, ceil: Bool) -> Int {
+        ceil ? (length + size - 1) / size : length / size
+    }
 }
 
 /// A tensor viewed as [outer, groups, inner] for normalisation: group g holds the elements

@@ -162,13 +162,18 @@ package enum SelfCheck {
         }
 
         for kind in PoolKind.allCases {
-            cases.append(
-                Case(operation: "pool2d", shape: "2x3x7x9 \(kind.rawValue)") { device in
-                    let x = try input(device, [2, 3, 7, 9], seed: 18)
-                    let y = try device.zeros([2, 3, 3, 4])
-                    try device.pool2d(kind, x, into: y)
-                    return [try device.read(y)]
-                })
+            for ceil in [false, true] {
+                cases.append(
+                    Case(
+                        operation: "pool2d",
+                        shape: "2x3x7x9 \(kind.rawValue)" + (ceil ? " ceil" : "")
+                    ) { device in
+                        let x = try input(device, [2, 3, 7, 9], seed: 18)
+                        let y = try device.zeros(ceil ? [2, 3, 4, 5] : [2, 3, 3, 4])
+                        try device.pool2d(kind, x, ceil: ceil, into: y)
+                        return [try device.read(y)]
+                    })
+            }
         }
 
         for (batch, loss) in [

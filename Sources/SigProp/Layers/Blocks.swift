@@ -45,8 +45,9 @@ public final class DropoutMasks {
 
 /// A fixed, non-learning step between blocks (after the block's loss: no gradient crosses it).
 enum FixedStep: Sendable, Equatable {
-    /// Max or average pooling over non-overlapping `size` x `size` windows.
-    case pool(PoolKind, size: Int)
+    /// Max or average pooling over non-overlapping `size` x `size` windows; with `ceil` a
+    /// partial window at the edge is pooled rather than dropped.
+    case pool(PoolKind, size: Int, ceil: Bool = false)
     case flatten
     /// Zeroes each entry with this probability during training (each stream its own mask);
     /// identity at inference.
@@ -63,9 +64,9 @@ enum FixedStep: Sendable, Equatable {
             return out
         case .flatten:
             return try x.reshaped([x.rows, x.columns])
-        case .pool(let kind, let size):
+        case .pool(let kind, let size, let ceil):
             let out = try x.device.allocate(try outputShape(for: x.shape), on: stream)
-            try x.device.pool2d(kind, x, size: size, into: out, on: stream)
+            try x.device.pool2d(kind, x, size: size, ceil: ceil, into: out, on: stream)
             return out
         }
     }
@@ -76,7 +77,7 @@ enum FixedStep: Sendable, Equatable {
             return input
         case .flatten:
             return [input.first ?? 1, input.dropFirst().reduce(1, *)]
-        case .pool(_, let size):
+        case .pool(_, let size, let ceil):
             guard input.count == 4, input[2] >= size, input[3] >= size else {
                 throw SigPropError.shapeMismatch(
                     operation: "pool",
@@ -84,7 +85,10 @@ enum FixedStep: Sendable, Equatable {
                         "\(size)x\(size) pooling needs NCHW activations of at least that size, "
                         + "got \(input)")
             }
-            return [input[0], input[1], input[2] / size, input[3] / size]
+            return [
+                input[0], input[1], PoolShape.outputLength(input[2], size: size, ceil: ceil),
+                PoolShape.outputLength(input[3], size: size, ceil: ceil),
+            ]
         }
     }
 }

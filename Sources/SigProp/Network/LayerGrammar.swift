@@ -161,7 +161,7 @@ extension String {
 
 /// A description in JSON: `{"layers": ["conv128", "pool", "dense1024"], "activation":
 /// "leaky-relu", "dense_norm": "layer", "conv_norm": "instance", "width_multiplier": 1,
-/// "fixed_context": false}`; every key but `layers` may be left out.
+/// "fixed_context": false, "ceil_pools": false}`; every key but `layers` may be left out.
 extension NetworkDescription: Codable {
     enum CodingKeys: String, CodingKey {
         case layers, activation, preset, spiking
@@ -169,6 +169,7 @@ extension NetworkDescription: Codable {
         case convNorm = "conv_norm"
         case widthMultiplier = "width_multiplier"
         case fixedContext = "fixed_context"
+        case ceilPools = "ceil_pools"
     }
 
     public init(from decoder: Decoder) throws {
@@ -183,6 +184,7 @@ extension NetworkDescription: Codable {
         widthMultiplier =
             try container.decodeIfPresent(Double.self, forKey: .widthMultiplier) ?? 1
         fixedContext = try container.decodeIfPresent(Bool.self, forKey: .fixedContext) ?? false
+        ceilPools = try container.decodeIfPresent(Bool.self, forKey: .ceilPools) ?? false
         preset = try container.decodeIfPresent(String.self, forKey: .preset)
         spiking = try container.decodeIfPresent(SpikingSettings.self, forKey: .spiking) ?? spiking
     }
@@ -196,6 +198,8 @@ extension NetworkDescription: Codable {
         try container.encode(widthMultiplier, forKey: .widthMultiplier)
         try container.encode(fixedContext, forKey: .fixedContext)
         try container.encodeIfPresent(preset, forKey: .preset)
+        // Written where set, so descriptions without it (and their checkpoints) read as before.
+        if ceilPools { try container.encode(ceilPools, forKey: .ceilPools) }
         // Only spiking networks carry the key, so other descriptions read as they always have.
         if isSpiking { try container.encode(spiking, forKey: .spiking) }
     }

@@ -52,6 +52,11 @@ public struct NetworkDescription: Sendable, Equatable {
     public var widthMultiplier: Double = 1
     /// Keep the signal's context projection fixed at its random init.
     public var fixedContext = false
+    /// Pool a partial window at the edge of an image that a pool's size does not divide
+    /// (PyTorch's `ceil_mode`) rather than drop it: 7x7 pools to 4x4, not 3x3. A block's loss
+    /// sees its whole output while the next block would see only the pooled part, so under
+    /// local learning dropped edges cost far more than under backpropagation.
+    public var ceilPools = false
     /// The preset the layers come from, if any, for messages.
     public var preset: String?
     /// The neurons, time steps and learning of the spiking layers (used where there are any).
@@ -127,20 +132,24 @@ extension NetworkDescription {
     }
 
     /// The VGG networks of Nøkland & Eidnes (2019), "Training neural networks with local error
-    /// signals", that the Signal Propagation paper trains.
+    /// signals", that the Signal Propagation paper trains. Their four pools halve 32x32 images
+    /// exactly; on other sizes (28x28: 7 to 3 to 1) they pool the edges too (`ceilPools`).
     public static var vgg6b: NetworkDescription {
-        named("vgg6b", "conv128,pool,conv256,pool,conv512,pool,conv512,pool,dense1024")
+        named(
+            "vgg6b", "conv128,pool,conv256,pool,conv512,pool,conv512,pool,dense1024",
+            ceilPools: true)
     }
     public static var vgg8b: NetworkDescription {
         named(
             "vgg8b",
-            "conv128,conv256,pool,conv256,conv512,pool,conv512,pool,conv512,pool,dense1024")
+            "conv128,conv256,pool,conv256,conv512,pool,conv512,pool,conv512,pool,dense1024",
+            ceilPools: true)
     }
     public static var vgg11b: NetworkDescription {
         named(
             "vgg11b",
             "conv128,conv128,conv128,conv256,pool,conv256,conv512,pool,conv512,conv512,pool,"
-                + "conv512,pool,dense1024")
+                + "conv512,pool,dense1024", ceilPools: true)
     }
 
     /// snnTorch's tutorial network: 1,000 leaky integrate-and-fire neurons (beta 0.95,
@@ -168,10 +177,13 @@ extension NetworkDescription {
         }
     }
 
-    private static func named(_ name: String, _ list: String) -> NetworkDescription {
+    private static func named(_ name: String, _ list: String, ceilPools: Bool = false)
+        -> NetworkDescription
+    {
         // The lists above are valid by construction; the tests parse each preset.
         var description = try! NetworkDescription(layerList: list)
         description.preset = name
+        description.ceilPools = ceilPools
         return description
     }
 }

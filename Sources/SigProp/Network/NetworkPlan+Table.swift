@@ -19,8 +19,9 @@ extension NetworkPlan.Stage {
     public var fixedStepNames: [String] {
         after.map { step in
             switch step {
-            case .pool(let kind, let size):
+            case .pool(let kind, let size, let ceil):
                 NetworkDescription.Layer.pool(kind, size: size).description
+                    + (ceil ? " (ceil)" : "")
             case .dropout(let p): NetworkDescription.Layer.dropout(p).description
             case .flatten: "flatten"
             }

@@ -45,6 +45,29 @@ public struct NetworkPlan: Sendable {
     /// Learning blocks (stages but the output layer).
     public var blockCount: Int { stages.count - 1 }
 
+    /// The pools that drop a partial window at the edge of their input (no `ceilPools`), each
+    /// as "layer 9, 'pool' (7x7 to 3x3)": what a user of local losses wants to know.
+    public var poolsDroppingEdges: [String] {
+        guard !description.ceilPools else { return [] }
+        return zip(stages, stages.dropFirst()).compactMap { stage, _ in
+            guard let position = stage.position, stage.outputShape.count == 3 else { return nil }
+            var (shape, layer) = (stage.outputShape, position)
+            var dropped: [String] = []
+            for step in stage.after {
+                layer += 1
+                guard case .pool(let kind, let size, _) = step else { continue }
+                let name = NetworkDescription.Layer.pool(kind, size: size).description
+                if shape[1] % size != 0 || shape[2] % size != 0 {
+                    dropped.append(
+                        "layer \(layer), '\(name)' (\(shape[1])x\(shape[2]) to "
+                            + "\(shape[1] / size)x\(shape[2] / size))")
+                }
+                shape = [shape[0], shape[1] / size, shape[2] / size]
+            }
+            return dropped.isEmpty ? nil : dropped.joined(separator: ", ")
+        }
+    }
+
     /// Whether the network is made of spiking layers.
     public var isSpiking: Bool { stages[0].spiking }
 
@@ -172,8 +195,9 @@ public struct NetworkPlan: Sendable {
                             "shrinks its \(handedOn[1])x\(handedOn[2]) input to nothing. "
                                 + "Remove a pool or use larger images")
                     }
-                    after.append(.pool(poolKind, size: size))
-                    handedOn = [handedOn[0], handedOn[1] / size, handedOn[2] / size]
+                    let step = FixedStep.pool(poolKind, size: size, ceil: description.ceilPools)
+                    after.append(step)
+                    handedOn = Array(try step.outputShape(for: [1] + handedOn).dropFirst())
                 case .dropout(let p):
                     guard p >= 0, p < 1 else {
                         throw refuse(position, "needs a probability in 0..<1")

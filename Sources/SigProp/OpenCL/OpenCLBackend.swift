@@ -540,6 +540,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 .buffer(mem(input)), .buffer(mem(output)), .int(Int32(s.planes)),
                 .int(Int32(s.height)),
                 .int(Int32(s.width)), .int(Int32(s.size)), .int(kind == .max ? 0 : 1),
+                .int(s.ceil ? 1 : 0),
             ],
             global: [s.planes * s.outHeight * s.outWidth], on: queue)
     }

@@ -54,8 +54,11 @@ struct MemoryEstimate {
             var written = 0
             for step in stage.after {
                 switch step {
-                case .pool(_, let size):
-                    shape = [shape[0], shape[1] / size, shape[2] / size]
+                case .pool(_, let size, let ceil):
+                    shape = [
+                        shape[0], PoolShape.outputLength(shape[1], size: size, ceil: ceil),
+                        PoolShape.outputLength(shape[2], size: size, ceil: ceil),
+                    ]
                     written += shape.reduce(1, *)
                 case .dropout: written += 2 * shape.reduce(1, *)
                 case .flatten: break
