@@ -125,6 +125,14 @@ import Testing
         var floor = vgg8b
         floor.ceilPools = false
         #expect(try handedOn(floor)[4...5] == [[512, 3, 3], [512, 1, 1]])
+        let plan = { (description: NetworkDescription) in
+            try NetworkPlan(description, inputShape: [1, 28, 28], classes: 10)
+        }
+        #expect(try plan(vgg8b).poolsDroppingEdges.isEmpty)
+        #expect(
+            try plan(floor).poolsDroppingEdges == [
+                "layer 8, 'pool' (7x7 to 3x3)", "layer 10, 'pool' (3x3 to 1x1)",
+            ])
         let written = try JSONEncoder().encode(floor)
         #expect(!String(decoding: written, as: UTF8.self).contains("ceil_pools"))
         #expect(try JSONDecoder().decode(NetworkDescription.self, from: written) == floor)

@@ -47,26 +47,7 @@ public struct NetworkPlan: Sendable {
 
     /// The pools that drop a partial window at the edge of their input (no `ceilPools`), each
     /// as "layer 9, 'pool' (7x7 to 3x3)": what a user of local losses wants to know.
-    public var poolsDroppingEdges: [String] {
-        guard !description.ceilPools else { return [] }
-        return zip(stages, stages.dropFirst()).compactMap { stage, _ in
-            guard let position = stage.position, stage.outputShape.count == 3 else { return nil }
-            var (shape, layer) = (stage.outputShape, position)
-            var dropped: [String] = []
-            for step in stage.after {
-                layer += 1
-                guard case .pool(let kind, let size, _) = step else { continue }
-                let name = NetworkDescription.Layer.pool(kind, size: size).description
-                if shape[1] % size != 0 || shape[2] % size != 0 {
-                    dropped.append(
-                        "layer \(layer), '\(name)' (\(shape[1])x\(shape[2]) to "
-                            + "\(shape[1] / size)x\(shape[2] / size))")
-                }
-                shape = [shape[0], shape[1] / size, shape[2] / size]
-            }
-            return dropped.isEmpty ? nil : dropped.joined(separator: ", ")
-        }
-    }
+    public let poolsDroppingEdges: [String]
 
     /// Whether the network is made of spiking layers.
     public var isSpiking: Bool { stages[0].spiking }
@@ -128,6 +109,7 @@ public struct NetworkPlan: Sendable {
         let firstSteps = spiking && description.spiking.encoding != .direct ? steps : 1
 
         var stages: [Stage] = []
+        var droppingEdges: [String] = []
         var shape = inputShape
         var position = 0
         while position < layers.count {
@@ -197,7 +179,16 @@ public struct NetworkPlan: Sendable {
                     }
                     let step = FixedStep.pool(poolKind, size: size, ceil: description.ceilPools)
                     after.append(step)
-                    handedOn = Array(try step.outputShape(for: [1] + handedOn).dropFirst())
+                    let pooled = Array(try step.outputShape(for: [1] + handedOn).dropFirst())
+                    if !description.ceilPools,
+                        handedOn[1] % size != 0 || handedOn[2] % size != 0
+                    {
+                        let name = layers[position].description
+                        droppingEdges.append(
+                            "layer \(position + 1), '\(name)' (\(handedOn[1])x\(handedOn[2]) "
+                                + "to \(pooled[1])x\(pooled[2]))")
+                    }
+                    handedOn = pooled
                 case .dropout(let p):
                     guard p >= 0, p < 1 else {
                         throw refuse(position, "needs a probability in 0..<1")
@@ -253,6 +244,7 @@ public struct NetworkPlan: Sendable {
                     + Self.neuronParameters("output", spiking ? description.spiking : nil),
                 multiplyAdds: Double(features * classes * steps)))
         self.stages = stages
+        poolsDroppingEdges = droppingEdges
     }
 
     /// A layer's parameter tensors, in the order `DenseLayer` and `ConvLayer` create them.
