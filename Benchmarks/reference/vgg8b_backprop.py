@@ -170,6 +170,9 @@ def main():
                    help="time N training batches after 5 warm-up batches, then exit")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-cosine-to", type=float, default=None,
+                   help="anneal the rate to this value along a cosine over --epochs, stepped "
+                        "each epoch (train --lr-cosine-to)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -202,6 +205,9 @@ def main():
         "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=args.epochs, eta_min=args.lr_cosine_to)
+        if args.lr_cosine_to is not None else None)
 
     def train_batch(j):
         x = augment(x_train[j], args.crop_padding, args.flip)
@@ -250,6 +256,8 @@ def main():
                           "test_accuracy": round(test_correct / x_test.shape[0], 4),
                           "seconds": round(dt, 2), "samples_per_second": round(n / dt, 1),
                           "peak_rss_bytes": peak_rss_bytes()}), flush=True)
+        if schedule is not None:
+            schedule.step()
 
 
 if __name__ == "__main__":

@@ -1043,7 +1043,8 @@ struct Train: ParsableCommand {
             "model: \(description.summary), \(Self.learningBlocks(network.blockCount)) + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
                 + "batches of \(options.batchSize) per epoch; loss \(options.loss.name), "
-                + "\(options.optimizer.kind.rawValue) lr \(options.optimizer.learningRate)"
+                + "\(options.optimizer.kind.rawValue) "
+                + options.optimizer.scheduleSummary(epochs: options.epochs)
                 + "\(fused); "
                 + "schedule \(trainer.schedule.kind.rawValue)"
                 + (trainer.schedule.kind == .pipelined

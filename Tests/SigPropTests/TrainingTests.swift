@@ -117,6 +117,23 @@ import Testing
             "linear cooldown")
     }
 
+    /// The model line states the schedule as the rates above follow it.
+    @Test func schedulesAreSummarisedInWords() {
+        var settings = OptimizerSettings()
+        #expect(settings.scheduleSummary(epochs: 10) == "lr 0.0005")
+        settings.milestones = [60, 90]
+        #expect(settings.scheduleSummary(epochs: 100) == "lr 0.0005, x0.1 after epochs 60, 90")
+        #expect(settings.scheduleSummary(epochs: 70) == "lr 0.0005, x0.1 after epochs 60")
+        #expect(settings.scheduleSummary(epochs: 50) == "lr 0.0005")
+        settings.cosineFloor = 0
+        #expect(settings.scheduleSummary(epochs: 10) == "lr 0.0005, cosine to 0.0 over 10 epochs")
+        settings.cosineFloor = nil
+        settings.linearCooldown = true
+        #expect(
+            settings.scheduleSummary(epochs: 5)
+                == "lr 0.0005, linear cooldown after epoch 3")
+    }
+
     /// The trainer steps every block with the epoch's rate: a milestone that sets it to 0
     /// freezes every parameter of every block for the epochs after it.
     @Test(arguments: TestBackend.available)
@@ -134,10 +151,14 @@ import Testing
         func values() throws -> [[Float]] {
             try network.parameters.map { try device.read($0.value) }
         }
+        func rate(_ outcome: Trainer.EpochOutcome) -> Double? {
+            guard case .completed(let metrics) = outcome else { return nil }
+            return metrics.learningRate
+        }
         let initial = try values()
-        _ = try trainer.runEpoch(0)
+        #expect(rate(try trainer.runEpoch(0)) == Double(Float(5e-4)), "epoch 1's metrics")
         let afterFirst = try values()
-        _ = try trainer.runEpoch(1)
+        #expect(rate(try trainer.runEpoch(1)) == 0, "epoch 2's metrics")
         for (index, parameter) in network.parameters.enumerated() {
             #expect(afterFirst[index] != initial[index], "\(parameter.name) learned in epoch 1")
         }

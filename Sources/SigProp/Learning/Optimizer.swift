@@ -45,6 +45,21 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
 
     public init() {}
 
+    /// The schedule in words for a run of `epochs`, e.g. "lr 0.0005, cosine to 0 over 10
+    /// epochs" or "lr 0.01, x0.1 after epochs 60, 90".
+    public func scheduleSummary(epochs: Int) -> String {
+        let start = "lr \(learningRate)"
+        if linearCooldown == true {
+            return start + ", linear cooldown after epoch \(max(epochs, 1) / 2 + 1)"
+        }
+        if let floor = cosineFloor {
+            return start + ", cosine to \(floor) over \(epochs) epochs"
+        }
+        let decays = milestones.filter { $0 < epochs }
+        guard !decays.isEmpty else { return start }
+        return start + ", x\(gamma) after epochs " + decays.map(String.init).joined(separator: ", ")
+    }
+
     /// The learning rate in force during `epoch` (0-based) of a run of `epochs`: every block's
     /// optimizer steps with it for the whole epoch.
     public func learningRate(epoch: Int, of epochs: Int) -> Float {

@@ -100,6 +100,8 @@ public struct EpochMetrics: Sendable, Codable {
     public var validationAccuracy: Double?
     /// The readout `adaptive` chose this epoch (`ReadoutChoice.description`).
     public var adaptiveReadout: String
+    /// The learning rate every block's optimizer stepped with this epoch (the schedule's).
+    public var learningRate: Double
     public var seconds: Double
     public var samplesPerSecond: Double
     public var backend: String
@@ -128,6 +130,7 @@ public struct EpochMetrics: Sendable, Codable {
         case validationAccuracies = "validation_accuracies"
         case validationAccuracy = "validation_accuracy"
         case adaptiveReadout = "adaptive_readout"
+        case learningRate = "learning_rate"
         case seconds
         case samplesPerSecond = "samples_per_second"
         case backend
@@ -372,7 +375,8 @@ public final class Trainer {
                 validationAccuracies: validated,
                 validationAccuracy: validated[options.readout.rawValue],
                 adaptiveReadout: selection.adaptive.description,
-                seconds: seconds, samplesPerSecond: Double(seen) / max(seconds, 1e-9),
+                learningRate: Double(learningRate), seconds: seconds,
+                samplesPerSecond: Double(seen) / max(seconds, 1e-9),
                 backend: network.devices.map(\.description).joined(separator: " + "),
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes(), spikeRates: spiking.map(\.rate),
