@@ -45,7 +45,7 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
 
     public init() {}
 
-    /// The schedule in words for a run of `epochs`, e.g. "lr 0.0005, cosine to 0 over 10
+    /// The schedule in words for a run of `epochs`, e.g. "lr 0.0005, cosine to 0.0 over 10
     /// epochs" or "lr 0.01, x0.1 after epochs 60, 90".
     public func scheduleSummary(epochs: Int) -> String {
         let start = "lr \(learningRate)"
