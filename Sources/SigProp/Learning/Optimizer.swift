@@ -50,7 +50,7 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
     public func scheduleSummary(epochs: Int) -> String {
         let start = "lr \(learningRate)"
         if linearCooldown == true {
-            return start + ", linear cooldown after epoch \(max(epochs, 1) / 2 + 1)"
+            return start + ", linear cooldown after epoch \(Self.cooldownStart(of: epochs) + 1)"
         }
         if let floor = cosineFloor {
             return start + ", cosine to \(floor) over \(epochs) epochs"
@@ -60,6 +60,9 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
         return start + ", x\(gamma) after epochs " + decays.map(String.init).joined(separator: ", ")
     }
 
+    /// The last epoch (0-based) at the full rate under the linear cooldown.
+    private static func cooldownStart(of epochs: Int) -> Int { max(epochs, 1) / 2 }
+
     /// The learning rate in force during `epoch` (0-based) of a run of `epochs`: every block's
     /// optimizer steps with it for the whole epoch.
     public func learningRate(epoch: Int, of epochs: Int) -> Float {
@@ -67,7 +70,7 @@ public struct OptimizerSettings: Sendable, Codable, Equatable {
             // Epoch e (0-based, as the reimplementation counts) of E past E / 2 runs at
             // rate * 2 (1 + E - e) / E: the last epoch at 4 / E of the rate.
             let total = max(epochs, 1)
-            guard epoch > total / 2 else { return learningRate }
+            guard epoch > Self.cooldownStart(of: epochs) else { return learningRate }
             return learningRate * 2 * Float(1 + total - epoch) / Float(total)
         }
         guard let floor = cosineFloor else {
