@@ -31,3 +31,34 @@ void channel_sums_grouped(__global const float* x,
     sum = group_sum(partial, sum);
     if (l == 0) out[c] = alpha * sum + (beta != 0.0f ? beta * out[c] : 0.0f);
 }
+
+// factor[0] = sign * (target / s)^power, s the standard deviation of x's n values with
+// Bessel's correction (torch.std); sign where s is 0. x is small (a feedback matrix of D0 x K
+// values): CPU drivers sum it in one work-item, GPUs in one work-group.
+inline float deviation_scale_of(const float squares, const int n, const float target,
+                                const float power, const float sign) {
+    const float s = sqrt(squares / (float)(n - 1));
+    return s > 0.0f ? sign * pow(target / s, power) : sign;
+}
+
+__kernel void deviation_scale(__global const float* x, const int n, const float target,
+                              const float power, const float sign, __global float* factor) {
+    if (get_global_id(0) != 0) return;
+    const float mean = run_sum_total(run_sum_add(run_sum_zero(), x, 0, n, 0.0f)) / (float)n;
+    const float squares = run_sum_total(run_sum_add(run_sum_zero(), x, x, n, mean));
+    factor[0] = deviation_scale_of(squares, n, target, power, sign);
+}
+
+__kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
+void deviation_scale_grouped(__global const float* x, const int n, const float target,
+                             const float power, const float sign, __global float* factor) {
+    __local float partial[GROUP_SUM_SIZE];
+    const int l = get_local_id(0);
+    float sum = 0.0f;
+    for (int i = l; i < n; i += GROUP_SUM_SIZE) sum += x[i];
+    const float mean = group_sum(partial, sum) / (float)n;
+    float squares = 0.0f;
+    for (int i = l; i < n; i += GROUP_SUM_SIZE) squares += (x[i] - mean) * (x[i] - mean);
+    squares = group_sum(partial, squares);
+    if (l == 0) factor[0] = deviation_scale_of(squares, n, target, power, sign);
+}

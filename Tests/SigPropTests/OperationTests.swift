@@ -416,6 +416,44 @@ import Testing
         expectClose(try device.read(y), x, "axpby")
     }
 
+    /// `deviationScale` against the deviation computed here in Double (Bessel's correction,
+    /// as torch.std): sizes around the vector width and the work-group of 128, a power and a
+    /// sign, an offset mean, and a constant tensor (factor = sign). The OpenCL device posing as
+    /// a GPU runs the work-group kernel.
+    @Test(arguments: TestBackend.available + [nil])
+    func deviationScaleMatchesTheDeviation(_ backend: TestBackend?) throws {
+        let device: Device
+        if let backend {
+            device = try backend.device()
+        } else {
+            guard let entry = TestBackend.openCLEntries.first else { return }
+            device = try Device.opencl(
+                OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        }
+        for count in [2, 7, 9, 128, 129, 1000, 7841] {
+            let x = random(count, seed: UInt64(count)).map { $0 * 0.3 + 2 }
+            let mean = x.reduce(0.0) { $0 + Double($1) } / Double(count)
+            let deviation =
+                (x.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) }
+                / Double(count - 1)).squareRoot()
+            let factor = try device.zeros([1])
+            try device.deviationScale(
+                of: try device.tensor(x, shape: [count]), target: 0.05, power: 0.5, sign: -1,
+                into: factor)
+            let expected = -Foundation.pow(0.05 / deviation, 0.5)
+            expectClose(
+                try device.read(factor), [Float(expected)], absolute: 0, relative: 1e-4,
+                "deviation scale of \(count) values")
+        }
+        let constant = try device.tensor([Float](repeating: 3, count: 300), shape: [300])
+        let factor = try device.zeros([1])
+        try device.deviationScale(of: constant, target: 1, sign: -1, into: factor)
+        #expect(try device.read(factor) == [-1])
+        #expect(throws: SigPropError.self) {
+            try device.deviationScale(of: try device.zeros([1]), target: 1, into: factor)
+        }
+    }
+
     /// GPUs reduce in work-groups (`channel_sums_grouped`, `normalize_groups*_grouped`): the
     /// OpenCL device posing as a GPU runs those kernels here, against plain sums and the CPU
     /// fallback, on shapes around the group of 128 (layer, instance and batch norm layouts).

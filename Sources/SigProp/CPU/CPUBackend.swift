@@ -391,6 +391,17 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func deviationScale(
+        _ x: TensorStorage, count: Int, target: Float, power: Float, sign: Float,
+        into factor: TensorStorage, on queue: BackendQueue
+    ) throws {
+        let (x, factor) = (buf(x), buf(factor))
+        run(queue) {
+            factor.pointer[0] = CPUKernels.deviationScale(
+                x.pointer, count: count, target: target, power: power, sign: sign)
+        }
+    }
+
     func scaleShiftChannels(
         _ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage,
         count: Int, channels: Int, inner: Int, on queue: BackendQueue

@@ -157,6 +157,25 @@ enum CPUKernels {
         }
     }
 
+    /// `sign * (target / s)^power`, `s` the standard deviation of the `count` values with
+    /// Bessel's correction; `sign` where `s` is 0. Sums in Double: the values are few (a
+    /// feedback matrix) and the factor rescales every later step.
+    static func deviationScale(
+        _ x: UnsafePointer<Float>, count: Int, target: Float, power: Float, sign: Float
+    ) -> Float {
+        var sum = 0.0
+        for i in 0..<count { sum += Double(x[i]) }
+        let mean = sum / Double(count)
+        var squares = 0.0
+        for i in 0..<count {
+            let d = Double(x[i]) - mean
+            squares += d * d
+        }
+        let deviation = (squares / Double(count - 1)).squareRoot()
+        guard deviation > 0 else { return sign }
+        return sign * Float(Foundation.pow(Double(target) / deviation, Double(power)))
+    }
+
     static func channelSums(
         _ x: UnsafePointer<Float>, outer: Int, channels: Int, inner: Int,
         into out: UnsafeMutablePointer<Float>,

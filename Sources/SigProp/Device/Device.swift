@@ -505,6 +505,26 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
     }
 
+    /// `factor[0] = sign * (target / s)^power`, `s` the standard deviation of `x`'s values with
+    /// Bessel's correction (as `torch.std`); `sign` where `s` is 0. With `scaleShiftChannels`
+    /// it rescales tensors to a deviation without reading them back (PEPITA's mirrored
+    /// feedback matrices).
+    public func deviationScale(
+        of x: Tensor, target: Float, power: Float = 1, sign: Float = 1, into factor: Tensor,
+        on stream: Stream? = nil
+    ) throws {
+        try check("deviationScale", x, factor)
+        try requireCount("deviationScale", factor, 1)
+        guard x.count > 1 else {
+            throw SigPropError.shapeMismatch(
+                operation: "deviationScale",
+                detail: "\(x.shape) has \(x.count) value; a deviation needs at least 2")
+        }
+        try backend.deviationScale(
+            x.storage, count: x.count, target: target, power: power, sign: sign,
+            into: factor.storage, on: try queue(stream, "deviationScale"))
+    }
+
     /// The row-wise part of the local loss (docs/signal-propagation.md): from `y` and `yy` (B x N:
     /// N = B for a block; N = K with one-hot `yy` gives the output layer's cross entropy) builds
     /// the target `mask`, `dY = (m_i softmax(Y)_ij - M_ij) / B` and each row's loss `-sum_j M_ij

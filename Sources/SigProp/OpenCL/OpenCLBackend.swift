@@ -326,6 +326,23 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func deviationScale(
+        _ x: TensorStorage, count: Int, target: Float, power: Float, sign: Float,
+        into factor: TensorStorage, on queue: BackendQueue
+    ) throws {
+        let arguments: [CLKernel.Argument] = [
+            .buffer(mem(x)), .int(Int32(count)), .float(target), .float(power), .float(sign),
+            .buffer(mem(factor)),
+        ]
+        if groupedReductions {
+            try launch(
+                "reduce", "deviation_scale_grouped", arguments, global: [Self.groupSumSize],
+                local: [Self.groupSumSize], on: queue)
+        } else {
+            try launch("reduce", "deviation_scale", arguments, global: [1], on: queue)
+        }
+    }
+
     /// Images per chunk of a convolution: a chunk's scratch (im2col's patch matrix, or the
     /// direct kernels' padded planes and dZ) and its output stay within a budget. On a CPU
     /// driver the scratch is read back from the caches right after it is written, so CPU devices
