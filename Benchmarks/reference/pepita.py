@@ -13,8 +13,15 @@ The rule, for a dense network x -> h_1 -> ... -> h_L (h_L the output layer, K cl
     --last-layer-error modulated takes softmax(logits^mod) - onehot instead, as the
     authors' code does), each averaged over the batch;
   * torch.optim.SGD with p.grad = dW, so W -= lr * (momentum buffer of dW + lambda W);
-    --weight-decay is the lambda of Srinivasan et al. (ICLR 2024), 0 (off) by default.
-    Their weight mirroring is not implemented;
+    --weight-decay is the lambda of Srinivasan et al. (ICLR 2024), 0 (off) by default;
+  * --mirror: their weight mirroring. F = -(B_1 ... B_L), one factor B_l [in_l, out_l] per
+    layer, normal with deviation (sqrt(2 / D0) * scale / sqrt(prod of hidden widths))^(1/L).
+    Before each modulated pass the factors are rescaled by (sigma / std(P))^(1/L), P their
+    product and sigma = scale * sqrt(2 / D0) (the fixed F's deviation), so F = -(sigma /
+    std(P)) P. After each batch's update every layer mirrors: xi = noise * randn(B, in_l),
+    minus its mean; y = the layer on xi (ReLU and a fresh dropout mask; the output layer's
+    softmax); B_l = (1 - rate * decay) B_l + rate * xi^T y / B (the authors' SGD with weight
+    decay on the factors). In the first --premirror epochs only the factors learn;
   * dropout on every hidden layer with one mask per batch shared by both passes (drop
     probability 0.1, kept units scaled by 1 / 0.9); no dropout at test time;
   * prediction: argmax of the clean pass's logits.
@@ -64,6 +71,29 @@ def feedback_matrix(in_features, num_classes, scale=FEEDBACK_SCALE, generator=No
     shrunk so that the modulation is a small perturbation of the input."""
     limit = math.sqrt(6.0 / in_features)
     return (torch.rand(in_features, num_classes, generator=generator) * 2 - 1) * limit * scale
+
+
+def mirror_factors(widths, scale=FEEDBACK_SCALE, generator=None):
+    """Weight mirroring's factors of F, B_l [in_l, out_l], normal so that their product has
+    the fixed F's deviation."""
+    hidden = math.prod(widths[1:-1])
+    layers = len(widths) - 1
+    deviation = (scale * math.sqrt(2.0 / widths[0]) / math.sqrt(hidden)) ** (1.0 / layers)
+    return [torch.randn(widths[i], widths[i + 1], generator=generator) * deviation
+            for i in range(layers)]
+
+
+def compose_feedback(factors, scale=FEEDBACK_SCALE):
+    """F for the next modulated pass: rescales the factors in place so that their product P
+    has deviation sigma = scale * sqrt(2 / D0), and returns -(sigma / std(P)) P."""
+    product = factors[-1]
+    for factor in reversed(factors[:-1]):
+        product = factor @ product
+    sigma = scale * math.sqrt(2.0 / factors[0].shape[0])
+    ratio = sigma / product.std()
+    for factor in factors:
+        factor.mul_(ratio ** (1.0 / len(factors)))
+    return -ratio * product
 
 
 class PepitaNet(nn.Module):
@@ -118,6 +148,28 @@ class PepitaNet(nn.Module):
         deltas.append(top.t() @ inputs_mod[-1] / batch)
         return deltas, error, F.cross_entropy(logits, labels)
 
+    def mirror(self, factors, noises, rate, decay, masks=None):
+        """One weight-mirroring step of every factor after the weights' update: noises[l] is
+        layer l's centred noise [B, in_l], masks[l] a fresh dropout mask of hidden layer l."""
+        batch = noises[0].shape[0]
+        last = len(self.layers) - 1
+        for l, (layer, factor, xi) in enumerate(zip(self.layers, factors, noises)):
+            if l == last:
+                y = torch.softmax(layer(xi), dim=1)
+            else:
+                y = torch.relu(layer(xi))
+                if masks is not None:
+                    y = y * masks[l]
+            factor.mul_(1.0 - rate * decay).add_(xi.t() @ y, alpha=rate / batch)
+
+    def mirror_noise(self, batch, deviation, generator, dtype=torch.float32):
+        """Each layer's noise for a mirroring step: normal, minus its mean."""
+        noises = []
+        for width in self.widths[:-1]:
+            xi = torch.randn(batch, width, generator=generator, dtype=dtype) * deviation
+            noises.append(xi - xi.mean())
+        return noises
+
     def make_optimizer(self, lr, momentum, weight_decay):
         return torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum,
                                weight_decay=weight_decay)
@@ -163,6 +215,12 @@ def main():
     p.add_argument("--dropout", type=float, default=0.1, help="drop probability")
     p.add_argument("--feedback-scale", type=float, default=FEEDBACK_SCALE)
     p.add_argument("--last-layer-error", choices=["clean", "modulated"], default="clean")
+    p.add_argument("--mirror", action="store_true", help="weight mirroring of F's factors")
+    p.add_argument("--mirror-rate", type=float, default=0.1)
+    p.add_argument("--mirror-decay", type=float, default=0.5)
+    p.add_argument("--mirror-noise", type=float, default=0.1)
+    p.add_argument("--premirror", type=int, default=0,
+                   help="epochs at the start in which only the factors learn")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     args = p.parse_args()
@@ -180,6 +238,7 @@ def main():
     widths = [x_train.shape[1]] + parse_ints(args.hidden) + [num_classes]
     model = PepitaNet(widths, generator)
     feedback = feedback_matrix(widths[0], num_classes, args.feedback_scale, generator)
+    factors = mirror_factors(widths, args.feedback_scale, generator) if args.mirror else None
     optimizer = model.make_optimizer(args.lr, args.momentum, args.weight_decay)
     n = len(x_train)
     for epoch in range(1, args.epochs + 1):
@@ -191,9 +250,16 @@ def main():
         for b in range(0, n, args.batch_size):
             idx = order[b:b + args.batch_size]
             masks = model.dropout_masks(len(idx), args.dropout, generator)
+            if factors is not None:
+                feedback = compose_feedback(factors, args.feedback_scale)
             deltas, _, loss = model.deltas(x_train[idx], y_train[idx], feedback, masks,
                                            args.last_layer_error)
-            model.step(optimizer, deltas)
+            if factors is None or epoch > args.premirror:
+                model.step(optimizer, deltas)
+            if factors is not None:
+                model.mirror(factors, model.mirror_noise(len(idx), args.mirror_noise, generator),
+                             args.mirror_rate, args.mirror_decay,
+                             model.dropout_masks(len(idx), args.dropout, generator))
             loss_sum += loss.item()
             batches += 1
         seconds = time.perf_counter() - start

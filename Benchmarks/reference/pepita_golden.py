@@ -32,6 +32,10 @@ CASES = [
          seed=5101),
     dict(name="pepita_B5_D10_H7x6_K3", batch=5, widths=[10, 7, 6, 3], lr=0.1,
          weight_decay=1e-3, seed=5111),
+    # Weight mirroring: F is composed from the factors before each modulated pass, and the
+    # factors mirror the updated weights after it, from the noise given as inputs.
+    dict(name="pepita_mirror_B6_D12_H8x7_K4", batch=6, widths=[12, 8, 7, 4], lr=0.1,
+         weight_decay=0.0, seed=5121, mirror=dict(rate=0.1, decay=0.5, noise=0.5)),
 ]
 
 
@@ -47,6 +51,13 @@ def make_inputs(case):
     for name, p in model.named_parameters():
         inputs["init." + name] = p.detach().clone()
     inputs["F"] = pepita.feedback_matrix(widths[0], k, FEEDBACK_SCALE, g)
+    if "mirror" in case:
+        for l, factor in enumerate(pepita.mirror_factors(widths, FEEDBACK_SCALE, g)):
+            inputs[f"init.factors.{l}"] = factor
+        for step in range(STEPS):
+            noises = model.mirror_noise(b, case["mirror"]["noise"], g)
+            for l, xi in enumerate(noises):
+                inputs[f"step{step}.noise.{l}"] = xi
     return inputs
 
 
@@ -58,10 +69,16 @@ def run_case(case, inputs, dtype):
         for name, p in model.named_parameters():
             p.copy_(inputs["init." + name].to(dtype))
     feedback = inputs["F"].to(dtype)
+    mirror = case.get("mirror")
+    factors = [inputs[f"init.factors.{l}"].to(dtype).clone()
+               for l in range(len(widths) - 1)] if mirror else None
     optimizer = model.make_optimizer(case["lr"], MOMENTUM, case["weight_decay"])
     out = {}
     for s in range(STEPS):
         x = inputs["x"][s].to(dtype)
+        if mirror:
+            feedback = pepita.compose_feedback(factors, FEEDBACK_SCALE)
+            out[f"step{s}.F"] = feedback.clone()
         deltas, error, loss = model.deltas(x, inputs["labels"][s], feedback)
         out[f"step{s}.error"] = error
         out[f"step{s}.loss"] = loss
@@ -69,8 +86,13 @@ def run_case(case, inputs, dtype):
             # A copy: the optimizer must not be able to change what is recorded.
             out[f"step{s}.layers.{l}.delta"] = delta.clone()
         model.step(optimizer, deltas)
+        if mirror:
+            noises = [inputs[f"step{s}.noise.{l}"].to(dtype) for l in range(len(factors))]
+            model.mirror(factors, noises, mirror["rate"], mirror["decay"])
     for name, p in model.named_parameters():
         out[f"final.{name}"] = p.detach().clone()
+    for l, factor in enumerate(factors or []):
+        out[f"final.factors.{l}"] = factor.clone()
     for name, p in model.named_parameters():
         out[f"final.{name}.momentum_buffer"] = optimizer.state[p]["momentum_buffer"].clone()
     last_x = inputs["x"][-1].to(dtype)
@@ -85,7 +107,7 @@ def run_case(case, inputs, dtype):
 
 def config_for(case):
     widths = case["widths"]
-    return {
+    config = {
         "widths": widths,
         "num_classes": widths[-1],
         "batch": case["batch"],
@@ -105,6 +127,17 @@ def config_for(case):
         "init": "W_l uniform in +-sqrt(6 / in_features); F uniform in "
                 f"+-{FEEDBACK_SCALE} * sqrt(6 / D0)",
     }
+    if "mirror" in case:
+        config["feedback_scale"] = FEEDBACK_SCALE
+        config["mirror"] = dict(case["mirror"])
+        config["mirror"]["rule"] = (
+            "before each step's modulated pass: P = B_1 ... B_L, every factor *= (sigma / "
+            f"std(P))^(1/L), F = -(sigma / std(P)) P, sigma = {FEEDBACK_SCALE} * sqrt(2 / D0) "
+            "(step<s>.F); after the step's SGD update: y_l = relu(W_l xi_l) (the output "
+            "layer: softmax(W_L xi_L)), B_l = (1 - rate * decay) B_l + rate * xi_l^T y_l / B, "
+            "xi_l = step<s>.noise.<l>")
+        config["init"] += "; init.factors.<l> normal, F (input) unused"
+    return config
 
 
 def description_for(case):

@@ -53,6 +53,32 @@ struct Train: ParsableCommand {
     )
     var pepitaFeedbackScale: Float?
 
+    @Flag(
+        help: ArgumentHelp(
+            """
+            pepita: weight mirroring (Srinivasan et al. 2024): F becomes the product of one \
+            factor per layer, each learning to mirror its layer's weights from the layer's \
+            response to noise after every batch, and the modulation subtracts F e. F keeps the \
+            deviation --pepita-feedback-scale gives it.
+            """))
+    var pepitaMirror = false
+
+    @Option(
+        parsing: .unconditional,
+        help: "pepita --pepita-mirror: the factors' learning rate. Default 0.1.")
+    var pepitaMirrorRate: Float?
+
+    @Option(
+        parsing: .unconditional,
+        help: "pepita --pepita-mirror: the factors' weight decay. Default 0.5.")
+    var pepitaMirrorDecay: Float?
+
+    @Option(
+        help: ArgumentHelp(
+            "pepita --pepita-mirror: epochs at the start in which only the factors learn. Default 0.",
+            valueName: "epochs"))
+    var pepitaPremirror: Int?
+
     @Option(
         parsing: .unconditional,
         help: "ff: goodness threshold per unit of a layer's width. Default 1.")
@@ -489,6 +515,27 @@ struct Train: ParsableCommand {
         if pepitaFeedbackScale != nil, rule != LearningRule.Name.pepita.rawValue, resume == nil {
             throw ValidationError("--pepita-feedback-scale sets PEPITA; add --rule pepita")
         }
+        let mirrorOptions: [(String, Float?)] = [
+            ("--pepita-mirror-rate", pepitaMirrorRate),
+            ("--pepita-mirror-decay", pepitaMirrorDecay),
+            ("--pepita-premirror", pepitaPremirror.map(Float.init)),
+        ]
+        for case (let flag, let value?) in mirrorOptions where !(value.isFinite && value >= 0) {
+            throw ValidationError("\(flag) must be >= 0, got \(value)")
+        }
+        if mirrorOptions.contains(where: { $0.1 != nil }), !pepitaMirror, resume == nil {
+            throw ValidationError(
+                "--pepita-mirror-rate, --pepita-mirror-decay and --pepita-premirror set weight "
+                    + "mirroring; add --pepita-mirror")
+        }
+        if pepitaMirror, rule != LearningRule.Name.pepita.rawValue, resume == nil {
+            throw ValidationError("--pepita-mirror sets PEPITA; add --rule pepita")
+        }
+        if let pepitaPremirror, pepitaPremirror >= epochs {
+            throw ValidationError(
+                "--pepita-premirror \(pepitaPremirror) leaves no epoch of --epochs \(epochs) in "
+                    + "which the weights learn; give fewer pre-mirroring epochs")
+        }
         if rule == nil || rule == LearningRule.Name.sigprop.rawValue
             || rule == LearningRule.Name.efp.rawValue, resume == nil,
             readout == Readout.goodness.rawValue
@@ -527,6 +574,18 @@ struct Train: ParsableCommand {
         var feedbackScale = resolved.feedbackScaleInForce
         apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
         if pepitaFeedbackScale != nil { resolved.feedbackScale = feedbackScale }
+        if pepitaMirror || pepitaMirrorRate != nil || pepitaMirrorDecay != nil
+            || pepitaPremirror != nil
+        {
+            if fromCheckpoint, resolved.mirroring == nil {
+                conflicts.append("--pepita-mirror (checkpoint: without weight mirroring)")
+            }
+            var mirroring = resolved.mirroring ?? FeedbackMirroring()
+            apply("--pepita-mirror-rate", pepitaMirrorRate, &mirroring.rate)
+            apply("--pepita-mirror-decay", pepitaMirrorDecay, &mirroring.decay)
+            apply("--pepita-premirror", pepitaPremirror, &mirroring.preMirrorEpochs)
+            resolved.mirroring = mirroring
+        }
         var firstPass = resolved.errorFirstPassInForce
         apply(
             "--efp-first-pass", efpFirstPass.flatMap(LearningRule.ErrorFirstPass.init(rawValue:)),
@@ -536,6 +595,9 @@ struct Train: ParsableCommand {
         if resolved.name != .ff, ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
         {
             throw UsageError("the --ff-* options set Forward-Forward, and this run is \(resolved)")
+        }
+        if resolved.name != .pepita, resolved.mirroring != nil {
+            throw UsageError("--pepita-mirror sets PEPITA, and this run is \(resolved)")
         }
         if resolved.name != .efp, efpFirstPass != nil {
             throw UsageError(
@@ -1035,7 +1097,11 @@ struct Train: ParsableCommand {
                         + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
                         + "\(learningRule.forwardForward.classifierLearningRate))"
                     : learningRule.name == .pepita
-                        ? " (feedback scale \(learningRule.feedbackScaleInForce))"
+                        ? " (feedback scale \(learningRule.feedbackScaleInForce)"
+                            + (learningRule.mirroring.map {
+                                ", weight mirroring: rate \($0.rate), decay \($0.decay), noise "
+                                    + "\($0.noise), \($0.preMirrorEpochs) pre-mirroring epochs"
+                            } ?? "") + ")"
                         : learningRule.name == .efp
                             ? " (first pass: \(learningRule.errorFirstPassInForce.rawValue))"
                             : ""))

@@ -6,11 +6,14 @@ import Testing
 /// PEPITA against its PyTorch implementation (Benchmarks/reference/pepita.py, golden vectors
 /// from pepita_golden.py), its checkpoints and what it learns.
 @Suite struct PEPITATests {
-    static let goldenCases = ["pepita_B6_D12_H8_K4", "pepita_B5_D10_H7x6_K3"]
+    static let goldenCases = [
+        "pepita_B6_D12_H8_K4", "pepita_B5_D10_H7x6_K3", "pepita_mirror_B6_D12_H8x7_K4",
+    ]
 
     /// Three training steps from the reference's weights and feedback matrix (`GoldenCheck`,
     /// as `doctor --golden` runs them): every step's error and cross entropy, then every
-    /// weight and momentum buffer, and the predictions.
+    /// weight and momentum buffer, and the predictions. With weight mirroring also F as each
+    /// step composes it and the factors after the last step.
     @Test(arguments: TestBackend.available, goldenCases)
     func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
         let golden = try GoldenCase(contentsOf: try fixture(name))
@@ -42,6 +45,74 @@ import Testing
         let after = try network.pepita.map { try device.read($0.layer.weight.value) }
         #expect(after[0] == before[0], "the hidden layer changed: its two passes differed")
         #expect(after[1] != before[1], "the output layer did not learn")
+    }
+
+    static let mirrored = TestNetwork(
+        description: try! NetworkDescription(layerList: "dense16,dropout0.2,dense8"),
+        rule: LearningRule(.pepita, mirroring: FeedbackMirroring()))
+
+    /// Weight mirroring in the pipeline: F composed by the first layer's modulated pass from
+    /// factors that the other layers' streams mirror gives the sequential numbers, and the
+    /// factors learn.
+    @Test(arguments: TestBackend.available)
+    func mirroringTrainsTheSamePipelinedAndSequential(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let initial = try Self.mirrored.build(
+            device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
+        let factors = try initial.pepita.map { try device.read(#require($0.feedbackFactor).value) }
+        let sequential = try ArchitectureTests.trainedState(
+            Self.mirrored, devices: [device], schedule: Schedule(.sequential))
+        let pipelined = try ArchitectureTests.trainedState(
+            Self.mirrored, devices: [device], schedule: Schedule(.pipelined))
+        let differing = zip(pipelined, sequential).filter { $0 != $1 }.count
+        #expect(pipelined == sequential, "pipelined differs from sequential in \(differing) values")
+        let trained = try Self.mirrored.build(
+            device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
+        let trainer = try Trainer(
+            network: trained, options: ArchitectureTests.options,
+            train: try TrainingTests.syntheticData(count: 96, seed: 1),
+            test: try TrainingTests.syntheticData(count: 32, seed: 2))
+        _ = try trainer.runEpoch(0)
+        for (layer, before) in zip(trained.pepita, factors) {
+            #expect(try device.read(#require(layer.feedbackFactor).value) != before)
+        }
+    }
+
+    /// Pre-mirroring: in its epochs the factors learn and the weights keep their values; after
+    /// them the weights learn.
+    @Test(arguments: TestBackend.available)
+    func preMirroringEpochsLeaveTheWeights(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let network = try Self.mirrored.with(
+            rule: LearningRule(.pepita, mirroring: FeedbackMirroring(preMirrorEpochs: 1))
+        ).build(device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
+        let trainer = try Trainer(
+            network: network, options: ArchitectureTests.options,
+            train: try TrainingTests.syntheticData(count: 96, seed: 1),
+            test: try TrainingTests.syntheticData(count: 32, seed: 2))
+        func weights() throws -> [[Float]] {
+            try network.pepita.map { try device.read($0.layer.weight.value) }
+        }
+        func factors() throws -> [[Float]] {
+            try network.pepita.map { try device.read(#require($0.feedbackFactor).value) }
+        }
+        let (weights0, factors0) = (try weights(), try factors())
+        _ = try trainer.runEpoch(0)
+        #expect(try weights() == weights0)
+        #expect(try factors() != factors0)
+        _ = try trainer.runEpoch(1)
+        #expect(try weights() != weights0)
+    }
+
+    /// The factors are composed on the first layer's device: layers on several are refused,
+    /// naming the way out.
+    @Test func mirroringOnSeveralDevicesIsRefused() throws {
+        #expect {
+            _ = try Self.mirrored.build(
+                try MultiDeviceTests.splitCPU(2), optimizer: LearningRule.pepitaOptimizer, seed: 1)
+        } throws: { error in
+            "\(error)".contains("leave --pepita-mirror out")
+        }
     }
 
     /// On a learnable problem the clean pass beats chance after a few epochs.

@@ -54,6 +54,49 @@ extension ProcessTests {
         #expect(refused.status == 64, "\(refused.output)")
     }
 
+    @Test func pepitaWeightMirroringTrainsAndResumes() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let (status, output) = try Self.run(
+            Self.model(
+                data, checkpoints,
+                [
+                    "--rule", "pepita", "--model", "dense16,dense12", "--pepita-mirror",
+                    "--pepita-mirror-decay", "0.25",
+                ]))
+        #expect(status == 0, "\(output)")
+        #expect(
+            output.contains(
+                "rule: PEPITA (feedback scale 0.05, weight mirroring: rate 0.1, decay 0.25, noise "
+                    + "0.1, 0 pre-mirroring epochs)"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
+        #expect(try checkpoint.rule.mirroring == FeedbackMirroring(decay: 0.25))
+        #expect(checkpoint.tensors["layer0.mirror"]?.shape == [64, 16])
+        #expect(checkpoint.tensors["layer2.mirror"]?.shape == [12, 10])
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--pepita-mirror-rate", "0.2"],
+            naming: "--pepita-mirror-rate 0.2 (checkpoint: 0.1)")
+        let refusals: [([String], String)] = [
+            (["--pepita-mirror"], "--pepita-mirror sets PEPITA; add --rule pepita"),
+            (["--rule", "pepita", "--pepita-premirror", "1"], "add --pepita-mirror"),
+            (
+                ["--rule", "pepita", "--pepita-mirror", "--pepita-premirror", "1"],
+                "--pepita-premirror 1 leaves no epoch of --epochs 1"
+            ),
+            (
+                ["--rule", "pepita", "--pepita-mirror", "--pepita-mirror-rate", "-1"],
+                "must be >= 0"
+            ),
+        ]
+        let fresh = checkpoints.appendingPathComponent("refused")
+        for (arguments, message) in refusals {
+            let (status, output) = try Self.run(Self.model(data, fresh, arguments))
+            #expect(status == 64, "\(arguments): \(output)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
+    }
+
     @Test func spikingNetworksTrainAndResume() throws {
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }

@@ -206,6 +206,8 @@ import Testing
         arguments: TestBackend.available,
         [
             TestNetwork.forwardForward([12, 8]), TestNetwork.pepita([12]),
+            TestNetwork.pepita([12, 8]).with(
+                rule: LearningRule(.pepita, mirroring: FeedbackMirroring())),
             TestNetwork.mlp(hiddenLayers: 2, width: 12).with(
                 rule: LearningRule(.efp, errorFirstPass: .learn)),
             TestNetwork.spiking("lif12,lif8", learning: .surrogate, encoding: .rate).with {

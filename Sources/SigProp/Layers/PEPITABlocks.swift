@@ -4,6 +4,7 @@ import Foundation
 /// `W z`, the logits), no bias. It runs twice per batch, as two stages on one stream: the
 /// clean pass, and the modulated pass that learns from the difference of the two.
 public final class PEPITALayer {
+    public let name: String
     /// The product; ReLU is applied beside it, since PEPITA's update takes no derivative.
     public let layer: DenseLayer
     public let optimizer: Optimizer
@@ -11,14 +12,22 @@ public final class PEPITALayer {
     /// The probability that dropout zeroes a unit in training; one mask per batch serves both
     /// passes, so the two passes compare the same units.
     public let dropout: Float
+    /// With weight mirroring: this layer's factor `B_l` [inputs, outputs] of the feedback
+    /// projection, and how it learns (nil: F is fixed).
+    public private(set) var feedbackFactor: Parameter?
+    public private(set) var mirroring: FeedbackMirroring?
     /// Where the clean pass leaves its mask for the modulated pass of the same batch.
     var maskKey: String { "\(layer.weight.name).dropout" }
+    /// Where a batch may carry the noise of this layer's mirroring step (reference vectors);
+    /// without it the noise is drawn from the batch's generator.
+    public var mirrorNoiseKey: String { "\(layer.weight.name).mirror-noise" }
 
     /// Weights uniform in ±sqrt(6 / inputs) (He-uniform, as the authors' code).
     init(
         device: Device, name: String, inputs: Int, outputs: Int, isOutput: Bool, dropout: Float,
         optimizer: OptimizerSettings, generator: inout SeededGenerator
     ) throws {
+        self.name = name
         layer = try DenseLayer(
             device: device, name: name, inputs: inputs, outputs: outputs, bias: false,
             activation: .identity, generator: &generator)
@@ -42,6 +51,66 @@ public final class PEPITALayer {
         if let mask { try z.device.multiply(h, mask, into: h, on: stream) }
         return (pass, h)
     }
+
+    /// Gives the layer a feedback factor that mirrors its weights: entries normal with
+    /// deviation `deviation`.
+    func mirror(
+        with settings: FeedbackMirroring, deviation: Float, generator: inout SeededGenerator
+    ) throws {
+        let (inputs, outputs) = (layer.inputs, layer.outputs)
+        mirroring = settings
+        feedbackFactor = try Parameter(
+            name: "\(name).mirror",
+            value: layer.weight.value.device.tensor(
+                generator.normal(inputs * outputs, deviation: deviation),
+                shape: [inputs, outputs]))
+    }
+
+    /// One mirroring step of the factor after the batch's update: the layer's output `y` for
+    /// centred noise `xi` (dropout with a fresh mask, the output layer's softmax), then
+    /// `B <- (1 - rate decay) B + rate xi^T y / B`.
+    func mirrorStep(_ batch: BatchContext, on stream: Stream) throws {
+        guard let mirroring, let factor = feedbackFactor else { return }
+        let device = stream.device
+        let rows = batch.size
+        let noise: Tensor
+        if let given = batch.shared[mirrorNoiseKey] as? Tensor {
+            noise = given
+        } else {
+            var values = batch.generator.normal(rows * layer.inputs, deviation: mirroring.noise)
+            let mean = values.reduce(0.0) { $0 + Double($1) } / Double(values.count)
+            for i in values.indices { values[i] -= Float(mean) }
+            noise = try device.tensor(values, shape: [rows, layer.inputs], on: stream)
+        }
+        let freshMask =
+            dropout > 0 && !isOutput
+            ? try batch.dropout?.mask(
+                [rows, layer.outputs], p: dropout, device: device, on: stream) : nil
+        let (pass, h) = try forward(noise, mask: freshMask, on: stream)
+        let (response, responseScale): (Tensor, Float) =
+            isOutput
+            ? (try softmaxOverRows(pass.output, on: stream), mirroring.rate)
+            : (h, mirroring.rate / Float(rows))
+        try device.gemm(
+            noise, transposeA: true, response, into: factor.value, alpha: responseScale,
+            beta: 1 - mirroring.rate * mirroring.decay, on: stream)
+    }
+
+    /// softmax(logits) / B, from the cross entropy's gradient against class 0 for every row,
+    /// (softmax - onehot) / B, with onehot / B added back.
+    private func softmaxOverRows(_ logits: Tensor, on stream: Stream) throws -> Tensor {
+        let rows = logits.rows
+        let first = try BatchContext.onehot(
+            [Int32](repeating: 0, count: rows), classes: logits.columns, device: stream.device,
+            on: stream)
+        let gradient = try LocalLoss.crossEntropy(logits: logits, onehot: first, on: stream)
+            .gradient
+        try stream.device.axpby(alpha: 1 / Float(rows), first, beta: 1, gradient, on: stream)
+        return gradient
+    }
+
+    /// Whether the layer's weights learn from a batch of `epoch` (not in pre-mirroring).
+    func learns(in epoch: Int) -> Bool { epoch >= (mirroring?.preMirrorEpochs ?? 0) }
 
     /// This batch's dropout mask: drawn by the clean pass, found again by the modulated one.
     func mask(_ batch: BatchContext, rows: Int, on stream: Stream) throws -> Tensor? {
@@ -99,16 +168,23 @@ public final class PEPITACleanStage: TrainingStage {
 /// reports the clean pass's cross entropy.
 public final class PEPITAModulatedStage: TrainingStage {
     public let layer: PEPITALayer
-    /// The first layer's fixed projection of the error onto the input, [D0, K].
+    /// The first layer's projection of the error onto the input, [D0, K]: fixed, or with
+    /// weight mirroring the product of every layer's factor.
     public let feedback: Parameter?
+    /// With weight mirroring, the first layer's: every layer's factor, first to last, and the
+    /// deviation F is kept at.
+    let mirrored: (factors: [Parameter], deviation: Float)?
 
-    init(layer: PEPITALayer, feedback: Parameter?) {
+    init(layer: PEPITALayer, feedback: Parameter?, mirrored: ([Parameter], Float)? = nil) {
         self.layer = layer
         self.feedback = feedback
+        self.mirrored = mirrored
     }
 
     public var optimizers: [Optimizer] { [layer.optimizer] }
-    public var buffers: [Parameter] { feedback.map { [$0] } ?? [] }
+    public var buffers: [Parameter] {
+        (feedback.map { [$0] } ?? []) + (layer.feedbackFactor.map { [$0] } ?? [])
+    }
     /// The output layer's pass reports the cross entropy; the hidden layers have no loss.
     public var reportsLoss: Bool { layer.isOutput }
 
@@ -118,15 +194,19 @@ public final class PEPITAModulatedStage: TrainingStage {
         let device = stream.device
         let step = { (pass: LayerPass, gradient: Tensor) in
             { (stream: Stream) throws -> Tensor in
-                try self.layer.layer.learn(
-                    from: [(pass, gradient)],
-                    step: self.layer.optimizer.beginStep(learningRate: batch.learningRate),
-                    on: stream)
+                if self.layer.learns(in: batch.epoch) {
+                    try self.layer.layer.learn(
+                        from: [(pass, gradient)],
+                        step: self.layer.optimizer.beginStep(learningRate: batch.learningRate),
+                        on: stream)
+                }
+                try self.layer.mirrorStep(batch, on: stream)
                 return self.layer.isOutput
                     ? inputs[3] : try device.zeros([batch.size], on: stream)
             }
         }
         if let feedback {
+            if let mirrored { try compose(feedback, of: mirrored, on: stream) }
             // inputs: [e / B, x, logits, h_1, ...]; x + F e = x + B (e / B) Fᵀ.
             let (error, x, logits) = (inputs[0], inputs[1], inputs[2])
             let modulated = try device.allocate([x.rows, x.columns], on: stream)
@@ -149,6 +229,37 @@ public final class PEPITAModulatedStage: TrainingStage {
         return try hidden(
             inputs[0], clean: inputs[3], rest: [inputs[1], inputs[2]] + inputs.dropFirst(4),
             batch: batch, on: stream, step: step)
+    }
+
+    /// Weight mirroring's F for this batch: `P = B_1 (B_2 (... B_L))`, the factors rescaled
+    /// by `(deviation / std(P))^(1/L)` each and F = `-(deviation / std(P)) P`. The factors
+    /// are as the previous batch's mirroring steps left them: each layer's modulated pass
+    /// follows its update on its stream, and this pass follows the batch's whole clean pass,
+    /// which follows each layer's previous modulated pass.
+    private func compose(
+        _ feedback: Parameter, of mirrored: (factors: [Parameter], deviation: Float),
+        on stream: Stream
+    ) throws {
+        let device = stream.device
+        var product = mirrored.factors.last!.value
+        for factor in mirrored.factors.dropLast().reversed() {
+            let next = try device.allocate([factor.value.rows, product.columns], on: stream)
+            try device.gemm(factor.value, product, into: next, on: stream)
+            product = next
+        }
+        let whole = try device.allocate([1], on: stream)
+        let each = try device.allocate([1], on: stream)
+        try device.deviationScale(
+            of: product, target: mirrored.deviation, sign: -1, into: whole, on: stream)
+        try device.deviationScale(
+            of: product, target: mirrored.deviation,
+            power: 1 / Float(mirrored.factors.count), into: each, on: stream)
+        // F first: with one layer, P is that layer's factor.
+        try device.scaleShiftChannels(product, scale: whole, into: feedback.value, on: stream)
+        for factor in mirrored.factors {
+            try device.scaleShiftChannels(
+                factor.value, scale: each, into: factor.value, on: stream)
+        }
     }
 
     /// A hidden layer's modulated pass from `z`: `h^mod`, and the step from `clean − h^mod`.

@@ -38,16 +38,20 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// PEPITA's scale of the fixed feedback projection F: entries uniform in
     /// ±scale·sqrt(6 / inputs) (used when `name` is `.pepita`; nil: 0.05, the paper's).
     public var feedbackScale: Float?
+    /// PEPITA's weight mirroring (used when `name` is `.pepita`; nil: F stays fixed).
+    public var mirroring: FeedbackMirroring?
     /// Error Forward-Propagation's first pass (used when `name` is `.efp`; nil: `.predict`).
     public var errorFirstPass: ErrorFirstPass?
 
     public init(
         _ name: Name = .sigprop, forwardForward: ForwardForwardSettings = .init(),
-        feedbackScale: Float? = nil, errorFirstPass: ErrorFirstPass? = nil
+        feedbackScale: Float? = nil, mirroring: FeedbackMirroring? = nil,
+        errorFirstPass: ErrorFirstPass? = nil
     ) {
         self.name = name
         self.forwardForward = forwardForward
         self.feedbackScale = feedbackScale
+        self.mirroring = mirroring
         self.errorFirstPass = errorFirstPass
     }
 
@@ -127,5 +131,30 @@ public struct ForwardForwardSettings: Sendable, Codable, Equatable {
         settings.weightDecay = 3e-4
         settings.linearCooldown = true
         return settings
+    }
+}
+
+/// PEPITA with weight mirroring (Srinivasan et al., ICLR 2024; docs/learning-rules.md): the
+/// feedback projection is a product of one matrix per layer, `F = -(B_1 B_2 ... B_L)` with
+/// `B_l` [inputs, outputs] of layer l, and each `B_l` learns to mirror its layer's weights from
+/// the layer's response to noise: `B_l <- (1 - rate decay) B_l + rate xi^T y / B`, `xi` centred
+/// Gaussian noise of deviation `noise` and `y` the layer's output for it. Before each modulated
+/// pass the factors are rescaled together so that F keeps the deviation of the fixed F,
+/// `feedbackScale * sqrt(2 / inputs)`. Defaults are those of the authors' code.
+public struct FeedbackMirroring: Sendable, Codable, Equatable {
+    /// The factors' learning rate and weight decay (plain SGD, no momentum).
+    public var rate: Float = 0.1
+    public var decay: Float = 0.5
+    /// The deviation of the noise the layers respond to.
+    public var noise: Float = 0.1
+    /// Epochs at the start in which the factors mirror and the weights do not learn.
+    public var preMirrorEpochs: Int = 0
+
+    public init(rate: Float = 0.1, decay: Float = 0.5, noise: Float = 0.1, preMirrorEpochs: Int = 0)
+    {
+        self.rate = rate
+        self.decay = decay
+        self.noise = noise
+        self.preMirrorEpochs = preMirrorEpochs
     }
 }

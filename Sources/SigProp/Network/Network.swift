@@ -1,3 +1,5 @@
+import Foundation
+
 /// A network built from a `NetworkDescription` for a learning rule, each stage on its device.
 /// Under Signal Propagation: the signal block, the hidden blocks, the output layer (the first
 /// learning block doubles as the signal block's input part, as in the reference); Error
@@ -106,7 +108,8 @@ public final class Network {
         if rule.name == .pepita {
             let built = try Self.pepita(
                 plan, devices: stageDevices, optimizer: optimizer,
-                feedbackScale: rule.feedbackScaleInForce, generator: &generator)
+                feedbackScale: rule.feedbackScaleInForce, mirroring: rule.mirroring,
+                generator: &generator)
             (signal, hidden, output) = (nil, [], nil)
             pepita = built.layers
             stages = built.stages
@@ -198,10 +201,12 @@ public final class Network {
     }
 
     /// PEPITA's layers, one per dense layer of `plan` and the output layer, and its stages:
-    /// every layer's clean pass, then every layer's modulated pass (which learns).
+    /// every layer's clean pass, then every layer's modulated pass (which learns). With
+    /// `mirroring`, each layer gets its factor of F, normal with the authors' deviation, so
+    /// that their product has F's: `(sqrt(2 / D0) scale / sqrt(prod of hidden widths))^(1/L)`.
     private static func pepita(
         _ plan: NetworkPlan, devices: [Device], optimizer: OptimizerSettings,
-        feedbackScale: Float, generator: inout SeededGenerator
+        feedbackScale: Float, mirroring: FeedbackMirroring?, generator: inout SeededGenerator
     ) throws -> (layers: [PEPITALayer], stages: [any TrainingStage]) {
         let hidden = try denseLayers(plan, rule: "pepita", dropout: true)
         let features = plan.inputShape.reduce(1, *)
@@ -219,11 +224,31 @@ public final class Network {
             value: devices[0].tensor(
                 generator.uniform(features * plan.classes, in: -bound...bound),
                 shape: [features, plan.classes]))
+        let deviation = feedbackScale * (2 / Float(features)).squareRoot()
+        var mirrored: ([Parameter], Float)?
+        if let mirroring {
+            guard devices.prefix(layers.count).allSatisfy({ $0 === devices[0] }) else {
+                throw SigPropError.configuration(
+                    "PEPITA's weight mirroring composes F from every layer's factor on the first "
+                        + "layer's device, and this network's layers are placed on several; "
+                        + "train it on one device (a single SIGPROP_DEVICE, no SIGPROP_SPLIT) or leave --pepita-mirror out"
+                )
+            }
+            let widths = hidden.reduce(1.0) { $0 * Double($1.width) }
+            let each = Float(
+                Foundation.pow(
+                    Double(deviation) / widths.squareRoot(), 1 / Double(layers.count)))
+            for layer in layers {
+                try layer.mirror(with: mirroring, deviation: each, generator: &generator)
+            }
+            mirrored = (layers.compactMap(\.feedbackFactor), deviation)
+        }
         let clean = layers.enumerated().map {
             PEPITACleanStage(layer: $1, isFirst: $0 == 0) as any TrainingStage
         }
         let modulated = layers.enumerated().map {
-            PEPITAModulatedStage(layer: $1, feedback: $0 == 0 ? feedback : nil)
+            PEPITAModulatedStage(
+                layer: $1, feedback: $0 == 0 ? feedback : nil, mirrored: $0 == 0 ? mirrored : nil)
                 as any TrainingStage
         }
         return (layers, clean + modulated)

@@ -63,6 +63,8 @@ public final class BatchContext {
     /// The rule's own random draws for this batch (Forward-Forward's wrong labels), fixed by
     /// (seed, epoch, batch) so a resumed run draws what an uninterrupted one would.
     public var generator: SeededGenerator
+    /// The epoch the batch trains in, from 0 (PEPITA's pre-mirroring epochs).
+    public var epoch = 0
     /// Forward-Forward's wrong labels for the negative rows; nil: drawn from `generator`,
     /// uniformly among the other classes.
     public var wrongLabels: [Int32]?

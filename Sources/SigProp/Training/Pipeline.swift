@@ -184,6 +184,12 @@ public final class Pipeline {
             throw SigPropError.configuration(
                 "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
         }
+        if distribution != nil, network.rule.name == .pepita, network.rule.mirroring != nil {
+            throw SigPropError.configuration(
+                "PEPITA's weight mirroring trains in one process: its feedback factors are "
+                    + "composed on the first layer's device and are not averaged over ranks; run "
+                    + "without mpirun or leave --pepita-mirror out")
+        }
         self.network = network
         self.schedule = schedule
         ranks =
@@ -321,6 +327,7 @@ public final class Pipeline {
             images: images, labels: labels, inputShape: network.inputShape,
             classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
             byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
+        batch.epoch = epoch
         if replicas != nil { batch.columnLabels = wholeBatch }
         let (rowLosses, spikeRates, logits, done, sends) = try enqueue(batch, trace: spans)
         inFlight.append(
