@@ -21,7 +21,8 @@ The rule, for a dense network x -> h_1 -> ... -> h_L (h_L the output layer, K cl
     std(P)) P. After each batch's update every layer mirrors: xi = noise * randn(B, in_l),
     minus its mean; y = the layer on xi (ReLU and a fresh dropout mask; the output layer's
     softmax); B_l = (1 - rate * decay) B_l + rate * xi^T y / B (the authors' SGD with weight
-    decay on the factors). In the first --premirror epochs only the factors learn;
+    decay on the factors). In the first --premirror epochs only the factors learn; after
+    them the factors mirror in epochs whose number is a multiple of --mirror-every;
   * dropout on every hidden layer with one mask per batch shared by both passes (drop
     probability 0.1, kept units scaled by 1 / 0.9); no dropout at test time;
   * prediction: argmax of the clean pass's logits.
@@ -216,11 +217,13 @@ def main():
     p.add_argument("--feedback-scale", type=float, default=FEEDBACK_SCALE)
     p.add_argument("--last-layer-error", choices=["clean", "modulated"], default="clean")
     p.add_argument("--mirror", action="store_true", help="weight mirroring of F's factors")
-    p.add_argument("--mirror-rate", type=float, default=0.1)
-    p.add_argument("--mirror-decay", type=float, default=0.5)
+    p.add_argument("--mirror-rate", type=float, default=0.01)
+    p.add_argument("--mirror-decay", type=float, default=1e-4)
     p.add_argument("--mirror-noise", type=float, default=0.1)
     p.add_argument("--premirror", type=int, default=0,
                    help="epochs at the start in which only the factors learn")
+    p.add_argument("--mirror-every", type=int, default=1,
+                   help="after those, mirror in epochs whose number is a multiple of this")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     args = p.parse_args()
@@ -256,7 +259,8 @@ def main():
                                            args.last_layer_error)
             if factors is None or epoch > args.premirror:
                 model.step(optimizer, deltas)
-            if factors is not None:
+            if factors is not None and (epoch <= args.premirror
+                                        or epoch % args.mirror_every == 0):
                 model.mirror(factors, model.mirror_noise(len(idx), args.mirror_noise, generator),
                              args.mirror_rate, args.mirror_decay,
                              model.dropout_masks(len(idx), args.dropout, generator))

@@ -65,12 +65,12 @@ struct Train: ParsableCommand {
 
     @Option(
         parsing: .unconditional,
-        help: "pepita --pepita-mirror: the factors' learning rate. Default 0.1.")
+        help: "pepita --pepita-mirror: the factors' learning rate. Default 0.01.")
     var pepitaMirrorRate: Float?
 
     @Option(
         parsing: .unconditional,
-        help: "pepita --pepita-mirror: the factors' weight decay. Default 0.5.")
+        help: "pepita --pepita-mirror: the factors' weight decay. Default 1e-4.")
     var pepitaMirrorDecay: Float?
 
     @Option(
@@ -78,6 +78,14 @@ struct Train: ParsableCommand {
             "pepita --pepita-mirror: epochs at the start in which only the factors learn. Default 0.",
             valueName: "epochs"))
     var pepitaPremirror: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            """
+            pepita --pepita-mirror: after the pre-mirroring epochs the factors mirror in every \
+            N-th epoch only. Default 1 (every epoch).
+            """, valueName: "N"))
+    var pepitaMirrorEvery: Int?
 
     @Option(
         parsing: .unconditional,
@@ -519,14 +527,19 @@ struct Train: ParsableCommand {
             ("--pepita-mirror-rate", pepitaMirrorRate),
             ("--pepita-mirror-decay", pepitaMirrorDecay),
             ("--pepita-premirror", pepitaPremirror.map(Float.init)),
+            ("--pepita-mirror-every", pepitaMirrorEvery.map(Float.init)),
         ]
         for case (let flag, let value?) in mirrorOptions where !(value.isFinite && value >= 0) {
             throw ValidationError("\(flag) must be >= 0, got \(value)")
         }
         if mirrorOptions.contains(where: { $0.1 != nil }), !pepitaMirror, resume == nil {
             throw ValidationError(
-                "--pepita-mirror-rate, --pepita-mirror-decay and --pepita-premirror set weight "
-                    + "mirroring; add --pepita-mirror")
+                "--pepita-mirror-rate, --pepita-mirror-decay, --pepita-premirror and "
+                    + "--pepita-mirror-every set weight mirroring; add --pepita-mirror")
+        }
+        if let pepitaMirrorEvery, pepitaMirrorEvery < 1 {
+            throw ValidationError(
+                "--pepita-mirror-every must be at least 1 (every epoch), got \(pepitaMirrorEvery)")
         }
         if pepitaMirror, rule != LearningRule.Name.pepita.rawValue, resume == nil {
             throw ValidationError("--pepita-mirror sets PEPITA; add --rule pepita")
@@ -575,7 +588,7 @@ struct Train: ParsableCommand {
         apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
         if pepitaFeedbackScale != nil { resolved.feedbackScale = feedbackScale }
         if pepitaMirror || pepitaMirrorRate != nil || pepitaMirrorDecay != nil
-            || pepitaPremirror != nil
+            || pepitaPremirror != nil || pepitaMirrorEvery != nil
         {
             if fromCheckpoint, resolved.mirroring == nil {
                 conflicts.append("--pepita-mirror (checkpoint: without weight mirroring)")
@@ -584,6 +597,7 @@ struct Train: ParsableCommand {
             apply("--pepita-mirror-rate", pepitaMirrorRate, &mirroring.rate)
             apply("--pepita-mirror-decay", pepitaMirrorDecay, &mirroring.decay)
             apply("--pepita-premirror", pepitaPremirror, &mirroring.preMirrorEpochs)
+            apply("--pepita-mirror-every", pepitaMirrorEvery, &mirroring.period)
             resolved.mirroring = mirroring
         }
         var firstPass = resolved.errorFirstPassInForce
@@ -1101,6 +1115,7 @@ struct Train: ParsableCommand {
                             + (learningRule.mirroring.map {
                                 ", weight mirroring: rate \($0.rate), decay \($0.decay), noise "
                                     + "\($0.noise), \($0.preMirrorEpochs) pre-mirroring epochs"
+                                    + ($0.period == 1 ? "" : ", then every \($0.period) epochs")
                             } ?? "") + ")"
                         : learningRule.name == .efp
                             ? " (first pass: \(learningRule.errorFirstPassInForce.rawValue))"
@@ -1305,6 +1320,11 @@ struct Train: ParsableCommand {
         for line in ProgressText.wrapped("  ranks:", ranks, separator: "; ", width: width)
         where !ranks.isEmpty {
             emit(line)
+        }
+        if let angle = result.feedbackAngle {
+            emit(
+                String(
+                    format: "  feedback: -F at %.1f° to (W_L ... W_1)ᵀ (90°: unaligned)", angle))
         }
         // Spiking networks: how often each block's units fire, and how many never did.
         let spikes = zip(result.spikeRates, result.deadFractions).enumerated().map {

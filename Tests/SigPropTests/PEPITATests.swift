@@ -78,6 +78,35 @@ import Testing
         }
     }
 
+    /// The alignment the metrics report: a random F stands near 90° to the weights' product;
+    /// thirty batches of mirroring bring −F well below it. The noise is strong (deviation 1)
+    /// so that each batch's response stands out against the factors' random start, which the
+    /// rescaling keeps at F's deviation (with 0.1 this small network needs hundreds of
+    /// batches; pepita.py gives the same). nil under other rules.
+    @Test(arguments: TestBackend.available)
+    func mirroringAlignsTheFeedback(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let network = try Self.mirrored.with(
+            rule: LearningRule(
+                .pepita, mirroring: FeedbackMirroring(rate: 0.2, decay: 0.5, noise: 1))
+        ).build(device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
+        let random = try #require(try network.feedbackAngle())
+        let trainer = try Trainer(
+            network: network, options: ArchitectureTests.options,
+            train: try TrainingTests.syntheticData(count: 320, seed: 1),
+            test: try TrainingTests.syntheticData(count: 32, seed: 2))
+        _ = try trainer.runEpoch(0)
+        _ = try trainer.runEpoch(1)
+        guard case .completed(let metrics) = try trainer.runEpoch(2) else {
+            throw SigPropError.configuration("the epoch did not complete")
+        }
+        let aligned = try #require(metrics.feedbackAngle)
+        #expect(abs(random - 90) < 15, "random F at \(random)°")
+        #expect(aligned < 65, "mirrored F at \(aligned)°")
+        let sigprop = try TestNetwork.mlp(hiddenLayers: 1, width: 8).build(device, seed: 1)
+        #expect(try sigprop.feedbackAngle() == nil)
+    }
+
     /// Pre-mirroring: in its epochs the factors learn and the weights keep their values; after
     /// them the weights learn.
     @Test(arguments: TestBackend.available)

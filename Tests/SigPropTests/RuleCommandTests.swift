@@ -67,7 +67,7 @@ extension ProcessTests {
         #expect(status == 0, "\(output)")
         #expect(
             output.contains(
-                "rule: PEPITA (feedback scale 0.05, weight mirroring: rate 0.1, decay 0.25, noise "
+                "rule: PEPITA (feedback scale 0.05, weight mirroring: rate 0.01, decay 0.25, noise "
                     + "0.1, 0 pre-mirroring epochs)"), "\(output)")
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
@@ -76,7 +76,7 @@ extension ProcessTests {
         #expect(checkpoint.tensors["layer2.mirror"]?.shape == [12, 10])
         try Self.expectResumes(
             data, checkpoints, from: last, refusing: ["--pepita-mirror-rate", "0.2"],
-            naming: "--pepita-mirror-rate 0.2 (checkpoint: 0.1)")
+            naming: "--pepita-mirror-rate 0.2 (checkpoint: 0.01)")
         let refusals: [([String], String)] = [
             (["--pepita-mirror"], "--pepita-mirror sets PEPITA; add --rule pepita"),
             (["--rule", "pepita", "--pepita-premirror", "1"], "add --pepita-mirror"),

@@ -70,7 +70,8 @@ public final class PEPITALayer {
     /// centred noise `xi` (dropout with a fresh mask, the output layer's softmax), then
     /// `B <- (1 - rate decay) B + rate xi^T y / B`.
     func mirrorStep(_ batch: BatchContext, on stream: Stream) throws {
-        guard let mirroring, let factor = feedbackFactor else { return }
+        guard let mirroring, mirroring.mirrors(in: batch.epoch), let factor = feedbackFactor
+        else { return }
         let device = stream.device
         let rows = batch.size
         let noise: Tensor
@@ -254,11 +255,14 @@ public final class PEPITAModulatedStage: TrainingStage {
         try device.deviationScale(
             of: product, target: mirrored.deviation,
             power: 1 / Float(mirrored.factors.count), into: each, on: stream)
-        // F first: with one layer, P is that layer's factor.
-        try device.scaleShiftChannels(product, scale: whole, into: feedback.value, on: stream)
+        // F first: with one layer, P is that layer's factor. Each tensor is one channel whose
+        // `inner` run is the whole tensor: one contiguous loop.
+        try device.scaleShiftChannels(
+            product, scale: whole, inner: product.count, into: feedback.value, on: stream)
         for factor in mirrored.factors {
             try device.scaleShiftChannels(
-                factor.value, scale: each, into: factor.value, on: stream)
+                factor.value, scale: each, inner: factor.value.count, into: factor.value,
+                on: stream)
         }
     }
 
@@ -276,5 +280,42 @@ public final class PEPITAModulatedStage: TrainingStage {
             alpha: -1 / Float(batch.size), modulated, beta: 1 / Float(batch.size), difference,
             on: stream)
         return StagePass(outputs: [modulated] + rest, learn: step(pass, difference))
+    }
+}
+
+extension Network {
+    /// PEPITA: the angle in degrees between the direction the modulation moves the input, −F,
+    /// and `(W_L ⋯ W_1)ᵀ`, the direction backpropagation would carry the error along (the
+    /// top-down-feedback paper's alignment): near 90° for an F unrelated to the weights, lower
+    /// as they align. nil under other rules. Computed on the first layer's device, once the
+    /// layers' streams are idle (between epochs).
+    public func feedbackAngle() throws -> Double? {
+        guard let first = pepita.first,
+            let feedback = (stages.first { $0 is PEPITAModulatedStage } as? PEPITAModulatedStage)?
+                .feedback,
+            pepita.allSatisfy({ $0.layer.weight.value.device === first.layer.weight.value.device })
+        else { return nil }
+        let device = first.layer.weight.value.device
+        // M = W_L ⋯ W_1, [K, D0], from the output layer down.
+        var product = pepita.last!.layer.weight.value
+        for layer in pepita.dropLast().reversed() {
+            let next = try device.zeros([product.rows, layer.layer.weight.value.columns])
+            try device.gemm(product, layer.layer.weight.value, into: next)
+            product = next
+        }
+        let m = try device.read(product)  // [K, D0]
+        let f = try device.read(feedback.value)  // [D0, K]
+        let (classes, inputs) = (product.rows, product.columns)
+        var (dot, mm, ff) = (0.0, 0.0, 0.0)
+        for k in 0..<classes {
+            for i in 0..<inputs {
+                let (a, b) = (Double(m[k * inputs + i]), -Double(f[i * classes + k]))
+                dot += a * b
+                mm += a * a
+                ff += b * b
+            }
+        }
+        guard mm > 0, ff > 0 else { return 90 }
+        return Foundation.acos(max(-1, min(1, dot / (mm * ff).squareRoot()))) * 180 / .pi
     }
 }

@@ -119,6 +119,9 @@ public struct EpochMetrics: Sendable, Codable {
     /// for one process.
     public var rankBytesPerBatch: [Double] = []
     public var rankSecondsWaiting: [Double] = []
+    /// PEPITA: the angle in degrees between −F and `(W_L ⋯ W_1)ᵀ` after the epoch
+    /// (`Network.feedbackAngle`); nil under other rules.
+    public var feedbackAngle: Double?
 
     enum CodingKeys: String, CodingKey {
         case epoch
@@ -140,6 +143,7 @@ public struct EpochMetrics: Sendable, Codable {
         case deadFractions = "dead_fractions"
         case rankBytesPerBatch = "rank_bytes_per_batch"
         case rankSecondsWaiting = "rank_seconds_waiting"
+        case feedbackAngle = "feedback_angle"
     }
 }
 
@@ -381,7 +385,7 @@ public final class Trainer {
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes(), spikeRates: spiking.map(\.rate),
                 deadFractions: spiking.map(\.deadFraction), rankBytesPerBatch: rankBytes,
-                rankSecondsWaiting: rankWaiting))
+                rankSecondsWaiting: rankWaiting, feedbackAngle: try network.feedbackAngle()))
     }
 
     /// Every rank's bytes sent per batch and seconds waiting since `before` (collective; empty
