@@ -274,6 +274,9 @@ import Testing
         for (tensor, name) in [(mask, "mask"), (dY, "dY"), (rows, "row losses")] {
             try expectWhole(tensor, "localLossRows \(name)")
         }
+        let factor = try nan([1])
+        try device.deviationScale(of: try values([300], seed: 51), target: 1, into: factor)
+        try expectWhole(factor, "deviationScale")
     }
 
     @Test(arguments: TestBackend.available)

@@ -113,6 +113,17 @@ package enum SelfCheck {
                 })
         }
 
+        for count in [2, 129, 7841] {
+            cases.append(
+                Case(operation: "deviationScale", shape: "\(count)") { device in
+                    let factor = try device.zeros([1])
+                    try device.deviationScale(
+                        of: try input(device, [count], seed: 11), target: 0.05, power: 0.5,
+                        sign: -1, into: factor)
+                    return [try device.read(factor)]
+                })
+        }
+
         // conv: the 3x3/pad 1 training shape (with fewer channels than a register tile, and
         // more: the direct kernels on CPU drivers), a strided 5x5, and 1x1.
         let convs = [

@@ -4,6 +4,7 @@ import Foundation
 /// `W z`, the logits), no bias. It runs twice per batch, as two stages on one stream: the
 /// clean pass, and the modulated pass that learns from the difference of the two.
 public final class PEPITALayer {
+    /// The layer's name (`layer0`, ...), the prefix of its tensors' names in checkpoints.
     public let name: String
     /// The product; ReLU is applied beside it, since PEPITA's update takes no derivative.
     public let layer: DenseLayer
@@ -287,8 +288,9 @@ extension Network {
     /// PEPITA: the angle in degrees between the direction the modulation moves the input, −F,
     /// and `(W_L ⋯ W_1)ᵀ`, the direction backpropagation would carry the error along (the
     /// top-down-feedback paper's alignment): near 90° for an F unrelated to the weights, lower
-    /// as they align. nil under other rules. Computed on the first layer's device, once the
-    /// layers' streams are idle (between epochs).
+    /// as they align. nil under other rules, and where the layers sit on several devices.
+    /// Computed on the first layer's device, once the layers' streams are idle (between
+    /// epochs).
     public func feedbackAngle() throws -> Double? {
         guard let first = pepita.first,
             let feedback = (stages.first { $0 is PEPITAModulatedStage } as? PEPITAModulatedStage)?
