@@ -277,6 +277,9 @@ import Testing
         let factor = try nan([1])
         try device.deviationScale(of: try values([300], seed: 51), target: 1, into: factor)
         try expectWhole(factor, "deviationScale")
+        let noise = try nan([7, 129])
+        try device.fillNormal(noise, deviation: 1, seed: 52)
+        try expectWhole(noise, "fillNormal")
     }
 
     @Test(arguments: TestBackend.available)
@@ -417,6 +420,33 @@ import Testing
         let y = try device.tensor(x, shape: [7, 129])
         try device.axpby(alpha: -1, y, beta: 2, y)
         expectClose(try device.read(y), x, "axpby")
+    }
+
+    /// `fillNormal`: mean, deviation and the share beyond two deviations of 100,003 draws
+    /// (each within about four standard errors); the same seed gives the same values, another
+    /// seed others; OpenCL draws what the CPU fallback draws, up to the last bits of log and cos.
+    @Test(arguments: TestBackend.available)
+    func fillNormalDrawsNormalValues(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let count = 100_003
+        func draw(_ device: Device, seed: UInt64) throws -> [Float] {
+            let x = try device.zeros([count])
+            try device.fillNormal(x, deviation: 0.5, seed: seed)
+            return try device.read(x)
+        }
+        let x = try draw(device, seed: 42)
+        let mean = x.reduce(0.0) { $0 + Double($1) } / Double(count)
+        let deviation =
+            (x.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(count))
+            .squareRoot()
+        let beyond = Double(x.filter { abs($0) > 1 }.count) / Double(count)
+        #expect(abs(mean) < 0.007, "mean \(mean)")
+        #expect(abs(deviation - 0.5) < 0.005, "deviation \(deviation)")
+        #expect(abs(beyond - 0.0455) < 0.003, "share beyond 2 deviations \(beyond)")
+        #expect(try draw(device, seed: 42) == x)
+        #expect(try draw(device, seed: 43) != x)
+        let cpu = try draw(try TestBackend.cpu.device(), seed: 42)
+        expectClose(x, cpu, absolute: 1e-5, relative: 1e-5, "fillNormal against the CPU")
     }
 
     /// `deviationScale` against the deviation computed here in Double (Bessel's correction,

@@ -391,6 +391,15 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func fillNormal(
+        _ x: TensorStorage, count: Int, deviation: Float, seed: UInt64, on queue: BackendQueue
+    ) throws {
+        let x = buf(x)
+        run(queue) {
+            CPUKernels.fillNormal(x.pointer, count: count, deviation: deviation, seed: seed)
+        }
+    }
+
     func deviationScale(
         _ x: TensorStorage, count: Int, target: Float, power: Float, sign: Float,
         into factor: TensorStorage, on queue: BackendQueue

@@ -157,6 +157,26 @@ enum CPUKernels {
         }
     }
 
+    /// Normal values, element i from `seed` and i alone (`Device.fillNormal`; `fill_normal` in
+    /// elementwise.cl draws the same 64-bit values).
+    static func fillNormal(
+        _ x: UnsafeMutablePointer<Float>, count: Int, deviation: Float, seed: UInt64
+    ) {
+        parallelChunks(count, minimumChunk: 1 << 13) { range in
+            for i in range {
+                var z = seed &+ UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                z ^= z >> 31
+                let u1 = Float((z >> 40) + 1) * 0x1p-24
+                let u2 = Float((z >> 16) & 0xFF_FFFF) * 0x1p-24
+                x[i] =
+                    deviation * (-2 * Foundation.log(u1)).squareRoot()
+                    * Foundation.cos(2 * Float.pi * u2)
+            }
+        }
+    }
+
     /// `sign * (target / s)^power`, `s` the standard deviation of the `count` values with
     /// Bessel's correction; `sign` where `s` is 0. Sums in Double: the values are few (a
     /// feedback matrix) and the factor rescales every later step.

@@ -74,6 +74,9 @@ protocol Backend: AnyObject, Sendable {
     func scaleShiftChannels(
         _ x: TensorStorage, scale: TensorStorage, shift: TensorStorage?, into: TensorStorage,
         count: Int, channels: Int, inner: Int, on queue: BackendQueue) throws
+    func fillNormal(
+        _ x: TensorStorage, count: Int, deviation: Float, seed: UInt64, on queue: BackendQueue)
+        throws
     func deviationScale(
         _ x: TensorStorage, count: Int, target: Float, power: Float, sign: Float,
         into factor: TensorStorage, on queue: BackendQueue) throws

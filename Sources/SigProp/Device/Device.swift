@@ -505,6 +505,20 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
             channels: channels, inner: inner, on: try queue(stream, "scaleShiftChannels"))
     }
 
+    /// Fills `x` with normal values of mean 0 and deviation `deviation`, drawn on the device.
+    /// Element i depends only on `seed` and i (counter-based: SplitMix64's finaliser of
+    /// `seed + (i + 1) * 0x9E3779B97F4A7C15`, then Box–Muller's cosine branch on two 24-bit
+    /// uniforms), so a stream of draws is the same on every run and independent of how the
+    /// device splits the work; backends differ only in the last bits of log and cos.
+    public func fillNormal(
+        _ x: Tensor, deviation: Float, seed: UInt64, on stream: Stream? = nil
+    ) throws {
+        try check("fillNormal", x)
+        try backend.fillNormal(
+            x.storage, count: x.count, deviation: deviation, seed: seed,
+            on: try queue(stream, "fillNormal"))
+    }
+
     /// `factor[0] = sign * (target / s)^power`, `s` the standard deviation of `x`'s values with
     /// Bessel's correction (as `torch.std`); `sign` where `s` is 0. With `scaleShiftChannels`
     /// it rescales tensors to a deviation without reading them back (PEPITA's mirrored

@@ -113,6 +113,12 @@ package enum SelfCheck {
                 })
         }
 
+        cases.append(
+            Case(operation: "fillNormal", shape: "1000") { device in
+                let x = try device.zeros([1000])
+                try device.fillNormal(x, deviation: 0.1, seed: 12)
+                return [try device.read(x)]
+            })
         for count in [2, 129, 7841] {
             cases.append(
                 Case(operation: "deviationScale", shape: "\(count)") { device in

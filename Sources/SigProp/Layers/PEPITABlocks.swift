@@ -79,10 +79,20 @@ public final class PEPITALayer {
         if let given = batch.shared[mirrorNoiseKey] as? Tensor {
             noise = given
         } else {
-            var values = batch.generator.normal(rows * layer.inputs, deviation: mirroring.noise)
-            let mean = values.reduce(0.0) { $0 + Double($1) } / Double(values.count)
-            for i in values.indices { values[i] -= Float(mean) }
-            noise = try device.tensor(values, shape: [rows, layer.inputs], on: stream)
+            // Drawn on the device from a seed of the batch's generator, then minus its mean.
+            noise = try device.allocate([rows, layer.inputs], on: stream)
+            try device.fillNormal(
+                noise, deviation: mirroring.noise, seed: batch.generator.next(), on: stream)
+            let (one, negativeMean) = (
+                try device.allocate([1], on: stream), try device.allocate([1], on: stream)
+            )
+            try device.fill(one, with: 1, on: stream)
+            try device.channelSums(
+                noise, channels: 1, inner: noise.count, into: negativeMean,
+                alpha: -1 / Float(noise.count), on: stream)
+            try device.scaleShiftChannels(
+                noise, scale: one, shift: negativeMean, inner: noise.count, into: noise,
+                on: stream)
         }
         let freshMask =
             dropout > 0 && !isOutput

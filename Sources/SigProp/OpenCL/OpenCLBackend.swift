@@ -326,6 +326,19 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func fillNormal(
+        _ x: TensorStorage, count: Int, deviation: Float, seed: UInt64, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "elementwise", "fill_normal",
+            [
+                .buffer(mem(x)), .int(Int32(count)),
+                .int(Int32(bitPattern: UInt32(seed & 0xFFFF_FFFF))),
+                .int(Int32(bitPattern: UInt32(seed >> 32))), .float(deviation),
+            ],
+            global: [count], on: queue)
+    }
+
     func deviationScale(
         _ x: TensorStorage, count: Int, target: Float, power: Float, sign: Float,
         into factor: TensorStorage, on queue: BackendQueue
