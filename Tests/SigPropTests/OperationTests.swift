@@ -422,6 +422,29 @@ import Testing
         expectClose(try device.read(y), x, "axpby")
     }
 
+    /// `scaleShiftChannels` against plain loops: per feature of a dense batch, per channel of
+    /// NCHW activations, and one whole tensor (split over the cores), in place.
+    @Test(arguments: TestBackend.available)
+    func scaleShiftChannelsMatchesPlainLoops(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (outer, channels, inner) in [(7, 129, 1), (3, 5, 49), (1, 1, 100_003)] {
+            let count = outer * channels * inner
+            let x = random(count, seed: 60)
+            let (scale, shift) = (random(channels, seed: 61), random(channels, seed: 62))
+            let tensor = try device.tensor(x, shape: [count])
+            try device.scaleShiftChannels(
+                tensor, scale: try device.tensor(scale, shape: [channels]),
+                shift: try device.tensor(shift, shape: [channels]), inner: inner, into: tensor)
+            let expected = (0..<count).map { e in
+                let c = (e / inner) % channels
+                return x[e] * scale[c] + shift[c]
+            }
+            expectClose(
+                try device.read(tensor), expected,
+                "scaleShiftChannels \(outer)x\(channels)x\(inner)")
+        }
+    }
+
     /// `fillNormal`: mean, deviation and the share beyond two deviations of 100,003 draws
     /// (each within about four standard errors); the same seed gives the same values, another
     /// seed others; OpenCL draws what the CPU fallback draws, up to the last bits of log and cos.

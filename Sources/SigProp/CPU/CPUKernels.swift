@@ -74,6 +74,14 @@ enum CPUKernels {
             }
             return
         }
+        if rows * channels == 1 {
+            // One run (a whole tensor rescaled): its entries split over the cores.
+            let (s, b) = (scale[0], shift?[0] ?? 0)
+            parallelChunks(inner) { range in
+                for i in range { out[i] = x[i] * s + b }
+            }
+            return
+        }
         parallelChunks(rows, minimumChunk: max(1, (1 << 15) / (channels * inner))) { range in
             for o in range {
                 for c in 0..<channels {
