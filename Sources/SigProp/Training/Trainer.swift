@@ -120,7 +120,7 @@ public struct EpochMetrics: Sendable, Codable {
     public var rankBytesPerBatch: [Double] = []
     public var rankSecondsWaiting: [Double] = []
     /// PEPITA: the angle in degrees between −F and `(W_L ⋯ W_1)ᵀ` after the epoch
-    /// (`Network.feedbackAngle`); nil under other rules.
+    /// (`Network.feedbackAngle`); nil under other rules and in a pipeline over ranks.
     public var feedbackAngle: Double?
 
     enum CodingKeys: String, CodingKey {
@@ -385,7 +385,10 @@ public final class Trainer {
                 deviceBytes: network.devices.reduce(0) { $0 + $1.bytesInUse },
                 residentBytes: Self.residentBytes(), spikeRates: spiking.map(\.rate),
                 deadFractions: spiking.map(\.deadFraction), rankBytesPerBatch: rankBytes,
-                rankSecondsWaiting: rankWaiting, feedbackAngle: try network.feedbackAngle()))
+                rankSecondsWaiting: rankWaiting,
+                // A pipeline over ranks holds other ranks' layers as they were built.
+                feedbackAngle: (0..<network.stageCount).allSatisfy(pipeline.runsStage)
+                    ? try network.feedbackAngle() : nil))
     }
 
     /// Every rank's bytes sent per batch and seconds waiting since `before` (collective; empty
