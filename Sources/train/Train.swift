@@ -56,10 +56,11 @@ struct Train: ParsableCommand {
     @Flag(
         help: ArgumentHelp(
             """
-            pepita: weight mirroring (Srinivasan et al. 2024): F becomes the product of one \
+            pepita: weight mirroring (Srinivasan et al. 2024): F becomes -(B_1 ... B_L), one \
             factor per layer, each learning to mirror its layer's weights from the layer's \
-            response to noise after every batch, and the modulation subtracts F e. F keeps the \
-            deviation --pepita-feedback-scale gives it.
+            response to noise after every batch, so that the input moves against the error \
+            along the network's own weights. F keeps the deviation --pepita-feedback-scale \
+            gives it.
             """))
     var pepitaMirror = false
 
