@@ -231,8 +231,8 @@ public final class Network {
                 throw SigPropError.configuration(
                     "PEPITA's weight mirroring composes F from every layer's factor on the first "
                         + "layer's device, and this network's layers are placed on several; "
-                        + "train it on one device (a single SIGPROP_DEVICE, no SIGPROP_SPLIT) or leave --pepita-mirror out"
-                )
+                        + "train it on one device (a single SIGPROP_DEVICE, no SIGPROP_SPLIT) or "
+                        + "leave --pepita-mirror out")
             }
             let widths = hidden.reduce(1.0) { $0 * Double($1.width) }
             let each = Float(

@@ -296,7 +296,8 @@ public final class Pipeline {
         }
     }
 
-    /// Enqueues one training batch (`index` of `epoch`, for traces) without waiting for it,
+    /// Enqueues one training batch (`index` of `epoch`: traces name it, and a rule may change
+    /// by epoch, as PEPITA's pre-mirroring) without waiting for it,
     /// then retires the oldest batches until fewer than `depth` remain in flight; returns the
     /// batches retired, oldest first.
     public func submit(
