@@ -524,16 +524,10 @@ struct Train: ParsableCommand {
         if pepitaFeedbackScale != nil, rule != LearningRule.Name.pepita.rawValue, resume == nil {
             throw ValidationError("--pepita-feedback-scale sets PEPITA; add --rule pepita")
         }
-        let mirrorOptions: [(String, Float?)] = [
-            ("--pepita-mirror-rate", pepitaMirrorRate),
-            ("--pepita-mirror-decay", pepitaMirrorDecay),
-            ("--pepita-premirror", pepitaPremirror.map(Float.init)),
-            ("--pepita-mirror-every", pepitaMirrorEvery.map(Float.init)),
-        ]
         for case (let flag, let value?) in mirrorOptions where !(value.isFinite && value >= 0) {
             throw ValidationError("\(flag) must be >= 0, got \(value)")
         }
-        if mirrorOptions.contains(where: { $0.1 != nil }), !pepitaMirror, resume == nil {
+        if mirrorOptions.contains(where: { $0.value != nil }), !pepitaMirror, resume == nil {
             throw ValidationError(
                 "--pepita-mirror-rate, --pepita-mirror-decay, --pepita-premirror and "
                     + "--pepita-mirror-every set weight mirroring; add --pepita-mirror")
@@ -566,6 +560,16 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// The options that set PEPITA's weight mirroring besides `--pepita-mirror`, by flag.
+    var mirrorOptions: [(flag: String, value: Float?)] {
+        [
+            ("--pepita-mirror-rate", pepitaMirrorRate),
+            ("--pepita-mirror-decay", pepitaMirrorDecay),
+            ("--pepita-premirror", pepitaPremirror.map(Float.init)),
+            ("--pepita-mirror-every", pepitaMirrorEvery.map(Float.init)),
+        ]
+    }
+
     /// The rule as flags give it, on top of `base` (the default, or a checkpoint's rule, where
     /// giving a different value is an error).
     func resolveRule(base: LearningRule, fromCheckpoint: Bool) throws -> LearningRule {
@@ -588,9 +592,7 @@ struct Train: ParsableCommand {
         var feedbackScale = resolved.feedbackScaleInForce
         apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
         if pepitaFeedbackScale != nil { resolved.feedbackScale = feedbackScale }
-        if pepitaMirror || pepitaMirrorRate != nil || pepitaMirrorDecay != nil
-            || pepitaPremirror != nil || pepitaMirrorEvery != nil
-        {
+        if pepitaMirror || mirrorOptions.contains(where: { $0.value != nil }) {
             if fromCheckpoint, resolved.mirroring == nil {
                 conflicts.append("--pepita-mirror (checkpoint: without weight mirroring)")
             }

@@ -98,25 +98,30 @@ extension GoldenCheck {
         return GoldenReport(name: golden.name, comparisons: comparisons)
     }
 
-    /// The case's weight mirroring (`config.mirror`: rate, decay, noise) and F's scale, from
-    /// the factors' product at the start (the mirrored F keeps that deviation); nil without.
+    /// The case's weight mirroring (`config.mirror`: rate, decay, noise) and F's scale
+    /// (`config.feedback_scale`, the deviation the mirrored F keeps); nil without.
     private static func mirroring(_ golden: GoldenCase) throws -> (
         settings: FeedbackMirroring, scale: Float
     )? {
-        guard let config = golden.config,
-            let object = try JSONSerialization.jsonObject(with: config) as? [String: Any],
-            let mirror = object["mirror"] as? [String: Any]
-        else { return nil }
-        guard let rate = mirror["rate"] as? Double, let decay = mirror["decay"] as? Double,
-            let noise = mirror["noise"] as? Double, let scale = object["feedback_scale"] as? Double
-        else {
+        guard let data = golden.config else { return nil }
+        let config = try JSONDecoder().decode(MirrorConfig.self, from: data)
+        guard let mirror = config.mirror else { return nil }
+        guard let scale = config.feedbackScale else {
             throw SigPropError.badGoldenFile(
-                path: golden.name,
-                reason: "config.mirror lacks rate, decay or noise, or config lacks feedback_scale")
+                path: golden.name, reason: "config.mirror is given without config.feedback_scale")
         }
         return (
-            FeedbackMirroring(rate: Float(rate), decay: Float(decay), noise: Float(noise)),
-            Float(scale)
+            FeedbackMirroring(rate: mirror.rate, decay: mirror.decay, noise: mirror.noise), scale
         )
+    }
+
+    private struct MirrorConfig: Decodable {
+        struct Mirror: Decodable { let rate, decay, noise: Float }
+        let mirror: Mirror?
+        let feedbackScale: Float?
+        enum CodingKeys: String, CodingKey {
+            case mirror
+            case feedbackScale = "feedback_scale"
+        }
     }
 }
