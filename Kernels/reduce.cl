@@ -34,7 +34,9 @@ void channel_sums_grouped(__global const float* x,
 
 // factor[0] = sign * (target / s)^power, s the standard deviation of x's n values with
 // Bessel's correction (torch.std); sign where s is 0. x is small (a feedback matrix of D0 x K
-// values): CPU drivers sum it in one work-item, GPUs in one work-group.
+// values): CPU drivers sum it in one work-item, GPUs in one work-group. The mean is x[0] plus
+// the mean difference from it: OpenCL 1.2 lets a float division be 2.5 ulp off (NVIDIA's is),
+// so sum / n of equal values can miss them and give a constant x a deviation above 0.
 inline float deviation_scale_of(const float squares, const int n, const float target,
                                 const float power, const float sign) {
     const float s = sqrt(squares / (float)(n - 1));
@@ -44,7 +46,9 @@ inline float deviation_scale_of(const float squares, const int n, const float ta
 __kernel void deviation_scale(__global const float* x, const int n, const float target,
                               const float power, const float sign, __global float* factor) {
     if (get_global_id(0) != 0) return;
-    const float mean = run_sum_total(run_sum_add(run_sum_zero(), x, 0, n, 0.0f)) / (float)n;
+    const float origin = x[0];
+    const float mean =
+        origin + run_sum_total(run_sum_add(run_sum_zero(), x, 0, n, origin)) / (float)n;
     const float squares = run_sum_total(run_sum_add(run_sum_zero(), x, x, n, mean));
     factor[0] = deviation_scale_of(squares, n, target, power, sign);
 }
@@ -54,9 +58,10 @@ void deviation_scale_grouped(__global const float* x, const int n, const float t
                              const float power, const float sign, __global float* factor) {
     __local float partial[GROUP_SUM_SIZE];
     const int l = get_local_id(0);
+    const float origin = x[0];
     float sum = 0.0f;
-    for (int i = l; i < n; i += GROUP_SUM_SIZE) sum += x[i];
-    const float mean = group_sum(partial, sum) / (float)n;
+    for (int i = l; i < n; i += GROUP_SUM_SIZE) sum += x[i] - origin;
+    const float mean = origin + group_sum(partial, sum) / (float)n;
     float squares = 0.0f;
     for (int i = l; i < n; i += GROUP_SUM_SIZE) squares += (x[i] - mean) * (x[i] - mean);
     squares = group_sum(partial, squares);

@@ -80,7 +80,9 @@ import Testing
             let gotSpikes = try device.read(spikes)
             #expect(gotSpikes == expected.spikes, "\(d)")
             #expect(gotSpikes.contains(1) && gotSpikes.contains(0), "\(d): some spikes, not all")
-            #expect(try device.read(rate) == expected.rate, "\(d)")
+            // count / steps: OpenCL lets a float division be 2.5 ulp off (NVIDIA's is).
+            let rateError = zip(try device.read(rate), expected.rate).map { abs($0 - $1) }.max()
+            #expect(try #require(rateError) <= 3 * Float.ulpOfOne, "\(d) rate: \(rateError!)")
             for (name, got, want) in [
                 ("membrane", try device.read(membrane), expected.membrane),
                 ("representation", try device.read(representation), expected.representation),
