@@ -94,17 +94,19 @@ def augment(x, padding, flip):
     """SigProp's augmentation: per-sample random crop of the zero-padded image, random
     horizontal flip with p=0.5. Zero padding on normalised images pads with the mean colour."""
     n, _, h, w = x.shape
+    # The draws are made on the CPU whatever the device, so a GPU run sees the CPU run's crops.
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
         oy = torch.randint(0, 2 * padding + 1, (n,))
         ox = torch.randint(0, 2 * padding + 1, (n,))
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
+        rows = (oy[:, None] + torch.arange(h))[:, :, None].to(x.device)
+        cols = (ox[:, None] + torch.arange(w))[:, None, :].to(x.device)
         # Advanced indexing puts the indexed (N, H, W) dimensions first, channels last.
-        x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols]
+        samples = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[samples, rows, cols]
         x = x.permute(0, 3, 1, 2).contiguous()
     if flip:
-        mirror = torch.rand(n) < 0.5
+        mirror = (torch.rand(n) < 0.5).to(x.device)
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     return x
 
@@ -175,6 +177,7 @@ def main():
                         "each epoch (train --lr-cosine-to)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     args = p.parse_args()
 
     if args.threads > 0:
@@ -182,7 +185,7 @@ def main():
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    x_train, y_train, x_test, y_test = load_data(args.data_dir)
+    x_train, y_train, x_test, y_test = (t.to(args.device) for t in load_data(args.data_dir))
     if args.limit > 0:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     in_shape = tuple(x_train.shape[1:])
@@ -195,6 +198,7 @@ def main():
                                       args.conv_norm, args.dense_norm, not args.floor_pools)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    model.to(args.device)
     print(json.dumps({
         "model": args.model, "width_multiplier": args.width_multiplier,
         "conv_norm": args.conv_norm, "dense_norm": args.dense_norm, "input": in_shape,
@@ -202,7 +206,8 @@ def main():
         "parameters": sum(q.numel() for q in model.parameters()),
         "layers": [{"layer": name, "output": shape} for name, shape in shapes],
         "train_samples": x_train.shape[0], "test_samples": x_test.shape[0],
-        "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "device": args.device}), flush=True)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
