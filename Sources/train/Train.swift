@@ -9,7 +9,8 @@ import SigPropMPI
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
-            "Train a network with forward-only learning: Signal Propagation or Forward-Forward.",
+            "Train a network with forward-only learning: Signal Propagation, Error "
+            + "Forward-Propagation, Forward-Forward or PEPITA.",
         discussion: """
             Backend and devices come from the environment: SIGPROP_BACKEND=auto|opencl|cpu (default auto: \
             the first OpenCL GPU, else the CPU fallback), SIGPROP_DEVICE=<index or name>[,<index or name>...] \
