@@ -32,8 +32,9 @@ import Testing
     /// The default schedule follows the measurements: on CPUs pipelined where its extra batches
     /// hold little memory (the `mlp`), else sequential (the `cnn`, `vgg8b`), and sequential
     /// where the blocks learn only once the output is known (PEPITA, Error
-    /// Forward-Propagation's `predict`); on a GPU, sequential for the `mlp` (short stages) and
-    /// pipelined for the `cnn`.
+    /// Forward-Propagation's `predict`); on a GPU, sequential for the `mlp` (short stages)
+    /// under Signal Propagation but pipelined under the rules that compute a layer's batch more
+    /// than once, and pipelined for the `cnn` and `vgg8b`.
     @Test func theDefaultScheduleIsTheMeasuredFaster() throws {
         let cpu = try TestBackend.cpu.device().capabilities
         var gpu = cpu
@@ -57,6 +58,9 @@ import Testing
         #expect(try kind(.cnn, cpu) == .sequential)
         #expect(try kind(.vgg8b, cpu) == .sequential)
         #expect(try kind(.mlp(), gpu) == .sequential)
+        for rule in [LearningRule(.ff), LearningRule(.pepita), LearningRule(.efp)] {
+            #expect(try kind(.mlp(), gpu, rule: rule) == .pipelined, "\(rule)")
+        }
         #expect(try kind(.cnn, gpu) == .pipelined)
         #expect(try kind(.vgg8b, gpu) == .pipelined)
     }

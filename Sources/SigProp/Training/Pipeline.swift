@@ -30,8 +30,9 @@ public struct Schedule: Sendable, Equatable {
 }
 
 extension Schedule {
-    /// Multiply-adds per batch of the heaviest stage below which a GPU runs the sequential
-    /// schedule by default: between the two networks measured on the H200.
+    /// Multiply-adds per batch of the heaviest stage below which a GPU runs Signal
+    /// Propagation's sequential schedule by default: between the `mlp` and the `cnn` as
+    /// measured on the H200.
     public static let gpuPipelineWork = 5e8
     /// Bytes of activations that the pipeline's extra batches in flight may hold on a CPU by
     /// default: beyond them the sequential schedule is chosen.
@@ -47,10 +48,13 @@ extension Schedule {
     /// full `vgg8b`. So it is chosen where its extra batches hold little memory, unless the
     /// rule's blocks learn only once the output is known: block 1's next batch then waits for
     /// the whole first pass, and the pipeline ran 0.93x (Error Forward-Propagation's `predict`)
-    /// and 0.94x (PEPITA) sequential. On the H200 it ran 1.39x for the `cnn` (1.85 G
-    /// multiply-adds per batch in its heaviest stage) but 0.89–0.96x for the `mlp` (0.10 G): a
-    /// batch's stages are then so short that the extra queues and events cost more than the
-    /// overlap wins.
+    /// and 0.94x (PEPITA) sequential. On the H200 it ran 1.37–1.39x for the `cnn` (1.85 G
+    /// multiply-adds per batch in its heaviest stage) and 1.21x for the full `vgg8b`, but
+    /// 0.78–0.96x for the `mlp` (0.13 G): a batch's stages are then so short that the extra
+    /// queues and events cost more than the overlap wins. The other rules compute each layer's
+    /// batch more than once (two passes; Forward-Forward's positive and negative rows), and on
+    /// the same short dense layers the pipeline ran 1.09–1.28x (Forward-Forward), 1.04–1.21x
+    /// (Error Forward-Propagation) and 1.01–1.10x (PEPITA) sequential there.
     public static func automatic(
         for plan: NetworkPlan, rule: LearningRule = LearningRule(),
         capabilities: [DeviceCapabilities],
@@ -83,6 +87,13 @@ extension Schedule {
         let heaviest = plan.stages.map(\.multiplyAdds).max() ?? 0
         let work = heaviest * Double(batchSize)
         let giga = String(format: "%.2f", work / 1e9)
+        if work < gpuPipelineWork && rule.name != .sigprop {
+            return (
+                Schedule(.pipelined),
+                "under \(rule) each layer computes a batch more than once (two passes, or "
+                    + "positive and negative rows), which gives a GPU room to overlap"
+            )
+        }
         if work < gpuPipelineWork {
             return (
                 Schedule(.sequential),
