@@ -5,6 +5,24 @@
 #define LOSS_MAX_ALL 0
 #define LOSS_MAX_RANDOM 1
 #define LOSS_TOP_K 2
+// top-k keeps the k largest of a row in private memory up to this k; beyond it, it counts.
+#define TOP_K_HELD 16
+
+// The k-th largest entry of yy[0..<n], counting repeats; -INFINITY where k > n. Entry j has
+// fewer than k entries above yy[j] + tolerance exactly when this one is not above it, so the
+// mask needs one pass over the row (k insertions at most per entry) instead of one per entry.
+inline float kth_largest(__global const float* yy, const int n, const int k) {
+    float held[TOP_K_HELD];
+    for (int t = 0; t < k; ++t) held[t] = -INFINITY;
+    for (int l = 0; l < n; ++l) {
+        const float v = yy[l];
+        if (!(v > held[k - 1])) continue;
+        int t = k - 1;
+        for (; t > 0 && held[t - 1] < v; --t) held[t] = held[t - 1];
+        held[t] = v;
+    }
+    return held[k - 1];
+}
 
 __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
                               __global float* mask, __global float* dY, __global float* row_loss,
@@ -28,6 +46,8 @@ __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
     int first = 0;
     while (first < N - 1 && yy[first] < yy_max - tolerance) ++first;
 
+    const int held = kind == LOSS_TOP_K && top_k >= 1 && top_k <= TOP_K_HELD;
+    const float kth = held ? kth_largest(yy, N, top_k) : -INFINITY;
     float m = 0.0f;
     for (int j = 0; j < N; ++j) {
         int selected;
@@ -35,6 +55,8 @@ __kernel void local_loss_rows(__global const float* Y, __global const float* YY,
             selected = yy[j] >= yy_max - tolerance;
         } else if (kind == LOSS_MAX_RANDOM) {
             selected = j == first;
+        } else if (held) {
+            selected = !(kth > yy[j] + tolerance);
         } else {
             int greater = 0;
             for (int l = 0; l < N; ++l) greater += yy[l] > yy[j] + tolerance;

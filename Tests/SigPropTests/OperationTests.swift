@@ -695,6 +695,37 @@ import Testing
         }
     }
 
+    /// top-k's mask against its definition (entry j is kept when fewer than k entries exceed
+    /// it by more than the tie tolerance) on rows full of ties, exact and an ulp apart: k
+    /// within the kernel's held entries, beyond them (counted), equal to and above the row.
+    @Test(arguments: TestBackend.available)
+    func topKMaskFollowsItsDefinition(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let (rows, n) = (24, 128)
+        var generator = SeededGenerator(seed: 41)
+        let yy: [Float] = (0..<rows * n).map { _ in
+            let level = Float(Int.random(in: 0..<9, using: &generator)) * 0.25
+            return Bool.random(using: &generator) ? level : level.nextUp
+        }
+        for k in [1, 2, 6, 16, 17, 40, n, n + 5] {
+            var expected = [Float](repeating: 0, count: rows * n)
+            for i in 0..<rows {
+                let row = yy[i * n..<(i + 1) * n]
+                let scale = row.map(abs).max()!
+                let tolerance = LocalLossKind.tieTolerance * scale
+                for j in row.indices where row.filter({ $0 > row[j] + tolerance }).count < k {
+                    expected[j] = 1
+                }
+            }
+            let mask = try device.zeros([rows, n])
+            try device.localLossRows(
+                .topK(k), y: try device.tensor(random(rows * n, seed: 42), shape: [rows, n]),
+                yy: try device.tensor(yy, shape: [rows, n]), mask: mask,
+                dY: try device.zeros([rows, n]), rowLosses: try device.zeros([rows]))
+            #expect(try device.read(mask) == expected, "top-\(k)")
+        }
+    }
+
     @Test(arguments: TestBackend.available)
     func selfCheckTableMatchesTheCPUFallback(_ backend: TestBackend) throws {
         let results = try SelfCheck.run(

@@ -549,16 +549,20 @@ enum CPUKernels {
             // Entries within `tolerance` of each other are ties (`LocalLossKind.tieTolerance`).
             let tolerance = LocalLossKind.tieTolerance * scale
             let first = (0..<n).first { yyRow[$0] >= yyMax - tolerance } ?? 0
+            let kth: Float
+            if case .topK(let k) = loss, k >= 1 {
+                kth = kthLargest(yyRow, count: n, k: k)
+            } else {
+                kth = .infinity
+            }
             var m: Float = 0
             for j in 0..<n {
                 let selected: Bool
                 switch loss {
                 case .maxAll: selected = yyRow[j] >= yyMax - tolerance
                 case .maxRandom: selected = j == first
-                case .topK(let k):
-                    var greater = 0
-                    for l in 0..<n where yyRow[l] > yyRow[j] + tolerance { greater += 1 }
-                    selected = greater < k
+                // Fewer than k entries above yyRow[j] + tolerance: the k-th largest is not.
+                case .topK: selected = !(kth > yyRow[j] + tolerance)
                 }
                 mRow[j] = selected ? 1 : 0
                 m += mRow[j]
@@ -576,6 +580,23 @@ enum CPUKernels {
             }
             rowLosses[i] = rowLoss * invB
         }
+    }
+
+    /// The `k`-th largest of `count` values, counting repeats; -infinity where `k > count`.
+    /// One pass holding the `k` largest so far, as the OpenCL kernel does up to its limit.
+    static func kthLargest(_ x: UnsafePointer<Float>, count: Int, k: Int) -> Float {
+        var held = [Float](repeating: -.infinity, count: k)
+        for l in 0..<count {
+            let v = x[l]
+            guard v > held[k - 1] else { continue }
+            var t = k - 1
+            while t > 0 && held[t - 1] < v {
+                held[t] = held[t - 1]
+                t -= 1
+            }
+            held[t] = v
+        }
+        return held[k - 1]
     }
 
     /// Calls `body(o, start)` for each of a group's `outer` runs of `inner` contiguous elements.
