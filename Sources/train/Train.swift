@@ -553,6 +553,15 @@ struct Train: ParsableCommand {
                 "--readout goodness is Forward-Forward's: add --rule ff, or choose output, "
                     + "similarity or adaptive")
         }
+        if let loss, let rule,
+            LearningRule.Name(rawValue: rule).map({ !LearningRule($0).hasLocalLoss }) == true,
+            resume == nil
+        {
+            throw ValidationError(
+                "--loss \(loss) sets the local loss of Signal Propagation's and Error "
+                    + "Forward-Propagation's blocks; --rule \(rule) has none (ff learns from "
+                    + "goodness, pepita from the error's modulation): drop --loss")
+        }
         let ffFlags = [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil }
         if ffFlags, rule != LearningRule.Name.ff.rawValue, resume == nil {
             throw ValidationError(
@@ -1127,7 +1136,8 @@ struct Train: ParsableCommand {
         emit(
             "model: \(description.summary), \(Self.learningBlocks(network.blockCount)) + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
-                + "batches of \(options.batchSize) per epoch; loss \(options.loss.name), "
+                + "batches of \(options.batchSize) per epoch; "
+                + (learningRule.hasLocalLoss ? "loss \(options.loss.name), " : "")
                 + "\(options.optimizer.kind.rawValue) "
                 + options.optimizer.scheduleSummary(epochs: options.epochs)
                 + "\(fused); "

@@ -88,6 +88,8 @@ extension ProcessTests {
                 ["--rule", "pepita", "--pepita-mirror", "--pepita-mirror-rate", "-1"],
                 "must be >= 0"
             ),
+            (["--rule", "pepita", "--loss", "top-k:3"], "--rule pepita has none"),
+            (["--rule", "ff", "--loss", "max-rand"], "--rule ff has none"),
         ]
         let fresh = checkpoints.appendingPathComponent("refused")
         for (arguments, message) in refusals {
