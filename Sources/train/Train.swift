@@ -553,14 +553,26 @@ struct Train: ParsableCommand {
                 "--readout goodness is Forward-Forward's: add --rule ff, or choose output, "
                     + "similarity or adaptive")
         }
-        if let loss, let rule,
-            LearningRule.Name(rawValue: rule).map({ !LearningRule($0).hasLocalLoss }) == true,
-            resume == nil
+        if let rule, let name = LearningRule.Name(rawValue: rule),
+            !LearningRule(name).hasSignalPropagationBlocks, resume == nil
         {
+            let given = [
+                ("--loss", loss != nil), ("--fixed-context", fixedContext),
+                ("--dense-norm", denseNorm != nil), ("--conv-norm", convNorm != nil),
+                ("--readout-block", readoutBlock != 1),
+                ("--[no-]k-row-shortcut", kRowShortcut != nil),
+            ].filter(\.1).map(\.0)
+            if !given.isEmpty {
+                throw ValidationError(
+                    "\(given.joined(separator: ", ")) set Signal Propagation's blocks (their "
+                        + "local loss, context, norms, similarity readout); --rule \(rule)'s "
+                        + "layers have none of them: drop \(given.count == 1 ? "it" : "them")")
+            }
+        }
+        if rule == LearningRule.Name.efp.rawValue, kRowShortcut == true, resume == nil {
             throw ValidationError(
-                "--loss \(loss) sets the local loss of Signal Propagation's and Error "
-                    + "Forward-Propagation's blocks; --rule \(rule) has none (ff learns from "
-                    + "goodness, pepita from the error's modulation): drop --loss")
+                "--k-row-shortcut cannot hold under --rule efp: each sample's target is its own "
+                    + "error, so the target stream runs on every row; drop it")
         }
         let ffFlags = [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil }
         if ffFlags, rule != LearningRule.Name.ff.rawValue, resume == nil {
@@ -1137,7 +1149,7 @@ struct Train: ParsableCommand {
             "model: \(description.summary), \(Self.learningBlocks(network.blockCount)) + output layer, "
                 + "\(ProgressText.grouped(parameters)) parameters; \(trainer.batchesPerEpoch) "
                 + "batches of \(options.batchSize) per epoch; "
-                + (learningRule.hasLocalLoss ? "loss \(options.loss.name), " : "")
+                + (learningRule.hasSignalPropagationBlocks ? "loss \(options.loss.name), " : "")
                 + "\(options.optimizer.kind.rawValue) "
                 + options.optimizer.scheduleSummary(epochs: options.epochs)
                 + "\(fused); "

@@ -88,8 +88,7 @@ extension ProcessTests {
                 ["--rule", "pepita", "--pepita-mirror", "--pepita-mirror-rate", "-1"],
                 "must be >= 0"
             ),
-            (["--rule", "pepita", "--loss", "top-k:3"], "--rule pepita has none"),
-            (["--rule", "ff", "--loss", "max-rand"], "--rule ff has none"),
+            (["--rule", "pepita", "--loss", "top-k:3"], "--loss set Signal Propagation's"),
         ]
         let fresh = checkpoints.appendingPathComponent("refused")
         for (arguments, message) in refusals {
@@ -172,6 +171,7 @@ extension ProcessTests {
                 ["--rule", "efp", "--readout", "goodness"],
                 "--readout goodness is Forward-Forward's"
             ),
+            (["--rule", "efp", "--k-row-shortcut"], "cannot hold under --rule efp"),
         ]
         for (arguments, message) in refusals {
             let (status, output) = try Self.run(Self.model(data, checkpoints, arguments))
@@ -189,6 +189,10 @@ extension ProcessTests {
             (["--readout", "goodness"], "--readout goodness is Forward-Forward's"),
             (["--ff-peer-weight", "0.1"], "add --rule ff"),
             (["--rule", "bp"], "--rule bp is not a learning rule"),
+            (
+                ["--rule", "ff", "--fixed-context", "--dense-norm", "batch"],
+                "--fixed-context, --dense-norm set Signal Propagation's blocks"
+            ),
         ]
         for (arguments, message) in refusals {
             let (status, output) = try Self.run(Self.model(data, checkpoints, arguments))

@@ -65,10 +65,11 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// under Error Forward-Propagation, whose target is each sample's own error.
     public var allowsKRowShortcut: Bool { name != .efp }
 
-    /// Whether the blocks learn with Signal Propagation's local loss (`--loss`): under Signal
-    /// Propagation and Error Forward-Propagation; Forward-Forward's layers learn from their
-    /// goodness and PEPITA's from the modulated pass.
-    public var hasLocalLoss: Bool { name == .sigprop || name == .efp }
+    /// Whether the blocks are Signal Propagation's (a local loss, the signal's context
+    /// projection, norms, the similarity readout): under Signal Propagation and Error
+    /// Forward-Propagation. Forward-Forward's layers learn from their goodness and PEPITA's
+    /// from the modulated pass, plain dense layers without norms.
+    public var hasSignalPropagationBlocks: Bool { name == .sigprop || name == .efp }
 
     /// Whether a batch runs through the network twice, each layer's two passes on the layer's
     /// stream (PEPITA, Error Forward-Propagation).
