@@ -480,6 +480,11 @@ struct Train: ParsableCommand {
         if let pipelineDepth, pipelineDepth < 1 {
             throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)")
         }
+        if pipelineDepth != nil, schedule == Schedule.Kind.sequential.rawValue {
+            throw ValidationError(
+                "--pipeline-depth sets the batches the pipelined schedule keeps in flight, and "
+                    + "--schedule sequential keeps one: drop it, or choose --schedule pipelined")
+        }
         if let earlyStop, earlyStop < 1 {
             throw ValidationError("--early-stop must be at least 1 epoch, got \(earlyStop)")
         }
@@ -795,6 +800,11 @@ struct Train: ParsableCommand {
             "--validation", try validation.map(ValidationSize.parse), &options.validation,
             shown: { $0?.description ?? "0" })
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
+        if momentum != nil, options.optimizer.kind != .sgd {
+            throw UsageError(
+                "--momentum is SGD's, and this run's optimizer is "
+                    + "\(options.optimizer.kind.rawValue): add --optimizer sgd, or drop --momentum")
+        }
         // Another schedule given replaces the rule's default one.
         if !fromCheckpoint, lrCosineTo != nil || lrMilestones != nil {
             options.optimizer.linearCooldown = nil
@@ -1056,6 +1066,11 @@ struct Train: ParsableCommand {
                 "data parallelism sums each block's gradients while the later blocks compute"
             ) : (automatic.schedule.kind, automatic.reason)
         let scheduleKind = Schedule.Kind(rawValue: schedule) ?? automaticKind
+        if pipelineDepth != nil, scheduleKind == .sequential {
+            emit(
+                "note: --pipeline-depth applies to the pipelined schedule, and auto chose the "
+                    + "sequential one here (--schedule pipelined keeps the depth)")
+        }
         if describe {
             printDescription(
                 plan, devices: devices, options: options, schedule: scheduleKind,

@@ -194,6 +194,11 @@ extension ProcessTests {
         (["--crop-padding", "8"], "--crop-padding 8 must be smaller than the images"),
         (["--loss", "bogus"], "--loss bogus is not a loss"),
         (["--dense-norm", "instance"], "--dense-norm instance is not allowed"),
+        (["--momentum", "0.5"], "--momentum is SGD's, and this run's optimizer is adam"),
+        (
+            ["--schedule", "sequential", "--pipeline-depth", "3"],
+            "--schedule sequential keeps one"
+        ),
     ])
     func valuesThatCannotWorkAreUsageErrors(flags: [String], reason: String) throws {
         let (data, checkpoints) = try Self.workspace()
