@@ -480,6 +480,12 @@ struct Train: ParsableCommand {
         if let pipelineDepth, pipelineDepth < 1 {
             throw ValidationError("--pipeline-depth must be at least 1, got \(pipelineDepth)")
         }
+        if readoutBlock != 1, readout != Readout.similarity.rawValue {
+            throw ValidationError(
+                "--readout-block chooses the block of --readout similarity, and --readout "
+                    + "\(readout) does not read one (adaptive weighs every block's similarity "
+                    + "itself): add --readout similarity, or drop --readout-block")
+        }
         if pipelineDepth != nil, schedule == Schedule.Kind.sequential.rawValue {
             throw ValidationError(
                 "--pipeline-depth sets the batches the pipelined schedule keeps in flight, and "
@@ -564,13 +570,12 @@ struct Train: ParsableCommand {
             let given = [
                 ("--loss", loss != nil), ("--fixed-context", fixedContext),
                 ("--dense-norm", denseNorm != nil), ("--conv-norm", convNorm != nil),
-                ("--readout-block", readoutBlock != 1),
                 ("--[no-]k-row-shortcut", kRowShortcut != nil),
             ].filter(\.1).map(\.0)
             if !given.isEmpty {
                 throw ValidationError(
                     "\(given.joined(separator: ", ")) set Signal Propagation's blocks (their "
-                        + "local loss, context, norms, similarity readout); --rule \(rule)'s "
+                        + "local loss, context, norms); --rule \(rule)'s "
                         + "layers have none of them: drop \(given.count == 1 ? "it" : "them")")
             }
         }
@@ -800,6 +805,20 @@ struct Train: ParsableCommand {
             "--validation", try validation.map(ValidationSize.parse), &options.validation,
             shown: { $0?.description ?? "0" })
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
+        if lrGamma != nil, options.optimizer.milestones.isEmpty {
+            throw UsageError(
+                "--lr-gamma multiplies the rate at --lr-milestones, and this run has none: add "
+                    + "--lr-milestones, or drop --lr-gamma")
+        }
+        if surrogate != nil || surrogateSlope != nil, description.isSpiking,
+            description.spiking.learning != .surrogate
+        {
+            throw UsageError(
+                "--surrogate and --surrogate-slope shape the surrogate that "
+                    + "--spike-learning surrogate learns from, and this run learns from the "
+                    + "\(description.spiking.learning.rawValue): add --spike-learning surrogate, "
+                    + "or drop them")
+        }
         if momentum != nil, options.optimizer.kind != .sgd {
             throw UsageError(
                 "--momentum is SGD's, and this run's optimizer is "

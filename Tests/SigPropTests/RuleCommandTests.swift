@@ -136,6 +136,7 @@ extension ProcessTests {
             (["--model", "lif16", "--spike-encoding", "poisson"], "is not one of direct"),
             (["--model", "lif16,dense8"], "is not spiking, while the first layer is"),
             (["--model", "snn-mlp", "--rule", "pepita"], "learn with Signal Propagation"),
+            (["--model", "lif16", "--surrogate-slope", "4"], "add --spike-learning surrogate"),
         ]
         // A folder of its own, so that the refusals that need the data's shape are reached.
         let fresh = checkpoints.appendingPathComponent("refused")

@@ -199,6 +199,8 @@ extension ProcessTests {
             ["--schedule", "sequential", "--pipeline-depth", "3"],
             "--schedule sequential keeps one"
         ),
+        (["--lr-gamma", "0.5"], "--lr-gamma multiplies the rate at --lr-milestones"),
+        (["--readout-block", "2"], "--readout-block chooses the block of --readout similarity"),
     ])
     func valuesThatCannotWorkAreUsageErrors(flags: [String], reason: String) throws {
         let (data, checkpoints) = try Self.workspace()
