@@ -583,20 +583,23 @@ enum CPUKernels {
     }
 
     /// The `k`-th largest of `count` values, counting repeats; -infinity where `k > count`.
-    /// One pass holding the `k` largest so far, as the OpenCL kernel does up to its limit.
+    /// One pass holding the `k` largest so far, as the OpenCL kernel does up to its limit; they
+    /// live on the stack, since this runs once per row of every local loss.
     static func kthLargest(_ x: UnsafePointer<Float>, count: Int, k: Int) -> Float {
-        var held = [Float](repeating: -.infinity, count: k)
-        for l in 0..<count {
-            let v = x[l]
-            guard v > held[k - 1] else { continue }
-            var t = k - 1
-            while t > 0 && held[t - 1] < v {
-                held[t] = held[t - 1]
-                t -= 1
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { held in
+            held.initialize(repeating: -.infinity)
+            for l in 0..<count {
+                let v = x[l]
+                guard v > held[k - 1] else { continue }
+                var t = k - 1
+                while t > 0 && held[t - 1] < v {
+                    held[t] = held[t - 1]
+                    t -= 1
+                }
+                held[t] = v
             }
-            held[t] = v
+            return held[k - 1]
         }
-        return held[k - 1]
     }
 
     /// Calls `body(o, start)` for each of a group's `outer` runs of `inner` contiguous elements.
