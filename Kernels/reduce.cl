@@ -12,10 +12,11 @@ __kernel void channel_sums(__global const float* x,
     out[c] = alpha * run_sum_total(sum) + (beta != 0.0f ? beta * out[c] : 0.0f);
 }
 
-// GPUs, for per-channel sums of NCHW activations (outer * inner large, channels few): one
-// work-group of GROUP_SUM_SIZE work-items per channel, each summing a strided share
-// (consecutive work-items on consecutive addresses), then group_sum. The one-work-item-per-
-// channel kernel above leaves a GPU almost idle there.
+// GPUs, for per-channel sums of NCHW activations (outer * inner large, channels few) and
+// column sums of many rows: one work-group of GROUP_SUM_SIZE work-items per channel, each
+// summing a strided share (of each run, or with inner 1 of the rows), then group_sum. The
+// one-work-item-per-channel kernel above leaves a GPU almost idle there: summing a spike
+// train's 128,000 rates in one work-item, one dependent add after another, takes milliseconds.
 __kernel __attribute__((reqd_work_group_size(GROUP_SUM_SIZE, 1, 1)))
 void channel_sums_grouped(__global const float* x,
                           const int outer, const int channels, const int inner,
@@ -24,9 +25,13 @@ void channel_sums_grouped(__global const float* x,
     const int c = get_group_id(0);
     const int l = get_local_id(0);
     float sum = 0.0f;
-    for (int o = 0; o < outer; ++o) {
-        __global const float* p = x + ((size_t)o * channels + c) * inner;
-        for (int i = l; i < inner; i += GROUP_SUM_SIZE) sum += p[i];
+    if (inner == 1) {
+        for (int o = l; o < outer; o += GROUP_SUM_SIZE) sum += x[(size_t)o * channels + c];
+    } else {
+        for (int o = 0; o < outer; ++o) {
+            __global const float* p = x + ((size_t)o * channels + c) * inner;
+            for (int i = l; i < inner; i += GROUP_SUM_SIZE) sum += p[i];
+        }
     }
     sum = group_sum(partial, sum);
     if (l == 0) out[c] = alpha * sum + (beta != 0.0f ? beta * out[c] : 0.0f);

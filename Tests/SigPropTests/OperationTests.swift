@@ -521,7 +521,7 @@ import Testing
         let cpu = try TestBackend.cpu.device()
         for (outer, channels, inner) in [
             (1, 1, 2), (3, 7, 41), (2, 5, 128), (1, 3, 129), (4, 2, 1000), (9, 129, 7),
-            (1, 129, 1024), (7, 3, 1),
+            (1, 129, 1024), (7, 3, 1), (1023, 3, 1), (1024, 10, 1), (3001, 1, 1),
         ] {
             let what = "\(outer)x\(channels)x\(inner)"
             let x = random(outer * channels * inner, seed: UInt64(outer * 100 + inner))

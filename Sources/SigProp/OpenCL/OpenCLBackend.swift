@@ -317,7 +317,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             .buffer(mem(into)),
             .float(alpha), .float(beta),
         ]
-        if groupedReductions && inner > 1 {
+        if groupedReductions && (inner > 1 || outer >= Self.groupedRows) {
             try launch(
                 "reduce", "channel_sums_grouped", arguments, global: [channels * Self.groupSumSize],
                 local: [Self.groupSumSize], on: queue)
@@ -591,6 +591,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
 
     /// Work-items of the grouped reductions (`GROUP_SUM_SIZE` in common.cl).
     static let groupSumSize = 128
+
+    /// Rows from which a GPU sums matrix columns in work-groups: a batch's bias gradient
+    /// (128 rows by hundreds of columns) keeps a work-item per column, whose neighbours read
+    /// neighbouring addresses; the output layer's over a spike train (T·B rows by 10) does not.
+    static let groupedRows = 1024
 
     /// GPUs reduce each channel or norm group in a work-group (`*_grouped` kernels); CPU
     /// drivers in one work-item, whose loop they vectorise.

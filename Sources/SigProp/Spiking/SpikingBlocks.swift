@@ -74,9 +74,12 @@ public final class SpikeActivity {
         let device = rate.device
         try device.channelSums(rate, channels: counts.count, into: counts, beta: 1, on: stream)
         samples += rate.rows
+        // One run of every value: a GPU sums it in a work-group, where a column of B·units
+        // rows would be one work-item's.
         let mean = try device.allocate([1], on: stream)
         try device.channelSums(
-            rate, channels: 1, into: mean, alpha: 1 / Float(rate.count), on: stream)
+            rate, channels: 1, inner: rate.count, into: mean, alpha: 1 / Float(rate.count),
+            on: stream)
         return mean
     }
 
