@@ -90,3 +90,38 @@ __kernel void ff_peer(__global const float* A, __global float* running_mean,
     const float factor = weight * 2.0f / (float)D * (1.0f - momentum) / (float)positives;
     for (int j = lid; j < D; j += size) peer[j] = factor * (running_mean[j] - mean);
 }
+
+// The first layer's pre-activations of rows that differ from computed ones only in the label
+// written over their first K inputs (`classes`). Row `source` of A [B, N] is z W^T + b for
+// the unit-RMS row z = s (x + e_from) of Z [B, D], whose label entry z[from] is s itself, so
+// the image's share is A - b - s W[n, from], and the row with label `to` is that plus
+// s W[n, to] + b. A `to` of -1 asks for the neutral row of NEUTRAL [B, D], s' (x + 1/K): its
+// label entries are s'/K, the image's share scales by s'/s, and the labels add
+// s'/K sum_k W[n, k]. PLAN [rows, 3] holds (source, from, to) per output row, which goes to
+// row `first_row` + r of OUT. One work-item per (unit, row).
+__kernel void ff_relabel(__global const float* A, __global const float* Z,
+                         __global const float* neutral, __global const float* W,
+                         __global const float* bias, __global const float* plan,
+                         const int units, const int inputs, const int classes, const int rows,
+                         const int first_row, __global float* out) {
+    const int n = get_global_id(0);
+    const int r = get_global_id(1);
+    if (n >= units || r >= rows) return;
+    const int source = (int)plan[3 * r];
+    const int from = (int)plan[3 * r + 1];
+    const int to = (int)plan[3 * r + 2];
+    __global const float* w = W + (size_t)n * inputs;
+    const float s = Z[(size_t)source * inputs + from];
+    const float b = bias[n];
+    const float image = A[(size_t)source * units + n] - b - s * w[from];
+    float value;
+    if (to >= 0) {
+        value = image + s * w[to];
+    } else {
+        const float label = neutral[(size_t)source * inputs];
+        float sum = 0.0f;
+        for (int k = 0; k < classes; ++k) sum += w[k];
+        value = (label * (float)classes / s) * image + label * sum;
+    }
+    out[(size_t)(first_row + r) * units + n] = value + b;
+}

@@ -42,6 +42,78 @@ import Testing
         #expect(report.comparisons.first { $0.output == "final.layers.1.weight" }?.passed == false)
     }
 
+    /// The first layer's rows derived from another label's (`forwardForwardRelabel`: a wrong
+    /// label, every other label, the neutral row) against the product of the rows themselves
+    /// in double on the host, on awkward shapes, written at an offset; rows that do not exist
+    /// are refused.
+    @Test(arguments: TestBackend.available)
+    func relabelledRowsMatchTheirProduct(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (count, inputs, units, classes) in [(9, 53, 37, 3), (4, 30, 129, 10), (1, 2, 1, 2)] {
+            let what = "\(count) rows of \(inputs) by \(units), K \(classes)"
+            let images = random(count * inputs, seed: UInt64(inputs), in: 0...1)
+            let (weight, bias) = (
+                random(units * inputs, seed: UInt64(units)), random(units, seed: 7)
+            )
+            let labels = (0..<count).map { ($0 * 7 + 1) % classes }
+            let others = labels.map { ($0 + 1) % classes }
+            /// Unit-RMS rows of the images with `label` written in (nil: neutral), in double.
+            func rows(_ label: (Int) -> Int?) -> [Float] {
+                let values = ForwardForwardBlock.labelled(
+                    images, count: count, classes: classes, labels: (0..<count).map(label))
+                return (0..<count).flatMap { r in
+                    let row = values[(r * inputs)..<((r + 1) * inputs)]
+                    let scale =
+                        1
+                        / ((row.reduce(0.0) { $0 + Double($1 * $1) } / Double(inputs))
+                            .squareRoot() + 1e-8)
+                    return row.map { Float(Double($0) * scale) }
+                }
+            }
+            func product(_ z: [Float]) -> [Float] {
+                (0..<count).flatMap { r in
+                    (0..<units).map { n in
+                        Float(
+                            (0..<inputs).reduce(Double(bias[n])) {
+                                $0 + Double(z[r * inputs + $1]) * Double(weight[n * inputs + $1])
+                            })
+                    }
+                }
+            }
+            let (labelled, neutral) = (rows { labels[$0] }, rows { _ in nil })
+            let z = try device.tensor(labelled, shape: [count, inputs])
+            let (w, b) = (
+                try device.tensor(weight, shape: [units, inputs]),
+                try device.tensor(bias, shape: [units])
+            )
+            let a = try device.tensor(product(labelled), shape: [count, units])
+            let out = try device.zeros([(classes + 3) * count, units])
+            let plan =
+                (0..<count).map { ($0, labels[$0], Optional(others[$0])) }
+                + (0..<classes).flatMap { k in (0..<count).map { ($0, labels[$0], Optional(k)) } }
+                + (0..<count).map { ($0, labels[$0], Int?.none) }
+            try device.forwardForwardRelabel(
+                a, inputs: z, weight: w, bias: b, classes: classes, rows: plan,
+                neutral: try device.tensor(neutral, shape: [count, inputs]), into: out, at: count)
+            let expected =
+                product(rows { others[$0] })
+                + (0..<classes).flatMap { k in product(rows { _ in k }) } + product(neutral)
+            expectClose(
+                Array(try device.read(out)[(count * units)...]), expected, absolute: 1e-5,
+                relative: 1e-4, what)
+            #expect(throws: SigPropError.self) {
+                try device.forwardForwardRelabel(
+                    a, inputs: z, weight: w, bias: b, classes: classes,
+                    rows: [(0, 0, nil)], into: out)
+            }
+            #expect(throws: SigPropError.self) {
+                try device.forwardForwardRelabel(
+                    a, inputs: z, weight: w, bias: b, classes: classes,
+                    rows: [(count, 0, 1 % classes)], into: out)
+            }
+        }
+    }
+
     /// d loss / d W of one layer (the row kernel's gradient through the weight product)
     /// against central differences of the loss the kernel computes, in double on the host.
     @Test(arguments: TestBackend.available)

@@ -450,6 +450,22 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func forwardForwardRelabel(
+        _ p: ForwardForwardRelabelShape, a: TensorStorage, inputs: TensorStorage,
+        neutral: TensorStorage?, weight: TensorStorage, bias: TensorStorage,
+        plan: TensorStorage, into: TensorStorage, on queue: BackendQueue
+    ) throws {
+        let (a, z, w, b, plan, out) = (
+            buf(a), buf(inputs), buf(weight), buf(bias), buf(plan), buf(into)
+        )
+        let neutral = neutral.map(buf)
+        run(queue) {
+            CPUKernels.forwardForwardRelabel(
+                p, a: a.pointer, inputs: z.pointer, neutral: neutral?.pointer, weight: w.pointer,
+                bias: b.pointer, plan: plan.pointer, into: out.pointer)
+        }
+    }
+
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue

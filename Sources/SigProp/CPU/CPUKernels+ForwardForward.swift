@@ -38,6 +38,53 @@ extension CPUKernels {
         }
     }
 
+    static func forwardForwardRelabel(
+        _ p: ForwardForwardRelabelShape, a: UnsafePointer<Float>, inputs z: UnsafePointer<Float>,
+        neutral: UnsafePointer<Float>?, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+        plan: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>
+    ) {
+        let (units, inputs, classes) = (p.units, p.inputs, p.classes)
+        // The label columns of W side by side ([K, N]) and their sums, so that each output
+        // row is one pass over contiguous units.
+        var labelColumns = [Float](repeating: 0, count: (classes + 1) * units)
+        for n in 0..<units {
+            var sum: Float = 0
+            for k in 0..<classes {
+                let w = weight[n * inputs + k]
+                labelColumns[k * units + n] = w
+                sum += w
+            }
+            labelColumns[classes * units + n] = sum
+        }
+        labelColumns.withUnsafeBufferPointer { columns in
+            let columns = columns.baseAddress!
+            parallelChunks(p.rows, minimumChunk: max(1, (1 << 14) / max(units, 1))) { range in
+                for r in range {
+                    let (source, from, to) = (
+                        Int(plan[3 * r]), Int(plan[3 * r + 1]), Int(plan[3 * r + 2])
+                    )
+                    let s = z[source * inputs + from]
+                    let (row, wFrom) = (a + source * units, columns + from * units)
+                    let target = out + (p.firstRow + r) * units
+                    if to >= 0 {
+                        let wTo = columns + to * units
+                        for n in 0..<units {
+                            let image = row[n] - bias[n] - s * wFrom[n]
+                            target[n] = image + s * wTo[n] + bias[n]
+                        }
+                    } else {
+                        let label = neutral![source * inputs]
+                        let (scale, sums) = (label * Float(classes) / s, columns + classes * units)
+                        for n in 0..<units {
+                            let image = row[n] - bias[n] - s * wFrom[n]
+                            target[n] = scale * image + label * sums[n] + bias[n]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     static func forwardForwardPeer(
         a: UnsafePointer<Float>, columns d: Int, positives: Int,
         runningMean: UnsafeMutablePointer<Float>, peer: UnsafeMutablePointer<Float>,

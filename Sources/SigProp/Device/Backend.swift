@@ -90,6 +90,12 @@ protocol Backend: AnyObject, Sendable {
         _ p: ForwardForwardRowShape, a: TensorStorage, normalized: TensorStorage,
         sumSquares: TensorStorage, gradient: TensorStorage?, rowLosses: TensorStorage?,
         peer: TensorStorage?, on queue: BackendQueue) throws
+    /// Forward-Forward's first layer on rows relabelled from computed ones
+    /// (`Device.forwardForwardRelabel`).
+    func forwardForwardRelabel(
+        _ p: ForwardForwardRelabelShape, a: TensorStorage, inputs: TensorStorage,
+        neutral: TensorStorage?, weight: TensorStorage, bias: TensorStorage,
+        plan: TensorStorage, into: TensorStorage, on queue: BackendQueue) throws
     /// Forward-Forward's peer normalisation: the running mean moved, the gradient per unit.
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,

@@ -10,6 +10,17 @@ struct ForwardForwardRowShape: Sendable {
     var epsilon: Float
 }
 
+/// The shape of one Forward-Forward relabelling (Kernels/forward_forward.cl's ff_relabel).
+struct ForwardForwardRelabelShape: Sendable {
+    /// The layer's outputs N and inputs D, and the classes K whose labels are its first K inputs.
+    var units: Int
+    var inputs: Int
+    var classes: Int
+    /// Output rows, written from row `firstRow` of the output on.
+    var rows: Int
+    var firstRow: Int
+}
+
 extension Device {
     /// Forward-Forward's fused row pass over `a` [N, D] (a layer's pre-activations, or with
     /// `relu` false any rows to normalise): h = relu(a), each row's sum of squares (its
@@ -56,6 +67,62 @@ extension Device {
             a: a.storage, normalized: normalized.storage, sumSquares: sumSquares.storage,
             gradient: gradient?.storage, rowLosses: rowLosses?.storage, peer: peer?.storage,
             on: try queue(stream, operation))
+    }
+
+    /// Forward-Forward's first layer on rows that differ from computed ones only in the label
+    /// written over their first K inputs (Kernels/forward_forward.cl's ff_relabel): `a`
+    /// [B, N] is `inputs` [B, D] (unit-RMS rows, each with a label) times `weight`ᵀ [N, D]
+    /// plus `bias`. Each `rows` entry asks for the pre-activations of source row `source` of
+    /// `a`, whose label is `from`, with label `to` instead, or with `to` nil for the row of
+    /// `neutral` [B, D] (1/K in each label input) of the same sample; they go to rows
+    /// `firstRow`... of `output` [*, N]. A label's share of a row is one column of W, so a
+    /// row costs N multiply-adds instead of the D x N of its product.
+    public func forwardForwardRelabel(
+        _ a: Tensor, inputs: Tensor, weight: Tensor, bias: Tensor, classes: Int,
+        rows: [(source: Int, from: Int, to: Int?)], neutral: Tensor? = nil, into output: Tensor,
+        at firstRow: Int = 0, on stream: Stream? = nil
+    ) throws {
+        let operation = "forwardForwardRelabel"
+        try check(operation, a, inputs, weight, bias, output)
+        let (units, features) = (weight.rows, weight.columns)
+        guard a.columns == units, inputs.columns == features, inputs.rows == a.rows,
+            bias.count == units, output.columns == units, (1...features).contains(classes),
+            firstRow >= 0, firstRow + rows.count <= output.rows
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail:
+                    "rows \(a.shape) of inputs \(inputs.shape) by weight \(weight.shape) and "
+                    + "bias \(bias.shape), \(classes) classes, into rows \(firstRow)..<"
+                    + "\(firstRow + rows.count) of \(output.shape)")
+        }
+        if let neutral {
+            try check(operation, neutral)
+            try requireCount("\(operation) neutral", neutral, inputs.count)
+        }
+        for row in rows {
+            guard (0..<a.rows).contains(row.source), (0..<classes).contains(row.from),
+                row.to.map({ (0..<classes).contains($0) }) ?? (neutral != nil)
+            else {
+                throw SigPropError.shapeMismatch(
+                    operation: operation,
+                    detail:
+                        "row \(row.source) from label \(row.from) to \(row.to.map(String.init) ?? "neutral") "
+                        + "is outside \(a.rows) rows, \(classes) labels"
+                        + (neutral == nil ? " (no neutral rows given)" : ""))
+            }
+        }
+        guard !rows.isEmpty else { return }
+        let plan = try tensor(
+            rows.flatMap { [Float($0.source), Float($0.from), Float($0.to ?? -1)] },
+            shape: [rows.count, 3], on: stream)
+        try backend.forwardForwardRelabel(
+            ForwardForwardRelabelShape(
+                units: units, inputs: features, classes: classes, rows: rows.count,
+                firstRow: firstRow),
+            a: a.storage, inputs: inputs.storage, neutral: neutral?.storage,
+            weight: weight.storage, bias: bias.storage, plan: plan.storage,
+            into: output.storage, on: try queue(stream, operation))
     }
 
     /// Forward-Forward's peer normalisation (Kernels/forward_forward.cl): moves

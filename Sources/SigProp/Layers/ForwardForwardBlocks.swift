@@ -57,11 +57,23 @@ public final class ForwardForwardBlock: TrainingStage {
         -> StagePass
     {
         let device = stream.device
-        let (pairs, neutral) =
-            embedsLabels ? try Self.embedded(batch, on: stream) : (inputs[0], inputs[1])
-        let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
         let (rows, width) = (2 * batch.size, layer.outputs)
-        let pass = try layer.forward(pairs, on: stream)
+        let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
+        let pass: LayerPass
+        let neutralOut: Tensor
+        if embedsLabels {
+            let (pairs, neutral, wrong) = try Self.embedded(batch, on: stream)
+            let positives = try device.allocate([batch.size, layer.inputs], on: stream)
+            try device.copyRows(pairs, 0..<batch.size, into: positives, at: 0, on: stream)
+            let (a, neutralA) = try labelledPreactivations(
+                positives, labels: batch.labels.map { Int($0) }, relabelled: [wrong],
+                neutral: neutral, classes: batch.classes, on: stream)
+            pass = LayerPass(input: pairs, output: a, normalized: nil, rstd: nil)
+            neutralOut = try Self.rows(neutralA, on: stream).normalized
+        } else {
+            pass = try layer.forward(inputs[0], on: stream)
+            neutralOut = try infer(inputs[1], on: stream).normalized
+        }
         var peer: Tensor?
         if settings.peerWeight != 0 {
             let gradient = try device.allocate([width], on: stream)
@@ -79,7 +91,6 @@ public final class ForwardForwardBlock: TrainingStage {
             sumSquares: try device.allocate([rows], on: stream), positives: batch.size,
             threshold: threshold, gradient: gradient, rowLosses: rowLosses, peer: peer,
             on: stream)
-        let neutralOut = try infer(neutral, on: stream).normalized
         return StagePass(
             outputs: [normalized, neutralOut] + carried + (isReadout ? [neutralOut] : [])
         ) { stream in
@@ -92,8 +103,14 @@ public final class ForwardForwardBlock: TrainingStage {
 
     /// The layer on rows `z` without learning: the normalised output and each row's goodness.
     func infer(_ z: Tensor, on stream: Stream?) throws -> (normalized: Tensor, goodness: Tensor) {
-        let device = z.device
-        let a = try layer.forward(z, on: stream).output
+        try Self.rows(try layer.forward(z, on: stream).output, on: stream)
+    }
+
+    /// relu(`a`) normalised to unit root-mean-square per row, and each row's goodness.
+    static func rows(_ a: Tensor, on stream: Stream?) throws
+        -> (normalized: Tensor, goodness: Tensor)
+    {
+        let device = a.device
         let normalized = try device.allocate(a.shape, on: stream)
         let goodness = try device.allocate([a.rows], on: stream)
         try device.forwardForwardRows(
@@ -101,11 +118,48 @@ public final class ForwardForwardBlock: TrainingStage {
         return (normalized, goodness)
     }
 
+    /// The first layer's pre-activations of the unit-RMS rows `labelled` [B, D] (sample b
+    /// with label `labels[b]` written in), then of the same samples with each label set of
+    /// `relabelled` (set i: sample b with label `relabelled[i][b]`), [(1 + sets) B, N]; and of
+    /// their `neutral` rows [B, N]. Only `labelled` goes through the product: the rows differ
+    /// in K inputs, so the others take the label's column of W out and another's in
+    /// (`Device.forwardForwardRelabel`), which leaves a batch one product over B rows where
+    /// its positive, negative and neutral rows were three, and the goodness readout one where
+    /// its K labels were K.
+    func labelledPreactivations(
+        _ labelled: Tensor, labels: [Int], relabelled: [[Int]], neutral: Tensor, classes: Int,
+        on stream: Stream?
+    ) throws -> (a: Tensor, neutral: Tensor) {
+        guard let bias = layer.bias else {
+            throw SigPropError.configuration(
+                "\(layer.weight.name): a Forward-Forward layer has a bias")
+        }
+        let device = labelled.device
+        let count = labelled.rows
+        let first = try layer.forward(labelled, on: stream).output
+        let a = try device.allocate([(1 + relabelled.count) * count, layer.outputs], on: stream)
+        try device.copyRows(first, 0..<count, into: a, at: 0, on: stream)
+        try device.forwardForwardRelabel(
+            first, inputs: labelled, weight: layer.weight.value, bias: bias.value,
+            classes: classes,
+            rows: relabelled.flatMap { set in set.enumerated().map { ($0, labels[$0], $1) } },
+            into: a, at: count, on: stream)
+        let neutralA = try device.allocate([count, layer.outputs], on: stream)
+        try device.forwardForwardRelabel(
+            first, inputs: labelled, weight: layer.weight.value, bias: bias.value,
+            classes: classes, rows: labels.enumerated().map { ($0, $1, nil) }, neutral: neutral,
+            into: neutralA, on: stream)
+        return (a, neutralA)
+    }
+
     /// The first layer's inputs: the batch's samples with the true label written over their
     /// first K entries (positives), then with a wrong label drawn uniformly from the others
     /// (negatives; `batch.wrongLabels` where given), both [2B, D]; and with 1/K in each of
-    /// those entries (neutral, [B, D]); every row normalised to unit root-mean-square.
-    static func embedded(_ batch: BatchContext, on stream: Stream) throws -> (Tensor, Tensor) {
+    /// those entries (neutral, [B, D]); every row normalised to unit root-mean-square. Also
+    /// the wrong labels.
+    static func embedded(_ batch: BatchContext, on stream: Stream) throws
+        -> (pairs: Tensor, neutral: Tensor, wrong: [Int])
+    {
         let (count, classes) = (batch.size, batch.classes)
         let wrong = batch.labels.enumerated().map { row, label in
             batch.wrongLabels.map { Int($0[row]) }
@@ -119,7 +173,7 @@ public final class ForwardForwardBlock: TrainingStage {
             labels: [Int?](repeating: nil, count: count))
         return (
             try normalizedRows(pairs, rows: 2 * count, device: stream.device, on: stream),
-            try normalizedRows(neutral, rows: count, device: stream.device, on: stream)
+            try normalizedRows(neutral, rows: count, device: stream.device, on: stream), wrong
         )
     }
 

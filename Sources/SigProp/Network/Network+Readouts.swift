@@ -168,27 +168,37 @@ extension Network {
 
     /// The linear classifier on the neutral rows (`output`), and the label whose embedding
     /// gives the readout layers the highest total goodness (`goodness`): all K labels of
-    /// every sample go through the layers as one batch of K x count rows.
+    /// every sample go through the layers as one batch of K x count rows (the first layer
+    /// computes label 0's and derives the others and the neutral rows from them).
     private func forwardForwardPredictions(_ images: [Float], _ count: Int) throws
         -> [String: [Int]]
     {
         guard let classifier else { throw SigPropError.configuration("no Forward-Forward layers") }
-        let neutral = ForwardForwardBlock.labelled(
-            images, count: count, classes: classes, labels: [Int?](repeating: nil, count: count))
-        let labelled = ForwardForwardBlock.labelled(
-            images, count: count, classes: classes,
-            labels: (0..<classes).flatMap { [Int?](repeating: $0, count: count) })
-        var z = try ForwardForwardBlock.normalizedRows(
-            neutral, rows: count, device: device, on: nil)
-        var y = try ForwardForwardBlock.normalizedRows(
-            labelled, rows: classes * count, device: device, on: nil)
+        let first = stageDevices[0]
+        let neutral = try ForwardForwardBlock.normalizedRows(
+            ForwardForwardBlock.labelled(
+                images, count: count, classes: classes,
+                labels: [Int?](repeating: nil, count: count)),
+            rows: count, device: first, on: nil)
+        let labelZero = try ForwardForwardBlock.normalizedRows(
+            ForwardForwardBlock.labelled(
+                images, count: count, classes: classes,
+                labels: [Int?](repeating: 0, count: count)),
+            rows: count, device: first, on: nil)
+        let (a, neutralA) = try forwardForward[0].labelledPreactivations(
+            labelZero, labels: [Int](repeating: 0, count: count),
+            relabelled: (1..<classes).map { [Int](repeating: $0, count: count) },
+            neutral: neutral, classes: classes, on: nil)
+        var z = try ForwardForwardBlock.rows(neutralA, on: nil).normalized
+        var (y, goodness) = try ForwardForwardBlock.rows(a, on: nil)
         var readouts: [Tensor] = []
         var scores = [Float](repeating: 0, count: classes * count)
         for (index, layer) in forwardForward.enumerated() {
             let layerDevice = stageDevices[index]
-            z = try layer.infer(try layerDevice.transfer(z), on: nil).normalized
-            let (next, goodness) = try layer.infer(try layerDevice.transfer(y), on: nil)
-            y = next
+            if index > 0 {
+                z = try layer.infer(try layerDevice.transfer(z), on: nil).normalized
+                (y, goodness) = try layer.infer(try layerDevice.transfer(y), on: nil)
+            }
             guard layer.isReadout else { continue }
             readouts.append(z)
             for (i, value) in try layerDevice.read(goodness).enumerated() { scores[i] += value }

@@ -689,6 +689,23 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [p.rows * forwardForwardGroup], local: [forwardForwardGroup], on: queue)
     }
 
+    func forwardForwardRelabel(
+        _ p: ForwardForwardRelabelShape, a: TensorStorage, inputs: TensorStorage,
+        neutral: TensorStorage?, weight: TensorStorage, bias: TensorStorage,
+        plan: TensorStorage, into: TensorStorage, on queue: BackendQueue
+    ) throws {
+        // Without neutral rows the plan asks for none: any buffer stands in.
+        try launch(
+            "forward_forward", "ff_relabel",
+            [
+                .buffer(mem(a)), .buffer(mem(inputs)), .buffer(mem(neutral ?? inputs)),
+                .buffer(mem(weight)), .buffer(mem(bias)), .buffer(mem(plan)),
+                .int(Int32(p.units)), .int(Int32(p.inputs)), .int(Int32(p.classes)),
+                .int(Int32(p.rows)), .int(Int32(p.firstRow)), .buffer(mem(into)),
+            ],
+            global: [p.units, p.rows], on: queue)
+    }
+
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue
