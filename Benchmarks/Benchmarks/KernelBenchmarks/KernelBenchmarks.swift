@@ -83,6 +83,23 @@ let benchmarks: @Sendable () -> Void = {
             try sigpropForwardForwardRows(try Device.cpu(), shape, fused: false)
         }
     }
+    // Forward-Forward's first layer on a batch's positive, negative and neutral rows: one
+    // product over the positives and the rest derived from W's label columns
+    // (`ff_first_layer`), and the product over all three row sets (`ff_first_layer_unfused`).
+    for shape in FirstLayerCase.all {
+        register("ff_first_layer/opencl/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardFirstLayer(try openCLDevice(), shape, relabel: true)
+        }
+        register("ff_first_layer/cpu/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardFirstLayer(try Device.cpu(), shape, relabel: true)
+        }
+        register("ff_first_layer_unfused/opencl/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardFirstLayer(try openCLDevice(), shape, relabel: false)
+        }
+        register("ff_first_layer_unfused/cpu/\(shape)", flops: shape.flops) {
+            try sigpropForwardForwardFirstLayer(try Device.cpu(), shape, relabel: false)
+        }
+    }
     // A PEPITA hidden layer's step with (clean - modulated) / B in one operation, as the
     // library forms it (`pepita_step`), and as a subtraction and a scaling
     // (`pepita_step_unfused`).
@@ -233,6 +250,18 @@ struct ForwardForwardCase: CustomStringConvertible {
     /// sum, and the normalising product on every row (4); the gradient's product on the loss
     /// rows (1) and the peer term's sum on the positives (1).
     var flops: Double { Double(width) * Double(4 * rows + lossRows + batch) }
+}
+
+/// Forward-Forward's first layer, `b<B>_<in>to<out>`: B samples with K labels.
+struct FirstLayerCase: CustomStringConvertible {
+    let batch: Int, inputs: Int, units: Int, classes: Int
+
+    /// `train --rule ff`'s first layer on Fashion-MNIST: 784 -> 1000, batch 100, 10 labels.
+    static let all = [FirstLayerCase(batch: 100, inputs: 784, units: 1000, classes: 10)]
+
+    var description: String { "b\(batch)_\(inputs)to\(units)" }
+    /// The product over all 3B rows, for both forms: what they compute, not how.
+    var flops: Double { 2 * Double(3 * batch) * Double(inputs) * Double(units) }
 }
 
 /// A PEPITA hidden layer's step, `b<B>_<in>to<out>`: the difference of the clean and the

@@ -209,6 +209,74 @@ func checkSame(
     }
 }
 
+/// Forward-Forward's first layer on a batch's positive, negative and neutral rows (unit-RMS
+/// images with a label written over their first K inputs), as `ForwardForwardBlock` runs it:
+/// the product over the B positive rows, then the negatives and the neutral rows from it
+/// (`Device.forwardForwardRelabel`). Unfused: the product over all 3B rows. Before timing,
+/// the setup runs both once and throws if their pre-activations differ beyond float rounding.
+func sigpropForwardForwardFirstLayer(
+    _ device: Device, _ shape: FirstLayerCase, relabel: Bool
+) throws -> () throws -> Void {
+    let (batch, inputs, units, classes) = (shape.batch, shape.inputs, shape.units, shape.classes)
+    let images = randomValues(batch * inputs, seed: 11).map { abs($0) }
+    let labels = (0..<batch).map { $0 % classes }
+    let wrong = labels.map { ($0 + 1 + $0 * 7 % (classes - 1)) % classes }
+    /// The images with `label(b)` written in (nil: 1/K each), each row at unit RMS.
+    func rows(_ label: (Int) -> Int?) -> [Float] {
+        (0..<batch).flatMap { b in
+            var row = Array(images[(b * inputs)..<((b + 1) * inputs)])
+            for k in 0..<classes { row[k] = label(b).map { k == $0 ? 1 : 0 } ?? 1 / Float(classes) }
+            let rms = (row.reduce(0) { $0 + $1 * $1 } / Float(inputs)).squareRoot()
+            return row.map { $0 / (rms + 1e-8) }
+        }
+    }
+    let (positives, negatives, neutral) = (
+        rows { labels[$0] }, rows { wrong[$0] }, rows { _ in nil }
+    )
+    let weight = try device.tensor(
+        randomValues(units * inputs, seed: 12).map { $0 / Float(units).squareRoot() },
+        shape: [units, inputs])
+    let bias = try device.tensor(randomValues(units, seed: 13), shape: [units])
+    let all = try device.tensor(positives + negatives + neutral, shape: [3 * batch, inputs])
+    let (z, zNeutral) = (
+        try device.tensor(positives, shape: [batch, inputs]),
+        try device.tensor(neutral, shape: [batch, inputs])
+    )
+    let (unfusedOut, pairs, neutralOut) = (
+        try device.zeros([3 * batch, units]), try device.zeros([2 * batch, units]),
+        try device.zeros([batch, units])
+    )
+    let first = try device.zeros([batch, units])
+    let unfused = {
+        try device.gemm(all, weight, transposeB: true, into: unfusedOut, bias: bias)
+        try device.defaultStream.synchronize()
+    }
+    let derived = {
+        try device.gemm(z, weight, transposeB: true, into: first, bias: bias)
+        try device.copyRows(first, 0..<batch, into: pairs, at: 0)
+        try device.forwardForwardRelabel(
+            first, inputs: z, weight: weight, bias: bias, classes: classes,
+            rows: (0..<batch).map { ($0, labels[$0], wrong[$0]) }, into: pairs, at: batch)
+        try device.forwardForwardRelabel(
+            first, inputs: z, weight: weight, bias: bias, classes: classes,
+            rows: (0..<batch).map { ($0, labels[$0], nil) }, neutral: zNeutral, into: neutralOut)
+        try device.defaultStream.synchronize()
+    }
+    guard relabel else { return unfused }
+    try unfused()
+    try derived()
+    let expected = try device.read(unfusedOut)
+    let actual = try device.read(pairs) + device.read(neutralOut)
+    let largest = expected.map(abs).max() ?? 0
+    let error = zip(expected, actual).map { abs($0 - $1) }.max() ?? 0
+    guard error <= 1e-5 * largest else {
+        throw BenchmarkSetupError(
+            "ff_first_layer: the derived rows differ from their product by \(error) (largest "
+                + "value \(largest))")
+    }
+    return derived
+}
+
 // MARK: PEPITA
 
 /// A PEPITA hidden layer's step as `PEPITAModulatedStage` takes it: `(clean - modulated) / B`,
