@@ -121,6 +121,80 @@ import Testing
             device: device)
     }
 
+    /// A synapse fed a spike train learns, where the neurons allow it (`stepWeights`), from
+    /// one pass over the batch: its weight and bias gradients against those of the reverse
+    /// scan over every step, for a dense and a convolutional synapse, beta inside and at the
+    /// ends of 0...1; a surrogate, a zeroing reset, a loss at every step and learned neurons
+    /// keep the scan.
+    @Test(arguments: TestBackend.available)
+    func aTrainsTimeMeanGivesTheScansGradient(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        let (steps, samples) = (6, 3)
+        for beta: Float in [0.95, 1, 0] {
+            let dynamics = LIFDynamics(
+                neuron: LIFNeuron(beta: beta, threshold: 0.5), steps: steps)
+            var generator = SeededGenerator(seed: 5)
+            let synapses: [(FeatureLayer, [Int])] = [
+                (
+                    try DenseLayer(
+                        device: device, name: "dense", inputs: 11, outputs: 7,
+                        activation: .identity, generator: &generator), [11]
+                ),
+                (
+                    try ConvLayer(
+                        device: device, name: "conv", inChannels: 2, outChannels: 3, kernelSize: 3,
+                        stride: 1, padding: 1, norm: .none, activation: .identity,
+                        generator: &generator), [2, 5, 4]
+                ),
+            ]
+            for (synapse, shape) in synapses {
+                let what = "\(synapse.parameters[0].name), beta \(beta)"
+                let layer = SpikingLayer(
+                    synapse: synapse, dynamics: dynamics,
+                    neuron: try Self.neuron(dynamics, on: device))
+                let weights = try #require(layer.stepWeights, "\(what): no time mean")
+                let count = steps * samples * shape.reduce(1, *)
+                let train = try device.tensor(
+                    generator.uniform(count, in: 0...1).map { $0 < 0.4 ? 1 : 0 },
+                    shape: [steps * samples] + shape)
+                let pass = try layer.forward(train, samples: samples, on: nil)
+                let g = try device.tensor(
+                    generator.uniform(pass.representation.count, in: -1...1),
+                    shape: pass.representation.shape)
+                func gradients() throws -> [[Float]] {
+                    try synapse.parameters.map { try device.read($0.gradient) }
+                }
+                try synapse.accumulateGradients(
+                    pass.synapse, outputGradient: try layer.currentGradient(pass, g, on: nil),
+                    accumulate: false, on: nil)
+                let scan = try gradients()
+                let (mean, scaled) = try layer.timeMeanPass(pass, g, weights: weights, on: nil)
+                try synapse.accumulateGradients(
+                    mean, outputGradient: scaled, accumulate: false, on: nil)
+                for (index, (actual, expected)) in zip(try gradients(), scan).enumerated() {
+                    expectClose(
+                        actual, expected, absolute: 1e-5, relative: 1e-4,
+                        "\(what), parameter \(index)")
+                }
+            }
+        }
+        let neuron = LIFNeuron(beta: 0.9)
+        for (dynamics, learned) in [
+            (LIFDynamics(neuron: neuron, steps: steps, surrogate: .arctan), false),
+            (LIFDynamics(neuron: LIFNeuron(beta: 0.9, reset: .zero), steps: steps), false),
+            (LIFDynamics(neuron: neuron, steps: steps, lossAtEveryStep: true), false),
+            (LIFDynamics(neuron: neuron, steps: steps), true),
+        ] {
+            var generator = SeededGenerator(seed: 6)
+            let layer = SpikingLayer(
+                synapse: try DenseLayer(
+                    device: device, name: "dense", inputs: 4, outputs: 3, activation: .identity,
+                    generator: &generator),
+                dynamics: dynamics, neuron: try Self.neuron(dynamics, learned: learned, on: device))
+            #expect(layer.stepWeights == nil)
+        }
+    }
+
     /// The CPU's branch-free arctangent against the double-precision one, over a dense grid
     /// across its three reductions, far out, and at infinity.
     @Test func arctangentMatchesDoublePrecision() {

@@ -98,11 +98,58 @@ public final class SpikingLayer {
         on stream: Stream?
     ) throws {
         try synapse.learn(
-            from: try passes.map {
-                (
-                    $0.pass.synapse,
-                    try currentGradient($0.pass, $0.representationGradient, on: stream)
-                )
+            from: try passes.map { pass, gradient in
+                if let weights = stepWeights, pass.synapse.input.rows > pass.rate.rows {
+                    return try timeMeanPass(pass, gradient, weights: weights, on: stream)
+                }
+                return (pass.synapse, try currentGradient(pass, gradient, on: stream))
             }, step: step, on: stream)
+    }
+
+    /// Where the loss reads the time mean of the membrane, the reset subtracts and beta and the
+    /// threshold are fixed, d loss / d `I[s]` is d loss / d `R` times a factor of the step
+    /// alone: `v[s] = (1/T) Σ_{t ≥ s} beta^(t−s)`, what a unit of current at step s adds to
+    /// the mean membrane (docs/spiking.md). Then the synapse's gradient over a spike train
+    /// `x[s]` is that of one pass over B rows: the input `Σ_s c[s] x[s]` with `c = v / Σ v`,
+    /// the output's gradient `(Σ v)` d loss / d `R` (its bias gets `Σ_s v[s]` times the
+    /// batch's sum, as over the T steps). Returns `c` and `Σ v`; nil elsewhere.
+    var stepWeights: (mean: [Float], total: Float)? {
+        guard dynamics.surrogate == nil, dynamics.neuron.reset == .subtract,
+            !dynamics.lossAtEveryStep, !neuron.learns, dynamics.steps > 1
+        else { return nil }
+        let (steps, beta) = (dynamics.steps, Double(min(max(dynamics.neuron.beta, 0), 1)))
+        var v = [Double](repeating: 0, count: steps)
+        var later = 0.0
+        for s in stride(from: steps - 1, through: 0, by: -1) {
+            later = 1 / Double(steps) + beta * later
+            v[s] = later
+        }
+        let total = v.reduce(0, +)
+        return (v.map { Float($0 / total) }, Float(total))
+    }
+
+    /// The synapse's pass and output gradient over B rows that give the gradient of `pass`
+    /// (over T·B rows of a spike train) from d loss / d its representation (`stepWeights`).
+    func timeMeanPass(
+        _ pass: SpikingPass, _ gradient: Tensor, weights: (mean: [Float], total: Float),
+        on stream: Stream?
+    ) throws -> (LayerPass, Tensor) {
+        let input = pass.synapse.input
+        let device = input.device
+        let (steps, samples) = (dynamics.steps, pass.rate.rows)
+        let plane = input.count / steps
+        let mean = try device.allocate([1, plane], on: stream)
+        try device.gemm(
+            try device.tensor(weights.mean, shape: [1, steps], on: stream),
+            try input.reshaped([steps, plane]), into: mean, on: stream)
+        let outputShape = [samples] + pass.synapse.output.shape.dropFirst()
+        let scaled = try device.allocate(outputShape, on: stream)
+        try device.axpby(alpha: weights.total, gradient, beta: 0, scaled, on: stream)
+        return (
+            LayerPass(
+                input: try mean.reshaped([samples] + input.shape.dropFirst()), output: scaled,
+                normalized: nil, rstd: nil),
+            scaled
+        )
     }
 }
