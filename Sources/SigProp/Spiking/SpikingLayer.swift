@@ -24,7 +24,8 @@ public struct SpikingPass {
 /// T·B rows of a spike train, or once over B rows of an input held for every step (direct
 /// encoding, the label's context). Learning goes from the representation's gradient through
 /// the membrane's own recurrence to the current, never through a spike
-/// (`Device.lifBackward`), then into the synapse as into any layer; where the neurons learn
+/// (`Device.lifBackward`, or where the neurons allow it a factor per step: `stepWeights`),
+/// then into the synapse as into any layer; where the neurons learn
 /// their beta and threshold, the same scan gives their gradients (`NeuronParameters`, which
 /// the block steps).
 public final class SpikingLayer {
@@ -145,6 +146,8 @@ public final class SpikingLayer {
         let outputShape = [samples] + pass.synapse.output.shape.dropFirst()
         let scaled = try device.allocate(outputShape, on: stream)
         try device.axpby(alpha: weights.total, gradient, beta: 0, scaled, on: stream)
+        // The synapse has no norm and the identity activation: the pass's output stands for
+        // its shape only, which the gradient itself has.
         return (
             LayerPass(
                 input: try mean.reshaped([samples] + input.shape.dropFirst()), output: scaled,
