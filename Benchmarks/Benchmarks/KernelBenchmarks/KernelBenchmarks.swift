@@ -54,72 +54,51 @@ let benchmarks: @Sendable () -> Void = {
     // A block's local step with the optimizer in the weight-gradient product's epilogue
     // (`local_step`), and the same math as separate kernels (`local_step_unfused`).
     for shape in LocalStepCase.all {
-        register("local_step/opencl/\(shape)", flops: shape.flops) {
-            try sigpropLocalStep(try openCLDevice(), shape, fused: true)
-        }
-        register("local_step/cpu/\(shape)", flops: shape.flops) {
-            try sigpropLocalStep(try Device.cpu(), shape, fused: true)
-        }
-        register("local_step_unfused/opencl/\(shape)", flops: shape.flops) {
-            try sigpropLocalStep(try openCLDevice(), shape, fused: false)
-        }
-        register("local_step_unfused/cpu/\(shape)", flops: shape.flops) {
-            try sigpropLocalStep(try Device.cpu(), shape, fused: false)
+        registerWithUnfused("local_step", shape: shape, flops: shape.flops) { device, fused in
+            try sigpropLocalStep(device, shape, fused: fused)
         }
     }
     // Forward-Forward's row pass as one kernel (`ff_rows`) and as the device's generic
     // operations (`ff_rows_unfused`, which first checks that both give the same numbers).
     for shape in ForwardForwardCase.all {
-        register("ff_rows/opencl/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardRows(try openCLDevice(), shape, fused: true)
-        }
-        register("ff_rows/cpu/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardRows(try Device.cpu(), shape, fused: true)
-        }
-        register("ff_rows_unfused/opencl/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardRows(try openCLDevice(), shape, fused: false)
-        }
-        register("ff_rows_unfused/cpu/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardRows(try Device.cpu(), shape, fused: false)
+        registerWithUnfused("ff_rows", shape: shape, flops: shape.flops) { device, fused in
+            try sigpropForwardForwardRows(device, shape, fused: fused)
         }
     }
     // Forward-Forward's first layer on a batch's positive, negative and neutral rows: one
     // product over the positives and the rest derived from W's label columns
     // (`ff_first_layer`), and the product over all three row sets (`ff_first_layer_unfused`).
     for shape in FirstLayerCase.all {
-        register("ff_first_layer/opencl/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardFirstLayer(try openCLDevice(), shape, relabel: true)
-        }
-        register("ff_first_layer/cpu/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardFirstLayer(try Device.cpu(), shape, relabel: true)
-        }
-        register("ff_first_layer_unfused/opencl/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardFirstLayer(try openCLDevice(), shape, relabel: false)
-        }
-        register("ff_first_layer_unfused/cpu/\(shape)", flops: shape.flops) {
-            try sigpropForwardForwardFirstLayer(try Device.cpu(), shape, relabel: false)
+        registerWithUnfused("ff_first_layer", shape: shape, flops: shape.flops) { device, relabel in
+            try sigpropForwardForwardFirstLayer(device, shape, relabel: relabel)
         }
     }
     // A PEPITA hidden layer's step with (clean - modulated) / B in one operation, as the
     // library forms it (`pepita_step`), and as a subtraction and a scaling
     // (`pepita_step_unfused`).
     for shape in PEPITAStepCase.all {
-        register("pepita_step/opencl/\(shape)", flops: shape.flops) {
-            try sigpropPEPITAStep(try openCLDevice(), shape, fused: true)
-        }
-        register("pepita_step/cpu/\(shape)", flops: shape.flops) {
-            try sigpropPEPITAStep(try Device.cpu(), shape, fused: true)
-        }
-        register("pepita_step_unfused/opencl/\(shape)", flops: shape.flops) {
-            try sigpropPEPITAStep(try openCLDevice(), shape, fused: false)
-        }
-        register("pepita_step_unfused/cpu/\(shape)", flops: shape.flops) {
-            try sigpropPEPITAStep(try Device.cpu(), shape, fused: false)
+        registerWithUnfused("pepita_step", shape: shape, flops: shape.flops) { device, fused in
+            try sigpropPEPITAStep(device, shape, fused: fused)
         }
     }
 }
 
 // MARK: Registration
+
+/// Registers `<name>/<impl>/<shape>` and `<name>_unfused/<impl>/<shape>` on the OpenCL device
+/// and the CPU fallback: `prepare` gets the device and whether to run the fused form.
+func registerWithUnfused(
+    _ name: String, shape: some CustomStringConvertible, flops: Double,
+    prepare: @escaping (Device, Bool) throws -> () throws -> Void
+) {
+    for fused in [true, false] {
+        let family = fused ? name : "\(name)_unfused"
+        register("\(family)/opencl/\(shape)", flops: flops) {
+            try prepare(try openCLDevice(), fused)
+        }
+        register("\(family)/cpu/\(shape)", flops: flops) { try prepare(try Device.cpu(), fused) }
+    }
+}
 
 /// Holds one benchmark's prepared iteration between setup and the measured runs. Each
 /// benchmark runs in a process of its own, so nothing is allocated for the benchmarks not run.
