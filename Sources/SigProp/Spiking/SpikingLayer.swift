@@ -40,6 +40,7 @@ public final class SpikingLayer {
         self.synapse = synapse
         self.dynamics = dynamics
         self.neuron = neuron
+        stepWeights = Self.stepWeights(dynamics, learnedNeurons: neuron.learns)
     }
 
     /// The layer's T steps for `samples` samples: `input` holds `samples` rows (the same
@@ -113,10 +114,14 @@ public final class SpikingLayer {
     /// the mean membrane (docs/spiking.md). Then the synapse's gradient over a spike train
     /// `x[s]` is that of one pass over B rows: the input `Σ_s c[s] x[s]` with `c = v / Σ v`,
     /// the output's gradient `(Σ v)` d loss / d `R` (its bias gets `Σ_s v[s]` times the
-    /// batch's sum, as over the T steps). Returns `c` and `Σ v`; nil elsewhere.
-    var stepWeights: (mean: [Float], total: Float)? {
+    /// batch's sum, as over the T steps). `c` and `Σ v`; nil elsewhere.
+    let stepWeights: (mean: [Float], total: Float)?
+
+    private static func stepWeights(_ dynamics: LIFDynamics, learnedNeurons: Bool)
+        -> (mean: [Float], total: Float)?
+    {
         guard dynamics.surrogate == nil, dynamics.neuron.reset == .subtract,
-            !dynamics.lossAtEveryStep, !neuron.learns, dynamics.steps > 1
+            !dynamics.lossAtEveryStep, !learnedNeurons, dynamics.steps > 1
         else { return nil }
         let (steps, beta) = (dynamics.steps, Double(min(max(dynamics.neuron.beta, 0), 1)))
         var v = [Double](repeating: 0, count: steps)
