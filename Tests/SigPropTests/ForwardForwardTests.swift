@@ -15,11 +15,20 @@ import Testing
     /// Three training steps from the reference's initial weights, with its inputs and wrong
     /// labels (`GoldenCheck`, as `doctor --golden` runs them): every step's layer and
     /// classifier losses, then every weight, bias, running mean and momentum buffer, and both
-    /// readouts' predictions.
-    @Test(arguments: TestBackend.available, goldenCases)
-    func stepsMatchTheReference(_ backend: TestBackend, _ name: String) throws {
+    /// readouts' predictions. The OpenCL device posing as a GPU (nil) runs a GPU's first layer,
+    /// which takes the product of every row set instead of deriving rows.
+    @Test(arguments: TestBackend.available + [nil], goldenCases)
+    func stepsMatchTheReference(_ backend: TestBackend?, _ name: String) throws {
+        let device: Device
+        if let backend {
+            device = try backend.device()
+        } else {
+            guard let entry = TestBackend.openCLEntries.first else { return }
+            device = try Device.opencl(
+                OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        }
         let golden = try GoldenCase(contentsOf: try fixture(name))
-        let report = try GoldenCheck.run(golden, on: try backend.device())
+        let report = try GoldenCheck.run(golden, on: device)
         let compared = golden.outputs.keys.filter {
             $0.hasSuffix("_loss") && !$0.hasSuffix("peer_loss") || $0.hasPrefix("final.")
                 || $0.hasPrefix("predictions.")

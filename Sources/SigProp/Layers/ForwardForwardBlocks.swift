@@ -61,7 +61,13 @@ public final class ForwardForwardBlock: TrainingStage {
         let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
         let pass: LayerPass
         let neutralOut: Tensor
-        if embedsLabels {
+        if embedsLabels, device.capabilities.gpu {
+            // A GPU at these sizes is bound by launches, not arithmetic: the products over
+            // every row set are one launch less than deriving rows (docs/learning-rules.md).
+            let (pairs, neutral, _) = try Self.embedded(batch, on: stream)
+            pass = try layer.forward(pairs, on: stream)
+            neutralOut = try infer(neutral, on: stream).normalized
+        } else if embedsLabels {
             let (pairs, neutral, wrong) = try Self.embedded(batch, on: stream)
             let positives = try device.allocate([batch.size, layer.inputs], on: stream)
             try device.copyRows(pairs, 0..<batch.size, into: positives, at: 0, on: stream)
