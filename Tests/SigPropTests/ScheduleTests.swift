@@ -34,7 +34,7 @@ import Testing
     /// where the blocks learn only once the output is known (PEPITA, Error
     /// Forward-Propagation's `predict`); on a GPU, sequential for the `mlp` (short stages)
     /// under Signal Propagation but pipelined under the rules that compute a layer's batch more
-    /// than once, and pipelined for the `cnn` and `vgg8b`.
+    /// than once or are spiking, and pipelined for the `cnn` and `vgg8b`.
     @Test func theDefaultScheduleIsTheMeasuredFaster() throws {
         let cpu = try TestBackend.cpu.device().capabilities
         var gpu = cpu
@@ -61,6 +61,7 @@ import Testing
         for rule in [LearningRule(.ff), LearningRule(.pepita), LearningRule(.efp)] {
             #expect(try kind(.mlp(), gpu, rule: rule) == .pipelined, "\(rule)")
         }
+        #expect(try kind(.snnMLP, gpu) == .pipelined)
         #expect(try kind(.cnn, gpu) == .pipelined)
         #expect(try kind(.vgg8b, gpu) == .pipelined)
     }
