@@ -109,6 +109,16 @@ struct Train: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             """
+            ff: a negative row's wrong label. random (default): drawn among the other \
+            classes; hard: each sample's wrong label of highest goodness, chosen per batch \
+            with the current weights (a goodness pass over all labels; batches do not \
+            overlap).
+            """, valueName: "random|hard"))
+    var ffNegatives: String?
+
+    @Option(
+        help: ArgumentHelp(
+            """
             Model: a preset (\(NetworkDescription.presetNames.joined(separator: ", "))), a layer \
             list (conv128,conv256,pool,dense1024) or a JSON file of a network description. \
             Layers: \(NetworkDescription.Layer.grammar). Default mlp.
@@ -509,6 +519,14 @@ struct Train: ParsableCommand {
         if let ffPeerWeight, !(ffPeerWeight.isFinite && ffPeerWeight >= 0) {
             throw ValidationError("--ff-peer-weight must be >= 0, got \(ffPeerWeight)")
         }
+        if let ffNegatives,
+            ForwardForwardSettings.NegativeLabels(rawValue: ffNegatives) == nil
+        {
+            throw ValidationError(
+                "--ff-negatives \(ffNegatives) is not a choice of negatives. Valid values: "
+                    + ForwardForwardSettings.NegativeLabels.allCases.map(\.rawValue).joined(
+                        separator: ", "))
+        }
         if let efpFirstPass, LearningRule.ErrorFirstPass(rawValue: efpFirstPass) == nil {
             throw ValidationError(
                 "--efp-first-pass \(efpFirstPass) is not a first pass. Valid values: "
@@ -584,11 +602,12 @@ struct Train: ParsableCommand {
                 "--k-row-shortcut cannot hold under --rule efp: each sample's target is its own "
                     + "error, so the target stream runs on every row; drop it")
         }
-        let ffFlags = [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil }
+        let ffFlags =
+            [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil } || ffNegatives != nil
         if ffFlags, rule != LearningRule.Name.ff.rawValue, resume == nil {
             throw ValidationError(
-                "--ff-threshold, --ff-peer-weight and --ff-classifier-lr set Forward-Forward; "
-                    + "add --rule ff")
+                "--ff-threshold, --ff-peer-weight, --ff-classifier-lr and --ff-negatives set "
+                    + "Forward-Forward; add --rule ff")
         }
     }
 
@@ -620,6 +639,11 @@ struct Train: ParsableCommand {
         apply(
             "--ff-classifier-lr", ffClassifierLr,
             &resolved.forwardForward.classifierLearningRate)
+        var negatives = resolved.forwardForward.negativesInForce
+        apply(
+            "--ff-negatives",
+            ffNegatives.flatMap(ForwardForwardSettings.NegativeLabels.init(rawValue:)), &negatives)
+        if ffNegatives != nil { resolved.forwardForward.negatives = negatives }
         // nil in a rule is the default value: giving that value on resume is no change.
         var feedbackScale = resolved.feedbackScaleInForce
         apply("--pepita-feedback-scale", pepitaFeedbackScale, &feedbackScale)
@@ -641,7 +665,9 @@ struct Train: ParsableCommand {
             &firstPass)
         if efpFirstPass != nil { resolved.errorFirstPass = firstPass }
         if !conflicts.isEmpty { throw UsageError.conflicts(conflicts) }
-        if resolved.name != .ff, ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
+        if resolved.name != .ff,
+            ffThreshold != nil || ffPeerWeight != nil || ffClassifierLr != nil
+                || ffNegatives != nil
         {
             throw UsageError("the --ff-* options set Forward-Forward, and this run is \(resolved)")
         }
@@ -1168,7 +1194,8 @@ struct Train: ParsableCommand {
                 + (learningRule.name == .ff
                     ? " (threshold \(learningRule.forwardForward.thresholdPerUnit) x width, peer "
                         + "normalisation \(learningRule.forwardForward.peerWeight), classifier lr "
-                        + "\(learningRule.forwardForward.classifierLearningRate))"
+                        + "\(learningRule.forwardForward.classifierLearningRate), "
+                        + "\(learningRule.forwardForward.negativesInForce.rawValue) negatives)"
                     : learningRule.name == .pepita
                         ? " (feedback scale \(learningRule.feedbackScaleInForce)"
                             + (learningRule.mirroring.map {

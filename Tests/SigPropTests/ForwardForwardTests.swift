@@ -168,6 +168,69 @@ import Testing
         #expect(analytic.contains { abs($0) > 1e-3 }, "the gradient is not all zero")
     }
 
+    /// Hard negatives: each sample's wrong label of highest total goodness (never its own,
+    /// the goodness readout's answer where that is wrong), chosen for each batch with the
+    /// weights after every earlier batch. An epoch of the trainer equals batches trained one
+    /// by one on the labels `hardestWrongLabels` gives at that moment, and differs from an
+    /// epoch on random negatives.
+    @Test(arguments: TestBackend.available)
+    func hardNegativesAreTheWrongLabelsOfHighestGoodness(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        var rule = LearningRule(.ff)
+        rule.forwardForward.negatives = .hard
+        let config = TestNetwork.forwardForward([12, 8]).with(rule: rule)
+        let data = try TrainingTests.syntheticData(count: 96, seed: 3)
+        var options = TrainingOptions()
+        options.optimizer = Self.optimizer
+        options.batchSize = 16
+        options.validation = nil
+        func network() throws -> Network {
+            try config.build(device, optimizer: options.optimizer, seed: 4)
+        }
+
+        let trained = try network()
+        let trainer = try Trainer(network: trained, options: options, train: data, test: data)
+        #expect(trainer.choosesHardNegatives)
+        _ = try trainer.runEpoch(0)
+
+        let (images, labels) = data.batch(Array(0..<data.count))
+        let hard = try trained.hardestWrongLabels(images, labels: labels)
+        let goodness = try trained.forwardForwardScores(images, data.count).goodness
+        let predicted = try trained.predictor()(images, data.count)["goodness"] ?? []
+        for row in 0..<data.count {
+            let label = Int(labels[row])
+            let wrong = (0..<trained.classes).filter { $0 != label }
+            let best = wrong.max {
+                goodness[$0 * data.count + row] < goodness[$1 * data.count + row]
+            }
+            #expect(Int(hard[row]) == best, "sample \(row)")
+            if predicted[row] != label { #expect(Int(hard[row]) == predicted[row]) }
+        }
+
+        let stepped = try network()
+        let pipeline = try Pipeline(
+            network: stepped, schedule: Schedule(.sequential), batchSize: options.batchSize)
+        let order = try BatchOrder(
+            count: data.count, batchSize: options.batchSize, seed: options.seed)
+        for (index, indices) in order.batches(epoch: 0).enumerated() {
+            let (images, labels) = data.batch(indices)
+            _ = try pipeline.submit(
+                images: images, labels: labels, loss: LocalLoss(),
+                learningRate: options.optimizer.learningRate(epoch: 0, of: options.epochs),
+                wrongLabels: try stepped.hardestWrongLabels(images, labels: labels),
+                generator: trainer.batchGenerator(3, epoch: 0, batch: index), index: index)
+            _ = try pipeline.drain()
+        }
+        #expect(try TrainingTests.state(stepped) == TrainingTests.state(trained))
+
+        let random = try TestNetwork.forwardForward([12, 8]).build(
+            device, optimizer: options.optimizer, seed: 4)
+        _ = try Trainer(
+            network: random, options: options, train: data, test: data
+        ).runEpoch(0)
+        #expect(try TrainingTests.state(random) != TrainingTests.state(trained))
+    }
+
     /// On a learnable problem both readouts beat chance after a few epochs.
     @Test(arguments: TestBackend.available)
     func bothReadoutsLearn(_ backend: TestBackend) throws {

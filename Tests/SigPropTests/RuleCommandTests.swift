@@ -11,19 +11,24 @@ extension ProcessTests {
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
         let (status, output) = try Self.run(
-            Self.model(data, checkpoints, ["--rule", "ff", "--model", "dense16,dense16"]))
+            Self.model(
+                data, checkpoints,
+                ["--rule", "ff", "--model", "dense16,dense16", "--ff-negatives", "hard"]))
         #expect(status == 0, "\(output)")
         #expect(output.contains("rule: Forward-Forward"), "\(output)")
+        #expect(output.contains("hard negatives)"), "\(output)")
+        #expect(output.contains("schedule sequential; auto: hard negatives"), "\(output)")
         #expect(output.contains("goodness"), "\(output)")
         #expect(output.contains("none: Forward-Forward reads pixels in 0...1"), "\(output)")
         let last = checkpoints.appendingPathComponent("last.safetensors").path
         let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
         #expect(try checkpoint.rule.name == .ff)
+        #expect(try checkpoint.rule.forwardForward.negatives == .hard)
         #expect(checkpoint.tensors["layer1.running_mean"]?.shape == [16])
         #expect(try checkpoint.options.optimizer.kind == .sgd)
         try Self.expectResumes(
-            data, checkpoints, from: last, refusing: ["--rule", "sigprop"],
-            naming: "--rule sigprop (checkpoint: ff)")
+            data, checkpoints, from: last, refusing: ["--ff-negatives", "random"],
+            naming: "--ff-negatives random (checkpoint: hard)")
         // --describe counts Forward-Forward's parameters: no label projection, a classifier
         // over the second layer (16 x 10 weights).
         let described = try Self.run(
@@ -189,6 +194,8 @@ extension ProcessTests {
             (["--rule", "ff", "--readout", "similarity"], "--readout similarity is Signal"),
             (["--readout", "goodness"], "--readout goodness is Forward-Forward's"),
             (["--ff-peer-weight", "0.1"], "add --rule ff"),
+            (["--ff-negatives", "hard"], "add --rule ff"),
+            (["--rule", "ff", "--ff-negatives", "worst"], "Valid values: random, hard"),
             (["--rule", "bp"], "--rule bp is not a learning rule"),
             (
                 ["--rule", "ff", "--fixed-context", "--dense-norm", "batch"],

@@ -32,7 +32,8 @@ import Testing
     /// The default schedule follows the measurements: on CPUs pipelined where its extra batches
     /// hold little memory (the `mlp`), else sequential (the `cnn`, `vgg8b`), and sequential
     /// where the blocks learn only once the output is known (PEPITA, Error
-    /// Forward-Propagation's `predict`); on a GPU, sequential for the `mlp` (short stages)
+    /// Forward-Propagation's `predict`) or each batch waits for the one before (hard
+    /// negatives); on a GPU, sequential for the `mlp` (short stages)
     /// under Signal Propagation but pipelined under the rules that compute a layer's batch more
     /// than once or are spiking, and pipelined for the `cnn` and `vgg8b`.
     @Test func theDefaultScheduleIsTheMeasuredFaster() throws {
@@ -55,6 +56,11 @@ import Testing
             try kind(.mlp(), cpu, rule: LearningRule(.efp, errorFirstPass: .learn)) == .pipelined)
         #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.pepita)) == .sequential)
         #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.ff)) == .pipelined)
+        var hard = LearningRule(.ff)
+        hard.forwardForward.negatives = .hard
+        for capabilities in [cpu, gpu] {
+            #expect(try kind(.mlp(hiddenLayers: 1), capabilities, rule: hard) == .sequential)
+        }
         #expect(try kind(.cnn, cpu) == .sequential)
         #expect(try kind(.vgg8b, cpu) == .sequential)
         #expect(try kind(.mlp(), gpu) == .sequential)

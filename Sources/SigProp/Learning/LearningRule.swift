@@ -124,6 +124,23 @@ public struct ForwardForwardSettings: Sendable, Codable, Equatable {
     /// settings and the schedule are the layers').
     public var classifierLearningRate: Float = 1e-2
     public var classifierWeightDecay: Float = 3e-3
+    /// How a negative row's wrong label is chosen (nil: `.random`, as in checkpoints written
+    /// before the choice existed).
+    public var negatives: NegativeLabels?
+
+    /// A negative row's wrong label.
+    public enum NegativeLabels: String, Sendable, Codable, CaseIterable {
+        /// Drawn uniformly among the other classes, per batch.
+        case random
+        /// The wrong label of highest total goodness over the readout layers (the network's
+        /// most confident mistake for the sample), chosen for each batch with the weights
+        /// after every earlier batch: a batch waits for the one before it (no pipelining),
+        /// and the choice costs a goodness pass over all K labels of the batch.
+        case hard
+    }
+
+    /// The negatives in force: the given choice, or `.random`.
+    public var negativesInForce: NegativeLabels { negatives ?? .random }
 
     public init() {}
 

@@ -167,11 +167,47 @@ extension Network {
     // MARK: Forward-Forward
 
     /// The linear classifier on the neutral rows (`output`), and the label whose embedding
-    /// gives the readout layers the highest total goodness (`goodness`): all K labels of
-    /// every sample go through the layers as one batch of K x count rows (the first layer
-    /// computes label 0's and derives the others and the neutral rows from them).
+    /// gives the readout layers the highest total goodness (`goodness`).
     private func forwardForwardPredictions(_ images: [Float], _ count: Int) throws
         -> [String: [Int]]
+    {
+        let (goodness, logits) = try forwardForwardScores(images, count)
+        let byLabel = (0..<count).map { row in
+            var best = 0
+            for k in 1..<classes where goodness[k * count + row] > goodness[best * count + row] {
+                best = k
+            }
+            return best
+        }
+        return [
+            ReadoutChoice.output.description: Trainer.argmax(logits, columns: classes),
+            ReadoutChoice.goodness.description: byLabel,
+        ]
+    }
+
+    /// Per sample, the wrong label of highest total goodness over the readout layers:
+    /// Forward-Forward's hard negatives (`ForwardForwardSettings.NegativeLabels.hard`).
+    public func hardestWrongLabels(_ images: [Float], labels: [Int32]) throws -> [Int32] {
+        let count = labels.count
+        let goodness = try forwardForwardScores(images, count, logits: false).goodness
+        return (0..<count).map { row in
+            let label = Int(labels[row])
+            var best = label == 0 ? 1 : 0
+            for k in 0..<classes
+            where k != label && goodness[k * count + row] > goodness[best * count + row] {
+                best = k
+            }
+            return Int32(best)
+        }
+    }
+
+    /// Each label's total goodness over the readout layers, [K x count] (label k's row of
+    /// sample b at k x count + b), and with `logits` the linear classifier's on the neutral
+    /// rows, [count x K] (empty without). All K labels of every sample go through the layers
+    /// as one batch of K x count rows (the first layer computes label 0's and derives the
+    /// others and the neutral rows from them).
+    func forwardForwardScores(_ images: [Float], _ count: Int, logits wanted: Bool = true) throws
+        -> (goodness: [Float], logits: [Float])
     {
         guard let classifier else { throw SigPropError.configuration("no Forward-Forward layers") }
         let first = stageDevices[0]
@@ -189,35 +225,25 @@ extension Network {
             labelZero, labels: [Int](repeating: 0, count: count),
             relabelled: (1..<classes).map { [Int](repeating: $0, count: count) },
             neutral: neutral, classes: classes, on: nil)
-        var z = try ForwardForwardBlock.rows(neutralA, on: nil).normalized
+        var z = wanted ? try ForwardForwardBlock.rows(neutralA, on: nil).normalized : nil
         var (y, goodness) = try ForwardForwardBlock.rows(a, on: nil)
         var readouts: [Tensor] = []
         var scores = [Float](repeating: 0, count: classes * count)
         for (index, layer) in forwardForward.enumerated() {
             let layerDevice = stageDevices[index]
             if index > 0 {
-                z = try layer.infer(try layerDevice.transfer(z), on: nil).normalized
+                z = try z.map { try layer.infer(try layerDevice.transfer($0), on: nil).normalized }
                 (y, goodness) = try layer.infer(try layerDevice.transfer(y), on: nil)
             }
             guard layer.isReadout else { continue }
-            readouts.append(z)
+            if let z { readouts.append(z) }
             for (i, value) in try layerDevice.read(goodness).enumerated() { scores[i] += value }
         }
+        guard wanted else { return (scores, []) }
         let classifierDevice = stageDevices[stageCount - 1]
         let (logits, _) = try classifier.logits(
             try readouts.map { try classifierDevice.transfer($0) }, on: nil)
-        let byLabel = (0..<count).map { row in
-            var best = 0
-            for k in 1..<classes where scores[k * count + row] > scores[best * count + row] {
-                best = k
-            }
-            return best
-        }
-        return [
-            ReadoutChoice.output.description: Trainer.argmax(
-                try classifierDevice.read(logits), columns: classes),
-            ReadoutChoice.goodness.description: byLabel,
-        ]
+        return (scores, try classifierDevice.read(logits))
     }
 
     // MARK: PEPITA

@@ -62,6 +62,13 @@ extension Schedule {
         capabilities: [DeviceCapabilities],
         batchSize: Int, targetRows: Int
     ) -> (schedule: Schedule, reason: String) {
+        if rule.name == .ff, rule.forwardForward.negativesInForce == .hard {
+            return (
+                Schedule(.sequential),
+                "hard negatives are chosen with the weights after the batch before, so batches "
+                    + "cannot overlap"
+            )
+        }
         guard capabilities.contains(where: \.gpu) else {
             if rule.learnsAfterOutput {
                 return (
@@ -319,21 +326,23 @@ public final class Pipeline {
     /// Enqueues one training batch (`index` of `epoch`: traces name it, and a rule may change
     /// by epoch, as PEPITA's pre-mirroring) without waiting for it,
     /// then retires the oldest batches until fewer than `depth` remain in flight; returns the
-    /// batches retired, oldest first.
+    /// batches retired, oldest first. `wrongLabels`: Forward-Forward's negatives for the
+    /// batch's samples (nil: drawn per batch).
     public func submit(
         images: [Float], labels: [Int32], loss: LocalLoss, learningRate: Float,
-        kRowShortcut: Bool = true, dropout: DropoutMasks? = nil,
+        kRowShortcut: Bool = true, dropout: DropoutMasks? = nil, wrongLabels: [Int32]? = nil,
         generator: SeededGenerator = SeededGenerator(seed: 0), index: Int = 0, epoch: Int = 0
     ) throws -> [RetiredBatch] {
         if !begun { try begin() }
         let samples = labels.count
         let wholeBatch = labels
-        var (images, labels) = (images, labels)
+        var (images, labels, wrongLabels) = (images, labels, wrongLabels)
         if let replicas {
             let rows = shareOfBatch(samples, group: replicas.group)
             let features = images.count / samples
             images = Array(images[(rows.lowerBound * features)..<(rows.upperBound * features)])
             labels = Array(labels[rows])
+            wrongLabels = wrongLabels.map { Array($0[rows]) }
             replicas.share = Float(rows.count) / Float(samples)
         }
         let generations = pools.mapValues { $0.advance() }
@@ -349,6 +358,7 @@ public final class Pipeline {
             classes: network.classes, learningRate: learningRate, loss: loss, dropout: dropout,
             byClass: kRowShortcut && network.kRowShortcutIsExact, generator: generator)
         batch.epoch = epoch
+        batch.wrongLabels = wrongLabels
         if replicas != nil { batch.columnLabels = wholeBatch }
         let (rowLosses, spikeRates, logits, done, sends) = try enqueue(batch, trace: spans)
         inFlight.append(

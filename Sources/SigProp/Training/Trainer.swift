@@ -228,6 +228,14 @@ public final class Trainer {
                     + "1...\(network.blockCount)"
             )
         }
+        if distribution != nil, network.rule.name == .ff,
+            network.rule.forwardForward.negativesInForce == .hard
+        {
+            throw SigPropError.configuration(
+                "hard negatives are chosen with every layer's weights after the batch before, "
+                    + "and over MPI ranks the other ranks hold them: train on one process, or "
+                    + "with random negatives")
+        }
         self.order = try BatchOrder(
             count: train.count, batchSize: options.batchSize, seed: options.seed)
         pipeline = try Pipeline(
@@ -236,6 +244,14 @@ public final class Trainer {
     }
 
     public var schedule: Schedule { pipeline.schedule }
+
+    /// Whether each batch's negatives are the network's hardest wrong labels
+    /// (`ForwardForwardSettings.NegativeLabels.hard`): chosen with the weights after every
+    /// earlier batch, so a batch waits for the one before it to finish (no pipelining), and
+    /// a resumed run chooses what an uninterrupted one would.
+    public var choosesHardNegatives: Bool {
+        network.rule.name == .ff && network.rule.forwardForward.negativesInForce == .hard
+    }
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
 
@@ -331,12 +347,18 @@ public final class Trainer {
                     width: train.width,
                     using: &generator)
             }
+            var wrongLabels: [Int32]?
+            if choosesHardNegatives {
+                for batch in try pipeline.drain() { try account(batch) }
+                wrongLabels = try network.hardestWrongLabels(images, labels: labels)
+            }
             let dropout =
                 network.description.hasDropout
                 ? DropoutMasks(generator: batchGenerator(2, epoch: epoch, batch: index)) : nil
             for batch in try pipeline.submit(
                 images: images, labels: labels, loss: loss, learningRate: learningRate,
                 kRowShortcut: options.kRowShortcut, dropout: dropout,
+                wrongLabels: wrongLabels,
                 generator: batchGenerator(3, epoch: epoch, batch: index), index: index,
                 epoch: epoch)
             {
