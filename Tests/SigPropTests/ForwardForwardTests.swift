@@ -19,14 +19,7 @@ import Testing
     /// which takes the product of every row set instead of deriving rows.
     @Test(arguments: TestBackend.available + [nil], goldenCases)
     func stepsMatchTheReference(_ backend: TestBackend?, _ name: String) throws {
-        let device: Device
-        if let backend {
-            device = try backend.device()
-        } else {
-            guard let entry = TestBackend.openCLEntries.first else { return }
-            device = try Device.opencl(
-                OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
-        }
+        guard let device = try TestBackend.device(backend) else { return }
         let golden = try GoldenCase(contentsOf: try fixture(name))
         let report = try GoldenCheck.run(golden, on: device)
         let compared = golden.outputs.keys.filter {

@@ -478,14 +478,7 @@ import Testing
     /// a GPU runs the work-group kernel.
     @Test(arguments: TestBackend.available + [nil])
     func deviationScaleMatchesTheDeviation(_ backend: TestBackend?) throws {
-        let device: Device
-        if let backend {
-            device = try backend.device()
-        } else {
-            guard let entry = TestBackend.openCLEntries.first else { return }
-            device = try Device.opencl(
-                OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
-        }
+        guard let device = try TestBackend.device(backend) else { return }
         for count in [2, 7, 9, 128, 129, 1000, 7841] {
             let x = random(count, seed: UInt64(count)).map { $0 * 0.3 + 2 }
             let mean = x.reduce(0.0) { $0 + Double($1) } / Double(count)
@@ -515,9 +508,7 @@ import Testing
     /// fallback, on shapes around the group of 128 (layer, instance and batch norm layouts).
     @Test(.enabled(if: !TestBackend.openCLEntries.isEmpty))
     func groupedReductionsMatchTheCPUFallback() throws {
-        let entry = try #require(TestBackend.openCLEntries.first)
-        let gpu = try Device.opencl(
-            OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+        let gpu = try #require(try TestBackend.posingAsGPU())
         let cpu = try TestBackend.cpu.device()
         for (outer, channels, inner) in [
             (1, 1, 2), (3, 7, 41), (2, 5, 128), (1, 3, 129), (4, 2, 1000), (9, 129, 7),

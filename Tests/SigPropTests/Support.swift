@@ -33,6 +33,19 @@ enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     func device() throws -> Device {
         try #require(Self.devices[self], "could not open the \(rawValue) device")
     }
+
+    /// The first OpenCL device posing as a GPU, so the kernels and paths only GPUs take run
+    /// on PoCL too; nil without OpenCL.
+    static func posingAsGPU() throws -> Device? {
+        guard let entry = openCLEntries.first else { return nil }
+        return try Device.opencl(OpenCLDeviceEntry(info: entry.info.posing(as: .gpu), id: entry.id))
+    }
+
+    /// `backend`'s device, or for nil the OpenCL device posing as a GPU (nil without OpenCL).
+    static func device(_ backend: TestBackend?) throws -> Device? {
+        guard let backend else { return try posingAsGPU() }
+        return try backend.device()
+    }
 }
 
 @Test func openCLIsPresentWhenRequired() throws {
