@@ -19,6 +19,9 @@ The settings follow the best-known PyTorch reimplementation of the supervised va
     3e-3; linear cooldown of both rates over the second half of the epochs;
   * weights ~ Normal(0, 1/sqrt(out_features)), biases 0; batch 100, drop_last, shuffled;
     training on the first 50,000 training images, testing on the 10,000 test images.
+  * --negatives hard: each batch's negative label is instead the sample's wrong label of
+    highest total goodness over layers 2..L under the current weights (SigProp's
+    --ff-negatives hard).
 
 After each epoch one JSON line reports the test accuracies of both readouts (percent), the
 mean losses, the training time of the epoch (evaluation excluded), samples/s and peak RSS.
@@ -147,9 +150,9 @@ class ForwardForwardNet(nn.Module):
                        "goodness": goodnesses, "classifier_loss": classifier_loss.detach()}
 
     @torch.no_grad()
-    def predict_goodness(self, x):
-        """argmax over k of the sum of h^2 over layers 2..L with label k embedded; the K
-        candidate labels go through the layers as one [K*N] batch."""
+    def goodness_scores(self, x):
+        """[K, N]: the sum of h^2 over layers 2..L with label k embedded; the K candidate
+        labels go through the layers as one [K*N] batch."""
         k = self.num_classes
         n = x.shape[0]
         candidates = torch.arange(k).repeat_interleave(n)
@@ -160,7 +163,16 @@ class ForwardForwardNet(nn.Module):
             if idx >= 1:
                 score += torch.sum(h * h, dim=1)
             z = rms_normalise(h)
-        return score.view(k, n).argmax(dim=0)
+        return score.view(k, n)
+
+    def predict_goodness(self, x):
+        return self.goodness_scores(x).argmax(dim=0)
+
+    def hardest_wrong_labels(self, x, labels):
+        """The wrong label of highest total goodness."""
+        scores = self.goodness_scores(x)
+        scores[labels, torch.arange(x.shape[0])] = float("-inf")
+        return scores.argmax(dim=0)
 
     @torch.no_grad()
     def predict_linear(self, x):
@@ -206,6 +218,7 @@ def main():
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--train-count", type=int, default=50000)
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--negatives", choices=["random", "hard"], default="random")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -233,8 +246,11 @@ def main():
         classifier_sum = 0.0
         for b in range(batches):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            wrong = negatives[idx]
+            if args.negatives == "hard":
+                wrong = model.hardest_wrong_labels(x_train[idx], y_train[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss, stats = model.losses(x_train[idx], y_train[idx], negatives[idx])
+            loss, stats = model.losses(x_train[idx], y_train[idx], wrong)
             loss.backward()
             optimizer.step()
             ff_sums += torch.stack(stats["ff_losses"])
