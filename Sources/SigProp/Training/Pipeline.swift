@@ -56,7 +56,8 @@ extension Schedule {
     /// the same short dense layers the pipeline ran 1.09–1.28x (Forward-Forward), 1.04–1.21x
     /// (Error Forward-Propagation) and 1.01–1.10x (PEPITA) sequential there. A spiking block
     /// runs T steps of its neurons beyond the products its multiply-adds count: the `snn-mlp`
-    /// (0.10 G) ran 1.03–1.21x sequential there.
+    /// (0.10 G) ran 1.03–1.21x sequential there. Forward-Forward's hard negatives wait for the
+    /// batch before on every device, so the sequential schedule has nothing to lose there.
     public static func automatic(
         for plan: NetworkPlan, rule: LearningRule = LearningRule(),
         capabilities: [DeviceCapabilities],
