@@ -61,13 +61,9 @@ public final class ForwardForwardBlock: TrainingStage {
         let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
         let pass: LayerPass
         let neutralOut: Tensor
-        if embedsLabels, device.capabilities.gpu {
-            // A GPU at these sizes is bound by launches, not arithmetic: the products over
-            // every row set are one launch less than deriving rows (docs/learning-rules.md).
-            let (pairs, neutral, _) = try Self.embedded(batch, on: stream)
-            pass = try layer.forward(pairs, on: stream)
-            neutralOut = try infer(neutral, on: stream).normalized
-        } else if embedsLabels {
+        // A GPU at these sizes is bound by launches, not arithmetic: there the products over
+        // every row set are one launch less than deriving rows (docs/learning-rules.md).
+        if embedsLabels, !device.capabilities.gpu {
             let (pairs, neutral, wrong) = try Self.embedded(batch, on: stream)
             let positives = try device.allocate([batch.size, layer.inputs], on: stream)
             try device.copyRows(pairs, 0..<batch.size, into: positives, at: 0, on: stream)
@@ -77,8 +73,9 @@ public final class ForwardForwardBlock: TrainingStage {
             pass = LayerPass(input: pairs, output: a, normalized: nil, rstd: nil)
             neutralOut = try Self.rows(neutralA, on: stream).normalized
         } else {
-            pass = try layer.forward(inputs[0], on: stream)
-            neutralOut = try infer(inputs[1], on: stream).normalized
+            let embedded = embedsLabels ? try Self.embedded(batch, on: stream) : nil
+            pass = try layer.forward(embedded?.pairs ?? inputs[0], on: stream)
+            neutralOut = try infer(embedded?.neutral ?? inputs[1], on: stream).normalized
         }
         var peer: Tensor?
         if settings.peerWeight != 0 {
