@@ -172,13 +172,7 @@ extension Network {
         -> [String: [Int]]
     {
         let (goodness, logits) = try forwardForwardScores(images, count)
-        let byLabel = (0..<count).map { row in
-            var best = 0
-            for k in 1..<classes where goodness[k * count + row] > goodness[best * count + row] {
-                best = k
-            }
-            return best
-        }
+        let byLabel = (0..<count).map { bestLabel(goodness, count: count, row: $0) }
         return [
             ReadoutChoice.output.description: Trainer.argmax(logits, columns: classes),
             ReadoutChoice.goodness.description: byLabel,
@@ -191,14 +185,23 @@ extension Network {
         let count = labels.count
         let goodness = try forwardForwardScores(images, count, logits: false).goodness
         return (0..<count).map { row in
-            let label = Int(labels[row])
-            var best = label == 0 ? 1 : 0
-            for k in 0..<classes
-            where k != label && goodness[k * count + row] > goodness[best * count + row] {
-                best = k
-            }
-            return Int32(best)
+            Int32(bestLabel(goodness, count: count, row: row, excluding: Int(labels[row])))
         }
+    }
+
+    /// The label of highest goodness for sample `row` of `goodness` (laid out as
+    /// `forwardForwardScores` gives it), other than `excluded`; the first of equals.
+    private func bestLabel(
+        _ goodness: [Float], count: Int, row: Int, excluding excluded: Int? = nil
+    )
+        -> Int
+    {
+        var best = excluded == 0 ? 1 : 0
+        for k in (best + 1)..<classes
+        where k != excluded && goodness[k * count + row] > goodness[best * count + row] {
+            best = k
+        }
+        return best
     }
 
     /// Each label's total goodness over the readout layers, [K x count] (label k's row of
