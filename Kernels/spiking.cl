@@ -40,20 +40,29 @@ inline float lif_surrogate_slope(const float x, const int kind, const float k) {
 // (spikes / T) of each (sample, unit); with `write_membrane` the membrane of every step (what
 // the gradient of a surrogate or of a learned beta reads), with `write_steps` r(U[t]) of
 // every step (for a loss at every step).
+//
+// A launch runs `count` of the sample's `steps` steps from step `first` (all of them: first 0,
+// count = steps); its planes (current, spikes, membrane, r) are those of its own steps. Past
+// the first step it starts from the membrane in `state` (the spike before is U > threshold)
+// and adds to R and the rate; with `keep_state` it leaves its last membrane there. So the
+// time loop can run in chunks of steps, each holding only its own planes.
 __kernel void lif_forward(__global const float* current, __global float* membrane,
                           __global float* spikes, __global float* representation,
                           __global float* rate, __global float* step_representation,
                           const int write_membrane, const int write_steps, const int steps,
                           const int plane, const int constant_current,
                           __global const float* beta_value, __global const float* threshold_value,
-                          const int reset_zero, const int surrogate, const float slope) {
+                          const int reset_zero, const int surrogate, const float slope,
+                          __global float* state, const int first, const int count,
+                          const int keep_state) {
     const int i = get_global_id(0);
     if (i >= plane) return;
     // beta and the threshold live on the device, where a block may learn them; beta is
     // clamped to 0...1 as snnTorch clamps it.
     const float beta = clamp(beta_value[0], 0.0f, 1.0f), threshold = threshold_value[0];
-    float u = 0.0f, s = 0.0f, sum = 0.0f, count = 0.0f;
-    for (int t = 0; t < steps; ++t) {
+    float u = first > 0 ? state[i] : 0.0f;
+    float s = first > 0 && u > threshold ? 1.0f : 0.0f, sum = 0.0f, fired = 0.0f;
+    for (int t = 0; t < count; ++t) {
         const size_t at = (size_t)t * plane + i;
         const float in = current[constant_current ? (size_t)i : at];
         u = reset_zero ? (1.0f - s) * (beta * u + in) : beta * u + in - threshold * s;
@@ -64,10 +73,12 @@ __kernel void lif_forward(__global const float* current, __global float* membran
             surrogate == SURROGATE_NONE ? u : lif_surrogate(u - threshold, surrogate, slope);
         if (write_steps) step_representation[at] = r;
         sum += r;
-        count += s;
+        fired += s;
     }
-    representation[i] = sum / (float)steps;
-    rate[i] = count / (float)steps;
+    const float mean = sum / (float)steps, spiked = fired / (float)steps;
+    representation[i] = first > 0 ? representation[i] + mean : mean;
+    rate[i] = first > 0 ? rate[i] + spiked : spiked;
+    if (keep_state) state[i] = u;
 }
 
 // d loss / d current from d loss / d R (one plane; T planes with `per_step`, one per step's
@@ -140,16 +151,18 @@ inline uint spike_hash(uint x) {
 // rate: S[t] = 1 with probability x, from a uniform u[t] in [0, 1) (24 bits) drawn by
 // hashing (seed, t, pixel), so a seeded train is the same on every backend and independent
 // of the launch. latency: one spike at step round((1 - x)(T - 1)) (the brightest pixels
-// first), none where x = 0.
+// first), none where x = 0. A launch writes the `count` planes of steps first ..< first +
+// count of the T-step train.
 __kernel void spike_encode(__global const float* images, __global float* trains,
-                           const int steps, const int plane, const int kind, const int seed) {
+                           const int steps, const int plane, const int kind, const int seed,
+                           const int first, const int count) {
     const int i = get_global_id(0);
     if (i >= plane) return;
     const float x = clamp(images[i], 0.0f, 1.0f);
     const float delay = (1.0f - x) * (float)(steps - 1);
     const int fire_at = x > 0.0f ? (int)(delay + 0.5f) : -1;
     const uint stream = spike_hash((uint)seed);
-    for (int t = 0; t < steps; ++t) {
+    for (int t = first; t < first + count; ++t) {
         const uint index = (uint)t * (uint)plane + (uint)i;
         float s;
         if (kind == ENCODE_RATE) {
@@ -158,6 +171,6 @@ __kernel void spike_encode(__global const float* images, __global float* trains,
         } else {
             s = t == fire_at ? 1.0f : 0.0f;
         }
-        trains[(size_t)t * plane + i] = s;
+        trains[(size_t)(t - first) * plane + i] = s;
     }
 }

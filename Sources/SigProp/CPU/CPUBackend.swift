@@ -482,9 +482,10 @@ final class CPUBackend: Backend, @unchecked Sendable {
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
-        on queue: BackendQueue
+        steps chunk: Range<Int>, state: TensorStorage?, on queue: BackendQueue
     ) throws {
         let (current, membrane, spikes) = (buf(current), membrane.map(buf), buf(spikes))
+        let state = state.map(buf)
         let (representation, rate) = (buf(representation), buf(rate))
         let steps = stepRepresentation.map(buf)
         let (beta, threshold) = (buf(neuron.beta), buf(neuron.threshold))
@@ -494,7 +495,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
                 current: current.pointer, membrane: membrane?.pointer, spikes: spikes.pointer,
                 representation: representation.pointer, rate: rate.pointer,
                 stepRepresentation: steps?.pointer, betaValue: beta.pointer,
-                thresholdValue: threshold.pointer)
+                thresholdValue: threshold.pointer, steps: chunk, state: state?.pointer)
         }
     }
 
@@ -519,14 +520,14 @@ final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     func spikeEncode(
-        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
-        trains: TensorStorage, on queue: BackendQueue
+        _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
+        images: TensorStorage, trains: TensorStorage, on queue: BackendQueue
     ) throws {
         let (images, trains) = (buf(images), buf(trains))
         run(queue) {
             CPUKernels.spikeEncode(
-                encoding, steps: steps, plane: plane, seed: seed, images: images.pointer,
-                trains: trains.pointer)
+                encoding, steps: steps, chunk: chunk, plane: plane, seed: seed,
+                images: images.pointer, trains: trains.pointer)
         }
     }
 

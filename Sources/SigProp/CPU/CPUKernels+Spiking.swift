@@ -25,17 +25,26 @@ extension CPUKernels {
         membrane: UnsafeMutablePointer<Float>?, spikes: UnsafeMutablePointer<Float>,
         representation: UnsafeMutablePointer<Float>, rate: UnsafeMutablePointer<Float>,
         stepRepresentation: UnsafeMutablePointer<Float>?, betaValue: UnsafePointer<Float>,
-        thresholdValue: UnsafePointer<Float>
+        thresholdValue: UnsafePointer<Float>, steps chunk: Range<Int>,
+        state carried: UnsafeMutablePointer<Float>?
     ) {
         let (beta, threshold) = (min(max(betaValue[0], 0), 1), thresholdValue[0])
         let zero = d.neuron.reset == .zero
+        let resumes = chunk.lowerBound > 0
         parallelChunks(plane, minimumChunk: 1 << 12) { range in
             forEachLIFTile(range, scratchPlanes: 6) { tile, n, state in
                 let (u, s, sum, count) = (
                     state, state + lifTile, state + 2 * lifTile, state + 3 * lifTile
                 )
                 let (m, r) = (state + 4 * lifTile, state + 5 * lifTile)
-                for t in 0..<d.steps {
+                if resumes, let carried {
+                    // The spike before the chunk is its last membrane's.
+                    for j in 0..<n {
+                        u[j] = carried[tile + j]
+                        s[j] = u[j] > threshold ? 1 : 0
+                    }
+                }
+                for t in 0..<chunk.count {
                     let input = current + (constantCurrent ? 0 : t * plane) + tile
                     let spike = spikes + t * plane + tile
                     if zero {
@@ -74,9 +83,11 @@ extension CPUKernels {
                 }
                 let steps = Float(d.steps)
                 for j in 0..<n {
-                    representation[tile + j] = sum[j] / steps
-                    rate[tile + j] = count[j] / steps
+                    let (mean, spiked) = (sum[j] / steps, count[j] / steps)
+                    representation[tile + j] = resumes ? representation[tile + j] + mean : mean
+                    rate[tile + j] = resumes ? rate[tile + j] + spiked : spiked
                 }
+                carried?.advanced(by: tile).update(from: u, count: n)
             }
         }
     }
@@ -156,9 +167,10 @@ extension CPUKernels {
         }
     }
 
-    /// Kernels/spiking.cl's spike_encode: `plane` pixels as `steps` planes of spikes.
+    /// Kernels/spiking.cl's spike_encode: `plane` pixels as the planes of steps `chunk` of a
+    /// `steps`-step train.
     static func spikeEncode(
-        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32,
+        _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
         images: UnsafePointer<Float>, trains: UnsafeMutablePointer<Float>
     ) {
         let stream = spikeHash(seed)
@@ -167,7 +179,7 @@ extension CPUKernels {
                 let x = min(max(images[i], 0), 1)
                 let delay = (1 - x) * Float(steps - 1)
                 let fireAt = x > 0 ? Int(delay + 0.5) : -1
-                for t in 0..<steps {
+                for t in chunk {
                     let fires: Bool
                     if encoding == .rate {
                         let index = UInt32(truncatingIfNeeded: t &* plane &+ i)
@@ -176,7 +188,7 @@ extension CPUKernels {
                     } else {
                         fires = t == fireAt
                     }
-                    trains[t * plane + i] = fires ? 1 : 0
+                    trains[(t - chunk.lowerBound) * plane + i] = fires ? 1 : 0
                 }
             }
         }

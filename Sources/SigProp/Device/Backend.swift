@@ -107,7 +107,7 @@ protocol Backend: AnyObject, Sendable {
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
-        on queue: BackendQueue) throws
+        steps: Range<Int>, state: TensorStorage?, on queue: BackendQueue) throws
     /// Its gradient: d loss / d current from d loss / d representation (`perStep`: a plane per
     /// step); `constantCurrent`: summed over steps into one plane. `membrane` is read for a
     /// surrogate's slope and a learned beta's gradient only; `neuronPartials`, where given,
@@ -119,8 +119,8 @@ protocol Backend: AnyObject, Sendable {
         on queue: BackendQueue) throws
     /// `plane` pixels as `steps` planes of spikes (Kernels/spiking.cl's spike_encode).
     func spikeEncode(
-        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
-        trains: TensorStorage, on queue: BackendQueue) throws
+        _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
+        images: TensorStorage, trains: TensorStorage, on queue: BackendQueue) throws
     /// One optimizer step; `state` in `rule.stateNames` order.
     func step(
         _ rule: UpdateRule, parameter: TensorStorage, gradient: TensorStorage,

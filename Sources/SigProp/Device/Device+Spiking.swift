@@ -7,16 +7,35 @@ extension Device {
     /// ([T·B, ...]) also the membrane of every step, with `stepRepresentation` ([T·B, ...])
     /// each step's value of what is averaged. The neurons' beta and threshold are `neuron`'s
     /// values on the device (`dynamics` gives the reset and the representation).
+    ///
+    /// With `chunk`, the launch runs only those of the T steps, and every [T·B, ...] tensor
+    /// above holds only their planes: a chunk after the first starts from the membrane in
+    /// `state` ([B, ...]) and adds its share to the representation and the rate; with `state`
+    /// the launch leaves its last membrane there for the next chunk.
     public func lifForward(
         _ current: Tensor, dynamics: LIFDynamics, neuron: NeuronParameters,
         membrane: Tensor? = nil, spikes: Tensor, representation: Tensor, rate: Tensor,
-        stepRepresentation: Tensor? = nil, on stream: Stream? = nil
+        stepRepresentation: Tensor? = nil, chunk: Range<Int>? = nil, state: Tensor? = nil,
+        on stream: Stream? = nil
     ) throws {
         let operation = "lifForward"
         try check(operation, current, spikes, representation, rate)
         let plane = representation.count
-        let steps = dynamics.steps
-        try requireSteps(operation, steps)
+        try requireSteps(operation, dynamics.steps)
+        let chunk = chunk ?? 0..<dynamics.steps
+        guard !chunk.isEmpty, chunk.lowerBound >= 0, chunk.upperBound <= dynamics.steps else {
+            throw SigPropError.configuration(
+                "\(operation): steps \(chunk) are not a run of the \(dynamics.steps) steps")
+        }
+        if let state {
+            try check(operation, state)
+            try requireCount(operation, state, plane)
+        } else if chunk.lowerBound > 0 {
+            throw SigPropError.configuration(
+                "\(operation): steps from \(chunk.lowerBound) go on from the membrane of the steps "
+                    + "before; pass the state the chunk before left")
+        }
+        let steps = chunk.count
         guard current.count == plane || current.count == steps * plane else {
             throw SigPropError.shapeMismatch(
                 operation: operation,
@@ -39,7 +58,7 @@ extension Device {
             current: current.storage, membrane: membrane?.storage, spikes: spikes.storage,
             representation: representation.storage, rate: rate.storage,
             stepRepresentation: stepRepresentation?.storage, neuron: try storage(operation, neuron),
-            on: try queue(stream, operation))
+            steps: chunk, state: state?.storage, on: try queue(stream, operation))
     }
 
     /// d loss / d current from d loss / d representation (one plane, or one per step for a
@@ -94,22 +113,28 @@ extension Device {
 
     /// The images [B, ...] (pixels in 0...1) as `steps` planes of spikes into `trains`
     /// ([T·B, ...], step-major) by `encoding` (Kernels/spiking.cl's spike_encode); `seed`
-    /// fixes a rate encoding's draws, the same on every backend.
+    /// fixes a rate encoding's draws, the same on every backend. With `chunk`, only those
+    /// steps' planes, the same as the whole train's.
     public func spikeEncode(
-        _ images: Tensor, encoding: SpikeEncoding, steps: Int, seed: UInt32, into trains: Tensor,
-        on stream: Stream? = nil
+        _ images: Tensor, encoding: SpikeEncoding, steps: Int, seed: UInt32,
+        chunk: Range<Int>? = nil, into trains: Tensor, on stream: Stream? = nil
     ) throws {
         let operation = "spikeEncode"
         try check(operation, images, trains)
         try requireSteps(operation, steps)
+        let chunk = chunk ?? 0..<steps
+        guard !chunk.isEmpty, chunk.lowerBound >= 0, chunk.upperBound <= steps else {
+            throw SigPropError.configuration(
+                "\(operation): steps \(chunk) are not a run of the \(steps) steps")
+        }
         guard encoding != .direct else {
             throw SigPropError.configuration(
                 "\(operation): the direct encoding feeds the image itself; nothing to encode")
         }
-        try requireCount(operation, trains, steps * images.count)
+        try requireCount(operation, trains, chunk.count * images.count)
         try backend.spikeEncode(
-            encoding, steps: steps, plane: images.count, seed: seed, images: images.storage,
-            trains: trains.storage, on: try queue(stream, operation))
+            encoding, steps: steps, chunk: chunk, plane: images.count, seed: seed,
+            images: images.storage, trains: trains.storage, on: try queue(stream, operation))
     }
 
     private func storage(_ operation: String, _ neuron: NeuronParameters) throws

@@ -734,7 +734,7 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
         _ dynamics: LIFDynamics, plane: Int, constantCurrent: Bool, current: TensorStorage,
         membrane: TensorStorage?, spikes: TensorStorage, representation: TensorStorage,
         rate: TensorStorage, stepRepresentation: TensorStorage?, neuron: NeuronStorage,
-        on queue: BackendQueue
+        steps chunk: Range<Int>, state: TensorStorage?, on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "lif_forward",
@@ -744,7 +744,11 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
                 .buffer(mem(stepRepresentation ?? spikes)), .int(membrane == nil ? 0 : 1),
                 .int(stepRepresentation == nil ? 0 : 1), .int(Int32(dynamics.steps)),
                 .int(Int32(plane)), .int(constantCurrent ? 1 : 0),
-            ] + neuronArguments(dynamics, neuron),
+            ] + neuronArguments(dynamics, neuron)
+                + [
+                    .buffer(mem(state ?? representation)), .int(Int32(chunk.lowerBound)),
+                    .int(Int32(chunk.count)), .int(state == nil ? 0 : 1),
+                ],
             global: [plane], on: queue)
     }
 
@@ -766,15 +770,16 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     func spikeEncode(
-        _ encoding: SpikeEncoding, steps: Int, plane: Int, seed: UInt32, images: TensorStorage,
-        trains: TensorStorage, on queue: BackendQueue
+        _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
+        images: TensorStorage, trains: TensorStorage, on queue: BackendQueue
     ) throws {
         try launch(
             "spiking", "spike_encode",
             [
                 .buffer(mem(images)), .buffer(mem(trains)), .int(Int32(steps)),
                 .int(Int32(plane)), .int(encoding.code ?? 0),
-                .int(Int32(bitPattern: seed)),
+                .int(Int32(bitPattern: seed)), .int(Int32(chunk.lowerBound)),
+                .int(Int32(chunk.count)),
             ],
             global: [plane], on: queue)
     }
