@@ -233,6 +233,16 @@ struct Train: ParsableCommand {
     @Flag(help: "Spiking models: every spiking layer learns its threshold (one per layer).")
     var learnThreshold = false
 
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            """
+            Spiking models: run the blocks in step over chunks of this many time steps, so \
+            memory holds one chunk's spikes whatever --timesteps is (sequential schedule, one \
+            device, the default learning). Default: each block runs all the steps in turn.
+            """, valueName: "steps"))
+    var timeChunk: Int?
+
     @Flag(
         inversion: .prefixedNo,
         help:
@@ -803,11 +813,14 @@ struct Train: ParsableCommand {
         apply("--learn-beta", learnBeta ? true : nil, &description.spiking.learnBeta)
         apply(
             "--learn-threshold", learnThreshold ? true : nil, &description.spiking.learnThreshold)
+        apply(
+            "--time-chunk", timeChunk.map { Optional($0) }, &description.spiking.timeChunk,
+            shown: { $0.map { "\($0)" } ?? "none" })
         if givesSpikingFlags, !description.isSpiking {
             throw UsageError(
                 "--timesteps, --spike-encoding, --spike-learning, --spike-loss, --surrogate, "
-                    + "--surrogate-slope, --beta, --spike-threshold, --reset, --learn-beta and "
-                    + "--learn-threshold set spiking layers, and the model "
+                    + "--surrogate-slope, --beta, --spike-threshold, --reset, --learn-beta, "
+                    + "--learn-threshold and --time-chunk set spiking layers, and the model "
                     + "\(description.summary) has none: use --model snn-mlp, snn-cnn or lif<N> "
                     + "layers")
         }
@@ -882,7 +895,7 @@ struct Train: ParsableCommand {
         timesteps != nil || spikeEncoding != nil || spikeLearning != nil || spikeLoss != nil
             || surrogate != nil || surrogateSlope != nil
             || beta != nil || spikeThreshold != nil || reset != nil || learnBeta
-            || learnThreshold
+            || learnThreshold || timeChunk != nil
     }
 
     /// The layers that --model, --hidden-layers, --width and --dropout give (nil: none of them

@@ -152,6 +152,48 @@ extension ProcessTests {
         }
     }
 
+    /// `--time-chunk`: the blocks in step over chunks of steps, sequential, stored in the
+    /// checkpoint; what needs the whole trains is refused.
+    @Test func spikingNetworksTrainInChunksOfSteps() throws {
+        let (data, checkpoints) = try Self.workspace()
+        defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }
+        let (status, output) = try Self.run(
+            Self.model(
+                data, checkpoints,
+                [
+                    "--model", "lif16,lif12", "--timesteps", "6", "--time-chunk", "4",
+                    "--spike-encoding", "rate",
+                ]))
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("subtract reset, 4 steps at a time"), "\(output)")
+        #expect(output.contains("schedule sequential"), "\(output)")
+        #expect(output.contains("spikes per step: block1"), "\(output)")
+        let last = checkpoints.appendingPathComponent("last.safetensors").path
+        let checkpoint = try Checkpoint(contentsOf: URL(fileURLWithPath: last))
+        #expect(try checkpoint.model.description.spiking.timeChunk == 4)
+        try Self.expectResumes(
+            data, checkpoints, from: last, refusing: ["--time-chunk", "2"],
+            naming: "--time-chunk 2 (checkpoint: 4)")
+        let refusals: [([String], String)] = [
+            (
+                ["--model", "lif16", "--time-chunk", "2", "--spike-learning", "surrogate"],
+                "--spike-learning surrogate learns from every step"
+            ),
+            (
+                ["--model", "lif16", "--time-chunk", "2", "--schedule", "pipelined"],
+                "batches cannot overlap: use --schedule sequential"
+            ),
+            (["--model", "lif16", "--time-chunk", "0"], "at least 1 time step"),
+            (["--time-chunk", "2"], "set spiking layers, and the model mlp has none"),
+        ]
+        let fresh = checkpoints.appendingPathComponent("refused")
+        for (arguments, message) in refusals {
+            let (status, output) = try Self.run(Self.model(data, fresh, arguments))
+            #expect(status != 0, "\(arguments): \(output)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
+    }
+
     @Test func errorForwardPropagationTrainsAndResumes() throws {
         let (data, checkpoints) = try Self.workspace()
         defer { try? FileManager.default.removeItem(at: data.deletingLastPathComponent()) }

@@ -2,8 +2,9 @@ import Testing
 
 @testable import SigProp
 
-/// Spiking networks run in chunks of time steps: a chunk of the neurons' loop and of an
-/// encoding against the whole loop.
+/// Spiking networks run in chunks of time steps (`--time-chunk`): a chunk of the neurons'
+/// loop and of an encoding against the whole loop, training in chunks against training on
+/// the whole trains, memory that does not grow with the steps, and the settings it refuses.
 @Suite struct SpikingTimeChunkTests {
     /// Every dynamics, on a current held at every step and on a train: the chunks' spikes and
     /// membranes are the whole loop's planes, and their sums its representation and rate.
@@ -91,6 +92,121 @@ import Testing
                 try device.read(part)
                     == Array(train[(chunk.lowerBound * plane)..<(chunk.upperBound * plane)]),
                 "\(chunk)")
+        }
+    }
+
+    static let networks: [TestNetwork] = [
+        .spiking("lif16,lif8", steps: 7, encoding: .rate).with { $0.spiking.timeChunk = 3 },
+        .spiking("lifconv4,pool,lif8", steps: 5).with { $0.spiking.timeChunk = 2 },
+    ]
+
+    /// An epoch in chunks of steps gives the weights and optimizer state of one on the whole
+    /// trains, up to the order of the sums over steps.
+    @Test(arguments: TestBackend.available, networks)
+    func trainingInChunksGivesTheWholeTrainsUpdates(_ backend: TestBackend, _ config: TestNetwork)
+        throws
+    {
+        let device = try backend.device()
+        let whole = config.with { $0.spiking.timeChunk = nil }
+        func trained(_ config: TestNetwork) throws -> Network {
+            let network = try config.build(
+                device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
+            let trainer = try Trainer(
+                network: network, options: ArchitectureTests.options,
+                train: try TrainingTests.syntheticData(
+                    count: 96, seed: 1, shape: config.inputShape),
+                test: try TrainingTests.syntheticData(count: 32, seed: 2, shape: config.inputShape),
+                schedule: Schedule(.sequential))
+            guard case .completed = try trainer.runEpoch(0) else {
+                throw SigPropError.configuration("the epoch did not complete")
+            }
+            return network
+        }
+        let initial = try TrainingTests.state(
+            try whole.build(device, optimizer: ArchitectureTests.options.optimizer, seed: 11))
+        let (reference, network) = (try trained(whole), try trained(config))
+        let (expected, chunked) = (
+            try TrainingTests.state(reference), try TrainingTests.state(network)
+        )
+        #expect(expected != initial, "training changed the weights")
+        #expect(chunked.count == expected.count)
+        let scale = expected.map(abs).max() ?? 1
+        let error = zip(chunked, expected).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(error <= 1e-5 * scale, "largest difference \(error) of values up to \(scale)")
+        // The readouts, in chunks too, see the same network.
+        let data = try TrainingTests.syntheticData(count: 40, seed: 3, shape: config.inputShape)
+        #expect(try network.predictor()(data.images, 40) == reference.predictor()(data.images, 40))
+    }
+
+    /// The device memory a trained epoch leaves in the pools: in chunks it is the same for 24
+    /// steps as for 6, where the whole trains grow with the steps.
+    @Test(arguments: TestBackend.available)
+    func memoryInChunksDoesNotGrowWithTheSteps(_ backend: TestBackend) throws {
+        func deviceBytes(steps: Int, chunk: Int?) throws -> Int {
+            let config = TestNetwork.spiking("lif32,lif16", steps: steps).with {
+                $0.spiking.timeChunk = chunk
+            }
+            let device = try backend.device()
+            let trainer = try Trainer(
+                network: try config.build(device, seed: 2), options: ArchitectureTests.options,
+                train: try TrainingTests.syntheticData(count: 64, seed: 1),
+                test: try TrainingTests.syntheticData(count: 32, seed: 2),
+                schedule: Schedule(.sequential))
+            guard case .completed(let metrics) = try trainer.runEpoch(0) else {
+                throw SigPropError.configuration("the epoch did not complete")
+            }
+            return metrics.deviceBytes
+        }
+        let (short, long) = (
+            try deviceBytes(steps: 6, chunk: 3), try deviceBytes(steps: 24, chunk: 3)
+        )
+        #expect(long == short, "\(short) bytes for 6 steps, \(long) for 24")
+        let (wholeShort, wholeLong) = (
+            try deviceBytes(steps: 6, chunk: nil), try deviceBytes(steps: 24, chunk: nil)
+        )
+        #expect(wholeLong > wholeShort, "the whole trains: \(wholeShort) and \(wholeLong) bytes")
+    }
+
+    /// What chunks cannot run is refused before any work, naming the setting.
+    @Test func refusesWhatNeedsTheWholeTrain() throws {
+        let device = try TestBackend.cpu.device()
+        for (change, named) in [
+            (
+                { (d: inout NetworkDescription) in d.spiking.learning = .surrogate },
+                "--spike-learning surrogate"
+            ),
+            ({ $0.spiking.neuron.reset = .zero }, "--reset zero"),
+            ({ $0.spiking.lossTiming = .step }, "--spike-loss step"),
+            ({ $0.spiking.learnBeta = true }, "--learn-beta"),
+            ({ $0.spiking.timeChunk = 0 }, "at least 1 time step"),
+            ({ $0.layers.insert(.dropout(0.2), at: 1) }, "'dropout0.2'"),
+        ] {
+            var description = try NetworkDescription(layerList: "lif8,lif4")
+            description.spiking.timeChunk = 2
+            change(&description)
+            #expect(throws: SigPropError.self, "\(named)") {
+                try NetworkPlan(description, inputShape: [1, 6, 6], classes: 4)
+            }
+            do {
+                _ = try NetworkPlan(description, inputShape: [1, 6, 6], classes: 4)
+            } catch {
+                #expect("\(error)".contains(named), "\(error)")
+            }
+        }
+        let config = TestNetwork.spiking("lif8,lif4", steps: 4).with { $0.spiking.timeChunk = 2 }
+        #expect(throws: SigPropError.self, "batches cannot overlap") {
+            try Trainer(
+                network: try config.build(device, seed: 1), options: ArchitectureTests.options,
+                train: try TrainingTests.syntheticData(count: 64, seed: 1),
+                test: try TrainingTests.syntheticData(count: 32, seed: 2),
+                schedule: Schedule(.pipelined))
+        }
+        let automatic = Schedule.automatic(
+            for: try NetworkPlan(config.description, inputShape: [1, 6, 6], classes: 4),
+            capabilities: [device.capabilities], batchSize: 32, targetRows: 4)
+        #expect(automatic.schedule.kind == .sequential, "\(automatic.reason)")
+        #expect(throws: SigPropError.self, "one device") {
+            try config.build(try MultiDeviceTests.splitCPU(2), seed: 1)
         }
     }
 }

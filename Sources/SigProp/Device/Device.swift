@@ -75,6 +75,12 @@ public final class Stream: @unchecked Sendable {
 
     /// Blocks the host until everything enqueued on this stream has completed.
     public func synchronize() throws { try queue.synchronize() }
+
+    /// Lets later work on this stream reuse every storage its pool holds back, without
+    /// waiting: the stream runs in order, so its later work starts after the work that used
+    /// them. Only where no work of another stream may still use them: a pool whose batches in
+    /// flight are this stream's alone (the sequential schedule on one device).
+    func reuseFreedStorage() { pool?.reclaimAll() }
 }
 
 /// A point in a stream's work.

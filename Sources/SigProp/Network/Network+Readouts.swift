@@ -113,8 +113,12 @@ extension Network {
     /// Each class's target representation at every block: the context of onehot(k) through
     /// the blocks' spiking neurons.
     func spikingClassTargets(_ blocks: SpikingBlocks) throws -> [Tensor] {
-        var (spikes, representation) = try blocks.signal.inferTarget(
-            try onehot((0..<classes).map(Int32.init)), on: nil)
+        let context = try onehot((0..<classes).map(Int32.init))
+        if blocks.timeChunks != nil {
+            return try blocks.runInChunks(images: nil, context: context, learns: false, on: nil)
+                .target.map(\.representation!)
+        }
+        var (spikes, representation) = try blocks.signal.inferTarget(context, on: nil)
         var targets = [representation]
         for (index, block) in blocks.hidden.enumerated() {
             (spikes, representation) = try block.infer(
@@ -131,16 +135,7 @@ extension Network {
         _ encodingSeed: UInt32
     ) throws -> [String: [Int]] {
         let x = try device.tensor(images, shape: [count] + inputShape)
-        var (spikes, representation) = try blocks.signal.infer(
-            x, encodingSeed: encodingSeed, on: nil)
-        var representations = [representation]
-        for (index, block) in blocks.hidden.enumerated() {
-            (spikes, representation) = try block.infer(
-                try stageDevices[index + 1].transfer(spikes), samples: count, on: nil)
-            representations.append(representation)
-        }
-        let out = try blocks.output.forward(
-            try stageDevices[plan.blockCount].transfer(spikes), samples: count, on: nil)
+        let (representations, out) = try spikingInputStream(blocks, x, encodingSeed)
         var predictions = [
             ReadoutChoice.output.description: Trainer.argmax(
                 try out.rate.device.read(out.rate), columns: classes),
@@ -152,6 +147,30 @@ extension Network {
                 try similarityArgmax(h, t)
         }
         return predictions
+    }
+
+    /// The input stream of `x` through the blocks: each block's representation, and the
+    /// output layer's spikes per step and mean membrane.
+    private func spikingInputStream(_ blocks: SpikingBlocks, _ x: Tensor, _ encodingSeed: UInt32)
+        throws -> (representations: [Tensor], output: (rate: Tensor, representation: Tensor))
+    {
+        if blocks.timeChunks != nil {
+            let run = try blocks.runInChunks(
+                images: x, encodingSeed: encodingSeed, context: nil, learns: false, on: nil)
+            let out = run.input.last!
+            return (run.input.dropLast().map(\.representation!), (out.rate!, out.representation!))
+        }
+        var (spikes, representation) = try blocks.signal.infer(
+            x, encodingSeed: encodingSeed, on: nil)
+        var representations = [representation]
+        for (index, block) in blocks.hidden.enumerated() {
+            (spikes, representation) = try block.infer(
+                try stageDevices[index + 1].transfer(spikes), samples: x.rows, on: nil)
+            representations.append(representation)
+        }
+        let out = try blocks.output.forward(
+            try stageDevices[plan.blockCount].transfer(spikes), samples: x.rows, on: nil)
+        return (representations, (out.rate, out.representation))
     }
 
     /// Per row of `h`, the row of `t` (one per class) of the largest dot product.

@@ -85,6 +85,13 @@ public final class Network {
         var generator = SeededGenerator(seed: seed)
         try Self.check(plan, for: rule.name)
         if plan.isSpiking {
+            let spanned = Set(stageDevices.map(ObjectIdentifier.init)).count
+            if let chunk = description.spiking.timeChunk, spanned > 1 {
+                throw SigPropError.configuration(
+                    "--time-chunk \(chunk) runs every block's chunk of steps in turn on one "
+                        + "device, and this network spans \(spanned) devices: train on one "
+                        + "device, or drop --time-chunk")
+            }
             let built = try SpikingBlocks(
                 plan, devices: stageDevices, optimizer: optimizer, generator: &generator)
             (signal, hidden, output, pepita, forwardForward, classifier) = (

@@ -103,6 +103,16 @@ public struct NetworkPlan: Sendable {
                 mismatch + ": a network is spiking throughout (lif<N>, lifconv<N>) or not at all")
         }
         if spiking { try description.spiking.validate() }
+        if spiking, description.spiking.timeChunk != nil,
+            let dropout = layers.firstIndex(where: {
+                if case .dropout(let p) = $0 { p > 0 } else { false }
+            })
+        {
+            throw refuse(
+                dropout,
+                "masks a batch's whole spike train, and --time-chunk runs the train in chunks of "
+                    + "steps: drop the dropout, or --time-chunk")
+        }
         let steps = spiking ? description.spiking.timesteps : 1
         // The first synapse runs once per sample on a directly encoded image, at every step
         // on a spike train.

@@ -107,4 +107,12 @@ public struct LIFDynamics: Sendable, Equatable {
     /// Whether the gradient reads each step's membrane (a surrogate's slope); the voltage's
     /// gradient needs only the spikes.
     public var gradientReadsMembrane: Bool { surrogate != nil }
+
+    /// Whether d loss / d the current at each step is d loss / d the representation times a
+    /// factor of the step alone (the voltage, a subtracting reset, the loss on the time mean;
+    /// the neurons' beta and threshold fixed besides): then a synapse learns from its
+    /// input's weighted time mean and needs no train (docs/spiking.md, the gradient).
+    public var learnsFromTimeMean: Bool {
+        surrogate == nil && neuron.reset == .subtract && !lossAtEveryStep
+    }
 }

@@ -140,13 +140,18 @@ public final class SpikingSignalBlock {
     }
 
     /// The images `x` as the input part reads them: `x` itself (direct encoding: the same
-    /// current at every step), or their spike trains drawn with `seed`.
-    func encode(_ x: Tensor, seed: UInt32, on stream: Stream?) throws -> Tensor {
+    /// current at every step), or their spike trains drawn with `seed` (with `chunk`, only
+    /// those steps' planes).
+    func encode(_ x: Tensor, seed: UInt32, chunk: Range<Int>? = nil, on stream: Stream?) throws
+        -> Tensor
+    {
         guard encoding != .direct else { return x }
         let steps = input.dynamics.steps
-        let trains = try x.device.allocate([steps * x.rows] + x.shape.dropFirst(), on: stream)
+        let planes = chunk?.count ?? steps
+        let trains = try x.device.allocate([planes * x.rows] + x.shape.dropFirst(), on: stream)
         try x.device.spikeEncode(
-            x, encoding: encoding, steps: steps, seed: seed, into: trains, on: stream)
+            x, encoding: encoding, steps: steps, seed: seed, chunk: chunk, into: trains,
+            on: stream)
         return trains
     }
 
@@ -271,6 +276,9 @@ public struct SpikingBlocks {
     public let signal: SpikingSignalBlock
     public let hidden: [SpikingHiddenBlock]
     public let output: SpikingOutputLayer
+    /// The runs of steps every block takes in step with the others
+    /// (`SpikingSettings.timeChunk`); nil: each block runs all T steps of a batch in turn.
+    let timeChunks: [Range<Int>]?
 
     /// Every block's spike activity, the signal block first.
     public var activities: [SpikeActivity] { [signal.activity] + hidden.map(\.activity) }
@@ -283,6 +291,7 @@ public struct SpikingBlocks {
         generator: inout SeededGenerator
     ) throws {
         let settings = plan.description.spiking
+        timeChunks = settings.timeChunk == nil ? nil : settings.chunks
         func synapse(_ index: Int, _ generator: inout SeededGenerator) throws -> FeatureLayer {
             let stage = plan.stages[index]
             let (device, name) = (
@@ -338,7 +347,10 @@ public struct SpikingBlocks {
             optimizer: optimizer)
     }
 
-    var stages: [any TrainingStage] { [signal] + hidden + [output] }
+    var stages: [any TrainingStage] {
+        guard timeChunks != nil else { return [signal] + hidden + [output] }
+        return (0...hidden.count + 1).map { ChunkedSpikingStage(blocks: self, index: $0) }
+    }
 }
 
 /// The K-way spiking classifier on the last block's spikes: its logits are the time mean of

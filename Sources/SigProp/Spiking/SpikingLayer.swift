@@ -120,9 +120,14 @@ public final class SpikingLayer {
     private static func stepWeights(_ dynamics: LIFDynamics, learnedNeurons: Bool)
         -> (mean: [Float], total: Float)?
     {
-        guard dynamics.surrogate == nil, dynamics.neuron.reset == .subtract,
-            !dynamics.lossAtEveryStep, !learnedNeurons, dynamics.steps > 1
-        else { return nil }
+        guard dynamics.learnsFromTimeMean, !learnedNeurons, dynamics.steps > 1 else {
+            return nil
+        }
+        return timeMeanWeights(dynamics)
+    }
+
+    /// `c` and `Σ v` of `stepWeights` for any `dynamics.steps` (one step: `c` = [1], 1).
+    static func timeMeanWeights(_ dynamics: LIFDynamics) -> (mean: [Float], total: Float) {
         let (steps, beta) = (dynamics.steps, Double(min(max(dynamics.neuron.beta, 0), 1)))
         var v = [Double](repeating: 0, count: steps)
         var later = 0.0
@@ -148,16 +153,21 @@ public final class SpikingLayer {
         try device.gemm(
             try device.tensor(weights.mean, shape: [1, steps], on: stream),
             try input.reshaped([steps, plane]), into: mean, on: stream)
-        let outputShape = [samples] + pass.synapse.output.shape.dropFirst()
-        let scaled = try device.allocate(outputShape, on: stream)
-        try device.axpby(alpha: weights.total, gradient, beta: 0, scaled, on: stream)
+        return try timeMeanPass(
+            input: try mean.reshaped([samples] + input.shape.dropFirst()), gradient,
+            total: weights.total, on: stream)
+    }
+
+    /// The synapse's pass over B rows of the input's time mean `Σ_s c[s] x[s]` (or of an
+    /// input held at every step, its own mean) and its output gradient, `total` times
+    /// d loss / d the representation.
+    func timeMeanPass(input: Tensor, _ gradient: Tensor, total: Float, on stream: Stream?)
+        throws -> (LayerPass, Tensor)
+    {
+        let scaled = try input.device.allocate(gradient.shape, on: stream)
+        try input.device.axpby(alpha: total, gradient, beta: 0, scaled, on: stream)
         // The synapse has no norm and the identity activation: the pass's output stands for
         // its shape only, which the gradient itself has.
-        return (
-            LayerPass(
-                input: try mean.reshaped([samples] + input.shape.dropFirst()), output: scaled,
-                normalized: nil, rstd: nil),
-            scaled
-        )
+        return (LayerPass(input: input, output: scaled, normalized: nil, rstd: nil), scaled)
     }
 }

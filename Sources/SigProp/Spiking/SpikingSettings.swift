@@ -33,8 +33,20 @@ public struct SpikingSettings: Sendable, Equatable {
     /// as snnTorch's `learn_beta` and `learn_threshold`), starting from `neuron`'s.
     public var learnBeta = false
     public var learnThreshold = false
+    /// Steps the blocks run at a time, all in step (docs/spiking.md, memory and `T`): memory
+    /// then holds the spikes of one chunk, whatever `timesteps` is. nil: each block runs all
+    /// the steps of a batch before the next block starts.
+    public var timeChunk: Int?
 
     public init() {}
+
+    /// Steps per chunk, the last chunk shorter where they do not divide `timesteps`.
+    var chunks: [Range<Int>] {
+        let size = min(timeChunk ?? timesteps, timesteps)
+        return stride(from: 0, to: timesteps, by: size).map {
+            $0..<min($0 + size, timesteps)
+        }
+    }
 
     /// The blocks' time loop: the representation is the membrane or the surrogate.
     var blockDynamics: LIFDynamics {
@@ -65,6 +77,30 @@ public struct SpikingSettings: Sendable, Equatable {
             throw SigPropError.configuration(
                 "--surrogate-slope \(slope): the surrogate's sharpness must be above 0")
         }
+        guard let timeChunk else { return }
+        guard timeChunk >= 1 else {
+            throw SigPropError.configuration(
+                "--time-chunk \(timeChunk): a chunk holds at least 1 time step")
+        }
+        // A chunk's spikes are gone once the next chunk runs: each block must learn from its
+        // input's time mean, which it sums as the chunks go.
+        let needsTrains = [
+            (learning == .surrogate, "--spike-learning surrogate"),
+            (neuron.reset == .zero, "--reset zero"), (lossTiming == .step, "--spike-loss step"),
+            (learnBeta, "--learn-beta"), (learnThreshold, "--learn-threshold"),
+        ].filter(\.0).map(\.1)
+        if !needsTrains.isEmpty {
+            throw SigPropError.configuration(
+                "--time-chunk \(timeChunk) keeps no spike train, so every block must learn from "
+                    + "its input's time mean (voltage learning, a subtracting reset, the loss on "
+                    + "the time mean, fixed beta and threshold), and "
+                    + (needsTrains.count == 1
+                        ? needsTrains[0] + " learns"
+                        : needsTrains.dropLast().joined(separator: ", ") + " and "
+                            + needsTrains.last! + " learn")
+                    + " from every step: drop --time-chunk, or "
+                    + (needsTrains.count == 1 ? "that setting" : "those settings"))
+        }
     }
 }
 
@@ -82,19 +118,21 @@ extension SpikingSettings: CustomStringConvertible {
             + ", beta \(neuron.beta)\(learnBeta ? " (learned)" : ""), threshold "
             + "\(neuron.threshold)\(learnThreshold ? " (learned)" : ""), "
             + "\(neuron.reset.rawValue) reset"
+            + (timeChunk.map { ", \($0) steps at a time" } ?? "")
     }
 }
 
 /// In JSON descriptions: `"spiking": {"timesteps": 25, "encoding": "direct", "beta": 0.95,
 /// "threshold": 1, "reset": "subtract", "learning": "voltage", "surrogate": "arctan",
-/// "slope": 2, "loss_timing": "mean", "learn_beta": false, "learn_threshold": false}`, every key
-/// optional.
+/// "slope": 2, "loss_timing": "mean", "learn_beta": false, "learn_threshold": false,
+/// "time_chunk": 5}`, every key optional.
 extension SpikingSettings: Codable {
     enum CodingKeys: String, CodingKey {
         case timesteps, encoding, beta, threshold, reset, learning, surrogate, slope
         case lossTiming = "loss_timing"
         case learnBeta = "learn_beta"
         case learnThreshold = "learn_threshold"
+        case timeChunk = "time_chunk"
     }
 
     public init(from decoder: Decoder) throws {
@@ -110,6 +148,7 @@ extension SpikingSettings: Codable {
         lossTiming = try c.decodeIfPresent(LossTiming.self, forKey: .lossTiming) ?? .mean
         learnBeta = try c.decodeIfPresent(Bool.self, forKey: .learnBeta) ?? false
         learnThreshold = try c.decodeIfPresent(Bool.self, forKey: .learnThreshold) ?? false
+        timeChunk = try c.decodeIfPresent(Int.self, forKey: .timeChunk)
         try validate()
     }
 
@@ -126,5 +165,6 @@ extension SpikingSettings: Codable {
         try c.encode(lossTiming, forKey: .lossTiming)
         if learnBeta { try c.encode(learnBeta, forKey: .learnBeta) }
         if learnThreshold { try c.encode(learnThreshold, forKey: .learnThreshold) }
+        try c.encodeIfPresent(timeChunk, forKey: .timeChunk)
     }
 }

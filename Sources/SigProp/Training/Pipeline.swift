@@ -63,6 +63,13 @@ extension Schedule {
         capabilities: [DeviceCapabilities],
         batchSize: Int, targetRows: Int
     ) -> (schedule: Schedule, reason: String) {
+        if plan.isSpiking, let chunk = plan.description.spiking.timeChunk {
+            return (
+                Schedule(.sequential),
+                "--time-chunk \(chunk) runs a batch through every block from the first stage, "
+                    + "so batches cannot overlap"
+            )
+        }
         if rule.name == .ff, rule.forwardForward.negativesInForce == .hard {
             return (
                 Schedule(.sequential),
