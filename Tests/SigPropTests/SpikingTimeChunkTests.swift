@@ -139,14 +139,16 @@ import Testing
     }
 
     /// The device memory a trained epoch leaves in the pools: in chunks it is the same for 24
-    /// steps as for 6, where the whole trains grow with the steps.
+    /// steps as for 6, where the whole trains grow with the steps, and within a quarter of
+    /// the estimate that decides whether a model fits. A device of its own, which holds
+    /// nothing else.
     @Test(arguments: TestBackend.available)
     func memoryInChunksDoesNotGrowWithTheSteps(_ backend: TestBackend) throws {
+        let device = try backend.privateDevice()
         func deviceBytes(steps: Int, chunk: Int?) throws -> Int {
             let config = TestNetwork.spiking("lif32,lif16", steps: steps).with {
                 $0.spiking.timeChunk = chunk
             }
-            let device = try backend.device()
             let trainer = try Trainer(
                 network: try config.build(device, seed: 2), options: ArchitectureTests.options,
                 train: try TrainingTests.syntheticData(count: 64, seed: 1),
@@ -155,6 +157,19 @@ import Testing
             guard case .completed(let metrics) = try trainer.runEpoch(0) else {
                 throw SigPropError.configuration("the epoch did not complete")
             }
+            let estimate = MemoryEstimate(try config.plan())
+            let options = ArchitectureTests.options
+            let batches = MemoryEstimate.Batches(
+                size: options.batchSize, targetRows: config.classes, inFlight: 1)
+            let expected = estimate.stages.indices.reduce(0.0) {
+                $0 + estimate.parameterBytes(estimate.stages[$1], optimizer: options.optimizer)
+                    + estimate.activationBytes($1, batches: batches, crossing: false)
+            }
+            let held = Double(metrics.deviceBytes)
+            let what = "\(steps) steps in chunks of \(chunk ?? steps)"
+            #expect(
+                held > expected / 1.25 && held < expected * 1.25,
+                "\(what): held \(held) bytes, estimated \(expected)")
             return metrics.deviceBytes
         }
         let (short, long) = (

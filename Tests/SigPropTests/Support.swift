@@ -34,6 +34,17 @@ enum TestBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
         try #require(Self.devices[self], "could not open the \(rawValue) device")
     }
 
+    /// A device of this backend of its own: tests running in parallel on the shared one move
+    /// its `bytesInUse`.
+    func privateDevice() throws -> Device {
+        switch self {
+        case .cpu: return try Device.cpu()
+        case .opencl:
+            return try Device.opencl(
+                try #require(Self.openCLEntries.first, "no OpenCL device"))
+        }
+    }
+
     /// The first OpenCL device posing as a GPU, so the kernels and paths only GPUs take run
     /// on PoCL too; nil without OpenCL.
     static func posingAsGPU() throws -> Device? {

@@ -42,7 +42,7 @@ public struct SpikingSettings: Sendable, Equatable {
 
     /// Steps per chunk, the last chunk shorter where they do not divide `timesteps`.
     var chunks: [Range<Int>] {
-        let size = min(timeChunk ?? timesteps, timesteps)
+        let size = max(1, min(timeChunk ?? timesteps, timesteps))
         return stride(from: 0, to: timesteps, by: size).map {
             $0..<min($0 + size, timesteps)
         }

@@ -44,8 +44,9 @@ struct MemoryEstimate {
 
     init(_ plan: NetworkPlan) {
         self.plan = plan
-        let steps = plan.isSpiking ? Double(plan.description.spiking.timesteps) : 1
         let spiking = plan.description.spiking
+        // Steps whose planes are held at once: a chunk's under `--time-chunk`.
+        let steps = plan.isSpiking ? Double(spiking.chunks.first?.count ?? 1) : 1
         let encoded = plan.isSpiking && spiking.encoding != .direct
         stages = plan.stages.enumerated().map { index, stage in
             // What the fixed steps write per sample: a pool's output, a dropout's mask and
@@ -121,7 +122,7 @@ struct MemoryEstimate {
             // Logits, mask, dY and the one-hot labels, each B x K, and the row losses; a
             // spiking output layer's current, spikes and current gradient at every step, and
             // its rate.
-            let steps = plan.isSpiking ? Double(plan.description.spiking.timesteps) : 0
+            let steps = plan.isSpiking ? Double(plan.description.spiking.chunks[0].count) : 0
             let spikingPlanes = plan.isSpiking ? 3 * steps + 1 : 0
             return (batch * (copied + (4 + spikingPlanes) * classes) + batch)
                 * Self.bytesPerElement
