@@ -138,7 +138,7 @@ extension SpikingBlocks {
             }
             // The chunk's spikes and currents are garbage now; the next chunk takes their
             // storage. A chunked network trains under the sequential schedule on one device
-            // (`Trainer` refuses the others), where this stream alone has work in flight.
+            // (`Pipeline` refuses the others), where this stream alone has work in flight.
             stream?.reuseFreedStorage()
         }
         return run
@@ -150,7 +150,7 @@ extension SpikingBlocks {
 /// their passes in the batch's `shared`; every stage then learns from its own. The first
 /// stage reads every block's weights, so the network trains on one device under the
 /// sequential schedule, where each block has learned from the batch before
-/// (`Trainer` refuses the pipelined one).
+/// (`Pipeline` refuses the pipelined one).
 final class ChunkedSpikingStage: TrainingStage {
     let blocks: SpikingBlocks
     /// 0: the signal block; 1 ..< blocks: the hidden blocks; then the output layer.

@@ -219,6 +219,20 @@ public final class Pipeline {
             throw SigPropError.configuration(
                 "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
         }
+        if let chunk = network.description.spiking.timeChunk, network.spiking != nil {
+            if schedule.kind == .pipelined {
+                throw SigPropError.configuration(
+                    "--time-chunk \(chunk) runs a batch through every block from the first "
+                        + "stage, which reads the later blocks' weights, so batches cannot "
+                        + "overlap: use --schedule sequential, or drop --time-chunk")
+            }
+            if distribution != nil {
+                throw SigPropError.configuration(
+                    "--time-chunk \(chunk) runs every block on one device, and over MPI ranks "
+                        + "the blocks are spread or replicated: train on one process, or drop "
+                        + "--time-chunk")
+            }
+        }
         if distribution != nil, network.rule.name == .pepita, network.rule.mirroring != nil {
             throw SigPropError.configuration(
                 "PEPITA's weight mirroring trains in one process: its feedback factors are "
