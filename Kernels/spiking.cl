@@ -132,6 +132,25 @@ __kernel void lif_backward(__global const float* membrane, __global const float*
     }
 }
 
+// A surrogate's gradient at each step of a chunk, for the chunked recomputation
+// (docs/spiking.md, memory and T): out[t][i] = weight[t] * r'(U[t][i] - threshold) * G[i],
+// where G is d loss / d R and weight[t] carries the step's 1/T and its share of the leaky
+// sums that stand in for the reverse scan.
+__kernel void lif_surrogate_gradient(__global const float* membrane,
+                                     __global const float* gradient,
+                                     __global const float* weight, __global float* out,
+                                     const int count, const int plane,
+                                     __global const float* threshold_value, const int surrogate,
+                                     const float slope) {
+    const int i = get_global_id(0);
+    if (i >= plane) return;
+    const float threshold = threshold_value[0], g = gradient[i];
+    for (int t = 0; t < count; ++t) {
+        const size_t at = (size_t)t * plane + i;
+        out[at] = weight[t] * lif_surrogate_slope(membrane[at] - threshold, surrogate, slope) * g;
+    }
+}
+
 // Input encodings: the image (pixels in 0...1, clamped) as a spike train of T planes.
 // Unfused arithmetic, so that a latency's step is the CPU fallback's on every device.
 #pragma OPENCL FP_CONTRACT OFF

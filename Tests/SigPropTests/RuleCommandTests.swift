@@ -176,8 +176,8 @@ extension ProcessTests {
             naming: "--time-chunk 2 (checkpoint: 4)")
         let refusals: [([String], String)] = [
             (
-                ["--model", "lif16", "--time-chunk", "2", "--spike-learning", "surrogate"],
-                "--spike-learning surrogate learns from every step"
+                ["--model", "lif16", "--time-chunk", "2", "--reset", "zero"],
+                "--reset zero learns from the whole train"
             ),
             (
                 ["--model", "lif16", "--time-chunk", "2", "--schedule", "pipelined"],

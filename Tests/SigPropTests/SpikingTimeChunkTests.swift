@@ -95,9 +95,18 @@ import Testing
         }
     }
 
+    /// Voltage and surrogate learning (the chunks run again for its gradients), dense on rate
+    /// trains and conv with a pool, chunks that do and do not divide the steps.
     static let networks: [TestNetwork] = [
         .spiking("lif16,lif8", steps: 7, encoding: .rate).with { $0.spiking.timeChunk = 3 },
         .spiking("lifconv4,pool,lif8", steps: 5).with { $0.spiking.timeChunk = 2 },
+        .spiking("lif16,lif8", learning: .surrogate, steps: 7, encoding: .rate).with {
+            $0.spiking.timeChunk = 3
+        },
+        .spiking("lifconv4,pool,lif8", learning: .surrogate, steps: 6).with {
+            $0.spiking.timeChunk = 2
+            $0.spiking.surrogate = .fastSigmoid
+        },
     ]
 
     /// An epoch in chunks of steps gives the weights and optimizer state of one on the whole
@@ -145,8 +154,10 @@ import Testing
     @Test(arguments: TestBackend.available)
     func memoryInChunksDoesNotGrowWithTheSteps(_ backend: TestBackend) throws {
         let device = try backend.privateDevice()
-        func deviceBytes(steps: Int, chunk: Int?) throws -> Int {
-            let config = TestNetwork.spiking("lif32,lif16", steps: steps).with {
+        func deviceBytes(
+            steps: Int, chunk: Int?, learning: SpikingSettings.Learning = .voltage
+        ) throws -> Int {
+            let config = TestNetwork.spiking("lif32,lif16", learning: learning, steps: steps).with {
                 $0.spiking.timeChunk = chunk
             }
             let trainer = try Trainer(
@@ -176,6 +187,13 @@ import Testing
             try deviceBytes(steps: 6, chunk: 3), try deviceBytes(steps: 24, chunk: 3)
         )
         #expect(long == short, "\(short) bytes for 6 steps, \(long) for 24")
+        let (surrogateShort, surrogateLong) = (
+            try deviceBytes(steps: 6, chunk: 3, learning: .surrogate),
+            try deviceBytes(steps: 24, chunk: 3, learning: .surrogate)
+        )
+        #expect(
+            surrogateLong == surrogateShort,
+            "surrogate: \(surrogateShort) bytes for 6 steps, \(surrogateLong) for 24")
         let (wholeShort, wholeLong) = (
             try deviceBytes(steps: 6, chunk: nil), try deviceBytes(steps: 24, chunk: nil)
         )
@@ -187,10 +205,10 @@ import Testing
         let device = try TestBackend.cpu.device()
         for (change, named) in [
             (
-                { (d: inout NetworkDescription) in d.spiking.learning = .surrogate },
-                "--spike-learning surrogate"
+                { (d: inout NetworkDescription) in d.spiking.neuron.reset = .zero },
+                "--reset zero"
             ),
-            ({ $0.spiking.neuron.reset = .zero }, "--reset zero"),
+            ({ $0.spiking.learnThreshold = true }, "--learn-threshold"),
             ({ $0.spiking.lossTiming = .step }, "--spike-loss step"),
             ({ $0.spiking.learnBeta = true }, "--learn-beta"),
             ({ $0.spiking.timeChunk = 0 }, "at least 1 time step"),

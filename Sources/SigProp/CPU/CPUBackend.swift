@@ -519,6 +519,23 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func lifSurrogateGradient(
+        _ dynamics: LIFDynamics, count: Int, plane: Int, membrane: TensorStorage,
+        gradient: TensorStorage, weight: TensorStorage, into out: TensorStorage,
+        neuron: NeuronStorage, on queue: BackendQueue
+    ) throws {
+        let (membrane, gradient, weight, out) = (
+            buf(membrane), buf(gradient), buf(weight), buf(out)
+        )
+        let threshold = buf(neuron.threshold)
+        run(queue) {
+            CPUKernels.lifSurrogateGradient(
+                dynamics, count: count, plane: plane, membrane: membrane.pointer,
+                gradient: gradient.pointer, weight: weight.pointer, out: out.pointer,
+                thresholdValue: threshold.pointer)
+        }
+    }
+
     func spikeEncode(
         _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
         images: TensorStorage, trains: TensorStorage, on queue: BackendQueue

@@ -167,6 +167,24 @@ extension CPUKernels {
         }
     }
 
+    /// Kernels/spiking.cl's lif_surrogate_gradient over `count` planes.
+    static func lifSurrogateGradient(
+        _ d: LIFDynamics, count: Int, plane: Int, membrane: UnsafePointer<Float>,
+        gradient: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+        out: UnsafeMutablePointer<Float>, thresholdValue: UnsafePointer<Float>
+    ) {
+        guard let surrogate = d.surrogate else { return }
+        let threshold = thresholdValue[0]
+        parallelChunks(plane, minimumChunk: 1 << 12) { range in
+            for t in 0..<count {
+                let (m, o, w) = (membrane + t * plane, out + t * plane, weight[t])
+                for i in range {
+                    o[i] = w * surrogate.slope(m[i] - threshold, slope: d.slope) * gradient[i]
+                }
+            }
+        }
+    }
+
     /// Kernels/spiking.cl's spike_encode: `plane` pixels as the planes of steps `chunk` of a
     /// `steps`-step train.
     static func spikeEncode(

@@ -118,6 +118,12 @@ protocol Backend: AnyObject, Sendable {
         currentGradient: TensorStorage, neuron: NeuronStorage, neuronPartials: TensorStorage?,
         on queue: BackendQueue) throws
     /// `plane` pixels as `steps` planes of spikes (Kernels/spiking.cl's spike_encode).
+    /// A surrogate's gradient at each of `count` planes of `membrane`: weight[t] times the
+    /// surrogate's slope at U − threshold times `gradient` (one plane).
+    func lifSurrogateGradient(
+        _ dynamics: LIFDynamics, count: Int, plane: Int, membrane: TensorStorage,
+        gradient: TensorStorage, weight: TensorStorage, into out: TensorStorage,
+        neuron: NeuronStorage, on queue: BackendQueue) throws
     func spikeEncode(
         _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
         images: TensorStorage, trains: TensorStorage, on queue: BackendQueue) throws

@@ -111,6 +111,31 @@ extension Device {
             on: try queue(stream, operation))
     }
 
+    /// The gradient a surrogate's representation passes to each of a chunk's steps:
+    /// `out[t] = weight[t] · r'(membrane[t] − θ) ⊙ gradient`, with `membrane` and `out` the
+    /// chunk's planes ([count·B, ...]), `gradient` d loss / d the representation ([B, ...]) and
+    /// `weight` one value per step ([count]). Used where a chunk is recomputed to learn
+    /// (docs/spiking.md, memory and `T`).
+    public func lifSurrogateGradient(
+        membrane: Tensor, representationGradient gradient: Tensor, stepWeights weight: Tensor,
+        dynamics: LIFDynamics, neuron: NeuronParameters, into out: Tensor,
+        on stream: Stream? = nil
+    ) throws {
+        let operation = "lifSurrogateGradient"
+        try check(operation, membrane, gradient, weight, out)
+        guard dynamics.surrogate != nil else {
+            throw SigPropError.configuration(
+                "\(operation): the voltage has no surrogate; its gradient is d loss / d R itself")
+        }
+        let (plane, count) = (gradient.count, weight.count)
+        try requireCount(operation, membrane, count * plane)
+        try requireCount(operation, out, count * plane)
+        try backend.lifSurrogateGradient(
+            dynamics, count: count, plane: plane, membrane: membrane.storage,
+            gradient: gradient.storage, weight: weight.storage, into: out.storage,
+            neuron: try storage(operation, neuron), on: try queue(stream, operation))
+    }
+
     /// The images [B, ...] (pixels in 0...1) as `steps` planes of spikes into `trains`
     /// ([T·B, ...], step-major) by `encoding` (Kernels/spiking.cl's spike_encode); `seed`
     /// fixes a rate encoding's draws, the same on every backend. With `chunk`, only those

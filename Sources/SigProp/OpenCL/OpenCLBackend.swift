@@ -769,6 +769,22 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [plane], on: queue)
     }
 
+    func lifSurrogateGradient(
+        _ dynamics: LIFDynamics, count: Int, plane: Int, membrane: TensorStorage,
+        gradient: TensorStorage, weight: TensorStorage, into out: TensorStorage,
+        neuron: NeuronStorage, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "spiking", "lif_surrogate_gradient",
+            [
+                .buffer(mem(membrane)), .buffer(mem(gradient)), .buffer(mem(weight)),
+                .buffer(mem(out)), .int(Int32(count)), .int(Int32(plane)),
+                .buffer(mem(neuron.threshold)), .int(dynamics.surrogate?.code ?? 0),
+                .float(dynamics.slope),
+            ],
+            global: [plane], on: queue)
+    }
+
     func spikeEncode(
         _ encoding: SpikeEncoding, steps: Int, chunk: Range<Int>, plane: Int, seed: UInt32,
         images: TensorStorage, trains: TensorStorage, on queue: BackendQueue

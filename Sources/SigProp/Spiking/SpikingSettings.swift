@@ -82,23 +82,22 @@ public struct SpikingSettings: Sendable, Equatable {
             throw SigPropError.configuration(
                 "--time-chunk \(timeChunk): a chunk holds at least 1 time step")
         }
-        // A chunk's spikes are gone once the next chunk runs: each block must learn from its
-        // input's time mean, which it sums as the chunks go.
+        // A chunk's spikes are gone once the next chunk runs: what a block learns from must
+        // be a sum that goes forward in time (docs/spiking.md, memory and T).
         let needsTrains = [
-            (learning == .surrogate, "--spike-learning surrogate"),
             (neuron.reset == .zero, "--reset zero"), (lossTiming == .step, "--spike-loss step"),
             (learnBeta, "--learn-beta"), (learnThreshold, "--learn-threshold"),
         ].filter(\.0).map(\.1)
         if !needsTrains.isEmpty {
             throw SigPropError.configuration(
                 "--time-chunk \(timeChunk) keeps no spike train, so every block must learn from "
-                    + "its input's time mean (voltage learning, a subtracting reset, the loss on "
-                    + "the time mean, fixed beta and threshold), and "
+                    + "sums over the steps (a subtracting reset, the loss on the time mean, fixed "
+                    + "beta and threshold), and "
                     + (needsTrains.count == 1
                         ? needsTrains[0] + " learns"
                         : needsTrains.dropLast().joined(separator: ", ") + " and "
                             + needsTrains.last! + " learn")
-                    + " from every step: drop --time-chunk, or "
+                    + " from the whole train: drop --time-chunk, or "
                     + (needsTrains.count == 1 ? "that setting" : "those settings"))
         }
     }

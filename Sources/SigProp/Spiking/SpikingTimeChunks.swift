@@ -1,3 +1,5 @@
+import Foundation
+
 /// A spiking network run in chunks of time steps (`SpikingSettings.timeChunk`,
 /// docs/spiking.md): every block runs a chunk's steps, hands the chunk's spikes to the next
 /// block and carries its membrane on to the next chunk, so memory holds one chunk's spikes
@@ -5,8 +7,16 @@
 /// membrane, its spikes per step, its input's weighted time mean), so a batch's update is the
 /// one the whole train gives, up to the order of the sums.
 
+/// A spiking layer's work on a batch, a chunk of steps at a time: it runs `chunk`'s steps on
+/// `input` (`samples` rows held at every step with `held`, or the chunk's spikes,
+/// [chunk.count · B, ...], step-major), carries its state on to the next chunk, and returns
+/// the chunk's spikes.
+protocol ChunkedLayerRun: AnyObject {
+    func run(_ input: Tensor, held: Bool, chunk: Range<Int>, on stream: Stream?) throws -> Tensor
+}
+
 /// One spiking layer's pass over a batch, a chunk of steps at a time.
-final class ChunkedSpikingPass {
+final class ChunkedSpikingPass: ChunkedLayerRun {
     let layer: SpikingLayer
     let samples: Int
     /// [B, ...]: the time mean of the membrane and the spikes per step, complete after the
@@ -22,14 +32,16 @@ final class ChunkedSpikingPass {
     private var heldCurrent: Tensor?
     private let weights: (mean: [Float], total: Float)?
 
+    /// `learns`: the pass sums what its synapse learns from, where the layer learns from the
+    /// voltage (a surrogate's layer learns from a recomputation, `ChunkedSpikingGradient`).
     init(layer: SpikingLayer, samples: Int, learns: Bool) {
         self.layer = layer
         self.samples = samples
-        weights = learns ? SpikingLayer.timeMeanWeights(layer.dynamics) : nil
+        weights =
+            learns && layer.dynamics.surrogate == nil
+            ? SpikingLayer.timeMeanWeights(layer.dynamics) : nil
     }
 
-    /// Runs the steps `chunk` on `input`: `samples` rows held at every step (`held`), or the
-    /// chunk's spikes ([chunk.count · B, ...], step-major). Returns the chunk's spikes.
     func run(_ input: Tensor, held: Bool, chunk: Range<Int>, on stream: Stream?) throws -> Tensor {
         let device = input.device
         let current: Tensor
@@ -97,6 +109,10 @@ struct ChunkedSpikingRun {
 }
 
 extension SpikingBlocks {
+    /// Whether the blocks learn from a surrogate, so that a chunked batch runs twice: once for
+    /// the losses, once again to learn (`ChunkedSpikingGradient`).
+    var learnsFromSurrogate: Bool { signal.input.dynamics.surrogate != nil }
+
     /// Runs `images` (the input stream, with their rate or latency trains drawn with
     /// `encodingSeed`) and `context` (the target stream) through every block, chunk by chunk;
     /// either may be nil. With `learns`, each pass also sums what its synapse learns from.
@@ -116,24 +132,37 @@ extension SpikingBlocks {
                 ChunkedSpikingPass(layer: $0, samples: context.rows, learns: learns)
             }
         }
+        try runInChunks(
+            images: images, encodingSeed: encodingSeed, context: context, input: run.input,
+            target: run.target, on: stream)
+        return run
+    }
+
+    /// Runs the chunks of `images` through the layers of `input` (the signal block's input
+    /// part, the hidden blocks, then, where given, the output layer) and of `context` through
+    /// `target` (the context part and the hidden blocks), each block's fixed steps between.
+    func runInChunks(
+        images: Tensor?, encodingSeed: UInt32, context: Tensor?, input: [any ChunkedLayerRun],
+        target: [any ChunkedLayerRun], on stream: Stream?
+    ) throws {
         let afters = [signal.after] + hidden.map(\.after)
+        let outputIndex = hidden.count + 1
         for chunk in timeChunks ?? [0..<signal.input.dynamics.steps] {
             if let images {
                 var h = try signal.encode(images, seed: encodingSeed, chunk: chunk, on: stream)
-                h = try run.input[0].run(
-                    h, held: signal.encoding == .direct, chunk: chunk, on: stream)
-                for block in 1..<run.input.count {
+                h = try input[0].run(h, held: signal.encoding == .direct, chunk: chunk, on: stream)
+                for block in 1..<input.count {
                     h = try afters[block - 1].apply(to: h, dropout: nil, on: stream)
-                    if block == run.input.count - 1 { h = try h.reshaped([h.rows, h.columns]) }
-                    h = try run.input[block].run(h, held: false, chunk: chunk, on: stream)
+                    if block == outputIndex { h = try h.reshaped([h.rows, h.columns]) }
+                    h = try input[block].run(h, held: false, chunk: chunk, on: stream)
                 }
             }
             if let context {
-                var t = try run.target[0].run(context, held: true, chunk: chunk, on: stream)
+                var t = try target[0].run(context, held: true, chunk: chunk, on: stream)
                 t = try t.reshaped([t.rows] + signal.units)
-                for block in 1..<run.target.count {
+                for block in 1..<target.count {
                     t = try afters[block - 1].apply(to: t, dropout: nil, on: stream)
-                    t = try run.target[block].run(t, held: false, chunk: chunk, on: stream)
+                    t = try target[block].run(t, held: false, chunk: chunk, on: stream)
                 }
             }
             // The chunk's spikes and currents are garbage now; the next chunk takes their
@@ -141,13 +170,187 @@ extension SpikingBlocks {
             // (`Pipeline` refuses the others), where this stream alone has work in flight.
             stream?.reuseFreedStorage()
         }
-        return run
+    }
+
+    /// A surrogate's blocks learn from every step's membrane, known only as the chunks run:
+    /// the batch's chunks run again through the blocks (same weights, same spikes), and each
+    /// block's synapses add the gradient of d loss / d R (`input` per block for the input
+    /// stream, `target` for the target stream, of the first run's representations) chunk by
+    /// chunk (`ChunkedSpikingGradient`).
+    func learnInChunks(
+        images: Tensor, encodingSeed: UInt32, context: Tensor, input: [Tensor],
+        target: [Tensor], on stream: Stream?
+    ) throws {
+        let layers = [signal.input] + hidden.map(\.layer)
+        let contextLayers = [signal.context] + hidden.map(\.layer)
+        let tally = GradientTally()
+        let inputRuns = zip(layers, input).map {
+            ChunkedSpikingGradient(
+                layer: $0, samples: images.rows, gradient: $1, tally: tally)
+        }
+        let targetRuns = zip(contextLayers, target).map {
+            ChunkedSpikingGradient(
+                layer: $0, samples: context.rows, gradient: $1, tally: tally)
+        }
+        try runInChunks(
+            images: images, encodingSeed: encodingSeed, context: context, input: inputRuns,
+            target: targetRuns, on: stream)
+        for run in inputRuns + targetRuns { try run.finish(on: stream) }
+    }
+}
+
+/// Which synapses have a gradient from this batch already: the first pass sets it, the
+/// others add to it.
+final class GradientTally {
+    private var started: Set<ObjectIdentifier> = []
+
+    /// Whether `layer`'s gradient is to be added to (false the first time it is asked).
+    func adds(to layer: FeatureLayer) -> Bool {
+        !started.insert(ObjectIdentifier(layer)).inserted
+    }
+}
+
+/// A surrogate-learning layer's pass over a batch run again, a chunk at a time, to learn:
+/// with the reset subtracted and the neurons fixed, d loss / d the current at step s is
+/// `Σ_{t ≥ s} beta^(t−s) g[t]`, `g[t] = (1/T) r'(U[t] − θ) ⊙ G` (G = d loss / d R). Summed
+/// over the steps, the synapse's weight gradient is `Σ_t ĝ[t]ᵀ X̂[t]` and its bias's `Σ_t ĝ[t]`,
+/// with `b[t] = Σ_{k ≤ t} beta^k`, `ĝ[t] = b[t] g[t]` and `X̂[t]` the input's leaky mean
+/// `Σ_{s ≤ t} beta^(t−s) x[s] / b[t]`: sums that go forward in time, so each chunk adds its
+/// steps' share and nothing of a chunk is kept (docs/spiking.md, memory and `T`).
+final class ChunkedSpikingGradient: ChunkedLayerRun {
+    let layer: SpikingLayer
+    let samples: Int
+    /// d loss / d the layer's representation, [B, ...].
+    let gradient: Tensor
+    private let tally: GradientTally
+    /// `b[t]` of every step.
+    private let leakySums: [Double]
+    private var state: Tensor?
+    /// Per (sample, input), `Σ_{s ≤ t} beta^(t−s) x[s]` at the last step run.
+    private var trace: Tensor?
+    /// For an input held at every step: it, its current and `Σ_t ĝ[t]`.
+    private var held: (input: Tensor, current: Tensor, gradient: Tensor?)?
+
+    init(layer: SpikingLayer, samples: Int, gradient: Tensor, tally: GradientTally) {
+        self.layer = layer
+        self.samples = samples
+        self.gradient = gradient
+        self.tally = tally
+        let beta = Double(min(max(layer.dynamics.neuron.beta, 0), 1))
+        var sum = 0.0
+        leakySums = (0..<layer.dynamics.steps).map { _ in
+            sum = beta * sum + 1
+            return sum
+        }
+    }
+
+    private var beta: Double { Double(min(max(layer.dynamics.neuron.beta, 0), 1)) }
+
+    func run(_ input: Tensor, held isHeld: Bool, chunk: Range<Int>, on stream: Stream?) throws
+        -> Tensor
+    {
+        let device = input.device
+        let current: Tensor
+        if isHeld {
+            if held == nil {
+                held = (input, try layer.synapse.forward(input, on: stream).output, nil)
+            }
+            current = held!.current
+        } else {
+            current = try layer.synapse.forward(input, on: stream).output
+        }
+        let units = Array(current.shape.dropFirst())
+        let planes = [chunk.count * samples] + units
+        let (spikes, membrane, stepGradient) = (
+            try device.allocate(planes, on: stream), try device.allocate(planes, on: stream),
+            try device.allocate(planes, on: stream)
+        )
+        // The first run has the representation and the rate; these are scratch.
+        let (representation, rate) = (
+            try device.allocate([samples] + units, on: stream),
+            try device.allocate([samples] + units, on: stream)
+        )
+        if state == nil { state = try device.allocate([samples] + units, on: stream) }
+        try device.lifForward(
+            current, dynamics: layer.dynamics, neuron: layer.neuron, membrane: membrane,
+            spikes: spikes, representation: representation, rate: rate, chunk: chunk,
+            state: state, on: stream)
+        let steps = Double(layer.dynamics.steps)
+        try device.lifSurrogateGradient(
+            membrane: membrane, representationGradient: gradient,
+            stepWeights: try device.tensor(
+                chunk.map { Float(leakySums[$0] / steps) }, shape: [chunk.count], on: stream),
+            dynamics: layer.dynamics, neuron: layer.neuron, into: stepGradient, on: stream)
+        if isHeld {
+            // The leaky mean of a held input is the input: only Σ_t ĝ[t] is needed.
+            let plane = gradient.count
+            let sum = try held!.gradient ?? device.allocate(gradient.shape, on: stream)
+            try device.gemm(
+                try device.tensor(
+                    [Float](repeating: 1, count: chunk.count), shape: [1, chunk.count],
+                    on: stream),
+                try stepGradient.reshaped([chunk.count, plane]),
+                into: try sum.reshaped([1, plane]), beta: chunk.lowerBound == 0 ? 0 : 1,
+                on: stream)
+            held!.gradient = sum
+        } else {
+            try layer.synapse.accumulateGradients(
+                LayerPass(
+                    input: try leakyMean(input, chunk: chunk, on: stream), output: stepGradient,
+                    normalized: nil, rstd: nil),
+                outputGradient: stepGradient, accumulate: tally.adds(to: layer.synapse),
+                on: stream)
+        }
+        return spikes
+    }
+
+    /// `X̂[t]` for the chunk's steps from its spikes `x` ([n·B, ...]): `A x + a ⊗ X̃` with
+    /// `A[k][j] = beta^(k−j) / b[t0+k]` (j ≤ k), `a[k] = beta^(k+1) / b[t0+k]` and `X̃` the trace
+    /// the chunk before left, which then moves on to the chunk's last step.
+    private func leakyMean(_ x: Tensor, chunk: Range<Int>, on stream: Stream?) throws -> Tensor {
+        let device = x.device
+        let (n, first) = (chunk.count, chunk.lowerBound)
+        let plane = x.count / n
+        let rows = try x.reshaped([n, plane])
+        // beta^0 ... beta^n.
+        let power = (0...n).map { pow(beta, Double($0)) }
+        var decay = [Float](repeating: 0, count: n * n)
+        for k in 0..<n {
+            for j in 0...k { decay[k * n + j] = Float(power[k - j] / leakySums[first + k]) }
+        }
+        let mean = try device.allocate(x.shape, on: stream)
+        try device.gemm(
+            try device.tensor(decay, shape: [n, n], on: stream), rows,
+            into: try mean.reshaped([n, plane]), on: stream)
+        if first > 0, let trace {
+            let fromTrace = (0..<n).map { Float(power[$0 + 1] / leakySums[first + $0]) }
+            try device.gemm(
+                try device.tensor(fromTrace, shape: [n, 1], on: stream), trace,
+                into: try mean.reshaped([n, plane]), beta: 1, on: stream)
+        }
+        let carried = try trace ?? device.allocate([1, plane], on: stream)
+        let toEnd = (0..<n).map { Float(power[n - 1 - $0]) }
+        try device.gemm(
+            try device.tensor(toEnd, shape: [1, n], on: stream), rows, into: carried,
+            beta: first > 0 ? Float(power[n]) : 0, on: stream)
+        trace = carried
+        return mean
+    }
+
+    /// Adds a held input's gradient, once every chunk has run.
+    func finish(on stream: Stream?) throws {
+        guard let held, let sum = held.gradient else { return }
+        try layer.synapse.accumulateGradients(
+            LayerPass(input: held.input, output: sum, normalized: nil, rstd: nil),
+            outputGradient: sum, accumulate: tally.adds(to: layer.synapse), on: stream)
     }
 }
 
 /// A stage of a spiking network run in chunks of steps. The signal block's stage runs the
 /// whole network's forward pass of the batch, chunk by chunk, and leaves the later stages
-/// their passes in the batch's `shared`; every stage then learns from its own. The first
+/// their passes in the batch's `shared`; every stage then learns from its own. Under a
+/// surrogate the signal block's stage also takes every block's loss and runs the chunks again
+/// for the blocks' gradients (`SpikingBlocks.learnInChunks`), and every stage steps. The first
 /// stage reads every block's weights, so the network trains on one device under the
 /// sequential schedule, where each block has learned from the batch before
 /// (`Pipeline` refuses the pipelined one).
@@ -156,6 +359,8 @@ final class ChunkedSpikingStage: TrainingStage {
     /// 0: the signal block; 1 ..< blocks: the hidden blocks; then the output layer.
     let index: Int
     private static let key = "spiking.chunks"
+    /// Under a surrogate, each block's row losses, taken by the signal block's stage.
+    private static let lossesKey = "spiking.chunks.losses"
 
     init(blocks: SpikingBlocks, index: Int) {
         self.blocks = blocks
@@ -195,10 +400,17 @@ final class ChunkedSpikingStage: TrainingStage {
         }
         let block = blocks.hidden[index - 1]
         let (h, t, t0) = (run.input[index], run.target[index], inputs[0])
-        return StagePass(
-            outputs: [try block.after.apply(to: t.representation!, dropout: nil, on: stream)],
-            spikeRate: try block.activity.record(h.rate!, on: stream)
-        ) { stream in
+        let outputs = [try block.after.apply(to: t.representation!, dropout: nil, on: stream)]
+        let spikeRate = try block.activity.record(h.rate!, on: stream)
+        if let losses = batch.shared[Self.lossesKey] as? [Tensor] {
+            return StagePass(outputs: outputs, spikeRate: spikeRate) { stream in
+                let step = block.optimizer.beginStep(learningRate: rate)
+                try step.apply(to: block.layer.synapse.parameters, on: stream)
+                try block.layer.neuron.step(step, on: stream)
+                return losses[self.index]
+            }
+        }
+        return StagePass(outputs: outputs, spikeRate: spikeRate) { stream in
             let out = try loss.evaluate(
                 h: h.representation!, t: t.representation!, t0: t0, labels: labels, on: stream)
             let step = block.optimizer.beginStep(learningRate: rate)
@@ -222,17 +434,31 @@ final class ChunkedSpikingStage: TrainingStage {
             classes: batch.classes, device: stream.device, on: stream)
         let seed =
             signal.encoding == .rate ? UInt32(truncatingIfNeeded: batch.generator.next()) : 0
+        let images = try batch.samples(on: stream)
         let run = try blocks.runInChunks(
-            images: try batch.samples(on: stream), encodingSeed: seed, context: context,
-            learns: true, on: stream)
+            images: images, encodingSeed: seed, context: context, learns: true, on: stream)
         batch.shared[Self.key] = run
         let (h, t) = (run.input[0], run.target[0])
         let target = try t.representation!.reshaped([context.rows] + signal.units)
         let (loss, rate) = (batch.loss, batch.learningRate)
-        return StagePass(
-            outputs: [try signal.after.apply(to: target, dropout: nil, on: stream)],
-            spikeRate: try signal.activity.record(h.rate!, on: stream)
-        ) { stream in
+        let outputs = [try signal.after.apply(to: target, dropout: nil, on: stream)]
+        let spikeRate = try signal.activity.record(h.rate!, on: stream)
+        if blocks.learnsFromSurrogate {
+            let losses = try surrogateGradients(
+                run, images: images, encodingSeed: seed, context: context, labels: labels,
+                loss: loss, on: stream)
+            batch.shared[Self.lossesKey] = losses
+            return StagePass(outputs: outputs, spikeRate: spikeRate) { stream in
+                let step = signal.optimizer.beginStep(learningRate: rate)
+                try step.apply(
+                    to: signal.input.synapse.parameters
+                        + (signal.fixedContext ? [] : signal.context.synapse.parameters),
+                    on: stream)
+                try signal.input.neuron.step(step, on: stream)
+                return losses[0]
+            }
+        }
+        return StagePass(outputs: outputs, spikeRate: spikeRate) { stream in
             let out = try loss.evaluate(
                 h: h.representation!, t: target, t0: context, labels: labels, on: stream)
             let step = signal.optimizer.beginStep(learningRate: rate)
@@ -248,5 +474,34 @@ final class ChunkedSpikingStage: TrainingStage {
             try signal.input.neuron.step(step, on: stream)
             return out.rowLosses
         }
+    }
+    /// Every block's loss on the first run's representations (T0 handed from block to block
+    /// as the stages hand it), then the chunks again for the blocks' gradients; returns each
+    /// block's row losses.
+    private func surrogateGradients(
+        _ run: ChunkedSpikingRun, images: Tensor, encodingSeed: UInt32, context: Tensor,
+        labels: Tensor?, loss: LocalLoss, on stream: Stream
+    ) throws -> [Tensor] {
+        let afters = [blocks.signal.after] + blocks.hidden.map(\.after)
+        var t0 = context
+        var (dH, dT, rows) = ([Tensor](), [Tensor](), [Tensor]())
+        for block in run.target.indices {
+            let representation = run.target[block].representation!
+            let target =
+                block == 0
+                ? try representation.reshaped([context.rows] + blocks.signal.units)
+                : representation
+            let out = try loss.evaluate(
+                h: run.input[block].representation!, t: target, t0: t0, labels: labels,
+                on: stream)
+            dH.append(out.dH)
+            dT.append(try out.dT.reshaped(representation.shape))
+            rows.append(out.rowLosses)
+            t0 = try afters[block].apply(to: target, dropout: nil, on: stream)
+        }
+        try blocks.learnInChunks(
+            images: images, encodingSeed: encodingSeed, context: context, input: dH, target: dT,
+            on: stream)
+        return rows
     }
 }

@@ -79,9 +79,18 @@ struct MemoryEstimate {
                     ? 1.0 : 0)
                 + (spiking.lossTiming == .step ? 2 : 0)
             let currents = constantCurrent ? 2 : 2 * steps
+            // Under --time-chunk a surrogate's block runs each chunk again to learn: its spikes,
+            // membrane and each step's gradient once more, the representation and rate as
+            // scratch, and its input's leaky mean at each step of the chunk.
+            let perOutput =
+                Double(stage.inputShape.reduce(1, *)) / Double(stage.outputShape.reduce(1, *))
+            let again =
+                spiking.timeChunk != nil && spiking.learning == .surrogate
+                ? 3 * steps + 2 + (constantCurrent ? 0 : perOutput * steps) : 0
             let (reads, writes) =
                 stage.spiking && index < plan.blockCount
-                ? (constantCurrent ? 1 : steps, (trains * steps + currents + 4) / 3) : (1, 1)
+                ? (constantCurrent ? 1 : steps, (trains * steps + currents + 4 + again) / 3)
+                : (1, 1)
             return Stage(
                 parameters: stage.parameters.map {
                     ParameterSize(name: $0.name, elements: Double($0.elements), trained: $0.trained)
