@@ -239,7 +239,8 @@ struct Train: ParsableCommand {
             """
             Spiking models: run the blocks in step over chunks of this many time steps, so \
             memory holds one chunk's spikes whatever --timesteps is (sequential schedule, one \
-            device, the default learning). Default: each block runs all the steps in turn.
+            device, subtract reset, fixed neurons, loss on the time mean). Default: each block \
+            runs all the steps in turn.
             """, valueName: "steps"))
     var timeChunk: Int?
 
