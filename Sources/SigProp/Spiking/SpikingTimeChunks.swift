@@ -29,7 +29,7 @@ final class ChunkedSpikingPass: ChunkedLayerRun {
     /// of its train (`SpikingLayer.timeMeanWeights`); nil where the pass does not learn.
     private(set) var learningInput: Tensor?
     /// The synapse's current for an input held at every step, computed once.
-    private var heldCurrent: Tensor?
+    private(set) var heldCurrent: Tensor?
     private let weights: (mean: [Float], total: Float)?
 
     /// `learns`: the pass sums what its synapse learns from, where the layer learns from the
@@ -175,22 +175,23 @@ extension SpikingBlocks {
     /// A surrogate's blocks learn from every step's membrane, known only as the chunks run:
     /// the batch's chunks run again through the blocks (same weights, same spikes), and each
     /// block's synapses add the gradient of d loss / d R (`input` per block for the input
-    /// stream, `target` for the target stream, of the first run's representations) chunk by
-    /// chunk (`ChunkedSpikingGradient`).
+    /// stream, `target` for the target stream, of the representations of the `first` run)
+    /// chunk by chunk (`ChunkedSpikingGradient`).
     func learnInChunks(
-        images: Tensor, encodingSeed: UInt32, context: Tensor, input: [Tensor],
-        target: [Tensor], on stream: Stream?
+        _ first: ChunkedSpikingRun, images: Tensor, encodingSeed: UInt32, context: Tensor,
+        input: [Tensor], target: [Tensor], on stream: Stream?
     ) throws {
-        let layers = [signal.input] + hidden.map(\.layer)
-        let contextLayers = [signal.context] + hidden.map(\.layer)
         let tally = GradientTally()
-        let inputRuns = zip(layers, input).map {
+        // A held input's current is the first run's.
+        let inputRuns = zip(first.input, input).map {
             ChunkedSpikingGradient(
-                layer: $0, samples: images.rows, gradient: $1, tally: tally)
+                layer: $0.layer, samples: images.rows, gradient: $1,
+                heldCurrent: $0.heldCurrent, tally: tally)
         }
-        let targetRuns = zip(contextLayers, target).map {
+        let targetRuns = zip(first.target, target).map {
             ChunkedSpikingGradient(
-                layer: $0, samples: context.rows, gradient: $1, tally: tally)
+                layer: $0.layer, samples: context.rows, gradient: $1,
+                heldCurrent: $0.heldCurrent, tally: tally)
         }
         try runInChunks(
             images: images, encodingSeed: encodingSeed, context: context, input: inputRuns,
@@ -230,12 +231,18 @@ final class ChunkedSpikingGradient: ChunkedLayerRun {
     private var trace: Tensor?
     /// For an input held at every step: it, its current and `Σ_t ĝ[t]`.
     private var held: (input: Tensor, current: Tensor, gradient: Tensor?)?
+    private let heldCurrent: Tensor?
 
-    init(layer: SpikingLayer, samples: Int, gradient: Tensor, tally: GradientTally) {
+    /// `heldCurrent`: the current of an input held at every step, where the first run has it.
+    init(
+        layer: SpikingLayer, samples: Int, gradient: Tensor, heldCurrent: Tensor? = nil,
+        tally: GradientTally
+    ) {
         self.layer = layer
         self.samples = samples
         self.gradient = gradient
         self.tally = tally
+        self.heldCurrent = heldCurrent
         let beta = Double(min(max(layer.dynamics.neuron.beta, 0), 1))
         var sum = 0.0
         leakySums = (0..<layer.dynamics.steps).map { _ in
@@ -253,7 +260,8 @@ final class ChunkedSpikingGradient: ChunkedLayerRun {
         let current: Tensor
         if isHeld {
             if held == nil {
-                held = (input, try layer.synapse.forward(input, on: stream).output, nil)
+                let current = try heldCurrent ?? layer.synapse.forward(input, on: stream).output
+                held = (input, current, nil)
             }
             current = held!.current
         } else {
@@ -500,8 +508,8 @@ final class ChunkedSpikingStage: TrainingStage {
             t0 = try afters[block].apply(to: target, dropout: nil, on: stream)
         }
         try blocks.learnInChunks(
-            images: images, encodingSeed: encodingSeed, context: context, input: dH, target: dT,
-            on: stream)
+            run, images: images, encodingSeed: encodingSeed, context: context, input: dH,
+            target: dT, on: stream)
         return rows
     }
 }
