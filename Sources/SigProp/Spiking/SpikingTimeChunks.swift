@@ -34,22 +34,31 @@ final class ChunkedSpikingPass: ChunkedLayerRun {
 
     /// `learns`: the pass sums what its synapse learns from, where the layer learns from the
     /// voltage (a surrogate's layer learns from a recomputation, `ChunkedSpikingGradient`).
-    init(layer: SpikingLayer, samples: Int, learns: Bool) {
+    /// `heldCurrent`: the current of an input held at every step, where it is known already.
+    init(layer: SpikingLayer, samples: Int, learns: Bool, heldCurrent: Tensor? = nil) {
         self.layer = layer
         self.samples = samples
+        self.heldCurrent = heldCurrent
         weights =
             learns && layer.dynamics.surrogate == nil
             ? SpikingLayer.timeMeanWeights(layer.dynamics) : nil
     }
 
     func run(_ input: Tensor, held: Bool, chunk: Range<Int>, on stream: Stream?) throws -> Tensor {
+        try run(input, held: held, chunk: chunk, keepingMembrane: false, on: stream).spikes
+    }
+
+    /// `run`, and with `keepingMembrane` every step's membrane of the chunk besides its spikes.
+    func run(
+        _ input: Tensor, held: Bool, chunk: Range<Int>, keepingMembrane: Bool, on stream: Stream?
+    ) throws -> (spikes: Tensor, membrane: Tensor?) {
         let device = input.device
         let current: Tensor
         if held {
             if heldCurrent == nil {
                 heldCurrent = try layer.synapse.forward(input, on: stream).output
-                if weights != nil { learningInput = input }
             }
+            if weights != nil { learningInput = input }
             current = heldCurrent!
         } else {
             current = try layer.synapse.forward(input, on: stream).output
@@ -65,12 +74,14 @@ final class ChunkedSpikingPass: ChunkedLayerRun {
                 try device.allocate([samples] + units, on: stream)
             )
         }
-        let spikes = try device.allocate([chunk.count * samples] + units, on: stream)
+        let planes = [chunk.count * samples] + units
+        let spikes = try device.allocate(planes, on: stream)
+        let membrane = keepingMembrane ? try device.allocate(planes, on: stream) : nil
         try device.lifForward(
-            current, dynamics: layer.dynamics, neuron: layer.neuron, spikes: spikes,
-            representation: representation!, rate: rate!, chunk: chunk, state: state,
-            on: stream)
-        return spikes
+            current, dynamics: layer.dynamics, neuron: layer.neuron, membrane: membrane,
+            spikes: spikes, representation: representation!, rate: rate!, chunk: chunk,
+            state: state, on: stream)
+        return (spikes, membrane)
     }
 
     /// Adds the chunk's share `Σ_{s in chunk} c[s] x[s]` to the input's time mean.
@@ -219,31 +230,31 @@ final class GradientTally {
 /// `Σ_{s ≤ t} beta^(t−s) x[s] / b[t]`: sums that go forward in time, so each chunk adds its
 /// steps' share and nothing of a chunk is kept (docs/spiking.md, memory and `T`).
 final class ChunkedSpikingGradient: ChunkedLayerRun {
-    let layer: SpikingLayer
-    let samples: Int
+    /// The layer's forward pass of the chunks again (the same spikes as the first run's).
+    private let forward: ChunkedSpikingPass
     /// d loss / d the layer's representation, [B, ...].
     let gradient: Tensor
     private let tally: GradientTally
+    /// The neurons' decay, clamped to 0...1 as they read it.
+    private let beta: Double
     /// `b[t]` of every step.
     private let leakySums: [Double]
-    private var state: Tensor?
     /// Per (sample, input), `Σ_{s ≤ t} beta^(t−s) x[s]` at the last step run.
     private var trace: Tensor?
-    /// For an input held at every step: it, its current and `Σ_t ĝ[t]`.
-    private var held: (input: Tensor, current: Tensor, gradient: Tensor?)?
-    private let heldCurrent: Tensor?
+    /// For an input held at every step: it and `Σ_t ĝ[t]`.
+    private var held: (input: Tensor, gradient: Tensor)?
 
     /// `heldCurrent`: the current of an input held at every step, where the first run has it.
     init(
         layer: SpikingLayer, samples: Int, gradient: Tensor, heldCurrent: Tensor? = nil,
         tally: GradientTally
     ) {
-        self.layer = layer
-        self.samples = samples
+        forward = ChunkedSpikingPass(
+            layer: layer, samples: samples, learns: false, heldCurrent: heldCurrent)
         self.gradient = gradient
         self.tally = tally
-        self.heldCurrent = heldCurrent
         let beta = Double(min(max(layer.dynamics.neuron.beta, 0), 1))
+        self.beta = beta
         var sum = 0.0
         leakySums = (0..<layer.dynamics.steps).map { _ in
             sum = beta * sum + 1
@@ -251,48 +262,25 @@ final class ChunkedSpikingGradient: ChunkedLayerRun {
         }
     }
 
-    private var beta: Double { Double(min(max(layer.dynamics.neuron.beta, 0), 1)) }
+    private var layer: SpikingLayer { forward.layer }
 
     func run(_ input: Tensor, held isHeld: Bool, chunk: Range<Int>, on stream: Stream?) throws
         -> Tensor
     {
         let device = input.device
-        let current: Tensor
-        if isHeld {
-            if held == nil {
-                let current = try heldCurrent ?? layer.synapse.forward(input, on: stream).output
-                held = (input, current, nil)
-            }
-            current = held!.current
-        } else {
-            current = try layer.synapse.forward(input, on: stream).output
-        }
-        let units = Array(current.shape.dropFirst())
-        let planes = [chunk.count * samples] + units
-        let (spikes, membrane, stepGradient) = (
-            try device.allocate(planes, on: stream), try device.allocate(planes, on: stream),
-            try device.allocate(planes, on: stream)
-        )
-        // The first run has the representation and the rate; these are scratch.
-        let (representation, rate) = (
-            try device.allocate([samples] + units, on: stream),
-            try device.allocate([samples] + units, on: stream)
-        )
-        if state == nil { state = try device.allocate([samples] + units, on: stream) }
-        try device.lifForward(
-            current, dynamics: layer.dynamics, neuron: layer.neuron, membrane: membrane,
-            spikes: spikes, representation: representation, rate: rate, chunk: chunk,
-            state: state, on: stream)
+        let (spikes, membrane) = try forward.run(
+            input, held: isHeld, chunk: chunk, keepingMembrane: true, on: stream)
+        let stepGradient = try device.allocate(spikes.shape, on: stream)
         let steps = Double(layer.dynamics.steps)
         try device.lifSurrogateGradient(
-            membrane: membrane, representationGradient: gradient,
+            membrane: membrane!, representationGradient: gradient,
             stepWeights: try device.tensor(
                 chunk.map { Float(leakySums[$0] / steps) }, shape: [chunk.count], on: stream),
             dynamics: layer.dynamics, neuron: layer.neuron, into: stepGradient, on: stream)
         if isHeld {
             // The leaky mean of a held input is the input: only Σ_t ĝ[t] is needed.
             let plane = gradient.count
-            let sum = try held!.gradient ?? device.allocate(gradient.shape, on: stream)
+            let sum = try held?.gradient ?? device.allocate(gradient.shape, on: stream)
             try device.gemm(
                 try device.tensor(
                     [Float](repeating: 1, count: chunk.count), shape: [1, chunk.count],
@@ -300,7 +288,7 @@ final class ChunkedSpikingGradient: ChunkedLayerRun {
                 try stepGradient.reshaped([chunk.count, plane]),
                 into: try sum.reshaped([1, plane]), beta: chunk.lowerBound == 0 ? 0 : 1,
                 on: stream)
-            held!.gradient = sum
+            held = (input, sum)
         } else {
             try layer.synapse.accumulateGradients(
                 LayerPass(
@@ -347,10 +335,11 @@ final class ChunkedSpikingGradient: ChunkedLayerRun {
 
     /// Adds a held input's gradient, once every chunk has run.
     func finish(on stream: Stream?) throws {
-        guard let held, let sum = held.gradient else { return }
+        guard let held else { return }
         try layer.synapse.accumulateGradients(
-            LayerPass(input: held.input, output: sum, normalized: nil, rstd: nil),
-            outputGradient: sum, accumulate: tally.adds(to: layer.synapse), on: stream)
+            LayerPass(input: held.input, output: held.gradient, normalized: nil, rstd: nil),
+            outputGradient: held.gradient, accumulate: tally.adds(to: layer.synapse),
+            on: stream)
     }
 }
 
