@@ -86,6 +86,14 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
         }
     }
 
+    /// Whether each batch's negatives are the network's hardest wrong labels
+    /// (`ForwardForwardSettings.NegativeLabels.hard`): chosen with the weights after every
+    /// earlier batch, so a batch waits for the one before it to finish (no pipelining), and
+    /// a resumed run chooses what an uninterrupted one would.
+    public var choosesHardNegatives: Bool {
+        name == .ff && forwardForward.negativesInForce == .hard
+    }
+
     /// PEPITA's optimizer by default (the authors' notebook): SGD, momentum 0.9, rate 0.01,
     /// multiplied by 0.1 from epochs 61 and 91 (1-based).
     public static var pepitaOptimizer: OptimizerSettings {

@@ -70,7 +70,7 @@ extension Schedule {
                     + "so batches cannot overlap"
             )
         }
-        if rule.name == .ff, rule.forwardForward.negativesInForce == .hard {
+        if rule.choosesHardNegatives {
             return (
                 Schedule(.sequential),
                 "hard negatives are chosen with the weights after the batch before, so batches "

@@ -228,9 +228,7 @@ public final class Trainer {
                     + "1...\(network.blockCount)"
             )
         }
-        if distribution != nil, network.rule.name == .ff,
-            network.rule.forwardForward.negativesInForce == .hard
-        {
+        if distribution != nil, network.rule.choosesHardNegatives {
             throw SigPropError.configuration(
                 "hard negatives are chosen with every layer's weights after the batch before, "
                     + "and over MPI ranks the other ranks hold them: train on one process, or "
@@ -246,12 +244,8 @@ public final class Trainer {
     public var schedule: Schedule { pipeline.schedule }
 
     /// Whether each batch's negatives are the network's hardest wrong labels
-    /// (`ForwardForwardSettings.NegativeLabels.hard`): chosen with the weights after every
-    /// earlier batch, so a batch waits for the one before it to finish (no pipelining), and
-    /// a resumed run chooses what an uninterrupted one would.
-    public var choosesHardNegatives: Bool {
-        network.rule.name == .ff && network.rule.forwardForward.negativesInForce == .hard
-    }
+    /// (`LearningRule.choosesHardNegatives`).
+    public var choosesHardNegatives: Bool { network.rule.choosesHardNegatives }
 
     public var batchesPerEpoch: Int { order.batchesPerEpoch }
 
