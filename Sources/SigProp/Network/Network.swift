@@ -86,7 +86,7 @@ public final class Network {
         try Self.check(plan, for: rule.name)
         if plan.isSpiking {
             let spanned = Set(stageDevices.map(ObjectIdentifier.init)).count
-            if let chunk = description.spiking.timeChunk, spanned > 1 {
+            if let chunk = plan.timeChunk, spanned > 1 {
                 throw SigPropError.configuration(
                     "--time-chunk \(chunk) runs every block's chunk of steps in turn on one "
                         + "device, and this network spans \(spanned) devices: train on one "

@@ -52,6 +52,10 @@ public struct NetworkPlan: Sendable {
     /// Whether the network is made of spiking layers.
     public var isSpiking: Bool { stages[0].spiking }
 
+    /// The steps a spiking network's blocks run in step (`SpikingSettings.timeChunk`); nil:
+    /// whole trains, or no spiking layers.
+    public var timeChunk: Int? { isSpiking ? description.spiking.timeChunk : nil }
+
     public init(_ description: NetworkDescription, inputShape: [Int], classes: Int) throws {
         guard inputShape.count == 3, inputShape.allSatisfy({ $0 >= 1 }) else {
             throw SigPropError.configuration(

@@ -63,7 +63,7 @@ extension Schedule {
         capabilities: [DeviceCapabilities],
         batchSize: Int, targetRows: Int
     ) -> (schedule: Schedule, reason: String) {
-        if plan.isSpiking, let chunk = plan.description.spiking.timeChunk {
+        if let chunk = plan.timeChunk {
             return (
                 Schedule(.sequential),
                 "--time-chunk \(chunk) runs a batch through every block from the first stage, "
@@ -219,7 +219,7 @@ public final class Pipeline {
             throw SigPropError.configuration(
                 "--pipeline-depth \(depth) must be at least 1 (batches in flight)")
         }
-        if let chunk = network.description.spiking.timeChunk, network.spiking != nil {
+        if let chunk = network.plan.timeChunk {
             if schedule.kind == .pipelined {
                 throw SigPropError.configuration(
                     "--time-chunk \(chunk) runs a batch through every block from the first "
