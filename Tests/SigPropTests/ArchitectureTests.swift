@@ -71,6 +71,13 @@ import Testing
     static func trainedState(
         _ config: TestNetwork, devices: [Device], schedule: Schedule
     ) throws -> [Float] {
+        try TrainingTests.state(try trained(config, devices: devices, schedule: schedule))
+    }
+
+    /// The network of `config` on `devices` after one epoch under `schedule`.
+    static func trained(_ config: TestNetwork, devices: [Device], schedule: Schedule) throws
+        -> Network
+    {
         let network = try config.build(devices, optimizer: Self.options.optimizer, seed: 11)
         let trainer = try Trainer(
             network: network, options: Self.options,
@@ -82,7 +89,7 @@ import Testing
         }
         #expect(metrics.blockLosses.count == network.stages.filter(\.reportsLoss).count - 1)
         #expect(metrics.blockLosses.allSatisfy(\.isFinite) && metrics.outputLoss.isFinite)
-        return try TrainingTests.state(network)
+        return network
     }
 
     @Test(arguments: TestBackend.available, networks)

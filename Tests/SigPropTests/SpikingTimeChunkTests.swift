@@ -118,18 +118,8 @@ import Testing
         let device = try backend.device()
         let whole = config.with { $0.spiking.timeChunk = nil }
         func trained(_ config: TestNetwork) throws -> Network {
-            let network = try config.build(
-                device, optimizer: ArchitectureTests.options.optimizer, seed: 11)
-            let trainer = try Trainer(
-                network: network, options: ArchitectureTests.options,
-                train: try TrainingTests.syntheticData(
-                    count: 96, seed: 1, shape: config.inputShape),
-                test: try TrainingTests.syntheticData(count: 32, seed: 2, shape: config.inputShape),
-                schedule: Schedule(.sequential))
-            guard case .completed = try trainer.runEpoch(0) else {
-                throw SigPropError.configuration("the epoch did not complete")
-            }
-            return network
+            try ArchitectureTests.trained(
+                config, devices: [device], schedule: Schedule(.sequential))
         }
         let initial = try TrainingTests.state(
             try whole.build(device, optimizer: ArchitectureTests.options.optimizer, seed: 11))
