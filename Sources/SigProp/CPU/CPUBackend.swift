@@ -276,10 +276,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
     ) throws {
         let (a, b, c, bias) = (buf(a), buf(b), buf(c), bias.map(buf))
         run(queue) {
-            CPUKernels.gemm(shape, a: a.pointer, b: b.pointer, c: c.pointer)
-            CPUKernels.biasActivation(
-                c.pointer, rows: shape.m, columns: shape.n, bias: bias?.pointer,
-                activation: shape.activation)
+            CPUKernels.gemm(shape, a: a.pointer, b: b.pointer, c: c.pointer, bias: bias?.pointer)
         }
     }
 

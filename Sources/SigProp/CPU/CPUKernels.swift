@@ -93,15 +93,16 @@ enum CPUKernels {
         }
     }
 
+    /// C = alpha op(A) op(B) + beta C, then the bias along C's columns and `s.activation`.
     static func gemm(
         _ s: GemmShape, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-        c: UnsafeMutablePointer<Float>
+        c: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil
     ) {
         guard s.m > 0, s.n > 0 else { return }
         if s.k == 0 {
             // BLAS leaves C untouched when K = 0 only if beta = 1; state the result directly.
             for i in 0..<(s.m * s.n) { c[i] = s.beta == 0 ? 0 : s.beta * c[i] }
-            return
+            return biasActivation(s, c: c, bias: bias, rows: 0..<s.m, columns: 0..<s.n)
         }
         // Products from 2^18 multiply-adds up are split into parts run over the cores
         // (CPUWorkers), each a single-threaded OpenBLAS call (OpenBLAS runs with one thread, see
@@ -112,13 +113,16 @@ enum CPUKernels {
         let splitRows = s.m >= s.n
         let extent = splitRows ? s.m : s.n
         guard parts > 1, extent >= 2 * parts else {
-            return sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n)
+            sgemmPart(s, a: a, b: b, c: c, rows: 0..<s.m, columns: 0..<s.n)
+            return biasActivation(s, c: c, bias: bias, rows: 0..<s.m, columns: 0..<s.n)
         }
+        // Each part adds the bias to its own block of C while that block is in its core's
+        // cache; a pass over all of C after the product ran on the queue's thread alone.
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             let range = share(part, of: parts, extent)
-            sgemmPart(
-                s, a: a, b: b, c: c, rows: splitRows ? range : 0..<s.m,
-                columns: splitRows ? 0..<s.n : range)
+            let (rows, columns) = splitRows ? (range, 0..<s.n) : (0..<s.m, range)
+            sgemmPart(s, a: a, b: b, c: c, rows: rows, columns: columns)
+            biasActivation(s, c: c, bias: bias, rows: rows, columns: columns)
         }
     }
 
@@ -152,15 +156,20 @@ enum CPUKernels {
             s.beta, c + rows.lowerBound * s.n + columns.lowerBound, blasint(s.n))
     }
 
+    /// The block `rows` x `columns` of C (`s.n` columns wide) plus the bias, through
+    /// `s.activation`.
     static func biasActivation(
-        _ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?,
-        activation: Activation
+        _ s: GemmShape, c: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>?,
+        rows: Range<Int>, columns: Range<Int>
     ) {
+        let activation = s.activation
         guard bias != nil || activation != .identity else { return }
-        for r in 0..<rows {
-            let row = c + r * columns
-            for j in 0..<columns {
-                row[j] = activate(row[j] + (bias?[j] ?? 0), activation)
+        for r in rows {
+            let row = c + r * s.n
+            if let bias {
+                for j in columns { row[j] = activate(row[j] + bias[j], activation) }
+            } else {
+                for j in columns { row[j] = activate(row[j] + 0, activation) }
             }
         }
     }
