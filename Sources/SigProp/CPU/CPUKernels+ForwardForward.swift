@@ -11,17 +11,13 @@ extension CPUKernels {
     ) {
         let d = p.columns
         parallelChunks(p.rows, minimumChunk: max(1, (1 << 14) / max(d, 1))) { range in
+            rowSumSquares(a, rows: range, columns: d, relu: p.relu, into: sumSquares)
             for r in range {
                 let row = a + r * d
-                var ss: Float = 0
-                for j in 0..<d {
-                    let h = p.relu ? max(row[j], 0) : row[j]
-                    ss += h * h
-                }
+                let ss = sumSquares[r]
                 let scale = 1 / ((ss / Float(d)).squareRoot() + p.epsilon)
                 let out = normalized + r * d
                 for j in 0..<d { out[j] = (p.relu ? max(row[j], 0) : row[j]) * scale }
-                sumSquares[r] = ss
                 guard r < p.lossRows, let gradient, let rowLosses else { continue }
                 let s = ss - p.threshold
                 let y: Float = r < p.positives ? 1 : 0
@@ -29,12 +25,49 @@ extension CPUKernels {
                 rowLosses[r] = (max(s, 0) + log1pf(expf(-abs(s))) - y * s) * inverseRows
                 let coefficient = (1 / (1 + expf(-s)) - y) * inverseRows * 2
                 let dRow = gradient + r * d
-                let addsPeer = peer != nil && r < p.positives
-                for j in 0..<d {
-                    let h = p.relu ? max(row[j], 0) : row[j]
-                    dRow[j] = coefficient * h + (addsPeer ? peer![j] : 0)
+                if let peer, r < p.positives {
+                    for j in 0..<d {
+                        dRow[j] = coefficient * (p.relu ? max(row[j], 0) : row[j]) + peer[j]
+                    }
+                } else {
+                    for j in 0..<d {
+                        dRow[j] = coefficient * (p.relu ? max(row[j], 0) : row[j]) + 0
+                    }
                 }
             }
+        }
+    }
+
+    /// Each row's sum of relu(x)² (of x² without `relu`), added in column order. Four rows go
+    /// at once: each row's sum is added in the same order as alone, so the results are the
+    /// same, but four chains of additions overlap where one waited on each addition before.
+    static func rowSumSquares(
+        _ a: UnsafePointer<Float>, rows: Range<Int>, columns d: Int, relu: Bool,
+        into sums: UnsafeMutablePointer<Float>
+    ) {
+        @inline(__always) func value(_ x: Float) -> Float { relu ? max(x, 0) : x }
+        var r = rows.lowerBound
+        while r + 4 <= rows.upperBound {
+            let (x0, x1, x2, x3) = (a + r * d, a + (r + 1) * d, a + (r + 2) * d, a + (r + 3) * d)
+            var (s0, s1, s2, s3): (Float, Float, Float, Float) = (0, 0, 0, 0)
+            for j in 0..<d {
+                let (h0, h1, h2, h3) = (value(x0[j]), value(x1[j]), value(x2[j]), value(x3[j]))
+                s0 += h0 * h0
+                s1 += h1 * h1
+                s2 += h2 * h2
+                s3 += h3 * h3
+            }
+            (sums[r], sums[r + 1], sums[r + 2], sums[r + 3]) = (s0, s1, s2, s3)
+            r += 4
+        }
+        for r in r..<rows.upperBound {
+            let x = a + r * d
+            var ss: Float = 0
+            for j in 0..<d {
+                let h = value(x[j])
+                ss += h * h
+            }
+            sums[r] = ss
         }
     }
 
