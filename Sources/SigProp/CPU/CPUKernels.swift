@@ -117,7 +117,7 @@ enum CPUKernels {
             return biasActivation(s, c: c, bias: bias, rows: 0..<s.m, columns: 0..<s.n)
         }
         // Each part adds the bias to its own block of C while that block is in its core's
-        // cache; a pass over all of C after the product ran on the queue's thread alone.
+        // cache, so the pass costs no second trip through memory and runs on every core.
         CPUWorkers.shared.run(parts: parts, threads: cores) { part in
             let range = share(part, of: parts, extent)
             let (rows, columns) = splitRows ? (range, 0..<s.n) : (0..<s.m, range)
