@@ -38,33 +38,33 @@ extension CPUKernels {
         }
     }
 
-    /// Each row's sum of relu(x)² (of x² without `relu`), added in column order. Four rows go
-    /// at once: each row's sum is added in the same order as alone, so the results are the
-    /// same, but four chains of additions overlap where one waited on each addition before.
+    /// Each row's sum of relu(x)² (of x² without `relu`), added in column order. Eight rows go
+    /// at once, one per SIMD lane: each lane adds its row's terms in the same order as a loop
+    /// over that row alone, so the sums are the same, but eight chains of additions overlap
+    /// and ReLU is a select, where the scalar `max` branched on every sign.
     static func rowSumSquares(
         _ a: UnsafePointer<Float>, rows: Range<Int>, columns d: Int, relu: Bool,
         into sums: UnsafeMutablePointer<Float>
     ) {
-        @inline(__always) func value(_ x: Float) -> Float { relu ? max(x, 0) : x }
         var r = rows.lowerBound
-        while r + 4 <= rows.upperBound {
-            let (x0, x1, x2, x3) = (a + r * d, a + (r + 1) * d, a + (r + 2) * d, a + (r + 3) * d)
-            var (s0, s1, s2, s3): (Float, Float, Float, Float) = (0, 0, 0, 0)
+        while r + 8 <= rows.upperBound {
+            let x = (0..<8).map { a + (r + $0) * d }
+            var s = SIMD8<Float>()
             for j in 0..<d {
-                let (h0, h1, h2, h3) = (value(x0[j]), value(x1[j]), value(x2[j]), value(x3[j]))
-                s0 += h0 * h0
-                s1 += h1 * h1
-                s2 += h2 * h2
-                s3 += h3 * h3
+                var h = SIMD8<Float>(
+                    x[0][j], x[1][j], x[2][j], x[3][j], x[4][j], x[5][j], x[6][j], x[7][j])
+                // max(h, 0) as Swift's `max` gives it: 0 for -0 and below, NaN kept.
+                if relu { h.replace(with: 0, where: h .<= 0) }
+                s += h * h
             }
-            (sums[r], sums[r + 1], sums[r + 2], sums[r + 3]) = (s0, s1, s2, s3)
-            r += 4
+            for lane in 0..<8 { sums[r + lane] = s[lane] }
+            r += 8
         }
         for r in r..<rows.upperBound {
             let x = a + r * d
             var ss: Float = 0
             for j in 0..<d {
-                let h = value(x[j])
+                let h = relu ? max(x[j], 0) : x[j]
                 ss += h * h
             }
             sums[r] = ss
