@@ -125,3 +125,32 @@ __kernel void ff_relabel(__global const float* A, __global const float* Z,
     }
     out[(size_t)(first_row + r) * units + n] = value + b;
 }
+
+// The first layer's weight gradient over rows that differ from computed ones only in their
+// label, the transpose of ff_relabel. A batch's positive row z+ = s (x + e_from) and negative
+// row z- = s (x + e_to) have sum_b g+ z+ + g- z- = (g+ + g-) z+ + s g- (e_to - e_from): one
+// product over the positives with the two gradients summed, then this correction in the
+// label columns. PLAN [rows, 3] holds (source, from, to) per row r, whose gradient is row
+// `first_row` + r of G [*, N] and whose s is Z[source, from] (Z [B, D] the positives). Adds
+// to DW [N, D], column k < `classes`, the plan's terms for k in the plan's order. One
+// work-item per (unit, label).
+__kernel void ff_relabel_gradient(__global const float* G, __global const float* Z,
+                                  __global const float* plan, const int units,
+                                  const int inputs, const int classes, const int rows,
+                                  const int first_row, __global float* DW) {
+    const int n = get_global_id(0);
+    const int k = get_global_id(1);
+    if (n >= units || k >= classes) return;
+    float sum = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+        const int source = (int)plan[3 * r];
+        const int from = (int)plan[3 * r + 1];
+        const int to = (int)plan[3 * r + 2];
+        if (k != to && k != from) continue;
+        const float term =
+            Z[(size_t)source * inputs + from] * G[(size_t)(first_row + r) * units + n];
+        if (k == to) sum += term;
+        if (k == from) sum -= term;
+    }
+    DW[(size_t)n * inputs + k] += sum;
+}

@@ -116,6 +116,62 @@ import Testing
         }
     }
 
+    /// The first layer's weight gradient from the positives alone
+    /// (`forwardForwardRelabelGradient` after (g₊ + g₋)ᵀ Z₊) against the sum over both row
+    /// sets, positives and negatives, in double on the host, on awkward shapes with the
+    /// negatives' gradient at an offset; rows that do not exist are refused.
+    @Test(arguments: TestBackend.available)
+    func relabelledGradientMatchesBothRowSets(_ backend: TestBackend) throws {
+        let device = try backend.device()
+        for (count, inputs, units, classes) in [(9, 53, 37, 3), (4, 30, 129, 10), (1, 2, 1, 2)] {
+            let what = "\(count) rows of \(inputs) by \(units), K \(classes)"
+            let images = random(count * inputs, seed: UInt64(inputs), in: 0...1)
+            let labels = (0..<count).map { ($0 * 7 + 1) % classes }
+            let wrong = labels.map { ($0 + 1 + $0 % max(classes - 1, 1)) % classes }
+            let rows = try ForwardForwardBlock.normalizedRows(
+                ForwardForwardBlock.labelled(
+                    images, count: count, classes: classes, labels: labels + wrong),
+                rows: 2 * count, device: device, on: nil)
+            let z = try device.read(rows)
+            // Two rows of gradient before the pairs: the plan's rows start at an offset.
+            let g = random((2 * count + 2) * units, seed: 5)
+            var expected = [Double](repeating: 0, count: units * inputs)
+            for r in 0..<(2 * count) {
+                for n in 0..<units {
+                    for d in 0..<inputs {
+                        expected[n * inputs + d] +=
+                            Double(g[(r + 2) * units + n]) * Double(z[r * inputs + d])
+                    }
+                }
+            }
+            let positives = try device.zeros([count, inputs])
+            try device.copyRows(rows, 0..<count, into: positives, at: 0)
+            let summed = try device.tensor(
+                (0..<(count * units)).map { g[2 * units + $0] + g[(count + 2) * units + $0] },
+                shape: [count, units])
+            let gradient = try device.tensor(g, shape: [2 * count + 2, units])
+            let weightGradient = try device.zeros([units, inputs])
+            try device.gemm(summed, transposeA: true, positives, into: weightGradient)
+            try device.forwardForwardRelabelGradient(
+                gradient, inputs: positives, classes: classes,
+                rows: labels.indices.map { ($0, labels[$0], wrong[$0]) }, firstRow: count + 2,
+                into: weightGradient)
+            expectClose(
+                try device.read(weightGradient), expected.map(Float.init), absolute: 1e-5,
+                relative: 1e-4, what)
+            #expect(throws: SigPropError.self) {
+                try device.forwardForwardRelabelGradient(
+                    gradient, inputs: positives, classes: classes, rows: [(count, 0, 1)],
+                    firstRow: 0, into: weightGradient)
+            }
+            #expect(throws: SigPropError.self) {
+                try device.forwardForwardRelabelGradient(
+                    gradient, inputs: positives, classes: classes, rows: [(0, 0, 1)],
+                    firstRow: 2 * count + 2, into: weightGradient)
+            }
+        }
+    }
+
     /// d loss / d W of one layer (the row kernel's gradient through the weight product)
     /// against central differences of the loss the kernel computes, in double on the host.
     @Test(arguments: TestBackend.available)

@@ -463,6 +463,18 @@ final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    func forwardForwardRelabelGradient(
+        _ p: ForwardForwardRelabelShape, gradient: TensorStorage, inputs: TensorStorage,
+        plan: TensorStorage, into weightGradient: TensorStorage, on queue: BackendQueue
+    ) throws {
+        let (g, z, plan, dw) = (buf(gradient), buf(inputs), buf(plan), buf(weightGradient))
+        run(queue) {
+            CPUKernels.forwardForwardRelabelGradient(
+                p, gradient: g.pointer, inputs: z.pointer, plan: plan.pointer,
+                into: dw.pointer)
+        }
+    }
+
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue

@@ -71,6 +71,33 @@ extension CPUKernels {
         }
     }
 
+    static func forwardForwardRelabelGradient(
+        _ p: ForwardForwardRelabelShape, gradient g: UnsafePointer<Float>,
+        inputs z: UnsafePointer<Float>, plan: UnsafePointer<Float>,
+        into weightGradient: UnsafeMutablePointer<Float>
+    ) {
+        let (units, inputs, classes) = (p.units, p.inputs, p.classes)
+        let entries = (0..<p.rows).map { r in
+            (
+                row: p.firstRow + r, from: Int(plan[3 * r + 1]), to: Int(plan[3 * r + 2]),
+                s: z[Int(plan[3 * r]) * inputs + Int(plan[3 * r + 1])]
+            )
+        }
+        parallelChunks(units, minimumChunk: max(1, (1 << 14) / max(p.rows, 1))) { range in
+            for n in range {
+                for k in 0..<classes {
+                    var sum: Float = 0
+                    for entry in entries where entry.to == k || entry.from == k {
+                        let term = entry.s * g[entry.row * units + n]
+                        if entry.to == k { sum += term }
+                        if entry.from == k { sum -= term }
+                    }
+                    weightGradient[n * inputs + k] += sum
+                }
+            }
+        }
+    }
+
     static func forwardForwardRelabel(
         _ p: ForwardForwardRelabelShape, a: UnsafePointer<Float>, inputs z: UnsafePointer<Float>,
         neutral: UnsafePointer<Float>?, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,

@@ -96,6 +96,11 @@ protocol Backend: AnyObject, Sendable {
         _ p: ForwardForwardRelabelShape, a: TensorStorage, inputs: TensorStorage,
         neutral: TensorStorage?, weight: TensorStorage, bias: TensorStorage,
         plan: TensorStorage, into: TensorStorage, on queue: BackendQueue) throws
+    /// The transpose of `forwardForwardRelabel` for the first layer's weight gradient
+    /// (`Device.forwardForwardRelabelGradient`).
+    func forwardForwardRelabelGradient(
+        _ p: ForwardForwardRelabelShape, gradient: TensorStorage, inputs: TensorStorage,
+        plan: TensorStorage, into weightGradient: TensorStorage, on queue: BackendQueue) throws
     /// Forward-Forward's peer normalisation: the running mean moved, the gradient per unit.
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,

@@ -16,7 +16,8 @@ struct ForwardForwardRelabelShape: Sendable {
     var units: Int
     var inputs: Int
     var classes: Int
-    /// Output rows, written from row `firstRow` of the output on.
+    /// The plan's rows, and the first row of the tensor they stand at: the output's
+    /// (`ff_relabel`) or the gradient's (`ff_relabel_gradient`).
     var rows: Int
     var firstRow: Int
 }
@@ -123,6 +124,57 @@ extension Device {
             a: a.storage, inputs: inputs.storage, neutral: neutral?.storage,
             weight: weight.storage, bias: bias.storage, plan: plan.storage,
             into: output.storage, on: try queue(stream, operation))
+    }
+
+    /// The first layer's weight gradient over rows that differ from computed ones only in
+    /// their label (Kernels/forward_forward.cl's ff_relabel_gradient, the transpose of
+    /// `forwardForwardRelabel`). `inputs` [B, D] are unit-RMS rows with a label each. Each
+    /// `rows` entry r stands for source row `source` of `inputs` with label `from` replaced by
+    /// `to`, and row `firstRow` + r of `gradient` [*, N] is d loss / d (its pre-activations).
+    /// Adds to `weightGradient` [N, D] what those rows give beyond the same gradients times
+    /// their source rows: s g (e_to - e_from), s the source row's label entry. So
+    /// (g₊ + g₋)ᵀ Z₊ and this give the gradient of positives and negatives together from one
+    /// product over B rows where it took two.
+    public func forwardForwardRelabelGradient(
+        _ gradient: Tensor, inputs: Tensor, classes: Int,
+        rows: [(source: Int, from: Int, to: Int)], firstRow: Int = 0,
+        into weightGradient: Tensor, on stream: Stream? = nil
+    ) throws {
+        let operation = "forwardForwardRelabelGradient"
+        try check(operation, gradient, inputs, weightGradient)
+        let (units, features) = (weightGradient.rows, weightGradient.columns)
+        guard gradient.columns == units, inputs.columns == features,
+            (1...features).contains(classes), firstRow >= 0,
+            firstRow + rows.count <= gradient.rows
+        else {
+            throw SigPropError.shapeMismatch(
+                operation: operation,
+                detail:
+                    "rows \(firstRow)..<\(firstRow + rows.count) of gradient \(gradient.shape) "
+                    + "and inputs \(inputs.shape) into a weight gradient \(weightGradient.shape), "
+                    + "\(classes) classes")
+        }
+        for row in rows {
+            guard (0..<inputs.rows).contains(row.source), (0..<classes).contains(row.from),
+                (0..<classes).contains(row.to)
+            else {
+                throw SigPropError.shapeMismatch(
+                    operation: operation,
+                    detail:
+                        "row \(row.source) from label \(row.from) to \(row.to) is outside "
+                        + "\(inputs.rows) rows, \(classes) labels")
+            }
+        }
+        guard !rows.isEmpty else { return }
+        let plan = try tensor(
+            rows.flatMap { [Float($0.source), Float($0.from), Float($0.to)] },
+            shape: [rows.count, 3], on: stream)
+        try backend.forwardForwardRelabelGradient(
+            ForwardForwardRelabelShape(
+                units: units, inputs: features, classes: classes, rows: rows.count,
+                firstRow: firstRow),
+            gradient: gradient.storage, inputs: inputs.storage, plan: plan.storage,
+            into: weightGradient.storage, on: try queue(stream, operation))
     }
 
     /// Forward-Forward's peer normalisation (Kernels/forward_forward.cl): moves

@@ -61,6 +61,8 @@ public final class ForwardForwardBlock: TrainingStage {
         let carried = embedsLabels ? [] : Array(inputs.dropFirst(2))
         let pass: LayerPass
         let neutralOut: Tensor
+        /// The positives and the negatives' labels where the negatives are derived from them.
+        var derived: (positives: Tensor, wrong: [Int])?
         // A GPU at these sizes is bound by launches, not arithmetic: there the products over
         // every row set are one launch less than deriving rows (docs/learning-rules.md).
         if embedsLabels, !device.capabilities.gpu {
@@ -72,6 +74,7 @@ public final class ForwardForwardBlock: TrainingStage {
                 neutral: neutral, classes: batch.classes, on: stream)
             pass = LayerPass(input: pairs, output: a, normalized: nil, rstd: nil)
             neutralOut = try Self.rows(neutralA, on: stream).normalized
+            derived = (positives, wrong)
         } else {
             let embedded = embedsLabels ? try Self.embedded(batch, on: stream) : nil
             pass = try layer.forward(embedded?.pairs ?? inputs[0], on: stream)
@@ -96,12 +99,48 @@ public final class ForwardForwardBlock: TrainingStage {
             on: stream)
         return StagePass(
             outputs: [normalized, neutralOut] + carried + (isReadout ? [neutralOut] : [])
-        ) { stream in
-            try self.layer.learn(
-                from: [(pass, gradient)],
-                step: self.optimizer.beginStep(learningRate: batch.learningRate), on: stream)
+        ) { [derived] stream in
+            let step = self.optimizer.beginStep(learningRate: batch.learningRate)
+            if let derived, !device.fusesWeightUpdates {
+                try self.learnFromPositives(
+                    derived.positives, labels: batch.labels.map { Int($0) },
+                    wrong: derived.wrong, classes: batch.classes, gradient: gradient,
+                    step: step, on: stream)
+            } else {
+                try self.layer.learn(from: [(pass, gradient)], step: step, on: stream)
+            }
             return rowLosses
         }
+    }
+
+    /// The first layer's step where its negatives are derived from its positives: a
+    /// negative differs from its positive in the label inputs only, so the weight gradient
+    /// of both row sets is (g₊ + g₋)ᵀ Z₊, one product over B rows, plus the negatives' share
+    /// in the label columns (`Device.forwardForwardRelabelGradient`), where a product over all
+    /// 2B rows took twice the multiply-adds (docs/learning-rules.md). `gradient` [2B, N]:
+    /// positives, then negatives.
+    func learnFromPositives(
+        _ positives: Tensor, labels: [Int], wrong: [Int], classes: Int, gradient: Tensor,
+        step: UpdateRule, on stream: Stream
+    ) throws {
+        guard let bias = layer.bias else {
+            throw SigPropError.configuration(
+                "\(layer.weight.name): a Forward-Forward layer has a bias")
+        }
+        let (device, count, width) = (positives.device, positives.rows, layer.outputs)
+        try device.channelSums(gradient, channels: width, into: bias.gradient, on: stream)
+        let summed = try device.allocate([count, width], on: stream)
+        let negatives = try device.allocate([count, width], on: stream)
+        try device.copyRows(gradient, 0..<count, into: summed, at: 0, on: stream)
+        try device.copyRows(gradient, count..<(2 * count), into: negatives, at: 0, on: stream)
+        try device.axpby(alpha: 1, negatives, beta: 1, summed, on: stream)
+        try device.gemm(
+            summed, transposeA: true, positives, into: layer.weight.gradient, on: stream)
+        try device.forwardForwardRelabelGradient(
+            gradient, inputs: positives, classes: classes,
+            rows: labels.indices.map { ($0, labels[$0], wrong[$0]) }, firstRow: count,
+            into: layer.weight.gradient, on: stream)
+        try step.apply(to: layer.parameters, on: stream)
     }
 
     /// The layer on rows `z` without learning: the normalised output and each row's goodness.

@@ -706,6 +706,20 @@ final class OpenCLBackend: Backend, @unchecked Sendable {
             global: [p.units, p.rows], on: queue)
     }
 
+    func forwardForwardRelabelGradient(
+        _ p: ForwardForwardRelabelShape, gradient: TensorStorage, inputs: TensorStorage,
+        plan: TensorStorage, into weightGradient: TensorStorage, on queue: BackendQueue
+    ) throws {
+        try launch(
+            "forward_forward", "ff_relabel_gradient",
+            [
+                .buffer(mem(gradient)), .buffer(mem(inputs)), .buffer(mem(plan)),
+                .int(Int32(p.units)), .int(Int32(p.inputs)), .int(Int32(p.classes)),
+                .int(Int32(p.rows)), .int(Int32(p.firstRow)), .buffer(mem(weightGradient)),
+            ],
+            global: [p.units, p.classes], on: queue)
+    }
+
     func forwardForwardPeer(
         a: TensorStorage, columns: Int, positives: Int, runningMean: TensorStorage,
         peer: TensorStorage, momentum: Float, weight: Float, on queue: BackendQueue
