@@ -73,6 +73,16 @@ let benchmarks: @Sendable () -> Void = {
             try sigpropForwardForwardFirstLayer(device, shape, relabel: relabel)
         }
     }
+    // Its weight gradient over the positive and negative rows: one product over the
+    // positives and the label columns' share (`ff_first_layer_gradient`), and the product
+    // over both row sets (`ff_first_layer_gradient_unfused`).
+    for shape in FirstLayerCase.all {
+        registerWithUnfused(
+            "ff_first_layer_gradient", shape: shape, flops: shape.gradientFlops
+        ) { device, relabel in
+            try sigpropForwardForwardFirstLayerGradient(device, shape, relabel: relabel)
+        }
+    }
     // A PEPITA hidden layer's step with (clean - modulated) / B in one operation, as the
     // library forms it (`pepita_step`), and as a subtraction and a scaling
     // (`pepita_step_unfused`).
@@ -241,6 +251,8 @@ struct FirstLayerCase: CustomStringConvertible {
     var description: String { "b\(batch)_\(inputs)to\(units)" }
     /// The product over all 3B rows, for both forms: what they compute, not how.
     var flops: Double { 2 * Double(3 * batch) * Double(inputs) * Double(units) }
+    /// The weight gradient's product over the 2B positive and negative rows.
+    var gradientFlops: Double { 2 * Double(2 * batch) * Double(inputs) * Double(units) }
 }
 
 /// A PEPITA hidden layer's step, `b<B>_<in>to<out>`: the difference of the clean and the

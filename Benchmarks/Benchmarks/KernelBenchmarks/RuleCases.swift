@@ -209,15 +209,12 @@ func checkSame(
     }
 }
 
-/// Forward-Forward's first layer on a batch's positive, negative and neutral rows (unit-RMS
-/// images with a label written over their first K inputs), as `ForwardForwardBlock` runs it:
-/// the product over the B positive rows, then the negatives and the neutral rows from it
-/// (`Device.forwardForwardRelabel`). Unfused: the product over all 3B rows. Before timing,
-/// the setup runs both once and throws if their pre-activations differ beyond float rounding.
-func sigpropForwardForwardFirstLayer(
-    _ device: Device, _ shape: FirstLayerCase, relabel: Bool
-) throws -> () throws -> Void {
-    let (batch, inputs, units, classes) = (shape.batch, shape.inputs, shape.units, shape.classes)
+/// A batch's first-layer rows for `shape`: unit-RMS images with their label, a wrong label
+/// and 1/K in each label input (neutral), written over their first K inputs; and the labels.
+func firstLayerRows(_ shape: FirstLayerCase) -> (
+    positives: [Float], negatives: [Float], neutral: [Float], labels: [Int], wrong: [Int]
+) {
+    let (batch, inputs, classes) = (shape.batch, shape.inputs, shape.classes)
     let images = randomValues(batch * inputs, seed: 11).map { abs($0) }
     let labels = (0..<batch).map { $0 % classes }
     let wrong = labels.map { ($0 + 1 + $0 * 7 % (classes - 1)) % classes }
@@ -230,9 +227,65 @@ func sigpropForwardForwardFirstLayer(
             return row.map { $0 / (rms + 1e-8) }
         }
     }
-    let (positives, negatives, neutral) = (
-        rows { labels[$0] }, rows { wrong[$0] }, rows { _ in nil }
+    return (rows { labels[$0] }, rows { wrong[$0] }, rows { _ in nil }, labels, wrong)
+}
+
+/// Forward-Forward's first-layer weight gradient over a batch's positive and negative rows,
+/// as `ForwardForwardBlock.learnFromPositives` forms it: the two row sets' gradients summed,
+/// one product over the B positive rows, then the negatives' share in the label columns
+/// (`Device.forwardForwardRelabelGradient`). Unfused: the product over all 2B rows. Before
+/// timing, the setup runs both once and throws if they differ beyond float rounding.
+func sigpropForwardForwardFirstLayerGradient(
+    _ device: Device, _ shape: FirstLayerCase, relabel: Bool
+) throws -> () throws -> Void {
+    let (batch, inputs, units, classes) = (shape.batch, shape.inputs, shape.units, shape.classes)
+    let rows = firstLayerRows(shape)
+    let pairs = try device.tensor(rows.positives + rows.negatives, shape: [2 * batch, inputs])
+    let z = try device.tensor(rows.positives, shape: [batch, inputs])
+    let gradient = try device.tensor(
+        randomValues(2 * batch * units, seed: 14), shape: [2 * batch, units])
+    let (summed, negatives) = (try device.zeros([batch, units]), try device.zeros([batch, units]))
+    let (unfusedOut, derivedOut) = (
+        try device.zeros([units, inputs]), try device.zeros([units, inputs])
     )
+    let plan = (0..<batch).map { ($0, rows.labels[$0], rows.wrong[$0]) }
+    let unfused = {
+        try device.gemm(gradient, transposeA: true, pairs, into: unfusedOut)
+        try device.defaultStream.synchronize()
+    }
+    let derived = {
+        try device.copyRows(gradient, 0..<batch, into: summed, at: 0)
+        try device.copyRows(gradient, batch..<(2 * batch), into: negatives, at: 0)
+        try device.axpby(alpha: 1, negatives, beta: 1, summed)
+        try device.gemm(summed, transposeA: true, z, into: derivedOut)
+        try device.forwardForwardRelabelGradient(
+            gradient, inputs: z, classes: classes, rows: plan, firstRow: batch, into: derivedOut)
+        try device.defaultStream.synchronize()
+    }
+    guard relabel else { return unfused }
+    try unfused()
+    try derived()
+    let (expected, actual) = (try device.read(unfusedOut), try device.read(derivedOut))
+    let largest = expected.map(abs).max() ?? 0
+    let error = zip(expected, actual).map { abs($0 - $1) }.max() ?? 0
+    guard error <= 1e-4 * largest else {
+        throw BenchmarkSetupError(
+            "ff_first_layer_gradient: the derived gradient differs from the product over both "
+                + "row sets by \(error) (largest value \(largest))")
+    }
+    return derived
+}
+
+/// Forward-Forward's first layer on a batch's positive, negative and neutral rows (unit-RMS
+/// images with a label written over their first K inputs), as `ForwardForwardBlock` runs it:
+/// the product over the B positive rows, then the negatives and the neutral rows from it
+/// (`Device.forwardForwardRelabel`). Unfused: the product over all 3B rows. Before timing,
+/// the setup runs both once and throws if their pre-activations differ beyond float rounding.
+func sigpropForwardForwardFirstLayer(
+    _ device: Device, _ shape: FirstLayerCase, relabel: Bool
+) throws -> () throws -> Void {
+    let (batch, inputs, units, classes) = (shape.batch, shape.inputs, shape.units, shape.classes)
+    let (positives, negatives, neutral, labels, wrong) = firstLayerRows(shape)
     let weight = try device.tensor(
         randomValues(units * inputs, seed: 12).map { $0 / Float(units).squareRoot() },
         shape: [units, inputs])
