@@ -132,8 +132,8 @@ __kernel void ff_relabel(__global const float* A, __global const float* Z,
 // product over the positives with the two gradients summed, then this correction in the
 // label columns. PLAN [rows, 3] holds (source, from, to) per row r, whose gradient is row
 // `first_row` + r of G [*, N] and whose s is Z[source, from] (Z [B, D] the positives). Adds
-// to DW [N, D], column k < `classes`, the plan's terms for k in the plan's order. One
-// work-item per (unit, label).
+// to DW [N, D], column k < `classes`, the plan's terms for k in the plan's order (a row whose
+// label stays adds nothing). One work-item per (unit, label).
 __kernel void ff_relabel_gradient(__global const float* G, __global const float* Z,
                                   __global const float* plan, const int units,
                                   const int inputs, const int classes, const int rows,
@@ -146,7 +146,7 @@ __kernel void ff_relabel_gradient(__global const float* G, __global const float*
         const int source = (int)plan[3 * r];
         const int from = (int)plan[3 * r + 1];
         const int to = (int)plan[3 * r + 2];
-        if (k != to && k != from) continue;
+        if (to == from || (k != to && k != from)) continue;
         const float term =
             Z[(size_t)source * inputs + from] * G[(size_t)(first_row + r) * units + n];
         if (k == to) sum += term;

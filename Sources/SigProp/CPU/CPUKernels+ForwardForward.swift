@@ -83,17 +83,20 @@ extension CPUKernels {
                 s: z[Int(plan[3 * r]) * inputs + Int(plan[3 * r + 1])]
             )
         }
+        // Each unit's K sums side by side, each taking the plan's terms in order as a work-item
+        // of ff_relabel_gradient does: one pass over the plan per unit, not one per label.
         parallelChunks(units, minimumChunk: max(1, (1 << 14) / max(p.rows, 1))) { range in
+            var sums = [Float](repeating: 0, count: classes)
             for n in range {
-                for k in 0..<classes {
-                    var sum: Float = 0
-                    for entry in entries where entry.to == k || entry.from == k {
-                        let term = entry.s * g[entry.row * units + n]
-                        if entry.to == k { sum += term }
-                        if entry.from == k { sum -= term }
+                for k in 0..<classes { sums[k] = 0 }
+                for entry in entries {
+                    let term = entry.s * g[entry.row * units + n]
+                    if entry.to != entry.from {
+                        sums[entry.to] += term
+                        sums[entry.from] -= term
                     }
-                    weightGradient[n * inputs + k] += sum
                 }
+                for k in 0..<classes { weightGradient[n * inputs + k] += sums[k] }
             }
         }
     }
