@@ -305,9 +305,7 @@ final class CPUBackend: Backend, @unchecked Sendable {
     ) throws {
         let (x, y) = (buf(x), buf(y))
         run(queue) {
-            for i in 0..<count {
-                y.pointer[i] = alpha * x.pointer[i] + (beta == 0 ? 0 : beta * y.pointer[i])
-            }
+            CPUKernels.axpby(alpha: alpha, x.pointer, beta: beta, y.pointer, count: count)
         }
     }
 

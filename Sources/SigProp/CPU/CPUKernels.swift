@@ -38,6 +38,21 @@ enum CPUKernels {
         }
     }
 
+    /// `y = alpha x + beta y`, where `beta` 0 never reads `y`. The test on `beta` is out of
+    /// the loop so that each case vectorises; large tensors run on every core.
+    static func axpby(
+        alpha: Float, _ x: UnsafePointer<Float>, beta: Float, _ y: UnsafeMutablePointer<Float>,
+        count: Int
+    ) {
+        parallelChunks(count) { range in
+            if beta == 0 {
+                for i in range { y[i] = alpha * x[i] + 0 }
+            } else {
+                for i in range { y[i] = alpha * x[i] + beta * y[i] }
+            }
+        }
+    }
+
     static func activationGradient(
         _ a: UnsafePointer<Float>, gradient g: UnsafePointer<Float>,
         into r: UnsafeMutablePointer<Float>,
