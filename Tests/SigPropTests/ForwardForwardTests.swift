@@ -44,6 +44,10 @@ import Testing
         #expect(report.comparisons.first { $0.output == "final.layers.1.weight" }?.passed == false)
     }
 
+    /// Batches of the first layer for the relabelling tests, (rows, inputs, units, classes):
+    /// no size a multiple of a vector or a work-group, ten labels, and one row of two inputs.
+    static let relabelShapes = [(9, 53, 37, 3), (4, 30, 129, 10), (1, 2, 1, 2)]
+
     /// The first layer's rows derived from another label's (`forwardForwardRelabel`: a wrong
     /// label, every other label, the neutral row) against the product of the rows themselves
     /// in double on the host, on awkward shapes, written at an offset; rows that do not exist
@@ -51,7 +55,7 @@ import Testing
     @Test(arguments: TestBackend.available)
     func relabelledRowsMatchTheirProduct(_ backend: TestBackend) throws {
         let device = try backend.device()
-        for (count, inputs, units, classes) in [(9, 53, 37, 3), (4, 30, 129, 10), (1, 2, 1, 2)] {
+        for (count, inputs, units, classes) in Self.relabelShapes {
             let what = "\(count) rows of \(inputs) by \(units), K \(classes)"
             let images = random(count * inputs, seed: UInt64(inputs), in: 0...1)
             let (weight, bias) = (
@@ -123,7 +127,7 @@ import Testing
     @Test(arguments: TestBackend.available)
     func relabelledGradientMatchesBothRowSets(_ backend: TestBackend) throws {
         let device = try backend.device()
-        for (count, inputs, units, classes) in [(9, 53, 37, 3), (4, 30, 129, 10), (1, 2, 1, 2)] {
+        for (count, inputs, units, classes) in Self.relabelShapes {
             let what = "\(count) rows of \(inputs) by \(units), K \(classes)"
             let images = random(count * inputs, seed: UInt64(inputs), in: 0...1)
             let labels = (0..<count).map { ($0 * 7 + 1) % classes }

@@ -123,10 +123,7 @@ public final class ForwardForwardBlock: TrainingStage {
         _ positives: Tensor, labels: [Int], wrong: [Int], classes: Int, gradient: Tensor,
         step: UpdateRule, on stream: Stream
     ) throws {
-        guard let bias = layer.bias else {
-            throw SigPropError.configuration(
-                "\(layer.weight.name): a Forward-Forward layer has a bias")
-        }
+        let bias = try labelledBias
         let (device, count, width) = (positives.device, positives.rows, layer.outputs)
         try device.channelSums(gradient, channels: width, into: bias.gradient, on: stream)
         let summed = try device.allocate([count, width], on: stream)
@@ -141,6 +138,17 @@ public final class ForwardForwardBlock: TrainingStage {
             rows: labels.indices.map { ($0, labels[$0], wrong[$0]) }, firstRow: count,
             into: layer.weight.gradient, on: stream)
         try step.apply(to: layer.parameters, on: stream)
+    }
+
+    /// The bias, which the first layer's derived rows and their gradient read.
+    var labelledBias: Parameter {
+        get throws {
+            guard let bias = layer.bias else {
+                throw SigPropError.configuration(
+                    "\(layer.weight.name): a Forward-Forward layer has a bias")
+            }
+            return bias
+        }
     }
 
     /// The layer on rows `z` without learning: the normalised output and each row's goodness.
@@ -172,10 +180,7 @@ public final class ForwardForwardBlock: TrainingStage {
         _ labelled: Tensor, labels: [Int], relabelled: [[Int]], neutral: Tensor, classes: Int,
         on stream: Stream?
     ) throws -> (a: Tensor, neutral: Tensor) {
-        guard let bias = layer.bias else {
-            throw SigPropError.configuration(
-                "\(layer.weight.name): a Forward-Forward layer has a bias")
-        }
+        let bias = try labelledBias
         let device = labelled.device
         let count = labelled.rows
         let first = try layer.forward(labelled, on: stream).output
