@@ -249,7 +249,7 @@ struct Train: ParsableCommand {
         help:
             ArgumentHelp(
                 "Run the target stream on one row per class where that is exact (per-sample norms, no "
-                    + "dropout); off otherwise.")
+                    + "dropout; under --rule efp, the first pass that learns); off otherwise.")
     )
     var kRowShortcut: Bool?
 
@@ -608,10 +608,13 @@ struct Train: ParsableCommand {
                         + "layers have none of them: drop \(given.count == 1 ? "it" : "them")")
             }
         }
-        if rule == LearningRule.Name.efp.rawValue, kRowShortcut == true, resume == nil {
+        if rule == LearningRule.Name.efp.rawValue, kRowShortcut == true, resume == nil,
+            efpFirstPass != LearningRule.ErrorFirstPass.learn.rawValue
+        {
             throw ValidationError(
-                "--k-row-shortcut cannot hold under --rule efp: each sample's target is its own "
-                    + "error, so the target stream runs on every row; drop it")
+                "--k-row-shortcut cannot hold under --rule efp with the predict first pass: each "
+                    + "sample's target is its own error, so the target stream runs on every row; "
+                    + "drop it, or add --efp-first-pass learn (whose first pass takes it)")
         }
         let ffFlags =
             [ffThreshold, ffPeerWeight, ffClassifierLr].contains { $0 != nil } || ffNegatives != nil

@@ -70,10 +70,12 @@ import Testing
 @Suite struct NetworkTests {
     enum Kind: Sendable, CaseIterable { case mlp, cnn }
 
-    static func smallNetwork(_ device: Device, kind: Kind, norm: NormKind? = nil) throws
-        -> Network
-    {
-        var network = kind == .mlp ? TestNetwork.mlp() : TestNetwork.cnn([1, 8, 8])
+    static func smallNetwork(
+        _ device: Device, kind: Kind, norm: NormKind? = nil,
+        rule: LearningRule = .signalPropagation
+    ) throws -> Network {
+        var network = (kind == .mlp ? TestNetwork.mlp() : TestNetwork.cnn([1, 8, 8])).with(
+            rule: rule)
         if let norm {
             network.description.denseNorm = norm
             network.description.convNorm = norm
@@ -91,11 +93,17 @@ import Testing
     }
 
     /// docs/signal-propagation.md: with per-sample norms the target stream may run on K rows; the
-    /// results are those of the B-row computation up to float rounding.
-    @Test(arguments: TestBackend.available, Kind.allCases)
-    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ kind: Kind)
+    /// results are those of the B-row computation up to float rounding. Under Error
+    /// Forward-Propagation the first pass that learns takes the shortcut and the second pass
+    /// (each sample's own error) does not.
+    @Test(
+        arguments: TestBackend.available, [Kind.mlp, .cnn].map { ($0, false) } + [(.mlp, true)])
+    func kRowShortcutMatchesTheFullTargetStream(_ backend: TestBackend, _ shape: (Kind, Bool))
         throws
     {
+        let (kind, errorForward) = shape
+        let rule =
+            errorForward ? LearningRule(.efp, errorFirstPass: .learn) : .signalPropagation
         let device = try backend.device()
         let batch = 12
         let images = random(batch * (kind == .mlp ? 36 : 64), seed: 50)
@@ -103,7 +111,8 @@ import Testing
         var results: [[Float]] = []
         var losses: [[Float]] = []
         for shortcut in [false, true] {
-            let network = try Self.smallNetwork(device, kind: kind)
+            let network = try Self.smallNetwork(device, kind: kind, rule: rule)
+            #expect(network.kRowShortcutIsExact)
             let pipeline = try Pipeline(
                 network: network, schedule: Schedule(.sequential), batchSize: batch,
                 kRowShortcut: shortcut)
@@ -121,14 +130,19 @@ import Testing
         expectClose(
             results[1], results[0], absolute: 1e-5, relative: 1e-3, "\(kind) weights after 3 steps")
         #expect(
-            results[0] != (try Self.weights(Self.smallNetwork(device, kind: kind))),
+            results[0] != (try Self.weights(Self.smallNetwork(device, kind: kind, rule: rule))),
             "training changed nothing")
     }
 
-    @Test func batchNormTurnsTheShortcutOff() throws {
+    /// Batch norm (statistics over the batch), and the error's pass that Error Forward-Propagation
+    /// runs alone after a first pass that only predicts.
+    @Test func whatTurnsTheShortcutOff() throws {
         let device = try TestBackend.cpu.device()
         #expect(
             try Self.smallNetwork(device, kind: .mlp, norm: .batch).kRowShortcutIsExact == false)
         #expect(try Self.smallNetwork(device, kind: .mlp).kRowShortcutIsExact)
+        let predict = LearningRule(.efp, errorFirstPass: .predict)
+        #expect(
+            try Self.smallNetwork(device, kind: .mlp, rule: predict).kRowShortcutIsExact == false)
     }
 }

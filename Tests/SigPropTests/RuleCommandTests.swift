@@ -200,7 +200,11 @@ extension ProcessTests {
         let (status, output) = try Self.run(
             Self.model(
                 data, checkpoints,
-                ["--rule", "efp", "--efp-first-pass", "learn", "--model", "dense16,dense16"]))
+                [
+                    "--rule", "efp", "--efp-first-pass", "learn", "--model", "dense16,dense16",
+                    "--k-row-shortcut",
+                ]))
+        // The first pass that learns takes the K-row shortcut, so the flag holds.
         #expect(status == 0, "\(output)")
         #expect(output.contains("rule: Error Forward-Propagation (first pass: learn)"), "\(output)")
         // Signal Propagation's network on its input: standardised pixels, every readout.

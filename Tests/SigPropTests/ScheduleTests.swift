@@ -53,7 +53,7 @@ import Testing
         #expect(try kind(.mlp(), cpu) == .pipelined)
         #expect(try kind(.mlp(), cpu, rule: LearningRule(.efp)) == .sequential)
         #expect(
-            try kind(.mlp(), cpu, rule: LearningRule(.efp, errorFirstPass: .learn)) == .pipelined)
+            try kind(.mlp(), cpu, rule: LearningRule(.efp, errorFirstPass: .learn)) == .sequential)
         #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.pepita)) == .sequential)
         #expect(try kind(.mlp(hiddenLayers: 1), cpu, rule: LearningRule(.ff)) == .pipelined)
         var hard = LearningRule(.ff)

@@ -123,22 +123,31 @@ public final class ErrorForwardSignalStage: TrainingStage {
     }
 }
 
-/// A hidden block in the second pass after the first pass that only predicts: its input
-/// stream is the first pass's; reads and hands on the target stream only.
+/// A hidden block in the second pass: its target stream is the output error's, one row per
+/// sample whatever the first pass's target stream held (`BatchContext.byClass`). With
+/// `reusesFirstPass` (after the first pass that only predicts) its input stream is the first
+/// pass's, and it reads and hands on the target stream only; otherwise both streams.
 public final class ErrorForwardHiddenStage: TrainingStage {
     public let hidden: HiddenBlock
+    let reusesFirstPass: Bool
 
-    init(_ hidden: HiddenBlock) { self.hidden = hidden }
+    init(_ hidden: HiddenBlock, reusesFirstPass: Bool) {
+        self.hidden = hidden
+        self.reusesFirstPass = reusesFirstPass
+    }
 
     public var optimizers: [Optimizer] { hidden.optimizers }
 
     public func forward(_ inputs: [Tensor], batch: BatchContext, on stream: Stream) throws
         -> StagePass
     {
-        let pass = try hidden.forward(
-            reusing: try ErrorFirstPassOutput.take(hidden.layer, from: batch), t: inputs[0],
-            dropout: batch.dropout, on: stream)
-        return StagePass(outputs: [pass.t]) { stream in
+        let pass =
+            reusesFirstPass
+            ? try hidden.forward(
+                reusing: try ErrorFirstPassOutput.take(hidden.layer, from: batch), t: inputs[0],
+                dropout: batch.dropout, on: stream)
+            : try hidden.forward(h: inputs[0], t: inputs[1], dropout: batch.dropout, on: stream)
+        return StagePass(outputs: reusesFirstPass ? [pass.t] : [pass.h, pass.t]) { stream in
             try self.hidden.learn(
                 pass, loss: batch.loss, learningRate: batch.learningRate, on: stream
             ).rowLosses

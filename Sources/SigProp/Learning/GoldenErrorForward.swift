@@ -58,9 +58,11 @@ extension GoldenCheck {
         var comparisons: [GoldenComparison] = []
         for step in 0..<steps {
             let stepLabels = slice(labels, step).map { Int32($0) }
+            // The first pass that learns takes the K-row shortcut where training would.
             let context = BatchContext(
                 images: slice(x, step), labels: stepLabels, inputShape: [1, 1, features],
-                classes: classes, learningRate: sgd.learningRate, loss: LocalLoss())
+                classes: classes, learningRate: sgd.learningRate, loss: LocalLoss(),
+                byClass: network.kRowShortcutIsExact)
             var (first, second): ([Float], [Float]) = ([], [])
             try trainStep(network, context, on: stream) { index, pass, loss in
                 if index == firstPassStages - 1 {

@@ -61,9 +61,17 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// Error Forward-Propagation's first pass in force: the given one, or `.predict`.
     public var errorFirstPassInForce: ErrorFirstPass { errorFirstPass ?? .predict }
 
-    /// Whether the target stream may run on one row per class where the norms allow it: not
-    /// under Error Forward-Propagation, whose target is each sample's own error.
+    /// Whether every target stream may run on one row per class where the norms allow it: not
+    /// under Error Forward-Propagation, whose second pass's target is each sample's own error.
+    /// (Memory estimates count that pass's B rows.)
     public var allowsKRowShortcut: Bool { name != .efp }
+
+    /// Whether the target stream of a Signal Propagation pass with the target onehot(c) may run
+    /// on one row per class where the norms allow it: Signal Propagation's, and Error
+    /// Forward-Propagation's first pass that learns (`ErrorFirstPass.learn`).
+    public var allowsKRowShortcutInFirstPass: Bool {
+        allowsKRowShortcut || errorFirstPassInForce == .learn
+    }
 
     /// Whether the blocks are Signal Propagation's (a local loss, the signal's context
     /// projection, norms, the similarity readout): under Signal Propagation and Error
@@ -74,17 +82,6 @@ public struct LearningRule: Sendable, Codable, Equatable, CustomStringConvertibl
     /// Whether a batch runs through the network twice, each layer's two passes on the layer's
     /// stream (PEPITA, Error Forward-Propagation).
     public var passes: Int { name == .pepita || name == .efp ? 2 : 1 }
-
-    /// Whether no block learns from a batch before the network's output for it is known: a
-    /// first pass that only predicts (PEPITA's clean pass, Error Forward-Propagation's
-    /// `predict`). A block's next batch then waits for this batch's whole first pass.
-    public var learnsAfterOutput: Bool {
-        switch name {
-        case .pepita: true
-        case .efp: errorFirstPassInForce == .predict
-        case .sigprop, .ff: false
-        }
-    }
 
     /// Whether each batch's negatives are the network's hardest wrong labels
     /// (`ForwardForwardSettings.NegativeLabels.hard`): chosen with the weights after every

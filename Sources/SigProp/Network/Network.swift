@@ -173,14 +173,16 @@ public final class Network {
         case .learn:
             stages =
                 [signal] + hidden + [ErrorForwardPredictStage(.output(output), keepsPass: false)]
-                + [ErrorForwardSignalStage(signal, reusesFirstPass: false)] + hidden + [output]
+                + [ErrorForwardSignalStage(signal, reusesFirstPass: false)]
+                + hidden.map { ErrorForwardHiddenStage($0, reusesFirstPass: false) } + [output]
         case .predict:
             let firstPass: [ErrorForwardPredictStage.Block] =
                 [.signal(signal)] + hidden.map { .hidden($0) } + [.output(output)]
             stages =
                 firstPass.map { ErrorForwardPredictStage($0, keepsPass: true) }
                 + [ErrorForwardSignalStage(signal, reusesFirstPass: true)]
-                + hidden.map { ErrorForwardHiddenStage($0) } + [ErrorForwardOutputStage(output)]
+                + hidden.map { ErrorForwardHiddenStage($0, reusesFirstPass: true) }
+                + [ErrorForwardOutputStage(output)]
         }
     }
 
@@ -364,6 +366,9 @@ public final class Network {
     /// Whether every norm is per sample, so the target stream can run on K rows
     /// (docs/signal-propagation.md's K-row shortcut) with results identical up to rounding.
     /// (Dropout draws a mask per sample, so it rules the shortcut out too.)
-    /// (Error Forward-Propagation's target stream differs per sample, so never there.)
-    public var kRowShortcutIsExact: Bool { rule.allowsKRowShortcut && plan.kRowShortcutIsExact }
+    /// Under Error Forward-Propagation only the first pass that learns takes it: the second
+    /// pass's target is each sample's own error.
+    public var kRowShortcutIsExact: Bool {
+        rule.allowsKRowShortcutInFirstPass && plan.kRowShortcutIsExact
+    }
 }

@@ -46,9 +46,10 @@ extension Schedule {
     /// pipeline ran 1.01–1.13x sequential, while each batch it keeps in flight holds that
     /// batch's activations: 1.8 GiB against 0.6 GiB resident for the `cnn`, 12 GiB for the
     /// full `vgg8b`. So it is chosen where its extra batches hold little memory, unless the
-    /// rule's blocks learn only once the output is known: block 1's next batch then waits for
-    /// the whole first pass, and the pipeline ran 0.93x (Error Forward-Propagation's `predict`)
-    /// and 0.94x (PEPITA) sequential. On the H200 it ran 1.37–1.39x for the `cnn` (1.85 G
+    /// rule runs a batch twice: a block's two passes share its stream and the second waits for
+    /// the batch's output, so block 1's next batch waits for the whole first pass, and the
+    /// pipeline ran 0.93x (Error Forward-Propagation's `predict`), 0.97–1.03x (its `learn`,
+    /// with 150 MiB more resident) and 0.94x (PEPITA) sequential. On the H200 it ran 1.37–1.39x for the `cnn` (1.85 G
     /// multiply-adds per batch in its heaviest stage) and 1.21x for the full `vgg8b`, but
     /// 0.78–0.96x for the `mlp` (0.13 G): a batch's stages are then so short that the extra
     /// queues and events cost more than the overlap wins. The other rules compute each layer's
@@ -78,10 +79,10 @@ extension Schedule {
             )
         }
         guard capabilities.contains(where: \.gpu) else {
-            if rule.learnsAfterOutput {
+            if rule.passes == 2 {
                 return (
                     Schedule(.sequential),
-                    "under \(rule) the blocks learn once the output is known, so on CPUs the "
+                    "under \(rule) a batch's second pass waits for its output, so on CPUs the "
                         + "pipeline has little to overlap (--schedule pipelined chooses it)"
                 )
             }
