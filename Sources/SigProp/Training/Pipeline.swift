@@ -48,7 +48,7 @@ extension Schedule {
     /// full `vgg8b`. So it is chosen where its extra batches hold little memory, unless the
     /// rule runs a batch twice: a block's two passes share its stream and the second waits for
     /// the batch's output, so block 1's next batch waits for the whole first pass, and the
-    /// pipeline ran 0.93x (Error Forward-Propagation's `predict`), 0.97–1.03x (its `learn`,
+    /// pipeline ran 0.93x (Error Forward-Propagation's `predict`), 0.97–1.01x (its `learn`,
     /// with 150 MiB more resident) and 0.94x (PEPITA) sequential. On the H200 it ran 1.37–1.39x for the `cnn` (1.85 G
     /// multiply-adds per batch in its heaviest stage) and 1.21x for the full `vgg8b`, but
     /// 0.78–0.96x for the `mlp` (0.13 G): a batch's stages are then so short that the extra
