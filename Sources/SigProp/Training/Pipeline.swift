@@ -49,13 +49,14 @@ extension Schedule {
     /// rule runs a batch twice: a block's two passes share its stream and the second waits for
     /// the batch's output, so block 1's next batch waits for the whole first pass, and the
     /// pipeline ran 0.93x (Error Forward-Propagation's `predict`), 0.97–1.01x (its `learn`,
-    /// with 150 MiB more resident) and 0.94x (PEPITA) sequential. On the H200 it ran 1.37–1.39x for the `cnn` (1.85 G
-    /// multiply-adds per batch in its heaviest stage) and 1.21x for the full `vgg8b`, but
-    /// 0.78–0.96x for the `mlp` (0.13 G): a batch's stages are then so short that the extra
-    /// queues and events cost more than the overlap wins. The other rules compute each layer's
-    /// batch more than once (two passes; Forward-Forward's positive and negative rows), and on
-    /// the same short dense layers the pipeline ran 1.09–1.28x (Forward-Forward), 1.04–1.21x
-    /// (Error Forward-Propagation) and 1.01–1.10x (PEPITA) sequential there. A spiking block
+    /// with 150 MiB more resident) and 0.94x (PEPITA) sequential. On the H200 it ran
+    /// 1.37–1.39x for the `cnn` (1.85 G multiply-adds per batch in its heaviest stage) and
+    /// 1.21x for the full `vgg8b`, but 0.78–0.96x for the `mlp` (0.13 G): a batch's stages
+    /// are then so short that the extra queues and events cost more than the overlap wins. The
+    /// other rules compute each layer's batch more than once (two passes; Forward-Forward's
+    /// positive and negative rows), and on the same short dense layers the pipeline ran
+    /// 1.09–1.28x (Forward-Forward), 1.04–1.21x (Error Forward-Propagation) and 1.01–1.10x
+    /// (PEPITA) sequential there. A spiking block
     /// runs T steps of its neurons beyond the products its multiply-adds count: the `snn-mlp`
     /// (0.10 G) ran 1.03–1.21x sequential there. Forward-Forward's hard negatives wait for the
     /// batch before on every device, so the sequential schedule has nothing to lose there.
