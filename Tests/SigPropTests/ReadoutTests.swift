@@ -173,6 +173,51 @@ import Testing
         }
     }
 
+    /// Each readout predicts the argmax of its scores: at each block the dot product of the
+    /// sample's output with each class's target, here on the host from `features` and
+    /// `classTargets`, and the output layer's logits of the last block's output. The
+    /// predictor takes the blocks one at a time and drops each output when it is used.
+    @Test(arguments: TestBackend.available)
+    func eachReadoutPredictsTheArgmaxOfItsScores(_ backend: TestBackend) throws {
+        let config = TestNetwork(
+            description: try NetworkDescription(layerList: "conv4,pool,conv6,avgpool2,dense12"),
+            inputShape: [1, 8, 8], classes: 10)
+        let network = try config.build(
+            try backend.device(), optimizer: TrainingOptions().optimizer, seed: 5)
+        let count = 40
+        let (images, _) = try Self.patterns(count: count, seed: 4).batch(Array(0..<count))
+        let predicted = try network.predictor()(images, count)
+        let features = try network.features(images: images, count: count)
+        let targets = try network.classTargets()
+        #expect(features.count == 3 && targets.count == 3)
+        for (block, (h, t)) in zip(features, targets).enumerated() {
+            let (outputs, classTargets) = (try h.device.read(h), try t.device.read(t))
+            let width = h.columns
+            let scores = (0..<count).map { i in
+                (0..<10).map { c in
+                    (0..<width).reduce(0.0) {
+                        $0 + Double(outputs[i * width + $1]) * Double(classTargets[c * width + $1])
+                    }
+                }
+            }
+            let name = ReadoutChoice.similarity(block: block + 1).description
+            let chosen = try #require(predicted[name])
+            #expect(chosen.count == count)
+            for (i, row) in scores.enumerated() {
+                // The device's sums round differently: a class within rounding of the
+                // best is an argmax too.
+                let best = row.max()!
+                let scale = row.map(abs).max()! + 1
+                #expect(
+                    best - row[chosen[i]] <= 1e-5 * scale,
+                    "\(name), sample \(i): chose \(chosen[i]) of scores \(row)")
+            }
+        }
+        let logits = try network.logits(features.last!)
+        #expect(
+            predicted["output"] == Trainer.argmax(try logits.device.read(logits), columns: 10))
+    }
+
     static func metrics(_ url: URL) throws -> [EpochMetrics] {
         try String(contentsOf: url, encoding: .utf8).split(separator: "\n").map {
             try JSONDecoder().decode(EpochMetrics.self, from: Data($0.utf8))

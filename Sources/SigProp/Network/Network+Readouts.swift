@@ -44,8 +44,11 @@ extension Network {
     /// The input stream through every block (the target stream is not used at inference);
     /// each block's output on its own device.
     public func features(images: [Float], count: Int) throws -> [Tensor] {
-        let x = try device.tensor(images, shape: [count] + inputShape)
-        return try throughHiddenBlocks(try signalBlock().infer(x, on: nil))
+        var outputs = [Tensor]()
+        try throughHiddenBlocks(try signalBlock().infer(try input(images, count), on: nil)) {
+            outputs.append($1)
+        }
+        return outputs
     }
 
     /// Each class's target activations at every block: the context of onehot(k) through the
@@ -61,7 +64,11 @@ extension Network {
             try device.axpby(alpha: -1, context, beta: 1, uniform)
             context = uniform
         }
-        return try throughHiddenBlocks(try signalBlock().inferTarget(context, on: nil))
+        var outputs = [Tensor]()
+        try throughHiddenBlocks(try signalBlock().inferTarget(context, on: nil)) {
+            outputs.append($1)
+        }
+        return outputs
     }
 
     /// The output layer's logits for the last block's output `h`.
@@ -75,19 +82,24 @@ extension Network {
         return signal
     }
 
-    private static func notSignalPropagation(_ what: String) -> SigPropError {
-        .configuration("\(what) exists under Signal Propagation only (--rule sigprop)")
+    private func input(_ images: [Float], _ count: Int) throws -> Tensor {
+        try device.tensor(images, shape: [count] + inputShape)
     }
 
-    /// `first` (the signal block's output) and what each hidden block makes of its predecessor's.
-    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
-        var outputs = [first]
+    /// Calls `body(block index, output)` with `first` (the signal block's output), then with
+    /// what each hidden block makes of its predecessor's, holding only a block's input and
+    /// output: a caller that keeps none needs the memory of one block, not of all.
+    func throughHiddenBlocks(_ first: Tensor, _ body: (Int, Tensor) throws -> Void) throws {
+        var h = first
+        try body(0, h)
         for (index, block) in hidden.enumerated() {
-            outputs.append(
-                try block.infer(
-                    try stageDevices[index + 1].transfer(outputs[outputs.count - 1]), on: nil))
+            h = try block.infer(try stageDevices[index + 1].transfer(h), on: nil)
+            try body(index + 1, h)
         }
-        return outputs
+    }
+
+    private static func notSignalPropagation(_ what: String) -> SigPropError {
+        .configuration("\(what) exists under Signal Propagation only (--rule sigprop)")
     }
 
     /// The output layer's argmax, and at each block the class whose target is most similar
@@ -95,16 +107,17 @@ extension Network {
     private func signalPropagationPredictions(
         _ images: [Float], _ count: Int, _ targets: [Tensor]
     ) throws -> [String: [Int]] {
-        let features = try self.features(images: images, count: count)
-        let logits = try self.logits(features.last!)
-        var predictions = [
-            ReadoutChoice.output.description: Trainer.argmax(
-                try logits.device.read(logits), columns: classes)
-        ]
-        for (block, (h, t)) in zip(features, targets).enumerated() {
+        var predictions = [String: [Int]]()
+        var last: Tensor?
+        try throughHiddenBlocks(try signalBlock().infer(try input(images, count), on: nil)) {
+            block, h in
             predictions[ReadoutChoice.similarity(block: block + 1).description] =
-                try similarityArgmax(h, t)
+                try similarityArgmax(h, targets[block])
+            last = h
         }
+        let logits = try self.logits(last!)
+        predictions[ReadoutChoice.output.description] = Trainer.argmax(
+            try logits.device.read(logits), columns: classes)
         return predictions
     }
 

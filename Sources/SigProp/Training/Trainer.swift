@@ -373,16 +373,11 @@ public final class Trainer {
                     + "\(epoch + 1); the last good checkpoint is kept. Lower --lr."
             )
         }
-        // A spiking network holds every time step's membrane and spikes of a batch, so it
-        // evaluates in batches no larger than its training's: evaluation never raises the
-        // training's peak memory.
-        let evaluationBatch = network.description.isSpiking ? options.batchSize : 500
-        let validationAccuracies =
-            try validation.map { try evaluate($0, batchSize: evaluationBatch) } ?? [:]
+        let validationAccuracies = try validation.map { try evaluate($0) } ?? [:]
         let selection = ReadoutSelection(
             validationAccuracies: validationAccuracies, choices: network.readoutChoices,
             similarityBlock: options.readoutBlock)
-        let accuracies = selection.naming(try evaluate(test, batchSize: evaluationBatch))
+        let accuracies = selection.naming(try evaluate(test))
         let validated = selection.naming(validationAccuracies)
         let means = reported.map { lossSums[$0] / Double(max(trained, 1)) }
         let spiking = try activities.compactMap { try $0.read() }
@@ -431,8 +426,10 @@ public final class Trainer {
 
     /// Accuracy of every readout of the network's rule on `dataset`, keyed by
     /// `ReadoutChoice.description`: "output", "similarity@l" for each block l (1-based) under
-    /// Signal Propagation, "goodness" under Forward-Forward.
-    public func evaluate(_ dataset: Dataset, batchSize: Int = 500) throws -> [String: Double] {
+    /// Signal Propagation, "goodness" under Forward-Forward. Batches of `batchSize` (default:
+    /// the training's, so evaluation never needs more memory than training).
+    public func evaluate(_ dataset: Dataset, batchSize: Int? = nil) throws -> [String: Double] {
+        let batchSize = batchSize ?? options.batchSize
         let predict = try network.predictor()
         var correct = [String: Int]()
         for start in stride(from: 0, to: dataset.count, by: batchSize) {
