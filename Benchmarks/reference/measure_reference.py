@@ -18,9 +18,17 @@ the target), with error(output, context) = softmax(output) - onehot(c). The sign
 one-hot rows as its context (LabelNumberToOnehot cannot take the error), so the context is
 onehot(c) and the output layer's cross entropy still reads the label numbers.
 
+The VGG presets (--model vgg6b|vgg8b|vgg11b) follow examples.py VGGn with its conv blocks as
+above and its classifier (--num-layers 1: the preset's dense1024 block, then the output layer),
+the pools as SigProp's presets (ceil_mode: a side the pool does not divide keeps its edge), the
+data and augmentation of vgg8b_backprop.py (--crop-padding, --flip), and the loss of
+examples.sh (--loss top-k:6 is v15_input_target_topk(6)).
+
 Usage (pip install torch numpy; SIGPROP_REFERENCE_LIB=<clone of the library>):
   python3 measure_reference.py --model mlp --epochs 1     # samples/s of the training loop, test accuracy
   python3 measure_reference.py --model cnn --batches 20    # 20 timed batches after 5 warm-up batches
+  python3 measure_reference.py --model vgg8b --width-multiplier 0.25 --loss top-k:6 \
+      --crop-padding 2 --flip --epochs 10 --lr-cosine-to 0
 """
 import argparse
 import os
@@ -39,9 +47,17 @@ sys.path.insert(0, os.environ.get("SIGPROP_REFERENCE_LIB", os.path.join(os.path.
 import sigprop  # noqa: E402
 
 import reference_io  # noqa: E402
+import vgg8b_backprop  # noqa: E402  (the VGG presets' layer lists, the data and augmentation)
 
 p = argparse.ArgumentParser()
-p.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+p.add_argument("--model", default="mlp", choices=["mlp", "cnn"] + sorted(vgg8b_backprop.PRESETS))
+p.add_argument("--width-multiplier", type=float, default=1.0, help="VGG presets: scales every width")
+p.add_argument("--loss", default="max-all", help="max-all (v9) or top-k:K (v15)")
+p.add_argument("--crop-padding", type=int, default=0, help="VGG presets: random crops of the padded image")
+p.add_argument("--flip", action="store_true", help="VGG presets: random horizontal flips")
+p.add_argument("--limit", type=int, default=0, help="first N training samples (0: all)")
+p.add_argument("--lr-cosine-to", type=float, default=None,
+               help="anneal every optimizer's rate to this value along a cosine over --epochs")
 p.add_argument("--batches", type=int, default=0, help="time N training batches after 5 warm-up batches")
 p.add_argument("--epochs", type=int, default=0, help="full epochs with per-epoch time and test accuracy")
 p.add_argument("--batch-size", type=int, default=128)
@@ -52,6 +68,10 @@ p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--loop-back", default="none", choices=["none", "predict", "learn"],
                help="Error Forward-Propagation: LoopBack (predict) or ForwardLoopBack (learn)")
 args = p.parse_args()
+if args.loss != "max-all" and not (args.loss.startswith("top-k:") and args.loss[6:].isdigit()):
+    p.error(f"--loss {args.loss}: expected max-all or top-k:K")
+if args.model in ("mlp", "cnn") and (args.width_multiplier != 1 or args.crop_padding or args.flip):
+    p.error("--width-multiplier, --crop-padding and --flip are for the VGG presets")
 
 torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed)
@@ -68,8 +88,13 @@ def load(split):
     return x.contiguous(), torch.from_numpy(y.astype(np.int64))
 
 
-x_train, y_train = load("train")
-x_test, y_test = load("t10k")
+if args.model in ("mlp", "cnn"):
+    x_train, y_train = load("train")
+    x_test, y_test = load("t10k")
+else:
+    x_train, y_train, x_test, y_test = vgg8b_backprop.load_data(args.data_dir)
+if args.limit > 0:
+    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
 
 
 # ---------------------------------------------------------------- library-style setup
@@ -97,6 +122,7 @@ class BlockLinear(nn.Module):  # examples.py BlockLinear, norm=instance_norm -> 
 class BlockConv(nn.Module):  # examples.py BlockConv act="post", norm=instance_norm
     def __init__(self, ch_in, ch_out):
         super().__init__()
+        ch_out = int(ch_out)
         self.encoder = nn.Conv2d(ch_in, ch_out, 3, stride=1, padding=1, bias=True)
         self.bn = nn.InstanceNorm2d(ch_out, track_running_stats=False, affine=True)
         self.nonlin = nn.LeakyReLU(negative_slope=NEG_SLOPE, inplace=True)
@@ -118,9 +144,32 @@ def output_error(output, context):  # the error the loop-back models feed to the
     return F.softmax(output, 1) - context
 
 
+def vgg_layers(preset, channels, side, P):
+    """The VGG preset after its first conv block (the signal's input part): examples.py
+    _make_layers and its classifier, scaled by --width-multiplier."""
+    def scaled(n):
+        return max(1, round(n * args.width_multiplier))
+
+    layers = []
+    for spec in vgg8b_backprop.PRESETS[preset][1:]:
+        if spec == "pool":
+            layers.append(P(nn.MaxPool2d(2, 2, ceil_mode=True), sigprop.propagators.Fixed))
+            side = (side + 1) // 2
+        elif isinstance(spec, int):
+            layers.append(P(BlockConv(channels, scaled(spec))))
+            channels = scaled(spec)
+        else:
+            width = scaled(int(spec[len("dense"):]))
+            layers.append(P(nn.Flatten(), sigprop.propagators.Forward))
+            layers.append(P(BlockLinear(channels * side * side, width)))
+            channels, side = width, 1
+    return layers, channels * side * side
+
+
 def build_model(kind):
     num_classes = 10
-    loss = sigprop.loss.v9_input_target_max_all
+    loss = (sigprop.loss.v9_input_target_max_all if args.loss == "max-all"
+            else sigprop.loss.v15_input_target_topk(topk=int(args.loss[6:])))
     model_cls = {
         "none": sigprop.models.Forward,
         "predict": sigprop.models.LoopBack,
@@ -137,9 +186,13 @@ def build_model(kind):
     if kind == "mlp":
         output_shape = (1024,)
         input_module = nn.Sequential(nn.Flatten(), BlockLinear(28 * 28, 1024))
-    else:
+    elif kind == "cnn":
         output_shape = (32, 28, 28)
         input_module = BlockConv(1, 32)
+    else:
+        first = max(1, round(vgg8b_backprop.PRESETS[kind][0] * args.width_multiplier))
+        output_shape = (first, 28, 28)
+        input_module = BlockConv(1, first)
     sp_signal = sigprop.signals.ProjectionContextInput(
         context_module(input_shape, output_shape), input_module, input_shape, output_shape
     )
@@ -154,6 +207,9 @@ def build_model(kind):
             P(BlockLinear(1024, 1024)),
             P(nn.Linear(1024, num_classes, bias=True), sigprop.propagators.Identity),
         ]
+    elif kind != "cnn":
+        layers, features = vgg_layers(kind, output_shape[0], output_shape[1], P)
+        layers.append(P(nn.Linear(features, num_classes, bias=True), sigprop.propagators.Identity))
     else:
         layers = [
             P(BlockConv(32, 64)),
@@ -175,13 +231,25 @@ def build_model(kind):
 
 
 model, out_opt = build_model(args.model)
+# Every optimizer of the run: each block's and the signal's (their propagators hold them) and
+# the output layer's, so that a learning-rate schedule steps them all.
+optimizers = [out_opt] + [m.optimizer for m in list(model.modules()) + list(model.signal.modules())
+                          if isinstance(getattr(m, "optimizer", None), optim.Optimizer)]
+optimizers = list({id(o): o for o in optimizers}.values())
+schedules = ([optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs, eta_min=args.lr_cosine_to)
+              for o in optimizers] if args.lr_cosine_to is not None else [])
+
+
 n_params = sum(p.numel() for p in list(model.signal.parameters()) + [q for m in model.model.modules() if hasattr(m, "module") for q in m.module.parameters()])
-print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.model} params={n_params}")
+print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.model} params={n_params} "
+      f"optimizers={len(optimizers)} train_samples={x_train.shape[0]}")
 
 
 def train_batch(x, y):
     # examples.py Runner.train_batch with args.sigprop: output = model((x, y)); CE on output.
     model.train()
+    if args.crop_padding or args.flip:
+        x = vgg8b_backprop.augment(x, args.crop_padding, args.flip)
     context = y if args.loop_back == "none" else F.one_hot(y, 10).float()
     output = model((x, context))
     loss = F.cross_entropy(output, y)
@@ -225,4 +293,7 @@ for epoch in range(1, args.epochs + 1):
     dt = time.perf_counter() - t0
     acc = test_accuracy()
     print(f"{args.model} epoch {epoch}: {dt:.1f} s, {n / dt:.1f} samples/s, last loss {loss.item():.4f}, "
-          f"test acc (output layer) {100 * acc:.2f}%", flush=True)
+          f"test acc (output layer) {100 * acc:.2f}%, peak rss "
+          f"{vgg8b_backprop.peak_rss_bytes() / 2**20:.0f} MiB", flush=True)
+    for schedule in schedules:
+        schedule.step()
