@@ -159,6 +159,45 @@ import Testing
         }
     }
 
+    /// A layer that may work in the output gradient's storage (what a block's step lets it do)
+    /// sets the same parameter gradients, bit for bit, as one that leaves it alone, which
+    /// leaves it unchanged: a dense layer with layer norm and a conv layer with instance norm,
+    /// whose gradients arrive flattened as the local loss gives them.
+    @Test(arguments: TestBackend.available, [false, true])
+    func overwritingTheOutputGradientSetsTheSameGradients(_ backend: TestBackend, conv: Bool)
+        throws
+    {
+        let device = try Self.device(backend, fused: false)
+        var generator = SeededGenerator(seed: 9)
+        let layer: FeatureLayer =
+            conv
+            ? try ConvLayer(
+                device: device, name: "conv", inChannels: 3, outChannels: 5, norm: .instance,
+                activation: .leakyRelu, generator: &generator)
+            : try DenseLayer(
+                device: device, name: "dense", inputs: 37, outputs: 11, norm: .layer,
+                activation: .leakyRelu, generator: &generator)
+        let shape = conv ? [6, 3, 7, 5] : [6, 37]
+        let input = try device.tensor(random(shape.reduce(1, *), seed: 3), shape: shape)
+        let pass = try layer.forward(input, on: nil)
+        let values = random(pass.output.count, seed: 4)
+        func gradients(overwriting: Bool) throws -> (parameters: [[Float]], left: [Float]) {
+            let gradient = try device.tensor(
+                values, shape: [pass.output.rows, pass.output.columns])
+            try layer.accumulateGradients(
+                pass, outputGradient: gradient, accumulate: false, overwriting: overwriting,
+                on: nil)
+            return (
+                try layer.parameters.map { try device.read($0.gradient) }, try device.read(gradient)
+            )
+        }
+        let kept = try gradients(overwriting: false)
+        let overwritten = try gradients(overwriting: true)
+        #expect(kept.parameters == overwritten.parameters)
+        #expect(kept.left == values, "without overwriting, the output gradient is unchanged")
+        #expect(overwritten.left != values, "overwriting works in the gradient's storage")
+    }
+
     /// Training's fused step and the unfused one (gradients stored, then the optimizer) agree.
     @Test(arguments: TestBackend.available)
     func fusedAndUnfusedBlockStepsAgree(_ backend: TestBackend) throws {

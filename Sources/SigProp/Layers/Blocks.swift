@@ -161,7 +161,8 @@ public final class SignalBlock {
             hPass: first.pass, tPass: tPass, lossTarget: t, t0: onehot, labels: nil)
     }
 
-    /// The block's loss on `pass`, its gradients and one optimizer step.
+    /// The block's loss on `pass`, its gradients and one optimizer step. The step works in
+    /// the storage of the returned `dH` and `dT`: read the loss, not them.
     public func learn(
         _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
     ) throws -> LocalLossOutput {
@@ -177,11 +178,13 @@ public final class SignalBlock {
         _ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?
     ) throws {
         let step = optimizer.beginStep(learningRate: learningRate)
-        try input.learn(from: [(pass.hPass, out.dH)], step: step, on: stream)
+        // The loss's gradients serve this step only: the layers may work in their storage.
+        try input.learn(
+            from: [(pass.hPass, out.dH)], step: step, overwritingGradients: true, on: stream)
         if !fixedContext {
             try context.learn(
                 from: [(pass.tPass, try out.dT.reshaped(pass.tPass.output.shape))], step: step,
-                on: stream)
+                overwritingGradients: true, on: stream)
         }
     }
 
@@ -257,6 +260,7 @@ public final class HiddenBlock {
     }
 
     /// The block's loss on `pass`, its gradients (from both streams) and one optimizer step.
+    /// The step works in the storage of the returned `dH` and `dT`: read the loss, not them.
     public func learn(
         _ pass: BlockForward, loss: LocalLoss, learningRate: Float, on stream: Stream?
     ) throws -> LocalLossOutput {
@@ -271,9 +275,11 @@ public final class HiddenBlock {
     private func step(
         _ pass: BlockForward, _ out: LocalLossOutput, learningRate: Float, on stream: Stream?
     ) throws {
+        // The loss's gradients serve this step only: the layer may work in their storage.
         try layer.learn(
             from: [(pass.hPass, out.dH), (pass.tPass, out.dT)],
-            step: optimizer.beginStep(learningRate: learningRate), on: stream)
+            step: optimizer.beginStep(learningRate: learningRate), overwritingGradients: true,
+            on: stream)
     }
 
     /// Forward and update on one stream; `storingGradients` as in `SignalBlock.train`.

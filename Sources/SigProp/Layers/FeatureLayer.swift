@@ -98,34 +98,70 @@ public protocol FeatureLayer: AnyObject {
     func forward(_ input: Tensor, on stream: Stream?) throws -> LayerPass
     /// Adds d loss / d parameters for `pass` given d loss / d output (`accumulate` false: sets
     /// them). No gradient goes to the input: it is a constant for this block.
+    /// `overwriting`: the caller has no further use for `outputGradient`, so its storage holds
+    /// the gradients on the way to the parameters' instead of a new tensor of the output's
+    /// size (a block's largest, held until the batch retires).
     func accumulateGradients(
-        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?) throws
+        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, overwriting: Bool,
+        on stream: Stream?) throws
     /// One learning step: d loss / d parameters from every pass (the streams' gradients
     /// summed), then `step` applied to every parameter. Where a layer can, its weight's step
     /// runs in the epilogue of the weight-gradient product (`Device.updateWeights`).
+    /// `overwritingGradients` as `overwriting` above, for every pass.
     func learn(
         from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
-        on stream: Stream?) throws
+        overwritingGradients: Bool, on stream: Stream?) throws
 }
 
 extension FeatureLayer {
+    /// Sets (`accumulate` false) or adds to the parameters' gradients; `outputGradient` is
+    /// left as it is.
+    public func accumulateGradients(
+        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?
+    ) throws {
+        try accumulateGradients(
+            pass, outputGradient: outputGradient, accumulate: accumulate, overwriting: false,
+            on: stream)
+    }
+
+    /// One learning step that leaves the passes' output gradients as they are.
     public func learn(
         from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
         on stream: Stream?
     ) throws {
-        try learnUnfused(from: passes, step: step, on: stream)
+        try learn(from: passes, step: step, overwritingGradients: false, on: stream)
+    }
+
+    public func learn(
+        from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
+        overwritingGradients: Bool, on stream: Stream?
+    ) throws {
+        try learnUnfused(
+            from: passes, step: step, overwritingGradients: overwritingGradients, on: stream)
     }
 
     /// The unfused step: gradients into the parameters' gradient tensors, then the optimizer.
     func learnUnfused(
         from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
-        on stream: Stream?
+        overwritingGradients: Bool, on stream: Stream?
     ) throws {
         for (index, (pass, gradient)) in passes.enumerated() {
             try accumulateGradients(
-                pass, outputGradient: gradient, accumulate: index > 0, on: stream)
+                pass, outputGradient: gradient, accumulate: index > 0,
+                overwriting: overwritingGradients, on: stream)
         }
         try step.apply(to: parameters, on: stream)
+    }
+
+    /// Where d loss / d (the layer's product) goes: `outputGradient`'s own storage when it
+    /// may be overwritten, else a new tensor.
+    func productGradientStorage(
+        _ pass: LayerPass, outputGradient: Tensor, overwriting: Bool, on stream: Stream?
+    ) throws -> Tensor {
+        guard overwriting else {
+            return try pass.output.device.allocate(pass.output.shape, on: stream)
+        }
+        return try outputGradient.reshaped(pass.output.shape)
     }
 }
 
@@ -206,10 +242,12 @@ public final class DenseLayer: FeatureLayer {
     }
 
     public func accumulateGradients(
-        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?
+        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, overwriting: Bool,
+        on stream: Stream?
     ) throws {
         let dz = try productGradient(
-            pass, outputGradient: outputGradient, accumulate: accumulate, on: stream)
+            pass, outputGradient: outputGradient, accumulate: accumulate,
+            overwriting: overwriting, on: stream)
         try pass.output.device.gemm(
             dz, transposeA: true, pass.input, into: weight.gradient, beta: accumulate ? 1 : 0,
             on: stream)
@@ -219,10 +257,11 @@ public final class DenseLayer: FeatureLayer {
     /// stepped by the optimizer inside its gradient product over both streams.
     public func learn(
         from passes: [(pass: LayerPass, outputGradient: Tensor)], step: UpdateRule,
-        on stream: Stream?
+        overwritingGradients: Bool, on stream: Stream?
     ) throws {
         guard weight.value.device.fusesWeightUpdates else {
-            return try learnUnfused(from: passes, step: step, on: stream)
+            return try learnUnfused(
+                from: passes, step: step, overwritingGradients: overwritingGradients, on: stream)
         }
         guard (1...2).contains(passes.count), let device = passes.first?.pass.output.device else {
             throw SigPropError.configuration(
@@ -234,7 +273,7 @@ public final class DenseLayer: FeatureLayer {
             (
                 outputGradient: try productGradient(
                     element.pass, outputGradient: element.outputGradient, accumulate: index > 0,
-                    on: stream),
+                    overwriting: overwritingGradients, on: stream),
                 input: element.pass.input
             )
         }
@@ -247,10 +286,12 @@ public final class DenseLayer: FeatureLayer {
     /// d loss / d (x Wᵀ + b) from d loss / d output; adds (or with `accumulate` false, sets)
     /// the bias and norm gradients on the way.
     private func productGradient(
-        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?
+        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, overwriting: Bool,
+        on stream: Stream?
     ) throws -> Tensor {
         let device = pass.output.device
-        let dz = try device.allocate(pass.output.shape, on: stream)
+        let dz = try productGradientStorage(
+            pass, outputGradient: outputGradient, overwriting: overwriting, on: stream)
         try device.activationGradient(
             activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
         if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
@@ -349,10 +390,12 @@ public final class ConvLayer: FeatureLayer {
     }
 
     public func accumulateGradients(
-        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, on stream: Stream?
+        _ pass: LayerPass, outputGradient: Tensor, accumulate: Bool, overwriting: Bool,
+        on stream: Stream?
     ) throws {
         let device = pass.output.device
-        let dz = try device.allocate(pass.output.shape, on: stream)
+        let dz = try productGradientStorage(
+            pass, outputGradient: outputGradient, overwriting: overwriting, on: stream)
         try device.activationGradient(
             activation, output: pass.output, gradient: outputGradient, into: dz, on: stream)
         if let norm, let xhat = pass.normalized, let rstd = pass.rstd {
