@@ -9,9 +9,11 @@ import torch
 
 
 def read_idx(path):
-    """An IDX file (gzipped) as a uint8 array of its dimensions."""
-    with gzip.open(path, "rb") as f:
+    """An IDX file (gzipped or not) as a uint8 array of its dimensions."""
+    with open(path, "rb") as f:
         data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)

@@ -24,7 +24,6 @@ then per epoch {"epoch", "train_accuracy", "test_accuracy", "seconds", "samples_
 "peak_rss_bytes"}; with --batches one line with the samples/s of the timed batches.
 """
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -36,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import reference_io
+
 NEG_SLOPE = 0.01
 PRESETS = {
     "vgg6b": [128, "pool", 256, "pool", 512, "pool", 512, "pool", "dense1024"],
@@ -46,16 +47,6 @@ PRESETS = {
 
 
 # ---------------------------------------------------------------- data
-def read_idx(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def idx_file(data_dir, name):
     for candidate in (name + ".gz", name):
         path = os.path.join(data_dir, candidate)
@@ -79,7 +70,7 @@ def load_data(data_dir):
         x_te, y_te = read_cifar([os.path.join(data_dir, "test_batch.bin")])
     else:
         x_tr, y_tr, x_te, y_te = (
-            read_idx(idx_file(data_dir, f"{split}-{kind}-idx{n}-ubyte"))
+            reference_io.read_idx(idx_file(data_dir, f"{split}-{kind}-idx{n}-ubyte"))
             for split in ("train", "t10k") for kind, n in (("images", 3), ("labels", 1)))
         x_tr, x_te = x_tr[:, None], x_te[:, None]
     x_tr, x_te = (torch.from_numpy(a.astype(np.float32) / 255.0) for a in (x_tr, x_te))
