@@ -44,11 +44,7 @@ extension Network {
     /// The input stream through every block (the target stream is not used at inference);
     /// each block's output on its own device.
     public func features(images: [Float], count: Int) throws -> [Tensor] {
-        var outputs = [Tensor]()
-        try throughHiddenBlocks(try signalBlock().infer(try input(images, count), on: nil)) {
-            outputs.append($1)
-        }
-        return outputs
+        try throughHiddenBlocks(try signalBlock().infer(try input(images, count), on: nil))
     }
 
     /// Each class's target activations at every block: the context of onehot(k) through the
@@ -64,11 +60,7 @@ extension Network {
             try device.axpby(alpha: -1, context, beta: 1, uniform)
             context = uniform
         }
-        var outputs = [Tensor]()
-        try throughHiddenBlocks(try signalBlock().inferTarget(context, on: nil)) {
-            outputs.append($1)
-        }
-        return outputs
+        return try throughHiddenBlocks(try signalBlock().inferTarget(context, on: nil))
     }
 
     /// The output layer's logits for the last block's output `h`.
@@ -96,6 +88,13 @@ extension Network {
             h = try block.infer(try stageDevices[index + 1].transfer(h), on: nil)
             try body(index + 1, h)
         }
+    }
+
+    /// `first` and every block's output after it, all kept.
+    func throughHiddenBlocks(_ first: Tensor) throws -> [Tensor] {
+        var outputs = [Tensor]()
+        try throughHiddenBlocks(first) { outputs.append($1) }
+        return outputs
     }
 
     private static func notSignalPropagation(_ what: String) -> SigPropError {
